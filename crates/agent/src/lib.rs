@@ -1,1 +1,32 @@
-//! placeholder
+//! The agent side of Kairos: it runs executions and keeps their full output on local disk.
+//!
+//! A server's dispatcher hands a [`RunSpec`] to a [`Runner`]; the runner picks the executor named in the
+//! spec, streams what the run produces into the [`OutputStore`], and returns an [`Outcome`] small enough
+//! to be replicated through Raft (status, exit code, the last few KiB of output).
+//!
+//! The major parts, one file each:
+//! - `spec`: what to run ([`RunSpec`]) and how it ended ([`Outcome`]);
+//! - `config`: Dkron-compatible executor configs parsed into typed values, and [`validate`];
+//! - `runner`: the [`Runner`], which dispatches a run to its executor;
+//! - `shell` and `process_group`: the shell executor and how it stops whole process groups;
+//! - `http` and `http_clients`: the http executor and the clients and regexes it shares;
+//! - `output` and `capture`: the [`OutputStore`] and the capture that feeds it as output arrives;
+//! - `words`: splitting command lines the way Dkron does for `shell = false`.
+//!
+//! Durations (`timeout`) are read by `kairos_schedule::parse_duration`, the one duration syntax of Kairos.
+
+mod capture;
+mod config;
+mod http;
+mod http_clients;
+mod output;
+mod process_group;
+mod runner;
+mod shell;
+mod spec;
+mod words;
+
+pub use config::{ConfigError, EXECUTORS, validate};
+pub use output::OutputStore;
+pub use runner::{Runner, install_crypto_provider};
+pub use spec::{OUTPUT_LIMIT_BYTES_DEFAULT, Outcome, RunSpec, RunStatus, TAIL_BYTES};

@@ -1,1 +1,18 @@
-//! placeholder
+//! The Kairos data model: jobs and executions as the API shows them (Dkron's JSON, field for field, plus our
+//! additions), and the validation that turns what a client sent into a job the store may accept.
+//!
+//! - [`job`]: the [`Job`] record, its policies ([`Concurrency`], [`CatchUp`]) and the strict input form
+//!   [`JobInput`] that rejects unknown fields.
+//! - [`execution`]: the [`Execution`] record and its [`ExecutionStatus`] life cycle.
+//! - [`error`]: [`FieldError`], a user-facing error that names the offending field.
+//!
+//! Nothing here does I/O; the store, the scheduler and the API all build on these types.
+
+pub mod error;
+pub mod execution;
+pub mod job;
+
+pub use error::FieldError;
+pub use execution::{Execution, ExecutionStatus, Trigger, execution_id};
+pub use job::{CatchUp, Concurrency, Job, JobInput};
+pub use kairos_schedule::jiff::Timestamp;

@@ -1,0 +1,162 @@
+//! Capture of one execution's output: written to the output store as it arrives, capped, counted, and
+//! with its last [`TAIL_BYTES`] kept in memory for the [`Outcome`](crate::Outcome).
+//!
+//! Every chunk goes to the file the moment it is read, so a reader (and later a live follower) sees the
+//! output grow while the run goes on. Writes are plain blocking `write(2)` calls on the async thread:
+//! they land in the page cache and cost microseconds, far less than a hop through `spawn_blocking`.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::Write;
+
+use crate::output::OutputStore;
+use crate::spec::{Outcome, RunSpec, RunStatus, TAIL_BYTES};
+
+pub(crate) struct Capture {
+    file: Option<File>,
+    limit_bytes: u64,
+    stored_bytes: u64,
+    total_bytes: u64,
+    tail: VecDeque<u8>,
+}
+
+/// What a finished capture hands to the outcome.
+struct Captured {
+    tail: String,
+    total_bytes: u64,
+}
+
+impl Capture {
+    /// Opens the execution's output file. If the store cannot take it, the run still goes ahead: its
+    /// outcome and tail matter more than the full output.
+    pub fn open(store: &OutputStore, spec: &RunSpec) -> Capture {
+        let file = store
+            .create(&spec.job_name, &spec.execution_id)
+            .inspect_err(|e| {
+                tracing::warn!(job = %spec.job_name, execution = %spec.execution_id,
+                    "cannot store output: {e}")
+            })
+            .ok();
+        Capture {
+            file,
+            limit_bytes: spec.output_limit_bytes,
+            stored_bytes: 0,
+            total_bytes: 0,
+            tail: VecDeque::with_capacity(TAIL_BYTES),
+        }
+    }
+
+    pub fn write(&mut self, chunk: &[u8]) {
+        self.total_bytes += chunk.len() as u64;
+        self.keep_tail(chunk);
+        let room = self.limit_bytes.saturating_sub(self.stored_bytes);
+        let stored = &chunk[..chunk.len().min(usize::try_from(room).unwrap_or(usize::MAX))];
+        if stored.is_empty() {
+            return;
+        }
+        self.stored_bytes += stored.len() as u64;
+        self.write_file(stored);
+    }
+
+    /// Appends the truncation marker if the cap was hit and returns the tail and the total size.
+    fn finish(mut self) -> Captured {
+        let omitted = self.total_bytes - self.stored_bytes;
+        if omitted > 0 {
+            let marker = format!("\n[kairos: output truncated, {omitted} bytes omitted]\n");
+            self.write_file(marker.as_bytes());
+        }
+        let cut = self.total_bytes > self.tail.len() as u64;
+        Captured {
+            tail: tail_text(self.tail.make_contiguous(), cut),
+            total_bytes: self.total_bytes,
+        }
+    }
+
+    /// Finishes the capture into the outcome of the run.
+    pub fn into_outcome(
+        self,
+        status: RunStatus,
+        exit_code: Option<i32>,
+        error: Option<String>,
+    ) -> Outcome {
+        let captured = self.finish();
+        Outcome {
+            status,
+            exit_code,
+            output_tail: captured.tail,
+            output_bytes: captured.total_bytes,
+            error,
+        }
+    }
+
+    /// The outcome of a run that never started: the reason goes into the output too, because the
+    /// output is where a user looks first.
+    pub fn not_started(mut self, reason: String) -> Outcome {
+        self.write(reason.as_bytes());
+        self.write(b"\n");
+        self.into_outcome(RunStatus::Failed, None, Some(reason))
+    }
+
+    fn keep_tail(&mut self, chunk: &[u8]) {
+        let chunk = &chunk[chunk.len().saturating_sub(TAIL_BYTES)..];
+        let overflow = (self.tail.len() + chunk.len()).saturating_sub(TAIL_BYTES);
+        self.tail.drain(..overflow);
+        self.tail.extend(chunk);
+    }
+
+    fn write_file(&mut self, bytes: &[u8]) {
+        if let Some(file) = &mut self.file
+            && let Err(e) = file.write_all(bytes)
+        {
+            // A full disk must not fail the run; stop writing, keep counting.
+            tracing::warn!("output store write failed, output no longer stored: {e}");
+            self.file = None;
+        }
+    }
+}
+
+/// Turns the raw tail into text that starts on a char boundary and is at most [`TAIL_BYTES`] long.
+///
+/// When the output was cut, the first bytes may be the end of a multi-byte character: those are
+/// dropped rather than shown as replacement characters. Invalid bytes elsewhere become U+FFFD, which
+/// is longer than one byte, so the result is trimmed again at a char boundary.
+fn tail_text(bytes: &[u8], cut: bool) -> String {
+    let start = if cut {
+        bytes
+            .iter()
+            .take(3)
+            .take_while(|&&b| b & 0b1100_0000 == 0b1000_0000)
+            .count()
+    } else {
+        0
+    };
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    if text.len() <= TAIL_BYTES {
+        return text.into_owned();
+    }
+    let mut from = text.len() - TAIL_BYTES;
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    text[from..].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_drops_a_character_cut_in_half() {
+        // "é" is 0xC3 0xA9; a cut right after 0xC3 leaves 0xA9 first.
+        assert_eq!(tail_text(&[0xA9, b'a', b'b'], true), "ab");
+        // Not cut: a stray continuation byte is real (invalid) output.
+        assert_eq!(tail_text(&[0xA9, b'a'], false), "\u{FFFD}a");
+    }
+
+    #[test]
+    fn tail_of_invalid_bytes_stays_within_the_limit() {
+        let text = tail_text(&[0xFF; TAIL_BYTES], false);
+        assert!(text.len() <= TAIL_BYTES);
+        assert!(text.chars().all(|c| c == '\u{FFFD}'));
+    }
+}

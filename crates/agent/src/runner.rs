@@ -1,0 +1,81 @@
+//! The [`Runner`]: takes a [`RunSpec`], picks its executor, and returns the [`Outcome`].
+//!
+//! It owns what runs share: the output store, the kill grace period, the HTTP clients and the regex
+//! cache. It is a cheap handle, so the dispatcher clones it into each run's task.
+
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::capture::Capture;
+use crate::config::{HttpConfig, ShellConfig, unknown_executor};
+use crate::http_clients::{HttpClients, RegexCache};
+use crate::output::OutputStore;
+use crate::spec::{Outcome, RunSpec, RunStatus};
+use crate::{http, shell};
+
+/// Installs rustls' ring crypto provider for the process. Idempotent; a provider that is already
+/// installed (by us or by the embedding binary) is kept.
+pub fn install_crypto_provider() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let _already_installed = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// Runs executions. Cheap to clone.
+#[derive(Clone)]
+pub struct Runner {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    outputs: OutputStore,
+    /// Time between SIGTERM and SIGKILL when a shell run is stopped.
+    kill_grace: Duration,
+    http_clients: HttpClients,
+    regexes: RegexCache,
+}
+
+impl Runner {
+    pub fn new(outputs: OutputStore, kill_grace: Duration) -> Runner {
+        install_crypto_provider();
+        Runner {
+            inner: Arc::new(Inner {
+                outputs,
+                kill_grace,
+                http_clients: HttpClients::new(),
+                regexes: RegexCache::new(),
+            }),
+        }
+    }
+
+    /// The store this runner writes outputs to.
+    pub fn outputs(&self) -> &OutputStore {
+        &self.inner.outputs
+    }
+
+    /// Runs `spec` to completion. Cancelling `cancel` stops it (shell: the process group is terminated;
+    /// http: the request is dropped) and the outcome is `Cancelled`.
+    pub async fn run(&self, spec: RunSpec, cancel: CancellationToken) -> Outcome {
+        let inner = &*self.inner;
+        let capture = Capture::open(&inner.outputs, &spec);
+        if cancel.is_cancelled() {
+            let error = Some("cancelled before it started".to_owned());
+            return capture.into_outcome(RunStatus::Cancelled, None, error);
+        }
+        // Parsed again here although the server validated it: the job may predate this version.
+        match spec.executor.as_str() {
+            "shell" => match ShellConfig::parse(&spec.config) {
+                Ok(config) => shell::run(&spec, config, capture, &cancel, inner.kill_grace).await,
+                Err(e) => capture.not_started(e.to_string()),
+            },
+            "http" => match HttpConfig::parse(&spec.config, |p| inner.regexes.get(p)) {
+                Ok(config) => http::run(&inner.http_clients, &spec, config, capture, &cancel).await,
+                Err(e) => capture.not_started(e.to_string()),
+            },
+            other => capture.not_started(unknown_executor(other).to_string()),
+        }
+    }
+}

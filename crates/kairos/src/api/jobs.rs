@@ -1,0 +1,321 @@
+//! `/v1/jobs`: create, update, list, show, run, toggle, delete and restore jobs.
+
+use std::cmp::Ordering;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Multipart, Path, Query, RawQuery, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use kairos_model::{Job, JobInput, Timestamp, Trigger};
+use kairos_store::{Command, Fire, JobRecord};
+
+use super::{ApiError, ApiResult, AppState, Params, descending, page_bounds, reply, reply_list};
+use crate::node::Node;
+use crate::scheduler::next_fire;
+
+/// The job as the API shows it: the stored job with `next` derived from its schedule and cursor.
+pub fn view(record: JobRecord, now: Timestamp) -> Job {
+    let next = next_fire(&record, now);
+    let mut job = record.job;
+    job.next = next;
+    job
+}
+
+fn refuse_if_paused(node: &Node) -> Result<(), ApiError> {
+    if node.state.paused()? {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "new job submissions are paused (POST /v1/unpause to resume)",
+        ));
+    }
+    Ok(())
+}
+
+/// Validate a job completely (model rules and the executor's own config) before anything is proposed.
+fn check(job: &Job) -> Result<(), ApiError> {
+    job.validate()?;
+    kairos_agent::validate(&job.executor, &job.executor_config).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+async fn save(node: &Node, job: Job, params: &Params, location: String) -> ApiResult {
+    check(&job)?;
+    let now = Timestamp::now();
+    let response = node.submit(Command::PutJob { job: Box::new(job), now }).await?;
+    let job = response.job.ok_or_else(|| ApiError::internal("put job answered no job"))?;
+    if params.contains_key("runoncreate") {
+        node.submit(Command::Fire { fires: vec![manual_fire(&job.name)] }).await?;
+    }
+    let record = node.state.job(&job.name)?.ok_or_else(|| ApiError::internal("job vanished after put"))?;
+    let mut response = reply(StatusCode::CREATED, &view(record, now), params);
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+fn manual_fire(job: &str) -> Fire {
+    Fire { job: job.to_string(), scheduled_at: Timestamp::now(), trigger: Trigger::Manual }
+}
+
+/// `POST /v1/jobs`: create, or replace an existing job with the body (absent fields take their defaults).
+pub async fn create_or_update(State(node): State<AppState>, Query(params): Query<Params>, body: Bytes) -> ApiResult {
+    refuse_if_paused(&node)?;
+    let job = Job::from_input(JobInput::from_json(&body)?)?;
+    let location = format!("/v1/jobs/{}", job.name);
+    save(&node, job, &params, location).await
+}
+
+/// `PUT /v1/jobs/{job}`: the same with the name taken from the path (a name in the body must agree).
+pub async fn put(
+    State(node): State<AppState>,
+    Path(name): Path<String>,
+    Query(params): Query<Params>,
+    body: Bytes,
+) -> ApiResult {
+    refuse_if_paused(&node)?;
+    let mut input = JobInput::from_json(&body)?;
+    match &input.name {
+        Some(n) if n != &name => {
+            return Err(ApiError::bad_request(format!("name: '{n}' in the body differs from '{name}' in the path")));
+        }
+        _ => input.name = Some(name.clone()),
+    }
+    let job = Job::from_input(input)?;
+    save(&node, job, &params, format!("/v1/jobs/{name}")).await
+}
+
+/// `PATCH /v1/jobs`: change only the fields present in the body; creates the job when it does not exist.
+pub async fn patch(State(node): State<AppState>, Query(params): Query<Params>, body: Bytes) -> ApiResult {
+    refuse_if_paused(&node)?;
+    let input = JobInput::from_json(&body)?;
+    let name = input.name.clone().unwrap_or_default();
+    kairos_model::job::validate_name(&name)?;
+    let job = match node.state.job(&name)? {
+        Some(record) => {
+            let mut job = record.job;
+            job.apply(input)?;
+            job
+        }
+        None => Job::from_input(input)?,
+    };
+    save(&node, job, &params, format!("/v1/jobs/{name}")).await
+}
+
+pub async fn show(State(node): State<AppState>, Path(name): Path<String>, Query(params): Query<Params>) -> ApiResult {
+    let record = node.state.job(&name)?.ok_or_else(|| job_not_found(&name))?;
+    Ok(reply(StatusCode::OK, &view(record, Timestamp::now()), &params))
+}
+
+pub fn job_not_found(name: &str) -> ApiError {
+    ApiError::not_found(format!("job '{name}' not found"))
+}
+
+pub async fn delete(State(node): State<AppState>, Path(name): Path<String>, Query(params): Query<Params>) -> ApiResult {
+    let response = node.submit(Command::DeleteJob { name: name.clone() }).await?;
+    let job = response.job.ok_or_else(|| job_not_found(&name))?;
+    Ok(reply(StatusCode::OK, &job, &params))
+}
+
+/// `POST /v1/jobs/{job}` and `/run`: decide a manual run now and answer 202 without waiting for it.
+pub async fn run(State(node): State<AppState>, Path(name): Path<String>, Query(params): Query<Params>) -> ApiResult {
+    let record = node.state.job(&name)?.ok_or_else(|| job_not_found(&name))?;
+    node.submit(Command::Fire { fires: vec![manual_fire(&name)] }).await?;
+    Ok(reply(StatusCode::ACCEPTED, &view(record, Timestamp::now()), &params))
+}
+
+pub async fn toggle(State(node): State<AppState>, Path(name): Path<String>, Query(params): Query<Params>) -> ApiResult {
+    let record = node.state.job(&name)?.ok_or_else(|| job_not_found(&name))?;
+    let mut job = record.job;
+    job.disabled = !job.disabled;
+    let now = Timestamp::now();
+    let response = node.submit(Command::PutJob { job: Box::new(job), now }).await?;
+    let job = response.job.ok_or_else(|| ApiError::internal("toggle answered no job"))?;
+    let record = node.state.job(&job.name)?.ok_or_else(|| job_not_found(&name))?;
+    Ok(reply(StatusCode::OK, &view(record, now), &params))
+}
+
+/// `POST /v1/restore`: a JSON array of jobs, as a multipart `file` field (Dkron) or as the raw body.
+/// Every job is validated (parents may come from the same file) before any is stored.
+pub async fn restore(State(node): State<AppState>, Query(params): Query<Params>, request: Request) -> ApiResult {
+    let is_multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let body = if is_multipart {
+        let mut form = Multipart::from_request(request, &()).await.map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let mut file = None;
+        while let Some(field) = form.next_field().await.map_err(|e| ApiError::bad_request(e.body_text()))? {
+            if field.name() == Some("file") {
+                file = Some(field.bytes().await.map_err(|e| ApiError::bad_request(e.body_text()))?);
+            }
+        }
+        file.ok_or_else(|| ApiError::bad_request("file: the multipart form has no 'file' field"))?
+    } else {
+        Bytes::from_request(request, &()).await.map_err(|e| ApiError::bad_request(e.to_string()))?
+    };
+    let inputs: Vec<serde_json::Value> =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body: not a JSON array of jobs: {e}")))?;
+    let mut jobs = Vec::with_capacity(inputs.len());
+    for (i, value) in inputs.into_iter().enumerate() {
+        let input: JobInput = serde_json::from_value(value)
+            .map_err(|e| ApiError::bad_request(format!("[{i}].{}", kairos_model::job::json_error(e))))?;
+        let job = Job::from_input(input).map_err(|e| ApiError::bad_request(format!("[{i}].{e}")))?;
+        check(&job).map_err(|e| ApiError::bad_request(format!("[{i}].{}", e.message)))?;
+        jobs.push(job);
+    }
+    let jobs = parents_first(jobs, &node)?;
+    let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
+    node.submit(Command::RestoreJobs { jobs, now: Timestamp::now() }).await?;
+    Ok(reply(StatusCode::OK, &serde_json::json!({ "restored": names }), &params))
+}
+
+/// Order jobs so every parent comes before its children; a parent must be in the file or already stored.
+fn parents_first(mut pending: Vec<Job>, node: &Node) -> Result<Vec<Job>, ApiError> {
+    let mut ordered: Vec<Job> = Vec::with_capacity(pending.len());
+    while !pending.is_empty() {
+        let before = pending.len();
+        let mut rest = Vec::new();
+        for job in pending {
+            let ready = job.parent_job.is_empty()
+                || ordered.iter().any(|j| j.name == job.parent_job)
+                || node.state.job(&job.parent_job)?.is_some();
+            if ready { ordered.push(job) } else { rest.push(job) }
+        }
+        if rest.len() == before {
+            let names: Vec<&str> = rest.iter().map(|j| j.name.as_str()).collect();
+            return Err(ApiError::bad_request(format!(
+                "parent_job: jobs {} name parents that are neither stored nor in the file (or form a cycle)",
+                names.join(", ")
+            )));
+        }
+        pending = rest;
+    }
+    Ok(ordered)
+}
+
+/// `GET /v1/jobs`: Dkron's filters (`q`, `metadata[k]=v`, `status`, `disabled`) plus `executor` and `tags[k]=v`,
+/// sorted by `_sort`/`_order` and paged by `_start`/`_end`, with the filtered count in `X-Total-Count`.
+pub async fn list(State(node): State<AppState>, Query(params): Query<Params>, RawQuery(raw): RawQuery) -> ApiResult {
+    let filter = JobFilter::parse(&params, raw.as_deref().unwrap_or(""))?;
+    let sort = params.get("_sort").map(String::as_str).unwrap_or("name");
+    let key = sort_key(sort)?;
+    let desc = descending(&params, false)?;
+    let now = Timestamp::now();
+    let mut jobs = Vec::new();
+    let reader = node.state.clone();
+    tokio::task::block_in_place(|| {
+        reader.for_each_job(|record| {
+            if filter.matches(&record.job) {
+                jobs.push(view(record, now));
+            }
+            true
+        })
+    })?;
+    jobs.sort_by(|a, b| {
+        let ord = key(a, b).then_with(|| a.name.cmp(&b.name));
+        if desc { ord.reverse() } else { ord }
+    });
+    let (start, end) = page_bounds(&params, jobs.len())?;
+    Ok(reply_list(&jobs[start..end], jobs.len(), &params))
+}
+
+type JobOrder = fn(&Job, &Job) -> Ordering;
+
+fn sort_key(field: &str) -> Result<JobOrder, ApiError> {
+    Ok(match field {
+        "id" | "name" => |a, b| a.name.cmp(&b.name),
+        "displayname" => |a, b| a.displayname.cmp(&b.displayname),
+        "schedule" => |a, b| a.schedule.cmp(&b.schedule),
+        "status" => |a, b| a.status.cmp(&b.status),
+        "next" => |a, b| a.next.cmp(&b.next),
+        "success_count" => |a, b| a.success_count.cmp(&b.success_count),
+        "error_count" => |a, b| a.error_count.cmp(&b.error_count),
+        "last_success" => |a, b| a.last_success.cmp(&b.last_success),
+        "last_error" => |a, b| a.last_error.cmp(&b.last_error),
+        "owner" => |a, b| a.owner.cmp(&b.owner),
+        "executor" => |a, b| a.executor.cmp(&b.executor),
+        "disabled" => |a, b| a.disabled.cmp(&b.disabled),
+        "created_at" => |a, b| a.created_at.cmp(&b.created_at),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "_sort: cannot sort jobs by '{other}' (name, displayname, schedule, status, next, success_count, \
+                 error_count, last_success, last_error, owner, executor, disabled, created_at)"
+            )));
+        }
+    })
+}
+
+struct JobFilter {
+    query: Option<String>,
+    metadata: Vec<(String, String)>,
+    tags: Vec<(String, String)>,
+    status: Option<String>,
+    disabled: Option<bool>,
+    executor: Option<String>,
+}
+
+impl JobFilter {
+    fn parse(params: &Params, raw: &str) -> Result<JobFilter, ApiError> {
+        let disabled = match params.get("disabled").map(String::as_str) {
+            None | Some("") => None,
+            Some("true") => Some(true),
+            Some("false") => Some(false),
+            Some(other) => return Err(ApiError::bad_request(format!("disabled: '{other}' is not true or false"))),
+        };
+        let status = params.get("status").filter(|s| !s.is_empty()).cloned();
+        if let Some(s) = &status
+            && !["success", "failed", "running", "untriggered"].contains(&s.as_str())
+        {
+            return Err(ApiError::bad_request(format!(
+                "status: '{s}' is not one of success, failed, running, untriggered"
+            )));
+        }
+        Ok(JobFilter {
+            query: params.get("q").filter(|q| !q.is_empty()).map(|q| q.to_lowercase()),
+            metadata: bracketed(raw, "metadata"),
+            tags: bracketed(raw, "tags"),
+            status,
+            disabled,
+            executor: params.get("executor").filter(|e| !e.is_empty()).cloned(),
+        })
+    }
+
+    fn matches(&self, job: &Job) -> bool {
+        if let Some(q) = &self.query
+            && !job.name.contains(q.as_str())
+            && !job.displayname.to_lowercase().contains(q.as_str())
+        {
+            return false;
+        }
+        if let Some(status) = &self.status {
+            let actual = if job.status.is_empty() { "untriggered" } else { job.status.as_str() };
+            if actual != status {
+                return false;
+            }
+        }
+        self.disabled.is_none_or(|d| d == job.disabled)
+            && self.executor.as_ref().is_none_or(|e| e == &job.executor)
+            && self.metadata.iter().all(|(k, v)| job.metadata.get(k) == Some(v))
+            && self.tags.iter().all(|(k, v)| job.tags.get(k) == Some(v))
+    }
+}
+
+/// Pairs from `name[key]=value` query parameters (Dkron's `metadata[k]=v`).
+fn bracketed(raw: &str, name: &str) -> Vec<(String, String)> {
+    let prefix = format!("{name}[");
+    form_pairs(raw)
+        .filter_map(|(k, v)| {
+            let key = k.strip_prefix(&prefix)?.strip_suffix(']')?.to_string();
+            Some((key, v))
+        })
+        .collect()
+}
+
+fn form_pairs(raw: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    form_urlencoded::parse(raw.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned()))
+}
+
+/// Shared by the executions routes: the job must exist.
+pub fn require_job(node: &Node, name: &str) -> Result<JobRecord, ApiError> {
+    node.state.job(name)?.ok_or_else(|| job_not_found(name))
+}

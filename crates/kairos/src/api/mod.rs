@@ -1,0 +1,194 @@
+//! The HTTP API: Dkron's `/v1` routes with the same paths, fields and success codes, plus our additions
+//! (execution cancel, schedule preview, the OpenAPI document).
+//!
+//! The API never touches disk: reads go through the store's [`StateReader`](kairos_store::StateReader) snapshot,
+//! writes become [`Command`](kairos_store::Command)s proposed through Raft by the [`Node`]. Every error is a JSON
+//! body `{"error": "..."}` naming the field and the problem, with 400 for invalid input, 404 for unknown names and
+//! 409 for conflicts. The router is built from one route table ([`routes`]) that the OpenAPI document is checked
+//! against, so the two cannot drift apart.
+
+mod executions;
+mod jobs;
+pub mod openapi;
+mod system;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use kairos_model::FieldError;
+use kairos_store::Refusal;
+use serde::Serialize;
+
+use crate::node::Node;
+
+pub type AppState = Arc<Node>;
+
+/// One documented route: its path (OpenAPI syntax), the methods it answers, and the handlers.
+pub struct Route {
+    pub path: &'static str,
+    pub methods: &'static [&'static str],
+    pub handler: MethodRouter<AppState>,
+}
+
+/// Every route the API serves. The router is built from this table and a test checks it against the document.
+pub fn routes() -> Vec<Route> {
+    fn route(path: &'static str, methods: &'static [&'static str], handler: MethodRouter<AppState>) -> Route {
+        Route { path, methods, handler }
+    }
+    vec![
+        route("/health", &["get"], get(system::health)),
+        route("/v1", &["get"], get(system::index)),
+        route("/v1/members", &["get"], get(system::members)),
+        route("/v1/leader", &["get"], get(system::leader)),
+        route("/v1/isleader", &["get"], get(system::is_leader)),
+        route("/v1/busy", &["get"], get(system::busy)),
+        route("/v1/pause", &["get", "post"], get(system::pause_status).post(system::pause)),
+        route("/v1/unpause", &["post"], post(system::unpause)),
+        route("/v1/restore", &["post"], post(jobs::restore)),
+        route("/v1/schedule/preview", &["get"], get(system::preview)),
+        route("/v1/openapi.json", &["get"], get(openapi::serve)),
+        route(
+            "/v1/jobs",
+            &["get", "post", "patch"],
+            get(jobs::list).post(jobs::create_or_update).patch(jobs::patch),
+        ),
+        route(
+            "/v1/jobs/{job}",
+            &["get", "put", "post", "delete"],
+            get(jobs::show).put(jobs::put).post(jobs::run).delete(jobs::delete),
+        ),
+        route("/v1/jobs/{job}/run", &["post"], post(jobs::run)),
+        route("/v1/jobs/{job}/toggle", &["post"], post(jobs::toggle)),
+        route(
+            "/v1/jobs/{job}/executions",
+            &["get", "delete"],
+            get(executions::list).delete(executions::delete_all),
+        ),
+        route("/v1/jobs/{job}/executions/{execution}", &["get"], get(executions::show)),
+        route("/v1/jobs/{job}/executions/{execution}/cancel", &["post"], post(executions::cancel)),
+    ]
+}
+
+pub fn router(node: AppState) -> Router {
+    let mut router = Router::new();
+    for route in routes() {
+        router = router.route(route.path, route.handler);
+    }
+    router.fallback(not_found).with_state(node)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such route")
+}
+
+/// An error answer: a status and a message, rendered as `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into() }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+
+    pub fn internal(err: impl std::fmt::Display) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(err: FieldError) -> ApiError {
+        ApiError::bad_request(err.to_string())
+    }
+}
+
+impl From<redb::Error> for ApiError {
+    fn from(err: redb::Error) -> ApiError {
+        ApiError::internal(format!("store: {err}"))
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> ApiError {
+        match refusal {
+            Refusal::NotFound(message) => ApiError::not_found(message),
+            Refusal::Conflict(message) => ApiError::new(StatusCode::CONFLICT, message),
+            Refusal::Invalid { field, message } => ApiError::bad_request(format!("{field}: {message}")),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.message });
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+pub type ApiResult = Result<Response, ApiError>;
+
+/// Query parameters as a map; repeated keys keep the last value (Dkron's behaviour).
+pub type Params = HashMap<String, String>;
+
+/// A JSON answer, indented when the request asked for `?pretty`.
+pub fn reply<T: Serialize>(status: StatusCode, value: &T, params: &Params) -> Response {
+    let body = if params.contains_key("pretty") {
+        serde_json::to_vec_pretty(value)
+    } else {
+        serde_json::to_vec(value)
+    };
+    match body {
+        Ok(body) => {
+            let mut response = (status, body).into_response();
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        Err(err) => ApiError::internal(err).into_response(),
+    }
+}
+
+/// A JSON list answer with Dkron's `X-Total-Count` header.
+pub fn reply_list<T: Serialize>(items: &[T], total: usize, params: &Params) -> Response {
+    let mut response = reply(StatusCode::OK, &items, params);
+    response.headers_mut().insert("X-Total-Count", HeaderValue::from(total));
+    response
+}
+
+/// Dkron's paging: `_start` (inclusive) and `_end` (exclusive) indices into the sorted, filtered list.
+pub fn page_bounds(params: &Params, total: usize) -> Result<(usize, usize), ApiError> {
+    let index = |key: &str, default: usize| -> Result<usize, ApiError> {
+        match params.get(key) {
+            None => Ok(default),
+            Some(text) => text
+                .parse::<usize>()
+                .map_err(|_| ApiError::bad_request(format!("{key}: '{text}' is not a non-negative integer"))),
+        }
+    };
+    let start = index("_start", 0)?.min(total);
+    let end = index("_end", total)?.clamp(start, total);
+    Ok((start, end))
+}
+
+/// `_order`: ASC or DESC (any case); `default_desc` when absent.
+pub fn descending(params: &Params, default_desc: bool) -> Result<bool, ApiError> {
+    match params.get("_order").map(|o| o.to_ascii_uppercase()) {
+        None => Ok(default_desc),
+        Some(o) if o == "ASC" => Ok(false),
+        Some(o) if o == "DESC" => Ok(true),
+        Some(o) => Err(ApiError::bad_request(format!("_order: '{o}' is not ASC or DESC"))),
+    }
+}

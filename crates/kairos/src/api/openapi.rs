@@ -1,0 +1,241 @@
+//! The OpenAPI 3 document of the HTTP API, served at `GET /v1/openapi.json`.
+//!
+//! Written by hand next to the route table; the tests check that every route in [`super::routes`] is described
+//! here with the same methods, and nothing more.
+
+use axum::extract::Query;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use super::{ApiResult, Params, reply};
+
+pub async fn serve(Query(params): Query<Params>) -> ApiResult {
+    Ok(reply(StatusCode::OK, &document(), &params))
+}
+
+fn error_responses(codes: &[&str]) -> Value {
+    let mut map = serde_json::Map::new();
+    for code in codes {
+        let description = match *code {
+            "400" => "Invalid input; the error names the field and the problem",
+            "404" => "Unknown job or execution",
+            "409" => "Conflict (e.g. the job has dependent jobs, or the execution already finished)",
+            "503" => "New job submissions are paused",
+            _ => "Error",
+        };
+        map.insert(
+            code.to_string(),
+            json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}),
+        );
+    }
+    Value::Object(map)
+}
+
+fn ok(description: &str, schema: Value) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": schema}}})
+}
+
+fn with_errors(mut responses: Value, codes: &[&str]) -> Value {
+    if let (Some(target), Value::Object(errors)) = (responses.as_object_mut(), error_responses(codes)) {
+        target.extend(errors);
+    }
+    responses
+}
+
+fn job_ref() -> Value {
+    json!({"$ref": "#/components/schemas/Job"})
+}
+
+fn exec_ref() -> Value {
+    json!({"$ref": "#/components/schemas/Execution"})
+}
+
+fn param(name: &str, location: &str, description: &str, schema: Value) -> Value {
+    json!({"name": name, "in": location, "required": location == "path", "description": description, "schema": schema})
+}
+
+fn job_param() -> Value {
+    param("job", "path", "Job name", json!({"type": "string"}))
+}
+
+fn exec_param() -> Value {
+    param("execution", "path", "Execution id", json!({"type": "string"}))
+}
+
+fn paging() -> Vec<Value> {
+    vec![
+        param("_start", "query", "First index of the page (inclusive)", json!({"type": "integer"})),
+        param("_end", "query", "Last index of the page (exclusive)", json!({"type": "integer"})),
+        param("_sort", "query", "Field to sort by", json!({"type": "string"})),
+        param("_order", "query", "ASC or DESC", json!({"type": "string", "enum": ["ASC", "DESC"]})),
+        param("pretty", "query", "Indent the JSON answer", json!({"type": "string"})),
+    ]
+}
+
+fn job_body() -> Value {
+    json!({"required": true, "content": {"application/json": {"schema": job_ref()}}})
+}
+
+fn paths() -> Value {
+    let str_schema = json!({"type": "string"});
+    let list_jobs_params: Vec<Value> = [
+        param("q", "query", "Substring of the name or display name", str_schema.clone()),
+        param("metadata[key]", "query", "Only jobs whose metadata has key=value (repeatable)", str_schema.clone()),
+        param("tags[key]", "query", "Only jobs whose tags have key=value (repeatable)", str_schema.clone()),
+        param("status", "query", "success, failed, running or untriggered", str_schema.clone()),
+        param("disabled", "query", "true or false", str_schema.clone()),
+        param("executor", "query", "Executor name", str_schema.clone()),
+    ]
+    .into_iter()
+    .chain(paging())
+    .collect();
+    let mut list_exec_params = vec![
+        job_param(),
+        param("status", "query", "Only executions with this status", str_schema.clone()),
+        param("output_size_limit", "query", "Keep only the last N bytes of each output", json!({"type": "integer"})),
+    ];
+    list_exec_params.extend(paging());
+    let run = json!({
+        "summary": "Run the job now (answers at once; the run is decided through Raft)",
+        "parameters": [job_param()],
+        "responses": with_errors(json!({"202": ok("The job", job_ref())}), &["404"]),
+    });
+    json!({
+        "/health": {"get": {"summary": "Liveness", "responses": {"200": ok("OK", json!({"type": "object"}))}}},
+        "/v1": {"get": {"summary": "Agent summary (name, version, tags, raft)", "responses": {"200": ok("Summary", json!({"type": "object"}))}}},
+        "/v1/members": {"get": {"summary": "Cluster members", "responses": {"200": ok("Members", json!({"type": "array", "items": {"$ref": "#/components/schemas/Member"}}))}}},
+        "/v1/leader": {"get": {"summary": "The leader member", "responses": with_errors(json!({"200": ok("Leader", json!({"$ref": "#/components/schemas/Member"}))}), &["404"])}},
+        "/v1/isleader": {"get": {"summary": "200 on the leader, 404 elsewhere", "responses": {"200": ok("Leader", str_schema.clone()), "404": ok("Follower", str_schema.clone())}}},
+        "/v1/busy": {"get": {"summary": "Pending and running executions", "responses": {"200": ok("Executions", json!({"type": "array", "items": exec_ref()}))}}},
+        "/v1/pause": {
+            "get": {"summary": "Whether new job submissions are paused", "responses": {"200": ok("Pause state", json!({"type": "object", "properties": {"paused": {"type": "boolean"}}}))}},
+            "post": {"summary": "Pause new job submissions (replicated, kept across restarts)", "responses": {"200": ok("Pause state", json!({"type": "object"}))}},
+        },
+        "/v1/unpause": {"post": {"summary": "Accept job submissions again", "responses": {"200": ok("Pause state", json!({"type": "object"}))}}},
+        "/v1/restore": {"post": {
+            "summary": "Create or replace jobs from a JSON array (multipart field `file`, or the raw body); all are validated first",
+            "requestBody": {"content": {"multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}}, "application/json": {"schema": {"type": "array", "items": job_ref()}}}},
+            "responses": with_errors(json!({"200": ok("Restored names", json!({"type": "object"}))}), &["400"]),
+        }},
+        "/v1/schedule/preview": {"get": {
+            "summary": "Next fire instants of a schedule, in UTC and in its zone",
+            "parameters": [
+                param("schedule", "query", "Cron expression or descriptor", str_schema.clone()),
+                param("timezone", "query", "IANA time zone (default UTC)", str_schema.clone()),
+                param("count", "query", "How many (1-1000, default 10)", json!({"type": "integer"})),
+                param("from", "query", "RFC 3339 instant to start after (default now)", str_schema.clone()),
+                param("name", "query", "Job name, for the ~ hash spread", str_schema.clone()),
+            ],
+            "responses": with_errors(json!({"200": ok("Preview", json!({"$ref": "#/components/schemas/Preview"}))}), &["400"]),
+        }},
+        "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": ok("OpenAPI 3 document", json!({"type": "object"}))}}},
+        "/v1/jobs": {
+            "get": {"summary": "List jobs (filtered, sorted, paged; X-Total-Count has the filtered count)", "parameters": list_jobs_params,
+                    "responses": with_errors(json!({"200": ok("Jobs", json!({"type": "array", "items": job_ref()}))}), &["400"])},
+            "post": {"summary": "Create or replace a job", "requestBody": job_body(),
+                     "parameters": [param("runoncreate", "query", "Run the job right after saving it", str_schema.clone())],
+                     "responses": with_errors(json!({"201": ok("The stored job", job_ref())}), &["400", "503"])},
+            "patch": {"summary": "Change the fields present in the body (creates the job if missing)", "requestBody": job_body(),
+                      "responses": with_errors(json!({"201": ok("The stored job", job_ref())}), &["400", "503"])},
+        },
+        "/v1/jobs/{job}": {
+            "get": {"summary": "Show a job", "parameters": [job_param()], "responses": with_errors(json!({"200": ok("The job", job_ref())}), &["404"])},
+            "put": {"summary": "Create or replace the named job", "parameters": [job_param()], "requestBody": job_body(),
+                    "responses": with_errors(json!({"201": ok("The stored job", job_ref())}), &["400", "503"])},
+            "post": run.clone(),
+            "delete": {"summary": "Delete a job and its executions", "parameters": [job_param()],
+                       "responses": with_errors(json!({"200": ok("The deleted job", job_ref())}), &["404", "409"])},
+        },
+        "/v1/jobs/{job}/run": {"post": run},
+        "/v1/jobs/{job}/toggle": {"post": {"summary": "Enable or disable a job", "parameters": [job_param()],
+            "responses": with_errors(json!({"200": ok("The job", job_ref())}), &["404"])}},
+        "/v1/jobs/{job}/executions": {
+            "get": {"summary": "List executions (newest first by default)", "parameters": list_exec_params,
+                    "responses": with_errors(json!({"200": ok("Executions", json!({"type": "array", "items": exec_ref()}))}), &["400", "404"])},
+            "delete": {"summary": "Delete every finished execution of the job", "parameters": [job_param()],
+                       "responses": with_errors(json!({"200": ok("The job", job_ref())}), &["404"])},
+        },
+        "/v1/jobs/{job}/executions/{execution}": {"get": {"summary": "Show an execution with its full stored output",
+            "parameters": [job_param(), exec_param()], "responses": with_errors(json!({"200": ok("The execution", exec_ref())}), &["404"])}},
+        "/v1/jobs/{job}/executions/{execution}/cancel": {"post": {"summary": "Cancel a pending or running execution",
+            "parameters": [job_param(), exec_param()], "responses": with_errors(json!({"202": ok("The execution", exec_ref())}), &["404", "409"])}},
+    })
+}
+
+fn schemas() -> Value {
+    let s = json!({"type": "string"});
+    let t = json!({"type": "string", "format": "date-time", "nullable": true});
+    let map = json!({"type": "object", "additionalProperties": {"type": "string"}});
+    json!({
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string", "description": "Names the field and the problem"}}},
+        "Job": {"type": "object", "required": ["name", "executor"], "additionalProperties": false, "properties": {
+            "id": {"type": "string", "readOnly": true}, "name": {"type": "string", "pattern": "^[a-z0-9_-]+$"},
+            "displayname": s, "schedule": {"type": "string", "description": "Cron (5, 6 or 7 fields) or @descriptor; empty for child jobs"},
+            "timezone": {"type": "string", "description": "IANA zone for the schedule"}, "owner": s, "owner_email": s,
+            "success_count": {"type": "integer", "readOnly": true}, "error_count": {"type": "integer", "readOnly": true},
+            "last_success": t, "last_error": t, "disabled": {"type": "boolean"}, "tags": map, "metadata": map,
+            "retries": {"type": "integer", "minimum": 0, "maximum": 100},
+            "dependent_jobs": {"type": "array", "items": s, "readOnly": true}, "parent_job": s,
+            "processors": {"type": "object"},
+            "concurrency": {"type": "string", "enum": ["allow", "forbid", "replace"]},
+            "executor": {"type": "string", "enum": ["shell", "http"]}, "executor_config": map,
+            "status": {"type": "string", "readOnly": true, "enum": ["", "success", "failed", "running"]},
+            "next": t, "ephemeral": {"type": "boolean"}, "starts_at": t, "expires_at": t,
+            "catch_up": {"type": "string", "enum": ["skip", "latest", "all"], "description": "Slots missed while no scheduler ran"},
+            "catch_up_window": {"type": "string", "description": "Duration, default 1h"},
+            "retry_backoff": {"type": "string", "description": "Duration, default 1s, doubling with jitter"},
+            "retry_backoff_max": {"type": "string", "description": "Duration, default 5m"},
+            "executions_retained": {"type": "integer", "nullable": true, "description": "Finished executions kept (default: server's)"},
+            "created_at": t, "updated_at": t,
+        }},
+        "Execution": {"type": "object", "properties": {
+            "id": s, "job_name": s, "started_at": t, "finished_at": t, "success": {"type": "boolean"},
+            "output": s, "output_truncated": {"type": "boolean"}, "node_name": s, "group": {"type": "integer"},
+            "attempt": {"type": "integer"}, "scheduled_at": {"type": "string", "format": "date-time"},
+            "status": {"type": "string", "enum": ["pending", "running", "succeeded", "failed", "lost", "cancelled", "skipped"]},
+            "exit_code": {"type": "integer", "nullable": true},
+            "trigger": {"type": "string", "enum": ["schedule", "catch_up", "manual", "retry", "parent"]},
+            "error": {"type": "string", "nullable": true}, "not_before": t, "lease_until": t, "output_bytes": {"type": "integer"},
+        }},
+        "Member": {"type": "object", "properties": {
+            "Name": s, "Addr": s, "Port": {"type": "integer"}, "Tags": map, "Status": {"type": "integer"}, "statusText": s,
+        }},
+        "Preview": {"type": "object", "properties": {
+            "schedule": s, "timezone": s, "from": s,
+            "fires": {"type": "array", "items": {"type": "object", "properties": {"utc": s, "local": s, "zone_abbreviation": s}}},
+        }},
+    })
+}
+
+pub fn document() -> Value {
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Kairos API", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Dkron-compatible /v1 API of the Kairos scheduler. Errors are {\"error\": \"field: problem\"}."},
+        "paths": paths(),
+        "components": {"schemas": schemas()},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn document_describes_exactly_the_served_routes() {
+        let doc = document();
+        let documented: BTreeSet<(String, String)> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(path, ops)| ops.as_object().unwrap().keys().map(move |m| (path.clone(), m.clone())))
+            .collect();
+        let served: BTreeSet<(String, String)> = super::super::routes()
+            .iter()
+            .flat_map(|r| r.methods.iter().map(move |m| (r.path.to_string(), m.to_string())))
+            .collect();
+        assert_eq!(documented, served);
+    }
+}

@@ -1,0 +1,124 @@
+//! Node and cluster routes: health, agent info, members, leader, busy, pause, and the schedule preview.
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use kairos_model::Timestamp;
+use kairos_schedule::Schedule;
+use kairos_store::Command;
+use serde_json::json;
+
+use super::{ApiError, ApiResult, AppState, Params, reply, reply_list};
+
+/// Upper bound on preview length, so one request cannot ask for unbounded work.
+const PREVIEW_COUNT_MAX: usize = 1000;
+
+pub async fn health(State(node): State<AppState>, Query(params): Query<Params>) -> ApiResult {
+    let leader = node.leader_name();
+    Ok(reply(StatusCode::OK, &json!({ "status": "ok", "node": node.config.node_name, "leader": leader }), &params))
+}
+
+/// `GET /v1`: Dkron's agent summary.
+pub async fn index(State(node): State<AppState>, Query(params): Query<Params>) -> ApiResult {
+    let body = json!({
+        "agent": { "name": node.config.node_name, "version": env!("CARGO_PKG_VERSION") },
+        "tags": node.member_tags(),
+        "raft": node.raft_summary(),
+    });
+    Ok(reply(StatusCode::OK, &body, &params))
+}
+
+pub async fn members(State(node): State<AppState>, Query(params): Query<Params>) -> ApiResult {
+    let members = vec![node.member_self()];
+    Ok(reply_list(&members, members.len(), &params))
+}
+
+pub async fn leader(State(node): State<AppState>, Query(params): Query<Params>) -> ApiResult {
+    if node.is_leader() {
+        Ok(reply(StatusCode::OK, &node.member_self(), &params))
+    } else {
+        Err(ApiError::not_found("no leader is known yet"))
+    }
+}
+
+pub async fn is_leader(State(node): State<AppState>, Query(params): Query<Params>) -> ApiResult {
+    if node.is_leader() {
+        Ok(reply(StatusCode::OK, &"I am a leader", &params))
+    } else {
+        Ok(reply(StatusCode::NOT_FOUND, &"I am a follower", &params))
+    }
+}
+
+/// `GET /v1/busy`: running (and pending) executions, oldest first.
+pub async fn busy(State(node): State<AppState>, Query(params): Query<Params>) -> ApiResult {
+    let mut active = node.state.active()?;
+    active.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.scheduled_at.cmp(&b.scheduled_at)));
+    Ok(reply_list(&active, active.len(), &params))
+}
+
+pub async fn pause_status(State(node): State<AppState>, Query(params): Query<Params>) -> ApiResult {
+    Ok(reply(StatusCode::OK, &json!({ "paused": node.state.paused()? }), &params))
+}
+
+/// `POST /v1/pause`: refuse new job submissions (Dkron's meaning), replicated and kept across restarts.
+pub async fn pause(State(node): State<AppState>, Query(params): Query<Params>) -> ApiResult {
+    node.submit(Command::SetPaused { paused: true }).await?;
+    Ok(reply(StatusCode::OK, &json!({ "paused": true }), &params))
+}
+
+pub async fn unpause(State(node): State<AppState>, Query(params): Query<Params>) -> ApiResult {
+    node.submit(Command::SetPaused { paused: false }).await?;
+    Ok(reply(StatusCode::OK, &json!({ "paused": false }), &params))
+}
+
+/// `GET /v1/schedule/preview?schedule=…&timezone=…&count=N&from=RFC3339[&name=job]`: the next N fire instants
+/// after `from`, each in UTC and in the schedule's zone.
+pub async fn preview(Query(params): Query<Params>) -> ApiResult {
+    let expr = params.get("schedule").filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+        ApiError::bad_request("schedule: required (e.g. ?schedule=*/5 * * * * *)")
+    })?;
+    let timezone = params.get("timezone").map(String::as_str).filter(|t| !t.is_empty());
+    let count = match params.get("count") {
+        None => 10,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=PREVIEW_COUNT_MAX).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "count: '{text}' is not an integer between 1 and {PREVIEW_COUNT_MAX}"
+                )));
+            }
+        },
+    };
+    let from = match params.get("from").filter(|f| !f.is_empty()) {
+        None => Timestamp::now(),
+        Some(text) => text
+            .parse::<Timestamp>()
+            .map_err(|e| ApiError::bad_request(format!("from: '{text}' is not an RFC 3339 timestamp: {e}")))?,
+    };
+    let name = params.get("name").map(String::as_str).unwrap_or("");
+    let schedule = Schedule::parse(expr, timezone, name).map_err(|e| {
+        let text = e.to_string();
+        if text.starts_with("timezone") || text.starts_with("schedule") { ApiError::bad_request(text) } else {
+            ApiError::bad_request(format!("schedule: {text}"))
+        }
+    })?;
+    let zone = schedule.time_zone().clone();
+    let mut fires = Vec::with_capacity(count);
+    let mut cursor = from;
+    while fires.len() < count {
+        let Some(next) = schedule.next_after(cursor) else { break };
+        let local = next.to_zoned(zone.clone());
+        fires.push(json!({
+            "utc": next.to_string(),
+            "local": local.strftime("%Y-%m-%dT%H:%M:%S%.f%:z").to_string(),
+            "zone_abbreviation": local.strftime("%Z").to_string(),
+        }));
+        cursor = next;
+    }
+    let body = json!({
+        "schedule": expr,
+        "timezone": schedule.time_zone_name(),
+        "from": from.to_string(),
+        "fires": fires,
+    });
+    Ok(reply(StatusCode::OK, &body, &params))
+}

@@ -1,0 +1,283 @@
+//! Agent configuration: Dkron's flag names, from the command line, `KAIROS_*` environment variables and a config
+//! file, in that order of precedence, over built-in defaults.
+//!
+//! Clap handles flags and environment (every flag `--foo-bar` also reads `KAIROS_FOO_BAR`); the file is read with
+//! figment into the same field names, and [`AgentArgs::resolve`] merges the two layers field by field. Keys in the
+//! file are the flag names (kebab-case) with node tags under `tags:`, so a `dkron.yml` works when passed with
+//! `--config`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use figment::Figment;
+use figment::providers::{Format, Json, Toml, Yaml};
+use serde::Deserialize;
+
+/// Flags of `kairos agent`. Every value is optional here so we can tell "not given" from "given as default".
+#[derive(Debug, Clone, Default, Args)]
+pub struct AgentArgs {
+    /// Run as a server: a Raft voter that stores state and schedules jobs.
+    #[arg(long, env = "KAIROS_SERVER", num_args = 0..=1, default_missing_value = "true")]
+    pub server: Option<bool>,
+    /// Number of servers to wait for before bootstrapping the cluster.
+    #[arg(long, env = "KAIROS_BOOTSTRAP_EXPECT")]
+    pub bootstrap_expect: Option<u32>,
+    /// Name of this node in the cluster (default: the host name).
+    #[arg(long, env = "KAIROS_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Directory for the Raft log, the state and local execution outputs (default: kairos.data).
+    #[arg(long, env = "KAIROS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the HTTP API and UI (default :8080; port 0 picks a free port, which is logged).
+    #[arg(long, env = "KAIROS_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+    /// Address for cluster membership traffic (default 0.0.0.0:8946).
+    #[arg(long, env = "KAIROS_BIND_ADDR")]
+    pub bind_addr: Option<String>,
+    /// Address other nodes use to reach this one (default: the bind address).
+    #[arg(long, env = "KAIROS_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// Port of the node-to-node RPC listener (default 6868; 0 picks a free port).
+    #[arg(long, env = "KAIROS_RPC_PORT")]
+    pub rpc_port: Option<u16>,
+    /// A node tag, `key=value`; repeatable.
+    #[arg(long = "tag", env = "KAIROS_TAG", value_delimiter = ',')]
+    pub tags: Vec<String>,
+    /// Log level: error, warn, info, debug or trace (default info).
+    #[arg(long, env = "KAIROS_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    #[arg(long, env = "KAIROS_DATACENTER")]
+    pub datacenter: Option<String>,
+    #[arg(long, env = "KAIROS_REGION")]
+    pub region: Option<String>,
+    /// Serve the web UI at /ui/ (default true).
+    #[arg(long, env = "KAIROS_UI", num_args = 0..=1, default_missing_value = "true")]
+    pub ui: Option<bool>,
+    /// How long a shutdown waits for running executions before killing them (default 30s).
+    #[arg(long, env = "KAIROS_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<String>,
+    /// Cap on the stored output of one execution, in bytes (default 1048576).
+    #[arg(long, env = "KAIROS_OUTPUT_MAX_BYTES")]
+    pub output_max_bytes: Option<u64>,
+    /// Finished executions kept per job unless the job says otherwise (default 100).
+    #[arg(long, env = "KAIROS_EXECUTIONS_RETAINED")]
+    pub executions_retained: Option<u32>,
+    /// How long a running execution stays alive without a renewal before it turns lost (default 30s).
+    #[arg(long, env = "KAIROS_EXECUTION_LEASE")]
+    pub execution_lease: Option<String>,
+    /// Time between SIGTERM and SIGKILL when a run is cancelled or times out (default 5s).
+    #[arg(long, env = "KAIROS_KILL_GRACE")]
+    pub kill_grace: Option<String>,
+    /// Read configuration from this file instead of searching /etc/kairos, $HOME/.kairos and ./config.
+    #[arg(long, env = "KAIROS_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// The same keys as the flags, as they appear in a config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct FileConfig {
+    server: Option<bool>,
+    bootstrap_expect: Option<u32>,
+    node_name: Option<String>,
+    data_dir: Option<PathBuf>,
+    http_addr: Option<String>,
+    bind_addr: Option<String>,
+    advertise_addr: Option<String>,
+    rpc_port: Option<u16>,
+    tags: Option<BTreeMap<String, String>>,
+    log_level: Option<String>,
+    datacenter: Option<String>,
+    region: Option<String>,
+    ui: Option<bool>,
+    shutdown_grace: Option<String>,
+    output_max_bytes: Option<u64>,
+    executions_retained: Option<u32>,
+    execution_lease: Option<String>,
+    kill_grace: Option<String>,
+}
+
+/// The resolved configuration of one node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: bool,
+    pub bootstrap_expect: u32,
+    pub node_name: String,
+    pub data_dir: PathBuf,
+    pub http_addr: SocketAddr,
+    pub bind_addr: String,
+    pub advertise_addr: Option<String>,
+    pub rpc_port: u16,
+    pub tags: BTreeMap<String, String>,
+    pub log_level: String,
+    pub datacenter: String,
+    pub region: String,
+    pub ui: bool,
+    pub shutdown_grace: Duration,
+    pub output_max_bytes: u64,
+    pub executions_retained: u32,
+    pub execution_lease: Duration,
+    pub kill_grace: Duration,
+    /// The file the configuration was read from, if any.
+    pub config_file: Option<PathBuf>,
+}
+
+const CONFIG_NAMES: [&str; 4] = ["kairos.yml", "kairos.yaml", "kairos.toml", "kairos.json"];
+
+impl AgentArgs {
+    /// Merge flags and environment (already in `self`) over the config file over the defaults.
+    pub fn resolve(self) -> anyhow::Result<Config> {
+        let config_file = match &self.config {
+            Some(path) => {
+                if !path.is_file() {
+                    bail!("--config: file '{}' does not exist", path.display());
+                }
+                Some(path.clone())
+            }
+            None => search_config_file(),
+        };
+        let file = match &config_file {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let mut tags = file.tags.unwrap_or_default();
+        for tag in &self.tags {
+            let (k, v) = tag
+                .split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .with_context(|| format!("--tag: '{tag}' is not key=value"))?;
+            tags.insert(k.to_string(), v.to_string());
+        }
+        let node_name = self.node_name.or(file.node_name).unwrap_or_else(default_node_name);
+        if node_name.is_empty() {
+            bail!("--node-name: must not be empty");
+        }
+        let http_addr = self.http_addr.or(file.http_addr).unwrap_or_else(|| ":8080".into());
+        let log_level = self.log_level.or(file.log_level).unwrap_or_else(|| "info".into());
+        if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
+            bail!("--log-level: '{log_level}' is not one of error, warn, info, debug, trace");
+        }
+        Ok(Config {
+            server: self.server.or(file.server).unwrap_or(false),
+            bootstrap_expect: self.bootstrap_expect.or(file.bootstrap_expect).unwrap_or(0),
+            node_name,
+            data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("kairos.data")),
+            http_addr: parse_listen_addr("--http-addr", &http_addr)?,
+            bind_addr: self.bind_addr.or(file.bind_addr).unwrap_or_else(|| "0.0.0.0:8946".into()),
+            advertise_addr: self.advertise_addr.or(file.advertise_addr),
+            rpc_port: self.rpc_port.or(file.rpc_port).unwrap_or(6868),
+            tags,
+            log_level,
+            datacenter: self.datacenter.or(file.datacenter).unwrap_or_else(|| "dc1".into()),
+            region: self.region.or(file.region).unwrap_or_else(|| "global".into()),
+            ui: self.ui.or(file.ui).unwrap_or(true),
+            shutdown_grace: duration("--shutdown-grace", self.shutdown_grace.or(file.shutdown_grace), "30s")?,
+            output_max_bytes: self.output_max_bytes.or(file.output_max_bytes).unwrap_or(1024 * 1024),
+            executions_retained: self
+                .executions_retained
+                .or(file.executions_retained)
+                .unwrap_or(kairos_model::job::EXECUTIONS_RETAINED_DEFAULT)
+                .max(1),
+            execution_lease: duration("--execution-lease", self.execution_lease.or(file.execution_lease), "30s")?,
+            kill_grace: duration("--kill-grace", self.kill_grace.or(file.kill_grace), "5s")?,
+            config_file,
+        })
+    }
+}
+
+fn duration(flag: &str, value: Option<String>, default: &str) -> anyhow::Result<Duration> {
+    let text = value.unwrap_or_else(|| default.to_string());
+    kairos_schedule::parse_duration(&text).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+}
+
+fn default_node_name() -> String {
+    hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "kairos".into())
+}
+
+fn search_config_file() -> Option<PathBuf> {
+    let mut dirs = vec![PathBuf::from("/etc/kairos")];
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&home).join(".kairos"));
+    }
+    dirs.push(PathBuf::from("./config"));
+    dirs.iter().flat_map(|dir| CONFIG_NAMES.iter().map(move |name| dir.join(name))).find(|p| p.is_file())
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("yml");
+    let figment = match ext {
+        "toml" => Figment::from(Toml::file_exact(path)),
+        "json" => Figment::from(Json::file_exact(path)),
+        _ => Figment::from(Yaml::file_exact(path)),
+    };
+    figment.extract().with_context(|| format!("config file '{}'", path.display()))
+}
+
+/// Accept Dkron's `:8080` (all interfaces) as well as `host:port`.
+pub fn parse_listen_addr(flag: &str, text: &str) -> anyhow::Result<SocketAddr> {
+    let full = if text.starts_with(':') { format!("0.0.0.0{text}") } else { text.to_string() };
+    full.parse().with_context(|| format!("{flag}: '{text}' is not an address like :8080 or 127.0.0.1:8080"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kairos.yml");
+        std::fs::write(&file, "node-name: from-file\nhttp-addr: 127.0.0.1:9000\ntags:\n  role: web\n").unwrap();
+        let args = AgentArgs {
+            node_name: Some("from-flag".into()),
+            config: Some(file),
+            tags: vec!["zone=a".into()],
+            ..AgentArgs::default()
+        };
+        let config = args.resolve().unwrap();
+        assert_eq!(config.node_name, "from-flag");
+        assert_eq!(config.http_addr.to_string(), "127.0.0.1:9000");
+        assert_eq!(config.tags.get("role").map(String::as_str), Some("web"));
+        assert_eq!(config.tags.get("zone").map(String::as_str), Some("a"));
+        assert_eq!(config.rpc_port, 6868);
+        assert_eq!(config.data_dir, PathBuf::from("kairos.data"));
+    }
+
+    #[test]
+    fn toml_and_json_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = dir.path().join("kairos.toml");
+        std::fs::write(&toml, "server = true\nbootstrap-expect = 1\n").unwrap();
+        let config = AgentArgs { config: Some(toml), ..AgentArgs::default() }.resolve().unwrap();
+        assert!(config.server);
+        assert_eq!(config.bootstrap_expect, 1);
+        let json = dir.path().join("dkron.json");
+        std::fs::write(&json, r#"{"rpc-port": 7000}"#).unwrap();
+        let config = AgentArgs { config: Some(json), ..AgentArgs::default() }.resolve().unwrap();
+        assert_eq!(config.rpc_port, 7000);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let bad = [
+            AgentArgs { http_addr: Some("nope".into()), ..AgentArgs::default() },
+            AgentArgs { tags: vec!["novalue".into()], ..AgentArgs::default() },
+            AgentArgs { log_level: Some("loud".into()), ..AgentArgs::default() },
+            AgentArgs { shutdown_grace: Some("soon".into()), ..AgentArgs::default() },
+            AgentArgs { config: Some("/nonexistent/kairos.yml".into()), ..AgentArgs::default() },
+        ];
+        for args in bad {
+            let err = args.clone().resolve().unwrap_err().to_string();
+            assert!(err.starts_with("--"), "{err}");
+        }
+    }
+
+    #[test]
+    fn dkron_style_port_only_address_binds_all_interfaces() {
+        assert_eq!(parse_listen_addr("--http-addr", ":8080").unwrap().to_string(), "0.0.0.0:8080");
+    }
+}

@@ -1,0 +1,474 @@
+//! Jobs: what runs, when, where and under which policies.
+//!
+//! [`Job`] is the record the store keeps and the API returns; its JSON is Dkron's job, field for field, plus our
+//! additions (`catch_up`, `catch_up_window`, `retry_backoff`, `retry_backoff_max`, `executions_retained`,
+//! `created_at`, `updated_at`). [`JobInput`] is what a client may send: every field optional, unknown fields
+//! rejected (a typo must not silently become a no-op), read-only fields accepted and ignored so a client can send
+//! back a job exactly as it read it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kairos_schedule::jiff::Timestamp;
+use kairos_schedule::{Schedule, parse_duration};
+use serde::{Deserialize, Serialize};
+
+use crate::FieldError;
+
+/// Longest accepted job name; names are keys in the store and parts of file paths.
+pub const NAME_LEN_MAX: usize = 200;
+/// Bounds on user-supplied maps and strings, so one request cannot bloat every replica.
+pub const MAP_ENTRIES_MAX: usize = 256;
+pub const TEXT_LEN_MAX: usize = 64 * 1024;
+pub const RETRIES_MAX: u32 = 100;
+pub const EXECUTIONS_RETAINED_MAX: u32 = 100_000;
+/// Default number of finished executions kept per job when neither the job nor the server says otherwise.
+pub const EXECUTIONS_RETAINED_DEFAULT: u32 = 100;
+
+/// What happens when a slot fires while an earlier execution of the same job is still active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Concurrency {
+    /// Run the new execution alongside the old one.
+    #[default]
+    Allow,
+    /// Record the new slot as `skipped`.
+    Forbid,
+    /// Cancel the running execution and start the new one.
+    Replace,
+}
+
+/// What happens to slots that fell due while no server was running the scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUp {
+    /// Drop them.
+    Skip,
+    /// Run the most recent missed slot once.
+    #[default]
+    Latest,
+    /// Run every missed slot within `catch_up_window`.
+    All,
+}
+
+/// A job as stored and as served by the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    pub name: String,
+    pub displayname: String,
+    pub schedule: String,
+    pub timezone: String,
+    pub owner: String,
+    pub owner_email: String,
+    pub success_count: u64,
+    pub error_count: u64,
+    pub last_success: Option<Timestamp>,
+    pub last_error: Option<Timestamp>,
+    pub disabled: bool,
+    pub tags: BTreeMap<String, String>,
+    pub metadata: BTreeMap<String, String>,
+    pub retries: u32,
+    pub dependent_jobs: Vec<String>,
+    pub parent_job: String,
+    pub processors: BTreeMap<String, serde_json::Value>,
+    pub concurrency: Concurrency,
+    pub executor: String,
+    pub executor_config: BTreeMap<String, String>,
+    /// Derived: `success`, `failed`, `running`, or empty before the first run (Dkron's values).
+    pub status: String,
+    /// Derived at read time from the schedule and the job's cursor.
+    pub next: Option<Timestamp>,
+    pub ephemeral: bool,
+    pub starts_at: Option<Timestamp>,
+    pub expires_at: Option<Timestamp>,
+    pub catch_up: CatchUp,
+    pub catch_up_window: String,
+    pub retry_backoff: String,
+    pub retry_backoff_max: String,
+    /// Finished executions kept for this job; `None` means the server's default.
+    pub executions_retained: Option<u32>,
+    pub created_at: Option<Timestamp>,
+    pub updated_at: Option<Timestamp>,
+}
+
+/// What a client may send for a job. Every field is optional so the same type serves create (defaults fill the
+/// gaps) and patch (present fields override). Unknown fields are an error.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobInput {
+    pub name: Option<String>,
+    pub displayname: Option<String>,
+    pub schedule: Option<String>,
+    pub timezone: Option<String>,
+    pub owner: Option<String>,
+    pub owner_email: Option<String>,
+    pub disabled: Option<bool>,
+    pub tags: Option<BTreeMap<String, String>>,
+    pub metadata: Option<BTreeMap<String, String>>,
+    pub retries: Option<u32>,
+    pub parent_job: Option<String>,
+    pub processors: Option<BTreeMap<String, serde_json::Value>>,
+    pub concurrency: Option<String>,
+    pub executor: Option<String>,
+    pub executor_config: Option<BTreeMap<String, String>>,
+    pub ephemeral: Option<bool>,
+    pub starts_at: Option<Timestamp>,
+    pub expires_at: Option<Timestamp>,
+    pub catch_up: Option<String>,
+    pub catch_up_window: Option<String>,
+    pub retry_backoff: Option<String>,
+    pub retry_backoff_max: Option<String>,
+    pub executions_retained: Option<u32>,
+    // Read-only fields: accepted so a job read from the API can be sent back unchanged, then ignored.
+    pub id: Option<serde_json::Value>,
+    pub success_count: Option<serde_json::Value>,
+    pub error_count: Option<serde_json::Value>,
+    pub last_success: Option<serde_json::Value>,
+    pub last_error: Option<serde_json::Value>,
+    pub dependent_jobs: Option<serde_json::Value>,
+    pub status: Option<serde_json::Value>,
+    pub next: Option<serde_json::Value>,
+    pub created_at: Option<serde_json::Value>,
+    pub updated_at: Option<serde_json::Value>,
+}
+
+impl JobInput {
+    /// Parse a JSON body, turning serde's message into a [`FieldError`] that names the field when it can.
+    pub fn from_json(body: &[u8]) -> Result<JobInput, FieldError> {
+        serde_json::from_slice(body).map_err(json_error)
+    }
+}
+
+/// Map a serde_json error to a field error: unknown fields and wrong types name the field.
+pub fn json_error(err: serde_json::Error) -> FieldError {
+    let text = err.to_string();
+    if let Some(rest) = text.strip_prefix("unknown field `")
+        && let Some((field, _)) = rest.split_once('`')
+    {
+        return FieldError::new(field, "unknown field (neither Dkron nor Kairos knows it)");
+    }
+    FieldError::new("body", format!("invalid JSON: {text}"))
+}
+
+impl Job {
+    /// A job with every field at its default; `name` still has to be set and validated.
+    pub fn empty(name: &str) -> Job {
+        Job {
+            id: name.to_string(),
+            name: name.to_string(),
+            displayname: String::new(),
+            schedule: String::new(),
+            timezone: String::new(),
+            owner: String::new(),
+            owner_email: String::new(),
+            success_count: 0,
+            error_count: 0,
+            last_success: None,
+            last_error: None,
+            disabled: false,
+            tags: BTreeMap::new(),
+            metadata: BTreeMap::new(),
+            retries: 0,
+            dependent_jobs: Vec::new(),
+            parent_job: String::new(),
+            processors: BTreeMap::new(),
+            concurrency: Concurrency::Allow,
+            executor: String::new(),
+            executor_config: BTreeMap::new(),
+            status: String::new(),
+            next: None,
+            ephemeral: false,
+            starts_at: None,
+            expires_at: None,
+            catch_up: CatchUp::Latest,
+            catch_up_window: "1h".to_string(),
+            retry_backoff: "1s".to_string(),
+            retry_backoff_max: "5m".to_string(),
+            executions_retained: None,
+            created_at: None,
+            updated_at: None,
+        }
+    }
+
+    /// Build a new job from a client's input (defaults fill what is missing), then validate it.
+    pub fn from_input(input: JobInput) -> Result<Job, FieldError> {
+        let name = input.name.clone().unwrap_or_default();
+        validate_name(&name)?;
+        let mut job = Job::empty(&name);
+        job.apply(input)?;
+        Ok(job)
+    }
+
+    /// Overwrite the fields present in `input` (PATCH semantics) and validate the result. The name cannot change.
+    pub fn apply(&mut self, input: JobInput) -> Result<(), FieldError> {
+        if let Some(name) = &input.name
+            && name != &self.name
+        {
+            return Err(FieldError::new("name", format!("cannot rename job '{}' to '{name}'", self.name)));
+        }
+        set(&mut self.displayname, input.displayname);
+        set(&mut self.schedule, input.schedule.map(|s| s.trim().to_string()));
+        set(&mut self.timezone, input.timezone);
+        set(&mut self.owner, input.owner);
+        set(&mut self.owner_email, input.owner_email);
+        set(&mut self.disabled, input.disabled);
+        set(&mut self.tags, input.tags);
+        set(&mut self.metadata, input.metadata);
+        set(&mut self.retries, input.retries);
+        set(&mut self.parent_job, input.parent_job);
+        set(&mut self.processors, input.processors);
+        if let Some(c) = input.concurrency {
+            self.concurrency = parse_concurrency(&c)?;
+        }
+        set(&mut self.executor, input.executor);
+        set(&mut self.executor_config, input.executor_config);
+        set(&mut self.ephemeral, input.ephemeral);
+        if input.starts_at.is_some() {
+            self.starts_at = input.starts_at;
+        }
+        if input.expires_at.is_some() {
+            self.expires_at = input.expires_at;
+        }
+        if let Some(c) = input.catch_up {
+            self.catch_up = parse_catch_up(&c)?;
+        }
+        set(&mut self.catch_up_window, input.catch_up_window);
+        set(&mut self.retry_backoff, input.retry_backoff);
+        set(&mut self.retry_backoff_max, input.retry_backoff_max);
+        if input.executions_retained.is_some() {
+            self.executions_retained = input.executions_retained;
+        }
+        self.validate()
+    }
+
+    /// Check every field a client controls. Executor configs are checked by the agent's executors, which
+    /// know their keys; this checks that an executor is named.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        validate_name(&self.name)?;
+        if self.parent_job == self.name {
+            return Err(FieldError::new("parent_job", "a job cannot be its own parent"));
+        }
+        if !self.parent_job.is_empty() {
+            validate_name(&self.parent_job).map_err(|e| FieldError::new("parent_job", e.message))?;
+        }
+        if self.schedule.is_empty() {
+            if self.parent_job.is_empty() {
+                return Err(FieldError::new("schedule", "required unless parent_job is set"));
+            }
+        } else {
+            self.parsed_schedule()?;
+        }
+        if !self.timezone.is_empty() {
+            kairos_schedule::parse_timezone(&self.timezone).map_err(|e| FieldError::new("timezone", e.to_string()))?;
+        }
+        if self.executor.is_empty() {
+            return Err(FieldError::new("executor", "required (shell or http)"));
+        }
+        if self.retries > RETRIES_MAX {
+            return Err(FieldError::new("retries", format!("must be at most {RETRIES_MAX}")));
+        }
+        if let Some(n) = self.executions_retained
+            && !(1..=EXECUTIONS_RETAINED_MAX).contains(&n)
+        {
+            return Err(FieldError::new(
+                "executions_retained",
+                format!("must be between 1 and {EXECUTIONS_RETAINED_MAX}"),
+            ));
+        }
+        if let (Some(start), Some(end)) = (self.starts_at, self.expires_at)
+            && end <= start
+        {
+            return Err(FieldError::new("expires_at", "must be after starts_at"));
+        }
+        duration_field("catch_up_window", &self.catch_up_window)?;
+        let backoff = duration_field("retry_backoff", &self.retry_backoff)?;
+        let backoff_max = duration_field("retry_backoff_max", &self.retry_backoff_max)?;
+        if backoff_max < backoff {
+            return Err(FieldError::new("retry_backoff_max", "must not be less than retry_backoff"));
+        }
+        self.validate_sizes()
+    }
+
+    fn validate_sizes(&self) -> Result<(), FieldError> {
+        for (field, map) in [("tags", &self.tags), ("metadata", &self.metadata), ("executor_config", &self.executor_config)] {
+            if map.len() > MAP_ENTRIES_MAX {
+                return Err(FieldError::new(field, format!("at most {MAP_ENTRIES_MAX} entries")));
+            }
+            if let Some((k, _)) = map.iter().find(|(k, v)| k.len() + v.len() > TEXT_LEN_MAX) {
+                return Err(FieldError::new(format!("{field}.{k}"), format!("longer than {TEXT_LEN_MAX} bytes")));
+            }
+        }
+        for (field, text) in [
+            ("displayname", &self.displayname),
+            ("owner", &self.owner),
+            ("owner_email", &self.owner_email),
+            ("schedule", &self.schedule),
+        ] {
+            if text.len() > TEXT_LEN_MAX {
+                return Err(FieldError::new(field, format!("longer than {TEXT_LEN_MAX} bytes")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The job's schedule, parsed in its time zone; `Ok(None)` for a job that only runs as a child.
+    pub fn parsed_schedule(&self) -> Result<Option<Schedule>, FieldError> {
+        if self.schedule.is_empty() {
+            return Ok(None);
+        }
+        let tz = (!self.timezone.is_empty()).then_some(self.timezone.as_str());
+        Schedule::parse(&self.schedule, tz, &self.name)
+            .map(Some)
+            .map_err(|e| FieldError::new("schedule", e.to_string()))
+    }
+
+    pub fn catch_up_window(&self) -> Duration {
+        parse_duration(&self.catch_up_window).unwrap_or(Duration::from_secs(3600))
+    }
+
+    pub fn retry_backoff(&self) -> Duration {
+        parse_duration(&self.retry_backoff).unwrap_or(Duration::from_secs(1))
+    }
+
+    pub fn retry_backoff_max(&self) -> Duration {
+        parse_duration(&self.retry_backoff_max).unwrap_or(Duration::from_secs(300))
+    }
+
+    /// The backoff before retry number `retry` (1 for the first retry): doubling from `retry_backoff`, capped.
+    /// Jitter is added by the caller, which has a random source; this stays deterministic.
+    pub fn backoff_before_retry(&self, retry: u32) -> Duration {
+        let base = self.retry_backoff();
+        let factor = 1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX);
+        base.checked_mul(factor).unwrap_or(Duration::MAX).min(self.retry_backoff_max())
+    }
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
+    }
+}
+
+fn duration_field(field: &str, text: &str) -> Result<Duration, FieldError> {
+    parse_duration(text).map_err(|e| FieldError::new(field, e.to_string()))
+}
+
+/// Job names are store keys, URL segments and directory names: lowercase letters, digits, `_` and `-`.
+pub fn validate_name(name: &str) -> Result<(), FieldError> {
+    if name.is_empty() {
+        return Err(FieldError::new("name", "required"));
+    }
+    if name.len() > NAME_LEN_MAX {
+        return Err(FieldError::new("name", format!("longer than {NAME_LEN_MAX} characters")));
+    }
+    if let Some(c) = name.chars().find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '-')) {
+        return Err(FieldError::new(
+            "name",
+            format!("illegal character '{c}' (use lowercase letters, digits, '_' and '-')"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn parse_concurrency(text: &str) -> Result<Concurrency, FieldError> {
+    match text {
+        "" | "allow" => Ok(Concurrency::Allow),
+        "forbid" => Ok(Concurrency::Forbid),
+        "replace" => Ok(Concurrency::Replace),
+        other => Err(FieldError::new("concurrency", format!("'{other}' is not one of allow, forbid, replace"))),
+    }
+}
+
+pub fn parse_catch_up(text: &str) -> Result<CatchUp, FieldError> {
+    match text {
+        "skip" => Ok(CatchUp::Skip),
+        "" | "latest" => Ok(CatchUp::Latest),
+        "all" => Ok(CatchUp::All),
+        other => Err(FieldError::new("catch_up", format!("'{other}' is not one of skip, latest, all"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(json: &str) -> Result<Job, FieldError> {
+        Job::from_input(JobInput::from_json(json.as_bytes())?)
+    }
+
+    #[test]
+    fn dkron_job_json_is_accepted_with_defaults() {
+        let job = input(
+            r#"{"name":"job1","schedule":"@every 10s","executor":"shell",
+                "executor_config":{"command":"echo hi"},"tags":{"role":"web"},"concurrency":"forbid",
+                "disabled":false,"retries":2,"next":"0001-01-01T00:00:00Z","status":"","success_count":0,
+                "dependent_jobs":null,"processors":{},"last_success":null,"id":"job1"}"#,
+        )
+        .unwrap();
+        assert_eq!(job.name, "job1");
+        assert_eq!(job.concurrency, Concurrency::Forbid);
+        assert_eq!(job.catch_up, CatchUp::Latest);
+        assert_eq!(job.retries, 2);
+    }
+
+    #[test]
+    fn unknown_field_is_rejected_by_name() {
+        let err = input(r#"{"name":"a","schedule":"@daily","executor":"shell","schedul":"x"}"#).unwrap_err();
+        assert_eq!(err.field, "schedul");
+    }
+
+    #[test]
+    fn invalid_fields_are_named() {
+        let cases = [
+            (r#"{"schedule":"@daily","executor":"shell"}"#, "name"),
+            (r#"{"name":"Bad","schedule":"@daily","executor":"shell"}"#, "name"),
+            (r#"{"name":"a","executor":"shell"}"#, "schedule"),
+            (r#"{"name":"a","schedule":"61 * * * * *","executor":"shell"}"#, "schedule"),
+            (r#"{"name":"a","schedule":"@daily","executor":"shell","timezone":"Mars/Base"}"#, "timezone"),
+            (r#"{"name":"a","schedule":"@daily"}"#, "executor"),
+            (r#"{"name":"a","schedule":"@daily","executor":"shell","concurrency":"sometimes"}"#, "concurrency"),
+            (r#"{"name":"a","schedule":"@daily","executor":"shell","catch_up":"maybe"}"#, "catch_up"),
+            (r#"{"name":"a","schedule":"@daily","executor":"shell","catch_up_window":"soon"}"#, "catch_up_window"),
+            (r#"{"name":"a","schedule":"@daily","executor":"shell","retry_backoff":"10s","retry_backoff_max":"1s"}"#, "retry_backoff_max"),
+            (r#"{"name":"a","schedule":"@daily","executor":"shell","parent_job":"a"}"#, "parent_job"),
+            (r#"{"name":"a","schedule":"@daily","executor":"shell","retries":1000}"#, "retries"),
+            (r#"{"name":"a","schedule":"@daily","executor":"shell","executions_retained":0}"#, "executions_retained"),
+            (
+                r#"{"name":"a","schedule":"@daily","executor":"shell","starts_at":"2026-01-02T00:00:00Z","expires_at":"2026-01-01T00:00:00Z"}"#,
+                "expires_at",
+            ),
+            (r#"{"name":"a","schedule":"@daily","executor":"shell","retries":"x"}"#, "body"),
+        ];
+        for (json, field) in cases {
+            let err = input(json).expect_err(json);
+            assert_eq!(err.field, field, "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn child_job_needs_no_schedule() {
+        let job = input(r#"{"name":"child","parent_job":"parent","executor":"shell"}"#).unwrap();
+        assert_eq!(job.parsed_schedule().unwrap().map(|_| ()), None);
+    }
+
+    #[test]
+    fn patch_overrides_only_present_fields_and_keeps_name() {
+        let mut job = input(r#"{"name":"a","schedule":"@daily","executor":"shell","owner":"me"}"#).unwrap();
+        job.apply(JobInput { disabled: Some(true), ..Default::default() }).unwrap();
+        assert!(job.disabled);
+        assert_eq!(job.owner, "me");
+        let err = job.apply(JobInput { name: Some("b".into()), ..Default::default() }).unwrap_err();
+        assert_eq!(err.field, "name");
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let mut job = Job::empty("a");
+        job.retry_backoff = "1s".into();
+        job.retry_backoff_max = "5s".into();
+        let secs: Vec<u64> = (1..=5).map(|r| job.backoff_before_retry(r).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 5, 5]);
+        assert_eq!(job.backoff_before_retry(200), Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,98 @@
+//! The commands that change the replicated state, and what applying one answers.
+//!
+//! Every change to jobs and executions is one of these, proposed through Raft and applied in log order on every
+//! server. Applying must be deterministic: anything random or clock-dependent (the current time, a retry's jittered
+//! instant) is decided by the proposer and carried inside the command. Commands that report on runs carry many
+//! items, so a busy scheduler commits hundreds of fires or completions in one log entry (group commit).
+
+use kairos_model::{Execution, ExecutionStatus, Job, Timestamp, Trigger};
+use serde::{Deserialize, Serialize};
+
+/// Upper bound on items in one batched command, so one log entry stays small enough to replicate quickly.
+pub const BATCH_ITEMS_MAX: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create or replace a job (already validated by the proposer). `now` starts the schedule cursor of a new job,
+    /// and restarts it when the schedule or time zone changes, so old slots of a new schedule never fire.
+    PutJob { job: Box<Job>, now: Timestamp },
+    /// Create or replace many jobs at once (`POST /v1/restore`).
+    RestoreJobs { jobs: Vec<Job>, now: Timestamp },
+    DeleteJob { name: String },
+    SetPaused { paused: bool },
+    /// Decide slots: each accepted fire creates a pending (or skipped) execution.
+    Fire { fires: Vec<Fire> },
+    /// Move a job's cursor past missed slots without running them (`catch_up: skip`).
+    Advance { job: String, cursor: Timestamp },
+    Start { starts: Vec<Start> },
+    /// Extend the leases of running executions.
+    Renew { renewals: Vec<ExecRef>, lease_until: Timestamp },
+    Finish { results: Vec<Finish> },
+    DeleteExecutions { job: String },
+}
+
+/// A reference to one execution.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ExecRef {
+    pub job: String,
+    pub id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fire {
+    pub job: String,
+    pub scheduled_at: Timestamp,
+    pub trigger: Trigger,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Start {
+    pub exec: ExecRef,
+    pub node: String,
+    pub started_at: Timestamp,
+    pub lease_until: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finish {
+    pub exec: ExecRef,
+    /// A final status: succeeded, failed, lost or cancelled.
+    pub status: ExecutionStatus,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub output_tail: String,
+    pub output_bytes: u64,
+    pub node: String,
+    pub finished_at: Timestamp,
+    /// When the proposer wants the next attempt to start if this one failed and retries remain.
+    pub retry_at: Option<Timestamp>,
+    /// For `lost`: only applies if the lease is still expired at this instant (a late renewal wins).
+    pub only_if_lease_expired: bool,
+}
+
+/// Why a command was refused. Refusals change nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    NotFound(String),
+    Conflict(String),
+    Invalid { field: String, message: String },
+}
+
+/// What applying a command answers to its proposer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub refusal: Option<Refusal>,
+    /// The job as stored after the command (put, delete, restore's last).
+    pub job: Option<Job>,
+    /// Executions the command created or changed.
+    pub executions: Vec<Execution>,
+    /// Running executions that must be cancelled (`concurrency: replace`).
+    pub to_cancel: Vec<ExecRef>,
+    pub paused: Option<bool>,
+}
+
+impl Response {
+    pub fn refused(refusal: Refusal) -> Response {
+        Response { refusal: Some(refusal), ..Response::default() }
+    }
+}

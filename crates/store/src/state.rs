@@ -1,0 +1,698 @@
+//! The replicated state on disk: jobs, executions and the schedule cursors, in one redb file, and the
+//! deterministic transitions that [`Command`]s make on them.
+//!
+//! Tables:
+//! - `jobs`: job name → [`JobRecord`] (the job, its cursor and counters);
+//! - `executions`: `job \0 id` → [`Execution`]; ids sort by slot, so a prefix scan is oldest first;
+//! - `active`: `job \0 id` → (), the pending and running executions (what the dispatcher and leases look at);
+//! - `meta`: small singletons (pause flag, and the Raft wrapper's last-applied id and membership).
+//!
+//! [`Applier`] applies a batch of commands inside one write transaction and caches job records for the batch, so
+//! a thousand fires of one entry cost one record write per job, not one per fire. Side effects that are local to
+//! a node (deleting pruned output files, waking the scheduler) are returned as [`Event`]s, never done here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use kairos_model::job::EXECUTIONS_RETAINED_DEFAULT;
+use kairos_model::{Execution, ExecutionStatus, Job, Timestamp, Trigger};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, ExecRef, Finish, Fire, Refusal, Response, Start};
+
+pub const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+pub const EXECUTIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("executions");
+pub const ACTIVE: TableDefinition<&[u8], ()> = TableDefinition::new("active");
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+const META_PAUSED: &str = "paused";
+
+/// Manual and child runs take the current millisecond as their slot; if it is taken, the next free one.
+const FREE_SLOT_PROBES_MAX: i64 = 1000;
+
+/// A job with the state the scheduler needs that is not part of the job's JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub job: Job,
+    /// The last scheduled instant decided for this job (fired, skipped or advanced past).
+    pub cursor: Option<Timestamp>,
+    /// Pending plus running executions.
+    pub active: u32,
+    /// Executions stored (any status).
+    pub stored: u64,
+}
+
+/// Something a node may need to react to after a batch is applied.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    JobChanged(String),
+    JobDeleted(String),
+    /// New pending executions exist (fires, retries, children).
+    Pending,
+    /// Executions that were removed (retention or delete); their local outputs can go.
+    Pruned(Vec<ExecRef>),
+    /// Running executions that should be cancelled where they run.
+    Cancel(Vec<ExecRef>),
+}
+
+pub fn exec_key(job: &str, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(job.len() + 1 + id.len());
+    key.extend_from_slice(job.as_bytes());
+    key.push(0);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// The key range holding every execution of `job`.
+fn job_range(job: &str) -> (Vec<u8>, Vec<u8>) {
+    let mut start = job.as_bytes().to_vec();
+    start.push(0);
+    let mut end = job.as_bytes().to_vec();
+    end.push(1);
+    (start, end)
+}
+
+fn split_key(key: &[u8]) -> Option<ExecRef> {
+    let pos = key.iter().position(|b| *b == 0)?;
+    Some(ExecRef {
+        job: String::from_utf8_lossy(&key[..pos]).into_owned(),
+        id: String::from_utf8_lossy(&key[pos + 1..]).into_owned(),
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("state records always serialize")
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, redb::Error> {
+    serde_json::from_slice(bytes).map_err(|e| redb::Error::Corrupted(format!("undecodable record: {e}")))
+}
+
+/// Ensure every table exists, so readers never meet a missing one.
+pub fn create_tables(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    txn.open_table(JOBS)?;
+    txn.open_table(EXECUTIONS)?;
+    txn.open_table(ACTIVE)?;
+    txn.open_table(META)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// Applies commands inside one write transaction.
+pub struct Applier<'txn> {
+    jobs: Table<'txn, &'static str, &'static [u8]>,
+    executions: Table<'txn, &'static [u8], &'static [u8]>,
+    active: Table<'txn, &'static [u8], ()>,
+    meta: Table<'txn, &'static str, &'static [u8]>,
+    /// Job records read or changed in this batch; `None` marks a deletion.
+    cache: HashMap<String, Option<JobRecord>>,
+    retained_default: u32,
+    events: Vec<Event>,
+}
+
+impl<'txn> Applier<'txn> {
+    pub fn new(txn: &'txn WriteTransaction, retained_default: u32) -> Result<Applier<'txn>, redb::Error> {
+        Ok(Applier {
+            jobs: txn.open_table(JOBS)?,
+            executions: txn.open_table(EXECUTIONS)?,
+            active: txn.open_table(ACTIVE)?,
+            meta: txn.open_table(META)?,
+            cache: HashMap::new(),
+            retained_default: if retained_default == 0 { EXECUTIONS_RETAINED_DEFAULT } else { retained_default },
+            events: Vec::new(),
+        })
+    }
+
+    /// Write the cached job records and hand back the events of the batch.
+    pub fn finish(mut self) -> Result<Vec<Event>, redb::Error> {
+        for (name, record) in std::mem::take(&mut self.cache) {
+            match record {
+                Some(record) => {
+                    self.jobs.insert(name.as_str(), encode(&record).as_slice())?;
+                }
+                None => {
+                    self.jobs.remove(name.as_str())?;
+                }
+            }
+        }
+        Ok(self.events)
+    }
+
+    pub fn apply(&mut self, command: &Command) -> Result<Response, redb::Error> {
+        match command {
+            Command::PutJob { job, now } => self.put_job(job, *now),
+            Command::RestoreJobs { jobs, now } => self.restore(jobs, *now),
+            Command::DeleteJob { name } => self.delete_job(name),
+            Command::SetPaused { paused } => {
+                self.meta.insert(META_PAUSED, encode(paused).as_slice())?;
+                Ok(Response { paused: Some(*paused), ..Response::default() })
+            }
+            Command::Fire { fires } => self.fire_all(fires),
+            Command::Advance { job, cursor } => {
+                if let Some(mut record) = self.record(job)? {
+                    record.cursor = record.cursor.max(Some(*cursor));
+                    self.cache.insert(job.clone(), Some(record));
+                }
+                Ok(Response::default())
+            }
+            Command::Start { starts } => self.start_all(starts),
+            Command::Renew { renewals, lease_until } => self.renew(renewals, *lease_until),
+            Command::Finish { results } => self.finish_all(results),
+            Command::DeleteExecutions { job } => self.delete_executions(job),
+        }
+    }
+
+    fn record(&mut self, name: &str) -> Result<Option<JobRecord>, redb::Error> {
+        if let Some(cached) = self.cache.get(name) {
+            return Ok(cached.clone());
+        }
+        let record = match self.jobs.get(name)? {
+            Some(bytes) => Some(decode::<JobRecord>(bytes.value())?),
+            None => None,
+        };
+        self.cache.insert(name.to_string(), record.clone());
+        Ok(record)
+    }
+
+    fn store(&mut self, record: JobRecord) {
+        self.cache.insert(record.job.name.clone(), Some(record));
+    }
+
+    fn put_job(&mut self, job: &Job, now: Timestamp) -> Result<Response, redb::Error> {
+        if let Some(refusal) = self.check_parent(job)? {
+            return Ok(Response::refused(refusal));
+        }
+        let previous = self.record(&job.name)?;
+        let mut stored = job.clone();
+        let record = match previous {
+            Some(prev) => {
+                let mut cursor = prev.cursor;
+                if prev.job.schedule != job.schedule || prev.job.timezone != job.timezone {
+                    cursor = cursor.max(Some(now));
+                }
+                carry_derived_fields(&prev.job, &mut stored);
+                stored.updated_at = Some(now);
+                if prev.job.parent_job != job.parent_job {
+                    self.unlink_child(&prev.job.parent_job, &job.name)?;
+                }
+                JobRecord { job: stored, cursor, active: prev.active, stored: prev.stored }
+            }
+            None => {
+                stored.created_at = Some(now);
+                stored.updated_at = Some(now);
+                stored.dependent_jobs = Vec::new();
+                JobRecord { job: stored, cursor: Some(now), active: 0, stored: 0 }
+            }
+        };
+        self.link_child(&record.job.parent_job, &record.job.name)?;
+        let job = record.job.clone();
+        self.store(record);
+        self.events.push(Event::JobChanged(job.name.clone()));
+        Ok(Response { job: Some(job), ..Response::default() })
+    }
+
+    /// A parent must exist and must not descend from the child (no cycles).
+    fn check_parent(&mut self, job: &Job) -> Result<Option<Refusal>, redb::Error> {
+        let mut ancestor = job.parent_job.clone();
+        let mut hops = 0;
+        while !ancestor.is_empty() {
+            if ancestor == job.name {
+                return Ok(Some(Refusal::Invalid {
+                    field: "parent_job".into(),
+                    message: format!("'{}' would make a cycle of parent jobs", job.parent_job),
+                }));
+            }
+            let Some(record) = self.record(&ancestor)? else {
+                let message = format!("parent job '{ancestor}' does not exist");
+                return Ok(Some(Refusal::Invalid { field: "parent_job".into(), message }));
+            };
+            ancestor = record.job.parent_job;
+            hops += 1;
+            assert!(hops < 1_000_000, "parent chain longer than the job table");
+        }
+        Ok(None)
+    }
+
+    fn link_child(&mut self, parent: &str, child: &str) -> Result<(), redb::Error> {
+        if parent.is_empty() {
+            return Ok(());
+        }
+        if let Some(mut record) = self.record(parent)?
+            && !record.job.dependent_jobs.iter().any(|c| c == child)
+        {
+            record.job.dependent_jobs.push(child.to_string());
+            record.job.dependent_jobs.sort();
+            self.store(record);
+        }
+        Ok(())
+    }
+
+    fn unlink_child(&mut self, parent: &str, child: &str) -> Result<(), redb::Error> {
+        if parent.is_empty() {
+            return Ok(());
+        }
+        if let Some(mut record) = self.record(parent)? {
+            record.job.dependent_jobs.retain(|c| c != child);
+            self.store(record);
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, jobs: &[Job], now: Timestamp) -> Result<Response, redb::Error> {
+        let mut last = Response::default();
+        for job in jobs {
+            last = self.put_job(job, now)?;
+            if last.refusal.is_some() {
+                return Ok(last);
+            }
+        }
+        Ok(last)
+    }
+
+    fn delete_job(&mut self, name: &str) -> Result<Response, redb::Error> {
+        let Some(record) = self.record(name)? else {
+            return Ok(Response::refused(Refusal::NotFound(format!("job '{name}' not found"))));
+        };
+        if !record.job.dependent_jobs.is_empty() {
+            return Ok(Response::refused(Refusal::Conflict(format!(
+                "job '{name}' has dependent jobs ({}); delete or re-parent them first",
+                record.job.dependent_jobs.join(", ")
+            ))));
+        }
+        self.unlink_child(&record.job.parent_job, name)?;
+        let (start, end) = job_range(name);
+        let keys: Vec<Vec<u8>> = self
+            .executions
+            .range(start.as_slice()..end.as_slice())?
+            .map(|item| item.map(|(k, _)| k.value().to_vec()))
+            .collect::<Result<_, _>>()?;
+        let mut removed = Vec::with_capacity(keys.len());
+        for key in keys {
+            self.executions.remove(key.as_slice())?;
+            self.active.remove(key.as_slice())?;
+            removed.extend(split_key(&key));
+        }
+        self.cache.insert(name.to_string(), None);
+        let running: Vec<ExecRef> = removed.clone();
+        self.events.push(Event::Cancel(running));
+        self.events.push(Event::Pruned(removed));
+        self.events.push(Event::JobDeleted(name.to_string()));
+        Ok(Response { job: Some(record.job), ..Response::default() })
+    }
+
+    fn fire_all(&mut self, fires: &[Fire]) -> Result<Response, redb::Error> {
+        let mut response = Response::default();
+        for fire in fires {
+            self.fire(fire, &mut response)?;
+        }
+        Ok(response)
+    }
+
+    fn fire(&mut self, fire: &Fire, response: &mut Response) -> Result<(), redb::Error> {
+        let Some(mut record) = self.record(&fire.job)? else {
+            return Ok(());
+        };
+        let slot = match fire.trigger {
+            Trigger::Schedule | Trigger::CatchUp => {
+                if record.cursor.is_some_and(|c| fire.scheduled_at <= c) {
+                    return Ok(()); // already decided: a duplicate proposal of the same slot
+                }
+                record.cursor = Some(fire.scheduled_at);
+                if record.job.disabled {
+                    self.store(record);
+                    return Ok(());
+                }
+                fire.scheduled_at
+            }
+            Trigger::Manual | Trigger::Parent | Trigger::Retry => self.free_slot(&fire.job, fire.scheduled_at)?,
+        };
+        let mut exec = Execution::decided(&fire.job, slot, 1, fire.trigger);
+        if record.active > 0 {
+            match record.job.concurrency {
+                kairos_model::Concurrency::Allow => {}
+                kairos_model::Concurrency::Forbid => {
+                    exec.status = ExecutionStatus::Skipped;
+                    exec.finished_at = Some(slot);
+                    exec.error = Some("skipped: an earlier execution is still active (concurrency: forbid)".into());
+                }
+                kairos_model::Concurrency::Replace => {
+                    let cancelled = self.cancel_active(&mut record, slot)?;
+                    response.to_cancel.extend(cancelled);
+                }
+            }
+        }
+        self.insert_execution(&mut record, &exec)?;
+        self.store(record);
+        response.executions.push(exec);
+        Ok(())
+    }
+
+    /// The first slot at or after `at` whose first attempt id is free.
+    fn free_slot(&mut self, job: &str, at: Timestamp) -> Result<Timestamp, redb::Error> {
+        let mut ms = at.as_millisecond();
+        for _ in 0..FREE_SLOT_PROBES_MAX {
+            let slot = Timestamp::from_millisecond(ms).expect("slot within range");
+            let id = kairos_model::execution_id(slot, 1);
+            if self.executions.get(exec_key(job, &id).as_slice())?.is_none() {
+                return Ok(slot);
+            }
+            ms += 1;
+        }
+        Ok(Timestamp::from_millisecond(ms).expect("slot within range"))
+    }
+
+    /// Pending executions of the job become cancelled at once; running ones are returned for the node to stop.
+    fn cancel_active(&mut self, record: &mut JobRecord, now: Timestamp) -> Result<Vec<ExecRef>, redb::Error> {
+        let (start, end) = job_range(&record.job.name);
+        let keys: Vec<Vec<u8>> = self
+            .active
+            .range(start.as_slice()..end.as_slice())?
+            .map(|item| item.map(|(k, _)| k.value().to_vec()))
+            .collect::<Result<_, _>>()?;
+        let mut running = Vec::new();
+        for key in keys {
+            let Some(mut exec) = self.execution(&key)? else { continue };
+            if exec.status == ExecutionStatus::Pending {
+                exec.status = ExecutionStatus::Cancelled;
+                exec.finished_at = Some(now);
+                exec.error = Some("cancelled: replaced by a newer execution (concurrency: replace)".into());
+                self.executions.insert(key.as_slice(), encode(&exec).as_slice())?;
+                self.active.remove(key.as_slice())?;
+                record.active = record.active.saturating_sub(1);
+            } else {
+                running.push(ExecRef { job: exec.job_name, id: exec.id });
+            }
+        }
+        if !running.is_empty() {
+            self.events.push(Event::Cancel(running.clone()));
+        }
+        Ok(running)
+    }
+
+    fn execution(&self, key: &[u8]) -> Result<Option<Execution>, redb::Error> {
+        match self.executions.get(key)? {
+            Some(bytes) => Ok(Some(decode(bytes.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn insert_execution(&mut self, record: &mut JobRecord, exec: &Execution) -> Result<(), redb::Error> {
+        let key = exec_key(&exec.job_name, &exec.id);
+        if self.executions.insert(key.as_slice(), encode(exec).as_slice())?.is_none() {
+            record.stored += 1;
+        }
+        if exec.status.is_active() {
+            self.active.insert(key.as_slice(), ())?;
+            record.active += 1;
+            record.job.status = "running".into();
+            self.events.push(Event::Pending);
+        }
+        self.prune(record)
+    }
+
+    /// Keep at most the job's retained number of executions, dropping the oldest finished ones.
+    fn prune(&mut self, record: &mut JobRecord) -> Result<(), redb::Error> {
+        let retained = u64::from(record.job.executions_retained.unwrap_or(self.retained_default));
+        if record.stored <= retained {
+            return Ok(());
+        }
+        let excess = record.stored - retained;
+        let (start, end) = job_range(&record.job.name);
+        let mut doomed = Vec::new();
+        for item in self.executions.range(start.as_slice()..end.as_slice())? {
+            let (key, value) = item?;
+            let exec: Execution = decode(value.value())?;
+            if !exec.status.is_active() {
+                doomed.push(key.value().to_vec());
+                if doomed.len() as u64 >= excess {
+                    break;
+                }
+            }
+        }
+        let mut pruned = Vec::with_capacity(doomed.len());
+        for key in doomed {
+            self.executions.remove(key.as_slice())?;
+            record.stored -= 1;
+            pruned.extend(split_key(&key));
+        }
+        if !pruned.is_empty() {
+            self.events.push(Event::Pruned(pruned));
+        }
+        Ok(())
+    }
+
+    fn start_all(&mut self, starts: &[Start]) -> Result<Response, redb::Error> {
+        let mut response = Response::default();
+        for start in starts {
+            let key = exec_key(&start.exec.job, &start.exec.id);
+            let Some(mut exec) = self.execution(&key)? else { continue };
+            if exec.status != ExecutionStatus::Pending {
+                continue; // cancelled or already started: the caller must not (keep) run(ning) it
+            }
+            exec.status = ExecutionStatus::Running;
+            exec.started_at = Some(start.started_at);
+            exec.node_name = start.node.clone();
+            exec.lease_until = Some(start.lease_until);
+            self.executions.insert(key.as_slice(), encode(&exec).as_slice())?;
+            response.executions.push(exec);
+        }
+        Ok(response)
+    }
+
+    fn renew(&mut self, renewals: &[ExecRef], lease_until: Timestamp) -> Result<Response, redb::Error> {
+        for exec_ref in renewals {
+            let key = exec_key(&exec_ref.job, &exec_ref.id);
+            let Some(mut exec) = self.execution(&key)? else { continue };
+            if exec.status == ExecutionStatus::Running && exec.lease_until < Some(lease_until) {
+                exec.lease_until = Some(lease_until);
+                self.executions.insert(key.as_slice(), encode(&exec).as_slice())?;
+            }
+        }
+        Ok(Response::default())
+    }
+
+    fn finish_all(&mut self, results: &[Finish]) -> Result<Response, redb::Error> {
+        let mut response = Response::default();
+        for result in results {
+            self.finish_one(result, &mut response)?;
+        }
+        Ok(response)
+    }
+
+    fn finish_one(&mut self, result: &Finish, response: &mut Response) -> Result<(), redb::Error> {
+        assert!(!result.status.is_active(), "a finish must carry a final status");
+        let key = exec_key(&result.exec.job, &result.exec.id);
+        let Some(mut exec) = self.execution(&key)? else { return Ok(()) };
+        if !exec.status.is_active() {
+            return Ok(()); // already final: a repeated report
+        }
+        if result.only_if_lease_expired
+            && exec.status == ExecutionStatus::Running
+            && exec.lease_until.is_some_and(|lease| lease > result.finished_at)
+        {
+            return Ok(()); // renewed meanwhile: the node is alive after all
+        }
+        let Some(mut record) = self.record(&result.exec.job)? else { return Ok(()) };
+        exec.status = result.status;
+        exec.success = result.status == ExecutionStatus::Succeeded;
+        exec.finished_at = Some(result.finished_at);
+        exec.exit_code = result.exit_code;
+        exec.error = result.error.clone();
+        exec.output = result.output_tail.clone();
+        exec.output_bytes = result.output_bytes;
+        exec.lease_until = None;
+        if exec.node_name.is_empty() {
+            exec.node_name = result.node.clone();
+        }
+        self.executions.insert(key.as_slice(), encode(&exec).as_slice())?;
+        self.active.remove(key.as_slice())?;
+        record.active = record.active.saturating_sub(1);
+        count_result(&mut record.job, &exec);
+        if record.active > 0 {
+            record.job.status = "running".into();
+        }
+        response.executions.push(exec.clone());
+        self.follow_up(record, &exec, result.retry_at, response)
+    }
+
+    /// After a final status: a retry if the attempt failed and retries remain, children and ephemeral
+    /// deletion if it succeeded.
+    fn follow_up(
+        &mut self,
+        mut record: JobRecord,
+        exec: &Execution,
+        retry_at: Option<Timestamp>,
+        response: &mut Response,
+    ) -> Result<(), redb::Error> {
+        let failed = matches!(exec.status, ExecutionStatus::Failed | ExecutionStatus::Lost);
+        if failed && exec.attempt <= record.job.retries {
+            let mut retry = Execution::decided(&exec.job_name, exec.scheduled_at, exec.attempt + 1, Trigger::Retry);
+            retry.not_before = Some(retry_at.unwrap_or(exec.finished_at.unwrap_or(exec.scheduled_at)));
+            self.insert_execution(&mut record, &retry)?;
+            response.executions.push(retry);
+        }
+        let succeeded = exec.status == ExecutionStatus::Succeeded;
+        let children = record.job.dependent_jobs.clone();
+        let ephemeral = record.job.ephemeral && children.is_empty();
+        let name = record.job.name.clone();
+        self.store(record);
+        if succeeded {
+            let at = exec.finished_at.unwrap_or(exec.scheduled_at);
+            for child in children {
+                self.fire(&Fire { job: child, scheduled_at: at, trigger: Trigger::Parent }, response)?;
+            }
+            if ephemeral {
+                self.delete_job(&name)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn delete_executions(&mut self, job: &str) -> Result<Response, redb::Error> {
+        let Some(mut record) = self.record(job)? else {
+            return Ok(Response::refused(Refusal::NotFound(format!("job '{job}' not found"))));
+        };
+        let (start, end) = job_range(job);
+        let mut doomed = Vec::new();
+        for item in self.executions.range(start.as_slice()..end.as_slice())? {
+            let (key, value) = item?;
+            let exec: Execution = decode(value.value())?;
+            if !exec.status.is_active() {
+                doomed.push(key.value().to_vec());
+            }
+        }
+        let mut pruned = Vec::with_capacity(doomed.len());
+        for key in doomed {
+            self.executions.remove(key.as_slice())?;
+            record.stored -= 1;
+            pruned.extend(split_key(&key));
+        }
+        self.events.push(Event::Pruned(pruned));
+        let job = record.job.clone();
+        self.store(record);
+        Ok(Response { job: Some(job), ..Response::default() })
+    }
+}
+
+/// Fields the server maintains survive an update of the job by a client.
+fn carry_derived_fields(prev: &Job, next: &mut Job) {
+    next.success_count = prev.success_count;
+    next.error_count = prev.error_count;
+    next.last_success = prev.last_success;
+    next.last_error = prev.last_error;
+    next.status = prev.status.clone();
+    next.dependent_jobs = prev.dependent_jobs.clone();
+    next.created_at = prev.created_at;
+}
+
+fn count_result(job: &mut Job, exec: &Execution) {
+    let at = exec.finished_at;
+    match exec.status {
+        ExecutionStatus::Succeeded => {
+            job.success_count += 1;
+            job.last_success = at;
+            job.status = "success".into();
+        }
+        ExecutionStatus::Failed | ExecutionStatus::Lost | ExecutionStatus::Cancelled => {
+            job.error_count += 1;
+            job.last_error = at;
+            job.status = "failed".into();
+        }
+        ExecutionStatus::Skipped | ExecutionStatus::Pending | ExecutionStatus::Running => {}
+    }
+}
+
+/// Read access to the state, from an MVCC snapshot: readers never block the applier.
+#[derive(Clone)]
+pub struct StateReader {
+    db: Arc<Database>,
+}
+
+impl StateReader {
+    pub fn new(db: Arc<Database>) -> StateReader {
+        StateReader { db }
+    }
+
+    pub fn job(&self, name: &str) -> Result<Option<JobRecord>, redb::Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(JOBS)?;
+        match table.get(name)? {
+            Some(bytes) => Ok(Some(decode(bytes.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn job_count(&self) -> Result<u64, redb::Error> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(JOBS)?.len()?)
+    }
+
+    /// Visit every job record in name order; the visitor returns false to stop.
+    pub fn for_each_job(&self, mut visit: impl FnMut(JobRecord) -> bool) -> Result<(), redb::Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(JOBS)?;
+        for item in table.iter()? {
+            let (_, value) = item?;
+            if !visit(decode(value.value())?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn execution(&self, job: &str, id: &str) -> Result<Option<Execution>, redb::Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(EXECUTIONS)?;
+        match table.get(exec_key(job, id).as_slice())? {
+            Some(bytes) => Ok(Some(decode(bytes.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every execution of a job, oldest slot first.
+    pub fn executions(&self, job: &str) -> Result<Vec<Execution>, redb::Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(EXECUTIONS)?;
+        let (start, end) = job_range(job);
+        let mut out = Vec::new();
+        for item in table.range(start.as_slice()..end.as_slice())? {
+            out.push(decode(item?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Every pending or running execution, across jobs.
+    pub fn active(&self) -> Result<Vec<Execution>, redb::Error> {
+        let txn = self.db.begin_read()?;
+        let active = txn.open_table(ACTIVE)?;
+        let executions = txn.open_table(EXECUTIONS)?;
+        let mut out = Vec::new();
+        for item in active.iter()? {
+            let (key, _) = item?;
+            if let Some(bytes) = executions.get(key.value())? {
+                out.push(decode(bytes.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn paused(&self) -> Result<bool, redb::Error> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        match meta.get(META_PAUSED)? {
+            Some(bytes) => decode(bytes.value()),
+            None => Ok(false),
+        }
+    }
+
+    /// Count of stored executions per status for one job (used by tests and stats).
+    pub fn status_counts(&self, job: &str) -> Result<BTreeMap<&'static str, u64>, redb::Error> {
+        let mut counts = BTreeMap::new();
+        for exec in self.executions(job)? {
+            *counts.entry(exec.status.as_str()).or_insert(0) += 1;
+        }
+        Ok(counts)
+    }
+}
