@@ -1,1 +1,124 @@
-fn main() {}
+//! `kairos`: a distributed job scheduler with a Dkron-compatible CLI and API.
+//!
+//! The binary's parts, in the order a run goes through them:
+//! - [`config`]: flags, `KAIROS_*` environment and config file, merged;
+//! - [`node`]: opens the stores, starts Raft, the listeners and the leader's duties;
+//! - [`scheduler`]: the leader's timer that decides which slots fire;
+//! - [`worker`]: runs executions locally and reports them in batches;
+//! - [`cluster`]: Raft RPC between nodes;
+//! - [`api`]: the HTTP `/v1` API.
+
+mod api;
+mod cluster;
+mod config;
+mod node;
+mod scheduler;
+mod worker;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "kairos",
+    about = "Kairos: a distributed, fault-tolerant job scheduler",
+    version
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Run a node (with --server: a scheduler that stores state and runs jobs).
+    Agent(config::AgentArgs),
+    /// Print the version.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Commands::Version => {
+            println!("kairos {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Commands::Agent(args) => match args.resolve() {
+            Ok(config) => run_agent(config),
+            Err(err) => {
+                eprintln!("kairos: {err:#}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = EnvFilter::try_from_env("KAIROS_LOG").unwrap_or_else(|_| {
+        EnvFilter::new(format!("{level},openraft=warn,hyper=warn,reqwest=warn"))
+    });
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
+}
+
+fn run_agent(config: config::Config) -> ExitCode {
+    init_logging(&config.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("kairos: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let running = match node::Node::start(config).await {
+            Ok(running) => running,
+            Err(err) => {
+                error!("{err:#}");
+                eprintln!("kairos: {err:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        // Tests and scripts read this line to learn the bound port; keep its wording.
+        eprintln!("kairos: HTTP API listening on http://{}", running.http_addr);
+        match wait_for_signal().await {
+            Ok(()) => {}
+            Err(err) => {
+                eprintln!("kairos: cannot install signal handlers: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+        info!("signal received: stopping (a second signal exits at once)");
+        tokio::spawn(async {
+            if wait_for_signal().await.is_ok() {
+                eprintln!("kairos: second signal, exiting now");
+                std::process::exit(130);
+            }
+        });
+        running.shutdown().await;
+        info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -15,20 +15,44 @@ pub const BATCH_ITEMS_MAX: usize = 4096;
 pub enum Command {
     /// Create or replace a job (already validated by the proposer). `now` starts the schedule cursor of a new job,
     /// and restarts it when the schedule or time zone changes, so old slots of a new schedule never fire.
-    PutJob { job: Box<Job>, now: Timestamp },
+    PutJob {
+        job: Box<Job>,
+        now: Timestamp,
+    },
     /// Create or replace many jobs at once (`POST /v1/restore`).
-    RestoreJobs { jobs: Vec<Job>, now: Timestamp },
-    DeleteJob { name: String },
-    SetPaused { paused: bool },
+    RestoreJobs {
+        jobs: Vec<Job>,
+        now: Timestamp,
+    },
+    DeleteJob {
+        name: String,
+    },
+    SetPaused {
+        paused: bool,
+    },
     /// Decide slots: each accepted fire creates a pending (or skipped) execution.
-    Fire { fires: Vec<Fire> },
+    Fire {
+        fires: Vec<Fire>,
+    },
     /// Move a job's cursor past missed slots without running them (`catch_up: skip`).
-    Advance { job: String, cursor: Timestamp },
-    Start { starts: Vec<Start> },
+    Advance {
+        job: String,
+        cursor: Timestamp,
+    },
+    Start {
+        starts: Vec<Start>,
+    },
     /// Extend the leases of running executions.
-    Renew { renewals: Vec<ExecRef>, lease_until: Timestamp },
-    Finish { results: Vec<Finish> },
-    DeleteExecutions { job: String },
+    Renew {
+        renewals: Vec<ExecRef>,
+        lease_until: Timestamp,
+    },
+    Finish {
+        results: Vec<Finish>,
+    },
+    DeleteExecutions {
+        job: String,
+    },
 }
 
 /// A reference to one execution.
@@ -93,6 +117,9 @@ pub struct Response {
 
 impl Response {
     pub fn refused(refusal: Refusal) -> Response {
-        Response { refusal: Some(refusal), ..Response::default() }
+        Response {
+            refusal: Some(refusal),
+            ..Response::default()
+        }
     }
 }

@@ -36,8 +36,16 @@ pub struct Route {
 
 /// Every route the API serves. The router is built from this table and a test checks it against the document.
 pub fn routes() -> Vec<Route> {
-    fn route(path: &'static str, methods: &'static [&'static str], handler: MethodRouter<AppState>) -> Route {
-        Route { path, methods, handler }
+    fn route(
+        path: &'static str,
+        methods: &'static [&'static str],
+        handler: MethodRouter<AppState>,
+    ) -> Route {
+        Route {
+            path,
+            methods,
+            handler,
+        }
     }
     vec![
         route("/health", &["get"], get(system::health)),
@@ -46,7 +54,11 @@ pub fn routes() -> Vec<Route> {
         route("/v1/leader", &["get"], get(system::leader)),
         route("/v1/isleader", &["get"], get(system::is_leader)),
         route("/v1/busy", &["get"], get(system::busy)),
-        route("/v1/pause", &["get", "post"], get(system::pause_status).post(system::pause)),
+        route(
+            "/v1/pause",
+            &["get", "post"],
+            get(system::pause_status).post(system::pause),
+        ),
         route("/v1/unpause", &["post"], post(system::unpause)),
         route("/v1/restore", &["post"], post(jobs::restore)),
         route("/v1/schedule/preview", &["get"], get(system::preview)),
@@ -54,12 +66,17 @@ pub fn routes() -> Vec<Route> {
         route(
             "/v1/jobs",
             &["get", "post", "patch"],
-            get(jobs::list).post(jobs::create_or_update).patch(jobs::patch),
+            get(jobs::list)
+                .post(jobs::create_or_update)
+                .patch(jobs::patch),
         ),
         route(
             "/v1/jobs/{job}",
             &["get", "put", "post", "delete"],
-            get(jobs::show).put(jobs::put).post(jobs::run).delete(jobs::delete),
+            get(jobs::show)
+                .put(jobs::put)
+                .post(jobs::run)
+                .delete(jobs::delete),
         ),
         route("/v1/jobs/{job}/run", &["post"], post(jobs::run)),
         route("/v1/jobs/{job}/toggle", &["post"], post(jobs::toggle)),
@@ -68,8 +85,16 @@ pub fn routes() -> Vec<Route> {
             &["get", "delete"],
             get(executions::list).delete(executions::delete_all),
         ),
-        route("/v1/jobs/{job}/executions/{execution}", &["get"], get(executions::show)),
-        route("/v1/jobs/{job}/executions/{execution}/cancel", &["post"], post(executions::cancel)),
+        route(
+            "/v1/jobs/{job}/executions/{execution}",
+            &["get"],
+            get(executions::show),
+        ),
+        route(
+            "/v1/jobs/{job}/executions/{execution}/cancel",
+            &["post"],
+            post(executions::cancel),
+        ),
     ]
 }
 
@@ -94,7 +119,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into() }
+        ApiError {
+            status,
+            message: message.into(),
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -127,7 +155,9 @@ impl From<Refusal> for ApiError {
         match refusal {
             Refusal::NotFound(message) => ApiError::not_found(message),
             Refusal::Conflict(message) => ApiError::new(StatusCode::CONFLICT, message),
-            Refusal::Invalid { field, message } => ApiError::bad_request(format!("{field}: {message}")),
+            Refusal::Invalid { field, message } => {
+                ApiError::bad_request(format!("{field}: {message}"))
+            }
         }
     }
 }
@@ -154,7 +184,10 @@ pub fn reply<T: Serialize>(status: StatusCode, value: &T, params: &Params) -> Re
     match body {
         Ok(body) => {
             let mut response = (status, body).into_response();
-            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             response
         }
         Err(err) => ApiError::internal(err).into_response(),
@@ -164,7 +197,9 @@ pub fn reply<T: Serialize>(status: StatusCode, value: &T, params: &Params) -> Re
 /// A JSON list answer with Dkron's `X-Total-Count` header.
 pub fn reply_list<T: Serialize>(items: &[T], total: usize, params: &Params) -> Response {
     let mut response = reply(StatusCode::OK, &items, params);
-    response.headers_mut().insert("X-Total-Count", HeaderValue::from(total));
+    response
+        .headers_mut()
+        .insert("X-Total-Count", HeaderValue::from(total));
     response
 }
 
@@ -173,9 +208,9 @@ pub fn page_bounds(params: &Params, total: usize) -> Result<(usize, usize), ApiE
     let index = |key: &str, default: usize| -> Result<usize, ApiError> {
         match params.get(key) {
             None => Ok(default),
-            Some(text) => text
-                .parse::<usize>()
-                .map_err(|_| ApiError::bad_request(format!("{key}: '{text}' is not a non-negative integer"))),
+            Some(text) => text.parse::<usize>().map_err(|_| {
+                ApiError::bad_request(format!("{key}: '{text}' is not a non-negative integer"))
+            }),
         }
     };
     let start = index("_start", 0)?.min(total);
@@ -189,6 +224,8 @@ pub fn descending(params: &Params, default_desc: bool) -> Result<bool, ApiError>
         None => Ok(default_desc),
         Some(o) if o == "ASC" => Ok(false),
         Some(o) if o == "DESC" => Ok(true),
-        Some(o) => Err(ApiError::bad_request(format!("_order: '{o}' is not ASC or DESC"))),
+        Some(o) => Err(ApiError::bad_request(format!(
+            "_order: '{o}' is not ASC or DESC"
+        ))),
     }
 }

@@ -14,7 +14,11 @@ const PREVIEW_COUNT_MAX: usize = 1000;
 
 pub async fn health(State(node): State<AppState>, Query(params): Query<Params>) -> ApiResult {
     let leader = node.leader_name();
-    Ok(reply(StatusCode::OK, &json!({ "status": "ok", "node": node.config.node_name, "leader": leader }), &params))
+    Ok(reply(
+        StatusCode::OK,
+        &json!({ "status": "ok", "node": node.config.node_name, "leader": leader }),
+        &params,
+    ))
 }
 
 /// `GET /v1`: Dkron's agent summary.
@@ -51,12 +55,20 @@ pub async fn is_leader(State(node): State<AppState>, Query(params): Query<Params
 /// `GET /v1/busy`: running (and pending) executions, oldest first.
 pub async fn busy(State(node): State<AppState>, Query(params): Query<Params>) -> ApiResult {
     let mut active = node.state.active()?;
-    active.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.scheduled_at.cmp(&b.scheduled_at)));
+    active.sort_by(|a, b| {
+        a.started_at
+            .cmp(&b.started_at)
+            .then(a.scheduled_at.cmp(&b.scheduled_at))
+    });
     Ok(reply_list(&active, active.len(), &params))
 }
 
 pub async fn pause_status(State(node): State<AppState>, Query(params): Query<Params>) -> ApiResult {
-    Ok(reply(StatusCode::OK, &json!({ "paused": node.state.paused()? }), &params))
+    Ok(reply(
+        StatusCode::OK,
+        &json!({ "paused": node.state.paused()? }),
+        &params,
+    ))
 }
 
 /// `POST /v1/pause`: refuse new job submissions (Dkron's meaning), replicated and kept across restarts.
@@ -73,10 +85,16 @@ pub async fn unpause(State(node): State<AppState>, Query(params): Query<Params>)
 /// `GET /v1/schedule/preview?schedule=…&timezone=…&count=N&from=RFC3339[&name=job]`: the next N fire instants
 /// after `from`, each in UTC and in the schedule's zone.
 pub async fn preview(Query(params): Query<Params>) -> ApiResult {
-    let expr = params.get("schedule").filter(|s| !s.trim().is_empty()).ok_or_else(|| {
-        ApiError::bad_request("schedule: required (e.g. ?schedule=*/5 * * * * *)")
-    })?;
-    let timezone = params.get("timezone").map(String::as_str).filter(|t| !t.is_empty());
+    let expr = params
+        .get("schedule")
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request("schedule: required (e.g. ?schedule=*/5 * * * * *)")
+        })?;
+    let timezone = params
+        .get("timezone")
+        .map(String::as_str)
+        .filter(|t| !t.is_empty());
     let count = match params.get("count") {
         None => 10,
         Some(text) => match text.parse::<usize>() {
@@ -90,14 +108,16 @@ pub async fn preview(Query(params): Query<Params>) -> ApiResult {
     };
     let from = match params.get("from").filter(|f| !f.is_empty()) {
         None => Timestamp::now(),
-        Some(text) => text
-            .parse::<Timestamp>()
-            .map_err(|e| ApiError::bad_request(format!("from: '{text}' is not an RFC 3339 timestamp: {e}")))?,
+        Some(text) => text.parse::<Timestamp>().map_err(|e| {
+            ApiError::bad_request(format!("from: '{text}' is not an RFC 3339 timestamp: {e}"))
+        })?,
     };
     let name = params.get("name").map(String::as_str).unwrap_or("");
     let schedule = Schedule::parse(expr, timezone, name).map_err(|e| {
         let text = e.to_string();
-        if text.starts_with("timezone") || text.starts_with("schedule") { ApiError::bad_request(text) } else {
+        if text.starts_with("timezone") || text.starts_with("schedule") {
+            ApiError::bad_request(text)
+        } else {
             ApiError::bad_request(format!("schedule: {text}"))
         }
     })?;
@@ -105,7 +125,9 @@ pub async fn preview(Query(params): Query<Params>) -> ApiResult {
     let mut fires = Vec::with_capacity(count);
     let mut cursor = from;
     while fires.len() < count {
-        let Some(next) = schedule.next_after(cursor) else { break };
+        let Some(next) = schedule.next_after(cursor) else {
+            break;
+        };
         let local = next.to_zoned(zone.clone());
         fires.push(json!({
             "utc": next.to_string(),

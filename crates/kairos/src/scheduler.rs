@@ -1,0 +1,490 @@
+//! The scheduler: on the Raft leader only, decides which slot of which job fires when.
+//!
+//! It keeps a min-heap of each enabled job's next fire instant, sleeps until the earliest, and proposes every
+//! due slot in one `Fire` command (group commit). The state machine accepts a slot only if it is after the job's
+//! cursor, so proposing a slot twice (a retry, a new leader) never runs it twice. Dispatch happens only after the
+//! fire is committed (see [`crate::node`]).
+//!
+//! When a node becomes leader, and whenever a job changes, [`plan`] compares the job's cursor with the clock: slots
+//! that fell due while no scheduler ran are handled by the job's `catch_up` policy, slots due within
+//! [`LATE_GRACE`] fire as ordinary slots.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kairos_model::{CatchUp, Timestamp, Trigger};
+use kairos_schedule::Schedule;
+use kairos_store::{BATCH_ITEMS_MAX, Command, Fire, JobRecord};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tracing::{debug, info, warn};
+
+use crate::node::Node;
+
+/// A slot this late or less is fired as an ordinary slot, not as a catch-up (leader changes and slow commits).
+pub const LATE_GRACE: Duration = Duration::from_secs(2);
+/// Most slots one job may catch up at once under `catch_up: all`: the most recent ones win.
+pub const CATCH_UP_SLOTS_MAX: usize = 10_000;
+
+/// The next instant the job will fire, for display (`next` in the API): `None` if it will not fire by itself.
+pub fn next_fire(record: &JobRecord, now: Timestamp) -> Option<Timestamp> {
+    if record.job.disabled {
+        return None;
+    }
+    let schedule = record.job.parsed_schedule().ok().flatten()?;
+    let mut from = record.cursor.map_or(now, |c| c.max(now));
+    if let Some(starts) = record.job.starts_at
+        && starts > from
+    {
+        from = starts - Duration::from_nanos(1);
+    }
+    schedule
+        .next_after(from)
+        .filter(|t| record.job.expires_at.is_none_or(|e| *t <= e))
+}
+
+/// What to do about one job right now.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    /// Slots to decide now, oldest first.
+    pub fires: Vec<Fire>,
+    /// Move the cursor here without running anything (missed slots under `skip`, or outside the window).
+    pub advance: Option<Timestamp>,
+    /// The first slot after `now`, to wait for.
+    pub next: Option<Timestamp>,
+}
+
+/// Decide a job's due and missed slots at `now`. Pure: the same inputs give the same plan.
+pub fn plan(record: &JobRecord, schedule: &Schedule, now: Timestamp) -> Plan {
+    let job = &record.job;
+    if job.disabled || schedule.is_manual() {
+        return Plan::default();
+    }
+    let cursor = record.cursor.unwrap_or(now);
+    let mut from = cursor;
+    if let Some(starts) = job.starts_at
+        && starts > from
+    {
+        from = starts - Duration::from_nanos(1);
+    }
+    let in_bounds = |t: &Timestamp| job.expires_at.is_none_or(|e| *t <= e);
+    // Slots older than the catch-up window are never run; start looking at the window's edge.
+    let window_start = now
+        .checked_sub(job.catch_up_window())
+        .unwrap_or(Timestamp::MIN);
+    let mut skipped_old = false;
+    if from < window_start {
+        skipped_old = schedule
+            .next_after(from)
+            .is_some_and(|t| t <= window_start && in_bounds(&t));
+        from = window_start;
+    }
+    let mut late = Vec::new();
+    let mut on_time = Vec::new();
+    let mut t = from;
+    while let Some(slot) = schedule.next_after(t) {
+        if slot > now || !in_bounds(&slot) {
+            break;
+        }
+        let late_by = now.duration_since(slot).unsigned_abs();
+        if late_by > LATE_GRACE {
+            late.push(slot)
+        } else {
+            on_time.push(slot)
+        }
+        if late.len() > CATCH_UP_SLOTS_MAX {
+            late.remove(0);
+            skipped_old = true;
+        }
+        t = slot;
+    }
+    let next = schedule.next_after(t.max(now)).filter(in_bounds);
+    let fire = |slot: Timestamp, trigger: Trigger| Fire {
+        job: job.name.clone(),
+        scheduled_at: slot,
+        trigger,
+    };
+    let mut plan = Plan {
+        next,
+        ..Plan::default()
+    };
+    match job.catch_up {
+        CatchUp::Skip => {}
+        CatchUp::Latest => plan
+            .fires
+            .extend(late.last().map(|slot| fire(*slot, Trigger::CatchUp))),
+        CatchUp::All => plan
+            .fires
+            .extend(late.iter().map(|slot| fire(*slot, Trigger::CatchUp))),
+    }
+    plan.fires
+        .extend(on_time.iter().map(|slot| fire(*slot, Trigger::Schedule)));
+    let last_considered = late.last().or(on_time.last()).copied();
+    let fired_up_to = plan.fires.last().map(|f| f.scheduled_at);
+    if last_considered > fired_up_to || (skipped_old && fired_up_to.is_none()) {
+        plan.advance = Some(last_considered.unwrap_or(window_start).max(cursor));
+    }
+    plan
+}
+
+/// The leader's timer over next-fire instants. Stale heap entries (a job changed or deleted) are skipped lazily.
+#[derive(Default)]
+struct Timer {
+    heap: BinaryHeap<Reverse<(Timestamp, String)>>,
+    entries: HashMap<String, (Timestamp, Arc<Schedule>)>,
+}
+
+impl Timer {
+    fn set(&mut self, job: &str, next: Option<Timestamp>, schedule: Arc<Schedule>) {
+        match next {
+            Some(at) => {
+                self.entries.insert(job.to_string(), (at, schedule));
+                self.heap.push(Reverse((at, job.to_string())));
+            }
+            None => {
+                self.entries.remove(job);
+            }
+        }
+    }
+
+    fn remove(&mut self, job: &str) {
+        self.entries.remove(job);
+    }
+
+    fn earliest(&mut self) -> Option<Timestamp> {
+        while let Some(Reverse((at, job))) = self.heap.peek() {
+            if self.entries.get(job).is_some_and(|(t, _)| t == at) {
+                return Some(*at);
+            }
+            self.heap.pop();
+        }
+        None
+    }
+
+    /// Pop every slot due at `now`, re-arming each job at its following slot.
+    fn take_due(
+        &mut self,
+        now: Timestamp,
+        expires: impl Fn(&str) -> Option<Timestamp>,
+    ) -> Vec<Fire> {
+        let mut fires = Vec::new();
+        while let Some(at) = self.earliest() {
+            if at > now || fires.len() >= BATCH_ITEMS_MAX {
+                break;
+            }
+            let Reverse((at, job)) = self.heap.pop().expect("earliest saw an entry");
+            let schedule = self.entries[&job].1.clone();
+            fires.push(Fire {
+                job: job.clone(),
+                scheduled_at: at,
+                trigger: Trigger::Schedule,
+            });
+            let next = schedule
+                .next_after(at)
+                .filter(|t| expires(&job).is_none_or(|e| *t <= e));
+            self.set(&job, next, schedule);
+        }
+        fires
+    }
+}
+
+/// Run the scheduler for as long as the node runs; it is active only while the node leads.
+pub async fn run(node: Arc<Node>, mut changes: UnboundedReceiver<String>) {
+    loop {
+        if !node.wait_for_leadership().await {
+            return; // shutting down
+        }
+        info!("scheduler: this node leads; rebuilding the timer from the stored jobs");
+        let mut expiries = HashMap::new();
+        let mut timer = Timer::default();
+        while changes.try_recv().is_ok() {} // everything is reloaded below
+        if let Err(err) = rebuild(&node, &mut timer, &mut expiries).await {
+            warn!("scheduler: rebuild failed: {err}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        if let Err(err) = lead(&node, &mut timer, &mut expiries, &mut changes).await {
+            warn!("scheduler: stopped leading: {err}");
+        }
+        if node.is_stopping() {
+            return;
+        }
+    }
+}
+
+async fn rebuild(
+    node: &Node,
+    timer: &mut Timer,
+    expiries: &mut HashMap<String, Option<Timestamp>>,
+) -> anyhow::Result<()> {
+    let now = Timestamp::now();
+    let mut commands = Vec::new();
+    let mut fires = Vec::new();
+    let reader = node.state.clone();
+    let mut records = Vec::new();
+    tokio::task::block_in_place(|| {
+        reader.for_each_job(|record| {
+            records.push(record);
+            true
+        })
+    })?;
+    for record in records {
+        arm(&record, now, timer, expiries, &mut fires, &mut commands);
+    }
+    propose(node, fires, commands).await
+}
+
+/// Plan one job and arm the timer for it; fires and cursor moves are collected for one proposal.
+fn arm(
+    record: &JobRecord,
+    now: Timestamp,
+    timer: &mut Timer,
+    expiries: &mut HashMap<String, Option<Timestamp>>,
+    fires: &mut Vec<Fire>,
+    commands: &mut Vec<Command>,
+) {
+    let name = record.job.name.clone();
+    let Ok(Some(schedule)) = record.job.parsed_schedule() else {
+        timer.remove(&name);
+        return;
+    };
+    let plan = plan(record, &schedule, now);
+    if let Some(cursor) = plan.advance {
+        commands.push(Command::Advance {
+            job: name.clone(),
+            cursor,
+        });
+    }
+    fires.extend(plan.fires);
+    expiries.insert(name.clone(), record.job.expires_at);
+    timer.set(&name, plan.next, Arc::new(schedule));
+}
+
+async fn propose(node: &Node, fires: Vec<Fire>, commands: Vec<Command>) -> anyhow::Result<()> {
+    for command in commands {
+        node.submit(command)
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+    }
+    let mut fires = fires;
+    fires.sort_by_key(|f| f.scheduled_at);
+    for chunk in fires.chunks(BATCH_ITEMS_MAX) {
+        node.submit(Command::Fire {
+            fires: chunk.to_vec(),
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    }
+    Ok(())
+}
+
+async fn lead(
+    node: &Node,
+    timer: &mut Timer,
+    expiries: &mut HashMap<String, Option<Timestamp>>,
+    changes: &mut UnboundedReceiver<String>,
+) -> anyhow::Result<()> {
+    let mut leadership = node.leadership_lost();
+    loop {
+        let wake = timer.earliest().map(|at| {
+            let wait = Timestamp::now().duration_until(at).unsigned_abs();
+            tokio::time::Instant::now() + wait
+        });
+        let sleep_until =
+            wake.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = node.stopping() => return Ok(()),
+            _ = &mut leadership => anyhow::bail!("leadership lost"),
+            Some(first) = changes.recv() => {
+                let mut names = vec![first];
+                while let Ok(name) = changes.try_recv() {
+                    names.push(name);
+                }
+                names.sort();
+                names.dedup();
+                reload(node, timer, expiries, names).await?;
+            }
+            _ = tokio::time::sleep_until(sleep_until) => {
+                let now = Timestamp::now();
+                let fires = timer.take_due(now, |job| expiries.get(job).copied().flatten());
+                if !fires.is_empty() {
+                    debug!("scheduler: firing {} slots", fires.len());
+                    propose(node, fires, Vec::new()).await?;
+                }
+            }
+        }
+    }
+}
+
+async fn reload(
+    node: &Node,
+    timer: &mut Timer,
+    expiries: &mut HashMap<String, Option<Timestamp>>,
+    names: Vec<String>,
+) -> anyhow::Result<()> {
+    let now = Timestamp::now();
+    let mut fires = Vec::new();
+    let mut commands = Vec::new();
+    for name in names {
+        match node.state.job(&name)? {
+            Some(record) => arm(&record, now, timer, expiries, &mut fires, &mut commands),
+            None => {
+                timer.remove(&name);
+                expiries.remove(&name);
+            }
+        }
+    }
+    propose(node, fires, commands).await
+}
+
+#[cfg(test)]
+mod tests {
+    use kairos_model::Job;
+
+    use super::*;
+
+    fn ts(text: &str) -> Timestamp {
+        text.parse().unwrap()
+    }
+
+    fn record(catch_up: CatchUp, cursor: &str) -> (JobRecord, Schedule) {
+        let mut job = Job::empty("j");
+        job.schedule = "* * * * * *".into();
+        job.executor = "shell".into();
+        job.catch_up = catch_up;
+        job.catch_up_window = "1m".into();
+        let schedule = job.parsed_schedule().unwrap().unwrap();
+        (
+            JobRecord {
+                job,
+                cursor: Some(ts(cursor)),
+                active: 0,
+                stored: 0,
+            },
+            schedule,
+        )
+    }
+
+    fn slots(plan: &Plan) -> Vec<(String, Trigger)> {
+        plan.fires
+            .iter()
+            .map(|f| (f.scheduled_at.to_string(), f.trigger))
+            .collect()
+    }
+
+    #[test]
+    fn a_slot_due_now_fires_on_schedule() {
+        let (rec, s) = record(CatchUp::Latest, "2026-01-01T00:00:09Z");
+        let plan = plan(&rec, &s, ts("2026-01-01T00:00:10.001Z"));
+        assert_eq!(
+            slots(&plan),
+            [("2026-01-01T00:00:10Z".to_string(), Trigger::Schedule)]
+        );
+        assert_eq!(plan.next, Some(ts("2026-01-01T00:00:11Z")));
+        assert_eq!(plan.advance, None);
+    }
+
+    #[test]
+    fn missed_slots_follow_the_catch_up_policy() {
+        let now = ts("2026-01-01T00:00:10.5Z");
+        let (rec, s) = record(CatchUp::Skip, "2026-01-01T00:00:00Z");
+        let skip = plan(&rec, &s, now);
+        // 9 and 10 are within the grace and fire; 1..=8 are skipped by moving the cursor past them.
+        assert_eq!(skip.fires.len(), 2);
+        assert!(skip.fires.iter().all(|f| f.trigger == Trigger::Schedule));
+
+        let (rec, s) = record(CatchUp::Latest, "2026-01-01T00:00:00Z");
+        let latest = plan(&rec, &s, now);
+        assert_eq!(
+            slots(&latest)[0],
+            ("2026-01-01T00:00:08Z".to_string(), Trigger::CatchUp),
+            "the latest missed slot runs once"
+        );
+        assert_eq!(latest.fires.len(), 3);
+
+        let (rec, s) = record(CatchUp::All, "2026-01-01T00:00:00Z");
+        let all = plan(&rec, &s, now);
+        assert_eq!(all.fires.len(), 10, "every slot from 1 to 10 runs");
+        assert!(
+            all.fires
+                .windows(2)
+                .all(|w| w[0].scheduled_at < w[1].scheduled_at)
+        );
+    }
+
+    #[test]
+    fn skip_without_on_time_slots_advances_the_cursor() {
+        let (rec, s) = record(CatchUp::Skip, "2026-01-01T00:00:00Z");
+        let plan = plan(&rec, &s, ts("2026-01-01T00:00:10.5Z"));
+        assert!(
+            plan.advance.is_none() || plan.advance <= plan.fires.last().map(|f| f.scheduled_at)
+        );
+        let (mut rec, s) = record(CatchUp::Skip, "2026-01-01T00:00:00Z");
+        rec.job.schedule = "0 * * * * *".into();
+        let s2 = rec.job.parsed_schedule().unwrap().unwrap();
+        let p = super::plan(&rec, &s2, ts("2026-01-01T00:05:30Z"));
+        assert!(p.fires.is_empty());
+        assert_eq!(p.advance, Some(ts("2026-01-01T00:05:00Z")));
+        let _ = s;
+    }
+
+    #[test]
+    fn slots_older_than_the_window_never_run() {
+        let (rec, s) = record(CatchUp::All, "2026-01-01T00:00:00Z");
+        let plan = plan(&rec, &s, ts("2026-01-01T01:00:00Z"));
+        assert_eq!(
+            plan.fires.len(),
+            60,
+            "only the last minute (the window) is caught up"
+        );
+    }
+
+    #[test]
+    fn disabled_and_expired_jobs_do_not_fire() {
+        let (mut rec, s) = record(CatchUp::All, "2026-01-01T00:00:00Z");
+        rec.job.disabled = true;
+        assert_eq!(plan(&rec, &s, ts("2026-01-01T00:00:05Z")), Plan::default());
+        rec.job.disabled = false;
+        rec.job.expires_at = Some(ts("2026-01-01T00:00:02Z"));
+        let p = plan(&rec, &s, ts("2026-01-01T00:00:05Z"));
+        assert_eq!(p.fires.len(), 2);
+        assert_eq!(p.next, None);
+    }
+
+    #[test]
+    fn starts_at_holds_back_early_slots() {
+        let (mut rec, s) = record(CatchUp::All, "2026-01-01T00:00:00Z");
+        rec.job.starts_at = Some(ts("2026-01-01T00:00:04Z"));
+        let p = plan(&rec, &s, ts("2026-01-01T00:00:05Z"));
+        assert_eq!(
+            p.fires.first().map(|f| f.scheduled_at),
+            Some(ts("2026-01-01T00:00:04Z"))
+        );
+    }
+
+    #[test]
+    fn timer_pops_due_slots_in_order_and_rearms() {
+        let (rec, s) = record(CatchUp::All, "2026-01-01T00:00:00Z");
+        let mut timer = Timer::default();
+        let s = Arc::new(s);
+        timer.set("a", Some(ts("2026-01-01T00:00:01Z")), s.clone());
+        timer.set("b", Some(ts("2026-01-01T00:00:02Z")), s.clone());
+        timer.set("a", Some(ts("2026-01-01T00:00:03Z")), s.clone()); // replaces a's entry
+        let due = timer.take_due(ts("2026-01-01T00:00:03Z"), |_| None);
+        let got: Vec<(String, String)> = due
+            .iter()
+            .map(|f| (f.job.clone(), f.scheduled_at.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("b".to_string(), "2026-01-01T00:00:02Z".to_string()),
+                ("a".to_string(), "2026-01-01T00:00:03Z".to_string()),
+                ("b".to_string(), "2026-01-01T00:00:03Z".to_string()),
+            ]
+        );
+        assert_eq!(timer.earliest(), Some(ts("2026-01-01T00:00:04Z")));
+        let _ = rec;
+    }
+}
