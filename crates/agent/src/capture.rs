@@ -66,27 +66,13 @@ impl Capture {
             self.write_file(marker.as_bytes());
         }
         let cut = self.total_bytes > self.tail.len() as u64;
-        Captured {
-            tail: tail_text(self.tail.make_contiguous(), cut),
-            total_bytes: self.total_bytes,
-        }
+        Captured { tail: tail_text(self.tail.make_contiguous(), cut), total_bytes: self.total_bytes }
     }
 
     /// Finishes the capture into the outcome of the run.
-    pub fn into_outcome(
-        self,
-        status: RunStatus,
-        exit_code: Option<i32>,
-        error: Option<String>,
-    ) -> Outcome {
+    pub fn into_outcome(self, status: RunStatus, exit_code: Option<i32>, error: Option<String>) -> Outcome {
         let captured = self.finish();
-        Outcome {
-            status,
-            exit_code,
-            output_tail: captured.tail,
-            output_bytes: captured.total_bytes,
-            error,
-        }
+        Outcome { status, exit_code, output_tail: captured.tail, output_bytes: captured.total_bytes, error }
     }
 
     /// The outcome of a run that never started: the reason goes into the output too, because the
@@ -121,15 +107,7 @@ impl Capture {
 /// dropped rather than shown as replacement characters. Invalid bytes elsewhere become U+FFFD, which
 /// is longer than one byte, so the result is trimmed again at a char boundary.
 fn tail_text(bytes: &[u8], cut: bool) -> String {
-    let start = if cut {
-        bytes
-            .iter()
-            .take(3)
-            .take_while(|&&b| b & 0b1100_0000 == 0b1000_0000)
-            .count()
-    } else {
-        0
-    };
+    let start = if cut { bytes.iter().take(3).take_while(|&&b| b & 0b1100_0000 == 0b1000_0000).count() } else { 0 };
     let text = String::from_utf8_lossy(&bytes[start..]);
     if text.len() <= TAIL_BYTES {
         return text.into_owned();

@@ -32,10 +32,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn key(key: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            field: format!("executor_config.{key}"),
-            message: message.into(),
-        }
+        ConfigError { field: format!("executor_config.{key}"), message: message.into() }
     }
 }
 
@@ -51,10 +48,7 @@ pub fn validate(executor: &str, config: &BTreeMap<String, String>) -> Result<(),
 pub(crate) fn unknown_executor(executor: &str) -> ConfigError {
     ConfigError {
         field: "executor".to_owned(),
-        message: format!(
-            "unknown executor '{executor}'; known: {}",
-            EXECUTORS.join(", ")
-        ),
+        message: format!("unknown executor '{executor}'; known: {}", EXECUTORS.join(", ")),
     }
 }
 
@@ -91,15 +85,8 @@ impl ShellConfig {
             }
             Command::Direct(argv)
         };
-        let cwd = Some(get(config, "cwd"))
-            .filter(|c| !c.is_empty())
-            .map(PathBuf::from);
-        Ok(ShellConfig {
-            command,
-            env: parse_env(get(config, "env"))?,
-            cwd,
-            timeout: parse_timeout(config, None)?,
-        })
+        let cwd = Some(get(config, "cwd")).filter(|c| !c.is_empty()).map(PathBuf::from);
+        Ok(ShellConfig { command, env: parse_env(get(config, "env"))?, cwd, timeout: parse_timeout(config, None)? })
     }
 }
 
@@ -142,10 +129,9 @@ impl HttpConfig {
     ) -> Result<HttpConfig, ConfigError> {
         let expect_body = match get(config, "expectBody") {
             "" => None,
-            pattern => Some(
-                compile(pattern)
-                    .map_err(|e| ConfigError::key("expectBody", format!("invalid regex: {e}")))?,
-            ),
+            pattern => {
+                Some(compile(pattern).map_err(|e| ConfigError::key("expectBody", format!("invalid regex: {e}")))?)
+            }
         };
         Ok(HttpConfig {
             method: parse_method(get(config, "method"))?,
@@ -169,10 +155,7 @@ fn parse_bool(config: &BTreeMap<String, String>, key: &str) -> Result<bool, Conf
     match get(config, key) {
         "" | "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
         "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
-        other => Err(ConfigError::key(
-            key,
-            format!("must be true or false, not '{other}'"),
-        )),
+        other => Err(ConfigError::key(key, format!("must be true or false, not '{other}'"))),
     }
 }
 
@@ -200,16 +183,10 @@ fn parse_env(text: &str) -> Result<Vec<(String, String)>, ConfigError> {
     let mut env = Vec::new();
     for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let Some((key, value)) = pair.split_once('=') else {
-            return Err(ConfigError::key(
-                "env",
-                format!("'{pair}' is not a KEY=value pair"),
-            ));
+            return Err(ConfigError::key("env", format!("'{pair}' is not a KEY=value pair")));
         };
         if key.is_empty() || key.contains('\0') || value.contains('\0') {
-            return Err(ConfigError::key(
-                "env",
-                format!("'{pair}' is not a valid KEY=value pair"),
-            ));
+            return Err(ConfigError::key("env", format!("'{pair}' is not a valid KEY=value pair")));
         }
         env.push((key.to_owned(), value.to_owned()));
     }
@@ -232,10 +209,7 @@ fn parse_url(text: &str) -> Result<Url, ConfigError> {
     }
     let url = Url::parse(text).map_err(|e| ConfigError::key("url", format!("'{text}': {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(ConfigError::key(
-            "url",
-            format!("scheme must be http or https, not '{}'", url.scheme()),
-        ));
+        return Err(ConfigError::key("url", format!("scheme must be http or https, not '{}'", url.scheme())));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(ConfigError::key("url", format!("'{text}' has no host")));
@@ -258,20 +232,12 @@ fn parse_headers(text: &str) -> Result<HeaderMap, ConfigError> {
     for line in lines.iter().filter(|l| !l.trim().is_empty()) {
         // Split at the first colon only: values such as URLs and times contain colons too.
         let Some((name, value)) = line.split_once(':') else {
-            return Err(ConfigError::key(
-                "headers",
-                format!("'{line}' is not a \"Key: Value\" header"),
-            ));
+            return Err(ConfigError::key("headers", format!("'{line}' is not a \"Key: Value\" header")));
         };
-        let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
-            ConfigError::key(
-                "headers",
-                format!("'{}' is not a valid header name", name.trim()),
-            )
-        })?;
-        let value = HeaderValue::from_str(value.trim()).map_err(|_| {
-            ConfigError::key("headers", format!("header '{name}' has an invalid value"))
-        })?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| ConfigError::key("headers", format!("'{}' is not a valid header name", name.trim())))?;
+        let value = HeaderValue::from_str(value.trim())
+            .map_err(|_| ConfigError::key("headers", format!("header '{name}' has an invalid value")))?;
         // Dkron sets (replaces) rather than appends, so a repeated key keeps its last value.
         headers.insert(name, value);
     }
@@ -284,26 +250,15 @@ fn parse_expect_codes(text: &str) -> Result<Vec<u16>, ConfigError> {
     }
     text.split(',')
         .map(|code| {
-            code.trim()
-                .parse::<u16>()
-                .ok()
-                .filter(|c| (100..=599).contains(c))
-                .ok_or_else(|| {
-                    ConfigError::key(
-                        "expectCode",
-                        format!("'{}' is not an HTTP status code (100-599)", code.trim()),
-                    )
-                })
+            code.trim().parse::<u16>().ok().filter(|c| (100..=599).contains(c)).ok_or_else(|| {
+                ConfigError::key("expectCode", format!("'{}' is not an HTTP status code (100-599)", code.trim()))
+            })
         })
         .collect()
 }
 
 fn parse_tls(config: &BTreeMap<String, String>) -> Result<TlsOptions, ConfigError> {
-    let path = |key| {
-        Some(get(config, key))
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-    };
+    let path = |key| Some(get(config, key)).filter(|p| !p.is_empty()).map(PathBuf::from);
     let tls = TlsOptions {
         no_verify_peer: parse_bool(config, "tlsNoVerifyPeer")?,
         root_cas_file: path("tlsRootCAsFile"),
@@ -311,14 +266,8 @@ fn parse_tls(config: &BTreeMap<String, String>) -> Result<TlsOptions, ConfigErro
         certificate_key_file: path("tlsCertificateKeyFile"),
     };
     match (&tls.certificate_file, &tls.certificate_key_file) {
-        (Some(_), None) => Err(ConfigError::key(
-            "tlsCertificateKeyFile",
-            "is required with tlsCertificateFile",
-        )),
-        (None, Some(_)) => Err(ConfigError::key(
-            "tlsCertificateFile",
-            "is required with tlsCertificateKeyFile",
-        )),
+        (Some(_), None) => Err(ConfigError::key("tlsCertificateKeyFile", "is required with tlsCertificateFile")),
+        (None, Some(_)) => Err(ConfigError::key("tlsCertificateFile", "is required with tlsCertificateKeyFile")),
         _ => Ok(tls),
     }
 }
@@ -328,10 +277,7 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     /// `Ok` for accepted configs, else the offending field and a fragment of the message.
@@ -351,12 +297,7 @@ mod tests {
 
     #[test]
     fn unknown_executor_is_named_with_the_known_ones() {
-        assert_rejected(
-            "docker",
-            &[],
-            "executor",
-            "unknown executor 'docker'; known: shell, http",
-        );
+        assert_rejected("docker", &[], "executor", "unknown executor 'docker'; known: shell, http");
     }
 
     #[test]
@@ -372,11 +313,7 @@ mod tests {
             &[("command", "echo"), ("timeout", "30s")],
             &[("command", "echo"), ("timeout", "1m30s")],
             &[("command", "echo"), ("timeout", "15")],
-            &[
-                ("command", "echo"),
-                ("payload", "ignored"),
-                ("mystery", "x"),
-            ],
+            &[("command", "echo"), ("payload", "ignored"), ("mystery", "x")],
         ];
         for pairs in accepted {
             assert_eq!(check("shell", pairs), Ok(()), "{pairs:?}");
@@ -391,41 +328,21 @@ mod tests {
         assert_rejected("shell", &[("command", "echo 'a")], field, "unterminated");
         let cases = [
             (("shell", "yes"), "executor_config.shell", "true or false"),
-            (
-                ("timeout", "soon"),
-                "executor_config.timeout",
-                "'soon' is not a duration",
-            ),
+            (("timeout", "soon"), "executor_config.timeout", "'soon' is not a duration"),
             (("timeout", "-1s"), "executor_config.timeout", "negative"),
-            (
-                ("timeout", "10x"),
-                "executor_config.timeout",
-                "unknown unit",
-            ),
-            (
-                ("env", "A=1,B"),
-                "executor_config.env",
-                "'B' is not a KEY=value",
-            ),
+            (("timeout", "10x"), "executor_config.timeout", "unknown unit"),
+            (("env", "A=1,B"), "executor_config.env", "'B' is not a KEY=value"),
             (("env", "=1"), "executor_config.env", "not a valid"),
         ];
         for ((key, value), field, fragment) in cases {
-            assert_rejected(
-                "shell",
-                &[("command", "echo"), (key, value)],
-                field,
-                fragment,
-            );
+            assert_rejected("shell", &[("command", "echo"), (key, value)], field, fragment);
         }
     }
 
     #[test]
     fn shell_command_is_split_unless_run_by_the_shell() {
         let direct = ShellConfig::parse(&map(&[("command", "printf '%s' \"a b\"")])).unwrap();
-        assert_eq!(
-            direct.command,
-            Command::Direct(vec!["printf".into(), "%s".into(), "a b".into()])
-        );
+        assert_eq!(direct.command, Command::Direct(vec!["printf".into(), "%s".into(), "a b".into()]));
         let shell = ShellConfig::parse(&map(&[("command", "echo $HOME"), ("shell", "true")]));
         assert_eq!(shell.unwrap().command, Command::Shell("echo $HOME".into()));
     }
@@ -438,13 +355,7 @@ mod tests {
             &[("url", "https://example.com")],
             &[url, ("method", "POST"), ("body", "{}")],
             &[url, ("method", "purge")],
-            &[
-                url,
-                (
-                    "headers",
-                    r#"["Content-Type: application/json", "X-At: 12:00"]"#,
-                ),
-            ],
+            &[url, ("headers", r#"["Content-Type: application/json", "X-At: 12:00"]"#)],
             &[url, ("headers", "[]")],
             &[url, ("headers", "")],
             &[url, ("timeout", "30")],
@@ -455,11 +366,7 @@ mod tests {
             &[url, ("tlsNoVerifyPeer", "true")],
             &[url, ("debug", "true")],
             &[url, ("tlsRootCAsFile", "/etc/ca.pem")],
-            &[
-                url,
-                ("tlsCertificateFile", "/c.pem"),
-                ("tlsCertificateKeyFile", "/k.pem"),
-            ],
+            &[url, ("tlsCertificateFile", "/c.pem"), ("tlsCertificateKeyFile", "/k.pem")],
         ];
         for pairs in accepted {
             assert_eq!(check("http", pairs), Ok(()), "{pairs:?}");
@@ -469,82 +376,24 @@ mod tests {
     #[test]
     fn http_configs_that_are_rejected() {
         assert_rejected("http", &[], "executor_config.url", "must not be empty");
-        assert_rejected(
-            "http",
-            &[("url", "not a url")],
-            "executor_config.url",
-            "not a url",
-        );
-        assert_rejected(
-            "http",
-            &[("url", "ftp://example.com/x")],
-            "executor_config.url",
-            "http or https",
-        );
+        assert_rejected("http", &[("url", "not a url")], "executor_config.url", "not a url");
+        assert_rejected("http", &[("url", "ftp://example.com/x")], "executor_config.url", "http or https");
         let url = ("url", "http://127.0.0.1/");
         let cases = [
-            (
-                ("method", "GE T"),
-                "executor_config.method",
-                "not a valid HTTP method",
-            ),
-            (
-                ("headers", "Content-Type: x"),
-                "executor_config.headers",
-                "JSON array",
-            ),
-            (
-                ("headers", r#"{"a":"b"}"#),
-                "executor_config.headers",
-                "JSON array",
-            ),
-            (
-                ("headers", r#"["NoColon"]"#),
-                "executor_config.headers",
-                "'NoColon'",
-            ),
-            (
-                ("headers", r#"["Bad Name: x"]"#),
-                "executor_config.headers",
-                "header name",
-            ),
-            (
-                ("timeout", "forever"),
-                "executor_config.timeout",
-                "is not a duration",
-            ),
+            (("method", "GE T"), "executor_config.method", "not a valid HTTP method"),
+            (("headers", "Content-Type: x"), "executor_config.headers", "JSON array"),
+            (("headers", r#"{"a":"b"}"#), "executor_config.headers", "JSON array"),
+            (("headers", r#"["NoColon"]"#), "executor_config.headers", "'NoColon'"),
+            (("headers", r#"["Bad Name: x"]"#), "executor_config.headers", "header name"),
+            (("timeout", "forever"), "executor_config.timeout", "is not a duration"),
             (("expectCode", "abc"), "executor_config.expectCode", "'abc'"),
-            (
-                ("expectCode", "99"),
-                "executor_config.expectCode",
-                "100-599",
-            ),
-            (
-                ("expectCode", "600"),
-                "executor_config.expectCode",
-                "100-599",
-            ),
+            (("expectCode", "99"), "executor_config.expectCode", "100-599"),
+            (("expectCode", "600"), "executor_config.expectCode", "100-599"),
             (("expectCode", "200,"), "executor_config.expectCode", "''"),
-            (
-                ("expectBody", "(unclosed"),
-                "executor_config.expectBody",
-                "invalid regex",
-            ),
-            (
-                ("tlsNoVerifyPeer", "maybe"),
-                "executor_config.tlsNoVerifyPeer",
-                "true or false",
-            ),
-            (
-                ("tlsCertificateFile", "/c.pem"),
-                "executor_config.tlsCertificateKeyFile",
-                "required",
-            ),
-            (
-                ("tlsCertificateKeyFile", "/k.pem"),
-                "executor_config.tlsCertificateFile",
-                "required",
-            ),
+            (("expectBody", "(unclosed"), "executor_config.expectBody", "invalid regex"),
+            (("tlsNoVerifyPeer", "maybe"), "executor_config.tlsNoVerifyPeer", "true or false"),
+            (("tlsCertificateFile", "/c.pem"), "executor_config.tlsCertificateKeyFile", "required"),
+            (("tlsCertificateKeyFile", "/k.pem"), "executor_config.tlsCertificateFile", "required"),
         ];
         for ((key, value), field, fragment) in cases {
             assert_rejected("http", &[url, (key, value)], field, fragment);
@@ -559,21 +408,15 @@ mod tests {
         assert_eq!(config.expect_codes, [200]);
         assert!(config.expect_body.is_none());
         assert_eq!(config.tls, TlsOptions::default());
-        let no_limit =
-            HttpConfig::parse(&map(&[("url", "http://h/"), ("timeout", "0")]), Regex::new);
+        let no_limit = HttpConfig::parse(&map(&[("url", "http://h/"), ("timeout", "0")]), Regex::new);
         assert_eq!(no_limit.unwrap().timeout, None);
     }
 
     #[test]
     fn header_values_keep_their_colons() {
-        let config = HttpConfig::parse(
-            &map(&[
-                ("url", "http://h/"),
-                ("headers", r#"["Referer: http://x:1/"]"#),
-            ]),
-            Regex::new,
-        )
-        .unwrap();
+        let config =
+            HttpConfig::parse(&map(&[("url", "http://h/"), ("headers", r#"["Referer: http://x:1/"]"#)]), Regex::new)
+                .unwrap();
         assert_eq!(config.headers["referer"], "http://x:1/");
     }
 }

@@ -27,9 +27,7 @@ pub(crate) async fn run(
         Ok(client) => client,
         Err(reason) => return capture.not_started(reason),
     };
-    let mut request = client
-        .request(config.method.clone(), config.url.clone())
-        .headers(config.headers.clone());
+    let mut request = client.request(config.method.clone(), config.url.clone()).headers(config.headers.clone());
     if !config.body.is_empty() {
         request = request.body(config.body.clone());
     }
@@ -50,12 +48,7 @@ pub(crate) async fn run(
             capture.into_outcome(status, exit_code, error)
         }
         Ended::Exchanged(Err(e)) => {
-            let reason = format!(
-                "{} {} failed: {}",
-                config.method,
-                config.url,
-                error_chain(&e)
-            );
+            let reason = format!("{} {} failed: {}", config.method, config.url, error_chain(&e));
             if response.status.is_none() {
                 // Nothing came back, so the reason is the only output there is.
                 capture.not_started(reason)
@@ -65,17 +58,9 @@ pub(crate) async fn run(
         }
         Ended::TimedOut => {
             let after = config.timeout.map(format_duration).unwrap_or_default();
-            capture.into_outcome(
-                RunStatus::TimedOut,
-                exit_code,
-                Some(format!("timed out after {after}")),
-            )
+            capture.into_outcome(RunStatus::TimedOut, exit_code, Some(format!("timed out after {after}")))
         }
-        Ended::Cancelled => capture.into_outcome(
-            RunStatus::Cancelled,
-            exit_code,
-            Some("cancelled".to_owned()),
-        ),
+        Ended::Cancelled => capture.into_outcome(RunStatus::Cancelled, exit_code, Some("cancelled".to_owned())),
     }
 }
 
@@ -121,10 +106,7 @@ fn judge(config: &HttpConfig, response: &Response) -> (RunStatus, Option<String>
     if let (Some(regex), Some(body)) = (&config.expect_body, &response.body)
         && !regex.is_match(&String::from_utf8_lossy(body))
     {
-        let error = format!(
-            "response body does not match expectBody '{}'",
-            regex.as_str()
-        );
+        let error = format!("response body does not match expectBody '{}'", regex.as_str());
         return (RunStatus::Failed, Some(error));
     }
     (RunStatus::Succeeded, None)

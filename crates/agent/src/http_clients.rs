@@ -42,9 +42,7 @@ impl HttpClients {
         if tls.has_files() {
             self.with_files.get_or_try_insert(tls, build_with_files)
         } else if tls.no_verify_peer {
-            self.no_verify
-                .get_or_init(|| build(builder().tls_danger_accept_invalid_certs(true)))
-                .clone()
+            self.no_verify.get_or_init(|| build(builder().tls_danger_accept_invalid_certs(true))).clone()
         } else {
             self.default.clone()
         }
@@ -56,12 +54,7 @@ fn builder() -> ClientBuilder {
 }
 
 fn build(builder: ClientBuilder) -> Result<Client, String> {
-    builder.build().map_err(|e| {
-        format!(
-            "cannot build the HTTP client: {}",
-            crate::http::error_chain(&e)
-        )
-    })
+    builder.build().map_err(|e| format!("cannot build the HTTP client: {}", crate::http::error_chain(&e)))
 }
 
 /// A client trusting only the roots in `tlsRootCAsFile` (as Dkron does) and presenting the
@@ -83,11 +76,7 @@ fn build_with_files(tls: &TlsOptions) -> Result<Client, String> {
         pem.push(b'\n');
         pem.extend(read("tlsCertificateFile", cert)?);
         let identity = Identity::from_pem(&pem).map_err(|e| {
-            format!(
-                "cannot use client certificate '{}' with key '{}': {e}",
-                cert.display(),
-                key.display()
-            )
+            format!("cannot use client certificate '{}' with key '{}': {e}", cert.display(), key.display())
         })?;
         builder = builder.identity(identity);
     }
@@ -101,14 +90,11 @@ pub(crate) struct RegexCache {
 
 impl RegexCache {
     pub fn new() -> RegexCache {
-        RegexCache {
-            regexes: BoundedCache::new(REGEXES_MAX),
-        }
+        RegexCache { regexes: BoundedCache::new(REGEXES_MAX) }
     }
 
     pub fn get(&self, pattern: &str) -> Result<Regex, regex::Error> {
-        self.regexes
-            .get_or_try_insert(&pattern.to_owned(), |p| Regex::new(p))
+        self.regexes.get_or_try_insert(&pattern.to_owned(), |p| Regex::new(p))
     }
 }
 
@@ -121,10 +107,7 @@ struct BoundedCache<K, V> {
 
 impl<K: Eq + Hash + Clone, V: Clone> BoundedCache<K, V> {
     fn new(max_len: usize) -> Self {
-        BoundedCache {
-            max_len,
-            map: Mutex::new(HashMap::new()),
-        }
+        BoundedCache { max_len, map: Mutex::new(HashMap::new()) }
     }
 
     fn get_or_try_insert<E>(&self, key: &K, make: impl FnOnce(&K) -> Result<V, E>) -> Result<V, E> {

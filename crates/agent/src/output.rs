@@ -87,10 +87,7 @@ impl OutputStore {
 fn checked_name<'a>(what: &str, name: &'a str) -> io::Result<&'a str> {
     let bad = name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']);
     if bad {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{what} '{name}' cannot name an output file"),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{what} '{name}' cannot name an output file")));
     }
     Ok(name)
 }

@@ -43,10 +43,8 @@ pub(crate) async fn run(
     if let Some(cwd) = &config.cwd
         && !cwd.is_dir()
     {
-        let reason = format!(
-            "cannot start: working directory '{}' does not exist or is not a directory",
-            cwd.display()
-        );
+        let reason =
+            format!("cannot start: working directory '{}' does not exist or is not a directory", cwd.display());
         return capture.not_started(reason);
     }
     let mut child = match command(spec, &config).spawn() {
@@ -59,14 +57,7 @@ pub(crate) async fn run(
         return capture.not_started("the started process has no pid".to_owned());
     };
     let pipes = Pipes::new(child.stdout.take(), child.stderr.take());
-    let mut job = Job {
-        child,
-        pgid,
-        exit: None,
-        pipes,
-        capture,
-        guard: KillOnDrop::new(pgid),
-    };
+    let mut job = Job { child, pgid, exit: None, pipes, capture, guard: KillOnDrop::new(pgid) };
     let deadline = config.timeout.map(|t| Instant::now() + t);
     let stop = job.pump(Until::Exited, deadline, Some(cancel)).await;
     match stop {
@@ -148,12 +139,7 @@ struct Job {
 
 impl Job {
     /// Moves output into the capture until `until` holds, the deadline passes, or `cancel` fires.
-    async fn pump(
-        &mut self,
-        until: Until,
-        deadline: Option<Instant>,
-        cancel: Option<&CancellationToken>,
-    ) -> Pumped {
+    async fn pump(&mut self, until: Until, deadline: Option<Instant>, cancel: Option<&CancellationToken>) -> Pumped {
         loop {
             if self.exit.is_some() && (until == Until::Exited || !self.pipes.is_open()) {
                 return Pumped::Done;
@@ -183,19 +169,10 @@ impl Job {
         }
         // Unconditional: the main process may be gone while a grandchild that ignores SIGTERM lives on.
         process_group::signal(self.pgid, libc::SIGKILL);
-        let drained = self
-            .pump(
-                Until::Drained,
-                Some(Instant::now() + PIPE_DRAIN_AFTER_EXIT),
-                None,
-            )
-            .await;
+        let drained = self.pump(Until::Drained, Some(Instant::now() + PIPE_DRAIN_AFTER_EXIT), None).await;
         if drained == Pumped::Deadline {
             // Only a process that left the group (setsid) can still hold the pipes; we stop listening.
-            tracing::warn!(
-                pgid = self.pgid,
-                "output pipes still open after SIGKILL; abandoning them"
-            );
+            tracing::warn!(pgid = self.pgid, "output pipes still open after SIGKILL; abandoning them");
         }
     }
 
@@ -208,8 +185,7 @@ impl Job {
         };
         let (status, error) = match stop {
             Pumped::Deadline => {
-                let after =
-                    timeout.map_or_else(String::new, |t| format!(" after {}", format_duration(t)));
+                let after = timeout.map_or_else(String::new, |t| format!(" after {}", format_duration(t)));
                 (RunStatus::TimedOut, Some(format!("timed out{after}")))
             }
             Pumped::Cancelled => (RunStatus::Cancelled, Some("cancelled".to_owned())),
@@ -234,14 +210,8 @@ fn judge_exit(exit: Option<io::Result<ExitStatus>>) -> (RunStatus, Option<String
             };
             (RunStatus::Failed, Some(error))
         }
-        Some(Err(e)) => (
-            RunStatus::Failed,
-            Some(format!("cannot wait for the process: {e}")),
-        ),
-        None => (
-            RunStatus::Failed,
-            Some("the process state is unknown".to_owned()),
-        ),
+        Some(Err(e)) => (RunStatus::Failed, Some(format!("cannot wait for the process: {e}"))),
+        None => (RunStatus::Failed, Some("the process state is unknown".to_owned())),
     }
 }
 
@@ -269,12 +239,7 @@ struct Pipes {
 
 impl Pipes {
     fn new(stdout: Option<ChildStdout>, stderr: Option<ChildStderr>) -> Pipes {
-        Pipes {
-            stdout,
-            stderr,
-            stdout_buf: vec![0; READ_CHUNK_BYTES],
-            stderr_buf: vec![0; READ_CHUNK_BYTES],
-        }
+        Pipes { stdout, stderr, stdout_buf: vec![0; READ_CHUNK_BYTES], stderr_buf: vec![0; READ_CHUNK_BYTES] }
     }
 
     fn is_open(&self) -> bool {
@@ -303,10 +268,7 @@ impl Pipes {
     }
 }
 
-async fn read_some<R: AsyncRead + Unpin>(
-    pipe: &mut Option<R>,
-    buf: &mut [u8],
-) -> io::Result<usize> {
+async fn read_some<R: AsyncRead + Unpin>(pipe: &mut Option<R>, buf: &mut [u8]) -> io::Result<usize> {
     match pipe {
         Some(pipe) => pipe.read(buf).await,
         None => std::future::pending().await,

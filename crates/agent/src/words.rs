@@ -85,10 +85,7 @@ mod tests {
 
     #[test]
     fn quotes_group_and_are_removed() {
-        assert_eq!(
-            ok(r#"echo 'a b' "c d" e'f'"g""#),
-            ["echo", "a b", "c d", "efg"]
-        );
+        assert_eq!(ok(r#"echo 'a b' "c d" e'f'"g""#), ["echo", "a b", "c d", "efg"]);
         assert_eq!(ok("printf '' x"), ["printf", "", "x"]);
         assert_eq!(ok(r#"echo '$HOME' "it's""#), ["echo", "$HOME", "it's"]);
     }

@@ -12,13 +12,11 @@ use axum::routing::post;
 use axum::{Json, Router};
 use kairos_store::{Raft, TypeConfig};
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
-use openraft::errors::{
-    NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
-};
+use openraft::errors::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, OptionalSend};
 use serde::Serialize;
@@ -41,10 +39,7 @@ impl RaftNetworkFactory<C> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, _target: u64, node: &BasicNode) -> Connection {
-        Connection {
-            http: self.http.clone(),
-            addr: node.addr.clone(),
-        }
+        Connection { http: self.http.clone(), addr: node.addr.clone() }
     }
 }
 
@@ -56,30 +51,18 @@ impl Connection {
         option: &RPCOption,
     ) -> Result<Resp, RPCError<C>> {
         let url = format!("http://{}/raft/{path}", self.addr);
-        let response = self
-            .http
-            .post(&url)
-            .json(request)
-            .timeout(option.soft_ttl())
-            .send()
-            .await
-            .map_err(|e| {
-                if e.is_connect() {
-                    RPCError::Unreachable(Unreachable::new(&e))
-                } else {
-                    RPCError::Network(NetworkError::new(&e))
-                }
-            })?;
+        let response = self.http.post(&url).json(request).timeout(option.soft_ttl()).send().await.map_err(|e| {
+            if e.is_connect() {
+                RPCError::Unreachable(Unreachable::new(&e))
+            } else {
+                RPCError::Network(NetworkError::new(&e))
+            }
+        })?;
         if !response.status().is_success() {
-            return Err(RPCError::Network(NetworkError::from_string(format!(
-                "HTTP {}",
-                response.status()
-            ))));
+            return Err(RPCError::Network(NetworkError::from_string(format!("HTTP {}", response.status()))));
         }
-        let result: Result<Resp, RaftError<C>> = response
-            .json()
-            .await
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, RaftError<C>> =
+            response.json().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
     }
 }
@@ -95,11 +78,7 @@ impl RaftNetworkV2<C> for Connection {
         self.post("append", &rpc, &option).await
     }
 
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<C>,
-        option: RPCOption,
-    ) -> Result<VoteResponse<C>, RPCError<C>> {
+    async fn vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
         self.post("vote", &rpc, &option).await
     }
 
@@ -154,24 +133,13 @@ async fn snapshot(
     State(raft): State<Raft>,
     Json((vote, meta, data)): Json<(VoteOf<C>, SnapshotMetaOf<C>, Vec<u8>)>,
 ) -> Json<Result<SnapshotResponse<C>, RaftError<C>>> {
-    let snapshot = SnapshotOf::<C, _> {
-        meta,
-        snapshot: Cursor::new(data),
-    };
-    Json(
-        raft.install_full_snapshot(vote, snapshot)
-            .await
-            .map_err(RaftError::Fatal),
-    )
+    let snapshot = SnapshotOf::<C, _> { meta, snapshot: Cursor::new(data) };
+    Json(raft.install_full_snapshot(vote, snapshot).await.map_err(RaftError::Fatal))
 }
 
 async fn transfer_leader(
     State(raft): State<Raft>,
     Json(request): Json<TransferLeaderRequest<C>>,
 ) -> Json<Result<TransferLeaderResponse<C>, RaftError<C>>> {
-    Json(
-        raft.handle_transfer_leader(request)
-            .await
-            .map_err(RaftError::Fatal),
-    )
+    Json(raft.handle_transfer_leader(request).await.map_err(RaftError::Fatal))
 }

@@ -54,9 +54,6 @@ pub struct AgentArgs {
     pub datacenter: Option<String>,
     #[arg(long, env = "KAIROS_REGION")]
     pub region: Option<String>,
-    /// Serve the web UI at /ui/ (default true).
-    #[arg(long, env = "KAIROS_UI", num_args = 0..=1, default_missing_value = "true")]
-    pub ui: Option<bool>,
     /// How long a shutdown waits for running executions before killing them (default 30s).
     #[arg(long, env = "KAIROS_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
@@ -93,7 +90,6 @@ struct FileConfig {
     log_level: Option<String>,
     datacenter: Option<String>,
     region: Option<String>,
-    ui: Option<bool>,
     shutdown_grace: Option<String>,
     output_max_bytes: Option<u64>,
     executions_retained: Option<u32>,
@@ -116,7 +112,6 @@ pub struct Config {
     pub log_level: String,
     pub datacenter: String,
     pub region: String,
-    pub ui: bool,
     pub shutdown_grace: Duration,
     pub output_max_bytes: u64,
     pub executions_retained: u32,
@@ -152,21 +147,12 @@ impl AgentArgs {
                 .with_context(|| format!("--tag: '{tag}' is not key=value"))?;
             tags.insert(k.to_string(), v.to_string());
         }
-        let node_name = self
-            .node_name
-            .or(file.node_name)
-            .unwrap_or_else(default_node_name);
+        let node_name = self.node_name.or(file.node_name).unwrap_or_else(default_node_name);
         if node_name.is_empty() {
             bail!("--node-name: must not be empty");
         }
-        let http_addr = self
-            .http_addr
-            .or(file.http_addr)
-            .unwrap_or_else(|| ":8080".into());
-        let log_level = self
-            .log_level
-            .or(file.log_level)
-            .unwrap_or_else(|| "info".into());
+        let http_addr = self.http_addr.or(file.http_addr).unwrap_or_else(|| ":8080".into());
+        let log_level = self.log_level.or(file.log_level).unwrap_or_else(|| "info".into());
         if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
             bail!("--log-level: '{log_level}' is not one of error, warn, info, debug, trace");
         }
@@ -174,47 +160,23 @@ impl AgentArgs {
             server: self.server.or(file.server).unwrap_or(false),
             bootstrap_expect: self.bootstrap_expect.or(file.bootstrap_expect).unwrap_or(0),
             node_name,
-            data_dir: self
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from("kairos.data")),
+            data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("kairos.data")),
             http_addr: parse_listen_addr("--http-addr", &http_addr)?,
-            bind_addr: self
-                .bind_addr
-                .or(file.bind_addr)
-                .unwrap_or_else(|| "0.0.0.0:8946".into()),
+            bind_addr: self.bind_addr.or(file.bind_addr).unwrap_or_else(|| "0.0.0.0:8946".into()),
             advertise_addr: self.advertise_addr.or(file.advertise_addr),
             rpc_port: self.rpc_port.or(file.rpc_port).unwrap_or(6868),
             tags,
             log_level,
-            datacenter: self
-                .datacenter
-                .or(file.datacenter)
-                .unwrap_or_else(|| "dc1".into()),
-            region: self
-                .region
-                .or(file.region)
-                .unwrap_or_else(|| "global".into()),
-            ui: self.ui.or(file.ui).unwrap_or(true),
-            shutdown_grace: duration(
-                "--shutdown-grace",
-                self.shutdown_grace.or(file.shutdown_grace),
-                "30s",
-            )?,
-            output_max_bytes: self
-                .output_max_bytes
-                .or(file.output_max_bytes)
-                .unwrap_or(1024 * 1024),
+            datacenter: self.datacenter.or(file.datacenter).unwrap_or_else(|| "dc1".into()),
+            region: self.region.or(file.region).unwrap_or_else(|| "global".into()),
+            shutdown_grace: duration("--shutdown-grace", self.shutdown_grace.or(file.shutdown_grace), "30s")?,
+            output_max_bytes: self.output_max_bytes.or(file.output_max_bytes).unwrap_or(1024 * 1024),
             executions_retained: self
                 .executions_retained
                 .or(file.executions_retained)
                 .unwrap_or(kairos_model::job::EXECUTIONS_RETAINED_DEFAULT)
                 .max(1),
-            execution_lease: duration(
-                "--execution-lease",
-                self.execution_lease.or(file.execution_lease),
-                "30s",
-            )?,
+            execution_lease: duration("--execution-lease", self.execution_lease.or(file.execution_lease), "30s")?,
             kill_grace: duration("--kill-grace", self.kill_grace.or(file.kill_grace), "5s")?,
             config_file,
         })
@@ -227,10 +189,7 @@ fn duration(flag: &str, value: Option<String>, default: &str) -> anyhow::Result<
 }
 
 fn default_node_name() -> String {
-    hostname::get()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "kairos".into())
+    hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "kairos".into())
 }
 
 fn search_config_file() -> Option<PathBuf> {
@@ -239,9 +198,7 @@ fn search_config_file() -> Option<PathBuf> {
         dirs.push(Path::new(&home).join(".kairos"));
     }
     dirs.push(PathBuf::from("./config"));
-    dirs.iter()
-        .flat_map(|dir| CONFIG_NAMES.iter().map(move |name| dir.join(name)))
-        .find(|p| p.is_file())
+    dirs.iter().flat_map(|dir| CONFIG_NAMES.iter().map(move |name| dir.join(name))).find(|p| p.is_file())
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -251,20 +208,13 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
         "json" => Figment::from(Json::file_exact(path)),
         _ => Figment::from(Yaml::file_exact(path)),
     };
-    figment
-        .extract()
-        .with_context(|| format!("config file '{}'", path.display()))
+    figment.extract().with_context(|| format!("config file '{}'", path.display()))
 }
 
 /// Accept Dkron's `:8080` (all interfaces) as well as `host:port`.
 pub fn parse_listen_addr(flag: &str, text: &str) -> anyhow::Result<SocketAddr> {
-    let full = if text.starts_with(':') {
-        format!("0.0.0.0{text}")
-    } else {
-        text.to_string()
-    };
-    full.parse()
-        .with_context(|| format!("{flag}: '{text}' is not an address like :8080 or 127.0.0.1:8080"))
+    let full = if text.starts_with(':') { format!("0.0.0.0{text}") } else { text.to_string() };
+    full.parse().with_context(|| format!("{flag}: '{text}' is not an address like :8080 or 127.0.0.1:8080"))
 }
 
 #[cfg(test)]
@@ -275,11 +225,7 @@ mod tests {
     fn flags_win_over_file_and_file_over_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("kairos.yml");
-        std::fs::write(
-            &file,
-            "node-name: from-file\nhttp-addr: 127.0.0.1:9000\ntags:\n  role: web\n",
-        )
-        .unwrap();
+        std::fs::write(&file, "node-name: from-file\nhttp-addr: 127.0.0.1:9000\ntags:\n  role: web\n").unwrap();
         let args = AgentArgs {
             node_name: Some("from-flag".into()),
             config: Some(file),
@@ -300,48 +246,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let toml = dir.path().join("kairos.toml");
         std::fs::write(&toml, "server = true\nbootstrap-expect = 1\n").unwrap();
-        let config = AgentArgs {
-            config: Some(toml),
-            ..AgentArgs::default()
-        }
-        .resolve()
-        .unwrap();
+        let config = AgentArgs { config: Some(toml), ..AgentArgs::default() }.resolve().unwrap();
         assert!(config.server);
         assert_eq!(config.bootstrap_expect, 1);
         let json = dir.path().join("dkron.json");
         std::fs::write(&json, r#"{"rpc-port": 7000}"#).unwrap();
-        let config = AgentArgs {
-            config: Some(json),
-            ..AgentArgs::default()
-        }
-        .resolve()
-        .unwrap();
+        let config = AgentArgs { config: Some(json), ..AgentArgs::default() }.resolve().unwrap();
         assert_eq!(config.rpc_port, 7000);
     }
 
     #[test]
     fn bad_values_name_the_flag() {
         let bad = [
-            AgentArgs {
-                http_addr: Some("nope".into()),
-                ..AgentArgs::default()
-            },
-            AgentArgs {
-                tags: vec!["novalue".into()],
-                ..AgentArgs::default()
-            },
-            AgentArgs {
-                log_level: Some("loud".into()),
-                ..AgentArgs::default()
-            },
-            AgentArgs {
-                shutdown_grace: Some("soon".into()),
-                ..AgentArgs::default()
-            },
-            AgentArgs {
-                config: Some("/nonexistent/kairos.yml".into()),
-                ..AgentArgs::default()
-            },
+            AgentArgs { http_addr: Some("nope".into()), ..AgentArgs::default() },
+            AgentArgs { tags: vec!["novalue".into()], ..AgentArgs::default() },
+            AgentArgs { log_level: Some("loud".into()), ..AgentArgs::default() },
+            AgentArgs { shutdown_grace: Some("soon".into()), ..AgentArgs::default() },
+            AgentArgs { config: Some("/nonexistent/kairos.yml".into()), ..AgentArgs::default() },
         ];
         for args in bad {
             let err = args.clone().resolve().unwrap_err().to_string();
@@ -351,11 +272,6 @@ mod tests {
 
     #[test]
     fn dkron_style_port_only_address_binds_all_interfaces() {
-        assert_eq!(
-            parse_listen_addr("--http-addr", ":8080")
-                .unwrap()
-                .to_string(),
-            "0.0.0.0:8080"
-        );
+        assert_eq!(parse_listen_addr("--http-addr", ":8080").unwrap().to_string(), "0.0.0.0:8080");
     }
 }

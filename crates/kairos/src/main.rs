@@ -23,11 +23,7 @@ use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(
-    name = "kairos",
-    about = "Kairos: a distributed, fault-tolerant job scheduler",
-    version
-)]
+#[command(name = "kairos", about = "Kairos: a distributed, fault-tolerant job scheduler", version)]
 struct Cli {
     #[command(subcommand)]
     command: Commands,
@@ -36,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Commands {
     /// Run a node (with --server: a scheduler that stores state and runs jobs).
-    Agent(config::AgentArgs),
+    Agent(Box<config::AgentArgs>),
     /// Print the version.
     Version,
 }
@@ -59,23 +55,15 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(level: &str) {
-    let filter = EnvFilter::try_from_env("KAIROS_LOG").unwrap_or_else(|_| {
-        EnvFilter::new(format!("{level},openraft=warn,hyper=warn,reqwest=warn"))
-    });
+    let filter = EnvFilter::try_from_env("KAIROS_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},openraft=warn,hyper=warn,reqwest=warn")));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }
 
 fn run_agent(config: config::Config) -> ExitCode {
     init_logging(&config.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("kairos: cannot start the async runtime: {err}");

@@ -17,9 +17,7 @@ use anyhow::Context;
 use axum::http::StatusCode;
 use kairos_agent::OutputStore;
 use kairos_model::{Execution, ExecutionStatus, Timestamp};
-use kairos_store::{
-    Command, Event, ExecRef, Finish, LogStore, Raft, Response, StateMachine, StateReader,
-};
+use kairos_store::{Command, Event, ExecRef, Finish, LogStore, Raft, Response, StateMachine, StateReader};
 use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, ServerState};
 use serde_json::json;
@@ -59,9 +57,7 @@ pub struct Running {
 impl Node {
     pub async fn start(config: Config) -> anyhow::Result<Running> {
         if !config.server {
-            anyhow::bail!(
-                "running without --server (an agent-only node) needs a cluster; start with --server"
-            );
+            anyhow::bail!("running without --server (an agent-only node) needs a cluster; start with --server");
         }
         if config.bootstrap_expect > 1 {
             anyhow::bail!(
@@ -70,20 +66,15 @@ impl Node {
             );
         }
         kairos_agent::install_crypto_provider();
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!("--data-dir: cannot create '{}'", config.data_dir.display())
-        })?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("--data-dir: cannot create '{}'", config.data_dir.display()))?;
         let id = node_id(&config.data_dir)?;
         let raft_dir = config.data_dir.join("raft");
         std::fs::create_dir_all(&raft_dir)?;
         let (events_tx, events_rx) = unbounded_channel();
         let log = LogStore::open(&raft_dir.join("log.redb")).context("opening the Raft log")?;
-        let machine = StateMachine::open(
-            &raft_dir.join("state.redb"),
-            config.executions_retained,
-            Some(events_tx),
-        )
-        .context("opening the state")?;
+        let machine = StateMachine::open(&raft_dir.join("state.redb"), config.executions_retained, Some(events_tx))
+            .context("opening the state")?;
         let state = machine.reader();
 
         let rpc_listener = tokio::net::TcpListener::bind(rpc_bind_addr(&config)?)
@@ -101,15 +92,11 @@ impl Node {
             ..Default::default()
         }
         .validate()?;
-        let network = crate::cluster::Network {
-            http: reqwest::Client::new(),
-        };
+        let network = crate::cluster::Network { http: reqwest::Client::new() };
         let raft = Raft::new(id, Arc::new(raft_config), network, log, machine).await?;
         if !raft.is_initialized().await? {
             let members = BTreeMap::from([(id, BasicNode::new(rpc_addr.to_string()))]);
-            raft.initialize(members)
-                .await
-                .context("bootstrapping the single-server cluster")?;
+            raft.initialize(members).await.context("bootstrapping the single-server cluster")?;
         }
 
         let outputs = OutputStore::open(config.data_dir.join("outputs"))?;
@@ -146,27 +133,17 @@ impl Node {
                 warn!("http listener stopped: {err}");
             }
         }));
-        tasks.push(tokio::spawn(events_loop(
-            node.clone(),
-            events_rx,
-            changes_tx,
-        )));
-        tasks.push(tokio::spawn(crate::scheduler::run(
-            node.clone(),
-            changes_rx,
-        )));
+        tasks.push(tokio::spawn(events_loop(node.clone(), events_rx, changes_tx)));
+        tasks.push(tokio::spawn(crate::scheduler::run(node.clone(), changes_rx)));
         tasks.push(tokio::spawn(dispatch_loop(node.clone())));
-        tasks.push(tokio::spawn(crate::worker::report_loop(
-            node.clone(),
-            reports_rx,
-        )));
+        tasks.push(tokio::spawn(crate::worker::report_loop(node.clone(), reports_rx)));
         tasks.push(tokio::spawn(crate::worker::renew_loop(node.clone())));
+        match &config.config_file {
+            Some(file) => info!("configuration read from {}", file.display()),
+            None => info!("no configuration file found; using flags, environment and defaults"),
+        }
         info!(node = %config.node_name, id, rpc = %rpc_addr, "node started");
-        Ok(Running {
-            node,
-            http_addr,
-            tasks,
-        })
+        Ok(Running { node, http_addr, tasks })
     }
 
     pub fn is_leader(&self) -> bool {
@@ -203,9 +180,7 @@ impl Node {
     }
 
     /// A future that completes when this node stops leading.
-    pub fn leadership_lost(
-        &self,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    pub fn leadership_lost(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
         let mut metrics = self.raft.metrics();
         Box::pin(async move {
             loop {
@@ -226,20 +201,13 @@ impl Node {
             Ok(written) => written.data,
             Err(err) => {
                 if let Some(forward) = err.forward_to_leader() {
-                    let leader = forward
-                        .leader_node
-                        .as_ref()
-                        .map(|n| n.addr.clone())
-                        .unwrap_or_default();
+                    let leader = forward.leader_node.as_ref().map(|n| n.addr.clone()).unwrap_or_default();
                     return Err(ApiError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
                         format!("this node is not the leader (leader: {leader}); retry"),
                     ));
                 }
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("raft: {err}"),
-                ));
+                return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("raft: {err}")));
             }
         };
         if let Some(refusal) = response.refusal.clone() {
@@ -251,18 +219,11 @@ impl Node {
 
     fn after_commit(&self, response: &Response) {
         for exec_ref in &response.to_cancel {
-            self.worker.cancel(
-                exec_ref,
-                "cancelled: replaced by a newer execution (concurrency: replace)",
-            );
+            self.worker.cancel(exec_ref, "cancelled: replaced by a newer execution (concurrency: replace)");
         }
         let now = Timestamp::now();
         let mut wake_later = false;
-        for exec in response
-            .executions
-            .iter()
-            .filter(|e| e.status == ExecutionStatus::Pending)
-        {
+        for exec in response.executions.iter().filter(|e| e.status == ExecutionStatus::Pending) {
             if exec.not_before.is_some_and(|t| t > now) {
                 wake_later = true;
             } else {
@@ -279,16 +240,8 @@ impl Node {
         if self.is_stopping() {
             return;
         }
-        let exec_ref = ExecRef {
-            job: exec.job_name.clone(),
-            id: exec.id.clone(),
-        };
-        if !self
-            .dispatched
-            .lock()
-            .expect("dispatch set lock")
-            .insert(exec_ref)
-        {
+        let exec_ref = ExecRef { job: exec.job_name.clone(), id: exec.id.clone() };
+        if !self.dispatched.lock().expect("dispatch set lock").insert(exec_ref) {
             return;
         }
         match self.state.job(&exec.job_name) {
@@ -300,18 +253,12 @@ impl Node {
 
     /// Called when a finish was committed: the execution may be dispatched again only as a new attempt.
     pub fn forget_dispatched(&self, exec_ref: &ExecRef) {
-        self.dispatched
-            .lock()
-            .expect("dispatch set lock")
-            .remove(exec_ref);
+        self.dispatched.lock().expect("dispatch set lock").remove(exec_ref);
     }
 
     /// Cancel a pending or running execution wherever it is.
     pub async fn cancel(&self, exec: &Execution) -> Result<(), ApiError> {
-        let exec_ref = ExecRef {
-            job: exec.job_name.clone(),
-            id: exec.id.clone(),
-        };
+        let exec_ref = ExecRef { job: exec.job_name.clone(), id: exec.id.clone() };
         if self.worker.cancel(&exec_ref, "cancelled by request") {
             return Ok(());
         }
@@ -328,11 +275,7 @@ impl Node {
             retry_at: None,
             only_if_lease_expired: false,
         };
-        self.submit(Command::Finish {
-            results: vec![finish],
-        })
-        .await
-        .map(|_| ())
+        self.submit(Command::Finish { results: vec![finish] }).await.map(|_| ())
     }
 
     pub fn member_tags(&self) -> BTreeMap<String, String> {
@@ -375,22 +318,15 @@ impl Node {
     /// Stop in order: no new fires, let running executions finish (bounded), report them, stop Raft.
     pub async fn shutdown(&self) {
         self.stopping.cancel();
-        info!(
-            "shutting down: waiting up to {:?} for running executions",
-            self.config.shutdown_grace
-        );
+        info!("shutting down: waiting up to {:?} for running executions", self.config.shutdown_grace);
         let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
         while self.worker.running_count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         if self.worker.running_count() > 0 {
-            warn!(
-                "shutting down: cancelling {} executions still running",
-                self.worker.running_count()
-            );
+            warn!("shutting down: cancelling {} executions still running", self.worker.running_count());
             self.worker.cancel_all("cancelled: the server shut down");
-            let deadline =
-                tokio::time::Instant::now() + self.config.kill_grace + Duration::from_secs(2);
+            let deadline = tokio::time::Instant::now() + self.config.kill_grace + Duration::from_secs(2);
             while self.worker.running_count() > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -415,10 +351,7 @@ impl Running {
 fn node_id(data_dir: &Path) -> anyhow::Result<u64> {
     let path = data_dir.join("node-id");
     if let Ok(text) = std::fs::read_to_string(&path) {
-        return text
-            .trim()
-            .parse()
-            .with_context(|| format!("corrupt node id in '{}'", path.display()));
+        return text.trim().parse().with_context(|| format!("corrupt node id in '{}'", path.display()));
     }
     let id = rand::random::<u64>() >> 1;
     std::fs::write(&path, id.to_string())?;
@@ -426,10 +359,7 @@ fn node_id(data_dir: &Path) -> anyhow::Result<u64> {
 }
 
 fn rpc_bind_addr(config: &Config) -> anyhow::Result<SocketAddr> {
-    let host = config
-        .bind_addr
-        .rsplit_once(':')
-        .map_or(config.bind_addr.as_str(), |(h, _)| h);
+    let host = config.bind_addr.rsplit_once(':').map_or(config.bind_addr.as_str(), |(h, _)| h);
     format!("{host}:{}", config.rpc_port)
         .parse()
         .with_context(|| format!("--bind-addr: '{}' is not host:port", config.bind_addr))
@@ -442,20 +372,12 @@ fn advertised(bound: SocketAddr, config: &Config) -> SocketAddr {
         .as_deref()
         .and_then(|a| a.rsplit_once(':').map_or(Some(a), |(h, _)| Some(h)))
         .and_then(|h| h.parse().ok());
-    let ip = host.unwrap_or(if bound.ip().is_unspecified() {
-        [127, 0, 0, 1].into()
-    } else {
-        bound.ip()
-    });
+    let ip = host.unwrap_or(if bound.ip().is_unspecified() { [127, 0, 0, 1].into() } else { bound.ip() });
     SocketAddr::new(ip, bound.port())
 }
 
 /// React to what the state machine applied: wake the scheduler and dispatcher, drop pruned outputs, cancel.
-async fn events_loop(
-    node: Arc<Node>,
-    mut events: UnboundedReceiver<Vec<Event>>,
-    changes: UnboundedSender<String>,
-) {
+async fn events_loop(node: Arc<Node>, mut events: UnboundedReceiver<Vec<Event>>, changes: UnboundedSender<String>) {
     while let Some(batch) = events.recv().await {
         for event in batch {
             match event {
@@ -478,8 +400,7 @@ async fn events_loop(
                 }
                 Event::Cancel(refs) => {
                     for r in refs {
-                        node.worker
-                            .cancel(&r, "cancelled: the job was deleted or replaced");
+                        node.worker.cancel(&r, "cancelled: the job was deleted or replaced");
                     }
                 }
             }
@@ -519,22 +440,13 @@ async fn sweep(node: &Node, first: bool) -> Result<(), ApiError> {
     let mut lost = Vec::new();
     for exec in active {
         match exec.status {
-            ExecutionStatus::Pending if exec.not_before.is_none_or(|t| t <= now) => {
-                node.dispatch(&exec)
-            }
+            ExecutionStatus::Pending if exec.not_before.is_none_or(|t| t <= now) => node.dispatch(&exec),
             ExecutionStatus::Running => {
-                let exec_ref = ExecRef {
-                    job: exec.job_name.clone(),
-                    id: exec.id.clone(),
-                };
+                let exec_ref = ExecRef { job: exec.job_name.clone(), id: exec.id.clone() };
                 let ours_but_gone = first
                     && exec.node_name == node.config.node_name
                     && !node.worker.is_running(&exec_ref)
-                    && !node
-                        .dispatched
-                        .lock()
-                        .expect("dispatch set lock")
-                        .contains(&exec_ref);
+                    && !node.dispatched.lock().expect("dispatch set lock").contains(&exec_ref);
                 let expired = exec.lease_until.is_some_and(|l| l < now);
                 if ours_but_gone || expired {
                     let reason = if ours_but_gone {
@@ -556,10 +468,7 @@ async fn sweep(node: &Node, first: bool) -> Result<(), ApiError> {
         warn!("execution {}/{} {reason}", exec.job_name, exec.id);
         let retry_at = crate::worker::retry_instant(node, &exec.job_name, exec.attempt, now);
         results.push(Finish {
-            exec: ExecRef {
-                job: exec.job_name.clone(),
-                id: exec.id.clone(),
-            },
+            exec: ExecRef { job: exec.job_name.clone(), id: exec.id.clone() },
             status: ExecutionStatus::Lost,
             exit_code: None,
             error: Some(reason.to_string()),

@@ -39,9 +39,7 @@ pub fn next_fire(record: &JobRecord, now: Timestamp) -> Option<Timestamp> {
     {
         from = starts - Duration::from_nanos(1);
     }
-    schedule
-        .next_after(from)
-        .filter(|t| record.job.expires_at.is_none_or(|e| *t <= e))
+    schedule.next_after(from).filter(|t| record.job.expires_at.is_none_or(|e| *t <= e))
 }
 
 /// What to do about one job right now.
@@ -70,14 +68,10 @@ pub fn plan(record: &JobRecord, schedule: &Schedule, now: Timestamp) -> Plan {
     }
     let in_bounds = |t: &Timestamp| job.expires_at.is_none_or(|e| *t <= e);
     // Slots older than the catch-up window are never run; start looking at the window's edge.
-    let window_start = now
-        .checked_sub(job.catch_up_window())
-        .unwrap_or(Timestamp::MIN);
+    let window_start = now.checked_sub(job.catch_up_window()).unwrap_or(Timestamp::MIN);
     let mut skipped_old = false;
     if from < window_start {
-        skipped_old = schedule
-            .next_after(from)
-            .is_some_and(|t| t <= window_start && in_bounds(&t));
+        skipped_old = schedule.next_after(from).is_some_and(|t| t <= window_start && in_bounds(&t));
         from = window_start;
     }
     let mut late = Vec::new();
@@ -100,26 +94,14 @@ pub fn plan(record: &JobRecord, schedule: &Schedule, now: Timestamp) -> Plan {
         t = slot;
     }
     let next = schedule.next_after(t.max(now)).filter(in_bounds);
-    let fire = |slot: Timestamp, trigger: Trigger| Fire {
-        job: job.name.clone(),
-        scheduled_at: slot,
-        trigger,
-    };
-    let mut plan = Plan {
-        next,
-        ..Plan::default()
-    };
+    let fire = |slot: Timestamp, trigger: Trigger| Fire { job: job.name.clone(), scheduled_at: slot, trigger };
+    let mut plan = Plan { next, ..Plan::default() };
     match job.catch_up {
         CatchUp::Skip => {}
-        CatchUp::Latest => plan
-            .fires
-            .extend(late.last().map(|slot| fire(*slot, Trigger::CatchUp))),
-        CatchUp::All => plan
-            .fires
-            .extend(late.iter().map(|slot| fire(*slot, Trigger::CatchUp))),
+        CatchUp::Latest => plan.fires.extend(late.last().map(|slot| fire(*slot, Trigger::CatchUp))),
+        CatchUp::All => plan.fires.extend(late.iter().map(|slot| fire(*slot, Trigger::CatchUp))),
     }
-    plan.fires
-        .extend(on_time.iter().map(|slot| fire(*slot, Trigger::Schedule)));
+    plan.fires.extend(on_time.iter().map(|slot| fire(*slot, Trigger::Schedule)));
     let last_considered = late.last().or(on_time.last()).copied();
     let fired_up_to = plan.fires.last().map(|f| f.scheduled_at);
     if last_considered > fired_up_to || (skipped_old && fired_up_to.is_none()) {
@@ -163,11 +145,7 @@ impl Timer {
     }
 
     /// Pop every slot due at `now`, re-arming each job at its following slot.
-    fn take_due(
-        &mut self,
-        now: Timestamp,
-        expires: impl Fn(&str) -> Option<Timestamp>,
-    ) -> Vec<Fire> {
+    fn take_due(&mut self, now: Timestamp, expires: impl Fn(&str) -> Option<Timestamp>) -> Vec<Fire> {
         let mut fires = Vec::new();
         while let Some(at) = self.earliest() {
             if at > now || fires.len() >= BATCH_ITEMS_MAX {
@@ -175,14 +153,8 @@ impl Timer {
             }
             let Reverse((at, job)) = self.heap.pop().expect("earliest saw an entry");
             let schedule = self.entries[&job].1.clone();
-            fires.push(Fire {
-                job: job.clone(),
-                scheduled_at: at,
-                trigger: Trigger::Schedule,
-            });
-            let next = schedule
-                .next_after(at)
-                .filter(|t| expires(&job).is_none_or(|e| *t <= e));
+            fires.push(Fire { job: job.clone(), scheduled_at: at, trigger: Trigger::Schedule });
+            let next = schedule.next_after(at).filter(|t| expires(&job).is_none_or(|e| *t <= e));
             self.set(&job, next, schedule);
         }
         fires
@@ -251,10 +223,7 @@ fn arm(
     };
     let plan = plan(record, &schedule, now);
     if let Some(cursor) = plan.advance {
-        commands.push(Command::Advance {
-            job: name.clone(),
-            cursor,
-        });
+        commands.push(Command::Advance { job: name.clone(), cursor });
     }
     fires.extend(plan.fires);
     expiries.insert(name.clone(), record.job.expires_at);
@@ -263,18 +232,12 @@ fn arm(
 
 async fn propose(node: &Node, fires: Vec<Fire>, commands: Vec<Command>) -> anyhow::Result<()> {
     for command in commands {
-        node.submit(command)
-            .await
-            .map_err(|e| anyhow::anyhow!(e.message))?;
+        node.submit(command).await.map_err(|e| anyhow::anyhow!(e.message))?;
     }
     let mut fires = fires;
     fires.sort_by_key(|f| f.scheduled_at);
     for chunk in fires.chunks(BATCH_ITEMS_MAX) {
-        node.submit(Command::Fire {
-            fires: chunk.to_vec(),
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!(e.message))?;
+        node.submit(Command::Fire { fires: chunk.to_vec() }).await.map_err(|e| anyhow::anyhow!(e.message))?;
     }
     Ok(())
 }
@@ -291,8 +254,7 @@ async fn lead(
             let wait = Timestamp::now().duration_until(at).unsigned_abs();
             tokio::time::Instant::now() + wait
         });
-        let sleep_until =
-            wake.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        let sleep_until = wake.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             _ = node.stopping() => return Ok(()),
             _ = &mut leadership => anyhow::bail!("leadership lost"),
@@ -355,32 +317,18 @@ mod tests {
         job.catch_up = catch_up;
         job.catch_up_window = "1m".into();
         let schedule = job.parsed_schedule().unwrap().unwrap();
-        (
-            JobRecord {
-                job,
-                cursor: Some(ts(cursor)),
-                active: 0,
-                stored: 0,
-            },
-            schedule,
-        )
+        (JobRecord { job, cursor: Some(ts(cursor)), active: 0, stored: 0 }, schedule)
     }
 
     fn slots(plan: &Plan) -> Vec<(String, Trigger)> {
-        plan.fires
-            .iter()
-            .map(|f| (f.scheduled_at.to_string(), f.trigger))
-            .collect()
+        plan.fires.iter().map(|f| (f.scheduled_at.to_string(), f.trigger)).collect()
     }
 
     #[test]
     fn a_slot_due_now_fires_on_schedule() {
         let (rec, s) = record(CatchUp::Latest, "2026-01-01T00:00:09Z");
         let plan = plan(&rec, &s, ts("2026-01-01T00:00:10.001Z"));
-        assert_eq!(
-            slots(&plan),
-            [("2026-01-01T00:00:10Z".to_string(), Trigger::Schedule)]
-        );
+        assert_eq!(slots(&plan), [("2026-01-01T00:00:10Z".to_string(), Trigger::Schedule)]);
         assert_eq!(plan.next, Some(ts("2026-01-01T00:00:11Z")));
         assert_eq!(plan.advance, None);
     }
@@ -406,20 +354,14 @@ mod tests {
         let (rec, s) = record(CatchUp::All, "2026-01-01T00:00:00Z");
         let all = plan(&rec, &s, now);
         assert_eq!(all.fires.len(), 10, "every slot from 1 to 10 runs");
-        assert!(
-            all.fires
-                .windows(2)
-                .all(|w| w[0].scheduled_at < w[1].scheduled_at)
-        );
+        assert!(all.fires.windows(2).all(|w| w[0].scheduled_at < w[1].scheduled_at));
     }
 
     #[test]
     fn skip_without_on_time_slots_advances_the_cursor() {
         let (rec, s) = record(CatchUp::Skip, "2026-01-01T00:00:00Z");
         let plan = plan(&rec, &s, ts("2026-01-01T00:00:10.5Z"));
-        assert!(
-            plan.advance.is_none() || plan.advance <= plan.fires.last().map(|f| f.scheduled_at)
-        );
+        assert!(plan.advance.is_none() || plan.advance <= plan.fires.last().map(|f| f.scheduled_at));
         let (mut rec, s) = record(CatchUp::Skip, "2026-01-01T00:00:00Z");
         rec.job.schedule = "0 * * * * *".into();
         let s2 = rec.job.parsed_schedule().unwrap().unwrap();
@@ -433,11 +375,7 @@ mod tests {
     fn slots_older_than_the_window_never_run() {
         let (rec, s) = record(CatchUp::All, "2026-01-01T00:00:00Z");
         let plan = plan(&rec, &s, ts("2026-01-01T01:00:00Z"));
-        assert_eq!(
-            plan.fires.len(),
-            60,
-            "only the last minute (the window) is caught up"
-        );
+        assert_eq!(plan.fires.len(), 60, "only the last minute (the window) is caught up");
     }
 
     #[test]
@@ -457,10 +395,7 @@ mod tests {
         let (mut rec, s) = record(CatchUp::All, "2026-01-01T00:00:00Z");
         rec.job.starts_at = Some(ts("2026-01-01T00:00:04Z"));
         let p = plan(&rec, &s, ts("2026-01-01T00:00:05Z"));
-        assert_eq!(
-            p.fires.first().map(|f| f.scheduled_at),
-            Some(ts("2026-01-01T00:00:04Z"))
-        );
+        assert_eq!(p.fires.first().map(|f| f.scheduled_at), Some(ts("2026-01-01T00:00:04Z")));
     }
 
     #[test]
@@ -472,10 +407,7 @@ mod tests {
         timer.set("b", Some(ts("2026-01-01T00:00:02Z")), s.clone());
         timer.set("a", Some(ts("2026-01-01T00:00:03Z")), s.clone()); // replaces a's entry
         let due = timer.take_due(ts("2026-01-01T00:00:03Z"), |_| None);
-        let got: Vec<(String, String)> = due
-            .iter()
-            .map(|f| (f.job.clone(), f.scheduled_at.to_string()))
-            .collect();
+        let got: Vec<(String, String)> = due.iter().map(|f| (f.job.clone(), f.scheduled_at.to_string())).collect();
         assert_eq!(
             got,
             [

@@ -69,19 +69,11 @@ impl Worker {
     }
 
     pub fn is_running(&self, exec_ref: &ExecRef) -> bool {
-        self.running
-            .lock()
-            .expect("running lock")
-            .contains_key(exec_ref)
+        self.running.lock().expect("running lock").contains_key(exec_ref)
     }
 
     pub fn running_refs(&self) -> Vec<ExecRef> {
-        self.running
-            .lock()
-            .expect("running lock")
-            .keys()
-            .cloned()
-            .collect()
+        self.running.lock().expect("running lock").keys().cloned().collect()
     }
 
     /// Stop a run of this node; false if it does not run here.
@@ -89,10 +81,7 @@ impl Worker {
         let running = self.running.lock().expect("running lock");
         match running.get(exec_ref) {
             Some(run) => {
-                run.reason
-                    .lock()
-                    .expect("reason lock")
-                    .get_or_insert_with(|| reason.to_string());
+                run.reason.lock().expect("reason lock").get_or_insert_with(|| reason.to_string());
                 run.token.cancel();
                 true
             }
@@ -108,19 +97,13 @@ impl Worker {
 
     /// Start running a dispatched execution now.
     pub fn start(&self, exec: &Execution, job: &Job) {
-        let exec_ref = ExecRef {
-            job: exec.job_name.clone(),
-            id: exec.id.clone(),
-        };
+        let exec_ref = ExecRef { job: exec.job_name.clone(), id: exec.id.clone() };
         let token = CancellationToken::new();
         let reason = Arc::new(Mutex::new(None));
-        self.running.lock().expect("running lock").insert(
-            exec_ref.clone(),
-            RunningExec {
-                token: token.clone(),
-                reason: reason.clone(),
-            },
-        );
+        self.running
+            .lock()
+            .expect("running lock")
+            .insert(exec_ref.clone(), RunningExec { token: token.clone(), reason: reason.clone() });
         let started_at = Timestamp::now();
         self.report(Report::Start(Start {
             exec: exec_ref.clone(),
@@ -128,12 +111,7 @@ impl Worker {
             started_at,
             lease_until: started_at + self.lease,
         }));
-        let mut spec = RunSpec::new(
-            &exec.job_name,
-            &exec.id,
-            &job.executor,
-            job.executor_config.clone(),
-        );
+        let mut spec = RunSpec::new(&exec.job_name, &exec.id, &job.executor, job.executor_config.clone());
         spec.output_limit_bytes = self.output_max_bytes;
         spec.extra_env = vec![
             ("KAIROS_EXECUTION_ID".into(), exec.id.clone()),
@@ -165,11 +143,7 @@ impl Worker {
                 retry_at: None,
                 only_if_lease_expired: false,
             }));
-            worker
-                .running
-                .lock()
-                .expect("running lock")
-                .remove(&exec_ref);
+            worker.running.lock().expect("running lock").remove(&exec_ref);
         });
     }
 
@@ -213,41 +187,26 @@ pub async fn report_loop(node: Arc<Node>, mut reports: UnboundedReceiver<Report>
                 Report::Start(start) => starts.push(start),
                 Report::Finish(mut finish) => {
                     if matches!(finish.status, ExecutionStatus::Failed) {
-                        finish.retry_at =
-                            retry_instant(&node, &finish.exec.job, attempt_of(&finish.exec), now);
+                        finish.retry_at = retry_instant(&node, &finish.exec.job, attempt_of(&finish.exec), now);
                     }
                     finishes.push(finish);
                 }
             }
         }
-        if !starts.is_empty() {
-            propose_with_retry(
-                &node,
-                Command::Start {
-                    starts: starts.clone(),
-                },
-            )
-            .await
-            .map(|response| {
-                // A start the state refused (cancelled while pending) must not keep running.
-                let accepted: std::collections::HashSet<&str> =
-                    response.executions.iter().map(|e| e.id.as_str()).collect();
-                for start in &starts {
-                    if !accepted.contains(start.exec.id.as_str())
-                        && !finishes.iter().any(|f: &Finish| f.exec == start.exec)
-                    {
-                        node.worker
-                            .cancel(&start.exec, "cancelled before it started");
-                    }
+        if !starts.is_empty()
+            && let Some(response) = propose_with_retry(&node, Command::Start { starts: starts.clone() }).await
+        {
+            // A start the state refused (cancelled while pending) must not keep running.
+            let accepted: std::collections::HashSet<&str> = response.executions.iter().map(|e| e.id.as_str()).collect();
+            for start in &starts {
+                if !accepted.contains(start.exec.id.as_str()) && !finishes.iter().any(|f| f.exec == start.exec) {
+                    node.worker.cancel(&start.exec, "cancelled before it started");
                 }
-            });
+            }
         }
         if !finishes.is_empty() {
             let refs: Vec<ExecRef> = finishes.iter().map(|f| f.exec.clone()).collect();
-            if propose_with_retry(&node, Command::Finish { results: finishes })
-                .await
-                .is_some()
-            {
+            if propose_with_retry(&node, Command::Finish { results: finishes }).await.is_some() {
                 for r in &refs {
                     node.forget_dispatched(r);
                 }
@@ -258,10 +217,7 @@ pub async fn report_loop(node: Arc<Node>, mut reports: UnboundedReceiver<Report>
 }
 
 fn attempt_of(exec: &ExecRef) -> u32 {
-    exec.id
-        .rsplit_once('-')
-        .and_then(|(_, a)| a.parse().ok())
-        .unwrap_or(1)
+    exec.id.rsplit_once('-').and_then(|(_, a)| a.parse().ok()).unwrap_or(1)
 }
 
 /// Reports must not be lost to a transient error (e.g. a leader change); retry for a bounded time.
@@ -296,10 +252,7 @@ pub async fn renew_loop(node: Arc<Node>) {
         }
         let lease_until = Timestamp::now() + node.worker.lease;
         for chunk in renewals.chunks(BATCH_ITEMS_MAX) {
-            let command = Command::Renew {
-                renewals: chunk.to_vec(),
-                lease_until,
-            };
+            let command = Command::Renew { renewals: chunk.to_vec(), lease_until };
             if let Err(err) = node.submit(command).await {
                 warn!("lease renewal failed: {}", err.message);
             }

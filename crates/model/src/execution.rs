@@ -107,12 +107,7 @@ pub fn execution_id(scheduled_at: Timestamp, attempt: u32) -> String {
 
 impl Execution {
     /// A freshly decided attempt at a slot: pending, or skipped when the job's policy says so.
-    pub fn decided(
-        job_name: &str,
-        scheduled_at: Timestamp,
-        attempt: u32,
-        trigger: Trigger,
-    ) -> Execution {
+    pub fn decided(job_name: &str, scheduled_at: Timestamp, attempt: u32, trigger: Trigger) -> Execution {
         Execution {
             id: execution_id(scheduled_at, attempt),
             job_name: job_name.to_string(),
@@ -150,15 +145,7 @@ mod tests {
 
     #[test]
     fn status_round_trips_through_text() {
-        for s in [
-            "pending",
-            "running",
-            "succeeded",
-            "failed",
-            "lost",
-            "cancelled",
-            "skipped",
-        ] {
+        for s in ["pending", "running", "succeeded", "failed", "lost", "cancelled", "skipped"] {
             assert_eq!(ExecutionStatus::parse(s).unwrap().as_str(), s);
         }
         assert_eq!(ExecutionStatus::parse("done"), None);

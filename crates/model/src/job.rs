@@ -205,16 +205,10 @@ impl Job {
         if let Some(name) = &input.name
             && name != &self.name
         {
-            return Err(FieldError::new(
-                "name",
-                format!("cannot rename job '{}' to '{name}'", self.name),
-            ));
+            return Err(FieldError::new("name", format!("cannot rename job '{}' to '{name}'", self.name)));
         }
         set(&mut self.displayname, input.displayname);
-        set(
-            &mut self.schedule,
-            input.schedule.map(|s| s.trim().to_string()),
-        );
+        set(&mut self.schedule, input.schedule.map(|s| s.trim().to_string()));
         set(&mut self.timezone, input.timezone);
         set(&mut self.owner, input.owner);
         set(&mut self.owner_email, input.owner_email);
@@ -253,37 +247,26 @@ impl Job {
     pub fn validate(&self) -> Result<(), FieldError> {
         validate_name(&self.name)?;
         if self.parent_job == self.name {
-            return Err(FieldError::new(
-                "parent_job",
-                "a job cannot be its own parent",
-            ));
+            return Err(FieldError::new("parent_job", "a job cannot be its own parent"));
         }
         if !self.parent_job.is_empty() {
-            validate_name(&self.parent_job)
-                .map_err(|e| FieldError::new("parent_job", e.message))?;
+            validate_name(&self.parent_job).map_err(|e| FieldError::new("parent_job", e.message))?;
+        }
+        if !self.timezone.is_empty() {
+            kairos_schedule::parse_timezone(&self.timezone).map_err(|e| FieldError::new("timezone", e.to_string()))?;
         }
         if self.schedule.is_empty() {
             if self.parent_job.is_empty() {
-                return Err(FieldError::new(
-                    "schedule",
-                    "required unless parent_job is set",
-                ));
+                return Err(FieldError::new("schedule", "required unless parent_job is set"));
             }
         } else {
             self.parsed_schedule()?;
-        }
-        if !self.timezone.is_empty() {
-            kairos_schedule::parse_timezone(&self.timezone)
-                .map_err(|e| FieldError::new("timezone", e.to_string()))?;
         }
         if self.executor.is_empty() {
             return Err(FieldError::new("executor", "required (shell or http)"));
         }
         if self.retries > RETRIES_MAX {
-            return Err(FieldError::new(
-                "retries",
-                format!("must be at most {RETRIES_MAX}"),
-            ));
+            return Err(FieldError::new("retries", format!("must be at most {RETRIES_MAX}")));
         }
         if let Some(n) = self.executions_retained
             && !(1..=EXECUTIONS_RETAINED_MAX).contains(&n)
@@ -302,31 +285,20 @@ impl Job {
         let backoff = duration_field("retry_backoff", &self.retry_backoff)?;
         let backoff_max = duration_field("retry_backoff_max", &self.retry_backoff_max)?;
         if backoff_max < backoff {
-            return Err(FieldError::new(
-                "retry_backoff_max",
-                "must not be less than retry_backoff",
-            ));
+            return Err(FieldError::new("retry_backoff_max", "must not be less than retry_backoff"));
         }
         self.validate_sizes()
     }
 
     fn validate_sizes(&self) -> Result<(), FieldError> {
-        for (field, map) in [
-            ("tags", &self.tags),
-            ("metadata", &self.metadata),
-            ("executor_config", &self.executor_config),
-        ] {
+        for (field, map) in
+            [("tags", &self.tags), ("metadata", &self.metadata), ("executor_config", &self.executor_config)]
+        {
             if map.len() > MAP_ENTRIES_MAX {
-                return Err(FieldError::new(
-                    field,
-                    format!("at most {MAP_ENTRIES_MAX} entries"),
-                ));
+                return Err(FieldError::new(field, format!("at most {MAP_ENTRIES_MAX} entries")));
             }
             if let Some((k, _)) = map.iter().find(|(k, v)| k.len() + v.len() > TEXT_LEN_MAX) {
-                return Err(FieldError::new(
-                    format!("{field}.{k}"),
-                    format!("longer than {TEXT_LEN_MAX} bytes"),
-                ));
+                return Err(FieldError::new(format!("{field}.{k}"), format!("longer than {TEXT_LEN_MAX} bytes")));
             }
         }
         for (field, text) in [
@@ -336,10 +308,7 @@ impl Job {
             ("schedule", &self.schedule),
         ] {
             if text.len() > TEXT_LEN_MAX {
-                return Err(FieldError::new(
-                    field,
-                    format!("longer than {TEXT_LEN_MAX} bytes"),
-                ));
+                return Err(FieldError::new(field, format!("longer than {TEXT_LEN_MAX} bytes")));
             }
         }
         Ok(())
@@ -372,12 +341,8 @@ impl Job {
     /// Jitter is added by the caller, which has a random source; this stays deterministic.
     pub fn backoff_before_retry(&self, retry: u32) -> Duration {
         let base = self.retry_backoff();
-        let factor = 1u32
-            .checked_shl(retry.saturating_sub(1))
-            .unwrap_or(u32::MAX);
-        base.checked_mul(factor)
-            .unwrap_or(Duration::MAX)
-            .min(self.retry_backoff_max())
+        let factor = 1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX);
+        base.checked_mul(factor).unwrap_or(Duration::MAX).min(self.retry_backoff_max())
     }
 }
 
@@ -397,15 +362,9 @@ pub fn validate_name(name: &str) -> Result<(), FieldError> {
         return Err(FieldError::new("name", "required"));
     }
     if name.len() > NAME_LEN_MAX {
-        return Err(FieldError::new(
-            "name",
-            format!("longer than {NAME_LEN_MAX} characters"),
-        ));
+        return Err(FieldError::new("name", format!("longer than {NAME_LEN_MAX} characters")));
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
-    {
+    if let Some(c) = name.chars().find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '-')) {
         return Err(FieldError::new(
             "name",
             format!("illegal character '{c}' (use lowercase letters, digits, '_' and '-')"),
@@ -419,10 +378,7 @@ pub fn parse_concurrency(text: &str) -> Result<Concurrency, FieldError> {
         "" | "allow" => Ok(Concurrency::Allow),
         "forbid" => Ok(Concurrency::Forbid),
         "replace" => Ok(Concurrency::Replace),
-        other => Err(FieldError::new(
-            "concurrency",
-            format!("'{other}' is not one of allow, forbid, replace"),
-        )),
+        other => Err(FieldError::new("concurrency", format!("'{other}' is not one of allow, forbid, replace"))),
     }
 }
 
@@ -431,10 +387,7 @@ pub fn parse_catch_up(text: &str) -> Result<CatchUp, FieldError> {
         "skip" => Ok(CatchUp::Skip),
         "" | "latest" => Ok(CatchUp::Latest),
         "all" => Ok(CatchUp::All),
-        other => Err(FieldError::new(
-            "catch_up",
-            format!("'{other}' is not one of skip, latest, all"),
-        )),
+        other => Err(FieldError::new("catch_up", format!("'{other}' is not one of skip, latest, all"))),
     }
 }
 
@@ -463,8 +416,7 @@ mod tests {
 
     #[test]
     fn unknown_field_is_rejected_by_name() {
-        let err = input(r#"{"name":"a","schedule":"@daily","executor":"shell","schedul":"x"}"#)
-            .unwrap_err();
+        let err = input(r#"{"name":"a","schedule":"@daily","executor":"shell","schedul":"x"}"#).unwrap_err();
         assert_eq!(err.field, "schedul");
     }
 
@@ -472,56 +424,26 @@ mod tests {
     fn invalid_fields_are_named() {
         let cases = [
             (r#"{"schedule":"@daily","executor":"shell"}"#, "name"),
-            (
-                r#"{"name":"Bad","schedule":"@daily","executor":"shell"}"#,
-                "name",
-            ),
+            (r#"{"name":"Bad","schedule":"@daily","executor":"shell"}"#, "name"),
             (r#"{"name":"a","executor":"shell"}"#, "schedule"),
-            (
-                r#"{"name":"a","schedule":"61 * * * * *","executor":"shell"}"#,
-                "schedule",
-            ),
-            (
-                r#"{"name":"a","schedule":"@daily","executor":"shell","timezone":"Mars/Base"}"#,
-                "timezone",
-            ),
+            (r#"{"name":"a","schedule":"61 * * * * *","executor":"shell"}"#, "schedule"),
+            (r#"{"name":"a","schedule":"@daily","executor":"shell","timezone":"Mars/Base"}"#, "timezone"),
             (r#"{"name":"a","schedule":"@daily"}"#, "executor"),
-            (
-                r#"{"name":"a","schedule":"@daily","executor":"shell","concurrency":"sometimes"}"#,
-                "concurrency",
-            ),
-            (
-                r#"{"name":"a","schedule":"@daily","executor":"shell","catch_up":"maybe"}"#,
-                "catch_up",
-            ),
-            (
-                r#"{"name":"a","schedule":"@daily","executor":"shell","catch_up_window":"soon"}"#,
-                "catch_up_window",
-            ),
+            (r#"{"name":"a","schedule":"@daily","executor":"shell","concurrency":"sometimes"}"#, "concurrency"),
+            (r#"{"name":"a","schedule":"@daily","executor":"shell","catch_up":"maybe"}"#, "catch_up"),
+            (r#"{"name":"a","schedule":"@daily","executor":"shell","catch_up_window":"soon"}"#, "catch_up_window"),
             (
                 r#"{"name":"a","schedule":"@daily","executor":"shell","retry_backoff":"10s","retry_backoff_max":"1s"}"#,
                 "retry_backoff_max",
             ),
-            (
-                r#"{"name":"a","schedule":"@daily","executor":"shell","parent_job":"a"}"#,
-                "parent_job",
-            ),
-            (
-                r#"{"name":"a","schedule":"@daily","executor":"shell","retries":1000}"#,
-                "retries",
-            ),
-            (
-                r#"{"name":"a","schedule":"@daily","executor":"shell","executions_retained":0}"#,
-                "executions_retained",
-            ),
+            (r#"{"name":"a","schedule":"@daily","executor":"shell","parent_job":"a"}"#, "parent_job"),
+            (r#"{"name":"a","schedule":"@daily","executor":"shell","retries":1000}"#, "retries"),
+            (r#"{"name":"a","schedule":"@daily","executor":"shell","executions_retained":0}"#, "executions_retained"),
             (
                 r#"{"name":"a","schedule":"@daily","executor":"shell","starts_at":"2026-01-02T00:00:00Z","expires_at":"2026-01-01T00:00:00Z"}"#,
                 "expires_at",
             ),
-            (
-                r#"{"name":"a","schedule":"@daily","executor":"shell","retries":"x"}"#,
-                "body",
-            ),
+            (r#"{"name":"a","schedule":"@daily","executor":"shell","retries":"x"}"#, "body"),
         ];
         for (json, field) in cases {
             let err = input(json).expect_err(json);
@@ -537,21 +459,11 @@ mod tests {
 
     #[test]
     fn patch_overrides_only_present_fields_and_keeps_name() {
-        let mut job =
-            input(r#"{"name":"a","schedule":"@daily","executor":"shell","owner":"me"}"#).unwrap();
-        job.apply(JobInput {
-            disabled: Some(true),
-            ..Default::default()
-        })
-        .unwrap();
+        let mut job = input(r#"{"name":"a","schedule":"@daily","executor":"shell","owner":"me"}"#).unwrap();
+        job.apply(JobInput { disabled: Some(true), ..Default::default() }).unwrap();
         assert!(job.disabled);
         assert_eq!(job.owner, "me");
-        let err = job
-            .apply(JobInput {
-                name: Some("b".into()),
-                ..Default::default()
-            })
-            .unwrap_err();
+        let err = job.apply(JobInput { name: Some("b".into()), ..Default::default() }).unwrap_err();
         assert_eq!(err.field, "name");
     }
 
@@ -560,9 +472,7 @@ mod tests {
         let mut job = Job::empty("a");
         job.retry_backoff = "1s".into();
         job.retry_backoff_max = "5s".into();
-        let secs: Vec<u64> = (1..=5)
-            .map(|r| job.backoff_before_retry(r).as_secs())
-            .collect();
+        let secs: Vec<u64> = (1..=5).map(|r| job.backoff_before_retry(r).as_secs()).collect();
         assert_eq!(secs, [1, 2, 4, 5, 5]);
         assert_eq!(job.backoff_before_retry(200), Duration::from_secs(5));
     }

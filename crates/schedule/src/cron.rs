@@ -33,31 +33,15 @@ impl CronExpr {
         let kinds: &[FieldKind] = match texts.len() {
             5 => &[Minute, Hour, DayOfMonth, Month, DayOfWeek],
             6 => &[Second, Minute, Hour, DayOfMonth, Month, DayOfWeek],
-            7 => &[
-                Second, Minute, Hour, DayOfMonth, Month, DayOfWeek, YearField,
-            ],
+            7 => &[Second, Minute, Hour, DayOfMonth, Month, DayOfWeek, YearField],
             found => {
-                return Err(ScheduleError::FieldCount {
-                    expr: expr.to_string(),
-                    found,
-                });
+                return Err(ScheduleError::FieldCount { expr: expr.to_string(), found });
             }
         };
         let mut fields = Fields::default();
         for (index, (&kind, &text)) in kinds.iter().zip(&texts).enumerate() {
-            let context = FieldContext {
-                kind,
-                position: index + 1,
-                hash,
-            };
-            fields.set(
-                kind,
-                Written {
-                    position: index + 1,
-                    text,
-                    parsed: parse_field(context, text)?,
-                },
-            );
+            let context = FieldContext { kind, position: index + 1, hash };
+            fields.set(kind, Written { position: index + 1, text, parsed: parse_field(context, text)? });
         }
         fields.check_day_can_occur()?;
         let pattern = fields.croner_pattern();
@@ -66,10 +50,7 @@ impl CronExpr {
             .year(Year::Required)
             .build()
             .parse(&pattern)
-            .map_err(|error| ScheduleError::Unsupported {
-                expr: expr.to_string(),
-                reason: error.to_string(),
-            })?;
+            .map_err(|error| ScheduleError::Unsupported { expr: expr.to_string(), reason: error.to_string() })?;
         Ok(CronExpr { cron })
     }
 
@@ -106,8 +87,7 @@ impl<'a> Fields<'a> {
     /// The 7-field numeric pattern croner reads: missing seconds are 0, a missing year is any year.
     fn croner_pattern(&self) -> String {
         let text = |kind: FieldKind, default: &'static str| {
-            self.get(kind)
-                .map_or(default.to_string(), |f| f.parsed.croner_text.clone())
+            self.get(kind).map_or(default.to_string(), |f| f.parsed.croner_text.clone())
         };
         [
             text(Second, "0"),
@@ -124,21 +104,14 @@ impl<'a> Fields<'a> {
     /// Refuses a day of month that no selected month has (`30 2`, `31 4,6`) when the day of week does not
     /// offer other days: such a job would never fire, which is always a mistake.
     fn check_day_can_occur(&self) -> Result<(), ScheduleError> {
-        let (Some(day), Some(month), Some(weekday)) =
-            (self.get(DayOfMonth), self.get(Month), self.get(DayOfWeek))
+        let (Some(day), Some(month), Some(weekday)) = (self.get(DayOfMonth), self.get(Month), self.get(DayOfWeek))
         else {
             return Ok(());
         };
         if !weekday.parsed.unrestricted || day.parsed.has_modifiers {
             return Ok(());
         }
-        let longest_month = month
-            .parsed
-            .values
-            .iter()
-            .map(|&m| longest_month_days(m))
-            .max()
-            .unwrap_or(31);
+        let longest_month = month.parsed.values.iter().map(|&m| longest_month_days(m)).max().unwrap_or(31);
         if day.parsed.values.iter().all(|&d| d > longest_month) {
             return Err(ScheduleError::ImpossibleDate {
                 position: day.position,
@@ -170,58 +143,32 @@ mod tests {
     }
 
     fn next(expr: &str, after: &str) -> Option<DateTime> {
-        CronExpr::parse(expr, 0)
-            .unwrap()
-            .next_wall_time_after(wall(after))
+        CronExpr::parse(expr, 0).unwrap().next_wall_time_after(wall(after))
     }
 
     #[test]
     fn five_fields_mean_seconds_zero() {
-        assert_eq!(
-            next("30 2 * * *", "2026-01-01T00:00:00"),
-            Some(wall("2026-01-01T02:30:00"))
-        );
+        assert_eq!(next("30 2 * * *", "2026-01-01T00:00:00"), Some(wall("2026-01-01T02:30:00")));
     }
 
     #[test]
     fn search_is_strictly_after_and_ignores_subseconds() {
-        assert_eq!(
-            next("* * * * * *", "2026-01-01T00:00:00"),
-            Some(wall("2026-01-01T00:00:01"))
-        );
-        assert_eq!(
-            next("* * * * * *", "2026-01-01T00:00:00.5"),
-            Some(wall("2026-01-01T00:00:01"))
-        );
+        assert_eq!(next("* * * * * *", "2026-01-01T00:00:00"), Some(wall("2026-01-01T00:00:01")));
+        assert_eq!(next("* * * * * *", "2026-01-01T00:00:00.5"), Some(wall("2026-01-01T00:00:01")));
     }
 
     #[test]
     fn both_day_fields_restricted_means_either() {
         // 2026-02-06 is a Friday, 2026-02-13 a Friday the 13th, 2026-03-13 a Friday as well.
-        assert_eq!(
-            next("0 0 0 13 * FRI", "2026-02-01T00:00:00"),
-            Some(wall("2026-02-06T00:00:00"))
-        );
-        assert_eq!(
-            next("0 0 0 13 * ?", "2026-02-01T00:00:00"),
-            Some(wall("2026-02-13T00:00:00"))
-        );
-        assert_eq!(
-            next("0 0 0 ? * FRI", "2026-02-07T00:00:00"),
-            Some(wall("2026-02-13T00:00:00"))
-        );
+        assert_eq!(next("0 0 0 13 * FRI", "2026-02-01T00:00:00"), Some(wall("2026-02-06T00:00:00")));
+        assert_eq!(next("0 0 0 13 * ?", "2026-02-01T00:00:00"), Some(wall("2026-02-13T00:00:00")));
+        assert_eq!(next("0 0 0 ? * FRI", "2026-02-07T00:00:00"), Some(wall("2026-02-13T00:00:00")));
     }
 
     #[test]
     fn a_day_no_selected_month_has_is_refused() {
-        assert!(matches!(
-            CronExpr::parse("0 0 0 30 2 *", 0),
-            Err(ScheduleError::ImpossibleDate { .. })
-        ));
-        assert!(matches!(
-            CronExpr::parse("0 0 0 31 4,FEB ?", 0),
-            Err(ScheduleError::ImpossibleDate { .. })
-        ));
+        assert!(matches!(CronExpr::parse("0 0 0 30 2 *", 0), Err(ScheduleError::ImpossibleDate { .. })));
+        assert!(matches!(CronExpr::parse("0 0 0 31 4,FEB ?", 0), Err(ScheduleError::ImpossibleDate { .. })));
         assert!(CronExpr::parse("0 0 0 29 2 *", 0).is_ok());
         assert!(CronExpr::parse("0 0 0 30 2 MON", 0).is_ok());
         assert!(CronExpr::parse("0 0 0 L 2 *", 0).is_ok());

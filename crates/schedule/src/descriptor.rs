@@ -70,20 +70,14 @@ fn shortcut_expression(word: &str) -> Option<&'static str> {
 }
 
 fn needs_argument(word: &str, what: &str) -> ScheduleError {
-    ScheduleError::DescriptorArgument {
-        descriptor: word.to_string(),
-        problem: format!("needs {what}"),
-    }
+    ScheduleError::DescriptorArgument { descriptor: word.to_string(), problem: format!("needs {what}") }
 }
 
 fn parse_every(word: &str, argument: &str) -> Result<Plan, ScheduleError> {
     if argument.is_empty() {
         return Err(needs_argument(word, "a duration, e.g. '@every 1m30s'"));
     }
-    let every_error = |problem: String| ScheduleError::Every {
-        value: argument.to_string(),
-        problem,
-    };
+    let every_error = |problem: String| ScheduleError::Every { value: argument.to_string(), problem };
     let interval = parse_duration(argument).map_err(|error| match error {
         ScheduleError::Duration { problem, .. } => every_error(problem),
         other => other,
@@ -96,18 +90,12 @@ fn parse_every(word: &str, argument: &str) -> Result<Plan, ScheduleError> {
 
 fn parse_at(word: &str, argument: &str) -> Result<Plan, ScheduleError> {
     if argument.is_empty() {
-        return Err(needs_argument(
-            word,
-            "an RFC 3339 time, e.g. '@at 2026-12-31T23:59:00Z'",
-        ));
+        return Err(needs_argument(word, "an RFC 3339 time, e.g. '@at 2026-12-31T23:59:00Z'"));
     }
     argument
         .parse::<Timestamp>()
         .map(Plan::At)
-        .map_err(|error| ScheduleError::At {
-            value: argument.to_string(),
-            reason: error.to_string(),
-        })
+        .map_err(|error| ScheduleError::At { value: argument.to_string(), reason: error.to_string() })
 }
 
 #[cfg(test)]
@@ -117,32 +105,15 @@ mod tests {
     #[test]
     fn descriptors_are_case_insensitive() {
         assert!(matches!(parse_descriptor("@DAILY", 0), Ok(Plan::Cron(_))));
-        assert!(
-            matches!(parse_descriptor("@Every 5s", 0), Ok(Plan::Every(d)) if d == Duration::from_secs(5))
-        );
+        assert!(matches!(parse_descriptor("@Every 5s", 0), Ok(Plan::Every(d)) if d == Duration::from_secs(5)));
     }
 
     #[test]
     fn arguments_are_checked() {
-        assert!(matches!(
-            parse_descriptor("@daily 5", 0),
-            Err(ScheduleError::DescriptorArgument { .. })
-        ));
-        assert!(matches!(
-            parse_descriptor("@every", 0),
-            Err(ScheduleError::DescriptorArgument { .. })
-        ));
-        assert!(matches!(
-            parse_descriptor("@every 99ms", 0),
-            Err(ScheduleError::Every { .. })
-        ));
-        assert!(matches!(
-            parse_descriptor("@at tomorrow", 0),
-            Err(ScheduleError::At { .. })
-        ));
-        assert!(matches!(
-            parse_descriptor("@reboot", 0),
-            Err(ScheduleError::UnknownDescriptor(_))
-        ));
+        assert!(matches!(parse_descriptor("@daily 5", 0), Err(ScheduleError::DescriptorArgument { .. })));
+        assert!(matches!(parse_descriptor("@every", 0), Err(ScheduleError::DescriptorArgument { .. })));
+        assert!(matches!(parse_descriptor("@every 99ms", 0), Err(ScheduleError::Every { .. })));
+        assert!(matches!(parse_descriptor("@at tomorrow", 0), Err(ScheduleError::At { .. })));
+        assert!(matches!(parse_descriptor("@reboot", 0), Err(ScheduleError::UnknownDescriptor(_))));
     }
 }

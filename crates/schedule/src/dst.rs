@@ -31,18 +31,13 @@ pub(crate) fn next_fire(expr: &CronExpr, zone: &TimeZone, after: Timestamp) -> O
         let candidate = expr.next_wall_time_after(wall)?;
         let fire = match zone.to_ambiguous_timestamp(candidate).offset() {
             AmbiguousOffset::Unambiguous { offset } => offset.to_timestamp(candidate).ok()?,
-            AmbiguousOffset::Gap {
-                after: offset_after,
-                ..
-            } => gap_end(zone, candidate, offset_after)?,
+            AmbiguousOffset::Gap { after: offset_after, .. } => gap_end(zone, candidate, offset_after)?,
             AmbiguousOffset::Fold { before, .. } => {
                 let first = before.to_timestamp(candidate).ok()?;
                 if first <= after {
                     // `after` is in the repeated hour's second pass: every time left in the fold fired in the
                     // first pass. Resume at the first wall clock time past the fold.
-                    wall = fold_end(zone, first, before)?
-                        .checked_sub(jiff::SignedDuration::from_nanos(1))
-                        .ok()?;
+                    wall = fold_end(zone, first, before)?.checked_sub(jiff::SignedDuration::from_nanos(1)).ok()?;
                     continue;
                 }
                 first
@@ -60,9 +55,7 @@ pub(crate) fn next_fire(expr: &CronExpr, zone: &TimeZone, after: Timestamp) -> O
 /// offset after the transition, `wall` lies before it, so the transition is the next one from there.
 fn gap_end(zone: &TimeZone, wall: DateTime, offset_after: Offset) -> Option<Timestamp> {
     let before_transition = offset_after.to_timestamp(wall).ok()?;
-    zone.following(before_transition)
-        .next()
-        .map(|transition| transition.timestamp())
+    zone.following(before_transition).next().map(|transition| transition.timestamp())
 }
 
 /// The first wall clock time after a fold: the transition that ends the first pass, read with the offset in
@@ -86,48 +79,27 @@ mod tests {
 
     fn fires(expr: &str, zone: &TimeZone, from: &str, count: usize) -> Vec<Timestamp> {
         let expr = CronExpr::parse(expr, 0).unwrap();
-        std::iter::successors(next_fire(&expr, zone, at(from)), |&t| {
-            next_fire(&expr, zone, t)
-        })
-        .take(count)
-        .collect()
+        std::iter::successors(next_fire(&expr, zone, at(from)), |&t| next_fire(&expr, zone, t)).take(count).collect()
     }
 
     #[test]
     fn a_missing_time_fires_when_the_gap_ends() {
         // 02:30 CET on the 28th, then the missing 02:30 of the 29th at 03:00 CEST, then 02:30 CEST on the 30th.
         let got = fires("0 30 2 * * *", &berlin(), "2026-03-28T00:00:00Z", 3);
-        assert_eq!(
-            got,
-            [
-                at("2026-03-28T01:30:00Z"),
-                at("2026-03-29T01:00:00Z"),
-                at("2026-03-30T00:30:00Z")
-            ]
-        );
+        assert_eq!(got, [at("2026-03-28T01:30:00Z"), at("2026-03-29T01:00:00Z"), at("2026-03-30T00:30:00Z")]);
     }
 
     #[test]
     fn several_missing_times_collapse_into_one_fire() {
         let got = fires("0 */20 2-3 * * *", &berlin(), "2026-03-29T00:50:00Z", 3);
         // 02:00, 02:20, 02:40 do not exist: one fire at 03:00 CEST, then 03:20 and 03:40.
-        assert_eq!(
-            got,
-            [
-                at("2026-03-29T01:00:00Z"),
-                at("2026-03-29T01:20:00Z"),
-                at("2026-03-29T01:40:00Z")
-            ]
-        );
+        assert_eq!(got, [at("2026-03-29T01:00:00Z"), at("2026-03-29T01:20:00Z"), at("2026-03-29T01:40:00Z")]);
     }
 
     #[test]
     fn a_repeated_time_fires_once_in_the_first_pass() {
         let got = fires("0 30 2 * * *", &berlin(), "2026-10-24T12:00:00Z", 2);
-        assert_eq!(
-            got,
-            [at("2026-10-25T00:30:00Z"), at("2026-10-26T01:30:00Z")]
-        );
+        assert_eq!(got, [at("2026-10-25T00:30:00Z"), at("2026-10-26T01:30:00Z")]);
         // Starting inside the second pass skips the rest of the fold.
         let got = fires("0 * * * * *", &berlin(), "2026-10-25T01:10:00Z", 1);
         assert_eq!(got, [at("2026-10-25T02:00:00Z")]);

@@ -33,10 +33,7 @@ const HINT: &str = "is not a duration; write a number and a unit (ns, us, ms, s,
 /// Parses a Go-style duration (`"500ms"`, `"1s"`, `"1m30s"`, `"2h"`, `"1.5s"`, `"250us"`); a bare number
 /// means seconds (`"30"`). Errors name the input; negative durations are an error.
 pub fn parse_duration(text: &str) -> Result<Duration, ScheduleError> {
-    let error = |problem: &str| ScheduleError::Duration {
-        value: text.to_string(),
-        problem: problem.to_string(),
-    };
+    let error = |problem: &str| ScheduleError::Duration { value: text.to_string(), problem: problem.to_string() };
     let trimmed = text.trim();
     let unsigned = trimmed.strip_prefix('+').unwrap_or(trimmed);
     if unsigned.starts_with('-') {
@@ -107,16 +104,12 @@ fn is_bare_number(text: &str) -> bool {
 fn sum_components(mut rest: &str) -> Result<u128, &'static str> {
     let mut total: u128 = 0;
     while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
+        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
         if number_len == 0 {
             return Err(HINT);
         }
         let (number, after_number) = rest.split_at(number_len);
-        let unit_len = after_number
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(after_number.len());
+        let unit_len = after_number.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after_number.len());
         let (unit, after_unit) = after_number.split_at(unit_len);
         let unit_nanos = unit_nanos(unit).ok_or(if unit.is_empty() {
             "has a number without a unit; add one of ns, us, ms, s, m, h, d (e.g. '1m30s')"
@@ -154,11 +147,7 @@ fn component_nanos(number: &str, unit_nanos: u128) -> Option<u128> {
     if integer.len() > INTEGER_DIGITS_MAX {
         return Some(u128::MAX);
     }
-    let whole: u128 = if integer.is_empty() {
-        0
-    } else {
-        integer.parse().ok()?
-    };
+    let whole: u128 = if integer.is_empty() { 0 } else { integer.parse().ok()? };
     let fraction = &fraction[..fraction.len().min(FRACTION_DIGITS_MAX)];
     let fraction_nanos = if fraction.is_empty() {
         0
@@ -167,11 +156,7 @@ fn component_nanos(number: &str, unit_nanos: u128) -> Option<u128> {
         // Below 10^20 * 8.64e13, far inside u128.
         digits * unit_nanos / 10u128.pow(fraction.len() as u32)
     };
-    Some(
-        whole
-            .saturating_mul(unit_nanos)
-            .saturating_add(fraction_nanos),
-    )
+    Some(whole.saturating_mul(unit_nanos).saturating_add(fraction_nanos))
 }
 
 #[cfg(test)]
@@ -206,33 +191,13 @@ mod tests {
 
     #[test]
     fn bad_durations_name_the_input() {
-        for text in [
-            "",
-            "abc",
-            "5x",
-            "-5s",
-            "1..5s",
-            "s",
-            "5s3",
-            "1e3s",
-            "99999999999999999999999h",
-        ] {
+        for text in ["", "abc", "5x", "-5s", "1..5s", "s", "5s3", "1e3s", "99999999999999999999999h"] {
             let message = parse_duration(text).unwrap_err().to_string();
             assert!(message.starts_with("duration: '"), "{message}");
             assert!(message.contains(&format!("'{text}'")), "{message}");
         }
-        assert!(
-            parse_duration("-1s")
-                .unwrap_err()
-                .to_string()
-                .contains("negative")
-        );
-        assert!(
-            parse_duration("1000y")
-                .unwrap_err()
-                .to_string()
-                .contains("unknown unit")
-        );
+        assert!(parse_duration("-1s").unwrap_err().to_string().contains("negative"));
+        assert!(parse_duration("1000y").unwrap_err().to_string().contains("unknown unit"));
     }
 
     #[test]

@@ -24,24 +24,13 @@ pub enum ScheduleError {
 
     /// One field of a cron expression is wrong. `position` counts from 1 in the expression as written.
     #[error("schedule: field {position} ({field}) value '{value}' {problem}")]
-    Field {
-        position: usize,
-        field: &'static str,
-        value: String,
-        problem: String,
-    },
+    Field { position: usize, field: &'static str, value: String, problem: String },
 
     /// A field that never matches together with the others, so the schedule could never fire.
     #[error(
         "schedule: field {position} ({field}) value '{value}' never occurs in the months of field {month_position} ('{months}'), so the job would never fire"
     )]
-    ImpossibleDate {
-        position: usize,
-        field: &'static str,
-        value: String,
-        month_position: usize,
-        months: String,
-    },
+    ImpossibleDate { position: usize, field: &'static str, value: String, month_position: usize, months: String },
 
     /// The expression passed our checks but the cron engine still refused it. Not expected; kept so that a
     /// gap between our checks and croner's is an error message, not a panic.
@@ -71,9 +60,7 @@ pub enum ScheduleError {
     At { value: String, reason: String },
 
     /// A `CRON_TZ=` or `TZ=` prefix without anything after it.
-    #[error(
-        "schedule: '{0}' must be followed by a cron expression or descriptor, e.g. '{0} 0 30 2 * * *'"
-    )]
+    #[error("schedule: '{0}' must be followed by a cron expression or descriptor, e.g. '{0} 0 30 2 * * *'")]
     PrefixWithoutExpression(String),
 
     /// A time zone name the tz database does not know. `place` says where the name came from.

@@ -31,9 +31,7 @@ pub(crate) enum FieldKind {
     Year,
 }
 
-const MONTH_NAMES: [&str; 12] = [
-    "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
-];
+const MONTH_NAMES: [&str; 12] = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"];
 const WEEKDAY_NAMES: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
 
 /// Years a 7-field expression may name. The same window as Quartz; croner itself stops at 5000.
@@ -94,17 +92,14 @@ impl FieldKind {
     }
 
     fn syntax_hint(self) -> String {
-        let common = format!(
-            "a number {}, a range 'a-b', a step '*/n' or 'a-b/n', or a list 'a,b'",
-            self.range_text()
-        );
+        let common = format!("a number {}, a range 'a-b', a step '*/n' or 'a-b/n', or a list 'a,b'", self.range_text());
         match self {
-            FieldKind::DayOfMonth => format!(
-                "{common}; also '?', 'L' (last day), 'LW' (last weekday), 'nW' (weekday nearest day n)"
-            ),
-            FieldKind::DayOfWeek => format!(
-                "{common}; also '?', 'nL' (last weekday n of the month), 'n#k' (k-th weekday n, k 1-5)"
-            ),
+            FieldKind::DayOfMonth => {
+                format!("{common}; also '?', 'L' (last day), 'LW' (last weekday), 'nW' (weekday nearest day n)")
+            }
+            FieldKind::DayOfWeek => {
+                format!("{common}; also '?', 'nL' (last weekday n of the month), 'n#k' (k-th weekday n, k 1-5)")
+            }
             _ => common,
         }
     }
@@ -119,15 +114,8 @@ impl FieldKind {
 
     /// The number a name stands for: JAN = 1, SUN = 0.
     fn name_value(self, name: &str) -> Option<u32> {
-        let index = self
-            .names()
-            .iter()
-            .position(|n| n.eq_ignore_ascii_case(name))? as u32;
-        Some(if self == FieldKind::Month {
-            index + 1
-        } else {
-            index
-        })
+        let index = self.names().iter().position(|n| n.eq_ignore_ascii_case(name))? as u32;
+        Some(if self == FieldKind::Month { index + 1 } else { index })
     }
 }
 
@@ -169,10 +157,7 @@ pub(crate) fn parse_field(context: FieldContext, text: &str) -> Result<ParsedFie
     let kind = context.kind;
     if text == "*" || text == "?" {
         if text == "?" && !matches!(kind, FieldKind::DayOfMonth | FieldKind::DayOfWeek) {
-            return Err(context.error(
-                text,
-                "is only allowed in day-of-month and day-of-week; use '*'",
-            ));
+            return Err(context.error(text, "is only allowed in day-of-month and day-of-week; use '*'"));
         }
         let (min, max) = kind.star_bounds();
         return Ok(ParsedField {
@@ -187,10 +172,7 @@ pub(crate) fn parse_field(context: FieldContext, text: &str) -> Result<ParsedFie
     let mut has_modifiers = false;
     for raw in text.split(',') {
         if raw.is_empty() {
-            return Err(context.error(
-                text,
-                "has an empty list item (two commas in a row, or a comma at an end)",
-            ));
+            return Err(context.error(text, "has an empty list item (two commas in a row, or a comma at an end)"));
         }
         let item = Item::parse(context, raw)?;
         has_modifiers |= item.is_modifier();
@@ -200,27 +182,15 @@ pub(crate) fn parse_field(context: FieldContext, text: &str) -> Result<ParsedFie
     check_last_and_last_weekday(context, text, &tokens)?;
     values.sort_unstable();
     values.dedup();
-    Ok(ParsedField {
-        croner_text: tokens.join(","),
-        unrestricted: false,
-        values,
-        has_modifiers,
-    })
+    Ok(ParsedField { croner_text: tokens.join(","), unrestricted: false, values, has_modifiers })
 }
 
 /// croner reads `L` next to `LW` in one field as `LW` only, dropping the last day; refuse the pair rather
 /// than silently lose a fire.
-fn check_last_and_last_weekday(
-    context: FieldContext,
-    text: &str,
-    tokens: &[String],
-) -> Result<(), ScheduleError> {
+fn check_last_and_last_weekday(context: FieldContext, text: &str, tokens: &[String]) -> Result<(), ScheduleError> {
     let has = |wanted: &str| tokens.iter().any(|t| t == wanted);
     if has("L") && has("LW") {
-        return Err(context.error(
-            text,
-            "combines 'L' and 'LW', which cannot share one field; use two jobs",
-        ));
+        return Err(context.error(text, "combines 'L' and 'LW', which cannot share one field; use two jobs"));
     }
     Ok(())
 }
@@ -246,11 +216,7 @@ impl Item {
     fn parse(context: FieldContext, raw: &str) -> Result<Item, ScheduleError> {
         let kind = context.kind;
         let text = substitute_spread(context, raw)?.to_ascii_uppercase();
-        let reader = ItemReader {
-            context,
-            raw: &text,
-            original: raw,
-        };
+        let reader = ItemReader { context, raw: &text, original: raw };
         match kind {
             FieldKind::DayOfMonth => {
                 if text == "L" {
@@ -274,13 +240,10 @@ impl Item {
                     let day = reader.value(day)?;
                     return match nth {
                         "L" => Ok(Item::LastOfMonth(day)),
-                        _ => {
-                            match nth.parse::<u32>() {
-                                Ok(k @ 1..=5) => Ok(Item::Nth(day, k)),
-                                _ => Err(reader
-                                    .error("has an occurrence after '#' that is not 1-5 or L")),
-                            }
-                        }
+                        _ => match nth.parse::<u32>() {
+                            Ok(k @ 1..=5) => Ok(Item::Nth(day, k)),
+                            _ => Err(reader.error("has an occurrence after '#' that is not 1-5 or L")),
+                        },
                     };
                 }
                 if let Some(day) = text.strip_suffix('L') {
@@ -309,11 +272,7 @@ impl Item {
             Item::Range { start, end, .. } if start == end => start.to_string(),
             // A step at least as long as the range reaches only the start; croner wants steps it can add.
             Item::Range { start, end, step } if step > end - start => start.to_string(),
-            Item::Range {
-                start,
-                end,
-                step: 1,
-            } => format!("{start}-{end}"),
+            Item::Range { start, end, step: 1 } => format!("{start}-{end}"),
             Item::Range { start, end, step } => format!("{start}-{end}/{step}"),
             Item::LastDay => "L".to_string(),
             Item::LastWeekday => "LW".to_string(),
@@ -364,26 +323,17 @@ impl ItemReader<'_> {
         } else if let Some((start, end)) = base.split_once('-') {
             let (start, end) = (self.value(start)?, self.range_end(end)?);
             if start > end {
-                return Err(self.error("has its start after its end; ranges do not wrap around (write e.g. '22-23,0-2')"));
+                return Err(
+                    self.error("has its start after its end; ranges do not wrap around (write e.g. '22-23,0-2')")
+                );
             }
             (start, end)
         } else {
             let start = self.value(base)?;
             // robfig/cron (and so Dkron) reads `N/step` as `N-max/step`.
-            (
-                start,
-                if step.is_some() {
-                    kind.star_bounds().1.max(start)
-                } else {
-                    start
-                },
-            )
+            (start, if step.is_some() { kind.star_bounds().1.max(start) } else { start })
         };
-        Ok(Item::Range {
-            start,
-            end,
-            step: step.unwrap_or(1),
-        })
+        Ok(Item::Range { start, end, step: step.unwrap_or(1) })
     }
 
     fn step(&self, text: &str) -> Result<u32, ScheduleError> {
@@ -430,14 +380,7 @@ mod tests {
     use super::*;
 
     fn read(kind: FieldKind, text: &str) -> Result<ParsedField, ScheduleError> {
-        parse_field(
-            FieldContext {
-                kind,
-                position: 1,
-                hash: 858,
-            },
-            text,
-        )
+        parse_field(FieldContext { kind, position: 1, hash: 858 }, text)
     }
 
     fn croner(kind: FieldKind, text: &str) -> String {
@@ -453,10 +396,7 @@ mod tests {
         assert_eq!(croner(FieldKind::Month, "jan-Mar,DEC"), "1-3,12");
         assert_eq!(croner(FieldKind::DayOfWeek, "FRI-SUN"), "5-7");
         assert_eq!(croner(FieldKind::DayOfWeek, "*/2"), "0-6/2");
-        assert_eq!(
-            croner(FieldKind::DayOfWeek, "5L,FRI#3,mon#l"),
-            "5#L,5#3,1#L"
-        );
+        assert_eq!(croner(FieldKind::DayOfWeek, "5L,FRI#3,mon#l"), "5#L,5#3,1#L");
         assert_eq!(croner(FieldKind::DayOfMonth, "L,15W,1-3"), "L,15W,1-3");
         assert_eq!(croner(FieldKind::DayOfMonth, "lw"), "LW");
         assert_eq!(croner(FieldKind::Year, "2027,2030-2032"), "2027,2030-2032");
@@ -481,15 +421,10 @@ mod tests {
     #[test]
     fn errors_name_the_item() {
         let message = read(FieldKind::Hour, "1,25").unwrap_err().to_string();
-        assert_eq!(
-            message,
-            "schedule: field 1 (hours) value '25' is out of range 0-23"
-        );
+        assert_eq!(message, "schedule: field 1 (hours) value '25' is out of range 0-23");
         let message = read(FieldKind::Minute, "~-5").unwrap_err().to_string();
         assert!(message.contains("'~-5' (read as '18-5'"), "{message}");
-        for bad in [
-            "", "1,,2", "*/0", "*/x", "5-", "-5", "1-2-3", "L", "15W", "1#6", "MONDAY", "1/2/3",
-        ] {
+        for bad in ["", "1,,2", "*/0", "*/x", "5-", "-5", "1-2-3", "L", "15W", "1#6", "MONDAY", "1/2/3"] {
             assert!(read(FieldKind::Minute, bad).is_err(), "{bad}");
         }
         for bad in ["L", "L-3", "W", "8L", "1#0", "1#L2"] {

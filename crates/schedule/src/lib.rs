@@ -70,21 +70,14 @@ pub struct Schedule {
 impl Schedule {
     /// Parses `expr` evaluated in `timezone` (IANA name; `None` or `""` = UTC). `hash_key` is the job name,
     /// used by Dkron's `~` spread. A `CRON_TZ=`/`TZ=` prefix in `expr` wins over `timezone`.
-    pub fn parse(
-        expr: &str,
-        timezone: Option<&str>,
-        hash_key: &str,
-    ) -> Result<Schedule, ScheduleError> {
+    pub fn parse(expr: &str, timezone: Option<&str>, hash_key: &str) -> Result<Schedule, ScheduleError> {
         let text = expr.trim();
         if text.is_empty() {
             return Err(ScheduleError::Empty);
         }
         let (zone, body) = match split_zone_prefix(text)? {
             Some((name, body)) => (timezone::lookup(name, FROM_PREFIX)?, body),
-            None => (
-                timezone::lookup(timezone.unwrap_or(""), FROM_TIMEZONE_FIELD)?,
-                text,
-            ),
+            None => (timezone::lookup(timezone.unwrap_or(""), FROM_TIMEZONE_FIELD)?, text),
         };
         let hash = spread::name_hash(hash_key);
         let plan = if body.starts_with('@') {
@@ -93,11 +86,7 @@ impl Schedule {
             Plan::Cron(Box::new(cron::CronExpr::parse(body, hash)?))
         };
         let zone_name = timezone::name_of(&zone);
-        Ok(Schedule {
-            plan,
-            zone,
-            zone_name,
-        })
+        Ok(Schedule { plan, zone, zone_name })
     }
 
     /// The first fire instant strictly after `after`, or `None` if the schedule never fires again
@@ -142,28 +131,17 @@ impl Schedule {
 
 /// Splits `CRON_TZ=Area/City rest` (or `TZ=…`) into the zone name and the rest.
 fn split_zone_prefix(text: &str) -> Result<Option<(&str, &str)>, ScheduleError> {
-    let Some(after_prefix) = text
-        .strip_prefix("CRON_TZ=")
-        .or_else(|| text.strip_prefix("TZ="))
-    else {
+    let Some(after_prefix) = text.strip_prefix("CRON_TZ=").or_else(|| text.strip_prefix("TZ=")) else {
         return Ok(None);
     };
-    let (name, body) = after_prefix
-        .split_once(char::is_whitespace)
-        .unwrap_or((after_prefix, ""));
+    let (name, body) = after_prefix.split_once(char::is_whitespace).unwrap_or((after_prefix, ""));
     if name.is_empty() {
-        return Err(ScheduleError::UnknownTimeZone {
-            name: String::new(),
-            place: FROM_PREFIX,
-        });
+        return Err(ScheduleError::UnknownTimeZone { name: String::new(), place: FROM_PREFIX });
     }
     let body = body.trim();
     if body.is_empty() {
         let prefix_len = text.len() - after_prefix.len();
-        return Err(ScheduleError::PrefixWithoutExpression(format!(
-            "{}{name}",
-            &text[..prefix_len]
-        )));
+        return Err(ScheduleError::PrefixWithoutExpression(format!("{}{name}", &text[..prefix_len])));
     }
     Ok(Some((name, body)))
 }

@@ -19,8 +19,7 @@ use crate::field::FieldKind;
 
 /// Dkron's name hash: the sum of the name's Unicode code points.
 pub(crate) fn name_hash(name: &str) -> u64 {
-    name.chars()
-        .fold(0u64, |sum, c| sum.wrapping_add(u64::from(c)))
+    name.chars().fold(0u64, |sum, c| sum.wrapping_add(u64::from(c)))
 }
 
 /// The value `~` stands for in a field of `kind`, or `None` for the year field, which Dkron does not have.
@@ -55,10 +54,7 @@ mod tests {
             for kind in FieldKind::ALL {
                 if let Some(value) = spread_value(kind, hash) {
                     let (min, max) = kind.bounds();
-                    assert!(
-                        (u64::from(min)..=u64::from(max)).contains(&value),
-                        "{kind:?} {value}"
-                    );
+                    assert!((u64::from(min)..=u64::from(max)).contains(&value), "{kind:?} {value}");
                 }
             }
         }

@@ -31,10 +31,7 @@ pub(crate) fn lookup(name: &str, place: &'static str) -> Result<TimeZone, Schedu
     bundled()
         .get(name)
         .or_else(|_| jiff::tz::db().get(name))
-        .map_err(|_| ScheduleError::UnknownTimeZone {
-            name: name.to_string(),
-            place,
-        })
+        .map_err(|_| ScheduleError::UnknownTimeZone { name: name.to_string(), place })
 }
 
 /// The IANA name of `zone`, `"UTC"` for zones without one (only UTC itself reaches this crate unnamed).
@@ -53,20 +50,11 @@ mod tests {
 
     #[test]
     fn zones_with_dst_rules_are_found() {
-        for name in [
-            "Europe/Berlin",
-            "America/New_York",
-            "Australia/Lord_Howe",
-            "UTC",
-            "Etc/GMT+2",
-        ] {
+        for name in ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "UTC", "Etc/GMT+2"] {
             let zone = parse_timezone(name).unwrap();
             assert_eq!(name_of(&zone), name);
         }
-        assert_eq!(
-            name_of(&parse_timezone("europe/berlin").unwrap()),
-            "Europe/Berlin"
-        );
+        assert_eq!(name_of(&parse_timezone("europe/berlin").unwrap()), "Europe/Berlin");
         assert_eq!(parse_timezone("").unwrap(), TimeZone::UTC);
     }
 
@@ -78,10 +66,7 @@ mod tests {
     #[test]
     fn unknown_and_local_zones_are_refused_with_a_hint() {
         let message = parse_timezone("Mars/Base").unwrap_err().to_string();
-        assert!(
-            message.starts_with("timezone: unknown time zone 'Mars/Base'"),
-            "{message}"
-        );
+        assert!(message.starts_with("timezone: unknown time zone 'Mars/Base'"), "{message}");
         let message = parse_timezone("Local").unwrap_err().to_string();
         assert!(message.contains("'Local'"), "{message}");
     }

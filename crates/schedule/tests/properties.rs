@@ -8,13 +8,7 @@ use kairos_schedule::jiff::{SignedDuration, Timestamp};
 use kairos_schedule::{Schedule, ScheduleError, format_duration, parse_duration};
 use proptest::prelude::*;
 
-const ZONES: &[&str] = &[
-    "UTC",
-    "Europe/Berlin",
-    "America/New_York",
-    "Australia/Lord_Howe",
-    "Asia/Kolkata",
-];
+const ZONES: &[&str] = &["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata"];
 
 /// Fires followed per case. Enough to cross several DST changes with sparse expressions.
 const FIRES_PER_CASE: usize = 12;
@@ -27,11 +21,7 @@ fn numeric_item(min: u32, max: u32) -> impl Strategy<Value = String> {
         (value.clone(), value.clone()).prop_map(|(a, b)| format!("{}-{}", a.min(b), a.max(b))),
         (1..=(max - min + 1)).prop_map(|s| format!("*/{s}")),
         (value.clone(), 1..=(max - min + 1)).prop_map(|(a, s)| format!("{a}/{s}")),
-        (value.clone(), value, 1u32..=10).prop_map(|(a, b, s)| format!(
-            "{}-{}/{s}",
-            a.min(b),
-            a.max(b)
-        )),
+        (value.clone(), value, 1u32..=10).prop_map(|(a, b, s)| format!("{}-{}/{s}", a.min(b), a.max(b))),
         Just("~".to_string()),
     ]
 }
@@ -80,14 +70,8 @@ fn year() -> impl Strategy<Value = String> {
 }
 
 fn cron_expression() -> impl Strategy<Value = String> {
-    let six = (
-        numeric_field(0, 59),
-        numeric_field(0, 59),
-        numeric_field(0, 23),
-        day_of_month(),
-        month(),
-        day_of_week(),
-    );
+    let six =
+        (numeric_field(0, 59), numeric_field(0, 59), numeric_field(0, 23), day_of_month(), month(), day_of_week());
     (six, year(), 5usize..=7).prop_map(|((s, m, h, dom, mon, dow), year, count)| match count {
         5 => format!("{m} {h} {dom} {mon} {dow}"),
         6 => format!("{s} {m} {h} {dom} {mon} {dow}"),
@@ -108,8 +92,7 @@ fn schedule_text() -> impl Strategy<Value = String> {
 
 /// Instants between 2020 and 2036, with nanoseconds.
 fn instant() -> impl Strategy<Value = Timestamp> {
-    (1_577_836_800i64..=2_082_758_400, 0i32..1_000_000_000)
-        .prop_map(|(s, ns)| Timestamp::new(s, ns).unwrap())
+    (1_577_836_800i64..=2_082_758_400, 0i32..1_000_000_000).prop_map(|(s, ns)| Timestamp::new(s, ns).unwrap())
 }
 
 proptest! {
@@ -190,12 +173,8 @@ proptest! {
 
 /// Evaluates a schedule at ordinary and extreme instants; only a panic would fail.
 fn exercise(schedule: &Schedule) {
-    for after in [
-        Timestamp::MIN,
-        Timestamp::UNIX_EPOCH,
-        Timestamp::from_second(1_800_000_000).unwrap(),
-        Timestamp::MAX,
-    ] {
+    for after in [Timestamp::MIN, Timestamp::UNIX_EPOCH, Timestamp::from_second(1_800_000_000).unwrap(), Timestamp::MAX]
+    {
         let _ = schedule.upcoming(after).take(3).count();
     }
 }

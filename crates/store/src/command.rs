@@ -117,9 +117,6 @@ pub struct Response {
 
 impl Response {
     pub fn refused(refusal: Refusal) -> Response {
-        Response {
-            refusal: Some(refusal),
-            ..Response::default()
-        }
+        Response { refusal: Some(refusal), ..Response::default() }
     }
 }

@@ -59,6 +59,5 @@ pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> std::io::Result<Vec<u8>
 }
 
 pub(crate) fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> std::io::Result<T> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    serde_json::from_slice(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }

@@ -47,10 +47,7 @@ impl LogStore {
     fn put_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> io::Result<()> {
         let bytes = to_json(value)?;
         let txn = self.db.begin_write().map_err(io_err)?;
-        txn.open_table(META)
-            .map_err(io_err)?
-            .insert(key, bytes.as_slice())
-            .map_err(io_err)?;
+        txn.open_table(META).map_err(io_err)?.insert(key, bytes.as_slice()).map_err(io_err)?;
         txn.commit().map_err(io_err)
     }
 }
@@ -87,10 +84,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             None => None,
             Some((_, value)) => Some(from_json::<EntryOf<TypeConfig>>(value.value())?.log_id()),
         };
-        Ok(LogState {
-            last_log_id: last.or_else(|| last_purged.clone()),
-            last_purged_log_id: last_purged,
-        })
+        Ok(LogState { last_log_id: last.or(last_purged), last_purged_log_id: last_purged })
     }
 
     async fn get_log_reader(&mut self) -> LogStore {
@@ -101,24 +95,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.put_meta("vote", vote)
     }
 
-    async fn save_committed(
-        &mut self,
-        committed: Option<LogIdOf<TypeConfig>>,
-    ) -> Result<(), io::Error> {
+    async fn save_committed(&mut self, committed: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
         self.put_meta("committed", &committed)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
-        Ok(self
-            .get_meta::<Option<LogIdOf<TypeConfig>>>("committed")?
-            .flatten())
+        Ok(self.get_meta::<Option<LogIdOf<TypeConfig>>>("committed")?.flatten())
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: IOFlushed<TypeConfig>,
-    ) -> Result<(), io::Error>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = EntryOf<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -129,9 +114,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             {
                 let mut table = txn.open_table(LOGS).map_err(io_err)?;
                 for entry in entries {
-                    table
-                        .insert(entry.index(), to_json(&entry)?.as_slice())
-                        .map_err(io_err)?;
+                    table.insert(entry.index(), to_json(&entry)?.as_slice()).map_err(io_err)?;
                 }
             }
             txn.commit().map_err(io_err)
@@ -149,16 +132,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
     }
 
-    async fn truncate_after(
-        &mut self,
-        last_log_id: Option<LogIdOf<TypeConfig>>,
-    ) -> Result<(), io::Error> {
+    async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
         let start = last_log_id.map(|id| id.index() + 1).unwrap_or(0);
         let txn = self.db.begin_write().map_err(io_err)?;
-        txn.open_table(LOGS)
-            .map_err(io_err)?
-            .retain_in(start.., |_, _| false)
-            .map_err(io_err)?;
+        txn.open_table(LOGS).map_err(io_err)?.retain_in(start.., |_, _| false).map_err(io_err)?;
         txn.commit().map_err(io_err)
     }
 
@@ -166,14 +143,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let bytes = to_json(&log_id)?;
         let txn = self.db.begin_write().map_err(io_err)?;
         {
-            txn.open_table(META)
-                .map_err(io_err)?
-                .insert("last_purged", bytes.as_slice())
-                .map_err(io_err)?;
-            txn.open_table(LOGS)
-                .map_err(io_err)?
-                .retain_in(..=log_id.index(), |_, _| false)
-                .map_err(io_err)?;
+            txn.open_table(META).map_err(io_err)?.insert("last_purged", bytes.as_slice()).map_err(io_err)?;
+            txn.open_table(LOGS).map_err(io_err)?.retain_in(..=log_id.index(), |_, _| false).map_err(io_err)?;
         }
         txn.commit().map_err(io_err)
     }

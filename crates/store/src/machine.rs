@@ -56,22 +56,14 @@ impl StateMachine {
         txn.commit().map_err(io_err)?;
         let snapshot_dir = path.parent().unwrap_or(Path::new(".")).join("snapshot");
         std::fs::create_dir_all(&snapshot_dir)?;
-        Ok(StateMachine {
-            db: Arc::new(db),
-            snapshot_dir,
-            retained_default,
-            events,
-        })
+        Ok(StateMachine { db: Arc::new(db), snapshot_dir, retained_default, events })
     }
 
     pub fn reader(&self) -> StateReader {
         StateReader::new(self.db.clone())
     }
 
-    fn read_raft_meta<T: serde::de::DeserializeOwned>(
-        txn: &ReadTransaction,
-        key: &str,
-    ) -> io::Result<Option<T>> {
+    fn read_raft_meta<T: serde::de::DeserializeOwned>(txn: &ReadTransaction, key: &str) -> io::Result<Option<T>> {
         let table = txn.open_table(RAFT_META).map_err(io_err)?;
         match table.get(key).map_err(io_err)? {
             None => Ok(None),
@@ -79,11 +71,7 @@ impl StateMachine {
         }
     }
 
-    fn write_snapshot_files(
-        &self,
-        meta: &SnapshotMetaOf<TypeConfig>,
-        data: &[u8],
-    ) -> io::Result<()> {
+    fn write_snapshot_files(&self, meta: &SnapshotMetaOf<TypeConfig>, data: &[u8]) -> io::Result<()> {
         // One file, meta line first, so a crash can never pair one snapshot's meta with another's data.
         let mut bytes = to_json(meta)?;
         bytes.push(b'\n');
@@ -103,11 +91,8 @@ impl StateMachine {
                     EntryPayload::Blank => Response::default(),
                     EntryPayload::Normal(command) => applier.apply(&command).map_err(io_err)?,
                     EntryPayload::Membership(membership) => {
-                        let stored =
-                            StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id), membership);
-                        raft_meta
-                            .insert("membership", to_json(&stored)?.as_slice())
-                            .map_err(io_err)?;
+                        let stored = StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id), membership);
+                        raft_meta.insert("membership", to_json(&stored)?.as_slice()).map_err(io_err)?;
                         Response::default()
                     }
                 };
@@ -116,9 +101,7 @@ impl StateMachine {
                     replies.push((responder, response));
                 }
             }
-            raft_meta
-                .insert("last_applied", to_json(&last_applied)?.as_slice())
-                .map_err(io_err)?;
+            raft_meta.insert("last_applied", to_json(&last_applied)?.as_slice()).map_err(io_err)?;
             applier.finish().map_err(io_err)?
         };
         txn.commit().map_err(io_err)?;
@@ -144,38 +127,18 @@ fn utf8(bytes: &[u8]) -> io::Result<String> {
 /// Copy every data table out of a consistent read snapshot.
 fn dump(txn: &ReadTransaction) -> io::Result<Dump> {
     let mut out = Dump::default();
-    for item in txn
-        .open_table(JOBS)
-        .map_err(io_err)?
-        .iter()
-        .map_err(io_err)?
-    {
+    for item in txn.open_table(JOBS).map_err(io_err)?.iter().map_err(io_err)? {
         let (k, v) = item.map_err(io_err)?;
         out.jobs.push((k.value().to_string(), utf8(v.value())?));
     }
-    for item in txn
-        .open_table(EXECUTIONS)
-        .map_err(io_err)?
-        .iter()
-        .map_err(io_err)?
-    {
+    for item in txn.open_table(EXECUTIONS).map_err(io_err)?.iter().map_err(io_err)? {
         let (k, v) = item.map_err(io_err)?;
         out.executions.push((utf8(k.value())?, utf8(v.value())?));
     }
-    for item in txn
-        .open_table(ACTIVE)
-        .map_err(io_err)?
-        .iter()
-        .map_err(io_err)?
-    {
+    for item in txn.open_table(ACTIVE).map_err(io_err)?.iter().map_err(io_err)? {
         out.active.push(utf8(item.map_err(io_err)?.0.value())?);
     }
-    for item in txn
-        .open_table(META)
-        .map_err(io_err)?
-        .iter()
-        .map_err(io_err)?
-    {
+    for item in txn.open_table(META).map_err(io_err)?.iter().map_err(io_err)? {
         let (k, v) = item.map_err(io_err)?;
         out.meta.push((k.value().to_string(), utf8(v.value())?));
     }
@@ -190,23 +153,15 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = Cursor<Vec<u8>>;
 
-    async fn build_snapshot(
-        &mut self,
-    ) -> Result<SnapshotOf<TypeConfig, Cursor<Vec<u8>>>, io::Error> {
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Cursor<Vec<u8>>>, io::Error> {
         let last_log_id: Option<LogIdOf<TypeConfig>> =
             StateMachine::read_raft_meta(&self.txn, "last_applied")?.flatten();
         let last_membership: StoredMembershipOf<TypeConfig> =
             StateMachine::read_raft_meta(&self.txn, "membership")?.unwrap_or_default();
         let data = to_json(&dump(&self.txn)?)?;
-        let meta = SnapshotMetaOf::<TypeConfig> {
-            last_log_id,
-            last_membership,
-        };
+        let meta = SnapshotMetaOf::<TypeConfig> { last_log_id, last_membership };
         self.machine.write_snapshot_files(&meta, &data)?;
-        Ok(SnapshotOf::<TypeConfig, _> {
-            meta,
-            snapshot: Cursor::new(data),
-        })
+        Ok(SnapshotOf::<TypeConfig, _> { meta, snapshot: Cursor::new(data) })
     }
 }
 
@@ -218,8 +173,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         &mut self,
     ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
         let txn = self.db.begin_read().map_err(io_err)?;
-        let last_applied =
-            Self::read_raft_meta::<Option<LogIdOf<TypeConfig>>>(&txn, "last_applied")?.flatten();
+        let last_applied = Self::read_raft_meta::<Option<LogIdOf<TypeConfig>>>(&txn, "last_applied")?.flatten();
         let membership = Self::read_raft_meta(&txn, "membership")?.unwrap_or_default();
         Ok((last_applied, membership))
     }
@@ -244,14 +198,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        let txn = self
-            .db
-            .begin_read()
-            .expect("a read transaction can always begin on an open database");
-        SnapshotBuilder {
-            machine: self.clone(),
-            txn,
-        }
+        let txn = self.db.begin_read().expect("a read transaction can always begin on an open database");
+        SnapshotBuilder { machine: self.clone(), txn }
     }
 
     async fn install_snapshot(
@@ -271,9 +219,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut executions = txn.open_table(EXECUTIONS).map_err(io_err)?;
             executions.retain(|_, _| false).map_err(io_err)?;
             for (k, v) in &dump.executions {
-                executions
-                    .insert(k.as_bytes(), v.as_bytes())
-                    .map_err(io_err)?;
+                executions.insert(k.as_bytes(), v.as_bytes()).map_err(io_err)?;
             }
             let mut active = txn.open_table(ACTIVE).map_err(io_err)?;
             active.retain(|_, _| false).map_err(io_err)?;
@@ -283,17 +229,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut state_meta = txn.open_table(META).map_err(io_err)?;
             state_meta.retain(|_, _| false).map_err(io_err)?;
             for (k, v) in &dump.meta {
-                state_meta
-                    .insert(k.as_str(), v.as_bytes())
-                    .map_err(io_err)?;
+                state_meta.insert(k.as_str(), v.as_bytes()).map_err(io_err)?;
             }
             let mut raft_meta = txn.open_table(RAFT_META).map_err(io_err)?;
-            raft_meta
-                .insert("last_applied", to_json(&meta.last_log_id)?.as_slice())
-                .map_err(io_err)?;
-            raft_meta
-                .insert("membership", to_json(&meta.last_membership)?.as_slice())
-                .map_err(io_err)?;
+            raft_meta.insert("last_applied", to_json(&meta.last_log_id)?.as_slice()).map_err(io_err)?;
+            raft_meta.insert("membership", to_json(&meta.last_membership)?.as_slice()).map_err(io_err)?;
         }
         txn.commit().map_err(io_err)?;
         self.write_snapshot_files(meta, &data)?;
@@ -303,22 +243,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(
-        &mut self,
-    ) -> Result<Option<SnapshotOf<TypeConfig, Cursor<Vec<u8>>>>, io::Error> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, Cursor<Vec<u8>>>>, io::Error> {
         let path = self.snapshot_dir.join("current");
         if !path.exists() {
             return Ok(None);
         }
         let mut bytes = std::fs::read(path)?;
-        let split = bytes.iter().position(|b| *b == b'\n').ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, "snapshot file has no meta line")
-        })?;
+        let split = bytes
+            .iter()
+            .position(|b| *b == b'\n')
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "snapshot file has no meta line"))?;
         let meta: SnapshotMetaOf<TypeConfig> = from_json(&bytes[..split])?;
         let data = bytes.split_off(split + 1);
-        Ok(Some(SnapshotOf::<TypeConfig, _> {
-            meta,
-            snapshot: Cursor::new(data),
-        }))
+        Ok(Some(SnapshotOf::<TypeConfig, _> { meta, snapshot: Cursor::new(data) }))
     }
 }

@@ -17,8 +17,7 @@ use std::sync::Arc;
 use kairos_model::job::EXECUTIONS_RETAINED_DEFAULT;
 use kairos_model::{Execution, ExecutionStatus, Job, Timestamp, Trigger};
 use redb::{
-    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
-    WriteTransaction,
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 
@@ -89,8 +88,7 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, redb::Error> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| redb::Error::Corrupted(format!("undecodable record: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| redb::Error::Corrupted(format!("undecodable record: {e}")))
 }
 
 /// Ensure every table exists, so readers never meet a missing one.
@@ -117,21 +115,14 @@ pub struct Applier<'txn> {
 }
 
 impl<'txn> Applier<'txn> {
-    pub fn new(
-        txn: &'txn WriteTransaction,
-        retained_default: u32,
-    ) -> Result<Applier<'txn>, redb::Error> {
+    pub fn new(txn: &'txn WriteTransaction, retained_default: u32) -> Result<Applier<'txn>, redb::Error> {
         Ok(Applier {
             jobs: txn.open_table(JOBS)?,
             executions: txn.open_table(EXECUTIONS)?,
             active: txn.open_table(ACTIVE)?,
             meta: txn.open_table(META)?,
             cache: HashMap::new(),
-            retained_default: if retained_default == 0 {
-                EXECUTIONS_RETAINED_DEFAULT
-            } else {
-                retained_default
-            },
+            retained_default: if retained_default == 0 { EXECUTIONS_RETAINED_DEFAULT } else { retained_default },
             events: Vec::new(),
         })
     }
@@ -141,8 +132,7 @@ impl<'txn> Applier<'txn> {
         for (name, record) in std::mem::take(&mut self.cache) {
             match record {
                 Some(record) => {
-                    self.jobs
-                        .insert(name.as_str(), encode(&record).as_slice())?;
+                    self.jobs.insert(name.as_str(), encode(&record).as_slice())?;
                 }
                 None => {
                     self.jobs.remove(name.as_str())?;
@@ -159,10 +149,7 @@ impl<'txn> Applier<'txn> {
             Command::DeleteJob { name } => self.delete_job(name),
             Command::SetPaused { paused } => {
                 self.meta.insert(META_PAUSED, encode(paused).as_slice())?;
-                Ok(Response {
-                    paused: Some(*paused),
-                    ..Response::default()
-                })
+                Ok(Response { paused: Some(*paused), ..Response::default() })
             }
             Command::Fire { fires } => self.fire_all(fires),
             Command::Advance { job, cursor } => {
@@ -173,10 +160,7 @@ impl<'txn> Applier<'txn> {
                 Ok(Response::default())
             }
             Command::Start { starts } => self.start_all(starts),
-            Command::Renew {
-                renewals,
-                lease_until,
-            } => self.renew(renewals, *lease_until),
+            Command::Renew { renewals, lease_until } => self.renew(renewals, *lease_until),
             Command::Finish { results } => self.finish_all(results),
             Command::DeleteExecutions { job } => self.delete_executions(job),
         }
@@ -215,33 +199,20 @@ impl<'txn> Applier<'txn> {
                 if prev.job.parent_job != job.parent_job {
                     self.unlink_child(&prev.job.parent_job, &job.name)?;
                 }
-                JobRecord {
-                    job: stored,
-                    cursor,
-                    active: prev.active,
-                    stored: prev.stored,
-                }
+                JobRecord { job: stored, cursor, active: prev.active, stored: prev.stored }
             }
             None => {
                 stored.created_at = Some(now);
                 stored.updated_at = Some(now);
                 stored.dependent_jobs = Vec::new();
-                JobRecord {
-                    job: stored,
-                    cursor: Some(now),
-                    active: 0,
-                    stored: 0,
-                }
+                JobRecord { job: stored, cursor: Some(now), active: 0, stored: 0 }
             }
         };
         self.link_child(&record.job.parent_job, &record.job.name)?;
         let job = record.job.clone();
         self.store(record);
         self.events.push(Event::JobChanged(job.name.clone()));
-        Ok(Response {
-            job: Some(job),
-            ..Response::default()
-        })
+        Ok(Response { job: Some(job), ..Response::default() })
     }
 
     /// A parent must exist and must not descend from the child (no cycles).
@@ -257,10 +228,7 @@ impl<'txn> Applier<'txn> {
             }
             let Some(record) = self.record(&ancestor)? else {
                 let message = format!("parent job '{ancestor}' does not exist");
-                return Ok(Some(Refusal::Invalid {
-                    field: "parent_job".into(),
-                    message,
-                }));
+                return Ok(Some(Refusal::Invalid { field: "parent_job".into(), message }));
             };
             ancestor = record.job.parent_job;
             hops += 1;
@@ -307,9 +275,7 @@ impl<'txn> Applier<'txn> {
 
     fn delete_job(&mut self, name: &str) -> Result<Response, redb::Error> {
         let Some(record) = self.record(name)? else {
-            return Ok(Response::refused(Refusal::NotFound(format!(
-                "job '{name}' not found"
-            ))));
+            return Ok(Response::refused(Refusal::NotFound(format!("job '{name}' not found"))));
         };
         if !record.job.dependent_jobs.is_empty() {
             return Ok(Response::refused(Refusal::Conflict(format!(
@@ -335,10 +301,7 @@ impl<'txn> Applier<'txn> {
         self.events.push(Event::Cancel(running));
         self.events.push(Event::Pruned(removed));
         self.events.push(Event::JobDeleted(name.to_string()));
-        Ok(Response {
-            job: Some(record.job),
-            ..Response::default()
-        })
+        Ok(Response { job: Some(record.job), ..Response::default() })
     }
 
     fn fire_all(&mut self, fires: &[Fire]) -> Result<Response, redb::Error> {
@@ -365,9 +328,7 @@ impl<'txn> Applier<'txn> {
                 }
                 fire.scheduled_at
             }
-            Trigger::Manual | Trigger::Parent | Trigger::Retry => {
-                self.free_slot(&fire.job, fire.scheduled_at)?
-            }
+            Trigger::Manual | Trigger::Parent | Trigger::Retry => self.free_slot(&fire.job, fire.scheduled_at)?,
         };
         let mut exec = Execution::decided(&fire.job, slot, 1, fire.trigger);
         if record.active > 0 {
@@ -376,10 +337,7 @@ impl<'txn> Applier<'txn> {
                 kairos_model::Concurrency::Forbid => {
                     exec.status = ExecutionStatus::Skipped;
                     exec.finished_at = Some(slot);
-                    exec.error = Some(
-                        "skipped: an earlier execution is still active (concurrency: forbid)"
-                            .into(),
-                    );
+                    exec.error = Some("skipped: an earlier execution is still active (concurrency: forbid)".into());
                 }
                 kairos_model::Concurrency::Replace => {
                     let cancelled = self.cancel_active(&mut record, slot)?;
@@ -399,11 +357,7 @@ impl<'txn> Applier<'txn> {
         for _ in 0..FREE_SLOT_PROBES_MAX {
             let slot = Timestamp::from_millisecond(ms).expect("slot within range");
             let id = kairos_model::execution_id(slot, 1);
-            if self
-                .executions
-                .get(exec_key(job, &id).as_slice())?
-                .is_none()
-            {
+            if self.executions.get(exec_key(job, &id).as_slice())?.is_none() {
                 return Ok(slot);
             }
             ms += 1;
@@ -412,11 +366,7 @@ impl<'txn> Applier<'txn> {
     }
 
     /// Pending executions of the job become cancelled at once; running ones are returned for the node to stop.
-    fn cancel_active(
-        &mut self,
-        record: &mut JobRecord,
-        now: Timestamp,
-    ) -> Result<Vec<ExecRef>, redb::Error> {
+    fn cancel_active(&mut self, record: &mut JobRecord, now: Timestamp) -> Result<Vec<ExecRef>, redb::Error> {
         let (start, end) = job_range(&record.job.name);
         let keys: Vec<Vec<u8>> = self
             .active
@@ -431,17 +381,12 @@ impl<'txn> Applier<'txn> {
             if exec.status == ExecutionStatus::Pending {
                 exec.status = ExecutionStatus::Cancelled;
                 exec.finished_at = Some(now);
-                exec.error =
-                    Some("cancelled: replaced by a newer execution (concurrency: replace)".into());
-                self.executions
-                    .insert(key.as_slice(), encode(&exec).as_slice())?;
+                exec.error = Some("cancelled: replaced by a newer execution (concurrency: replace)".into());
+                self.executions.insert(key.as_slice(), encode(&exec).as_slice())?;
                 self.active.remove(key.as_slice())?;
                 record.active = record.active.saturating_sub(1);
             } else {
-                running.push(ExecRef {
-                    job: exec.job_name,
-                    id: exec.id,
-                });
+                running.push(ExecRef { job: exec.job_name, id: exec.id });
             }
         }
         if !running.is_empty() {
@@ -457,17 +402,9 @@ impl<'txn> Applier<'txn> {
         }
     }
 
-    fn insert_execution(
-        &mut self,
-        record: &mut JobRecord,
-        exec: &Execution,
-    ) -> Result<(), redb::Error> {
+    fn insert_execution(&mut self, record: &mut JobRecord, exec: &Execution) -> Result<(), redb::Error> {
         let key = exec_key(&exec.job_name, &exec.id);
-        if self
-            .executions
-            .insert(key.as_slice(), encode(exec).as_slice())?
-            .is_none()
-        {
+        if self.executions.insert(key.as_slice(), encode(exec).as_slice())?.is_none() {
             record.stored += 1;
         }
         if exec.status.is_active() {
@@ -481,12 +418,7 @@ impl<'txn> Applier<'txn> {
 
     /// Keep at most the job's retained number of executions, dropping the oldest finished ones.
     fn prune(&mut self, record: &mut JobRecord) -> Result<(), redb::Error> {
-        let retained = u64::from(
-            record
-                .job
-                .executions_retained
-                .unwrap_or(self.retained_default),
-        );
+        let retained = u64::from(record.job.executions_retained.unwrap_or(self.retained_default));
         if record.stored <= retained {
             return Ok(());
         }
@@ -529,18 +461,13 @@ impl<'txn> Applier<'txn> {
             exec.started_at = Some(start.started_at);
             exec.node_name = start.node.clone();
             exec.lease_until = Some(start.lease_until);
-            self.executions
-                .insert(key.as_slice(), encode(&exec).as_slice())?;
+            self.executions.insert(key.as_slice(), encode(&exec).as_slice())?;
             response.executions.push(exec);
         }
         Ok(response)
     }
 
-    fn renew(
-        &mut self,
-        renewals: &[ExecRef],
-        lease_until: Timestamp,
-    ) -> Result<Response, redb::Error> {
+    fn renew(&mut self, renewals: &[ExecRef], lease_until: Timestamp) -> Result<Response, redb::Error> {
         for exec_ref in renewals {
             let key = exec_key(&exec_ref.job, &exec_ref.id);
             let Some(mut exec) = self.execution(&key)? else {
@@ -548,8 +475,7 @@ impl<'txn> Applier<'txn> {
             };
             if exec.status == ExecutionStatus::Running && exec.lease_until < Some(lease_until) {
                 exec.lease_until = Some(lease_until);
-                self.executions
-                    .insert(key.as_slice(), encode(&exec).as_slice())?;
+                self.executions.insert(key.as_slice(), encode(&exec).as_slice())?;
             }
         }
         Ok(Response::default())
@@ -564,10 +490,7 @@ impl<'txn> Applier<'txn> {
     }
 
     fn finish_one(&mut self, result: &Finish, response: &mut Response) -> Result<(), redb::Error> {
-        assert!(
-            !result.status.is_active(),
-            "a finish must carry a final status"
-        );
+        assert!(!result.status.is_active(), "a finish must carry a final status");
         let key = exec_key(&result.exec.job, &result.exec.id);
         let Some(mut exec) = self.execution(&key)? else {
             return Ok(());
@@ -577,9 +500,7 @@ impl<'txn> Applier<'txn> {
         }
         if result.only_if_lease_expired
             && exec.status == ExecutionStatus::Running
-            && exec
-                .lease_until
-                .is_some_and(|lease| lease > result.finished_at)
+            && exec.lease_until.is_some_and(|lease| lease > result.finished_at)
         {
             return Ok(()); // renewed meanwhile: the node is alive after all
         }
@@ -597,8 +518,7 @@ impl<'txn> Applier<'txn> {
         if exec.node_name.is_empty() {
             exec.node_name = result.node.clone();
         }
-        self.executions
-            .insert(key.as_slice(), encode(&exec).as_slice())?;
+        self.executions.insert(key.as_slice(), encode(&exec).as_slice())?;
         self.active.remove(key.as_slice())?;
         record.active = record.active.saturating_sub(1);
         count_result(&mut record.job, &exec);
@@ -620,14 +540,8 @@ impl<'txn> Applier<'txn> {
     ) -> Result<(), redb::Error> {
         let failed = matches!(exec.status, ExecutionStatus::Failed | ExecutionStatus::Lost);
         if failed && exec.attempt <= record.job.retries {
-            let mut retry = Execution::decided(
-                &exec.job_name,
-                exec.scheduled_at,
-                exec.attempt + 1,
-                Trigger::Retry,
-            );
-            retry.not_before =
-                Some(retry_at.unwrap_or(exec.finished_at.unwrap_or(exec.scheduled_at)));
+            let mut retry = Execution::decided(&exec.job_name, exec.scheduled_at, exec.attempt + 1, Trigger::Retry);
+            retry.not_before = Some(retry_at.unwrap_or(exec.finished_at.unwrap_or(exec.scheduled_at)));
             self.insert_execution(&mut record, &retry)?;
             response.executions.push(retry);
         }
@@ -639,14 +553,7 @@ impl<'txn> Applier<'txn> {
         if succeeded {
             let at = exec.finished_at.unwrap_or(exec.scheduled_at);
             for child in children {
-                self.fire(
-                    &Fire {
-                        job: child,
-                        scheduled_at: at,
-                        trigger: Trigger::Parent,
-                    },
-                    response,
-                )?;
+                self.fire(&Fire { job: child, scheduled_at: at, trigger: Trigger::Parent }, response)?;
             }
             if ephemeral {
                 self.delete_job(&name)?;
@@ -657,9 +564,7 @@ impl<'txn> Applier<'txn> {
 
     fn delete_executions(&mut self, job: &str) -> Result<Response, redb::Error> {
         let Some(mut record) = self.record(job)? else {
-            return Ok(Response::refused(Refusal::NotFound(format!(
-                "job '{job}' not found"
-            ))));
+            return Ok(Response::refused(Refusal::NotFound(format!("job '{job}' not found"))));
         };
         let (start, end) = job_range(job);
         let mut doomed = Vec::new();
@@ -679,10 +584,7 @@ impl<'txn> Applier<'txn> {
         self.events.push(Event::Pruned(pruned));
         let job = record.job.clone();
         self.store(record);
-        Ok(Response {
-            job: Some(job),
-            ..Response::default()
-        })
+        Ok(Response { job: Some(job), ..Response::default() })
     }
 }
 
@@ -740,10 +642,7 @@ impl StateReader {
     }
 
     /// Visit every job record in name order; the visitor returns false to stop.
-    pub fn for_each_job(
-        &self,
-        mut visit: impl FnMut(JobRecord) -> bool,
-    ) -> Result<(), redb::Error> {
+    pub fn for_each_job(&self, mut visit: impl FnMut(JobRecord) -> bool) -> Result<(), redb::Error> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(JOBS)?;
         for item in table.iter()? {

@@ -25,12 +25,7 @@ async fn server_counting_slow_requests(slow_requests: Arc<AtomicUsize>) -> Socke
         .route("/ok", get(|| async { "all good" }))
         .route(
             "/status/{code}",
-            get(|Path(code): Path<u16>| async move {
-                (
-                    StatusCode::from_u16(code).unwrap(),
-                    format!("status {code}"),
-                )
-            }),
+            get(|Path(code): Path<u16>| async move { (StatusCode::from_u16(code).unwrap(), format!("status {code}")) }),
         )
         .route("/echo", any(echo))
         .route("/big", get(|| async { "y".repeat(3000) }))
@@ -49,25 +44,12 @@ async fn server_counting_slow_requests(slow_requests: Arc<AtomicUsize>) -> Socke
 }
 
 async fn echo(method: Method, headers: HeaderMap, body: String) -> String {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_owned()
-    };
-    format!(
-        "{method}|{}|{}|{body}",
-        header("x-test"),
-        header("content-type")
-    )
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+    format!("{method}|{}|{}|{body}", header("x-test"), header("content-type"))
 }
 
 async fn run(pairs: &[(&str, &str)]) -> kairos_agent::Outcome {
-    agent()
-        .runner
-        .run(spec("http", pairs), CancellationToken::new())
-        .await
+    agent().runner.run(spec("http", pairs), CancellationToken::new()).await
 }
 
 #[tokio::test]
@@ -81,10 +63,7 @@ async fn success_stores_the_body_and_reports_the_status() {
     assert_eq!(outcome.exit_code, Some(200));
     assert_eq!(outcome.output_tail, "all good");
     assert_eq!(outcome.output_bytes, 8);
-    assert_eq!(
-        agent.store.read(&job, &id).unwrap().as_deref(),
-        Some("all good")
-    );
+    assert_eq!(agent.store.read(&job, &id).unwrap().as_deref(), Some("all good"));
 }
 
 #[tokio::test]
@@ -94,10 +73,7 @@ async fn a_status_other_than_expect_code_fails() {
     let outcome = run(&[("url", &url)]).await;
     assert_eq!(outcome.status, RunStatus::Failed);
     assert_eq!(outcome.exit_code, Some(500));
-    assert_eq!(
-        outcome.error.as_deref(),
-        Some("expected status 200, got 500")
-    );
+    assert_eq!(outcome.error.as_deref(), Some("expected status 200, got 500"));
     assert_eq!(outcome.output_tail, "status 500");
 
     let outcome = run(&[("url", &url), ("expectCode", "500")]).await;
@@ -115,10 +91,7 @@ async fn expect_body_must_match_the_response() {
     let outcome = run(&[("url", &url), ("expectBody", "bad")]).await;
     assert_eq!(outcome.status, RunStatus::Failed);
     assert_eq!(outcome.exit_code, Some(200));
-    assert_eq!(
-        outcome.error.as_deref(),
-        Some("response body does not match expectBody 'bad'")
-    );
+    assert_eq!(outcome.error.as_deref(), Some("response body does not match expectBody 'bad'"));
 }
 
 #[tokio::test]
@@ -127,10 +100,7 @@ async fn method_headers_and_body_are_delivered() {
     let outcome = run(&[
         ("url", &format!("http://{addr}/echo")),
         ("method", "POST"),
-        (
-            "headers",
-            r#"["X-Test: yes: really", "Content-Type: text/plain"]"#,
-        ),
+        ("headers", r#"["X-Test: yes: really", "Content-Type: text/plain"]"#),
         ("body", "payload"),
     ])
     .await;
@@ -145,11 +115,7 @@ async fn method_headers_and_body_are_delivered() {
 async fn a_slow_response_times_out() {
     let addr = server().await;
     let started = Instant::now();
-    let outcome = run(&[
-        ("url", &format!("http://{addr}/slow")),
-        ("timeout", "300ms"),
-    ])
-    .await;
+    let outcome = run(&[("url", &format!("http://{addr}/slow")), ("timeout", "300ms")]).await;
     assert_eq!(outcome.status, RunStatus::TimedOut, "{outcome:?}");
     assert_eq!(outcome.error.as_deref(), Some("timed out after 300ms"));
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -166,15 +132,9 @@ async fn cancel_drops_the_request() {
         let spec = spec("http", &[("url", &format!("http://{addr}/slow"))]);
         async move { runner.run(spec, cancel).await }
     });
-    eventually("the request to reach the server", || {
-        (slow_requests.load(Ordering::SeqCst) > 0).then_some(())
-    })
-    .await;
+    eventually("the request to reach the server", || (slow_requests.load(Ordering::SeqCst) > 0).then_some(())).await;
     cancel.cancel();
-    let outcome = tokio::time::timeout(Duration::from_secs(5), run)
-        .await
-        .unwrap()
-        .unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), run).await.unwrap().unwrap();
     assert_eq!(outcome.status, RunStatus::Cancelled, "{outcome:?}");
     assert_eq!(outcome.exit_code, None);
 }
@@ -182,22 +142,13 @@ async fn cancel_drops_the_request() {
 #[tokio::test]
 async fn connection_refused_is_reported() {
     // Bind and release a port, so that nothing listens on it.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let outcome = run(&[("url", &format!("http://{addr}/ok"))]).await;
     assert_eq!(outcome.status, RunStatus::Failed);
     assert_eq!(outcome.exit_code, None);
     let error = outcome.error.unwrap();
-    assert!(
-        error.to_lowercase().contains("connection refused"),
-        "{error}"
-    );
-    assert!(
-        error.starts_with(&format!("GET http://{addr}/ok failed: ")),
-        "{error}"
-    );
+    assert!(error.to_lowercase().contains("connection refused"), "{error}");
+    assert!(error.starts_with(&format!("GET http://{addr}/ok failed: ")), "{error}");
     assert_eq!(outcome.output_tail, format!("{error}\n"));
 }
 
@@ -212,26 +163,16 @@ async fn a_large_body_is_capped_like_shell_output() {
     assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
     assert_eq!(outcome.output_bytes, 3000);
     let stored = agent.store.read(&job, &id).unwrap().unwrap();
-    let expected = format!(
-        "{}\n[kairos: output truncated, 2000 bytes omitted]\n",
-        "y".repeat(1000)
-    );
+    let expected = format!("{}\n[kairos: output truncated, 2000 bytes omitted]\n", "y".repeat(1000));
     assert_eq!(stored, expected);
 }
 
 #[tokio::test]
 async fn missing_tls_files_fail_the_run_with_the_file_named() {
-    let outcome = run(&[
-        ("url", "https://127.0.0.1:1/"),
-        ("tlsRootCAsFile", "/nonexistent/ca.pem"),
-    ])
-    .await;
+    let outcome = run(&[("url", "https://127.0.0.1:1/"), ("tlsRootCAsFile", "/nonexistent/ca.pem")]).await;
     assert_eq!(outcome.status, RunStatus::Failed);
     let error = outcome.error.unwrap();
-    assert!(
-        error.starts_with("cannot read tlsRootCAsFile '/nonexistent/ca.pem'"),
-        "{error}"
-    );
+    assert!(error.starts_with("cannot read tlsRootCAsFile '/nonexistent/ca.pem'"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,13 +10,7 @@ use crate::support::{agent, agent_with_grace, eventually, pids, process_gone, sp
 #[tokio::test]
 async fn success_captures_stdout_and_stderr_and_stores_them() {
     let agent = agent();
-    let spec = spec(
-        "shell",
-        &[
-            ("command", "echo hello; echo oops >&2; echo bye"),
-            ("shell", "true"),
-        ],
-    );
+    let spec = spec("shell", &[("command", "echo hello; echo oops >&2; echo bye"), ("shell", "true")]);
     let (job, id) = (spec.job_name.clone(), spec.execution_id.clone());
     let outcome = agent.runner.run(spec, CancellationToken::new()).await;
     assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
@@ -35,13 +29,7 @@ async fn non_zero_exit_fails_with_the_exit_code() {
     let agent = agent();
     let outcome = agent
         .runner
-        .run(
-            spec(
-                "shell",
-                &[("command", "echo no; exit 3"), ("shell", "true")],
-            ),
-            CancellationToken::new(),
-        )
+        .run(spec("shell", &[("command", "echo no; exit 3"), ("shell", "true")]), CancellationToken::new())
         .await;
     assert_eq!(outcome.status, RunStatus::Failed);
     assert_eq!(outcome.exit_code, Some(3));
@@ -54,17 +42,11 @@ async fn death_by_signal_fails_and_names_the_signal() {
     let agent = agent();
     let outcome = agent
         .runner
-        .run(
-            spec("shell", &[("command", "kill -9 $$"), ("shell", "true")]),
-            CancellationToken::new(),
-        )
+        .run(spec("shell", &[("command", "kill -9 $$"), ("shell", "true")]), CancellationToken::new())
         .await;
     assert_eq!(outcome.status, RunStatus::Failed);
     assert_eq!(outcome.exit_code, None);
-    assert_eq!(
-        outcome.error.as_deref(),
-        Some("killed by signal 9 (SIGKILL)")
-    );
+    assert_eq!(outcome.error.as_deref(), Some("killed by signal 9 (SIGKILL)"));
 }
 
 #[tokio::test]
@@ -75,22 +57,14 @@ async fn env_cwd_and_job_name_reach_the_process() {
     let mut spec = spec(
         "shell",
         &[
-            (
-                "command",
-                r#"echo "$A|$B|$ENV_JOB_NAME|$KAIROS_JOB_NAME|$KAIROS_EXECUTION_ID|$(pwd -P)""#,
-            ),
+            ("command", r#"echo "$A|$B|$ENV_JOB_NAME|$KAIROS_JOB_NAME|$KAIROS_EXECUTION_ID|$(pwd -P)""#),
             ("shell", "true"),
             ("env", "A=1,B=two words"),
             ("cwd", cwd.to_str().unwrap()),
         ],
     );
-    spec.extra_env
-        .push(("KAIROS_EXECUTION_ID".into(), spec.execution_id.clone()));
-    let expected = format!(
-        "1|two words|test-job|test-job|{}|{}\n",
-        spec.execution_id,
-        cwd.display()
-    );
+    spec.extra_env.push(("KAIROS_EXECUTION_ID".into(), spec.execution_id.clone()));
+    let expected = format!("1|two words|test-job|test-job|{}|{}\n", spec.execution_id, cwd.display());
     let outcome = agent.runner.run(spec, CancellationToken::new()).await;
     assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
     assert_eq!(outcome.output_tail, expected);
@@ -100,13 +74,7 @@ async fn env_cwd_and_job_name_reach_the_process() {
 async fn without_shell_the_command_is_split_by_quotes_and_executed_directly() {
     let agent = agent();
     let command = r#"printf "%s|" 'a b' "c  d" e $HOME"#;
-    let outcome = agent
-        .runner
-        .run(
-            spec("shell", &[("command", command)]),
-            CancellationToken::new(),
-        )
-        .await;
+    let outcome = agent.runner.run(spec("shell", &[("command", command)]), CancellationToken::new()).await;
     assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
     assert_eq!(outcome.output_tail, "a b|c  d|e|$HOME|");
 }
@@ -114,23 +82,12 @@ async fn without_shell_the_command_is_split_by_quotes_and_executed_directly() {
 #[tokio::test]
 async fn timeout_kills_the_whole_process_group_including_grandchildren() {
     let agent = agent();
-    let spec = spec(
-        "shell",
-        &[
-            ("command", "sleep 100 & echo $!; sleep 100"),
-            ("shell", "true"),
-            ("timeout", "300ms"),
-        ],
-    );
+    let spec = spec("shell", &[("command", "sleep 100 & echo $!; sleep 100"), ("shell", "true"), ("timeout", "300ms")]);
     let started = Instant::now();
     let outcome = agent.runner.run(spec, CancellationToken::new()).await;
     assert_eq!(outcome.status, RunStatus::TimedOut, "{outcome:?}");
     assert_eq!(outcome.error.as_deref(), Some("timed out after 300ms"));
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     let grandchild = pids(&outcome.output_tail)[0];
     wait_gone(grandchild).await;
 }
@@ -140,20 +97,12 @@ async fn processes_ignoring_sigterm_are_killed_after_the_grace_period() {
     let agent = agent();
     let spec = spec(
         "shell",
-        &[
-            ("command", "trap '' TERM; sleep 100 & echo $!; sleep 100"),
-            ("shell", "true"),
-            ("timeout", "200ms"),
-        ],
+        &[("command", "trap '' TERM; sleep 100 & echo $!; sleep 100"), ("shell", "true"), ("timeout", "200ms")],
     );
     let started = Instant::now();
     let outcome = agent.runner.run(spec, CancellationToken::new()).await;
     assert_eq!(outcome.status, RunStatus::TimedOut, "{outcome:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     wait_gone(pids(&outcome.output_tail)[0]).await;
 }
 
@@ -167,38 +116,18 @@ async fn group_members_get_the_grace_period_to_clean_up_after_sigterm() {
         "(exec >/dev/null 2>&1; trap 'sleep 0.1; touch {}; exit 0' TERM; while :; do sleep 0.05; done) & sleep 100",
         marker.display()
     );
-    let spec = spec(
-        "shell",
-        &[
-            ("command", &command),
-            ("shell", "true"),
-            ("timeout", "200ms"),
-        ],
-    );
+    let spec = spec("shell", &[("command", &command), ("shell", "true"), ("timeout", "200ms")]);
     let started = Instant::now();
     let outcome = agent.runner.run(spec, CancellationToken::new()).await;
     assert_eq!(outcome.status, RunStatus::TimedOut, "{outcome:?}");
-    assert!(
-        marker.exists(),
-        "the worker was killed before it could clean up"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(marker.exists(), "the worker was killed before it could clean up");
+    assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
 }
 
 #[tokio::test]
 async fn cancel_terminates_the_group_and_reports_cancelled() {
     let agent = agent();
-    let spec = spec(
-        "shell",
-        &[
-            ("command", "sleep 100 & echo $$ $!; wait"),
-            ("shell", "true"),
-        ],
-    );
+    let spec = spec("shell", &[("command", "sleep 100 & echo $$ $!; wait"), ("shell", "true")]);
     let (job, id) = (spec.job_name.clone(), spec.execution_id.clone());
     let cancel = CancellationToken::new();
     let run = tokio::spawn({
@@ -224,31 +153,18 @@ async fn cancel_terminates_the_group_and_reports_cancelled() {
 #[tokio::test]
 async fn a_background_grandchild_holding_the_pipes_does_not_hang_the_run() {
     let agent = agent();
-    let spec = spec(
-        "shell",
-        &[("command", "sleep 100 & echo $!"), ("shell", "true")],
-    );
+    let spec = spec("shell", &[("command", "sleep 100 & echo $!"), ("shell", "true")]);
     let started = Instant::now();
     let outcome = agent.runner.run(spec, CancellationToken::new()).await;
     assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     wait_gone(pids(&outcome.output_tail)[0]).await;
 }
 
 #[tokio::test]
 async fn output_beyond_the_cap_is_counted_and_marked_but_not_stored() {
     let agent = agent();
-    let mut spec = spec(
-        "shell",
-        &[
-            ("command", "head -c 5000 /dev/zero | tr '\\0' x"),
-            ("shell", "true"),
-        ],
-    );
+    let mut spec = spec("shell", &[("command", "head -c 5000 /dev/zero | tr '\\0' x"), ("shell", "true")]);
     spec.output_limit_bytes = 1000;
     let (job, id) = (spec.job_name.clone(), spec.execution_id.clone());
     let outcome = agent.runner.run(spec, CancellationToken::new()).await;
@@ -256,10 +172,7 @@ async fn output_beyond_the_cap_is_counted_and_marked_but_not_stored() {
     assert_eq!(outcome.output_bytes, 5000);
     assert_eq!(outcome.output_tail, "x".repeat(TAIL_BYTES));
     let stored = agent.store.read(&job, &id).unwrap().unwrap();
-    let expected = format!(
-        "{}\n[kairos: output truncated, 4000 bytes omitted]\n",
-        "x".repeat(1000)
-    );
+    let expected = format!("{}\n[kairos: output truncated, 4000 bytes omitted]\n", "x".repeat(1000));
     assert_eq!(stored, expected);
 }
 
@@ -268,13 +181,8 @@ async fn the_tail_starts_on_a_character_boundary() {
     let agent = agent();
     // 3000 two-byte characters then one ASCII byte: the last 4096 bytes begin in the middle of an 'é'.
     let command = "yes é | head -n 3000 | tr -d '\\n'; printf a";
-    let outcome = agent
-        .runner
-        .run(
-            spec("shell", &[("command", command), ("shell", "true")]),
-            CancellationToken::new(),
-        )
-        .await;
+    let outcome =
+        agent.runner.run(spec("shell", &[("command", command), ("shell", "true")]), CancellationToken::new()).await;
     assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
     assert_eq!(outcome.output_bytes, 6001);
     assert_eq!(outcome.output_tail, format!("{}a", "é".repeat(2047)));
@@ -289,10 +197,7 @@ async fn a_missing_program_fails_with_a_clear_error_in_the_output() {
     assert_eq!(outcome.status, RunStatus::Failed);
     assert_eq!(outcome.exit_code, None);
     let error = outcome.error.unwrap();
-    assert!(
-        error.starts_with("cannot start '/nonexistent/kairos-prog': "),
-        "{error}"
-    );
+    assert!(error.starts_with("cannot start '/nonexistent/kairos-prog': "), "{error}");
     assert!(error.contains("No such file"), "{error}");
     let stored = agent.store.read(&job, &id).unwrap().unwrap();
     assert_eq!(stored, format!("{error}\n"));
@@ -303,39 +208,21 @@ async fn a_missing_working_directory_fails_before_starting() {
     let agent = agent();
     let outcome = agent
         .runner
-        .run(
-            spec("shell", &[("command", "true"), ("cwd", "/nonexistent/dir")]),
-            CancellationToken::new(),
-        )
+        .run(spec("shell", &[("command", "true"), ("cwd", "/nonexistent/dir")]), CancellationToken::new())
         .await;
     assert_eq!(outcome.status, RunStatus::Failed);
     let error = outcome.error.unwrap();
-    assert!(
-        error.contains("working directory '/nonexistent/dir'"),
-        "{error}"
-    );
+    assert!(error.contains("working directory '/nonexistent/dir'"), "{error}");
 }
 
 #[tokio::test]
 async fn invalid_configs_and_unknown_executors_fail_with_the_field_named() {
     let agent = agent();
-    let outcome = agent
-        .runner
-        .run(spec("shell", &[]), CancellationToken::new())
-        .await;
+    let outcome = agent.runner.run(spec("shell", &[]), CancellationToken::new()).await;
     assert_eq!(outcome.status, RunStatus::Failed);
-    assert_eq!(
-        outcome.error.as_deref(),
-        Some("executor_config.command: must not be empty")
-    );
-    let outcome = agent
-        .runner
-        .run(spec("docker", &[]), CancellationToken::new())
-        .await;
-    assert_eq!(
-        outcome.error.as_deref(),
-        Some("executor: unknown executor 'docker'; known: shell, http")
-    );
+    assert_eq!(outcome.error.as_deref(), Some("executor_config.command: must not be empty"));
+    let outcome = agent.runner.run(spec("docker", &[]), CancellationToken::new()).await;
+    assert_eq!(outcome.error.as_deref(), Some("executor: unknown executor 'docker'; known: shell, http"));
 }
 
 #[tokio::test]
@@ -346,10 +233,7 @@ async fn a_run_cancelled_before_it_starts_runs_nothing() {
     let command = format!("touch {}", marker.display());
     let cancel = CancellationToken::new();
     cancel.cancel();
-    let outcome = agent
-        .runner
-        .run(spec("shell", &[("command", &command)]), cancel)
-        .await;
+    let outcome = agent.runner.run(spec("shell", &[("command", &command)]), cancel).await;
     assert_eq!(outcome.status, RunStatus::Cancelled);
     assert!(!marker.exists());
 }

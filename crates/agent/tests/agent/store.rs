@@ -4,10 +4,7 @@ use kairos_agent::OutputStore;
 
 fn store() -> (OutputStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    (
-        OutputStore::open(dir.path().join("nested/outputs")).unwrap(),
-        dir,
-    )
+    (OutputStore::open(dir.path().join("nested/outputs")).unwrap(), dir)
 }
 
 #[tokio::test]
@@ -15,12 +12,8 @@ async fn outputs_are_read_listed_and_deleted_per_execution_and_per_job() {
     let (store, _dir) = store();
     let runner = kairos_agent::Runner::new(store.clone(), std::time::Duration::from_millis(100));
     for (job, id) in [("a", "e2"), ("a", "e1"), ("b", "e1")] {
-        let spec = kairos_agent::RunSpec::new(
-            job,
-            id,
-            "shell",
-            [("command".to_owned(), format!("echo {job}-{id}"))].into(),
-        );
+        let spec =
+            kairos_agent::RunSpec::new(job, id, "shell", [("command".to_owned(), format!("echo {job}-{id}"))].into());
         runner.run(spec, Default::default()).await;
     }
     assert_eq!(store.list("a").unwrap(), ["e1", "e2"]);
@@ -47,19 +40,9 @@ fn unknown_jobs_and_executions_read_as_absent() {
 #[test]
 fn names_that_would_escape_the_directory_are_refused() {
     let (store, _dir) = store();
-    for (job, id) in [
-        ("..", "x"),
-        ("a/b", "x"),
-        ("a", "../x"),
-        ("", "x"),
-        ("a", ""),
-    ] {
+    for (job, id) in [("..", "x"), ("a/b", "x"), ("a", "../x"), ("", "x"), ("a", "")] {
         let err = store.read(job, id).unwrap_err();
-        assert_eq!(
-            err.kind(),
-            std::io::ErrorKind::InvalidInput,
-            "{job:?}/{id:?}"
-        );
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{job:?}/{id:?}");
     }
     assert!(store.delete_job("..").is_err());
 }

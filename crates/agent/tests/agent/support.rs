@@ -26,19 +26,12 @@ pub fn agent() -> Agent {
 pub fn agent_with_grace(kill_grace: Duration) -> Agent {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = OutputStore::open(dir.path().join("outputs")).expect("open store");
-    Agent {
-        runner: Runner::new(store.clone(), kill_grace),
-        store,
-        _dir: dir,
-    }
+    Agent { runner: Runner::new(store.clone(), kill_grace), store, _dir: dir }
 }
 
 pub fn spec(executor: &str, pairs: &[(&str, &str)]) -> RunSpec {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-    let config: BTreeMap<String, String> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let config: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let id = format!("exec-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
     RunSpec::new("test-job", id, executor, config)
 }
@@ -50,10 +43,7 @@ pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> 
         if let Some(value) = check() {
             return value;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting for {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "gave up waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -67,24 +57,15 @@ pub fn process_gone(pid: i32) -> bool {
         return true;
     }
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            stat.rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
+        .map(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
         .unwrap_or(true)
 }
 
 pub async fn wait_gone(pid: i32) {
-    eventually(&format!("pid {pid} to be gone"), || {
-        process_gone(pid).then_some(())
-    })
-    .await;
+    eventually(&format!("pid {pid} to be gone"), || process_gone(pid).then_some(())).await;
 }
 
 /// Parses the whitespace-separated pids a test command printed.
 pub fn pids(output: &str) -> Vec<i32> {
-    output
-        .split_whitespace()
-        .filter_map(|word| word.parse().ok())
-        .collect()
+    output.split_whitespace().filter_map(|word| word.parse().ok()).collect()
 }

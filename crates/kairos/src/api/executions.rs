@@ -29,20 +29,16 @@ fn limit_output(mut execution: Execution, limit: Option<usize>) -> ApiExecution 
         execution.output = execution.output[cut..].to_string();
         truncated = true;
     }
-    ApiExecution {
-        execution,
-        output_truncated: truncated,
-    }
+    ApiExecution { execution, output_truncated: truncated }
 }
 
 fn output_limit(params: &Params) -> Result<Option<usize>, ApiError> {
     match params.get("output_size_limit") {
         None => Ok(None),
-        Some(text) => text.parse::<usize>().map(Some).map_err(|_| {
-            ApiError::bad_request(format!(
-                "output_size_limit: '{text}' is not a non-negative integer"
-            ))
-        }),
+        Some(text) => text
+            .parse::<usize>()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request(format!("output_size_limit: '{text}' is not a non-negative integer"))),
     }
 }
 
@@ -67,11 +63,7 @@ fn sort_key(field: &str) -> Result<ExecOrder, ApiError> {
 }
 
 /// `GET /v1/jobs/{job}/executions`: newest first by default, filter `status`, paging like jobs.
-pub async fn list(
-    State(node): State<AppState>,
-    Path(job): Path<String>,
-    Query(params): Query<Params>,
-) -> ApiResult {
+pub async fn list(State(node): State<AppState>, Path(job): Path<String>, Query(params): Query<Params>) -> ApiResult {
     require_job(&node, &job)?;
     let limit = output_limit(&params)?;
     let key = sort_key(params.get("_sort").map(String::as_str).unwrap_or(""))?;
@@ -92,10 +84,8 @@ pub async fn list(
     });
     let (start, end) = page_bounds(&params, executions.len())?;
     let total = executions.len();
-    let page: Vec<ApiExecution> = executions
-        .drain(start..end)
-        .map(|execution| limit_output(execution, limit))
-        .collect();
+    let page: Vec<ApiExecution> =
+        executions.drain(start..end).map(|execution| limit_output(execution, limit)).collect();
     Ok(reply_list(&page, total, &params))
 }
 
@@ -114,11 +104,7 @@ pub async fn show(
         execution.output = full;
     }
     let limit = output_limit(&params)?;
-    Ok(reply(
-        StatusCode::OK,
-        &limit_output(execution, limit),
-        &params,
-    ))
+    Ok(reply(StatusCode::OK, &limit_output(execution, limit), &params))
 }
 
 /// `DELETE /v1/jobs/{job}/executions`: forget every finished execution of the job (active ones stay).
@@ -127,9 +113,7 @@ pub async fn delete_all(
     Path(job): Path<String>,
     Query(params): Query<Params>,
 ) -> ApiResult {
-    let response = node
-        .submit(Command::DeleteExecutions { job: job.clone() })
-        .await?;
+    let response = node.submit(Command::DeleteExecutions { job: job.clone() }).await?;
     Ok(reply(StatusCode::OK, &response.job, &params))
 }
 

@@ -33,32 +33,18 @@ fn refuse_if_paused(node: &Node) -> Result<(), ApiError> {
 /// Validate a job completely (model rules and the executor's own config) before anything is proposed.
 fn check(job: &Job) -> Result<(), ApiError> {
     job.validate()?;
-    kairos_agent::validate(&job.executor, &job.executor_config)
-        .map_err(|e| ApiError::bad_request(e.to_string()))
+    kairos_agent::validate(&job.executor, &job.executor_config).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 async fn save(node: &Node, job: Job, params: &Params, location: String) -> ApiResult {
     check(&job)?;
     let now = Timestamp::now();
-    let response = node
-        .submit(Command::PutJob {
-            job: Box::new(job),
-            now,
-        })
-        .await?;
-    let job = response
-        .job
-        .ok_or_else(|| ApiError::internal("put job answered no job"))?;
+    let response = node.submit(Command::PutJob { job: Box::new(job), now }).await?;
+    let job = response.job.ok_or_else(|| ApiError::internal("put job answered no job"))?;
     if params.contains_key("runoncreate") {
-        node.submit(Command::Fire {
-            fires: vec![manual_fire(&job.name)],
-        })
-        .await?;
+        node.submit(Command::Fire { fires: vec![manual_fire(&job.name)] }).await?;
     }
-    let record = node
-        .state
-        .job(&job.name)?
-        .ok_or_else(|| ApiError::internal("job vanished after put"))?;
+    let record = node.state.job(&job.name)?.ok_or_else(|| ApiError::internal("job vanished after put"))?;
     let mut response = reply(StatusCode::CREATED, &view(record, now), params);
     if let Ok(location) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, location);
@@ -67,19 +53,11 @@ async fn save(node: &Node, job: Job, params: &Params, location: String) -> ApiRe
 }
 
 fn manual_fire(job: &str) -> Fire {
-    Fire {
-        job: job.to_string(),
-        scheduled_at: Timestamp::now(),
-        trigger: Trigger::Manual,
-    }
+    Fire { job: job.to_string(), scheduled_at: Timestamp::now(), trigger: Trigger::Manual }
 }
 
 /// `POST /v1/jobs`: create, or replace an existing job with the body (absent fields take their defaults).
-pub async fn create_or_update(
-    State(node): State<AppState>,
-    Query(params): Query<Params>,
-    body: Bytes,
-) -> ApiResult {
+pub async fn create_or_update(State(node): State<AppState>, Query(params): Query<Params>, body: Bytes) -> ApiResult {
     refuse_if_paused(&node)?;
     let job = Job::from_input(JobInput::from_json(&body)?)?;
     let location = format!("/v1/jobs/{}", job.name);
@@ -97,9 +75,7 @@ pub async fn put(
     let mut input = JobInput::from_json(&body)?;
     match &input.name {
         Some(n) if n != &name => {
-            return Err(ApiError::bad_request(format!(
-                "name: '{n}' in the body differs from '{name}' in the path"
-            )));
+            return Err(ApiError::bad_request(format!("name: '{n}' in the body differs from '{name}' in the path")));
         }
         _ => input.name = Some(name.clone()),
     }
@@ -108,11 +84,7 @@ pub async fn put(
 }
 
 /// `PATCH /v1/jobs`: change only the fields present in the body; creates the job when it does not exist.
-pub async fn patch(
-    State(node): State<AppState>,
-    Query(params): Query<Params>,
-    body: Bytes,
-) -> ApiResult {
+pub async fn patch(State(node): State<AppState>, Query(params): Query<Params>, body: Bytes) -> ApiResult {
     refuse_if_paused(&node)?;
     let input = JobInput::from_json(&body)?;
     let name = input.name.clone().unwrap_or_default();
@@ -128,139 +100,73 @@ pub async fn patch(
     save(&node, job, &params, format!("/v1/jobs/{name}")).await
 }
 
-pub async fn show(
-    State(node): State<AppState>,
-    Path(name): Path<String>,
-    Query(params): Query<Params>,
-) -> ApiResult {
+pub async fn show(State(node): State<AppState>, Path(name): Path<String>, Query(params): Query<Params>) -> ApiResult {
     let record = node.state.job(&name)?.ok_or_else(|| job_not_found(&name))?;
-    Ok(reply(
-        StatusCode::OK,
-        &view(record, Timestamp::now()),
-        &params,
-    ))
+    Ok(reply(StatusCode::OK, &view(record, Timestamp::now()), &params))
 }
 
 pub fn job_not_found(name: &str) -> ApiError {
     ApiError::not_found(format!("job '{name}' not found"))
 }
 
-pub async fn delete(
-    State(node): State<AppState>,
-    Path(name): Path<String>,
-    Query(params): Query<Params>,
-) -> ApiResult {
-    let response = node
-        .submit(Command::DeleteJob { name: name.clone() })
-        .await?;
+pub async fn delete(State(node): State<AppState>, Path(name): Path<String>, Query(params): Query<Params>) -> ApiResult {
+    let response = node.submit(Command::DeleteJob { name: name.clone() }).await?;
     let job = response.job.ok_or_else(|| job_not_found(&name))?;
     Ok(reply(StatusCode::OK, &job, &params))
 }
 
 /// `POST /v1/jobs/{job}` and `/run`: decide a manual run now and answer 202 without waiting for it.
-pub async fn run(
-    State(node): State<AppState>,
-    Path(name): Path<String>,
-    Query(params): Query<Params>,
-) -> ApiResult {
+pub async fn run(State(node): State<AppState>, Path(name): Path<String>, Query(params): Query<Params>) -> ApiResult {
     let record = node.state.job(&name)?.ok_or_else(|| job_not_found(&name))?;
-    node.submit(Command::Fire {
-        fires: vec![manual_fire(&name)],
-    })
-    .await?;
-    Ok(reply(
-        StatusCode::ACCEPTED,
-        &view(record, Timestamp::now()),
-        &params,
-    ))
+    node.submit(Command::Fire { fires: vec![manual_fire(&name)] }).await?;
+    Ok(reply(StatusCode::ACCEPTED, &view(record, Timestamp::now()), &params))
 }
 
-pub async fn toggle(
-    State(node): State<AppState>,
-    Path(name): Path<String>,
-    Query(params): Query<Params>,
-) -> ApiResult {
+pub async fn toggle(State(node): State<AppState>, Path(name): Path<String>, Query(params): Query<Params>) -> ApiResult {
     let record = node.state.job(&name)?.ok_or_else(|| job_not_found(&name))?;
     let mut job = record.job;
     job.disabled = !job.disabled;
     let now = Timestamp::now();
-    let response = node
-        .submit(Command::PutJob {
-            job: Box::new(job),
-            now,
-        })
-        .await?;
-    let job = response
-        .job
-        .ok_or_else(|| ApiError::internal("toggle answered no job"))?;
-    let record = node
-        .state
-        .job(&job.name)?
-        .ok_or_else(|| job_not_found(&name))?;
+    let response = node.submit(Command::PutJob { job: Box::new(job), now }).await?;
+    let job = response.job.ok_or_else(|| ApiError::internal("toggle answered no job"))?;
+    let record = node.state.job(&job.name)?.ok_or_else(|| job_not_found(&name))?;
     Ok(reply(StatusCode::OK, &view(record, now), &params))
 }
 
 /// `POST /v1/restore`: a JSON array of jobs, as a multipart `file` field (Dkron) or as the raw body.
 /// Every job is validated (parents may come from the same file) before any is stored.
-pub async fn restore(
-    State(node): State<AppState>,
-    Query(params): Query<Params>,
-    request: Request,
-) -> ApiResult {
+pub async fn restore(State(node): State<AppState>, Query(params): Query<Params>, request: Request) -> ApiResult {
     let is_multipart = request
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("multipart/form-data"));
     let body = if is_multipart {
-        let mut form = Multipart::from_request(request, &())
-            .await
-            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let mut form = Multipart::from_request(request, &()).await.map_err(|e| ApiError::bad_request(e.body_text()))?;
         let mut file = None;
-        while let Some(field) = form
-            .next_field()
-            .await
-            .map_err(|e| ApiError::bad_request(e.body_text()))?
-        {
+        while let Some(field) = form.next_field().await.map_err(|e| ApiError::bad_request(e.body_text()))? {
             if field.name() == Some("file") {
-                file = Some(
-                    field
-                        .bytes()
-                        .await
-                        .map_err(|e| ApiError::bad_request(e.body_text()))?,
-                );
+                file = Some(field.bytes().await.map_err(|e| ApiError::bad_request(e.body_text()))?);
             }
         }
         file.ok_or_else(|| ApiError::bad_request("file: the multipart form has no 'file' field"))?
     } else {
-        Bytes::from_request(request, &())
-            .await
-            .map_err(|e| ApiError::bad_request(e.to_string()))?
+        Bytes::from_request(request, &()).await.map_err(|e| ApiError::bad_request(e.to_string()))?
     };
     let inputs: Vec<serde_json::Value> = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("body: not a JSON array of jobs: {e}")))?;
     let mut jobs = Vec::with_capacity(inputs.len());
     for (i, value) in inputs.into_iter().enumerate() {
-        let input: JobInput = serde_json::from_value(value).map_err(|e| {
-            ApiError::bad_request(format!("[{i}].{}", kairos_model::job::json_error(e)))
-        })?;
-        let job =
-            Job::from_input(input).map_err(|e| ApiError::bad_request(format!("[{i}].{e}")))?;
+        let input: JobInput = serde_json::from_value(value)
+            .map_err(|e| ApiError::bad_request(format!("[{i}].{}", kairos_model::job::json_error(e))))?;
+        let job = Job::from_input(input).map_err(|e| ApiError::bad_request(format!("[{i}].{e}")))?;
         check(&job).map_err(|e| ApiError::bad_request(format!("[{i}].{}", e.message)))?;
         jobs.push(job);
     }
     let jobs = parents_first(jobs, &node)?;
     let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
-    node.submit(Command::RestoreJobs {
-        jobs,
-        now: Timestamp::now(),
-    })
-    .await?;
-    Ok(reply(
-        StatusCode::OK,
-        &serde_json::json!({ "restored": names }),
-        &params,
-    ))
+    node.submit(Command::RestoreJobs { jobs, now: Timestamp::now() }).await?;
+    Ok(reply(StatusCode::OK, &serde_json::json!({ "restored": names }), &params))
 }
 
 /// Order jobs so every parent comes before its children; a parent must be in the file or already stored.
@@ -273,11 +179,7 @@ fn parents_first(mut pending: Vec<Job>, node: &Node) -> Result<Vec<Job>, ApiErro
             let ready = job.parent_job.is_empty()
                 || ordered.iter().any(|j| j.name == job.parent_job)
                 || node.state.job(&job.parent_job)?.is_some();
-            if ready {
-                ordered.push(job)
-            } else {
-                rest.push(job)
-            }
+            if ready { ordered.push(job) } else { rest.push(job) }
         }
         if rest.len() == before {
             let names: Vec<&str> = rest.iter().map(|j| j.name.as_str()).collect();
@@ -293,11 +195,7 @@ fn parents_first(mut pending: Vec<Job>, node: &Node) -> Result<Vec<Job>, ApiErro
 
 /// `GET /v1/jobs`: Dkron's filters (`q`, `metadata[k]=v`, `status`, `disabled`) plus `executor` and `tags[k]=v`,
 /// sorted by `_sort`/`_order` and paged by `_start`/`_end`, with the filtered count in `X-Total-Count`.
-pub async fn list(
-    State(node): State<AppState>,
-    Query(params): Query<Params>,
-    RawQuery(raw): RawQuery,
-) -> ApiResult {
+pub async fn list(State(node): State<AppState>, Query(params): Query<Params>, RawQuery(raw): RawQuery) -> ApiResult {
     let filter = JobFilter::parse(&params, raw.as_deref().unwrap_or(""))?;
     let sort = params.get("_sort").map(String::as_str).unwrap_or("name");
     let key = sort_key(sort)?;
@@ -363,9 +261,7 @@ impl JobFilter {
             Some("true") => Some(true),
             Some("false") => Some(false),
             Some(other) => {
-                return Err(ApiError::bad_request(format!(
-                    "disabled: '{other}' is not true or false"
-                )));
+                return Err(ApiError::bad_request(format!("disabled: '{other}' is not true or false")));
             }
         };
         let status = params.get("status").filter(|s| !s.is_empty()).cloned();
@@ -377,10 +273,7 @@ impl JobFilter {
             )));
         }
         Ok(JobFilter {
-            query: params
-                .get("q")
-                .filter(|q| !q.is_empty())
-                .map(|q| q.to_lowercase()),
+            query: params.get("q").filter(|q| !q.is_empty()).map(|q| q.to_lowercase()),
             metadata: bracketed(raw, "metadata"),
             tags: bracketed(raw, "tags"),
             status,
@@ -397,21 +290,14 @@ impl JobFilter {
             return false;
         }
         if let Some(status) = &self.status {
-            let actual = if job.status.is_empty() {
-                "untriggered"
-            } else {
-                job.status.as_str()
-            };
+            let actual = if job.status.is_empty() { "untriggered" } else { job.status.as_str() };
             if actual != status {
                 return false;
             }
         }
         self.disabled.is_none_or(|d| d == job.disabled)
             && self.executor.as_ref().is_none_or(|e| e == &job.executor)
-            && self
-                .metadata
-                .iter()
-                .all(|(k, v)| job.metadata.get(k) == Some(v))
+            && self.metadata.iter().all(|(k, v)| job.metadata.get(k) == Some(v))
             && self.tags.iter().all(|(k, v)| job.tags.get(k) == Some(v))
     }
 }

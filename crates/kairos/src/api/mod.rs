@@ -36,16 +36,8 @@ pub struct Route {
 
 /// Every route the API serves. The router is built from this table and a test checks it against the document.
 pub fn routes() -> Vec<Route> {
-    fn route(
-        path: &'static str,
-        methods: &'static [&'static str],
-        handler: MethodRouter<AppState>,
-    ) -> Route {
-        Route {
-            path,
-            methods,
-            handler,
-        }
+    fn route(path: &'static str, methods: &'static [&'static str], handler: MethodRouter<AppState>) -> Route {
+        Route { path, methods, handler }
     }
     vec![
         route("/health", &["get"], get(system::health)),
@@ -54,54 +46,33 @@ pub fn routes() -> Vec<Route> {
         route("/v1/leader", &["get"], get(system::leader)),
         route("/v1/isleader", &["get"], get(system::is_leader)),
         route("/v1/busy", &["get"], get(system::busy)),
-        route(
-            "/v1/pause",
-            &["get", "post"],
-            get(system::pause_status).post(system::pause),
-        ),
+        route("/v1/pause", &["get", "post"], get(system::pause_status).post(system::pause)),
         route("/v1/unpause", &["post"], post(system::unpause)),
         route("/v1/restore", &["post"], post(jobs::restore)),
         route("/v1/schedule/preview", &["get"], get(system::preview)),
         route("/v1/openapi.json", &["get"], get(openapi::serve)),
-        route(
-            "/v1/jobs",
-            &["get", "post", "patch"],
-            get(jobs::list)
-                .post(jobs::create_or_update)
-                .patch(jobs::patch),
-        ),
+        route("/v1/jobs", &["get", "post", "patch"], get(jobs::list).post(jobs::create_or_update).patch(jobs::patch)),
         route(
             "/v1/jobs/{job}",
             &["get", "put", "post", "delete"],
-            get(jobs::show)
-                .put(jobs::put)
-                .post(jobs::run)
-                .delete(jobs::delete),
+            get(jobs::show).put(jobs::put).post(jobs::run).delete(jobs::delete),
         ),
         route("/v1/jobs/{job}/run", &["post"], post(jobs::run)),
         route("/v1/jobs/{job}/toggle", &["post"], post(jobs::toggle)),
-        route(
-            "/v1/jobs/{job}/executions",
-            &["get", "delete"],
-            get(executions::list).delete(executions::delete_all),
-        ),
-        route(
-            "/v1/jobs/{job}/executions/{execution}",
-            &["get"],
-            get(executions::show),
-        ),
-        route(
-            "/v1/jobs/{job}/executions/{execution}/cancel",
-            &["post"],
-            post(executions::cancel),
-        ),
+        route("/v1/jobs/{job}/executions", &["get", "delete"], get(executions::list).delete(executions::delete_all)),
+        route("/v1/jobs/{job}/executions/{execution}", &["get"], get(executions::show)),
+        route("/v1/jobs/{job}/executions/{execution}/cancel", &["post"], post(executions::cancel)),
     ]
 }
 
 pub fn router(node: AppState) -> Router {
     let mut router = Router::new();
     for route in routes() {
-        router = router.route(route.path, route.handler);
+        let allowed = route.methods.join(", ").to_uppercase();
+        let handler = route.handler.fallback(move || async move {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("method not allowed here; allowed: {allowed}"))
+        });
+        router = router.route(route.path, handler);
     }
     router.fallback(not_found).with_state(node)
 }
@@ -119,10 +90,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
-        }
+        ApiError { status, message: message.into() }
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -155,9 +123,7 @@ impl From<Refusal> for ApiError {
         match refusal {
             Refusal::NotFound(message) => ApiError::not_found(message),
             Refusal::Conflict(message) => ApiError::new(StatusCode::CONFLICT, message),
-            Refusal::Invalid { field, message } => {
-                ApiError::bad_request(format!("{field}: {message}"))
-            }
+            Refusal::Invalid { field, message } => ApiError::bad_request(format!("{field}: {message}")),
         }
     }
 }
@@ -176,18 +142,11 @@ pub type Params = HashMap<String, String>;
 
 /// A JSON answer, indented when the request asked for `?pretty`.
 pub fn reply<T: Serialize>(status: StatusCode, value: &T, params: &Params) -> Response {
-    let body = if params.contains_key("pretty") {
-        serde_json::to_vec_pretty(value)
-    } else {
-        serde_json::to_vec(value)
-    };
+    let body = if params.contains_key("pretty") { serde_json::to_vec_pretty(value) } else { serde_json::to_vec(value) };
     match body {
         Ok(body) => {
             let mut response = (status, body).into_response();
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
         }
         Err(err) => ApiError::internal(err).into_response(),
@@ -197,9 +156,7 @@ pub fn reply<T: Serialize>(status: StatusCode, value: &T, params: &Params) -> Re
 /// A JSON list answer with Dkron's `X-Total-Count` header.
 pub fn reply_list<T: Serialize>(items: &[T], total: usize, params: &Params) -> Response {
     let mut response = reply(StatusCode::OK, &items, params);
-    response
-        .headers_mut()
-        .insert("X-Total-Count", HeaderValue::from(total));
+    response.headers_mut().insert("X-Total-Count", HeaderValue::from(total));
     response
 }
 
@@ -208,9 +165,9 @@ pub fn page_bounds(params: &Params, total: usize) -> Result<(usize, usize), ApiE
     let index = |key: &str, default: usize| -> Result<usize, ApiError> {
         match params.get(key) {
             None => Ok(default),
-            Some(text) => text.parse::<usize>().map_err(|_| {
-                ApiError::bad_request(format!("{key}: '{text}' is not a non-negative integer"))
-            }),
+            Some(text) => text
+                .parse::<usize>()
+                .map_err(|_| ApiError::bad_request(format!("{key}: '{text}' is not a non-negative integer"))),
         }
     };
     let start = index("_start", 0)?.min(total);
@@ -224,8 +181,6 @@ pub fn descending(params: &Params, default_desc: bool) -> Result<bool, ApiError>
         None => Ok(default_desc),
         Some(o) if o == "ASC" => Ok(false),
         Some(o) if o == "DESC" => Ok(true),
-        Some(o) => Err(ApiError::bad_request(format!(
-            "_order: '{o}' is not ASC or DESC"
-        ))),
+        Some(o) => Err(ApiError::bad_request(format!("_order: '{o}' is not ASC or DESC"))),
     }
 }

@@ -19,9 +19,7 @@ fn error_responses(codes: &[&str]) -> Value {
         let description = match *code {
             "400" => "Invalid input; the error names the field and the problem",
             "404" => "Unknown job or execution",
-            "409" => {
-                "Conflict (e.g. the job has dependent jobs, or the execution already finished)"
-            }
+            "409" => "Conflict (e.g. the job has dependent jobs, or the execution already finished)",
             "503" => "New job submissions are paused",
             _ => "Error",
         };
@@ -38,9 +36,7 @@ fn ok(description: &str, schema: Value) -> Value {
 }
 
 fn with_errors(mut responses: Value, codes: &[&str]) -> Value {
-    if let (Some(target), Value::Object(errors)) =
-        (responses.as_object_mut(), error_responses(codes))
-    {
+    if let (Some(target), Value::Object(errors)) = (responses.as_object_mut(), error_responses(codes)) {
         target.extend(errors);
     }
     responses
@@ -63,46 +59,16 @@ fn job_param() -> Value {
 }
 
 fn exec_param() -> Value {
-    param(
-        "execution",
-        "path",
-        "Execution id",
-        json!({"type": "string"}),
-    )
+    param("execution", "path", "Execution id", json!({"type": "string"}))
 }
 
 fn paging() -> Vec<Value> {
     vec![
-        param(
-            "_start",
-            "query",
-            "First index of the page (inclusive)",
-            json!({"type": "integer"}),
-        ),
-        param(
-            "_end",
-            "query",
-            "Last index of the page (exclusive)",
-            json!({"type": "integer"}),
-        ),
-        param(
-            "_sort",
-            "query",
-            "Field to sort by",
-            json!({"type": "string"}),
-        ),
-        param(
-            "_order",
-            "query",
-            "ASC or DESC",
-            json!({"type": "string", "enum": ["ASC", "DESC"]}),
-        ),
-        param(
-            "pretty",
-            "query",
-            "Indent the JSON answer",
-            json!({"type": "string"}),
-        ),
+        param("_start", "query", "First index of the page (inclusive)", json!({"type": "integer"})),
+        param("_end", "query", "Last index of the page (exclusive)", json!({"type": "integer"})),
+        param("_sort", "query", "Field to sort by", json!({"type": "string"})),
+        param("_order", "query", "ASC or DESC", json!({"type": "string", "enum": ["ASC", "DESC"]})),
+        param("pretty", "query", "Indent the JSON answer", json!({"type": "string"})),
     ]
 }
 
@@ -113,30 +79,10 @@ fn job_body() -> Value {
 fn paths() -> Value {
     let str_schema = json!({"type": "string"});
     let list_jobs_params: Vec<Value> = [
-        param(
-            "q",
-            "query",
-            "Substring of the name or display name",
-            str_schema.clone(),
-        ),
-        param(
-            "metadata[key]",
-            "query",
-            "Only jobs whose metadata has key=value (repeatable)",
-            str_schema.clone(),
-        ),
-        param(
-            "tags[key]",
-            "query",
-            "Only jobs whose tags have key=value (repeatable)",
-            str_schema.clone(),
-        ),
-        param(
-            "status",
-            "query",
-            "success, failed, running or untriggered",
-            str_schema.clone(),
-        ),
+        param("q", "query", "Substring of the name or display name", str_schema.clone()),
+        param("metadata[key]", "query", "Only jobs whose metadata has key=value (repeatable)", str_schema.clone()),
+        param("tags[key]", "query", "Only jobs whose tags have key=value (repeatable)", str_schema.clone()),
+        param("status", "query", "success, failed, running or untriggered", str_schema.clone()),
         param("disabled", "query", "true or false", str_schema.clone()),
         param("executor", "query", "Executor name", str_schema.clone()),
     ]
@@ -145,18 +91,8 @@ fn paths() -> Value {
     .collect();
     let mut list_exec_params = vec![
         job_param(),
-        param(
-            "status",
-            "query",
-            "Only executions with this status",
-            str_schema.clone(),
-        ),
-        param(
-            "output_size_limit",
-            "query",
-            "Keep only the last N bytes of each output",
-            json!({"type": "integer"}),
-        ),
+        param("status", "query", "Only executions with this status", str_schema.clone()),
+        param("output_size_limit", "query", "Keep only the last N bytes of each output", json!({"type": "integer"})),
     ];
     list_exec_params.extend(paging());
     let run = json!({
@@ -294,20 +230,11 @@ mod tests {
             .as_object()
             .unwrap()
             .iter()
-            .flat_map(|(path, ops)| {
-                ops.as_object()
-                    .unwrap()
-                    .keys()
-                    .map(move |m| (path.clone(), m.clone()))
-            })
+            .flat_map(|(path, ops)| ops.as_object().unwrap().keys().map(move |m| (path.clone(), m.clone())))
             .collect();
         let served: BTreeSet<(String, String)> = super::super::routes()
             .iter()
-            .flat_map(|r| {
-                r.methods
-                    .iter()
-                    .map(move |m| (r.path.to_string(), m.to_string()))
-            })
+            .flat_map(|r| r.methods.iter().map(move |m| (r.path.to_string(), m.to_string())))
             .collect();
         assert_eq!(documented, served);
     }

@@ -14,11 +14,7 @@ const PREVIEW_COUNT_MAX: usize = 1000;
 
 pub async fn health(State(node): State<AppState>, Query(params): Query<Params>) -> ApiResult {
     let leader = node.leader_name();
-    Ok(reply(
-        StatusCode::OK,
-        &json!({ "status": "ok", "node": node.config.node_name, "leader": leader }),
-        &params,
-    ))
+    Ok(reply(StatusCode::OK, &json!({ "status": "ok", "node": node.config.node_name, "leader": leader }), &params))
 }
 
 /// `GET /v1`: Dkron's agent summary.
@@ -55,20 +51,12 @@ pub async fn is_leader(State(node): State<AppState>, Query(params): Query<Params
 /// `GET /v1/busy`: running (and pending) executions, oldest first.
 pub async fn busy(State(node): State<AppState>, Query(params): Query<Params>) -> ApiResult {
     let mut active = node.state.active()?;
-    active.sort_by(|a, b| {
-        a.started_at
-            .cmp(&b.started_at)
-            .then(a.scheduled_at.cmp(&b.scheduled_at))
-    });
+    active.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.scheduled_at.cmp(&b.scheduled_at)));
     Ok(reply_list(&active, active.len(), &params))
 }
 
 pub async fn pause_status(State(node): State<AppState>, Query(params): Query<Params>) -> ApiResult {
-    Ok(reply(
-        StatusCode::OK,
-        &json!({ "paused": node.state.paused()? }),
-        &params,
-    ))
+    Ok(reply(StatusCode::OK, &json!({ "paused": node.state.paused()? }), &params))
 }
 
 /// `POST /v1/pause`: refuse new job submissions (Dkron's meaning), replicated and kept across restarts.
@@ -88,13 +76,8 @@ pub async fn preview(Query(params): Query<Params>) -> ApiResult {
     let expr = params
         .get("schedule")
         .filter(|s| !s.trim().is_empty())
-        .ok_or_else(|| {
-            ApiError::bad_request("schedule: required (e.g. ?schedule=*/5 * * * * *)")
-        })?;
-    let timezone = params
-        .get("timezone")
-        .map(String::as_str)
-        .filter(|t| !t.is_empty());
+        .ok_or_else(|| ApiError::bad_request("schedule: required (e.g. ?schedule=*/5 * * * * *)"))?;
+    let timezone = params.get("timezone").map(String::as_str).filter(|t| !t.is_empty());
     let count = match params.get("count") {
         None => 10,
         Some(text) => match text.parse::<usize>() {
@@ -108,9 +91,9 @@ pub async fn preview(Query(params): Query<Params>) -> ApiResult {
     };
     let from = match params.get("from").filter(|f| !f.is_empty()) {
         None => Timestamp::now(),
-        Some(text) => text.parse::<Timestamp>().map_err(|e| {
-            ApiError::bad_request(format!("from: '{text}' is not an RFC 3339 timestamp: {e}"))
-        })?,
+        Some(text) => text
+            .parse::<Timestamp>()
+            .map_err(|e| ApiError::bad_request(format!("from: '{text}' is not an RFC 3339 timestamp: {e}")))?,
     };
     let name = params.get("name").map(String::as_str).unwrap_or("");
     let schedule = Schedule::parse(expr, timezone, name).map_err(|e| {

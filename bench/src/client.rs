@@ -1,0 +1,127 @@
+//! The harness's one HTTP client: a pooled reqwest client bound to one server's base URL (always loopback),
+//! with a timeout on every request and helpers for the few calls the scenarios make.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use jiff::Timestamp;
+use serde::Deserialize;
+
+/// No single request may take longer (a 5,000-job restore on a slow disk included).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// An execution as the API lists it: only the fields the harness reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Execution {
+    pub scheduled_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+    pub status: String,
+    #[serde(default)]
+    pub output: String,
+    pub attempt: u32,
+    pub trigger: String,
+}
+
+/// reqwest is built without a default TLS provider; plain HTTP still needs one installed.
+pub fn install_crypto_provider() {
+    let _already_installed = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl Api {
+    pub fn new(base: &str) -> anyhow::Result<Api> {
+        if !base.starts_with("http://127.0.0.1:") {
+            bail!("refusing to talk to '{base}': the harness only talks to 127.0.0.1");
+        }
+        install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(256)
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Api {
+            http,
+            base: base.to_string(),
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// The status code of a GET, or an error when no answer came.
+    pub async fn status(&self, path: &str) -> anyhow::Result<u16> {
+        let response = self
+            .http
+            .get(self.url(path))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?;
+        Ok(response.status().as_u16())
+    }
+
+    /// POST a JSON body; the time it took, or an error carrying the status and the server's message.
+    pub async fn post_json(&self, path: &str, body: String) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        let response = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("POST {path}"))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!("POST {path}: {status}: {}", text.chars().take(300).collect::<String>());
+        }
+        Ok(start.elapsed())
+    }
+
+    /// `GET /v1/jobs?_end=1`: the `X-Total-Count` header, when the server answers 200.
+    pub async fn job_count(&self, timeout: Duration) -> anyhow::Result<u64> {
+        let response = self
+            .http
+            .get(self.url("/v1/jobs?_end=1"))
+            .timeout(timeout)
+            .send()
+            .await?;
+        if response.status() != 200 {
+            bail!("GET /v1/jobs: {}", response.status());
+        }
+        let header = response
+            .headers()
+            .get("x-total-count")
+            .context("GET /v1/jobs: no X-Total-Count header")?;
+        let count = header.to_str()?.parse()?;
+        Ok(count)
+    }
+
+    /// Up to `limit` executions of a job, newest first.
+    pub async fn executions(&self, job: &str, limit: u32) -> anyhow::Result<Vec<Execution>> {
+        let path = format!("/v1/jobs/{job}/executions?_start=0&_end={limit}");
+        let response = self
+            .http
+            .get(self.url(&path))
+            .send()
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!("GET {path}: {status}");
+        }
+        response
+            .json()
+            .await
+            .with_context(|| format!("GET {path}: not a list of executions"))
+    }
+}

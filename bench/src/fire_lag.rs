@@ -1,0 +1,607 @@
+//! Fire lag: N jobs on `* * * * * *`, left to run for a window of whole seconds after a warm-up; then every
+//! execution whose slot lies in the window is read back and compared with its slot.
+//!
+//! Measured: `started_at − scheduled_at` (the scheduler's decision plus dispatch), for the shell executor also the
+//! instant the process itself saw (`date +%s.%N`) minus the slot, slots executed against slots expected
+//! (N × window seconds, each (job, slot) counted once, duplicates apart), failures, the server's CPU and RSS.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use jiff::Timestamp;
+
+use crate::client::{Api, Execution};
+use crate::procfs::{CpuMeter, rss_bytes};
+use crate::report::{Report, at_least, at_most};
+use crate::server::{Server, ServerSpec, log_problems};
+use crate::sink::Sink;
+use crate::stats::{mib, summarize, thousands};
+
+/// Creating the jobs may not take longer than this.
+const CREATE_BUDGET: Duration = Duration::from_secs(900);
+/// Reading every job's executions back may not take longer than this.
+const READ_BUDGET: Duration = Duration::from_secs(600);
+/// Concurrent reads of executions.
+const READ_CONCURRENCY: usize = 16;
+/// After the window, how long to wait at most for its last slot to finish on a few probe jobs.
+const SETTLE_BUDGET: Duration = Duration::from_secs(60);
+/// Executions kept per job beyond the warm-up and the window, so slow creation or reading prunes nothing.
+const RETAINED_MARGIN: u64 = 300;
+/// The issue's targets.
+const LAG_P99_MAX_MS: f64 = 20.0;
+const SHELL_RUNS_TARGET: f64 = 1_000.0;
+const HTTP_RUNS_TARGET: f64 = 10_000.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Executor {
+    Shell,
+    Http,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct FireLagArgs {
+    /// Number of jobs, each firing every second.
+    #[arg(long, default_value_t = 100)]
+    pub jobs: usize,
+    /// Length of the measured window, in seconds.
+    #[arg(long, default_value_t = 20)]
+    pub seconds: u64,
+    #[arg(long, value_enum, default_value_t = Executor::Shell)]
+    pub executor: Executor,
+    /// Seconds after the last job is created before the window opens.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+    /// Jobs created at once.
+    #[arg(long, default_value_t = 64)]
+    pub create_concurrency: usize,
+}
+
+/// The measured slots: every whole second in `[start, start + seconds)`.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start_second: i64,
+    seconds: u64,
+}
+
+impl Window {
+    /// The first whole second at least `warmup` seconds after `now`.
+    fn after(now: Timestamp, warmup: u64, seconds: u64) -> Window {
+        Window {
+            start_second: now.as_second() + warmup as i64 + 1,
+            seconds,
+        }
+    }
+
+    fn start(&self) -> Timestamp {
+        Timestamp::from_second(self.start_second).expect("window start in range")
+    }
+
+    fn end(&self) -> Timestamp {
+        Timestamp::from_second(self.start_second + self.seconds as i64).expect("window end in range")
+    }
+
+    fn contains(&self, t: Timestamp) -> bool {
+        t >= self.start() && t < self.end()
+    }
+}
+
+pub async fn run(kairos: &Path, args: &FireLagArgs, report: &mut Report) -> anyhow::Result<()> {
+    let executor = match args.executor {
+        Executor::Shell => "shell",
+        Executor::Http => "http",
+    };
+    let scenario = format!("fire lag, {} {executor} jobs", thousands(args.jobs as f64));
+    println!("== {scenario}, {} s window", args.seconds);
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let log_path = dir.path().join("kairos.log");
+    let server = Server::spawn(&ServerSpec {
+        binary: kairos.to_path_buf(),
+        data_dir: dir.path().join("data"),
+        log_path: log_path.clone(),
+        extra_args: Vec::new(),
+    })
+    .await?;
+    server.wait_leader(Duration::from_secs(60)).await?;
+    let rss_idle = rss_bytes(server.pid)?;
+    let sink = match args.executor {
+        Executor::Http => Some(Sink::start().await?),
+        Executor::Shell => None,
+    };
+    let retained = (args.seconds + args.warmup + RETAINED_MARGIN).min(100_000) as u32;
+    let body = JobBody {
+        sink: sink.as_ref().map(|s| s.addr),
+        retained,
+    };
+
+    let created = create_jobs(&server.api, args, &body).await?;
+    report.row(
+        &scenario,
+        "jobs created (64 concurrent POST /v1/jobs)",
+        created.describe(),
+    );
+    if let Some(error) = &created.first_error {
+        report.note(format!(
+            "{scenario}: {} of {} job creations failed; first: {error}",
+            created.errors, args.jobs
+        ));
+    }
+
+    let window = Window::after(Timestamp::now(), args.warmup, args.seconds);
+    sleep_until(window.start()).await;
+    let meter = CpuMeter::start(server.pid)?;
+    let hits_before = sink.as_ref().map_or(0, Sink::hits);
+    let rss = sample_rss(server.pid, window).await?;
+    let cpu = meter.finish()?;
+    let hits = sink.as_ref().map_or(0, Sink::hits) - hits_before;
+
+    settle(&server.api, &created.names, window).await;
+    let read_start = Instant::now();
+    let jobs = read_executions(&server.api, &created.names, retained).await?;
+    let read_took = read_start.elapsed();
+    let log_check = log_problems(&log_path, 3);
+    let stopped = server.stop().await?;
+
+    let slots = Slots::count(&jobs, window, retained);
+    let expected = created.names.len() as u64 * args.seconds;
+    let runs_per_sec = slots.executed as f64 / args.seconds as f64;
+    let (runs_target, runs_goal) = match (args.executor, args.jobs) {
+        (Executor::Shell, 1_000) => ("≥ 1,000 runs/s", Some(SHELL_RUNS_TARGET)),
+        (Executor::Http, 10_000) => ("≥ 10,000 runs/s", Some(HTTP_RUNS_TARGET)),
+        _ => ("", None),
+    };
+    report.target(
+        &scenario,
+        "runs/s executed in the window",
+        thousands(runs_per_sec),
+        runs_target,
+        runs_goal.map_or(String::new(), |g| at_least(runs_per_sec, g)),
+    );
+    let missing = expected.saturating_sub(slots.executed);
+    report.target(
+        &scenario,
+        "slots executed / expected",
+        format!(
+            "{} / {} (missing {}, duplicates {}, retries {})",
+            thousands(slots.executed as f64),
+            thousands(expected as f64),
+            thousands(missing as f64),
+            slots.duplicates,
+            slots.retries
+        ),
+        "all",
+        if missing == 0 && slots.duplicates == 0 {
+            "met".to_string()
+        } else {
+            format!(
+                "missed: {:.2} % of slots not run",
+                100.0 * missing as f64 / expected.max(1) as f64
+            )
+        },
+    );
+    lag_row(
+        report,
+        &scenario,
+        "lag started_at − scheduled_at",
+        slots.lag_ms.clone(),
+    );
+    if args.executor == Executor::Shell {
+        lag_row(
+            report,
+            &scenario,
+            "lag seen by the process (date +%s.%N)",
+            slots.self_lag_ms.clone(),
+        );
+        if slots.self_unparsed > 0 {
+            report.note(format!(
+                "{scenario}: {} finished executions had no parsable `date` output",
+                slots.self_unparsed
+            ));
+        }
+    }
+    if let Some(s) = summarize(slots.duration_ms.clone()) {
+        report.row(&scenario, "run time finished_at − started_at", s.to_string());
+    }
+    report.row(&scenario, "executions by status", slots.status_text());
+    report.row(&scenario, "CPU during the window", cpu.to_string());
+    if sink.is_some() {
+        report.row(
+            &scenario,
+            "sink requests/s during the window",
+            thousands(hits as f64 / args.seconds as f64),
+        );
+    }
+    rss_rows(report, &scenario, rss_idle, &rss);
+    report.row(
+        &scenario,
+        "reading executions back / SIGTERM to exit",
+        format!(
+            "{:.1} s / {:.1} s ({}{})",
+            read_took.as_secs_f64(),
+            stopped.took.as_secs_f64(),
+            stopped.status,
+            if stopped.killed { ", needed SIGKILL" } else { "" }
+        ),
+    );
+    if slots.pruned_suspects > 0 {
+        report.note(format!(
+            "{scenario}: {} jobs had {retained} executions, all newer than the window: some window slots may \
+             have been pruned before they were read",
+            slots.pruned_suspects
+        ));
+    }
+    if slots.read_errors > 0 {
+        report.note(format!(
+            "{scenario}: reading executions failed for {} jobs",
+            slots.read_errors
+        ));
+    }
+    let (count, first) = log_check;
+    if count > 0 {
+        report.note(format!(
+            "{scenario}: the server logged {count} warnings/errors, first: {}",
+            first.join(" // ")
+        ));
+    }
+    Ok(())
+}
+
+fn lag_row(report: &mut Report, scenario: &str, measure: &str, sample: Vec<f64>) {
+    match summarize(sample) {
+        Some(s) => report.target(
+            scenario,
+            measure,
+            s.to_string(),
+            "p99 ≤ 20 ms",
+            at_most(s.p99, LAG_P99_MAX_MS),
+        ),
+        None => report.row(scenario, measure, "no sample"),
+    }
+}
+
+fn rss_rows(report: &mut Report, scenario: &str, idle: u64, samples: &[(u64, u64)]) {
+    let at = |k: u64| samples.iter().find(|(s, _)| *s == k).map(|(_, r)| *r);
+    let first = samples.first().map_or(0, |(_, r)| *r);
+    let last = samples.last().map_or(0, |(_, r)| *r);
+    report.row(
+        scenario,
+        "RSS idle → window start → window end",
+        format!("{} → {} → {}", mib(idle), mib(at(0).unwrap_or(first)), mib(last)),
+    );
+    let half = samples.last().map_or(0, |(s, _)| *s) / 2;
+    let second_half: Vec<u64> = samples
+        .iter()
+        .filter(|(s, _)| *s >= half)
+        .map(|(_, r)| *r)
+        .collect();
+    if let (Some(min), Some(max)) = (second_half.iter().min(), second_half.iter().max()) {
+        let growth = 100.0 * (*max as f64 - *min as f64) / (*min).max(1) as f64;
+        report.target(
+            scenario,
+            "RSS over the window's second half (1 Hz)",
+            format!("min {} · max {} (spread {growth:.1} %)", mib(*min), mib(*max)),
+            "flat",
+            if growth <= 5.0 {
+                "met (≤ 5 % spread)".to_string()
+            } else {
+                format!("spread {growth:.0} %")
+            },
+        );
+    }
+}
+
+/// What every job of the run looks like, apart from its name.
+struct JobBody {
+    sink: Option<SocketAddr>,
+    retained: u32,
+}
+
+impl JobBody {
+    fn json(&self, name: &str) -> String {
+        let executor = match self.sink {
+            None => serde_json::json!({
+                "executor": "shell",
+                "executor_config": {"command": "date +%s.%N"},
+            }),
+            Some(addr) => serde_json::json!({
+                "executor": "http",
+                "executor_config": {"url": format!("http://{addr}/"), "method": "GET", "expectCode": "200"},
+            }),
+        };
+        let mut job = serde_json::json!({
+            "name": name,
+            "schedule": "* * * * * *",
+            "executions_retained": self.retained,
+        });
+        if let (Some(job), Some(executor)) = (job.as_object_mut(), executor.as_object()) {
+            job.extend(executor.clone());
+        }
+        job.to_string()
+    }
+}
+
+struct Created {
+    names: Vec<String>,
+    latency_ms: Vec<f64>,
+    errors: usize,
+    first_error: Option<String>,
+    took: Duration,
+}
+
+impl Created {
+    fn describe(&self) -> String {
+        let rate = self.names.len() as f64 / self.took.as_secs_f64().max(1e-3);
+        let latency = summarize(self.latency_ms.clone()).map_or(String::new(), |s| format!("; {s}"));
+        format!(
+            "{} in {:.1} s = {} jobs/s{latency}",
+            thousands(self.names.len() as f64),
+            self.took.as_secs_f64(),
+            thousands(rate)
+        )
+    }
+}
+
+async fn create_jobs(api: &Api, args: &FireLagArgs, body: &JobBody) -> anyhow::Result<Created> {
+    let start = Instant::now();
+    let requests = futures::stream::iter(0..args.jobs)
+        .map(|i| {
+            let name = format!("lag-{i:06}");
+            let json = body.json(&name);
+            async move { (name, api.post_json("/v1/jobs", json).await) }
+        })
+        .buffer_unordered(args.create_concurrency.max(1))
+        .collect::<Vec<_>>();
+    let results = tokio::time::timeout(CREATE_BUDGET, requests)
+        .await
+        .with_context(|| format!("creating {} jobs took over {CREATE_BUDGET:?}", args.jobs))?;
+    let mut created = Created {
+        names: Vec::with_capacity(args.jobs),
+        latency_ms: Vec::with_capacity(args.jobs),
+        errors: 0,
+        first_error: None,
+        took: start.elapsed(),
+    };
+    for (name, result) in results {
+        match result {
+            Ok(took) => {
+                created.names.push(name);
+                created.latency_ms.push(took.as_secs_f64() * 1e3);
+            }
+            Err(err) => {
+                created.errors += 1;
+                created.first_error.get_or_insert(format!("{err:#}"));
+            }
+        }
+    }
+    created.names.sort();
+    Ok(created)
+}
+
+async fn sleep_until(t: Timestamp) {
+    let nanos = t.as_nanosecond() - Timestamp::now().as_nanosecond();
+    if nanos > 0 {
+        tokio::time::sleep(Duration::from_nanos(nanos as u64)).await;
+    }
+}
+
+/// RSS once a second through the window: (seconds since the window opened, bytes).
+async fn sample_rss(pid: u32, window: Window) -> anyhow::Result<Vec<(u64, u64)>> {
+    let mut samples = Vec::with_capacity(window.seconds as usize + 1);
+    for k in 0..=window.seconds {
+        let at = Timestamp::from_second(window.start_second + k as i64)?;
+        sleep_until(at).await;
+        samples.push((k, rss_bytes(pid)?));
+    }
+    Ok(samples)
+}
+
+/// Wait (bounded) until a few probe jobs have a finished execution for the window's last slot, so the
+/// read-back does not catch the tail of the window still pending.
+async fn settle(api: &Api, names: &[String], window: Window) {
+    let last_slot = window.end() - jiff::SignedDuration::from_secs(1);
+    let probes: Vec<&String> = [names.first(), names.get(names.len() / 2), names.last()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let deadline = Instant::now() + SETTLE_BUDGET;
+    while Instant::now() < deadline {
+        let mut done = true;
+        for name in &probes {
+            let finished = api.executions(name, 50).await.is_ok_and(|execs| {
+                execs
+                    .iter()
+                    .any(|e| e.scheduled_at >= last_slot && e.finished_at.is_some())
+            });
+            done &= finished;
+        }
+        if done {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn read_executions(
+    api: &Api,
+    names: &[String],
+    retained: u32,
+) -> anyhow::Result<Vec<anyhow::Result<Vec<Execution>>>> {
+    let reads = futures::stream::iter(names)
+        .map(|name| api.executions(name, retained))
+        .buffer_unordered(READ_CONCURRENCY)
+        .collect::<Vec<_>>();
+    tokio::time::timeout(READ_BUDGET, reads)
+        .await
+        .with_context(|| format!("reading executions took over {READ_BUDGET:?}"))
+}
+
+/// The window's slots as the executions show them.
+#[derive(Debug, Default)]
+struct Slots {
+    /// Distinct (job, slot) pairs with a started first attempt.
+    executed: u64,
+    /// Executions beyond the first for the same (job, slot, attempt).
+    duplicates: u64,
+    retries: u64,
+    statuses: BTreeMap<String, u64>,
+    triggers: BTreeMap<String, u64>,
+    lag_ms: Vec<f64>,
+    self_lag_ms: Vec<f64>,
+    self_unparsed: u64,
+    duration_ms: Vec<f64>,
+    pruned_suspects: u64,
+    read_errors: u64,
+}
+
+impl Slots {
+    fn count(jobs: &[anyhow::Result<Vec<Execution>>], window: Window, retained: u32) -> Slots {
+        let mut slots = Slots::default();
+        for job in jobs {
+            let Ok(executions) = job else {
+                slots.read_errors += 1;
+                continue;
+            };
+            if executions.len() >= retained as usize
+                && executions.iter().all(|e| e.scheduled_at > window.start())
+            {
+                slots.pruned_suspects += 1;
+            }
+            slots.add_job(executions, window);
+        }
+        slots
+    }
+
+    fn add_job(&mut self, executions: &[Execution], window: Window) {
+        let mut by_slot: BTreeMap<(i128, u32), Vec<&Execution>> = BTreeMap::new();
+        for e in executions.iter().filter(|e| window.contains(e.scheduled_at)) {
+            *self.statuses.entry(e.status.clone()).or_default() += 1;
+            *self.triggers.entry(e.trigger.clone()).or_default() += 1;
+            by_slot
+                .entry((e.scheduled_at.as_nanosecond(), e.attempt))
+                .or_default()
+                .push(e);
+        }
+        for ((_, attempt), group) in by_slot {
+            self.duplicates += group.len() as u64 - 1;
+            if attempt > 1 {
+                self.retries += 1;
+                continue;
+            }
+            let e = group[0];
+            let Some(started) = e.started_at else {
+                continue;
+            };
+            self.executed += 1;
+            self.lag_ms.push(millis_between(e.scheduled_at, started));
+            if let Some(finished) = e.finished_at {
+                self.duration_ms.push(millis_between(started, finished));
+                match self_observed(&e.output) {
+                    Some(seen_ns) => self
+                        .self_lag_ms
+                        .push((seen_ns - e.scheduled_at.as_nanosecond()) as f64 / 1e6),
+                    None => self.self_unparsed += 1,
+                }
+            }
+        }
+    }
+
+    fn status_text(&self) -> String {
+        let statuses: Vec<String> = self
+            .statuses
+            .iter()
+            .map(|(s, n)| format!("{s} {}", thousands(*n as f64)))
+            .collect();
+        let triggers: Vec<String> = self
+            .triggers
+            .iter()
+            .map(|(t, n)| format!("{t} {}", thousands(*n as f64)))
+            .collect();
+        format!(
+            "{} (triggers: {})",
+            statuses.join(", "),
+            triggers.join(", ")
+        )
+    }
+}
+
+fn millis_between(from: Timestamp, to: Timestamp) -> f64 {
+    (to.as_nanosecond() - from.as_nanosecond()) as f64 / 1e6
+}
+
+/// The instant a `date +%s.%N` printed, in Unix nanoseconds: the last line of the output that parses.
+fn self_observed(output: &str) -> Option<i128> {
+    output.lines().rev().find_map(|line| {
+        let (secs, frac) = line.trim().split_once('.')?;
+        if frac.is_empty() || frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let secs: i128 = secs.parse().ok()?;
+        let nanos: i128 = format!("{frac:0<9}").parse().ok()?;
+        Some(secs * 1_000_000_000 + nanos)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec(slot: i64, attempt: u32, started_ms: Option<i64>) -> Execution {
+        let scheduled_at = Timestamp::from_second(slot).unwrap();
+        let started_at = started_ms.map(|m| Timestamp::from_millisecond(slot * 1000 + m).unwrap());
+        Execution {
+            scheduled_at,
+            started_at,
+            finished_at: started_at,
+            status: "succeeded".into(),
+            output: format!("{slot}.010000000\n"),
+            attempt,
+            trigger: "schedule".into(),
+        }
+    }
+
+    #[test]
+    fn parses_what_date_prints() {
+        assert_eq!(
+            self_observed("1700000000.123456789\n"),
+            Some(1_700_000_000_123_456_789)
+        );
+        assert_eq!(self_observed("noise\n1700000000.5"), Some(1_700_000_000_500_000_000));
+        assert_eq!(self_observed("1700000000.\n"), None);
+        assert_eq!(self_observed("date: invalid\n"), None);
+    }
+
+    #[test]
+    fn counts_each_slot_once_and_duplicates_apart() {
+        let window = Window {
+            start_second: 100,
+            seconds: 3,
+        };
+        let executions = vec![
+            exec(99, 1, Some(5)),  // before the window
+            exec(100, 1, Some(5)),
+            exec(100, 1, Some(6)), // the same slot again
+            exec(101, 1, None),    // decided, never started
+            exec(102, 1, Some(7)),
+            exec(102, 2, Some(9)), // a retry
+            exec(103, 1, Some(5)), // after the window
+        ];
+        let slots = Slots::count(&[Ok(executions)], window, 100);
+        assert_eq!(slots.executed, 2);
+        assert_eq!(slots.duplicates, 1);
+        assert_eq!(slots.retries, 1);
+        assert_eq!(slots.lag_ms, vec![5.0, 7.0]);
+        assert_eq!(slots.self_lag_ms, vec![10.0, 10.0]);
+    }
+
+    #[test]
+    fn window_opens_on_a_whole_second_after_the_warmup() {
+        let now = Timestamp::from_millisecond(10_400).unwrap();
+        let window = Window::after(now, 2, 5);
+        assert_eq!(window.start_second, 13);
+        assert!(window.contains(Timestamp::from_second(17).unwrap()));
+        assert!(!window.contains(Timestamp::from_second(18).unwrap()));
+    }
+}

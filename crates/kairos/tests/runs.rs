@@ -1,0 +1,550 @@
+//! Runs as a user observes them through the API: jobs fire on whole seconds without gaps or duplicates, follow
+//! their concurrency, retry, chaining, ephemeral, `@at` and disabled rules, can be cancelled (the whole process
+//! group goes), keep bounded output and a bounded history, and the http executor checks what it is told to.
+
+mod common;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::routing::{any, get};
+use common::*;
+use jiff::SignedDuration;
+
+fn ms(d: SignedDuration) -> i64 {
+    d.as_millis() as i64
+}
+
+/// Executions sorted oldest slot first, first attempts only.
+fn first_attempts_oldest_first(execs: &[Exec]) -> Vec<Exec> {
+    let mut v: Vec<Exec> = execs.iter().filter(|e| e.attempt == 1).cloned().collect();
+    v.sort_by_key(|e| e.scheduled_at);
+    v
+}
+
+/// Every slot one second after the previous: no gap and no duplicate.
+#[track_caller]
+fn assert_consecutive_seconds(execs: &[Exec]) {
+    for pair in execs.windows(2) {
+        assert_eq!(
+            pair[1].scheduled_at.duration_since(pair[0].scheduled_at),
+            SignedDuration::from_secs(1),
+            "slots {} and {} are not one second apart",
+            pair[0].scheduled_at,
+            pair[1].scheduled_at
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_every_second_job_fires_each_whole_second_once_and_records_its_output() {
+    let server = Server::fresh(&[]).await;
+    let created = Timestamp::now();
+    server
+        .create_job(&json!({
+            "name": "ticker", "schedule": "* * * * * *", "executor": "shell",
+            "executor_config": {"command": "echo \"tick $KAIROS_JOB_NAME $ENV_JOB_NAME $A$B\"", "shell": "true",
+                                "env": "A=1,B=2"}
+        }))
+        .await;
+
+    let execs = server
+        .wait_executions("ticker", "six finished runs", secs(30), |e| e.iter().filter(|x| x.is_final()).count() >= 6)
+        .await;
+    for pair in execs.windows(2) {
+        assert!(pair[0].scheduled_at > pair[1].scheduled_at, "listed newest first, without duplicates");
+    }
+    let oldest_first: Vec<Exec> = execs.iter().rev().cloned().collect();
+    assert_consecutive_seconds(&oldest_first);
+    for exec in &execs {
+        assert_eq!(exec.scheduled_at.subsec_nanosecond(), 0, "{} is not a whole second", exec.scheduled_at);
+        assert!(exec.scheduled_at > created - secs(1), "slot {} is older than the job", exec.scheduled_at);
+        assert_eq!((exec.trigger.as_str(), exec.attempt, exec.job_name.as_str()), ("schedule", 1, "ticker"));
+    }
+    let finished: Vec<&Exec> = execs.iter().filter(|e| e.is_final()).collect();
+    for exec in &finished {
+        assert_eq!((exec.status.as_str(), exec.exit_code, exec.success), ("succeeded", Some(0), true), "{exec:?}");
+        assert!(exec.output.contains("tick ticker ticker 12"), "output: {:?}", exec.output);
+        let started = exec.started_at.expect("started_at");
+        let lag = started.duration_since(exec.scheduled_at);
+        assert!(lag >= SignedDuration::ZERO && lag < SignedDuration::from_secs(1), "fire lag {lag} of {exec:?}");
+        assert!(exec.finished_at.expect("finished_at") >= started);
+        assert_eq!(exec.node_name, server.node_name);
+    }
+
+    let one = server.execution("ticker", &finished[0].id).await;
+    assert_eq!((one.id.as_str(), one.scheduled_at), (finished[0].id.as_str(), finished[0].scheduled_at));
+    assert!(one.output.contains("tick ticker ticker 12"));
+
+    // Executions page and sort like jobs.
+    let page = server.get("/v1/jobs/ticker/executions?_start=1&_end=3").await;
+    let items = page.expect(200).items();
+    assert_eq!(items.len(), 2);
+    assert!(page.total_count().is_some_and(|n| n >= 6), "X-Total-Count {:?}", page.total_count());
+    let oldest = server.get("/v1/jobs/ticker/executions?_order=asc&_end=1").await.expect(200).items();
+    assert_eq!(oldest[0]["id"].as_str(), Some(oldest_first[0].id.as_str()));
+    let succeeded = server.get("/v1/jobs/ticker/executions?status=succeeded").await.expect(200).items();
+    assert!(succeeded.len() >= 6 && succeeded.iter().all(|e| e["status"] == "succeeded"));
+
+    let job = server.job("ticker").await;
+    assert!(job["success_count"].as_u64().unwrap() >= 6, "{job}");
+    assert_eq!(job["error_count"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_full_output_is_served_by_id_while_lists_keep_a_tail() {
+    let server = Server::fresh(&[]).await;
+    let command = "head -c 20000 /dev/zero | tr '\\0' x; echo; echo to-stderr >&2; echo END-OF-OUTPUT";
+    server.create_job(&shell_job("loud", "@manually", command)).await;
+    server.run("loud").await;
+    let execs = server.wait_executions("loud", "the run finished", secs(20), |e| e.len() == 1 && e[0].is_final()).await;
+    assert_eq!(execs[0].status, "succeeded");
+    assert!(execs[0].output.len() < 20_000, "a list carries only a tail ({} bytes)", execs[0].output.len());
+    assert!(execs[0].output.contains("END-OF-OUTPUT"), "the tail is the end of the output");
+
+    let full = server.execution("loud", &execs[0].id).await;
+    assert!(full.output.len() > 20_000, "full output has {} bytes", full.output.len());
+    assert!(full.output.starts_with("xxxxxxxx"), "full output starts {:?}", &full.output[..100]);
+    assert!(full.output.contains("to-stderr"), "stderr is captured too");
+    assert!(full.output.contains("END-OF-OUTPUT"));
+
+    let limited = server.get(&format!("/v1/jobs/loud/executions/{}?output_size_limit=14", execs[0].id)).await;
+    let output = limited.expect(200).json["output"].as_str().unwrap().to_string();
+    assert!(output.len() <= 14 && "END-OF-OUTPUT\n".ends_with(&output), "limited output {output:?}");
+    assert_eq!(limited.json["output_truncated"], true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stored_output_is_capped_by_output_max_bytes() {
+    let server = Server::fresh(&["--output-max-bytes", "1000"]).await;
+    server.create_job(&shell_job("capped", "@manually", "head -c 5000 /dev/zero | tr '\\0' y; echo END")).await;
+    server.run("capped").await;
+    let execs =
+        server.wait_executions("capped", "the run finished", secs(20), |e| e.len() == 1 && e[0].is_final()).await;
+    assert_eq!(execs[0].status, "succeeded", "a capped output does not fail the run");
+    let full = server.execution("capped", &execs[0].id).await;
+    let stored = full.output.len();
+    assert!((900..=1300).contains(&stored), "stored output is {stored} bytes, cap 1000");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrency_forbid_records_overlapping_slots_as_skipped() {
+    let server = Server::fresh(&[]).await;
+    server
+        .create_job(&with(shell_job("single", "* * * * * *", "sleep 3"), json!({"concurrency": "forbid"})))
+        .await;
+
+    let execs = server
+        .wait_executions("single", "a run succeeded and slots were skipped", secs(30), |e| {
+            let active = e.iter().filter(|x| x.is_active()).count();
+            assert!(active <= 1, "forbid allows one active execution, saw {active}: {e:?}");
+            count(e, "succeeded") >= 1 && count(e, "skipped") >= 3
+        })
+        .await;
+    assert_eq!(count(&execs, "failed") + count(&execs, "cancelled") + count(&execs, "lost"), 0, "{execs:?}");
+    // Skipped slots are recorded, so the slots stay gap-free.
+    assert_consecutive_seconds(&first_attempts_oldest_first(&execs));
+    for skipped in execs.iter().filter(|e| e.status == "skipped") {
+        assert!(skipped.finished_at.is_some() && !skipped.success, "{skipped:?}");
+        assert_eq!(skipped.trigger, "schedule");
+        // A slot is skipped only while an earlier run is still going.
+        let overlapped = execs.iter().any(|r| {
+            r.status != "skipped"
+                && r.scheduled_at < skipped.scheduled_at
+                && r.finished_at.is_none_or(|f| f > skipped.scheduled_at - millis(500))
+        });
+        assert!(overlapped, "{} was skipped but nothing was running", skipped.scheduled_at);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrency_replace_cancels_the_running_execution_for_the_new_one() {
+    let server = Server::fresh(&[]).await;
+    server
+        .create_job(&with(shell_job("newest", "* * * * * *", "sleep 30"), json!({"concurrency": "replace"})))
+        .await;
+
+    let execs = server
+        .wait_executions("newest", "three runs were replaced", secs(30), |e| {
+            let active = e.iter().filter(|x| x.is_active()).count();
+            assert!(active <= 2, "replace keeps at most the new run and the one being stopped, saw {active}: {e:#?}");
+            count(e, "cancelled") >= 3
+        })
+        .await;
+    assert_eq!(count(&execs, "succeeded") + count(&execs, "failed") + count(&execs, "skipped"), 0, "{execs:?}");
+    let newest_cancelled = execs.iter().filter(|e| e.status == "cancelled").map(|e| e.scheduled_at).max().unwrap();
+    for exec in &execs {
+        if exec.status == "cancelled" {
+            // Stopped right after the next slot fired, not after its own 30 s.
+            let replaced_by = exec.scheduled_at + secs(1);
+            let stopped = exec.finished_at.expect("finished_at");
+            assert!(stopped.duration_since(replaced_by) < SignedDuration::from_secs(3), "{exec:?}");
+        } else {
+            assert!(exec.scheduled_at > newest_cancelled, "only the newest slot may still run: {exec:?}");
+        }
+    }
+
+    server.post_empty("/v1/jobs/newest/toggle").await.expect(200);
+    stop_active(&server, "newest").await;
+}
+
+/// Cancel whatever still runs of a job, and wait until nothing does.
+async fn stop_active(server: &Server, job: &str) {
+    wait_until(&format!("no execution of {job} is active"), secs(20), async || {
+        let execs = server.executions(job).await;
+        for exec in execs.iter().filter(|e| e.is_active()) {
+            server.post_empty(&format!("/v1/jobs/{job}/executions/{}/cancel", exec.id)).await;
+        }
+        execs.iter().all(Exec::is_final).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrency_allow_lets_runs_overlap() {
+    let server = Server::fresh(&[]).await;
+    server.create_job(&with(shell_job("overlap", "* * * * * *", "sleep 3"), json!({"concurrency": "allow"}))).await;
+
+    server
+        .wait_executions("overlap", "two runs at once", secs(30), |e| {
+            e.iter().filter(|x| x.status == "running").count() >= 2
+        })
+        .await;
+    let execs = server
+        .wait_executions("overlap", "two runs succeeded", secs(30), |e| count(e, "succeeded") >= 2)
+        .await;
+    assert_eq!(count(&execs, "skipped") + count(&execs, "cancelled") + count(&execs, "failed"), 0, "{execs:?}");
+    server.post_empty("/v1/jobs/overlap/toggle").await.expect(200);
+    stop_active(&server, "overlap").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_run_is_retried_with_backoff_until_the_retries_are_used_up() {
+    let server = Server::fresh(&[]).await;
+    server
+        .create_job(&with(
+            shell_job("flaky", "@manually", "echo attempt; exit 3"),
+            json!({"retries": 2, "retry_backoff": "100ms"}),
+        ))
+        .await;
+    server.run("flaky").await;
+
+    let execs = server
+        .wait_executions("flaky", "three attempts finished", secs(30), |e| e.len() >= 3 && e.iter().all(Exec::is_final))
+        .await;
+    let mut attempts = execs.clone();
+    attempts.sort_by_key(|e| e.attempt);
+    assert_eq!(attempts.iter().map(|e| e.attempt).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(attempts.iter().map(|e| e.trigger.as_str()).collect::<Vec<_>>(), ["manual", "retry", "retry"]);
+    for exec in &attempts {
+        assert_eq!((exec.status.as_str(), exec.exit_code, exec.success), ("failed", Some(3), false), "{exec:?}");
+        assert_eq!(exec.scheduled_at, attempts[0].scheduled_at, "every attempt belongs to the same slot");
+    }
+    for pair in attempts.windows(2) {
+        // 100ms, then 200ms, each with at most 20% jitter.
+        let waited = pair[1].started_at.unwrap().duration_since(pair[0].finished_at.unwrap());
+        assert!(ms(waited) >= 75, "retry {} started {waited} after the failure", pair[1].attempt);
+        assert!(ms(waited) < 5_000, "retry {} started {waited} after the failure", pair[1].attempt);
+    }
+    let job = server.job("flaky").await;
+    assert_eq!((job["status"].as_str(), job["error_count"].as_u64()), (Some("failed"), Some(3)));
+
+    tokio::time::sleep(millis(800)).await;
+    assert_eq!(server.executions("flaky").await.len(), 3, "no attempt after the retries are used up");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_that_succeeds_ends_the_retries() {
+    let server = Server::fresh(&[]).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let flag = scratch.path().join("failed-once");
+    let command = format!("if [ -e {0} ]; then echo recovered; else touch {0}; exit 1; fi", flag.display());
+    server
+        .create_job(&with(shell_job("recovers", "@manually", &command), json!({"retries": 3, "retry_backoff": "100ms"})))
+        .await;
+    server.run("recovers").await;
+
+    let execs = server
+        .wait_executions("recovers", "a retry succeeded", secs(30), |e| count(e, "succeeded") == 1)
+        .await;
+    tokio::time::sleep(millis(800)).await;
+    let execs_later = server.executions("recovers").await;
+    assert_eq!(execs_later.len(), 2, "{execs:?}");
+    let mut attempts = execs_later;
+    attempts.sort_by_key(|e| e.attempt);
+    assert_eq!((attempts[0].attempt, attempts[0].status.as_str()), (1, "failed"));
+    assert_eq!((attempts[1].attempt, attempts[1].status.as_str(), attempts[1].trigger.as_str()), (2, "succeeded", "retry"));
+    assert!(attempts[1].output.contains("recovered"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn children_run_after_their_parent_succeeds_and_not_after_it_fails() {
+    let server = Server::fresh(&[]).await;
+    server.create_job(&shell_job("good", "@manually", "echo parent-ok")).await;
+    server.create_job(&shell_job("bad", "@manually", "exit 1")).await;
+    server.create_job(&with(shell_job("after-good", "", "echo child-ran"), json!({"parent_job": "good"}))).await;
+    server.create_job(&with(shell_job("after-bad", "", "echo child-ran"), json!({"parent_job": "bad"}))).await;
+    assert_eq!(server.job("good").await["dependent_jobs"], json!(["after-good"]));
+    assert!(server.executions("after-good").await.is_empty(), "a child does not run by itself");
+
+    server.run("good").await;
+    server.run("bad").await;
+    let child = server
+        .wait_executions("after-good", "the child ran", secs(20), |e| e.len() == 1 && e[0].is_final())
+        .await;
+    let parent = server.executions("good").await;
+    assert_eq!((child[0].status.as_str(), child[0].trigger.as_str()), ("succeeded", "parent"));
+    assert!(child[0].output.contains("child-ran"));
+    assert!(
+        child[0].started_at.unwrap() >= parent[0].finished_at.unwrap(),
+        "the child starts after the parent finished: {child:?} {parent:?}"
+    );
+
+    server.wait_executions("bad", "the parent failed", secs(20), |e| e.len() == 1 && e[0].status == "failed").await;
+    tokio::time::sleep(millis(1500)).await;
+    assert!(server.executions("after-bad").await.is_empty(), "no child run after a failed parent");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ephemeral_job_is_deleted_after_it_succeeds_and_kept_when_it_fails() {
+    let server = Server::fresh(&[]).await;
+    let once = with(shell_job("one-shot", "@manually", "echo once"), json!({"ephemeral": true}));
+    server.post("/v1/jobs?runoncreate=true", &once).await.expect(201);
+    let failing = with(shell_job("one-shot-fails", "@manually", "exit 1"), json!({"ephemeral": true}));
+    server.post("/v1/jobs?runoncreate=true", &failing).await.expect(201);
+
+    wait_until("the ephemeral job is gone", secs(20), async || {
+        (!server.job_exists("one-shot").await).then_some(())
+    })
+    .await;
+    server
+        .wait_executions("one-shot-fails", "its run failed", secs(20), |e| e.len() == 1 && e[0].status == "failed")
+        .await;
+    assert!(server.job_exists("one-shot-fails").await, "a failed ephemeral job stays for inspection");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_at_schedule_fires_exactly_once_at_its_instant() {
+    let server = Server::fresh(&[]).await;
+    let at = Timestamp::from_second(Timestamp::now().as_second() + 3).unwrap();
+    server.create_job(&shell_job("once", &format!("@at {at}"), "echo at-ran")).await;
+    assert_eq!(server.job("once").await["next"].as_str(), Some(at.to_string().as_str()));
+
+    let execs = server.wait_executions("once", "the run finished", secs(20), |e| !e.is_empty() && e[0].is_final()).await;
+    assert_eq!(execs.len(), 1);
+    assert_eq!((execs[0].scheduled_at, execs[0].status.as_str()), (at, "succeeded"));
+    assert!(execs[0].started_at.unwrap() >= at, "not before its instant");
+    tokio::time::sleep(secs(2)).await;
+    assert_eq!(server.executions("once").await.len(), 1, "@at fires once");
+    assert!(server.job("once").await["next"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disabled_jobs_never_fire() {
+    let server = Server::fresh(&[]).await;
+    server.create_job(&with(shell_job("off", "* * * * * *", "true"), json!({"disabled": true}))).await;
+    server.create_job(&shell_job("turned-off", "* * * * * *", "true")).await;
+    server.wait_executions("turned-off", "two runs", secs(20), |e| e.len() >= 2).await;
+    server.post_empty("/v1/jobs/turned-off/toggle").await.expect(200);
+    // Let a slot that was already being decided settle, then nothing more may come.
+    tokio::time::sleep(millis(1500)).await;
+    let settled = server.executions("turned-off").await.len();
+    tokio::time::sleep(secs(3)).await;
+    assert_eq!(server.executions("turned-off").await.len(), settled, "a disabled job fired");
+    assert!(server.executions("off").await.is_empty(), "a job created disabled fired");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_stops_the_whole_process_group_quickly() {
+    let server = Server::fresh(&["--kill-grace", "1s"]).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().display();
+    let polite = format!("echo $$ > {dir}/shell.pid; sleep 60 & echo $! > {dir}/sleep.pid; wait");
+    server.create_job(&shell_job("long", "@manually", &polite)).await;
+    server.run("long").await;
+    let (shell_pid, sleep_pid) =
+        (read_pid(&scratch.path().join("shell.pid")).await, read_pid(&scratch.path().join("sleep.pid")).await);
+    assert!(process_alive(shell_pid) && process_alive(sleep_pid));
+    let running = server.wait_executions("long", "it runs", secs(20), |e| e.len() == 1 && e[0].status == "running").await;
+
+    let asked = std::time::Instant::now();
+    let path = format!("/v1/jobs/long/executions/{}/cancel", running[0].id);
+    server.post_empty(&path).await.expect(202);
+    let execs = server.wait_executions("long", "it is cancelled", secs(10), |e| e[0].status == "cancelled").await;
+    assert!(asked.elapsed() < secs(5), "cancel took {:?}", asked.elapsed());
+    assert!(!execs[0].success && execs[0].finished_at.is_some());
+    wait_until("the shell and its child are gone", secs(3), async || {
+        (!process_alive(shell_pid) && !process_alive(sleep_pid)).then_some(())
+    })
+    .await;
+    let again = server.post_empty(&path).await;
+    assert_eq!(again.status, 409, "cancelling a finished execution is a conflict: {}", again.text);
+
+    // A process group that ignores SIGTERM is killed after the kill grace.
+    let stubborn = format!("trap '' TERM; echo $$ > {dir}/stubborn.pid; while true; do sleep 0.2; done");
+    server.create_job(&shell_job("stubborn", "@manually", &stubborn)).await;
+    server.run("stubborn").await;
+    let stubborn_pid = read_pid(&scratch.path().join("stubborn.pid")).await;
+    let running =
+        server.wait_executions("stubborn", "it runs", secs(20), |e| e.len() == 1 && e[0].status == "running").await;
+    let asked = std::time::Instant::now();
+    server.post_empty(&format!("/v1/jobs/stubborn/executions/{}/cancel", running[0].id)).await.expect(202);
+    server.wait_executions("stubborn", "it is cancelled", secs(15), |e| e[0].status == "cancelled").await;
+    assert!(asked.elapsed() < secs(8), "cancel with kill grace 1s took {:?}", asked.elapsed());
+    wait_until("the stubborn shell is gone", secs(3), async || (!process_alive(stubborn_pid)).then_some(())).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shell_executor_honours_env_cwd_direct_commands_and_timeout() {
+    let server = Server::fresh(&[]).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let cwd = scratch.path().canonicalize().unwrap();
+    let jobs = [
+        json!({"name": "in-dir", "schedule": "@manually", "executor": "shell",
+               "executor_config": {"command": "pwd; echo \"$GREETING-$TARGET\"", "shell": "true",
+                                   "env": "GREETING=hello,TARGET=world", "cwd": cwd.to_str().unwrap()}}),
+        json!({"name": "direct", "schedule": "@manually", "executor": "shell",
+               "executor_config": {"command": "echo \"two words\" $HOME"}}),
+        json!({"name": "too-slow", "schedule": "@manually", "executor": "shell",
+               "executor_config": {"command": "sleep 30", "shell": "true", "timeout": "1s"}}),
+    ];
+    for job in &jobs {
+        server.create_job(job).await;
+        server.run(job["name"].as_str().unwrap()).await;
+    }
+    let in_dir = finished_run(&server, "in-dir").await;
+    assert_eq!(in_dir.status, "succeeded");
+    assert!(in_dir.output.contains(&*cwd.to_string_lossy()), "{:?}", in_dir.output);
+    assert!(in_dir.output.contains("hello-world"), "{:?}", in_dir.output);
+
+    let direct = finished_run(&server, "direct").await;
+    assert_eq!(direct.status, "succeeded");
+    assert!(direct.output.contains("two words $HOME"), "without a shell nothing is expanded: {:?}", direct.output);
+
+    let slow = finished_run(&server, "too-slow").await;
+    assert_eq!(slow.status, "failed", "{slow:?}");
+    let ran = slow.finished_at.unwrap().duration_since(slow.started_at.unwrap());
+    assert!(ran < SignedDuration::from_secs(8), "the timeout stopped it after {ran}");
+}
+
+async fn finished_run(server: &Server, job: &str) -> Exec {
+    let execs = server.wait_executions(job, "its run finished", secs(30), |e| e.len() == 1 && e[0].is_final()).await;
+    execs[0].clone()
+}
+
+/// Output files of a job in the server's local output store (wherever under the data dir it keeps them).
+fn output_files(data_dir: &Path, job: &str) -> usize {
+    fn walk(dir: &Path, job: &str, inside: bool, found: &mut usize) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let is_job_dir = path.file_name().is_some_and(|n| n == job);
+            if path.is_dir() {
+                walk(&path, job, inside || is_job_dir, found);
+            } else if inside {
+                *found += 1;
+            }
+        }
+    }
+    let mut found = 0;
+    walk(data_dir, job, false, &mut found);
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_most_the_retained_number_of_executions_is_kept() {
+    let server = Server::fresh(&["--executions-retained", "5"]).await;
+    server.create_job(&shell_job("kept-five", "* * * * * *", "echo kept")).await;
+    server
+        .create_job(&with(shell_job("kept-three", "* * * * * *", "echo kept"), json!({"executions_retained": 3})))
+        .await;
+
+    wait_until("both jobs ran eight times", secs(40), async || {
+        let five = server.executions("kept-five").await;
+        let three = server.executions("kept-three").await;
+        assert!(five.len() <= 5, "server default 5, stored {}", five.len());
+        assert!(three.len() <= 3, "job setting 3, stored {}", three.len());
+        let five_runs = server.job("kept-five").await["success_count"].as_u64().unwrap();
+        let three_runs = server.job("kept-three").await["success_count"].as_u64().unwrap();
+        (five_runs >= 8 && three_runs >= 8).then_some(())
+    })
+    .await;
+    for name in ["kept-five", "kept-three"] {
+        server.post_empty(&format!("/v1/jobs/{name}/toggle")).await.expect(200);
+    }
+    for (name, kept) in [("kept-five", 5), ("kept-three", 3)] {
+        let execs = server
+            .wait_executions(name, "the last run finished", secs(10), |e| e.iter().all(Exec::is_final))
+            .await;
+        assert_eq!(execs.len(), kept, "{name}");
+        assert_consecutive_seconds(&first_attempts_oldest_first(&execs));
+        // Pruned executions take their stored output with them.
+        let data_dir = server.data_dir().to_path_buf();
+        wait_until(&format!("{name} keeps at most {kept} output files"), secs(10), async || {
+            (output_files(&data_dir, name) <= kept).then_some(())
+        })
+        .await;
+    }
+}
+
+/// What the test HTTP server received: method, the X-Test header, body.
+type Seen = Arc<Mutex<Vec<(String, Option<String>, String)>>>;
+
+async fn http_target() -> (String, Seen) {
+    let seen: Seen = Arc::default();
+    let record = seen.clone();
+    let app = axum::Router::new()
+        .route("/ok", get(|| async { "all good: 42" }))
+        .route("/teapot", get(|| async { (StatusCode::IM_A_TEAPOT, "short and stout") }))
+        .route(
+            "/echo",
+            any(move |method: Method, headers: HeaderMap, body: String| async move {
+                let header = headers.get("x-test").and_then(|v| v.to_str().ok()).map(str::to_string);
+                record.lock().unwrap().push((method.to_string(), header, body.clone()));
+                format!("echo: {body}")
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), seen)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_http_executor_checks_the_status_code_and_body() {
+    let server = Server::fresh(&[]).await;
+    let (base, seen) = http_target().await;
+    let http_job = |name: &str, config: Value| {
+        json!({"name": name, "schedule": "@manually", "executor": "http", "executor_config": config})
+    };
+    let jobs = [
+        http_job("matches", json!({"url": format!("{base}/ok"), "expectCode": "200", "expectBody": "good: \\d+"})),
+        http_job("wrong-body", json!({"url": format!("{base}/ok"), "expectBody": "^bad"})),
+        http_job("wrong-code", json!({"url": format!("{base}/teapot"), "expectCode": "200"})),
+        http_job("teapot-expected", json!({"url": format!("{base}/teapot"), "expectCode": "418"})),
+        http_job("posts", json!({"url": format!("{base}/echo"), "method": "POST", "body": "ping",
+                                 "headers": "[\"X-Test: yes\", \"Content-Type: text/plain\"]", "timeout": "5s"})),
+        http_job("unreachable", json!({"url": "http://127.0.0.1:1/", "timeout": "2s"})),
+    ];
+    for job in &jobs {
+        server.create_job(job).await;
+        server.run(job["name"].as_str().unwrap()).await;
+    }
+
+    let matches = finished_run(&server, "matches").await;
+    assert_eq!((matches.status.as_str(), matches.exit_code), ("succeeded", Some(200)), "{matches:?}");
+    assert!(matches.output.contains("all good: 42"), "{:?}", matches.output);
+    assert_eq!(finished_run(&server, "wrong-body").await.status, "failed");
+    let wrong_code = finished_run(&server, "wrong-code").await;
+    assert_eq!((wrong_code.status.as_str(), wrong_code.exit_code), ("failed", Some(418)), "{wrong_code:?}");
+    assert_eq!(finished_run(&server, "teapot-expected").await.status, "succeeded");
+    let posts = finished_run(&server, "posts").await;
+    assert_eq!(posts.status, "succeeded", "{posts:?}");
+    assert_eq!(
+        seen.lock().unwrap().clone(),
+        [("POST".to_string(), Some("yes".to_string()), "ping".to_string())],
+        "the request carried the method, headers and body"
+    );
+    assert_eq!(finished_run(&server, "unreachable").await.status, "failed");
+}

@@ -1,0 +1,155 @@
+//! The Raft storage contract: openraft's own storage test suite run against our redb [`LogStore`] and
+//! [`StateMachine`], plus the property openraft cannot check for us: everything it was told is durable is still
+//! there after the files are closed and opened again.
+
+use std::path::{Path, PathBuf};
+
+use futures::stream;
+use kairos_model::{Job, Timestamp};
+use kairos_store::{Command, LogStore, StateMachine, TypeConfig};
+use openraft::alias::{EntryOf, LogIdOf, VoteOf};
+use openraft::entry::RaftEntry;
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::testing::{blank_ent, log_id, membership_ent};
+use openraft::type_config::TypeConfigExt;
+use openraft::{RaftLogReader, RaftSnapshotBuilder, StorageError};
+use tempfile::TempDir;
+
+const RETAINED_DEFAULT: u32 = 100;
+
+/// Fresh, independent stores in a fresh temporary directory for every test of the suite.
+struct FreshStores;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for FreshStores {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
+        let dir = TempDir::new().map_err(read_error)?;
+        let (log, machine) = open_stores(dir.path()).map_err(read_error)?;
+        Ok((dir, log, machine))
+    }
+}
+
+fn read_error(err: std::io::Error) -> StorageError<TypeConfig> {
+    StorageError::read(TypeConfig::err_from_error(&err))
+}
+
+fn open_stores(dir: &Path) -> std::io::Result<(LogStore, StateMachine)> {
+    let log = LogStore::open(&dir.join("log.redb"))?;
+    let machine = StateMachine::open(&state_path(dir), RETAINED_DEFAULT, None)?;
+    Ok((log, machine))
+}
+
+fn state_path(dir: &Path) -> PathBuf {
+    dir.join("state.redb")
+}
+
+#[test]
+fn openraft_storage_suite_passes() {
+    TypeConfig::run(async {
+        Suite::test_all(FreshStores).await.unwrap();
+    });
+}
+
+fn put_job_entry(index: u64, name: &str) -> EntryOf<TypeConfig> {
+    let mut job = Job::empty(name);
+    job.schedule = "* * * * * *".into();
+    job.executor = "shell".into();
+    let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+    EntryOf::<TypeConfig>::new_normal(log_id::<TypeConfig>(1, 1, index), Command::PutJob { job: Box::new(job), now })
+}
+
+fn first_entries() -> Vec<EntryOf<TypeConfig>> {
+    vec![
+        blank_ent::<TypeConfig>(1, 1, 1),
+        membership_ent::<TypeConfig>(1, 1, 2, vec![[1u64].into()]),
+        put_job_entry(3, "nightly"),
+        put_job_entry(4, "hourly"),
+    ]
+}
+
+async fn apply_all(machine: &mut StateMachine, entries: Vec<EntryOf<TypeConfig>>) {
+    let items = entries.into_iter().map(|entry| Ok((entry, None)));
+    machine.apply(stream::iter(items)).await.unwrap();
+}
+
+#[tokio::test]
+async fn log_vote_and_committed_survive_reopen() {
+    let dir = TempDir::new().unwrap();
+    let vote = VoteOf::<TypeConfig>::new_committed(3, 1);
+    let committed: LogIdOf<TypeConfig> = log_id::<TypeConfig>(1, 1, 3);
+    {
+        let (mut log, _machine) = open_stores(dir.path()).unwrap();
+        log.blocking_append(first_entries()).await.unwrap();
+        log.save_vote(&vote).await.unwrap();
+        log.save_committed(Some(committed)).await.unwrap();
+        log.purge(log_id::<TypeConfig>(1, 1, 1)).await.unwrap();
+    }
+
+    let (mut log, _machine) = open_stores(dir.path()).unwrap();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id::<TypeConfig>(1, 1, 1)));
+    assert_eq!(state.last_log_id, Some(log_id::<TypeConfig>(1, 1, 4)));
+    assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+    assert_eq!(log.read_committed().await.unwrap(), Some(committed));
+    let entries = log.try_get_log_entries(0..10).await.unwrap();
+    let expected: Vec<EntryOf<TypeConfig>> = first_entries().into_iter().skip(1).collect();
+    assert_eq!(entries, expected);
+}
+
+#[tokio::test]
+async fn fully_purged_log_remembers_its_last_id_after_reopen() {
+    let dir = TempDir::new().unwrap();
+    {
+        let (mut log, _machine) = open_stores(dir.path()).unwrap();
+        log.blocking_append(first_entries()).await.unwrap();
+        log.purge(log_id::<TypeConfig>(1, 1, 4)).await.unwrap();
+    }
+
+    let (mut log, _machine) = open_stores(dir.path()).unwrap();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id::<TypeConfig>(1, 1, 4)));
+    assert_eq!(state.last_log_id, Some(log_id::<TypeConfig>(1, 1, 4)));
+    assert!(log.try_get_log_entries(..).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn applied_state_jobs_and_snapshot_survive_reopen() {
+    let dir = TempDir::new().unwrap();
+    let built = {
+        let (_log, mut machine) = open_stores(dir.path()).unwrap();
+        apply_all(&mut machine, first_entries()).await;
+        let mut builder = machine.get_snapshot_builder().await;
+        builder.build_snapshot().await.unwrap()
+    };
+
+    let (_log, mut machine) = open_stores(dir.path()).unwrap();
+    let (applied, membership) = machine.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id::<TypeConfig>(1, 1, 4)));
+    assert_eq!(membership.log_id(), &Some(log_id::<TypeConfig>(1, 1, 2)));
+    let reader = machine.reader();
+    assert_eq!(reader.job_count().unwrap(), 2);
+    assert!(reader.job("nightly").unwrap().is_some());
+    let current = machine.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, built.meta);
+    assert_eq!(current.snapshot.into_inner(), built.snapshot.into_inner());
+}
+
+#[tokio::test]
+async fn installed_snapshot_replaces_state_on_another_machine() {
+    let source_dir = TempDir::new().unwrap();
+    let (_log, mut source) = open_stores(source_dir.path()).unwrap();
+    apply_all(&mut source, first_entries()).await;
+    let snapshot = source.get_snapshot_builder().await.build_snapshot().await.unwrap();
+
+    let target_dir = TempDir::new().unwrap();
+    let (_log, mut target) = open_stores(target_dir.path()).unwrap();
+    apply_all(&mut target, vec![put_job_entry(1, "stale")]).await;
+    target.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+
+    let (applied, _) = target.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id::<TypeConfig>(1, 1, 4)));
+    let reader = target.reader();
+    assert!(reader.job("stale").unwrap().is_none());
+    assert_eq!(reader.job("hourly").unwrap(), source.reader().job("hourly").unwrap());
+    assert_eq!(target.get_current_snapshot().await.unwrap().unwrap().meta, snapshot.meta);
+}

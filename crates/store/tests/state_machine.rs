@@ -1,0 +1,1293 @@
+//! The deterministic transitions of the replicated state, as a specification: each test applies commands through
+//! [`Applier`] on a real redb file, exactly as the Raft state machine does, and reads the result back through
+//! [`StateReader`]. A property test at the end drives random fires, starts and finishes and checks the
+//! bookkeeping invariants (`active`, `stored`, one execution per slot) after every batch.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use kairos_model::{Concurrency, Execution, ExecutionStatus, Job, Timestamp, Trigger, execution_id};
+use kairos_store::state::{Applier, create_tables};
+use kairos_store::{
+    Command, Event, ExecRef, Finish, Fire, JobRecord, Refusal, Response, Start, StateReader,
+};
+use redb::Database;
+use tempfile::TempDir;
+
+/// A state file in a temporary directory, applying one batch of commands per write transaction.
+struct State {
+    db: Arc<Database>,
+    retained_default: u32,
+    _dir: TempDir,
+}
+
+impl State {
+    fn new() -> State {
+        State::with_retained_default(100)
+    }
+
+    fn with_retained_default(retained_default: u32) -> State {
+        let dir = TempDir::new().unwrap();
+        let db = Database::create(dir.path().join("state.redb")).unwrap();
+        create_tables(&db).unwrap();
+        State {
+            db: Arc::new(db),
+            retained_default,
+            _dir: dir,
+        }
+    }
+
+    /// Apply commands in one transaction (one Raft entry batch); the responses and the batch's events.
+    fn batch(&self, commands: &[Command]) -> (Vec<Response>, Vec<Event>) {
+        let txn = self.db.begin_write().unwrap();
+        let mut applier = Applier::new(&txn, self.retained_default).unwrap();
+        let responses = commands
+            .iter()
+            .map(|command| applier.apply(command).unwrap())
+            .collect();
+        let events = applier.finish().unwrap();
+        txn.commit().unwrap();
+        (responses, events)
+    }
+
+    fn apply(&self, command: Command) -> (Response, Vec<Event>) {
+        let (mut responses, events) = self.batch(&[command]);
+        (responses.remove(0), events)
+    }
+
+    fn reader(&self) -> StateReader {
+        StateReader::new(self.db.clone())
+    }
+
+    fn record(&self, name: &str) -> JobRecord {
+        self.reader()
+            .job(name)
+            .unwrap()
+            .unwrap_or_else(|| panic!("job {name} should exist"))
+    }
+
+    fn executions(&self, name: &str) -> Vec<Execution> {
+        self.reader().executions(name).unwrap()
+    }
+
+    fn execution(&self, name: &str, id: &str) -> Execution {
+        self.reader()
+            .execution(name, id)
+            .unwrap()
+            .unwrap_or_else(|| panic!("execution {name}/{id} should exist"))
+    }
+
+    fn put(&self, job: Job, now: Timestamp) -> Response {
+        self.apply(put(job, now)).0
+    }
+
+    /// Fire a slot and return the one execution it created.
+    fn fire_one(&self, name: &str, slot: Timestamp, trigger: Trigger) -> Execution {
+        let (response, _) = self.apply(fire(name, slot, trigger));
+        assert_eq!(response.executions.len(), 1, "{response:?}");
+        response.executions[0].clone()
+    }
+
+    fn start(&self, exec: &Execution, at: Timestamp, lease_until: Timestamp) -> Response {
+        self.apply(Command::Start {
+            starts: vec![Start {
+                exec: exec_ref(exec),
+                node: "node-1".into(),
+                started_at: at,
+                lease_until,
+            }],
+        })
+        .0
+    }
+
+    fn finish(&self, result: Finish) -> (Response, Vec<Event>) {
+        self.apply(Command::Finish {
+            results: vec![result],
+        })
+    }
+}
+
+const BASE_MS: i64 = 1_800_000_000_000;
+
+/// An instant `secs` seconds after a fixed base.
+fn at(secs: i64) -> Timestamp {
+    at_ms(secs * 1000)
+}
+
+fn at_ms(ms: i64) -> Timestamp {
+    Timestamp::from_millisecond(BASE_MS + ms).unwrap()
+}
+
+fn job(name: &str) -> Job {
+    let mut job = Job::empty(name);
+    job.schedule = "* * * * * *".into();
+    job.executor = "shell".into();
+    job.executor_config
+        .insert("command".into(), "echo hi".into());
+    job
+}
+
+fn child_of(name: &str, parent: &str) -> Job {
+    let mut job = job(name);
+    job.schedule = String::new();
+    job.parent_job = parent.into();
+    job
+}
+
+fn put(job: Job, now: Timestamp) -> Command {
+    Command::PutJob {
+        job: Box::new(job),
+        now,
+    }
+}
+
+fn fire(name: &str, slot: Timestamp, trigger: Trigger) -> Command {
+    Command::Fire {
+        fires: vec![Fire {
+            job: name.into(),
+            scheduled_at: slot,
+            trigger,
+        }],
+    }
+}
+
+fn exec_ref(exec: &Execution) -> ExecRef {
+    ExecRef {
+        job: exec.job_name.clone(),
+        id: exec.id.clone(),
+    }
+}
+
+fn finished(exec: &Execution, status: ExecutionStatus, finished_at: Timestamp) -> Finish {
+    Finish {
+        exec: exec_ref(exec),
+        status,
+        exit_code: Some(if status == ExecutionStatus::Succeeded {
+            0
+        } else {
+            1
+        }),
+        error: None,
+        output_tail: "hi\n".into(),
+        output_bytes: 3,
+        node: "node-1".into(),
+        finished_at,
+        retry_at: None,
+        only_if_lease_expired: false,
+    }
+}
+
+fn ids(executions: &[Execution]) -> Vec<String> {
+    executions.iter().map(|e| e.id.clone()).collect()
+}
+
+fn active_count(executions: &[Execution]) -> u32 {
+    executions.iter().filter(|e| e.status.is_active()).count() as u32
+}
+
+fn pruned_in(events: &[Event]) -> Vec<ExecRef> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Pruned(refs) => Some(refs.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+fn invalid_field(response: &Response) -> &str {
+    match &response.refusal {
+        Some(Refusal::Invalid { field, .. }) => field,
+        other => panic!("expected an Invalid refusal, got {other:?}"),
+    }
+}
+
+// ----- jobs -----
+
+#[test]
+fn put_job_creates_a_record_whose_cursor_starts_now() {
+    let state = State::new();
+    let (response, events) = state.apply(put(job("backup"), at(10)));
+
+    assert_eq!(response.refusal, None);
+    let record = state.record("backup");
+    assert_eq!(record.cursor, Some(at(10)));
+    assert_eq!(record.job.created_at, Some(at(10)));
+    assert_eq!(record.job.updated_at, Some(at(10)));
+    assert_eq!((record.active, record.stored), (0, 0));
+    assert_eq!(response.job, Some(record.job));
+    assert_eq!(events, vec![Event::JobChanged("backup".into())]);
+}
+
+#[test]
+fn updating_a_job_keeps_counters_created_at_and_cursor() {
+    let state = State::new();
+    state.put(job("backup"), at(0));
+    let exec = state.fire_one("backup", at(5), Trigger::Schedule);
+    state.finish(finished(&exec, ExecutionStatus::Succeeded, at(6)));
+
+    let mut update = job("backup");
+    update.owner = "ops".into();
+    update.success_count = 99; // clients cannot set derived fields
+    update.created_at = Some(at(1000));
+    state.put(update, at(20));
+
+    let record = state.record("backup");
+    assert_eq!(record.job.owner, "ops");
+    assert_eq!(record.job.success_count, 1);
+    assert_eq!(record.job.last_success, Some(at(6)));
+    assert_eq!(record.job.status, "success");
+    assert_eq!(record.job.created_at, Some(at(0)));
+    assert_eq!(record.job.updated_at, Some(at(20)));
+    assert_eq!(
+        record.cursor,
+        Some(at(5)),
+        "same schedule: the cursor stays"
+    );
+    assert_eq!(record.stored, 1);
+}
+
+#[test]
+fn changing_the_schedule_moves_the_cursor_to_now() {
+    let state = State::new();
+    state.put(job("backup"), at(0));
+    state.fire_one("backup", at(5), Trigger::Schedule);
+
+    let mut update = job("backup");
+    update.schedule = "*/2 * * * * *".into();
+    state.put(update, at(30));
+
+    assert_eq!(state.record("backup").cursor, Some(at(30)));
+}
+
+#[test]
+fn changing_the_schedule_never_moves_the_cursor_back() {
+    let state = State::new();
+    state.put(job("backup"), at(0));
+    state.fire_one("backup", at(50), Trigger::Schedule);
+
+    let mut update = job("backup");
+    update.schedule = "*/2 * * * * *".into();
+    state.put(update, at(30));
+
+    assert_eq!(state.record("backup").cursor, Some(at(50)));
+}
+
+#[test]
+fn changing_the_time_zone_moves_the_cursor_to_now() {
+    let state = State::new();
+    state.put(job("backup"), at(0));
+
+    let mut update = job("backup");
+    update.timezone = "Europe/Paris".into();
+    state.put(update, at(30));
+
+    assert_eq!(state.record("backup").cursor, Some(at(30)));
+}
+
+#[test]
+fn a_parent_job_must_exist() {
+    let state = State::new();
+    let (response, events) = state.apply(put(child_of("report", "ghost"), at(0)));
+
+    assert_eq!(invalid_field(&response), "parent_job");
+    match &response.refusal {
+        Some(Refusal::Invalid { message, .. }) => assert!(message.contains("ghost"), "{message}"),
+        _ => unreachable!(),
+    }
+    assert_eq!(state.reader().job("report").unwrap(), None);
+    assert!(events.is_empty(), "{events:?}");
+}
+
+#[test]
+fn a_cycle_of_parent_jobs_is_refused_and_changes_nothing() {
+    let state = State::new();
+    state.put(job("a"), at(0));
+    state.put(child_of("b", "a"), at(0));
+    state.put(child_of("c", "b"), at(0));
+    let before = state.record("a");
+
+    let mut a = job("a");
+    a.parent_job = "c".into();
+    let response = state.put(a, at(10));
+
+    assert_eq!(invalid_field(&response), "parent_job");
+    assert_eq!(state.record("a"), before);
+    assert_eq!(state.record("c").job.dependent_jobs, Vec::<String>::new());
+}
+
+#[test]
+fn a_job_cannot_be_its_own_parent() {
+    let state = State::new();
+    state.put(job("a"), at(0));
+    let response = state.put(child_of("a", "a"), at(1));
+    assert_eq!(invalid_field(&response), "parent_job");
+    assert_eq!(state.record("a").job.parent_job, "");
+}
+
+#[test]
+fn dependent_jobs_of_the_parent_follow_its_children() {
+    let state = State::new();
+    state.put(job("p"), at(0));
+    state.put(job("q"), at(0));
+    state.put(child_of("c2", "p"), at(1));
+    state.put(child_of("c1", "p"), at(1));
+    assert_eq!(state.record("p").job.dependent_jobs, ["c1", "c2"]);
+
+    // A client sending the parent back (with a stale dependent_jobs) does not change the list.
+    let mut p = job("p");
+    p.dependent_jobs = vec!["bogus".into()];
+    state.put(p, at(2));
+    assert_eq!(state.record("p").job.dependent_jobs, ["c1", "c2"]);
+
+    state.put(child_of("c1", "q"), at(3));
+    assert_eq!(state.record("p").job.dependent_jobs, ["c2"]);
+    assert_eq!(state.record("q").job.dependent_jobs, ["c1"]);
+
+    state.apply(Command::DeleteJob { name: "c2".into() });
+    assert_eq!(state.record("p").job.dependent_jobs, Vec::<String>::new());
+}
+
+#[test]
+fn a_new_job_starts_with_no_dependent_jobs() {
+    let state = State::new();
+    let mut p = job("p");
+    p.dependent_jobs = vec!["bogus".into()];
+    state.put(p, at(0));
+    assert_eq!(state.record("p").job.dependent_jobs, Vec::<String>::new());
+}
+
+#[test]
+fn deleting_a_job_with_children_is_a_conflict_and_changes_nothing() {
+    let state = State::new();
+    state.put(job("p"), at(0));
+    state.put(child_of("c", "p"), at(0));
+    state.fire_one("p", at(1), Trigger::Schedule);
+    let record = state.record("p");
+    let executions = state.executions("p");
+
+    let (response, events) = state.apply(Command::DeleteJob { name: "p".into() });
+
+    assert!(
+        matches!(response.refusal, Some(Refusal::Conflict(ref m)) if m.contains('c')),
+        "{response:?}"
+    );
+    assert_eq!(state.record("p"), record);
+    assert_eq!(state.executions("p"), executions);
+    assert!(!events.contains(&Event::JobDeleted("p".into())));
+    assert!(pruned_in(&events).is_empty());
+}
+
+#[test]
+fn deleting_an_unknown_job_is_not_found() {
+    let state = State::new();
+    let (response, _) = state.apply(Command::DeleteJob {
+        name: "ghost".into(),
+    });
+    assert!(matches!(response.refusal, Some(Refusal::NotFound(_))));
+}
+
+#[test]
+fn deleting_a_job_removes_its_executions_and_reports_them() {
+    let state = State::new();
+    state.put(job("backup"), at(0));
+    state.put(job("other"), at(0));
+    let done = state.fire_one("backup", at(1), Trigger::Schedule);
+    state.finish(finished(&done, ExecutionStatus::Succeeded, at(2)));
+    let running = state.fire_one("backup", at(3), Trigger::Schedule);
+    state.start(&running, at(3), at(60));
+    let unrelated = state.fire_one("other", at(3), Trigger::Schedule);
+
+    let (response, events) = state.apply(Command::DeleteJob {
+        name: "backup".into(),
+    });
+
+    assert_eq!(response.refusal, None);
+    assert_eq!(response.job.map(|j| j.name), Some("backup".into()));
+    assert_eq!(state.reader().job("backup").unwrap(), None);
+    assert!(state.executions("backup").is_empty());
+    assert_eq!(state.reader().active().unwrap(), vec![unrelated]);
+    let mut pruned = pruned_in(&events);
+    pruned.sort();
+    assert_eq!(pruned, vec![exec_ref(&done), exec_ref(&running)]);
+    assert!(events.contains(&Event::JobDeleted("backup".into())));
+    let cancel: Vec<&ExecRef> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Cancel(refs) => Some(refs),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(
+        cancel.contains(&&exec_ref(&running)),
+        "the running execution must be stopped where it runs: {events:?}"
+    );
+}
+
+#[test]
+fn set_paused_persists() {
+    let state = State::new();
+    assert!(!state.reader().paused().unwrap());
+
+    let (response, _) = state.apply(Command::SetPaused { paused: true });
+    assert_eq!(response.paused, Some(true));
+    assert!(state.reader().paused().unwrap());
+
+    state.apply(Command::SetPaused { paused: false });
+    assert!(!state.reader().paused().unwrap());
+}
+
+#[test]
+fn restore_creates_every_job_parents_first() {
+    let state = State::new();
+    let (response, _) = state.apply(Command::RestoreJobs {
+        jobs: vec![job("p"), child_of("c", "p"), job("z")],
+        now: at(0),
+    });
+    assert_eq!(response.refusal, None);
+    assert_eq!(state.reader().job_count().unwrap(), 3);
+    assert_eq!(state.record("p").job.dependent_jobs, ["c"]);
+}
+
+/// `Refusal`'s contract: "Refusals change nothing". A restore refused at its third job must not have created
+/// the first two (the API answers the client with an error).
+#[test]
+fn a_refused_restore_changes_nothing() {
+    let state = State::new();
+    let (response, _) = state.apply(Command::RestoreJobs {
+        jobs: vec![job("p"), child_of("c", "p"), child_of("x", "ghost"), job("z")],
+        now: at(0),
+    });
+    assert_eq!(invalid_field(&response), "parent_job");
+    assert_eq!(state.reader().job_count().unwrap(), 0);
+}
+
+// ----- firing -----
+
+#[test]
+fn firing_a_schedule_slot_creates_one_pending_execution_with_the_slot_id() {
+    let state = State::new();
+    state.put(job("backup"), at(0));
+
+    let (response, events) = state.apply(fire("backup", at(5), Trigger::Schedule));
+
+    let exec = state.execution("backup", &execution_id(at(5), 1));
+    assert_eq!(response.executions, vec![exec.clone()]);
+    assert_eq!(exec.status, ExecutionStatus::Pending);
+    assert_eq!(
+        (exec.attempt, exec.scheduled_at, exec.trigger),
+        (1, at(5), Trigger::Schedule)
+    );
+    let record = state.record("backup");
+    assert_eq!((record.active, record.stored), (1, 1));
+    assert_eq!(record.cursor, Some(at(5)));
+    assert_eq!(record.job.status, "running");
+    assert!(events.contains(&Event::Pending));
+    assert_eq!(state.reader().active().unwrap(), vec![exec]);
+}
+
+#[test]
+fn firing_the_same_or_an_older_slot_again_does_nothing() {
+    let state = State::new();
+    state.put(job("backup"), at(0));
+    state.fire_one("backup", at(5), Trigger::Schedule);
+
+    for slot in [at(5), at(4), at(0)] {
+        let (response, events) = state.apply(fire("backup", slot, Trigger::Schedule));
+        assert!(response.executions.is_empty(), "slot {slot}: {response:?}");
+        assert!(!events.contains(&Event::Pending));
+    }
+
+    assert_eq!(state.executions("backup").len(), 1);
+    let record = state.record("backup");
+    assert_eq!((record.active, record.stored), (1, 1));
+    assert_eq!(record.cursor, Some(at(5)));
+}
+
+#[test]
+fn the_same_slot_twice_in_one_batch_fires_once() {
+    let state = State::new();
+    state.put(job("backup"), at(0));
+    let twice = Command::Fire {
+        fires: vec![
+            Fire {
+                job: "backup".into(),
+                scheduled_at: at(5),
+                trigger: Trigger::Schedule,
+            },
+            Fire {
+                job: "backup".into(),
+                scheduled_at: at(5),
+                trigger: Trigger::Schedule,
+            },
+        ],
+    };
+    let (responses, _) = state.batch(&[twice.clone(), twice]);
+    assert_eq!(responses[0].executions.len(), 1);
+    assert!(responses[1].executions.is_empty());
+    assert_eq!(state.record("backup").stored, 1);
+}
+
+#[test]
+fn slots_before_the_job_was_created_never_fire() {
+    let state = State::new();
+    state.put(job("backup"), at(10));
+    let (response, _) = state.apply(fire("backup", at(9), Trigger::Schedule));
+    assert!(response.executions.is_empty());
+}
+
+#[test]
+fn firing_an_unknown_job_does_nothing() {
+    let state = State::new();
+    let (response, events) = state.apply(fire("ghost", at(1), Trigger::Schedule));
+    assert!(response.executions.is_empty());
+    assert!(events.is_empty());
+    assert_eq!(state.reader().job("ghost").unwrap(), None);
+}
+
+#[test]
+fn manual_runs_of_the_same_instant_get_distinct_ids() {
+    let state = State::new();
+    state.put(job("backup"), at(0));
+
+    let first = state.fire_one("backup", at(7), Trigger::Manual);
+    let second = state.fire_one("backup", at(7), Trigger::Manual);
+    let (response, _) = state.apply(Command::Fire {
+        fires: vec![
+            Fire {
+                job: "backup".into(),
+                scheduled_at: at(7),
+                trigger: Trigger::Manual,
+            };
+            2
+        ],
+    });
+
+    let mut all: Vec<String> = ids(&[first.clone(), second.clone()]);
+    all.extend(ids(&response.executions));
+    assert_eq!(all.len(), 4);
+    assert_eq!(all.iter().collect::<BTreeSet<_>>().len(), 4, "{all:?}");
+    assert_eq!(first.id, execution_id(at(7), 1));
+    assert_eq!(second.id, execution_id(at_ms(7001), 1));
+    assert_eq!(state.record("backup").stored, 4);
+    assert_eq!(
+        state.record("backup").cursor,
+        Some(at(0)),
+        "manual runs leave the schedule alone"
+    );
+}
+
+#[test]
+fn a_manual_run_does_not_take_a_scheduled_slot() {
+    let state = State::new();
+    state.put(job("backup"), at(0));
+    let scheduled = state.fire_one("backup", at(5), Trigger::Schedule);
+    let manual = state.fire_one("backup", at(5), Trigger::Manual);
+
+    assert_ne!(manual.id, scheduled.id);
+    assert_eq!(
+        state.execution("backup", &scheduled.id).trigger,
+        Trigger::Schedule
+    );
+    assert_eq!(state.record("backup").stored, 2);
+}
+
+/// The reverse order: a manual run took the instant first, then the schedule reaches the same instant.
+#[test]
+fn a_scheduled_slot_does_not_overwrite_a_manual_run_of_the_same_instant() {
+    let state = State::new();
+    state.put(job("backup"), at(0));
+    let manual = state.fire_one("backup", at(5), Trigger::Manual);
+    state.start(&manual, at(5), at(65));
+
+    state.apply(fire("backup", at(5), Trigger::Schedule));
+
+    let kept = state.execution("backup", &manual.id);
+    assert_eq!(kept.trigger, Trigger::Manual, "{kept:?}");
+    assert_eq!(kept.status, ExecutionStatus::Running, "{kept:?}");
+    let executions = state.executions("backup");
+    let record = state.record("backup");
+    assert_eq!(record.active, active_count(&executions));
+    assert_eq!(record.stored, executions.len() as u64);
+}
+
+#[test]
+fn a_disabled_job_advances_its_cursor_but_runs_nothing() {
+    let state = State::new();
+    let mut disabled = job("backup");
+    disabled.disabled = true;
+    state.put(disabled, at(0));
+
+    let (response, events) = state.apply(fire("backup", at(5), Trigger::Schedule));
+
+    assert!(response.executions.is_empty());
+    assert!(!events.contains(&Event::Pending));
+    assert!(state.executions("backup").is_empty());
+    let record = state.record("backup");
+    assert_eq!(record.cursor, Some(at(5)));
+    assert_eq!((record.active, record.stored), (0, 0));
+}
+
+#[test]
+fn advance_moves_the_cursor_forward_only() {
+    let state = State::new();
+    state.put(job("backup"), at(0));
+    state.apply(Command::Advance {
+        job: "backup".into(),
+        cursor: at(30),
+    });
+    assert_eq!(state.record("backup").cursor, Some(at(30)));
+    state.apply(Command::Advance {
+        job: "backup".into(),
+        cursor: at(10),
+    });
+    assert_eq!(state.record("backup").cursor, Some(at(30)));
+    let (response, _) = state.apply(fire("backup", at(20), Trigger::Schedule));
+    assert!(response.executions.is_empty());
+}
+
+#[test]
+fn concurrency_forbid_records_a_skipped_execution_while_one_is_active() {
+    let state = State::new();
+    let mut forbid = job("backup");
+    forbid.concurrency = Concurrency::Forbid;
+    state.put(forbid, at(0));
+    let first = state.fire_one("backup", at(1), Trigger::Schedule);
+
+    let skipped = state.fire_one("backup", at(2), Trigger::Schedule);
+
+    assert_eq!(skipped.status, ExecutionStatus::Skipped);
+    assert_eq!(skipped.finished_at, Some(at(2)));
+    assert!(skipped.error.is_some());
+    assert_eq!(state.execution("backup", &skipped.id), skipped);
+    let record = state.record("backup");
+    assert_eq!((record.active, record.stored), (1, 2));
+    assert_eq!(record.cursor, Some(at(2)));
+
+    state.finish(finished(&first, ExecutionStatus::Succeeded, at(3)));
+    let third = state.fire_one("backup", at(4), Trigger::Schedule);
+    assert_eq!(third.status, ExecutionStatus::Pending);
+}
+
+#[test]
+fn concurrency_replace_cancels_pending_runs_and_asks_to_cancel_running_ones() {
+    let state = State::new();
+    let mut replace = job("backup");
+    replace.concurrency = Concurrency::Replace;
+    state.put(replace, at(0));
+    let running = state.fire_one("backup", at(1), Trigger::Schedule);
+    state.start(&running, at(1), at(60));
+
+    let (response, events) = state.apply(fire("backup", at(2), Trigger::Schedule));
+    assert_eq!(response.to_cancel, vec![exec_ref(&running)]);
+    assert!(events.contains(&Event::Cancel(vec![exec_ref(&running)])));
+    let pending = response.executions[0].clone();
+    assert_eq!(pending.status, ExecutionStatus::Pending);
+
+    let (response, _) = state.apply(fire("backup", at(3), Trigger::Schedule));
+    assert_eq!(response.to_cancel, vec![exec_ref(&running)]);
+    let cancelled = state.execution("backup", &pending.id);
+    assert_eq!(cancelled.status, ExecutionStatus::Cancelled);
+    assert_eq!(cancelled.finished_at, Some(at(3)));
+    assert_eq!(
+        state.execution("backup", &running.id).status,
+        ExecutionStatus::Running,
+        "the node cancels running executions and reports their end"
+    );
+    let executions = state.executions("backup");
+    let record = state.record("backup");
+    assert_eq!(record.active, 2);
+    assert_eq!(record.active, active_count(&executions));
+    assert_eq!(record.stored, 3);
+}
+
+// ----- running -----
+
+#[test]
+fn start_moves_a_pending_execution_to_running_with_a_lease() {
+    let state = State::new();
+    state.put(job("backup"), at(0));
+    let exec = state.fire_one("backup", at(1), Trigger::Schedule);
+
+    let response = state.start(&exec, at(2), at(62));
+
+    let running = state.execution("backup", &exec.id);
+    assert_eq!(response.executions, vec![running.clone()]);
+    assert_eq!(running.status, ExecutionStatus::Running);
+    assert_eq!(running.started_at, Some(at(2)));
+    assert_eq!(running.lease_until, Some(at(62)));
+    assert_eq!(running.node_name, "node-1");
+    assert_eq!(state.record("backup").active, 1);
+    assert_eq!(state.reader().active().unwrap(), vec![running]);
+}
+
+#[test]
+fn start_of_an_execution_that_is_not_pending_is_ignored() {
+    let state = State::new();
+    state.put(job("backup"), at(0));
+    let exec = state.fire_one("backup", at(1), Trigger::Schedule);
+    state.start(&exec, at(2), at(62));
+
+    let again = state.apply(Command::Start {
+        starts: vec![Start {
+            exec: exec_ref(&exec),
+            node: "node-2".into(),
+            started_at: at(3),
+            lease_until: at(99),
+        }],
+    });
+    assert!(again.0.executions.is_empty());
+    let running = state.execution("backup", &exec.id);
+    assert_eq!(
+        (running.node_name.as_str(), running.started_at),
+        ("node-1", Some(at(2)))
+    );
+
+    state.finish(finished(&exec, ExecutionStatus::Succeeded, at(4)));
+    assert!(state.start(&exec, at(5), at(65)).executions.is_empty());
+    assert_eq!(
+        state.execution("backup", &exec.id).status,
+        ExecutionStatus::Succeeded
+    );
+
+    let ghost = Execution::decided("backup", at(50), 1, Trigger::Schedule);
+    assert!(state.start(&ghost, at(5), at(65)).executions.is_empty());
+    assert_eq!(state.record("backup").stored, 1);
+}
+
+#[test]
+fn renew_extends_only_the_leases_of_running_executions() {
+    let state = State::new();
+    state.put(job("backup"), at(0));
+    let running = state.fire_one("backup", at(1), Trigger::Schedule);
+    let pending = state.fire_one("backup", at(2), Trigger::Schedule);
+    let done = state.fire_one("backup", at(3), Trigger::Schedule);
+    state.start(&running, at(1), at(60));
+    state.finish(finished(&done, ExecutionStatus::Succeeded, at(4)));
+    let renew = |lease_until| {
+        state.apply(Command::Renew {
+            renewals: vec![exec_ref(&running), exec_ref(&pending), exec_ref(&done)],
+            lease_until,
+        })
+    };
+
+    renew(at(90));
+    assert_eq!(state.execution("backup", &running.id).lease_until, Some(at(90)));
+    assert_eq!(state.execution("backup", &pending.id).lease_until, None);
+    assert_eq!(state.execution("backup", &done.id).lease_until, None);
+
+    renew(at(70));
+    assert_eq!(
+        state.execution("backup", &running.id).lease_until,
+        Some(at(90)),
+        "a lease never shrinks"
+    );
+}
+
+// ----- finishing -----
+
+#[test]
+fn a_success_updates_the_job_counters_and_status() {
+    let state = State::new();
+    state.put(job("backup"), at(0));
+    let exec = state.fire_one("backup", at(1), Trigger::Schedule);
+    state.start(&exec, at(1), at(60));
+
+    let (response, _) = state.finish(finished(&exec, ExecutionStatus::Succeeded, at(4)));
+
+    let done = state.execution("backup", &exec.id);
+    assert_eq!(response.executions, vec![done.clone()]);
+    assert_eq!(done.status, ExecutionStatus::Succeeded);
+    assert!(done.success);
+    assert_eq!(done.finished_at, Some(at(4)));
+    assert_eq!(done.exit_code, Some(0));
+    assert_eq!((done.output.as_str(), done.output_bytes), ("hi\n", 3));
+    assert_eq!(done.lease_until, None);
+    let record = state.record("backup");
+    assert_eq!(record.job.success_count, 1);
+    assert_eq!(record.job.error_count, 0);
+    assert_eq!(record.job.last_success, Some(at(4)));
+    assert_eq!(record.job.status, "success");
+    assert_eq!((record.active, record.stored), (0, 1));
+    assert!(state.reader().active().unwrap().is_empty());
+}
+
+#[test]
+fn a_success_runs_each_dependent_job() {
+    let state = State::new();
+    state.put(job("p"), at(0));
+    state.put(child_of("c1", "p"), at(0));
+    state.put(child_of("c2", "p"), at(0));
+    let exec = state.fire_one("p", at(1), Trigger::Schedule);
+
+    let (response, events) = state.finish(finished(&exec, ExecutionStatus::Succeeded, at(4)));
+
+    for child in ["c1", "c2"] {
+        let runs = state.executions(child);
+        assert_eq!(runs.len(), 1, "{child}: {runs:?}");
+        let run = &runs[0];
+        assert_eq!(run.status, ExecutionStatus::Pending);
+        assert_eq!(run.trigger, Trigger::Parent);
+        assert_eq!(run.id, execution_id(at(4), 1));
+        assert!(response.executions.contains(run));
+        assert_eq!(state.record(child).active, 1);
+    }
+    assert!(events.contains(&Event::Pending));
+}
+
+#[test]
+fn a_failure_runs_no_dependent_job() {
+    let state = State::new();
+    state.put(job("p"), at(0));
+    state.put(child_of("c", "p"), at(0));
+    let exec = state.fire_one("p", at(1), Trigger::Schedule);
+    state.finish(finished(&exec, ExecutionStatus::Failed, at(4)));
+    assert!(state.executions("c").is_empty());
+    let record = state.record("p");
+    assert_eq!(record.job.error_count, 1);
+    assert_eq!(record.job.last_error, Some(at(4)));
+    assert_eq!(record.job.status, "failed");
+}
+
+#[test]
+fn an_ephemeral_job_is_deleted_after_its_first_success() {
+    let state = State::new();
+    let mut once = job("once");
+    once.ephemeral = true;
+    state.put(once, at(0));
+    let failed = state.fire_one("once", at(1), Trigger::Schedule);
+    state.finish(finished(&failed, ExecutionStatus::Failed, at(2)));
+    assert!(
+        state.reader().job("once").unwrap().is_some(),
+        "a failure keeps it"
+    );
+
+    let exec = state.fire_one("once", at(3), Trigger::Schedule);
+    let (_, events) = state.finish(finished(&exec, ExecutionStatus::Succeeded, at(4)));
+
+    assert_eq!(state.reader().job("once").unwrap(), None);
+    assert!(state.executions("once").is_empty());
+    assert!(events.contains(&Event::JobDeleted("once".into())));
+}
+
+#[test]
+fn a_failure_with_retries_left_decides_the_next_attempt() {
+    let state = State::new();
+    let mut flaky = job("flaky");
+    flaky.retries = 2;
+    state.put(flaky, at(0));
+    let first = state.fire_one("flaky", at(1), Trigger::Schedule);
+    state.start(&first, at(1), at(60));
+
+    let mut result = finished(&first, ExecutionStatus::Failed, at(2));
+    result.retry_at = Some(at(7));
+    let (response, events) = state.finish(result);
+
+    let retry = state.execution("flaky", &execution_id(at(1), 2));
+    assert_eq!(response.executions.len(), 2);
+    assert_eq!(response.executions[1], retry);
+    assert_eq!(retry.status, ExecutionStatus::Pending);
+    assert_eq!(retry.attempt, 2);
+    assert_eq!(retry.trigger, Trigger::Retry);
+    assert_eq!(retry.scheduled_at, at(1));
+    assert_eq!(retry.group, first.group);
+    assert_eq!(retry.not_before, Some(at(7)));
+    assert!(events.contains(&Event::Pending));
+    let record = state.record("flaky");
+    assert_eq!((record.active, record.stored), (1, 2));
+    assert_eq!(record.job.error_count, 1);
+
+    // A lost attempt is retried too; the last allowed attempt is not.
+    let (response, _) = state.finish(finished(&retry, ExecutionStatus::Lost, at(8)));
+    let third = response.executions[1].clone();
+    assert_eq!(third.id, execution_id(at(1), 3));
+    assert_eq!(third.not_before, Some(at(8)), "without retry_at: at once");
+    let (response, _) = state.finish(finished(&third, ExecutionStatus::Failed, at(9)));
+    assert_eq!(response.executions.len(), 1);
+    let record = state.record("flaky");
+    assert_eq!((record.active, record.stored), (0, 3));
+    assert_eq!(record.job.error_count, 3);
+}
+
+#[test]
+fn a_failure_without_retries_decides_nothing_more() {
+    let state = State::new();
+    state.put(job("backup"), at(0));
+    let exec = state.fire_one("backup", at(1), Trigger::Schedule);
+    let mut result = finished(&exec, ExecutionStatus::Failed, at(2));
+    result.retry_at = Some(at(7));
+
+    let (response, _) = state.finish(result);
+
+    assert_eq!(response.executions.len(), 1);
+    assert_eq!(ids(&state.executions("backup")), vec![exec.id]);
+    assert_eq!(state.record("backup").active, 0);
+}
+
+#[test]
+fn a_cancelled_execution_is_not_retried() {
+    let state = State::new();
+    let mut flaky = job("flaky");
+    flaky.retries = 3;
+    state.put(flaky, at(0));
+    let exec = state.fire_one("flaky", at(1), Trigger::Schedule);
+    state.finish(finished(&exec, ExecutionStatus::Cancelled, at(2)));
+    assert_eq!(state.executions("flaky").len(), 1);
+}
+
+#[test]
+fn a_repeated_finish_is_ignored() {
+    let state = State::new();
+    let mut flaky = job("flaky");
+    flaky.retries = 1;
+    state.put(flaky, at(0));
+    let exec = state.fire_one("flaky", at(1), Trigger::Schedule);
+    state.finish(finished(&exec, ExecutionStatus::Failed, at(2)));
+    let before = (state.record("flaky"), state.executions("flaky"));
+
+    let (response, events) = state.finish(finished(&exec, ExecutionStatus::Failed, at(3)));
+    let (again, _) = state.finish(finished(&exec, ExecutionStatus::Succeeded, at(4)));
+
+    assert!(response.executions.is_empty() && again.executions.is_empty());
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!((state.record("flaky"), state.executions("flaky")), before);
+}
+
+#[test]
+fn a_lost_report_is_ignored_when_the_lease_was_renewed_past_it() {
+    let state = State::new();
+    state.put(job("backup"), at(0));
+    let exec = state.fire_one("backup", at(1), Trigger::Schedule);
+    state.start(&exec, at(1), at(10));
+    state.apply(Command::Renew {
+        renewals: vec![exec_ref(&exec)],
+        lease_until: at(20),
+    });
+
+    let mut lost = finished(&exec, ExecutionStatus::Lost, at(15));
+    lost.only_if_lease_expired = true;
+    let (response, _) = state.finish(lost.clone());
+    assert!(response.executions.is_empty());
+    assert_eq!(
+        state.execution("backup", &exec.id).status,
+        ExecutionStatus::Running
+    );
+    assert_eq!(state.record("backup").job.error_count, 0);
+
+    lost.finished_at = at(21);
+    state.finish(lost);
+    assert_eq!(
+        state.execution("backup", &exec.id).status,
+        ExecutionStatus::Lost
+    );
+    assert_eq!(state.record("backup").active, 0);
+}
+
+#[test]
+fn an_unconditional_lost_report_applies_even_within_the_lease() {
+    let state = State::new();
+    state.put(job("backup"), at(0));
+    let exec = state.fire_one("backup", at(1), Trigger::Schedule);
+    state.start(&exec, at(1), at(60));
+    state.finish(finished(&exec, ExecutionStatus::Lost, at(5)));
+    assert_eq!(
+        state.execution("backup", &exec.id).status,
+        ExecutionStatus::Lost
+    );
+}
+
+// ----- retention -----
+
+/// Fire and finish `count` slots starting at second `from`; the executions in slot order.
+fn run_slots(state: &State, name: &str, from: i64, count: i64) -> Vec<Execution> {
+    (from..from + count)
+        .map(|s| {
+            let exec = state.fire_one(name, at(s), Trigger::Schedule);
+            state.finish(finished(&exec, ExecutionStatus::Succeeded, at(s)));
+            exec
+        })
+        .collect()
+}
+
+#[test]
+fn retention_keeps_the_newest_executions_of_the_job() {
+    let state = State::new();
+    let mut kept3 = job("backup");
+    kept3.executions_retained = Some(3);
+    state.put(kept3, at(0));
+
+    let mut pruned = Vec::new();
+    let mut all = Vec::new();
+    for s in 1..=5 {
+        let (response, events) = state.apply(fire("backup", at(s), Trigger::Schedule));
+        pruned.extend(pruned_in(&events));
+        let exec = response.executions[0].clone();
+        state.finish(finished(&exec, ExecutionStatus::Succeeded, at(s)));
+        all.push(exec);
+    }
+
+    assert_eq!(ids(&state.executions("backup")), ids(&all[2..]));
+    assert_eq!(pruned, vec![exec_ref(&all[0]), exec_ref(&all[1])]);
+    assert_eq!(state.record("backup").stored, 3);
+}
+
+#[test]
+fn retention_uses_the_server_default_when_the_job_sets_none() {
+    let state = State::with_retained_default(2);
+    state.put(job("backup"), at(0));
+    let runs = run_slots(&state, "backup", 1, 4);
+    assert_eq!(ids(&state.executions("backup")), ids(&runs[2..]));
+    assert_eq!(state.record("backup").stored, 2);
+}
+
+#[test]
+fn retention_never_prunes_active_executions() {
+    let state = State::new();
+    let mut kept2 = job("backup");
+    kept2.executions_retained = Some(2);
+    state.put(kept2, at(0));
+    let active: Vec<Execution> = (1..=4)
+        .map(|s| state.fire_one("backup", at(s), Trigger::Schedule))
+        .collect();
+    assert_eq!(ids(&state.executions("backup")), ids(&active));
+    assert_eq!(state.record("backup").stored, 4);
+
+    for exec in &active {
+        state.finish(finished(exec, ExecutionStatus::Succeeded, at(5)));
+    }
+    let (response, events) = state.apply(fire("backup", at(6), Trigger::Schedule));
+
+    let newest = vec![active[3].clone(), response.executions[0].clone()];
+    assert_eq!(ids(&state.executions("backup")), ids(&newest));
+    assert_eq!(pruned_in(&events), active[..3].iter().map(exec_ref).collect::<Vec<_>>());
+    let record = state.record("backup");
+    assert_eq!((record.active, record.stored), (1, 2));
+}
+
+#[test]
+fn delete_executions_keeps_the_active_ones() {
+    let state = State::new();
+    state.put(job("backup"), at(0));
+    let done = state.fire_one("backup", at(1), Trigger::Schedule);
+    state.finish(finished(&done, ExecutionStatus::Failed, at(1)));
+    let running = state.fire_one("backup", at(2), Trigger::Schedule);
+    state.start(&running, at(2), at(60));
+    let pending = state.fire_one("backup", at(3), Trigger::Schedule);
+
+    let (response, events) = state.apply(Command::DeleteExecutions {
+        job: "backup".into(),
+    });
+
+    assert_eq!(response.refusal, None);
+    assert_eq!(pruned_in(&events), vec![exec_ref(&done)]);
+    assert_eq!(
+        ids(&state.executions("backup")),
+        vec![running.id, pending.id]
+    );
+    let record = state.record("backup");
+    assert_eq!((record.active, record.stored), (2, 2));
+    let (missing, _) = state.apply(Command::DeleteExecutions {
+        job: "ghost".into(),
+    });
+    assert!(matches!(missing.refusal, Some(Refusal::NotFound(_))));
+}
+
+#[test]
+fn commands_in_one_batch_see_each_other() {
+    let state = State::new();
+    let exec_id = execution_id(at(1), 1);
+    let (responses, _) = state.batch(&[
+        put(job("backup"), at(0)),
+        fire("backup", at(1), Trigger::Schedule),
+        Command::Start {
+            starts: vec![Start {
+                exec: ExecRef {
+                    job: "backup".into(),
+                    id: exec_id.clone(),
+                },
+                node: "node-1".into(),
+                started_at: at(1),
+                lease_until: at(60),
+            }],
+        },
+        fire("backup", at(1), Trigger::Schedule),
+    ]);
+    assert_eq!(responses[1].executions.len(), 1);
+    assert_eq!(responses[2].executions.len(), 1);
+    assert!(responses[3].executions.is_empty());
+    assert_eq!(
+        state.execution("backup", &exec_id).status,
+        ExecutionStatus::Running
+    );
+    let record = state.record("backup");
+    assert_eq!((record.active, record.stored, record.cursor), (1, 1, Some(at(1))));
+}
+
+// ----- invariants under random operation sequences -----
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The jobs of the model: allow with a retry, forbid with a small retention, replace as a child of the first.
+    const JOBS: [&str; 3] = ["alpha", "beta", "gamma"];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Fire { job: usize, second: i64, manual: bool },
+        Start { job: usize, pick: usize },
+        Finish { job: usize, pick: usize, status: ExecutionStatus, second: i64 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let status = prop_oneof![
+            Just(ExecutionStatus::Succeeded),
+            Just(ExecutionStatus::Failed),
+            Just(ExecutionStatus::Lost),
+            Just(ExecutionStatus::Cancelled),
+        ];
+        prop_oneof![
+            3 => (0..JOBS.len(), 0..12i64, any::<bool>())
+                .prop_map(|(job, second, manual)| Op::Fire { job, second, manual }),
+            2 => (0..JOBS.len(), 0..4usize).prop_map(|(job, pick)| Op::Start { job, pick }),
+            2 => (0..JOBS.len(), 0..4usize, status, 0..12i64)
+                .prop_map(|(job, pick, status, second)| Op::Finish { job, pick, status, second }),
+        ]
+    }
+
+    fn setup() -> State {
+        let state = State::with_retained_default(1000);
+        let mut alpha = job("alpha");
+        alpha.retries = 1;
+        let mut beta = job("beta");
+        beta.concurrency = Concurrency::Forbid;
+        beta.executions_retained = Some(3);
+        let mut gamma = child_of("gamma", "alpha");
+        gamma.concurrency = Concurrency::Replace;
+        state.batch(&[put(alpha, at(0)), put(beta, at(0)), put(gamma, at(0))]);
+        state
+    }
+
+    /// Turn an op into a command, choosing its execution among those committed before the batch.
+    fn command(state: &State, op: &Op) -> Option<Command> {
+        match *op {
+            Op::Fire { job, second, manual } => Some(fire(
+                JOBS[job],
+                at(second),
+                if manual { Trigger::Manual } else { Trigger::Schedule },
+            )),
+            Op::Start { job, pick } => {
+                let pending: Vec<Execution> = state
+                    .executions(JOBS[job])
+                    .into_iter()
+                    .filter(|e| e.status == ExecutionStatus::Pending)
+                    .collect();
+                let exec = pending.get(pick % pending.len().max(1))?;
+                Some(Command::Start {
+                    starts: vec![Start {
+                        exec: exec_ref(exec),
+                        node: "node-1".into(),
+                        started_at: exec.scheduled_at,
+                        lease_until: at(100),
+                    }],
+                })
+            }
+            Op::Finish { job, pick, status, second } => {
+                let active: Vec<Execution> = state
+                    .executions(JOBS[job])
+                    .into_iter()
+                    .filter(|e| e.status.is_active())
+                    .collect();
+                let exec = active.get(pick % active.len().max(1))?;
+                Some(Command::Finish {
+                    results: vec![finished(exec, status, at(second))],
+                })
+            }
+        }
+    }
+
+    /// What the model remembers of every execution it saw decided: its identity must never change.
+    type Decided = BTreeMap<(String, String), (Trigger, Timestamp, u32)>;
+
+    fn check_invariants(state: &State, decided: &Decided) -> Result<(), TestCaseError> {
+        let mut active_ids = BTreeSet::new();
+        for name in JOBS {
+            let record = state.record(name);
+            let executions = state.executions(name);
+            prop_assert_eq!(record.active, active_count(&executions), "active of {}", name);
+            prop_assert_eq!(record.stored, executions.len() as u64, "stored of {}", name);
+            for exec in &executions {
+                let key = (name.to_string(), exec.id.clone());
+                let identity = (exec.trigger, exec.scheduled_at, exec.attempt);
+                prop_assert_eq!(decided.get(&key), Some(&identity), "{:?} changed identity", key);
+                prop_assert_eq!(&exec.id, &execution_id(exec.scheduled_at, exec.attempt));
+                if exec.status.is_active() {
+                    active_ids.insert(key);
+                }
+            }
+        }
+        let indexed: BTreeSet<(String, String)> = state
+            .reader()
+            .active()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.job_name, e.id))
+            .collect();
+        prop_assert_eq!(indexed, active_ids, "the active index matches the statuses");
+        Ok(())
+    }
+
+    /// Record newly decided executions; deciding an id that is already decided (and not pruned in the same
+    /// batch) is a violation.
+    fn record_decisions(
+        state: &State,
+        decided: &mut Decided,
+        responses: &[Response],
+        events: &[Event],
+    ) -> Result<(), TestCaseError> {
+        let pruned: BTreeSet<(String, String)> =
+            pruned_in(events).into_iter().map(|r| (r.job, r.id)).collect();
+        let created = responses.iter().flat_map(|r| &r.executions).filter(|e| {
+            matches!(e.status, ExecutionStatus::Pending | ExecutionStatus::Skipped)
+        });
+        for exec in created {
+            let key = (exec.job_name.clone(), exec.id.clone());
+            let identity = (exec.trigger, exec.scheduled_at, exec.attempt);
+            let previous = decided.insert(key.clone(), identity);
+            prop_assert!(
+                previous.is_none() || pruned.contains(&key),
+                "{:?} decided twice: {:?} then {:?}",
+                key,
+                previous,
+                identity
+            );
+        }
+        for (job, id) in pruned {
+            if state.reader().execution(&job, &id).unwrap().is_none() {
+                decided.remove(&(job, id));
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn bookkeeping_stays_consistent_under_random_runs(
+            batches in prop::collection::vec(prop::collection::vec(op(), 1..4), 1..25)
+        ) {
+            let state = setup();
+            let mut decided = Decided::new();
+            for batch in &batches {
+                let commands: Vec<Command> =
+                    batch.iter().filter_map(|op| command(&state, op)).collect();
+                let (responses, events) = state.batch(&commands);
+                record_decisions(&state, &mut decided, &responses, &events)?;
+                check_invariants(&state, &decided)?;
+            }
+        }
+    }
+}
