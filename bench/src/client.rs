@@ -47,10 +47,7 @@ impl Api {
             .pool_max_idle_per_host(256)
             .build()
             .context("building the HTTP client")?;
-        Ok(Api {
-            http,
-            base: base.to_string(),
-        })
+        Ok(Api { http, base: base.to_string() })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -59,12 +56,7 @@ impl Api {
 
     /// The status code of a GET, or an error when no answer came.
     pub async fn status(&self, path: &str) -> anyhow::Result<u16> {
-        let response = self
-            .http
-            .get(self.url(path))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await?;
+        let response = self.http.get(self.url(path)).timeout(Duration::from_secs(5)).send().await?;
         Ok(response.status().as_u16())
     }
 
@@ -89,19 +81,11 @@ impl Api {
 
     /// `GET /v1/jobs?_end=1`: the `X-Total-Count` header, when the server answers 200.
     pub async fn job_count(&self, timeout: Duration) -> anyhow::Result<u64> {
-        let response = self
-            .http
-            .get(self.url("/v1/jobs?_end=1"))
-            .timeout(timeout)
-            .send()
-            .await?;
+        let response = self.http.get(self.url("/v1/jobs?_end=1")).timeout(timeout).send().await?;
         if response.status() != 200 {
             bail!("GET /v1/jobs: {}", response.status());
         }
-        let header = response
-            .headers()
-            .get("x-total-count")
-            .context("GET /v1/jobs: no X-Total-Count header")?;
+        let header = response.headers().get("x-total-count").context("GET /v1/jobs: no X-Total-Count header")?;
         let count = header.to_str()?.parse()?;
         Ok(count)
     }
@@ -109,19 +93,11 @@ impl Api {
     /// Up to `limit` executions of a job, newest first.
     pub async fn executions(&self, job: &str, limit: u32) -> anyhow::Result<Vec<Execution>> {
         let path = format!("/v1/jobs/{job}/executions?_start=0&_end={limit}");
-        let response = self
-            .http
-            .get(self.url(&path))
-            .send()
-            .await
-            .with_context(|| format!("GET {path}"))?;
+        let response = self.http.get(self.url(&path)).send().await.with_context(|| format!("GET {path}"))?;
         let status = response.status();
         if !status.is_success() {
             bail!("GET {path}: {status}");
         }
-        response
-            .json()
-            .await
-            .with_context(|| format!("GET {path}: not a list of executions"))
+        response.json().await.with_context(|| format!("GET {path}: not a list of executions"))
     }
 }

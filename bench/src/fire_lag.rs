@@ -70,10 +70,7 @@ struct Window {
 impl Window {
     /// The first whole second at least `warmup` seconds after `now`.
     fn after(now: Timestamp, warmup: u64, seconds: u64) -> Window {
-        Window {
-            start_second: now.as_second() + warmup as i64 + 1,
-            seconds,
-        }
+        Window { start_second: now.as_second() + warmup as i64 + 1, seconds }
     }
 
     fn start(&self) -> Timestamp {
@@ -112,22 +109,12 @@ pub async fn run(kairos: &Path, args: &FireLagArgs, report: &mut Report) -> anyh
         Executor::Shell => None,
     };
     let retained = (args.seconds + args.warmup + RETAINED_MARGIN).min(100_000) as u32;
-    let body = JobBody {
-        sink: sink.as_ref().map(|s| s.addr),
-        retained,
-    };
+    let body = JobBody { sink: sink.as_ref().map(|s| s.addr), retained };
 
     let created = create_jobs(&server.api, args, &body).await?;
-    report.row(
-        &scenario,
-        "jobs created (64 concurrent POST /v1/jobs)",
-        created.describe(),
-    );
+    report.row(&scenario, "jobs created (64 concurrent POST /v1/jobs)", created.describe());
     if let Some(error) = &created.first_error {
-        report.note(format!(
-            "{scenario}: {} of {} job creations failed; first: {error}",
-            created.errors, args.jobs
-        ));
+        report.note(format!("{scenario}: {} of {} job creations failed; first: {error}", created.errors, args.jobs));
     }
 
     let window = Window::after(Timestamp::now(), args.warmup, args.seconds);
@@ -176,30 +163,15 @@ pub async fn run(kairos: &Path, args: &FireLagArgs, report: &mut Report) -> anyh
         if missing == 0 && slots.duplicates == 0 {
             "met".to_string()
         } else {
-            format!(
-                "missed: {:.2} % of slots not run",
-                100.0 * missing as f64 / expected.max(1) as f64
-            )
+            format!("missed: {:.2} % of slots not run", 100.0 * missing as f64 / expected.max(1) as f64)
         },
     );
-    lag_row(
-        report,
-        &scenario,
-        "lag started_at − scheduled_at",
-        slots.lag_ms.clone(),
-    );
+    lag_row(report, &scenario, "lag started_at − scheduled_at", slots.lag_ms.clone());
     if args.executor == Executor::Shell {
-        lag_row(
-            report,
-            &scenario,
-            "lag seen by the process (date +%s.%N)",
-            slots.self_lag_ms.clone(),
-        );
+        lag_row(report, &scenario, "lag seen by the process (date +%s.%N)", slots.self_lag_ms.clone());
         if slots.self_unparsed > 0 {
-            report.note(format!(
-                "{scenario}: {} finished executions had no parsable `date` output",
-                slots.self_unparsed
-            ));
+            report
+                .note(format!("{scenario}: {} finished executions had no parsable `date` output", slots.self_unparsed));
         }
     }
     if let Some(s) = summarize(slots.duration_ms.clone()) {
@@ -208,11 +180,7 @@ pub async fn run(kairos: &Path, args: &FireLagArgs, report: &mut Report) -> anyh
     report.row(&scenario, "executions by status", slots.status_text());
     report.row(&scenario, "CPU during the window", cpu.to_string());
     if sink.is_some() {
-        report.row(
-            &scenario,
-            "sink requests/s during the window",
-            thousands(hits as f64 / args.seconds as f64),
-        );
+        report.row(&scenario, "sink requests/s during the window", thousands(hits as f64 / args.seconds as f64));
     }
     rss_rows(report, &scenario, rss_idle, &rss);
     report.row(
@@ -234,30 +202,18 @@ pub async fn run(kairos: &Path, args: &FireLagArgs, report: &mut Report) -> anyh
         ));
     }
     if slots.read_errors > 0 {
-        report.note(format!(
-            "{scenario}: reading executions failed for {} jobs",
-            slots.read_errors
-        ));
+        report.note(format!("{scenario}: reading executions failed for {} jobs", slots.read_errors));
     }
     let (count, first) = log_check;
     if count > 0 {
-        report.note(format!(
-            "{scenario}: the server logged {count} warnings/errors, first: {}",
-            first.join(" // ")
-        ));
+        report.note(format!("{scenario}: the server logged {count} warnings/errors, first: {}", first.join(" // ")));
     }
     Ok(())
 }
 
 fn lag_row(report: &mut Report, scenario: &str, measure: &str, sample: Vec<f64>) {
     match summarize(sample) {
-        Some(s) => report.target(
-            scenario,
-            measure,
-            s.to_string(),
-            "p99 ≤ 20 ms",
-            at_most(s.p99, LAG_P99_MAX_MS),
-        ),
+        Some(s) => report.target(scenario, measure, s.to_string(), "p99 ≤ 20 ms", at_most(s.p99, LAG_P99_MAX_MS)),
         None => report.row(scenario, measure, "no sample"),
     }
 }
@@ -272,11 +228,7 @@ fn rss_rows(report: &mut Report, scenario: &str, idle: u64, samples: &[(u64, u64
         format!("{} → {} → {}", mib(idle), mib(at(0).unwrap_or(first)), mib(last)),
     );
     let half = samples.last().map_or(0, |(s, _)| *s) / 2;
-    let second_half: Vec<u64> = samples
-        .iter()
-        .filter(|(s, _)| *s >= half)
-        .map(|(_, r)| *r)
-        .collect();
+    let second_half: Vec<u64> = samples.iter().filter(|(s, _)| *s >= half).map(|(_, r)| *r).collect();
     if let (Some(min), Some(max)) = (second_half.iter().min(), second_half.iter().max()) {
         let growth = 100.0 * (*max as f64 - *min as f64) / (*min).max(1) as f64;
         report.target(
@@ -284,11 +236,7 @@ fn rss_rows(report: &mut Report, scenario: &str, idle: u64, samples: &[(u64, u64
             "RSS over the window's second half (1 Hz)",
             format!("min {} · max {} (spread {growth:.1} %)", mib(*min), mib(*max)),
             "flat",
-            if growth <= 5.0 {
-                "met (≤ 5 % spread)".to_string()
-            } else {
-                format!("spread {growth:.0} %")
-            },
+            if growth <= 5.0 { "met (≤ 5 % spread)".to_string() } else { format!("spread {growth:.0} %") },
         );
     }
 }
@@ -402,19 +350,16 @@ async fn sample_rss(pid: u32, window: Window) -> anyhow::Result<Vec<(u64, u64)>>
 /// read-back does not catch the tail of the window still pending.
 async fn settle(api: &Api, names: &[String], window: Window) {
     let last_slot = window.end() - jiff::SignedDuration::from_secs(1);
-    let probes: Vec<&String> = [names.first(), names.get(names.len() / 2), names.last()]
-        .into_iter()
-        .flatten()
-        .collect();
+    let probes: Vec<&String> =
+        [names.first(), names.get(names.len() / 2), names.last()].into_iter().flatten().collect();
     let deadline = Instant::now() + SETTLE_BUDGET;
     while Instant::now() < deadline {
         let mut done = true;
         for name in &probes {
-            let finished = api.executions(name, 50).await.is_ok_and(|execs| {
-                execs
-                    .iter()
-                    .any(|e| e.scheduled_at >= last_slot && e.finished_at.is_some())
-            });
+            let finished = api
+                .executions(name, 50)
+                .await
+                .is_ok_and(|execs| execs.iter().any(|e| e.scheduled_at >= last_slot && e.finished_at.is_some()));
             done &= finished;
         }
         if done {
@@ -464,9 +409,7 @@ impl Slots {
                 slots.read_errors += 1;
                 continue;
             };
-            if executions.len() >= retained as usize
-                && executions.iter().all(|e| e.scheduled_at > window.start())
-            {
+            if executions.len() >= retained as usize && executions.iter().all(|e| e.scheduled_at > window.start()) {
                 slots.pruned_suspects += 1;
             }
             slots.add_job(executions, window);
@@ -479,10 +422,7 @@ impl Slots {
         for e in executions.iter().filter(|e| window.contains(e.scheduled_at)) {
             *self.statuses.entry(e.status.clone()).or_default() += 1;
             *self.triggers.entry(e.trigger.clone()).or_default() += 1;
-            by_slot
-                .entry((e.scheduled_at.as_nanosecond(), e.attempt))
-                .or_default()
-                .push(e);
+            by_slot.entry((e.scheduled_at.as_nanosecond(), e.attempt)).or_default().push(e);
         }
         for ((_, attempt), group) in by_slot {
             self.duplicates += group.len() as u64 - 1;
@@ -499,9 +439,7 @@ impl Slots {
             if let Some(finished) = e.finished_at {
                 self.duration_ms.push(millis_between(started, finished));
                 match self_observed(&e.output) {
-                    Some(seen_ns) => self
-                        .self_lag_ms
-                        .push((seen_ns - e.scheduled_at.as_nanosecond()) as f64 / 1e6),
+                    Some(seen_ns) => self.self_lag_ms.push((seen_ns - e.scheduled_at.as_nanosecond()) as f64 / 1e6),
                     None => self.self_unparsed += 1,
                 }
             }
@@ -509,21 +447,11 @@ impl Slots {
     }
 
     fn status_text(&self) -> String {
-        let statuses: Vec<String> = self
-            .statuses
-            .iter()
-            .map(|(s, n)| format!("{s} {}", thousands(*n as f64)))
-            .collect();
-        let triggers: Vec<String> = self
-            .triggers
-            .iter()
-            .map(|(t, n)| format!("{t} {}", thousands(*n as f64)))
-            .collect();
-        format!(
-            "{} (triggers: {})",
-            statuses.join(", "),
-            triggers.join(", ")
-        )
+        let statuses: Vec<String> =
+            self.statuses.iter().map(|(s, n)| format!("{s} {}", thousands(*n as f64))).collect();
+        let triggers: Vec<String> =
+            self.triggers.iter().map(|(t, n)| format!("{t} {}", thousands(*n as f64))).collect();
+        format!("{} (triggers: {})", statuses.join(", "), triggers.join(", "))
     }
 }
 
@@ -564,10 +492,7 @@ mod tests {
 
     #[test]
     fn parses_what_date_prints() {
-        assert_eq!(
-            self_observed("1700000000.123456789\n"),
-            Some(1_700_000_000_123_456_789)
-        );
+        assert_eq!(self_observed("1700000000.123456789\n"), Some(1_700_000_000_123_456_789));
         assert_eq!(self_observed("noise\n1700000000.5"), Some(1_700_000_000_500_000_000));
         assert_eq!(self_observed("1700000000.\n"), None);
         assert_eq!(self_observed("date: invalid\n"), None);
@@ -575,12 +500,9 @@ mod tests {
 
     #[test]
     fn counts_each_slot_once_and_duplicates_apart() {
-        let window = Window {
-            start_second: 100,
-            seconds: 3,
-        };
+        let window = Window { start_second: 100, seconds: 3 };
         let executions = vec![
-            exec(99, 1, Some(5)),  // before the window
+            exec(99, 1, Some(5)), // before the window
             exec(100, 1, Some(5)),
             exec(100, 1, Some(6)), // the same slot again
             exec(101, 1, None),    // decided, never started

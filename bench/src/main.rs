@@ -32,10 +32,7 @@ use crate::report::{Machine, Report};
 use crate::upserts::UpsertArgs;
 
 #[derive(Parser)]
-#[command(
-    name = "kairos-bench",
-    about = "Benchmarks a real Kairos server on this machine"
-)]
+#[command(name = "kairos-bench", about = "Benchmarks a real Kairos server on this machine")]
 struct Cli {
     /// The kairos binary (default: `kairos` next to this executable, i.e. target/release/kairos).
     #[arg(long, global = true)]
@@ -103,10 +100,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::All(args) => {
             run_all(&kairos, &args, &mut report).await;
-            Some(
-                args.output
-                    .unwrap_or_else(|| workspace_root().join("BENCHMARKS.md")),
-            )
+            Some(args.output.unwrap_or_else(|| workspace_root().join("BENCHMARKS.md")))
         }
     };
     let markdown = report.markdown(&Machine::describe(&workspace_root()), &command_line());
@@ -120,37 +114,18 @@ async fn main() -> anyhow::Result<()> {
 
 /// The runs in sequence; a scenario that fails becomes a note and the next one still runs.
 async fn run_all(kairos: &Path, args: &AllArgs, report: &mut Report) {
-    let fire_lag = |jobs, executor| FireLagArgs {
-        jobs,
-        seconds: args.seconds,
-        executor,
-        warmup: 2,
-        create_concurrency: 64,
-    };
-    for lag in [
-        fire_lag(100, Executor::Shell),
-        fire_lag(1_000, Executor::Shell),
-        fire_lag(10_000, Executor::Http),
-    ] {
+    let fire_lag =
+        |jobs, executor| FireLagArgs { jobs, seconds: args.seconds, executor, warmup: 2, create_concurrency: 64 };
+    for lag in [fire_lag(100, Executor::Shell), fire_lag(1_000, Executor::Shell), fire_lag(10_000, Executor::Http)] {
         if let Err(err) = fire_lag::run(kairos, &lag, report).await {
-            report.note(format!(
-                "fire lag, {} {:?} jobs failed: {err:#}",
-                lag.jobs, lag.executor
-            ));
+            report.note(format!("fire lag, {} {:?} jobs failed: {err:#}", lag.jobs, lag.executor));
         }
     }
-    let upserts = UpsertArgs {
-        clients: 64,
-        count: 20_000,
-    };
+    let upserts = UpsertArgs { clients: 64, count: 20_000 };
     if let Err(err) = upserts::run(kairos, &upserts, report).await {
         report.note(format!("upserts failed: {err:#}"));
     }
-    let million = MillionArgs {
-        jobs: args.million_jobs,
-        chunk: 5_000,
-        load_budget_secs: args.million_budget_secs,
-    };
+    let million = MillionArgs { jobs: args.million_jobs, chunk: 5_000, load_budget_secs: args.million_budget_secs };
     if let Err(err) = million::run(kairos, &million, report).await {
         report.note(format!("million failed: {err:#}"));
     }

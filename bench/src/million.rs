@@ -131,10 +131,8 @@ pub async fn run(kairos: &Path, args: &MillionArgs, report: &mut Report) -> anyh
     }
     for (count, first) in [problems, log_problems(&spec.log_path, 3)] {
         if count > 0 {
-            report.note(format!(
-                "{scenario}: the server logged {count} warnings/errors, first: {}",
-                first.join(" // ")
-            ));
+            report
+                .note(format!("{scenario}: the server logged {count} warnings/errors, first: {}", first.join(" // ")));
         }
     }
     Ok(())
@@ -294,14 +292,7 @@ async fn restart(spec: &ServerSpec, expected: u64) -> anyhow::Result<Restart> {
     let listed = server.spawned_at.elapsed();
     let rss_listed = rss_bytes(server.pid)?;
     server.stop().await?;
-    Ok(Restart {
-        listening,
-        leader,
-        listed,
-        listed_count,
-        rss_leader,
-        rss_listed,
-    })
+    Ok(Restart { listening, leader, listed, listed_count, rss_leader, rss_listed })
 }
 
 /// Bytes of the files under a directory (bounded depth: the data dir is shallow).

@@ -16,33 +16,21 @@ pub fn process_cpu(pid: u32) -> anyhow::Result<ProcessCpu> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // The command name (field 2) may hold spaces and parentheses; the fields we want follow its last ')'.
-    let rest = text
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .with_context(|| format!("{path}: no ')' in '{text}'"))?;
+    let rest = text.rsplit_once(')').map(|(_, rest)| rest).with_context(|| format!("{path}: no ')' in '{text}'"))?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // `rest` starts at field 3 (state); utime, stime, cutime, cstime are fields 14..=17.
     let field = |n: usize| -> anyhow::Result<u64> {
-        let text = fields
-            .get(n - 3)
-            .with_context(|| format!("{path}: field {n} missing"))?;
-        text.parse()
-            .with_context(|| format!("{path}: field {n} '{text}' is not a number"))
+        let text = fields.get(n - 3).with_context(|| format!("{path}: field {n} missing"))?;
+        text.parse().with_context(|| format!("{path}: field {n} '{text}' is not a number"))
     };
-    Ok(ProcessCpu {
-        own_ticks: field(14)? + field(15)?,
-        children_ticks: field(16)? + field(17)?,
-    })
+    Ok(ProcessCpu { own_ticks: field(14)? + field(15)?, children_ticks: field(16)? + field(17)? })
 }
 
 /// Resident set size of a process (`VmRSS`), in bytes.
 pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let line = text
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .with_context(|| format!("{path}: no VmRSS line"))?;
+    let line = text.lines().find_map(|l| l.strip_prefix("VmRSS:")).with_context(|| format!("{path}: no VmRSS line"))?;
     let kib: u64 = line
         .trim()
         .trim_end_matches("kB")
@@ -72,17 +60,11 @@ fn machine_cpu() -> anyhow::Result<MachineCpu> {
     let Some(numbers) = line.strip_prefix("cpu ") else {
         bail!("/proc/stat: first line '{line}' is not the cpu total");
     };
-    let values: Vec<u64> = numbers
-        .split_whitespace()
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
+    let values: Vec<u64> = numbers.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
     // user nice system idle iowait irq softirq steal (guest time is already inside user).
     let total: u64 = values.iter().take(8).sum();
     let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
-    Ok(MachineCpu {
-        busy: total - idle,
-        total,
-    })
+    Ok(MachineCpu { busy: total - idle, total })
 }
 
 /// CPU used between [`CpuMeter::start`] and [`CpuMeter::finish`].
@@ -105,12 +87,7 @@ pub struct CpuMeter {
 
 impl CpuMeter {
     pub fn start(pid: u32) -> anyhow::Result<CpuMeter> {
-        Ok(CpuMeter {
-            pid,
-            at: Instant::now(),
-            process: process_cpu(pid)?,
-            machine: machine_cpu()?,
-        })
+        Ok(CpuMeter { pid, at: Instant::now(), process: process_cpu(pid)?, machine: machine_cpu()? })
     }
 
     pub fn finish(&self) -> anyhow::Result<CpuUse> {

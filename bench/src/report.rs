@@ -49,11 +49,7 @@ impl Report {
             row.measure,
             row.result,
             row.target,
-            if row.verdict.is_empty() {
-                String::new()
-            } else {
-                format!("[{}]", row.verdict)
-            }
+            if row.verdict.is_empty() { String::new() } else { format!("[{}]", row.verdict) }
         );
         self.rows.push(row);
     }
@@ -105,20 +101,12 @@ fn cell(text: &str) -> String {
 
 /// Verdict for a figure that should not exceed `limit`.
 pub fn at_most(value: f64, limit: f64) -> String {
-    if value <= limit {
-        "met".to_string()
-    } else {
-        format!("missed: {:.1}× the limit", value / limit)
-    }
+    if value <= limit { "met".to_string() } else { format!("missed: {:.1}× the limit", value / limit) }
 }
 
 /// Verdict for a figure that should reach at least `goal`.
 pub fn at_least(value: f64, goal: f64) -> String {
-    if value >= goal {
-        "met".to_string()
-    } else {
-        format!("missed: {:.0} % of the target", 100.0 * value / goal)
-    }
+    if value >= goal { "met".to_string() } else { format!("missed: {:.0} % of the target", 100.0 * value / goal) }
 }
 
 /// Where the figures were measured.
@@ -145,9 +133,7 @@ impl Machine {
             .lines()
             .find_map(|l| l.strip_prefix("MemTotal:"))
             .and_then(|l| l.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or("unknown".to_string(), |kib| {
-                format!("{:.1} GiB", kib / 1024.0 / 1024.0)
-            });
+            .map_or("unknown".to_string(), |kib| format!("{:.1} GiB", kib / 1024.0 / 1024.0));
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map_or("unknown".to_string(), |k| k.trim().to_string());
         Machine {

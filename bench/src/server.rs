@@ -69,10 +69,9 @@ pub struct Stopped {
 impl Server {
     /// Spawn the server and wait (bounded) until it prints the address its HTTP API listens on.
     pub async fn spawn(spec: &ServerSpec) -> anyhow::Result<Server> {
-        std::fs::create_dir_all(&spec.data_dir)
-            .with_context(|| format!("creating {}", spec.data_dir.display()))?;
-        let log = std::fs::File::create(&spec.log_path)
-            .with_context(|| format!("creating {}", spec.log_path.display()))?;
+        std::fs::create_dir_all(&spec.data_dir).with_context(|| format!("creating {}", spec.data_dir.display()))?;
+        let log =
+            std::fs::File::create(&spec.log_path).with_context(|| format!("creating {}", spec.log_path.display()))?;
         let mut command = Command::new(&spec.binary);
         command
             .args(["agent", "--server", "--bootstrap-expect", "1", "--data-dir"])
@@ -91,9 +90,7 @@ impl Server {
             }
         }
         let spawned_at = Instant::now();
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {}", spec.binary.display()))?;
+        let child = command.spawn().with_context(|| format!("starting {}", spec.binary.display()))?;
         let pid = child.id();
         let mut server = Server {
             child,
@@ -147,11 +144,7 @@ impl Server {
         let mut killed = false;
         loop {
             if let Some(status) = self.child.try_wait()? {
-                return Ok(Stopped {
-                    took: start.elapsed(),
-                    status,
-                    killed,
-                });
+                return Ok(Stopped { took: start.elapsed(), status, killed });
             }
             if !killed && start.elapsed() > STOP_WAIT_MAX {
                 signal(self.pid, libc::SIGKILL);
@@ -195,14 +188,8 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 /// Warnings and errors a server wrote to its log: how many, and the first few (without ANSI colours).
 pub fn log_problems(path: &Path, keep: usize) -> (usize, Vec<String>) {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let problems: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("panicked"))
-        .collect();
-    let first = problems
-        .iter()
-        .take(keep)
-        .map(|l| l.chars().take(300).collect())
-        .collect();
+    let problems: Vec<&str> =
+        text.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("panicked")).collect();
+    let first = problems.iter().take(keep).map(|l| l.chars().take(300).collect()).collect();
     (problems.len(), first)
 }

@@ -18,12 +18,8 @@ pub struct Sink {
 impl Sink {
     pub async fn start() -> anyhow::Result<Sink> {
         let hits = Arc::new(AtomicU64::new(0));
-        let app = Router::new()
-            .fallback(any(ok))
-            .with_state(hits.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding the HTTP sink")?;
+        let app = Router::new().fallback(any(ok)).with_state(hits.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the HTTP sink")?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;

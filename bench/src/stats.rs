@@ -35,13 +35,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "p50 {} · p99 {} · max {} ms",
-            ms(self.p50),
-            ms(self.p99),
-            ms(self.max)
-        )
+        write!(f, "p50 {} · p99 {} · max {} ms", ms(self.p50), ms(self.p99), ms(self.max))
     }
 }
 

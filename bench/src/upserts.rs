@@ -61,11 +61,7 @@ pub async fn run(kairos: &Path, args: &UpsertArgs, report: &mut Report) -> anyho
         );
         if let Some(s) = summarize(outcome.latency_ms) {
             // The issue asks for p99 latency but sets no bound on it.
-            report.row(
-                &scenario,
-                &format!("{phase}: latency of one POST"),
-                s.to_string(),
-            );
+            report.row(&scenario, &format!("{phase}: latency of one POST"), s.to_string());
         }
         report.row(&scenario, &format!("{phase}: CPU"), cpu.to_string());
         if let Some(error) = outcome.first_error {
@@ -75,10 +71,7 @@ pub async fn run(kairos: &Path, args: &UpsertArgs, report: &mut Report) -> anyho
     report.row(&scenario, "RSS after both phases", mib(rss_bytes(server.pid)?));
     let (count, first) = log_problems(&log_path, 3);
     if count > 0 {
-        report.note(format!(
-            "{scenario}: the server logged {count} warnings/errors, first: {}",
-            first.join(" // ")
-        ));
+        report.note(format!("{scenario}: the server logged {count} warnings/errors, first: {}", first.join(" // ")));
     }
     server.stop().await?;
     Ok(())

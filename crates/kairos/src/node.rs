@@ -7,11 +7,11 @@
 //! - *leases*: a running execution whose lease expired turns `lost` (and is retried if retries remain); on a
 //!   restart, executions this node was running when it died are lost at once, since their processes are gone.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::http::StatusCode;
@@ -41,8 +41,9 @@ pub struct Node {
     pub outputs: OutputStore,
     pub worker: Worker,
     pub rpc_addr: SocketAddr,
-    /// Executions this leader has handed to a worker and not yet seen finish.
-    dispatched: Mutex<HashSet<ExecRef>>,
+    /// Executions this leader has handed to a worker, with when. An entry is dropped only once a state snapshot
+    /// taken after the dispatch shows the execution final, so a stale read can never dispatch it twice.
+    dispatched: Mutex<HashMap<ExecRef, Instant>>,
     dispatch_wake: Notify,
     stopping: CancellationToken,
 }
@@ -111,7 +112,7 @@ impl Node {
             outputs,
             worker,
             rpc_addr,
-            dispatched: Mutex::new(HashSet::new()),
+            dispatched: Mutex::new(HashMap::new()),
             dispatch_wake: Notify::new(),
             stopping: CancellationToken::new(),
         });
@@ -241,19 +242,18 @@ impl Node {
             return;
         }
         let exec_ref = ExecRef { job: exec.job_name.clone(), id: exec.id.clone() };
-        if !self.dispatched.lock().expect("dispatch set lock").insert(exec_ref) {
-            return;
+        {
+            let mut dispatched = self.dispatched.lock().expect("dispatch set lock");
+            if dispatched.contains_key(&exec_ref) {
+                return;
+            }
+            dispatched.insert(exec_ref, Instant::now());
         }
         match self.state.job(&exec.job_name) {
             Ok(Some(record)) => self.worker.start(exec, &record.job),
             Ok(None) => {}
             Err(err) => warn!("dispatch: cannot read job {}: {err}", exec.job_name),
         }
-    }
-
-    /// Called when a finish was committed: the execution may be dispatched again only as a new attempt.
-    pub fn forget_dispatched(&self, exec_ref: &ExecRef) {
-        self.dispatched.lock().expect("dispatch set lock").remove(exec_ref);
     }
 
     /// Cancel a pending or running execution wherever it is.
@@ -421,22 +421,38 @@ async fn dispatch_loop(node: Arc<Node>) {
             if node.is_stopping() || !node.is_leader() {
                 break;
             }
-            if let Err(err) = sweep(&node, first_sweep).await {
-                warn!("dispatcher: {}", err.message);
+            let mut wait = SWEEP_INTERVAL;
+            match sweep(&node, first_sweep).await {
+                Ok(Some(retry_at)) => {
+                    wait = wait.min(Timestamp::now().duration_until(retry_at).unsigned_abs());
+                }
+                Ok(None) => {}
+                Err(err) => warn!("dispatcher: {}", err.message),
             }
             first_sweep = false;
             tokio::select! {
                 _ = node.stopping.cancelled() => return,
                 _ = node.dispatch_wake.notified() => {}
-                _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         }
     }
 }
 
-async fn sweep(node: &Node, first: bool) -> Result<(), ApiError> {
+/// One pass over the active executions; answers the earliest future retry instant, to wake for it.
+async fn sweep(node: &Node, first: bool) -> Result<Option<Timestamp>, ApiError> {
     let now = Timestamp::now();
+    let taken = Instant::now();
     let active = node.state.active()?;
+    let active_refs: HashSet<ExecRef> =
+        active.iter().map(|e| ExecRef { job: e.job_name.clone(), id: e.id.clone() }).collect();
+    node.dispatched.lock().expect("dispatch set lock").retain(|r, at| active_refs.contains(r) || *at > taken);
+    let next_retry = active
+        .iter()
+        .filter(|e| e.status == ExecutionStatus::Pending)
+        .filter_map(|e| e.not_before)
+        .filter(|t| *t > now)
+        .min();
     let mut lost = Vec::new();
     for exec in active {
         match exec.status {
@@ -446,7 +462,7 @@ async fn sweep(node: &Node, first: bool) -> Result<(), ApiError> {
                 let ours_but_gone = first
                     && exec.node_name == node.config.node_name
                     && !node.worker.is_running(&exec_ref)
-                    && !node.dispatched.lock().expect("dispatch set lock").contains(&exec_ref);
+                    && !node.dispatched.lock().expect("dispatch set lock").contains_key(&exec_ref);
                 let expired = exec.lease_until.is_some_and(|l| l < now);
                 if ours_but_gone || expired {
                     let reason = if ours_but_gone {
@@ -461,7 +477,7 @@ async fn sweep(node: &Node, first: bool) -> Result<(), ApiError> {
         }
     }
     if lost.is_empty() {
-        return Ok(());
+        return Ok(next_retry);
     }
     let mut results = Vec::with_capacity(lost.len());
     for (exec, reason) in lost {
@@ -480,5 +496,6 @@ async fn sweep(node: &Node, first: bool) -> Result<(), ApiError> {
             only_if_lease_expired: !first,
         });
     }
-    node.submit(Command::Finish { results }).await.map(|_| ())
+    node.submit(Command::Finish { results }).await?;
+    Ok(next_retry)
 }

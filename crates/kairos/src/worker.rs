@@ -205,12 +205,7 @@ pub async fn report_loop(node: Arc<Node>, mut reports: UnboundedReceiver<Report>
             }
         }
         if !finishes.is_empty() {
-            let refs: Vec<ExecRef> = finishes.iter().map(|f| f.exec.clone()).collect();
-            if propose_with_retry(&node, Command::Finish { results: finishes }).await.is_some() {
-                for r in &refs {
-                    node.forget_dispatched(r);
-                }
-            }
+            propose_with_retry(&node, Command::Finish { results: finishes }).await;
         }
         node.worker.in_flight.fetch_sub(count, Ordering::SeqCst);
     }

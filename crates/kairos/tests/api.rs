@@ -425,7 +425,12 @@ async fn every_bad_request_is_refused_naming_the_field_and_changes_nothing() {
             failures.push(format!("{}: changed the stored jobs", case.what));
         }
     }
-    assert!(failures.is_empty(), "{} bad requests were not refused as they should be:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} bad requests were not refused as they should be:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 
     // A parent cycle: child -> parent exists, making parent a child of child is refused.
     server.create_job(&with(shell_job("child", "", "true"), json!({"parent_job": "parent"}))).await;

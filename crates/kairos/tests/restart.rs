@@ -69,7 +69,12 @@ async fn kill_9_loses_no_job_or_finished_execution_and_turns_the_running_one_los
     let ticks_after: BTreeMap<String, String> =
         server.executions("ticker").await.iter().map(|e| (e.id.clone(), essence(e))).collect();
     for exec in &ticks_before {
-        assert_eq!(ticks_after.get(&exec.id), Some(&essence(exec)), "finished execution {} changed or vanished", exec.id);
+        assert_eq!(
+            ticks_after.get(&exec.id),
+            Some(&essence(exec)),
+            "finished execution {} changed or vanished",
+            exec.id
+        );
     }
     let kept = server.execution("ticker", &ticks_before[0].id).await;
     assert!(kept.output.contains("tick"), "the stored output survives: {kept:?}");
@@ -97,9 +102,7 @@ async fn kill_9_loses_no_job_or_finished_execution_and_turns_the_running_one_los
     kill_leftover(orphan);
     let retry = execs.iter().find(|e| e.attempt == 2).unwrap();
     server.post_empty(&format!("/v1/jobs/sleeper/executions/{}/cancel", retry.id)).await.expect(202);
-    server
-        .wait_executions("sleeper", "the retry is cancelled", secs(10), |e| e.iter().all(Exec::is_final))
-        .await;
+    server.wait_executions("sleeper", "the retry is cancelled", secs(10), |e| e.iter().all(Exec::is_final)).await;
     for pid in pids_in(&pid_file) {
         kill_leftover(pid);
     }

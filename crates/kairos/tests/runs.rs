@@ -131,9 +131,7 @@ async fn stored_output_is_capped_by_output_max_bytes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrency_forbid_records_overlapping_slots_as_skipped() {
     let server = Server::fresh(&[]).await;
-    server
-        .create_job(&with(shell_job("single", "* * * * * *", "sleep 3"), json!({"concurrency": "forbid"})))
-        .await;
+    server.create_job(&with(shell_job("single", "* * * * * *", "sleep 3"), json!({"concurrency": "forbid"}))).await;
 
     let execs = server
         .wait_executions("single", "a run succeeded and slots were skipped", secs(30), |e| {
@@ -161,9 +159,7 @@ async fn concurrency_forbid_records_overlapping_slots_as_skipped() {
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrency_replace_cancels_the_running_execution_for_the_new_one() {
     let server = Server::fresh(&[]).await;
-    server
-        .create_job(&with(shell_job("newest", "* * * * * *", "sleep 30"), json!({"concurrency": "replace"})))
-        .await;
+    server.create_job(&with(shell_job("newest", "* * * * * *", "sleep 30"), json!({"concurrency": "replace"}))).await;
 
     let execs = server
         .wait_executions("newest", "three runs were replaced", secs(30), |e| {
@@ -211,9 +207,7 @@ async fn concurrency_allow_lets_runs_overlap() {
             e.iter().filter(|x| x.status == "running").count() >= 2
         })
         .await;
-    let execs = server
-        .wait_executions("overlap", "two runs succeeded", secs(30), |e| count(e, "succeeded") >= 2)
-        .await;
+    let execs = server.wait_executions("overlap", "two runs succeeded", secs(30), |e| count(e, "succeeded") >= 2).await;
     assert_eq!(count(&execs, "skipped") + count(&execs, "cancelled") + count(&execs, "failed"), 0, "{execs:?}");
     server.post_empty("/v1/jobs/overlap/toggle").await.expect(200);
     stop_active(&server, "overlap").await;
@@ -261,20 +255,24 @@ async fn a_retry_that_succeeds_ends_the_retries() {
     let flag = scratch.path().join("failed-once");
     let command = format!("if [ -e {0} ]; then echo recovered; else touch {0}; exit 1; fi", flag.display());
     server
-        .create_job(&with(shell_job("recovers", "@manually", &command), json!({"retries": 3, "retry_backoff": "100ms"})))
+        .create_job(&with(
+            shell_job("recovers", "@manually", &command),
+            json!({"retries": 3, "retry_backoff": "100ms"}),
+        ))
         .await;
     server.run("recovers").await;
 
-    let execs = server
-        .wait_executions("recovers", "a retry succeeded", secs(30), |e| count(e, "succeeded") == 1)
-        .await;
+    let execs = server.wait_executions("recovers", "a retry succeeded", secs(30), |e| count(e, "succeeded") == 1).await;
     tokio::time::sleep(millis(800)).await;
     let execs_later = server.executions("recovers").await;
     assert_eq!(execs_later.len(), 2, "{execs:?}");
     let mut attempts = execs_later;
     attempts.sort_by_key(|e| e.attempt);
     assert_eq!((attempts[0].attempt, attempts[0].status.as_str()), (1, "failed"));
-    assert_eq!((attempts[1].attempt, attempts[1].status.as_str(), attempts[1].trigger.as_str()), (2, "succeeded", "retry"));
+    assert_eq!(
+        (attempts[1].attempt, attempts[1].status.as_str(), attempts[1].trigger.as_str()),
+        (2, "succeeded", "retry")
+    );
     assert!(attempts[1].output.contains("recovered"));
 }
 
@@ -290,9 +288,8 @@ async fn children_run_after_their_parent_succeeds_and_not_after_it_fails() {
 
     server.run("good").await;
     server.run("bad").await;
-    let child = server
-        .wait_executions("after-good", "the child ran", secs(20), |e| e.len() == 1 && e[0].is_final())
-        .await;
+    let child =
+        server.wait_executions("after-good", "the child ran", secs(20), |e| e.len() == 1 && e[0].is_final()).await;
     let parent = server.executions("good").await;
     assert_eq!((child[0].status.as_str(), child[0].trigger.as_str()), ("succeeded", "parent"));
     assert!(child[0].output.contains("child-ran"));
@@ -314,10 +311,8 @@ async fn an_ephemeral_job_is_deleted_after_it_succeeds_and_kept_when_it_fails() 
     let failing = with(shell_job("one-shot-fails", "@manually", "exit 1"), json!({"ephemeral": true}));
     server.post("/v1/jobs?runoncreate=true", &failing).await.expect(201);
 
-    wait_until("the ephemeral job is gone", secs(20), async || {
-        (!server.job_exists("one-shot").await).then_some(())
-    })
-    .await;
+    wait_until("the ephemeral job is gone", secs(20), async || (!server.job_exists("one-shot").await).then_some(()))
+        .await;
     server
         .wait_executions("one-shot-fails", "its run failed", secs(20), |e| e.len() == 1 && e[0].status == "failed")
         .await;
@@ -331,7 +326,8 @@ async fn an_at_schedule_fires_exactly_once_at_its_instant() {
     server.create_job(&shell_job("once", &format!("@at {at}"), "echo at-ran")).await;
     assert_eq!(server.job("once").await["next"].as_str(), Some(at.to_string().as_str()));
 
-    let execs = server.wait_executions("once", "the run finished", secs(20), |e| !e.is_empty() && e[0].is_final()).await;
+    let execs =
+        server.wait_executions("once", "the run finished", secs(20), |e| !e.is_empty() && e[0].is_final()).await;
     assert_eq!(execs.len(), 1);
     assert_eq!((execs[0].scheduled_at, execs[0].status.as_str()), (at, "succeeded"));
     assert!(execs[0].started_at.unwrap() >= at, "not before its instant");
@@ -366,7 +362,8 @@ async fn cancel_stops_the_whole_process_group_quickly() {
     let (shell_pid, sleep_pid) =
         (read_pid(&scratch.path().join("shell.pid")).await, read_pid(&scratch.path().join("sleep.pid")).await);
     assert!(process_alive(shell_pid) && process_alive(sleep_pid));
-    let running = server.wait_executions("long", "it runs", secs(20), |e| e.len() == 1 && e[0].status == "running").await;
+    let running =
+        server.wait_executions("long", "it runs", secs(20), |e| e.len() == 1 && e[0].status == "running").await;
 
     let asked = std::time::Instant::now();
     let path = format!("/v1/jobs/long/executions/{}/cancel", running[0].id);
@@ -474,9 +471,8 @@ async fn at_most_the_retained_number_of_executions_is_kept() {
         server.post_empty(&format!("/v1/jobs/{name}/toggle")).await.expect(200);
     }
     for (name, kept) in [("kept-five", 5), ("kept-three", 3)] {
-        let execs = server
-            .wait_executions(name, "the last run finished", secs(10), |e| e.iter().all(Exec::is_final))
-            .await;
+        let execs =
+            server.wait_executions(name, "the last run finished", secs(10), |e| e.iter().all(Exec::is_final)).await;
         assert_eq!(execs.len(), kept, "{name}");
         assert_consecutive_seconds(&first_attempts_oldest_first(&execs));
         // Pruned executions take their stored output with them.
@@ -515,16 +511,17 @@ async fn http_target() -> (String, Seen) {
 async fn the_http_executor_checks_the_status_code_and_body() {
     let server = Server::fresh(&[]).await;
     let (base, seen) = http_target().await;
-    let http_job = |name: &str, config: Value| {
-        json!({"name": name, "schedule": "@manually", "executor": "http", "executor_config": config})
-    };
+    let http_job = |name: &str, config: Value| json!({"name": name, "schedule": "@manually", "executor": "http", "executor_config": config});
     let jobs = [
         http_job("matches", json!({"url": format!("{base}/ok"), "expectCode": "200", "expectBody": "good: \\d+"})),
         http_job("wrong-body", json!({"url": format!("{base}/ok"), "expectBody": "^bad"})),
         http_job("wrong-code", json!({"url": format!("{base}/teapot"), "expectCode": "200"})),
         http_job("teapot-expected", json!({"url": format!("{base}/teapot"), "expectCode": "418"})),
-        http_job("posts", json!({"url": format!("{base}/echo"), "method": "POST", "body": "ping",
-                                 "headers": "[\"X-Test: yes\", \"Content-Type: text/plain\"]", "timeout": "5s"})),
+        http_job(
+            "posts",
+            json!({"url": format!("{base}/echo"), "method": "POST", "body": "ping",
+                                 "headers": "[\"X-Test: yes\", \"Content-Type: text/plain\"]", "timeout": "5s"}),
+        ),
         http_job("unreachable", json!({"url": "http://127.0.0.1:1/", "timeout": "2s"})),
     ];
     for job in &jobs {

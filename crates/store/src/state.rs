@@ -191,7 +191,11 @@ impl<'txn> Applier<'txn> {
         let record = match previous {
             Some(prev) => {
                 let mut cursor = prev.cursor;
-                if prev.job.schedule != job.schedule || prev.job.timezone != job.timezone {
+                // A new schedule must not catch up on its own past, and slots passed while the job was disabled
+                // were never due: either way the job starts afresh from now.
+                let rescheduled = prev.job.schedule != job.schedule || prev.job.timezone != job.timezone;
+                let enabled = prev.job.disabled && !job.disabled;
+                if rescheduled || enabled {
                     cursor = cursor.max(Some(now));
                 }
                 carry_derived_fields(&prev.job, &mut stored);

@@ -8,9 +8,7 @@ use std::sync::Arc;
 
 use kairos_model::{Concurrency, Execution, ExecutionStatus, Job, Timestamp, Trigger, execution_id};
 use kairos_store::state::{Applier, create_tables};
-use kairos_store::{
-    Command, Event, ExecRef, Finish, Fire, JobRecord, Refusal, Response, Start, StateReader,
-};
+use kairos_store::{Command, Event, ExecRef, Finish, Fire, JobRecord, Refusal, Response, Start, StateReader};
 use redb::Database;
 use tempfile::TempDir;
 
@@ -30,21 +28,14 @@ impl State {
         let dir = TempDir::new().unwrap();
         let db = Database::create(dir.path().join("state.redb")).unwrap();
         create_tables(&db).unwrap();
-        State {
-            db: Arc::new(db),
-            retained_default,
-            _dir: dir,
-        }
+        State { db: Arc::new(db), retained_default, _dir: dir }
     }
 
     /// Apply commands in one transaction (one Raft entry batch); the responses and the batch's events.
     fn batch(&self, commands: &[Command]) -> (Vec<Response>, Vec<Event>) {
         let txn = self.db.begin_write().unwrap();
         let mut applier = Applier::new(&txn, self.retained_default).unwrap();
-        let responses = commands
-            .iter()
-            .map(|command| applier.apply(command).unwrap())
-            .collect();
+        let responses = commands.iter().map(|command| applier.apply(command).unwrap()).collect();
         let events = applier.finish().unwrap();
         txn.commit().unwrap();
         (responses, events)
@@ -60,10 +51,7 @@ impl State {
     }
 
     fn record(&self, name: &str) -> JobRecord {
-        self.reader()
-            .job(name)
-            .unwrap()
-            .unwrap_or_else(|| panic!("job {name} should exist"))
+        self.reader().job(name).unwrap().unwrap_or_else(|| panic!("job {name} should exist"))
     }
 
     fn executions(&self, name: &str) -> Vec<Execution> {
@@ -71,10 +59,7 @@ impl State {
     }
 
     fn execution(&self, name: &str, id: &str) -> Execution {
-        self.reader()
-            .execution(name, id)
-            .unwrap()
-            .unwrap_or_else(|| panic!("execution {name}/{id} should exist"))
+        self.reader().execution(name, id).unwrap().unwrap_or_else(|| panic!("execution {name}/{id} should exist"))
     }
 
     fn put(&self, job: Job, now: Timestamp) -> Response {
@@ -90,20 +75,13 @@ impl State {
 
     fn start(&self, exec: &Execution, at: Timestamp, lease_until: Timestamp) -> Response {
         self.apply(Command::Start {
-            starts: vec![Start {
-                exec: exec_ref(exec),
-                node: "node-1".into(),
-                started_at: at,
-                lease_until,
-            }],
+            starts: vec![Start { exec: exec_ref(exec), node: "node-1".into(), started_at: at, lease_until }],
         })
         .0
     }
 
     fn finish(&self, result: Finish) -> (Response, Vec<Event>) {
-        self.apply(Command::Finish {
-            results: vec![result],
-        })
+        self.apply(Command::Finish { results: vec![result] })
     }
 }
 
@@ -122,8 +100,7 @@ fn job(name: &str) -> Job {
     let mut job = Job::empty(name);
     job.schedule = "* * * * * *".into();
     job.executor = "shell".into();
-    job.executor_config
-        .insert("command".into(), "echo hi".into());
+    job.executor_config.insert("command".into(), "echo hi".into());
     job
 }
 
@@ -135,38 +112,22 @@ fn child_of(name: &str, parent: &str) -> Job {
 }
 
 fn put(job: Job, now: Timestamp) -> Command {
-    Command::PutJob {
-        job: Box::new(job),
-        now,
-    }
+    Command::PutJob { job: Box::new(job), now }
 }
 
 fn fire(name: &str, slot: Timestamp, trigger: Trigger) -> Command {
-    Command::Fire {
-        fires: vec![Fire {
-            job: name.into(),
-            scheduled_at: slot,
-            trigger,
-        }],
-    }
+    Command::Fire { fires: vec![Fire { job: name.into(), scheduled_at: slot, trigger }] }
 }
 
 fn exec_ref(exec: &Execution) -> ExecRef {
-    ExecRef {
-        job: exec.job_name.clone(),
-        id: exec.id.clone(),
-    }
+    ExecRef { job: exec.job_name.clone(), id: exec.id.clone() }
 }
 
 fn finished(exec: &Execution, status: ExecutionStatus, finished_at: Timestamp) -> Finish {
     Finish {
         exec: exec_ref(exec),
         status,
-        exit_code: Some(if status == ExecutionStatus::Succeeded {
-            0
-        } else {
-            1
-        }),
+        exit_code: Some(if status == ExecutionStatus::Succeeded { 0 } else { 1 }),
         error: None,
         output_tail: "hi\n".into(),
         output_bytes: 3,
@@ -240,11 +201,7 @@ fn updating_a_job_keeps_counters_created_at_and_cursor() {
     assert_eq!(record.job.status, "success");
     assert_eq!(record.job.created_at, Some(at(0)));
     assert_eq!(record.job.updated_at, Some(at(20)));
-    assert_eq!(
-        record.cursor,
-        Some(at(5)),
-        "same schedule: the cursor stays"
-    );
+    assert_eq!(record.cursor, Some(at(5)), "same schedule: the cursor stays");
     assert_eq!(record.stored, 1);
 }
 
@@ -369,10 +326,7 @@ fn deleting_a_job_with_children_is_a_conflict_and_changes_nothing() {
 
     let (response, events) = state.apply(Command::DeleteJob { name: "p".into() });
 
-    assert!(
-        matches!(response.refusal, Some(Refusal::Conflict(ref m)) if m.contains('c')),
-        "{response:?}"
-    );
+    assert!(matches!(response.refusal, Some(Refusal::Conflict(ref m)) if m.contains('c')), "{response:?}");
     assert_eq!(state.record("p"), record);
     assert_eq!(state.executions("p"), executions);
     assert!(!events.contains(&Event::JobDeleted("p".into())));
@@ -382,9 +336,7 @@ fn deleting_a_job_with_children_is_a_conflict_and_changes_nothing() {
 #[test]
 fn deleting_an_unknown_job_is_not_found() {
     let state = State::new();
-    let (response, _) = state.apply(Command::DeleteJob {
-        name: "ghost".into(),
-    });
+    let (response, _) = state.apply(Command::DeleteJob { name: "ghost".into() });
     assert!(matches!(response.refusal, Some(Refusal::NotFound(_))));
 }
 
@@ -399,9 +351,7 @@ fn deleting_a_job_removes_its_executions_and_reports_them() {
     state.start(&running, at(3), at(60));
     let unrelated = state.fire_one("other", at(3), Trigger::Schedule);
 
-    let (response, events) = state.apply(Command::DeleteJob {
-        name: "backup".into(),
-    });
+    let (response, events) = state.apply(Command::DeleteJob { name: "backup".into() });
 
     assert_eq!(response.refusal, None);
     assert_eq!(response.job.map(|j| j.name), Some("backup".into()));
@@ -420,10 +370,7 @@ fn deleting_a_job_removes_its_executions_and_reports_them() {
         })
         .flatten()
         .collect();
-    assert!(
-        cancel.contains(&&exec_ref(&running)),
-        "the running execution must be stopped where it runs: {events:?}"
-    );
+    assert!(cancel.contains(&&exec_ref(&running)), "the running execution must be stopped where it runs: {events:?}");
 }
 
 #[test]
@@ -442,10 +389,8 @@ fn set_paused_persists() {
 #[test]
 fn restore_creates_every_job_parents_first() {
     let state = State::new();
-    let (response, _) = state.apply(Command::RestoreJobs {
-        jobs: vec![job("p"), child_of("c", "p"), job("z")],
-        now: at(0),
-    });
+    let (response, _) =
+        state.apply(Command::RestoreJobs { jobs: vec![job("p"), child_of("c", "p"), job("z")], now: at(0) });
     assert_eq!(response.refusal, None);
     assert_eq!(state.reader().job_count().unwrap(), 3);
     assert_eq!(state.record("p").job.dependent_jobs, ["c"]);
@@ -476,10 +421,7 @@ fn firing_a_schedule_slot_creates_one_pending_execution_with_the_slot_id() {
     let exec = state.execution("backup", &execution_id(at(5), 1));
     assert_eq!(response.executions, vec![exec.clone()]);
     assert_eq!(exec.status, ExecutionStatus::Pending);
-    assert_eq!(
-        (exec.attempt, exec.scheduled_at, exec.trigger),
-        (1, at(5), Trigger::Schedule)
-    );
+    assert_eq!((exec.attempt, exec.scheduled_at, exec.trigger), (1, at(5), Trigger::Schedule));
     let record = state.record("backup");
     assert_eq!((record.active, record.stored), (1, 1));
     assert_eq!(record.cursor, Some(at(5)));
@@ -512,16 +454,8 @@ fn the_same_slot_twice_in_one_batch_fires_once() {
     state.put(job("backup"), at(0));
     let twice = Command::Fire {
         fires: vec![
-            Fire {
-                job: "backup".into(),
-                scheduled_at: at(5),
-                trigger: Trigger::Schedule,
-            },
-            Fire {
-                job: "backup".into(),
-                scheduled_at: at(5),
-                trigger: Trigger::Schedule,
-            },
+            Fire { job: "backup".into(), scheduled_at: at(5), trigger: Trigger::Schedule },
+            Fire { job: "backup".into(), scheduled_at: at(5), trigger: Trigger::Schedule },
         ],
     };
     let (responses, _) = state.batch(&[twice.clone(), twice]);
@@ -555,14 +489,7 @@ fn manual_runs_of_the_same_instant_get_distinct_ids() {
     let first = state.fire_one("backup", at(7), Trigger::Manual);
     let second = state.fire_one("backup", at(7), Trigger::Manual);
     let (response, _) = state.apply(Command::Fire {
-        fires: vec![
-            Fire {
-                job: "backup".into(),
-                scheduled_at: at(7),
-                trigger: Trigger::Manual,
-            };
-            2
-        ],
+        fires: vec![Fire { job: "backup".into(), scheduled_at: at(7), trigger: Trigger::Manual }; 2],
     });
 
     let mut all: Vec<String> = ids(&[first.clone(), second.clone()]);
@@ -572,11 +499,7 @@ fn manual_runs_of_the_same_instant_get_distinct_ids() {
     assert_eq!(first.id, execution_id(at(7), 1));
     assert_eq!(second.id, execution_id(at_ms(7001), 1));
     assert_eq!(state.record("backup").stored, 4);
-    assert_eq!(
-        state.record("backup").cursor,
-        Some(at(0)),
-        "manual runs leave the schedule alone"
-    );
+    assert_eq!(state.record("backup").cursor, Some(at(0)), "manual runs leave the schedule alone");
 }
 
 #[test]
@@ -587,10 +510,7 @@ fn a_manual_run_does_not_take_a_scheduled_slot() {
     let manual = state.fire_one("backup", at(5), Trigger::Manual);
 
     assert_ne!(manual.id, scheduled.id);
-    assert_eq!(
-        state.execution("backup", &scheduled.id).trigger,
-        Trigger::Schedule
-    );
+    assert_eq!(state.execution("backup", &scheduled.id).trigger, Trigger::Schedule);
     assert_eq!(state.record("backup").stored, 2);
 }
 
@@ -634,15 +554,9 @@ fn a_disabled_job_advances_its_cursor_but_runs_nothing() {
 fn advance_moves_the_cursor_forward_only() {
     let state = State::new();
     state.put(job("backup"), at(0));
-    state.apply(Command::Advance {
-        job: "backup".into(),
-        cursor: at(30),
-    });
+    state.apply(Command::Advance { job: "backup".into(), cursor: at(30) });
     assert_eq!(state.record("backup").cursor, Some(at(30)));
-    state.apply(Command::Advance {
-        job: "backup".into(),
-        cursor: at(10),
-    });
+    state.apply(Command::Advance { job: "backup".into(), cursor: at(10) });
     assert_eq!(state.record("backup").cursor, Some(at(30)));
     let (response, _) = state.apply(fire("backup", at(20), Trigger::Schedule));
     assert!(response.executions.is_empty());
@@ -731,26 +645,15 @@ fn start_of_an_execution_that_is_not_pending_is_ignored() {
     state.start(&exec, at(2), at(62));
 
     let again = state.apply(Command::Start {
-        starts: vec![Start {
-            exec: exec_ref(&exec),
-            node: "node-2".into(),
-            started_at: at(3),
-            lease_until: at(99),
-        }],
+        starts: vec![Start { exec: exec_ref(&exec), node: "node-2".into(), started_at: at(3), lease_until: at(99) }],
     });
     assert!(again.0.executions.is_empty());
     let running = state.execution("backup", &exec.id);
-    assert_eq!(
-        (running.node_name.as_str(), running.started_at),
-        ("node-1", Some(at(2)))
-    );
+    assert_eq!((running.node_name.as_str(), running.started_at), ("node-1", Some(at(2))));
 
     state.finish(finished(&exec, ExecutionStatus::Succeeded, at(4)));
     assert!(state.start(&exec, at(5), at(65)).executions.is_empty());
-    assert_eq!(
-        state.execution("backup", &exec.id).status,
-        ExecutionStatus::Succeeded
-    );
+    assert_eq!(state.execution("backup", &exec.id).status, ExecutionStatus::Succeeded);
 
     let ghost = Execution::decided("backup", at(50), 1, Trigger::Schedule);
     assert!(state.start(&ghost, at(5), at(65)).executions.is_empty());
@@ -779,11 +682,7 @@ fn renew_extends_only_the_leases_of_running_executions() {
     assert_eq!(state.execution("backup", &done.id).lease_until, None);
 
     renew(at(70));
-    assert_eq!(
-        state.execution("backup", &running.id).lease_until,
-        Some(at(90)),
-        "a lease never shrinks"
-    );
+    assert_eq!(state.execution("backup", &running.id).lease_until, Some(at(90)), "a lease never shrinks");
 }
 
 // ----- finishing -----
@@ -859,10 +758,7 @@ fn an_ephemeral_job_is_deleted_after_its_first_success() {
     state.put(once, at(0));
     let failed = state.fire_one("once", at(1), Trigger::Schedule);
     state.finish(finished(&failed, ExecutionStatus::Failed, at(2)));
-    assert!(
-        state.reader().job("once").unwrap().is_some(),
-        "a failure keeps it"
-    );
+    assert!(state.reader().job("once").unwrap().is_some(), "a failure keeps it");
 
     let exec = state.fire_one("once", at(3), Trigger::Schedule);
     let (_, events) = state.finish(finished(&exec, ExecutionStatus::Succeeded, at(4)));
@@ -961,27 +857,18 @@ fn a_lost_report_is_ignored_when_the_lease_was_renewed_past_it() {
     state.put(job("backup"), at(0));
     let exec = state.fire_one("backup", at(1), Trigger::Schedule);
     state.start(&exec, at(1), at(10));
-    state.apply(Command::Renew {
-        renewals: vec![exec_ref(&exec)],
-        lease_until: at(20),
-    });
+    state.apply(Command::Renew { renewals: vec![exec_ref(&exec)], lease_until: at(20) });
 
     let mut lost = finished(&exec, ExecutionStatus::Lost, at(15));
     lost.only_if_lease_expired = true;
     let (response, _) = state.finish(lost.clone());
     assert!(response.executions.is_empty());
-    assert_eq!(
-        state.execution("backup", &exec.id).status,
-        ExecutionStatus::Running
-    );
+    assert_eq!(state.execution("backup", &exec.id).status, ExecutionStatus::Running);
     assert_eq!(state.record("backup").job.error_count, 0);
 
     lost.finished_at = at(21);
     state.finish(lost);
-    assert_eq!(
-        state.execution("backup", &exec.id).status,
-        ExecutionStatus::Lost
-    );
+    assert_eq!(state.execution("backup", &exec.id).status, ExecutionStatus::Lost);
     assert_eq!(state.record("backup").active, 0);
 }
 
@@ -992,10 +879,7 @@ fn an_unconditional_lost_report_applies_even_within_the_lease() {
     let exec = state.fire_one("backup", at(1), Trigger::Schedule);
     state.start(&exec, at(1), at(60));
     state.finish(finished(&exec, ExecutionStatus::Lost, at(5)));
-    assert_eq!(
-        state.execution("backup", &exec.id).status,
-        ExecutionStatus::Lost
-    );
+    assert_eq!(state.execution("backup", &exec.id).status, ExecutionStatus::Lost);
 }
 
 // ----- retention -----
@@ -1048,9 +932,7 @@ fn retention_never_prunes_active_executions() {
     let mut kept2 = job("backup");
     kept2.executions_retained = Some(2);
     state.put(kept2, at(0));
-    let active: Vec<Execution> = (1..=4)
-        .map(|s| state.fire_one("backup", at(s), Trigger::Schedule))
-        .collect();
+    let active: Vec<Execution> = (1..=4).map(|s| state.fire_one("backup", at(s), Trigger::Schedule)).collect();
     assert_eq!(ids(&state.executions("backup")), ids(&active));
     assert_eq!(state.record("backup").stored, 4);
 
@@ -1076,21 +958,14 @@ fn delete_executions_keeps_the_active_ones() {
     state.start(&running, at(2), at(60));
     let pending = state.fire_one("backup", at(3), Trigger::Schedule);
 
-    let (response, events) = state.apply(Command::DeleteExecutions {
-        job: "backup".into(),
-    });
+    let (response, events) = state.apply(Command::DeleteExecutions { job: "backup".into() });
 
     assert_eq!(response.refusal, None);
     assert_eq!(pruned_in(&events), vec![exec_ref(&done)]);
-    assert_eq!(
-        ids(&state.executions("backup")),
-        vec![running.id, pending.id]
-    );
+    assert_eq!(ids(&state.executions("backup")), vec![running.id, pending.id]);
     let record = state.record("backup");
     assert_eq!((record.active, record.stored), (2, 2));
-    let (missing, _) = state.apply(Command::DeleteExecutions {
-        job: "ghost".into(),
-    });
+    let (missing, _) = state.apply(Command::DeleteExecutions { job: "ghost".into() });
     assert!(matches!(missing.refusal, Some(Refusal::NotFound(_))));
 }
 
@@ -1103,10 +978,7 @@ fn commands_in_one_batch_see_each_other() {
         fire("backup", at(1), Trigger::Schedule),
         Command::Start {
             starts: vec![Start {
-                exec: ExecRef {
-                    job: "backup".into(),
-                    id: exec_id.clone(),
-                },
+                exec: ExecRef { job: "backup".into(), id: exec_id.clone() },
                 node: "node-1".into(),
                 started_at: at(1),
                 lease_until: at(60),
@@ -1117,10 +989,7 @@ fn commands_in_one_batch_see_each_other() {
     assert_eq!(responses[1].executions.len(), 1);
     assert_eq!(responses[2].executions.len(), 1);
     assert!(responses[3].executions.is_empty());
-    assert_eq!(
-        state.execution("backup", &exec_id).status,
-        ExecutionStatus::Running
-    );
+    assert_eq!(state.execution("backup", &exec_id).status, ExecutionStatus::Running);
     let record = state.record("backup");
     assert_eq!((record.active, record.stored, record.cursor), (1, 1, Some(at(1))));
 }
@@ -1173,17 +1042,12 @@ mod properties {
     /// Turn an op into a command, choosing its execution among those committed before the batch.
     fn command(state: &State, op: &Op) -> Option<Command> {
         match *op {
-            Op::Fire { job, second, manual } => Some(fire(
-                JOBS[job],
-                at(second),
-                if manual { Trigger::Manual } else { Trigger::Schedule },
-            )),
+            Op::Fire { job, second, manual } => {
+                Some(fire(JOBS[job], at(second), if manual { Trigger::Manual } else { Trigger::Schedule }))
+            }
             Op::Start { job, pick } => {
-                let pending: Vec<Execution> = state
-                    .executions(JOBS[job])
-                    .into_iter()
-                    .filter(|e| e.status == ExecutionStatus::Pending)
-                    .collect();
+                let pending: Vec<Execution> =
+                    state.executions(JOBS[job]).into_iter().filter(|e| e.status == ExecutionStatus::Pending).collect();
                 let exec = pending.get(pick % pending.len().max(1))?;
                 Some(Command::Start {
                     starts: vec![Start {
@@ -1195,15 +1059,10 @@ mod properties {
                 })
             }
             Op::Finish { job, pick, status, second } => {
-                let active: Vec<Execution> = state
-                    .executions(JOBS[job])
-                    .into_iter()
-                    .filter(|e| e.status.is_active())
-                    .collect();
+                let active: Vec<Execution> =
+                    state.executions(JOBS[job]).into_iter().filter(|e| e.status.is_active()).collect();
                 let exec = active.get(pick % active.len().max(1))?;
-                Some(Command::Finish {
-                    results: vec![finished(exec, status, at(second))],
-                })
+                Some(Command::Finish { results: vec![finished(exec, status, at(second))] })
             }
         }
     }
@@ -1228,13 +1087,8 @@ mod properties {
                 }
             }
         }
-        let indexed: BTreeSet<(String, String)> = state
-            .reader()
-            .active()
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.job_name, e.id))
-            .collect();
+        let indexed: BTreeSet<(String, String)> =
+            state.reader().active().unwrap().into_iter().map(|e| (e.job_name, e.id)).collect();
         prop_assert_eq!(indexed, active_ids, "the active index matches the statuses");
         Ok(())
     }
@@ -1247,11 +1101,11 @@ mod properties {
         responses: &[Response],
         events: &[Event],
     ) -> Result<(), TestCaseError> {
-        let pruned: BTreeSet<(String, String)> =
-            pruned_in(events).into_iter().map(|r| (r.job, r.id)).collect();
-        let created = responses.iter().flat_map(|r| &r.executions).filter(|e| {
-            matches!(e.status, ExecutionStatus::Pending | ExecutionStatus::Skipped)
-        });
+        let pruned: BTreeSet<(String, String)> = pruned_in(events).into_iter().map(|r| (r.job, r.id)).collect();
+        let created = responses
+            .iter()
+            .flat_map(|r| &r.executions)
+            .filter(|e| matches!(e.status, ExecutionStatus::Pending | ExecutionStatus::Skipped));
         for exec in created {
             let key = (exec.job_name.clone(), exec.id.clone());
             let identity = (exec.trigger, exec.scheduled_at, exec.attempt);
