@@ -5,7 +5,7 @@
 //! a second cost a handful of Raft entries, not thousands. A failed attempt's retry instant (exponential backoff
 //! with jitter) is decided here, by the proposer, so applying stays deterministic.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +19,9 @@ use tracing::warn;
 
 use crate::config::Config;
 use crate::node::Node;
+
+/// How long the reporter waits after the first report of a batch for more to join it.
+const REPORT_LINGER: Duration = Duration::from_millis(5);
 
 /// What the worker tells the leader.
 #[derive(Debug)]
@@ -139,6 +142,7 @@ impl Worker {
                 output_tail: outcome.output_tail,
                 output_bytes: outcome.output_bytes,
                 node: worker.node_name.clone(),
+                started_at: Some(started_at),
                 finished_at: Timestamp::now(),
                 retry_at: None,
                 only_if_lease_expired: false,
@@ -171,6 +175,8 @@ pub fn retry_instant(node: &Node, job: &str, attempt: u32, now: Timestamp) -> Op
 /// Propose the worker's reports in batches: every start first, then every finish of the batch.
 pub async fn report_loop(node: Arc<Node>, mut reports: UnboundedReceiver<Report>) {
     while let Some(first) = reports.recv().await {
+        // Linger briefly so a burst of runs (and short runs' start and finish) share one proposal.
+        tokio::time::sleep(REPORT_LINGER).await;
         let mut batch = vec![first];
         while batch.len() < BATCH_ITEMS_MAX {
             match reports.try_recv() {
@@ -182,8 +188,17 @@ pub async fn report_loop(node: Arc<Node>, mut reports: UnboundedReceiver<Report>
         let now = Timestamp::now();
         let mut starts = Vec::new();
         let mut finishes = Vec::new();
+        // A run that started and finished within one batch needs no separate start: its finish carries it.
+        let finished: HashSet<ExecRef> = batch
+            .iter()
+            .filter_map(|r| match r {
+                Report::Finish(f) => Some(f.exec.clone()),
+                Report::Start(_) => None,
+            })
+            .collect();
         for report in batch {
             match report {
+                Report::Start(start) if finished.contains(&start.exec) => {}
                 Report::Start(start) => starts.push(start),
                 Report::Finish(mut finish) => {
                     if matches!(finish.status, ExecutionStatus::Failed) {
@@ -197,9 +212,9 @@ pub async fn report_loop(node: Arc<Node>, mut reports: UnboundedReceiver<Report>
             && let Some(response) = propose_with_retry(&node, Command::Start { starts: starts.clone() }).await
         {
             // A start the state refused (cancelled while pending) must not keep running.
-            let accepted: std::collections::HashSet<&str> = response.executions.iter().map(|e| e.id.as_str()).collect();
+            let accepted: HashSet<&str> = response.executions.iter().map(|e| e.id.as_str()).collect();
             for start in &starts {
-                if !accepted.contains(start.exec.id.as_str()) && !finishes.iter().any(|f| f.exec == start.exec) {
+                if !accepted.contains(start.exec.id.as_str()) {
                     node.worker.cancel(&start.exec, "cancelled before it started");
                 }
             }

@@ -87,6 +87,8 @@ pub struct Finish {
     pub output_tail: String,
     pub output_bytes: u64,
     pub node: String,
+    /// When the run started, for a finish whose start was never reported separately (short runs).
+    pub started_at: Option<Timestamp>,
     pub finished_at: Timestamp,
     /// When the proposer wants the next attempt to start if this one failed and retries remain.
     pub retry_at: Option<Timestamp>,

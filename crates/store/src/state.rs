@@ -522,6 +522,9 @@ impl<'txn> Applier<'txn> {
         if exec.node_name.is_empty() {
             exec.node_name = result.node.clone();
         }
+        if exec.started_at.is_none() {
+            exec.started_at = result.started_at;
+        }
         self.executions.insert(key.as_slice(), encode(&exec).as_slice())?;
         self.active.remove(key.as_slice())?;
         record.active = record.active.saturating_sub(1);
