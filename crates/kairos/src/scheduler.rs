@@ -161,6 +161,61 @@ impl Timer {
     }
 }
 
+/// The leader's view of every enabled job: the timer plus what re-arming needs.
+#[derive(Default)]
+struct Armed {
+    timer: Timer,
+    /// `expires_at` of the jobs that have one.
+    expiries: HashMap<String, Timestamp>,
+    /// Parsed schedules shared by every job with the same expression and zone (all but `~` ones), so a million
+    /// jobs on a few schedules hold a few parsed schedules.
+    shared: HashMap<(String, String), Arc<Schedule>>,
+}
+
+impl Armed {
+    fn schedule(&mut self, job: &kairos_model::Job) -> Option<Arc<Schedule>> {
+        if job.schedule.contains('~') {
+            return job.parsed_schedule().ok().flatten().map(Arc::new);
+        }
+        let key = (job.schedule.clone(), job.timezone.clone());
+        if let Some(schedule) = self.shared.get(&key) {
+            return Some(schedule.clone());
+        }
+        let schedule = Arc::new(job.parsed_schedule().ok().flatten()?);
+        self.shared.insert(key, schedule.clone());
+        Some(schedule)
+    }
+
+    /// Plan one job and arm the timer for it; fires and cursor moves are collected for one proposal.
+    fn arm(&mut self, record: &JobRecord, now: Timestamp, fires: &mut Vec<Fire>, commands: &mut Vec<Command>) {
+        let name = &record.job.name;
+        let Some(schedule) = self.schedule(&record.job) else {
+            self.forget(name);
+            return;
+        };
+        let plan = plan(record, &schedule, now);
+        if let Some(cursor) = plan.advance {
+            commands.push(Command::Advance { job: name.clone(), cursor });
+        }
+        fires.extend(plan.fires);
+        match record.job.expires_at {
+            Some(expires) => self.expiries.insert(name.clone(), expires),
+            None => self.expiries.remove(name),
+        };
+        self.timer.set(name, plan.next, schedule);
+    }
+
+    fn forget(&mut self, name: &str) {
+        self.timer.remove(name);
+        self.expiries.remove(name);
+    }
+
+    fn take_due(&mut self, now: Timestamp) -> Vec<Fire> {
+        let expiries = &self.expiries;
+        self.timer.take_due(now, |job| expiries.get(job).copied())
+    }
+}
+
 /// Run the scheduler for as long as the node runs; it is active only while the node leads.
 pub async fn run(node: Arc<Node>, mut changes: UnboundedReceiver<String>) {
     loop {
@@ -168,15 +223,14 @@ pub async fn run(node: Arc<Node>, mut changes: UnboundedReceiver<String>) {
             return; // shutting down
         }
         info!("scheduler: this node leads; rebuilding the timer from the stored jobs");
-        let mut expiries = HashMap::new();
-        let mut timer = Timer::default();
+        let mut armed = Armed::default();
         while changes.try_recv().is_ok() {} // everything is reloaded below
-        if let Err(err) = rebuild(&node, &mut timer, &mut expiries).await {
+        if let Err(err) = rebuild(&node, &mut armed).await {
             warn!("scheduler: rebuild failed: {err}");
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
-        if let Err(err) = lead(&node, &mut timer, &mut expiries, &mut changes).await {
+        if let Err(err) = lead(&node, &mut armed, &mut changes).await {
             warn!("scheduler: stopped leading: {err}");
         }
         if node.is_stopping() {
@@ -185,49 +239,20 @@ pub async fn run(node: Arc<Node>, mut changes: UnboundedReceiver<String>) {
     }
 }
 
-async fn rebuild(
-    node: &Node,
-    timer: &mut Timer,
-    expiries: &mut HashMap<String, Option<Timestamp>>,
-) -> anyhow::Result<()> {
+/// Arm every stored job, streaming the records (a million jobs must not sit in memory at once).
+async fn rebuild(node: &Node, armed: &mut Armed) -> anyhow::Result<()> {
     let now = Timestamp::now();
     let mut commands = Vec::new();
     let mut fires = Vec::new();
     let reader = node.state.clone();
-    let mut records = Vec::new();
     tokio::task::block_in_place(|| {
         reader.for_each_job(|record| {
-            records.push(record);
+            armed.arm(&record, now, &mut fires, &mut commands);
             true
         })
     })?;
-    for record in records {
-        arm(&record, now, timer, expiries, &mut fires, &mut commands);
-    }
+    info!("scheduler: {} jobs armed, {} slots to decide now", armed.timer.entries.len(), fires.len());
     propose(node, fires, commands).await
-}
-
-/// Plan one job and arm the timer for it; fires and cursor moves are collected for one proposal.
-fn arm(
-    record: &JobRecord,
-    now: Timestamp,
-    timer: &mut Timer,
-    expiries: &mut HashMap<String, Option<Timestamp>>,
-    fires: &mut Vec<Fire>,
-    commands: &mut Vec<Command>,
-) {
-    let name = record.job.name.clone();
-    let Ok(Some(schedule)) = record.job.parsed_schedule() else {
-        timer.remove(&name);
-        return;
-    };
-    let plan = plan(record, &schedule, now);
-    if let Some(cursor) = plan.advance {
-        commands.push(Command::Advance { job: name.clone(), cursor });
-    }
-    fires.extend(plan.fires);
-    expiries.insert(name.clone(), record.job.expires_at);
-    timer.set(&name, plan.next, Arc::new(schedule));
 }
 
 async fn propose(node: &Node, fires: Vec<Fire>, commands: Vec<Command>) -> anyhow::Result<()> {
@@ -242,15 +267,10 @@ async fn propose(node: &Node, fires: Vec<Fire>, commands: Vec<Command>) -> anyho
     Ok(())
 }
 
-async fn lead(
-    node: &Node,
-    timer: &mut Timer,
-    expiries: &mut HashMap<String, Option<Timestamp>>,
-    changes: &mut UnboundedReceiver<String>,
-) -> anyhow::Result<()> {
+async fn lead(node: &Node, armed: &mut Armed, changes: &mut UnboundedReceiver<String>) -> anyhow::Result<()> {
     let mut leadership = node.leadership_lost();
     loop {
-        let wake = timer.earliest().map(|at| {
+        let wake = armed.timer.earliest().map(|at| {
             let wait = Timestamp::now().duration_until(at).unsigned_abs();
             tokio::time::Instant::now() + wait
         });
@@ -265,11 +285,10 @@ async fn lead(
                 }
                 names.sort();
                 names.dedup();
-                reload(node, timer, expiries, names).await?;
+                reload(node, armed, names).await?;
             }
             _ = tokio::time::sleep_until(sleep_until) => {
-                let now = Timestamp::now();
-                let fires = timer.take_due(now, |job| expiries.get(job).copied().flatten());
+                let fires = armed.take_due(Timestamp::now());
                 if !fires.is_empty() {
                     debug!("scheduler: firing {} slots", fires.len());
                     propose(node, fires, Vec::new()).await?;
@@ -279,22 +298,14 @@ async fn lead(
     }
 }
 
-async fn reload(
-    node: &Node,
-    timer: &mut Timer,
-    expiries: &mut HashMap<String, Option<Timestamp>>,
-    names: Vec<String>,
-) -> anyhow::Result<()> {
+async fn reload(node: &Node, armed: &mut Armed, names: Vec<String>) -> anyhow::Result<()> {
     let now = Timestamp::now();
     let mut fires = Vec::new();
     let mut commands = Vec::new();
     for name in names {
         match node.state.job(&name)? {
-            Some(record) => arm(&record, now, timer, expiries, &mut fires, &mut commands),
-            None => {
-                timer.remove(&name);
-                expiries.remove(&name);
-            }
+            Some(record) => armed.arm(&record, now, &mut fires, &mut commands),
+            None => armed.forget(&name),
         }
     }
     propose(node, fires, commands).await
