@@ -226,8 +226,9 @@ pub async fn report_loop(node: Arc<Node>, mut reports: UnboundedReceiver<Report>
     }
 }
 
+/// The attempt number inside an execution id (`<ms>-<attempt>[-origin]`).
 fn attempt_of(exec: &ExecRef) -> u32 {
-    exec.id.rsplit_once('-').and_then(|(_, a)| a.parse().ok()).unwrap_or(1)
+    exec.id.split('-').nth(1).and_then(|a| a.parse().ok()).unwrap_or(1)
 }
 
 /// Reports must not be lost to a transient error (e.g. a leader change); retry for a bounded time.

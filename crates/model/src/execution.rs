@@ -100,16 +100,31 @@ pub struct Execution {
     pub output_bytes: u64,
 }
 
-/// The deterministic id of an attempt at a slot: `<scheduled ms>-<attempt>`, zero-padded so ids sort by slot.
+/// The deterministic id of an attempt at a scheduled slot: `<scheduled ms>-<attempt>`, zero-padded so ids sort by
+/// slot. Runs started by hand or by a parent carry a suffix (`-manual`, `-parent`), so they can never take the id of
+/// a scheduled slot at the same instant.
 pub fn execution_id(scheduled_at: Timestamp, attempt: u32) -> String {
     format!("{:013}-{attempt}", scheduled_at.as_millisecond())
 }
 
+/// The id prefix every attempt at the slot `scheduled_at` shares, whatever started it.
+pub fn slot_prefix(scheduled_at: Timestamp) -> String {
+    format!("{:013}-", scheduled_at.as_millisecond())
+}
+
+fn origin_suffix(trigger: Trigger) -> &'static str {
+    match trigger {
+        Trigger::Manual => "-manual",
+        Trigger::Parent => "-parent",
+        Trigger::Schedule | Trigger::CatchUp | Trigger::Retry => "",
+    }
+}
+
 impl Execution {
-    /// A freshly decided attempt at a slot: pending, or skipped when the job's policy says so.
-    pub fn decided(job_name: &str, scheduled_at: Timestamp, attempt: u32, trigger: Trigger) -> Execution {
+    /// A freshly decided first attempt at a slot, pending.
+    pub fn decided(job_name: &str, scheduled_at: Timestamp, trigger: Trigger) -> Execution {
         Execution {
-            id: execution_id(scheduled_at, attempt),
+            id: format!("{}{}", execution_id(scheduled_at, 1), origin_suffix(trigger)),
             job_name: job_name.to_string(),
             started_at: None,
             finished_at: None,
@@ -117,7 +132,7 @@ impl Execution {
             output: String::new(),
             node_name: String::new(),
             group: scheduled_at.as_nanosecond() as i64,
-            attempt,
+            attempt: 1,
             scheduled_at,
             status: ExecutionStatus::Pending,
             exit_code: None,
@@ -126,6 +141,24 @@ impl Execution {
             not_before: None,
             lease_until: None,
             output_bytes: 0,
+        }
+    }
+
+    /// The next attempt at the same slot, keeping the origin suffix of the id, pending until `not_before`.
+    pub fn retry(&self, not_before: Timestamp) -> Execution {
+        let attempt = self.attempt + 1;
+        let suffix = self.id.split_once('-').map_or("", |(_, rest)| rest.split_once('-').map_or("", |(_, s)| s));
+        let id = if suffix.is_empty() {
+            execution_id(self.scheduled_at, attempt)
+        } else {
+            format!("{}-{suffix}", execution_id(self.scheduled_at, attempt))
+        };
+        Execution {
+            id,
+            attempt,
+            trigger: Trigger::Retry,
+            not_before: Some(not_before),
+            ..Execution::decided(&self.job_name, self.scheduled_at, Trigger::Retry)
         }
     }
 }
@@ -141,6 +174,18 @@ mod tests {
         assert_eq!(execution_id(a, 1), execution_id(a, 1));
         assert_ne!(execution_id(a, 1), execution_id(a, 2));
         assert!(execution_id(a, 1) < execution_id(b, 1));
+    }
+
+    #[test]
+    fn manual_runs_never_share_an_id_with_a_scheduled_slot_and_retries_keep_the_origin() {
+        let a: Timestamp = "2026-11-21T10:00:00Z".parse().unwrap();
+        let scheduled = Execution::decided("j", a, Trigger::Schedule);
+        let manual = Execution::decided("j", a, Trigger::Manual);
+        assert_ne!(scheduled.id, manual.id);
+        assert_eq!(scheduled.retry(a).id, execution_id(a, 2));
+        assert_eq!(manual.retry(a).id, format!("{}-manual", execution_id(a, 2)));
+        assert_eq!(manual.retry(a).retry(a).attempt, 3);
+        assert!(manual.id.starts_with(&slot_prefix(a)));
     }
 
     #[test]

@@ -13,6 +13,6 @@ pub mod execution;
 pub mod job;
 
 pub use error::FieldError;
-pub use execution::{Execution, ExecutionStatus, Trigger, execution_id};
+pub use execution::{Execution, ExecutionStatus, Trigger, execution_id, slot_prefix};
 pub use job::{CatchUp, Concurrency, Job, JobInput};
 pub use kairos_schedule::jiff::Timestamp;

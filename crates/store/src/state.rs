@@ -266,11 +266,16 @@ impl<'txn> Applier<'txn> {
         Ok(())
     }
 
+    /// All jobs or none: putting a job only touches the record cache and the events, so a refusal rolls back by
+    /// restoring both.
     fn restore(&mut self, jobs: &[Job], now: Timestamp) -> Result<Response, redb::Error> {
+        let saved = (self.cache.clone(), self.events.len());
         let mut last = Response::default();
         for job in jobs {
             last = self.put_job(job, now)?;
             if last.refusal.is_some() {
+                self.cache = saved.0;
+                self.events.truncate(saved.1);
                 return Ok(last);
             }
         }
@@ -295,15 +300,21 @@ impl<'txn> Applier<'txn> {
             .map(|item| item.map(|(k, _)| k.value().to_vec()))
             .collect::<Result<_, _>>()?;
         let mut removed = Vec::with_capacity(keys.len());
+        let mut active = Vec::new();
         for key in keys {
             self.executions.remove(key.as_slice())?;
-            self.active.remove(key.as_slice())?;
+            if self.active.remove(key.as_slice())?.is_some() {
+                active.extend(split_key(&key));
+            }
             removed.extend(split_key(&key));
         }
         self.cache.insert(name.to_string(), None);
-        let running: Vec<ExecRef> = removed.clone();
-        self.events.push(Event::Cancel(running));
-        self.events.push(Event::Pruned(removed));
+        if !active.is_empty() {
+            self.events.push(Event::Cancel(active));
+        }
+        if !removed.is_empty() {
+            self.events.push(Event::Pruned(removed));
+        }
         self.events.push(Event::JobDeleted(name.to_string()));
         Ok(Response { job: Some(record.job), ..Response::default() })
     }
@@ -334,7 +345,7 @@ impl<'txn> Applier<'txn> {
             }
             Trigger::Manual | Trigger::Parent | Trigger::Retry => self.free_slot(&fire.job, fire.scheduled_at)?,
         };
-        let mut exec = Execution::decided(&fire.job, slot, 1, fire.trigger);
+        let mut exec = Execution::decided(&fire.job, slot, fire.trigger);
         if record.active > 0 {
             match record.job.concurrency {
                 kairos_model::Concurrency::Allow => {}
@@ -355,13 +366,16 @@ impl<'txn> Applier<'txn> {
         Ok(())
     }
 
-    /// The first slot at or after `at` whose first attempt id is free.
+    /// The first millisecond at or after `at` that no stored execution of the job uses as its slot, so a run
+    /// started by hand (and its retries) never meets another run's ids, even ones pruned from attempt 1 only.
     fn free_slot(&mut self, job: &str, at: Timestamp) -> Result<Timestamp, redb::Error> {
         let mut ms = at.as_millisecond();
         for _ in 0..FREE_SLOT_PROBES_MAX {
             let slot = Timestamp::from_millisecond(ms).expect("slot within range");
-            let id = kairos_model::execution_id(slot, 1);
-            if self.executions.get(exec_key(job, &id).as_slice())?.is_none() {
+            let start = exec_key(job, &kairos_model::slot_prefix(slot));
+            let mut end = start.clone();
+            *end.last_mut().expect("prefix ends with '-'") += 1;
+            if self.executions.range(start.as_slice()..end.as_slice())?.next().is_none() {
                 return Ok(slot);
             }
             ms += 1;
@@ -406,11 +420,14 @@ impl<'txn> Applier<'txn> {
         }
     }
 
+    /// Store a new execution. Ids are unique by construction; one that exists anyway is never overwritten.
     fn insert_execution(&mut self, record: &mut JobRecord, exec: &Execution) -> Result<(), redb::Error> {
         let key = exec_key(&exec.job_name, &exec.id);
-        if self.executions.insert(key.as_slice(), encode(exec).as_slice())?.is_none() {
-            record.stored += 1;
+        if self.executions.get(key.as_slice())?.is_some() {
+            return Ok(());
         }
+        self.executions.insert(key.as_slice(), encode(exec).as_slice())?;
+        record.stored += 1;
         if exec.status.is_active() {
             self.active.insert(key.as_slice(), ())?;
             record.active += 1;
@@ -547,8 +564,7 @@ impl<'txn> Applier<'txn> {
     ) -> Result<(), redb::Error> {
         let failed = matches!(exec.status, ExecutionStatus::Failed | ExecutionStatus::Lost);
         if failed && exec.attempt <= record.job.retries {
-            let mut retry = Execution::decided(&exec.job_name, exec.scheduled_at, exec.attempt + 1, Trigger::Retry);
-            retry.not_before = Some(retry_at.unwrap_or(exec.finished_at.unwrap_or(exec.scheduled_at)));
+            let retry = exec.retry(retry_at.unwrap_or(exec.finished_at.unwrap_or(exec.scheduled_at)));
             self.insert_execution(&mut record, &retry)?;
             response.executions.push(retry);
         }
