@@ -20,6 +20,9 @@ use crate::{TypeConfig, from_json, io_err, to_json};
 const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
+/// The log is read mostly near its tail; a small page cache is enough (redb's default is 1 GiB).
+const LOG_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
@@ -27,7 +30,7 @@ pub struct LogStore {
 
 impl LogStore {
     pub fn open(path: &Path) -> io::Result<LogStore> {
-        let db = Database::create(path).map_err(io_err)?;
+        let db = Database::builder().set_cache_size(LOG_CACHE_BYTES).create(path).map_err(io_err)?;
         let txn = db.begin_write().map_err(io_err)?;
         txn.open_table(LOGS).map_err(io_err)?;
         txn.open_table(META).map_err(io_err)?;

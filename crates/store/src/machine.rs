@@ -9,18 +9,27 @@
 use std::io::{self, Cursor, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{Stream, TryStreamExt};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::command::Response;
 use crate::state::{ACTIVE, Applier, EXECUTIONS, Event, JOBS, META, StateReader, create_tables};
 use crate::{TypeConfig, from_json, io_err, to_json};
+
+/// Page cache of the state file: bounds memory with a million jobs (redb's default is 1 GiB).
+const STATE_CACHE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Every this many applied batches, one commit is made durable (fsync'd) so redb can reclaim pages; the others
+/// are not fsync'd because the Raft log already holds every applied entry durably: after a crash, openraft
+/// re-applies the log from the last durable `last_applied`.
+const DURABLE_EVERY_BATCHES: u64 = 64;
 
 /// Raft bookkeeping lives in its own table so snapshots of the data tables need not filter it.
 const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
@@ -31,6 +40,7 @@ pub struct StateMachine {
     snapshot_dir: PathBuf,
     retained_default: u32,
     events: Option<UnboundedSender<Vec<Event>>>,
+    batches_applied: Arc<AtomicU64>,
 }
 
 /// Rows of every data table: (table, key, value), all UTF-8 in our encoding.
@@ -49,14 +59,20 @@ impl StateMachine {
         retained_default: u32,
         events: Option<UnboundedSender<Vec<Event>>>,
     ) -> io::Result<StateMachine> {
-        let db = Database::create(path).map_err(io_err)?;
+        let db = Database::builder().set_cache_size(STATE_CACHE_BYTES).create(path).map_err(io_err)?;
         create_tables(&db).map_err(io_err)?;
         let txn = db.begin_write().map_err(io_err)?;
         txn.open_table(RAFT_META).map_err(io_err)?;
         txn.commit().map_err(io_err)?;
         let snapshot_dir = path.parent().unwrap_or(Path::new(".")).join("snapshot");
         std::fs::create_dir_all(&snapshot_dir)?;
-        Ok(StateMachine { db: Arc::new(db), snapshot_dir, retained_default, events })
+        Ok(StateMachine {
+            db: Arc::new(db),
+            snapshot_dir,
+            retained_default,
+            events,
+            batches_applied: Arc::new(AtomicU64::new(0)),
+        })
     }
 
     pub fn reader(&self) -> StateReader {
@@ -71,6 +87,12 @@ impl StateMachine {
         }
     }
 
+    /// An empty fsync'd commit persists every earlier non-durable commit.
+    pub fn make_durable(&self) -> io::Result<()> {
+        let txn = self.db.begin_write().map_err(io_err)?;
+        txn.commit().map_err(io_err)
+    }
+
     fn write_snapshot_files(&self, meta: &SnapshotMetaOf<TypeConfig>, data: &[u8]) -> io::Result<()> {
         // One file, meta line first, so a crash can never pair one snapshot's meta with another's data.
         let mut bytes = to_json(meta)?;
@@ -81,7 +103,10 @@ impl StateMachine {
 
     fn apply_batch(&self, items: Vec<EntryResponder<TypeConfig>>) -> io::Result<Vec<Event>> {
         let mut replies = Vec::with_capacity(items.len());
-        let txn = self.db.begin_write().map_err(io_err)?;
+        let mut txn = self.db.begin_write().map_err(io_err)?;
+        if !self.batches_applied.fetch_add(1, Ordering::Relaxed).is_multiple_of(DURABLE_EVERY_BATCHES) {
+            txn.set_durability(Durability::None).map_err(io_err)?;
+        }
         let events = {
             let mut applier = Applier::new(&txn, self.retained_default).map_err(io_err)?;
             let mut raft_meta = txn.open_table(RAFT_META).map_err(io_err)?;
@@ -198,6 +223,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        // Make every applied batch durable first: once the snapshot exists, openraft may purge the log entries
+        // that a crash would otherwise have to re-apply.
+        if let Err(err) = self.make_durable() {
+            tracing::error!("cannot make the state durable before a snapshot: {err}");
+        }
         let txn = self.db.begin_read().expect("a read transaction can always begin on an open database");
         SnapshotBuilder { machine: self.clone(), txn }
     }

@@ -195,28 +195,46 @@ fn parents_first(mut pending: Vec<Job>, node: &Node) -> Result<Vec<Job>, ApiErro
 
 /// `GET /v1/jobs`: Dkron's filters (`q`, `metadata[k]=v`, `status`, `disabled`) plus `executor` and `tags[k]=v`,
 /// sorted by `_sort`/`_order` and paged by `_start`/`_end`, with the filtered count in `X-Total-Count`.
+///
+/// Without filters in name order only the page is read from the store. Otherwise every job is visited once, only
+/// the matching records are kept, and `next` (which needs the schedule parsed) is derived for the page alone
+/// unless the list is sorted by it.
 pub async fn list(State(node): State<AppState>, Query(params): Query<Params>, RawQuery(raw): RawQuery) -> ApiResult {
     let filter = JobFilter::parse(&params, raw.as_deref().unwrap_or(""))?;
     let sort = params.get("_sort").map(String::as_str).unwrap_or("name");
     let key = sort_key(sort)?;
     let desc = descending(&params, false)?;
     let now = Timestamp::now();
-    let mut jobs = Vec::new();
     let reader = node.state.clone();
+    if filter.is_empty() && matches!(sort, "name" | "id") {
+        let total = reader.job_count()? as usize;
+        let (start, end) = page_bounds(&params, total)?;
+        let (page, _) = tokio::task::block_in_place(|| reader.job_page(start, end, desc))?;
+        let jobs: Vec<Job> = page.into_iter().map(|record| view(record, now)).collect();
+        return Ok(reply_list(&jobs, total, &params));
+    }
+    let mut records = Vec::new();
     tokio::task::block_in_place(|| {
         reader.for_each_job(|record| {
             if filter.matches(&record.job) {
-                jobs.push(view(record, now));
+                records.push(record);
             }
             true
         })
     })?;
-    jobs.sort_by(|a, b| {
-        let ord = key(a, b).then_with(|| a.name.cmp(&b.name));
+    if sort == "next" {
+        for record in &mut records {
+            record.job.next = next_fire(record, now);
+        }
+    }
+    records.sort_by(|a, b| {
+        let ord = key(&a.job, &b.job).then_with(|| a.job.name.cmp(&b.job.name));
         if desc { ord.reverse() } else { ord }
     });
-    let (start, end) = page_bounds(&params, jobs.len())?;
-    Ok(reply_list(&jobs[start..end], jobs.len(), &params))
+    let total = records.len();
+    let (start, end) = page_bounds(&params, total)?;
+    let page: Vec<Job> = records.drain(start..end).map(|record| view(record, now)).collect();
+    Ok(reply_list(&page, total, &params))
 }
 
 type JobOrder = fn(&Job, &Job) -> Ordering;
@@ -255,6 +273,15 @@ struct JobFilter {
 }
 
 impl JobFilter {
+    fn is_empty(&self) -> bool {
+        self.query.is_none()
+            && self.metadata.is_empty()
+            && self.tags.is_empty()
+            && self.status.is_none()
+            && self.disabled.is_none()
+            && self.executor.is_none()
+    }
+
     fn parse(params: &Params, raw: &str) -> Result<JobFilter, ApiError> {
         let disabled = match params.get("disabled").map(String::as_str) {
             None | Some("") => None,
