@@ -249,8 +249,8 @@ impl Node {
             }
             dispatched.insert(exec_ref, Instant::now());
         }
-        match self.state.job(&exec.job_name) {
-            Ok(Some(record)) => self.worker.start(exec, &record.job),
+        match self.state.definition(&exec.job_name) {
+            Ok(Some(job)) => self.worker.start(exec, &job),
             Ok(None) => {}
             Err(err) => warn!("dispatch: cannot read job {}: {err}", exec.job_name),
         }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::command::Response;
-use crate::state::{ACTIVE, Applier, EXECUTIONS, Event, JOBS, META, StateReader, create_tables};
+use crate::state::{ACTIVE, Applier, Definitions, EXECUTIONS, Event, JOBS, META, StateReader, create_tables};
 use crate::{TypeConfig, from_json, io_err, to_json};
 
 /// Page cache of the state file: bounds memory with a million jobs (redb's default is 1 GiB).
@@ -41,6 +41,7 @@ pub struct StateMachine {
     retained_default: u32,
     events: Option<UnboundedSender<Vec<Event>>>,
     batches_applied: Arc<AtomicU64>,
+    definitions: Arc<Definitions>,
 }
 
 /// Rows of every data table: (table, key, value), all UTF-8 in our encoding.
@@ -72,11 +73,12 @@ impl StateMachine {
             retained_default,
             events,
             batches_applied: Arc::new(AtomicU64::new(0)),
+            definitions: Arc::new(Definitions::default()),
         })
     }
 
     pub fn reader(&self) -> StateReader {
-        StateReader::new(self.db.clone())
+        StateReader::new(self.db.clone(), self.definitions.clone())
     }
 
     fn read_raft_meta<T: serde::de::DeserializeOwned>(txn: &ReadTransaction, key: &str) -> io::Result<Option<T>> {
@@ -130,6 +132,11 @@ impl StateMachine {
             applier.finish().map_err(io_err)?
         };
         txn.commit().map_err(io_err)?;
+        for event in &events {
+            if let Event::JobChanged(name) | Event::JobDeleted(name) = event {
+                self.definitions.forget(name);
+            }
+        }
         for (responder, response) in replies {
             responder.send(response);
         }
@@ -266,6 +273,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             raft_meta.insert("membership", to_json(&meta.last_membership)?.as_slice()).map_err(io_err)?;
         }
         txn.commit().map_err(io_err)?;
+        self.definitions.jobs_clear();
         self.write_snapshot_files(meta, &data)?;
         if let Some(sender) = &self.events {
             let _ = sender.send(vec![Event::Pending]);

@@ -639,15 +639,53 @@ fn count_result(job: &mut Job, exec: &Execution) {
     }
 }
 
+/// Upper bound on cached job definitions; past it the cache starts over (it refills from disk on demand).
+const DEFINITIONS_CACHED_MAX: usize = 100_000;
+
+/// Job definitions (what to run and how) by name, for the dispatch hot path: a thousand runs a second should not
+/// decode a thousand job records. Entries are dropped by the state machine when a job is put or deleted, before
+/// the command's proposer hears back, so a dispatch after a committed change never sees the old definition.
+/// Derived fields (counters, status) of a cached job may be stale; only its definition is meant to be read.
+#[derive(Default)]
+pub struct Definitions {
+    jobs: std::sync::Mutex<HashMap<String, Arc<Job>>>,
+}
+
+impl Definitions {
+    pub fn forget(&self, name: &str) {
+        self.jobs.lock().expect("definitions lock").remove(name);
+    }
+
+    pub fn jobs_clear(&self) {
+        self.jobs.lock().expect("definitions lock").clear();
+    }
+}
+
 /// Read access to the state, from an MVCC snapshot: readers never block the applier.
 #[derive(Clone)]
 pub struct StateReader {
     db: Arc<Database>,
+    definitions: Arc<Definitions>,
 }
 
 impl StateReader {
-    pub fn new(db: Arc<Database>) -> StateReader {
-        StateReader { db }
+    pub fn new(db: Arc<Database>, definitions: Arc<Definitions>) -> StateReader {
+        StateReader { db, definitions }
+    }
+
+    /// The job's definition, from the cache when possible (see [`Definitions`]).
+    pub fn definition(&self, name: &str) -> Result<Option<Arc<Job>>, redb::Error> {
+        if let Some(job) = self.definitions.jobs.lock().expect("definitions lock").get(name) {
+            return Ok(Some(job.clone()));
+        }
+        let Some(record) = self.job(name)? else { return Ok(None) };
+        let job = Arc::new(record.job);
+        let mut jobs = self.definitions.jobs.lock().expect("definitions lock");
+        if jobs.len() >= DEFINITIONS_CACHED_MAX {
+            jobs.clear();
+        }
+        jobs.insert(name.to_string(), job.clone());
+        Ok(Some(job))
     }
 
     pub fn job(&self, name: &str) -> Result<Option<JobRecord>, redb::Error> {

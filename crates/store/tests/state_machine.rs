@@ -47,7 +47,7 @@ impl State {
     }
 
     fn reader(&self) -> StateReader {
-        StateReader::new(self.db.clone())
+        StateReader::new(self.db.clone(), Default::default())
     }
 
     fn record(&self, name: &str) -> JobRecord {
