@@ -21,7 +21,9 @@ pub(crate) fn signal(pgid: u32, signal: libc::c_int) {
     }
 }
 
-/// True while any process (a zombie included) is in the group.
+/// True while any live process is in the group. Zombies do not count: a grandchild orphaned by the kill is
+/// reparented to PID 1, and until PID 1 reaps it (some inits do so only now and then, a container without an init
+/// never) it would otherwise hold every cancel and timeout for the full kill grace.
 pub(crate) fn exists(pgid: u32) -> bool {
     let Ok(pgid) = libc::pid_t::try_from(pgid) else {
         return false;
@@ -29,7 +31,26 @@ pub(crate) fn exists(pgid: u32) -> bool {
     assert!(pgid > 1, "refusing to probe process group {pgid}");
     // SAFETY: kill with signal 0 only checks for existence and permission.
     let rc = unsafe { libc::kill(-pgid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let any = rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    any && live_member(pgid).unwrap_or(true)
+}
+
+/// Whether /proc lists a process of the group that is not a zombie; `None` when /proc cannot be read.
+fn live_member(pgid: libc::pid_t) -> Option<bool> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses, so split after the last ')'.
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let group = fields.nth(1).and_then(|g| g.parse::<libc::pid_t>().ok());
+        if group == Some(pgid) && state != Some("Z") && state != Some("X") {
+            return Some(true);
+        }
+    }
+    Some(false)
 }
 
 /// Kills the group with SIGKILL when dropped, unless disarmed: if the future running a job is dropped

@@ -202,6 +202,12 @@ async fn run_answers_202_at_once_and_the_run_happens_afterwards() {
         assert!(exec.success);
         assert_eq!(exec.node_name, server.node_name);
     }
+
+    // DELETE /v1/jobs/{job}/executions forgets the finished executions; the job stays.
+    server.delete("/v1/jobs/slow/executions").await.expect(200);
+    assert!(server.executions("slow").await.is_empty());
+    server.get(&format!("/v1/jobs/slow/executions/{}", execs[0].id)).await.expect(404);
+    assert!(server.job_exists("slow").await);
 }
 
 #[tokio::test(flavor = "multi_thread")]

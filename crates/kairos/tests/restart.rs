@@ -89,7 +89,7 @@ async fn kill_9_loses_no_job_or_finished_execution_and_turns_the_running_one_los
     let lost = execs.iter().find(|e| e.attempt == 1).unwrap();
     assert!(lost.finished_at.is_some() && !lost.success, "{lost:?}");
     assert_eq!(execs.iter().find(|e| e.attempt == 2).unwrap().trigger, "retry");
-    assert_eq!(execs.len(), 2, "{execs:?}");
+    assert_eq!(execs.len(), 2, "{}", summary(&execs));
 
     // Nothing that was active before the kill stays active.
     let killed_before = ticks_before.iter().map(|e| e.scheduled_at).max().unwrap() + secs(1);

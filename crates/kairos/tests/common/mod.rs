@@ -127,6 +127,23 @@ impl Exec {
     }
 }
 
+/// One line per execution (slot, attempt, trigger, status, start, finish), for failure messages.
+pub fn summary(execs: &[Exec]) -> String {
+    let line = |e: &Exec| {
+        let at = |t: Option<Timestamp>| t.map_or("-".to_string(), |t| t.to_string());
+        format!(
+            "  {} #{} {} {} started {} finished {}",
+            e.scheduled_at,
+            e.attempt,
+            e.trigger,
+            e.status,
+            at(e.started_at),
+            at(e.finished_at)
+        )
+    };
+    execs.iter().map(line).collect::<Vec<_>>().join("\n")
+}
+
 /// Count executions by status.
 pub fn by_status(execs: &[Exec]) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
