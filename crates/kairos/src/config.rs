@@ -69,6 +69,9 @@ pub struct AgentArgs {
     /// Time between SIGTERM and SIGKILL when a run is cancelled or times out (default 5s).
     #[arg(long, env = "KAIROS_KILL_GRACE")]
     pub kill_grace: Option<String>,
+    /// Serve the web UI at /ui/ (default true; `--ui=false` turns it off).
+    #[arg(long, env = "KAIROS_UI", num_args = 0..=1, default_missing_value = "true")]
+    pub ui: Option<bool>,
     /// Read configuration from this file instead of searching /etc/kairos, $HOME/.kairos and ./config.
     #[arg(long, env = "KAIROS_CONFIG")]
     pub config: Option<PathBuf>,
@@ -95,6 +98,7 @@ struct FileConfig {
     executions_retained: Option<u32>,
     execution_lease: Option<String>,
     kill_grace: Option<String>,
+    ui: Option<bool>,
 }
 
 /// The resolved configuration of one node.
@@ -117,6 +121,8 @@ pub struct Config {
     pub executions_retained: u32,
     pub execution_lease: Duration,
     pub kill_grace: Duration,
+    /// Serve the web UI at `/ui/`.
+    pub ui: bool,
     /// The file the configuration was read from, if any.
     pub config_file: Option<PathBuf>,
 }
@@ -178,6 +184,7 @@ impl AgentArgs {
                 .max(1),
             execution_lease: duration("--execution-lease", self.execution_lease.or(file.execution_lease), "30s")?,
             kill_grace: duration("--kill-grace", self.kill_grace.or(file.kill_grace), "5s")?,
+            ui: self.ui.or(file.ui).unwrap_or(true),
             config_file,
         })
     }

@@ -6,13 +6,15 @@
 //! - [`scheduler`]: the leader's timer that decides which slots fire;
 //! - [`worker`]: runs executions locally and reports them in batches;
 //! - [`cluster`]: Raft RPC between nodes;
-//! - [`api`]: the HTTP `/v1` API.
+//! - [`api`]: the HTTP `/v1` API;
+//! - [`ui`]: the web UI at `/ui/`, rendered by the server over the same state.
 
 mod api;
 mod cluster;
 mod config;
 mod node;
 mod scheduler;
+mod ui;
 mod worker;
 
 use std::process::ExitCode;

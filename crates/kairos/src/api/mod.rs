@@ -10,6 +10,7 @@
 mod executions;
 mod jobs;
 pub mod openapi;
+pub mod stats;
 mod system;
 
 use std::collections::HashMap;
@@ -50,6 +51,7 @@ pub fn routes() -> Vec<Route> {
         route("/v1/unpause", &["post"], post(system::unpause)),
         route("/v1/restore", &["post"], post(jobs::restore)),
         route("/v1/schedule/preview", &["get"], get(system::preview)),
+        route("/v1/stats", &["get"], get(stats::serve)),
         route("/v1/openapi.json", &["get"], get(openapi::serve)),
         route("/v1/jobs", &["get", "post", "patch"], get(jobs::list).post(jobs::create_or_update).patch(jobs::patch)),
         route(
@@ -73,6 +75,9 @@ pub fn router(node: AppState) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("method not allowed here; allowed: {allowed}"))
         });
         router = router.route(route.path, handler);
+    }
+    if node.config.ui {
+        router = router.merge(crate::ui::router());
     }
     router.fallback(not_found).with_state(node)
 }

@@ -128,6 +128,7 @@ fn paths() -> Value {
             ],
             "responses": with_errors(json!({"200": ok("Preview", json!({"$ref": "#/components/schemas/Preview"}))}), &["400"]),
         }},
+        "/v1/stats": super::stats::openapi_path(),
         "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": ok("OpenAPI 3 document", json!({"type": "object"}))}}},
         "/v1/jobs": {
             "get": {"summary": "List jobs (filtered, sorted, paged; X-Total-Count has the filtered count)", "parameters": list_jobs_params,
@@ -200,6 +201,7 @@ fn schemas() -> Value {
         "Member": {"type": "object", "properties": {
             "Name": s, "Addr": s, "Port": {"type": "integer"}, "Tags": map, "Status": {"type": "integer"}, "statusText": s,
         }},
+        "Stats": super::stats::openapi_schema(),
         "Preview": {"type": "object", "properties": {
             "schedule": s, "timezone": s, "from": s,
             "fires": {"type": "array", "items": {"type": "object", "properties": {"utc": s, "local": s, "zone_abbreviation": s}}},
