@@ -1,19 +1,31 @@
 //! Capture of one execution's output: written to the output store as it arrives, capped, counted, and
 //! with its last [`TAIL_BYTES`] kept in memory for the [`Outcome`](crate::Outcome).
 //!
-//! Every chunk goes to the file the moment it is read, so a reader (and later a live follower) sees the
-//! output grow while the run goes on. Writes are plain blocking `write(2)` calls on the async thread:
-//! they land in the page cache and cost microseconds, far less than a hop through `spawn_blocking`.
+//! Output that fits in the tail is never written to a file: the tail travels in the execution record, which is
+//! then the whole output. Creating (and later pruning) a file per run would dominate the cost of short runs at
+//! thousands per second (inode allocation). Once the output outgrows the tail, the file is created and every
+//! chunk goes to it the moment it is read, so a reader (and later a live follower) sees the output grow while
+//! the run goes on. Writes are plain blocking `write(2)` calls on the async thread: they land in the page cache
+//! and cost microseconds, far less than a hop through `spawn_blocking`.
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
+use std::sync::{Arc, Mutex};
 
 use crate::output::OutputStore;
 use crate::spec::{Outcome, RunSpec, RunStatus, TAIL_BYTES};
 
 pub(crate) struct Capture {
+    store: OutputStore,
+    job_name: String,
+    execution_id: String,
+    /// Opened once the output outgrows the tail.
     file: Option<File>,
+    /// Output stored so far while no file is open (at most [`TAIL_BYTES`]), readable through the store meanwhile.
+    pending: Arc<Mutex<Vec<u8>>>,
+    /// Set when the file could not be created or written: stop trying, keep counting.
+    store_failed: bool,
     limit_bytes: u64,
     stored_bytes: u64,
     total_bytes: u64,
@@ -27,18 +39,17 @@ struct Captured {
 }
 
 impl Capture {
-    /// Opens the execution's output file. If the store cannot take it, the run still goes ahead: its
-    /// outcome and tail matter more than the full output.
+    /// Starts capturing; the output file is created only if the output outgrows the tail.
     pub fn open(store: &OutputStore, spec: &RunSpec) -> Capture {
-        let file = store
-            .create(&spec.job_name, &spec.execution_id)
-            .inspect_err(|e| {
-                tracing::warn!(job = %spec.job_name, execution = %spec.execution_id,
-                    "cannot store output: {e}")
-            })
-            .ok();
+        let pending = Arc::new(Mutex::new(Vec::new()));
+        store.register_live(&spec.job_name, &spec.execution_id, pending.clone());
         Capture {
-            file,
+            store: store.clone(),
+            job_name: spec.job_name.clone(),
+            execution_id: spec.execution_id.clone(),
+            file: None,
+            pending,
+            store_failed: false,
             limit_bytes: spec.output_limit_bytes,
             stored_bytes: 0,
             total_bytes: 0,
@@ -62,6 +73,10 @@ impl Capture {
     fn finish(mut self) -> Captured {
         let omitted = self.total_bytes - self.stored_bytes;
         if omitted > 0 {
+            // The tail cannot stand for a truncated output: make sure it is stored, with the marker.
+            if self.file.is_none() && !self.store_failed {
+                self.open_file();
+            }
             let marker = format!("\n[kairos: output truncated, {omitted} bytes omitted]\n");
             self.write_file(marker.as_bytes());
         }
@@ -91,13 +106,54 @@ impl Capture {
     }
 
     fn write_file(&mut self, bytes: &[u8]) {
+        if self.store_failed {
+            return;
+        }
+        if self.file.is_none() {
+            {
+                let mut pending = self.pending.lock().expect("pending output lock");
+                if pending.len() + bytes.len() <= TAIL_BYTES {
+                    pending.extend_from_slice(bytes);
+                    return;
+                }
+            }
+            self.open_file();
+        }
         if let Some(file) = &mut self.file
             && let Err(e) = file.write_all(bytes)
         {
             // A full disk must not fail the run; stop writing, keep counting.
             tracing::warn!("output store write failed, output no longer stored: {e}");
             self.file = None;
+            self.store_failed = true;
         }
+    }
+
+    /// Creates the output file and moves what was held in memory into it. If the store cannot take it, the run
+    /// still goes ahead: its outcome and tail matter more than the full output.
+    fn open_file(&mut self) {
+        let pending = std::mem::take(&mut *self.pending.lock().expect("pending output lock"));
+        match self.store.create(&self.job_name, &self.execution_id) {
+            Ok(mut file) => match file.write_all(&pending) {
+                Ok(()) => self.file = Some(file),
+                Err(e) => {
+                    tracing::warn!("output store write failed, output not stored: {e}");
+                    self.store_failed = true;
+                }
+            },
+            Err(e) => {
+                tracing::warn!(job = %self.job_name, execution = %self.execution_id, "cannot store output: {e}");
+                self.store_failed = true;
+            }
+        }
+        self.store.unregister_live(&self.job_name, &self.execution_id);
+    }
+}
+
+impl Drop for Capture {
+    /// A finished (or abandoned) run's in-memory output is no longer served: the tail in its record is.
+    fn drop(&mut self) {
+        self.store.unregister_live(&self.job_name, &self.execution_id);
     }
 }
 

@@ -4,17 +4,23 @@
 //! execution. The layout is one file per execution, `{dir}/{job_name}/{execution_id}.log`, so deleting
 //! a job's outputs is one directory removal and listing them is one directory read.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 const EXTENSION: &str = "log";
+
+/// Output of running executions that is still held in memory (it fits in the tail), by (job, execution id), so a
+/// reader can follow a run before (or without) its file existing.
+type LiveOutputs = Arc<Mutex<HashMap<(String, String), Arc<Mutex<Vec<u8>>>>>>;
 
 /// Handle to the output directory. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct OutputStore {
     dir: Arc<PathBuf>,
+    live: LiveOutputs,
 }
 
 impl OutputStore {
@@ -22,12 +28,20 @@ impl OutputStore {
     pub fn open(dir: impl Into<PathBuf>) -> io::Result<OutputStore> {
         let dir = dir.into();
         fs::create_dir_all(&dir)?;
-        Ok(OutputStore { dir: Arc::new(dir) })
+        Ok(OutputStore { dir: Arc::new(dir), live: LiveOutputs::default() })
     }
 
-    /// The stored output of one execution (lossy UTF-8), or `None` if there is none.
+    /// The stored output of one execution (lossy UTF-8), or `None` if there is none: an output that fits in the
+    /// execution record's tail is not stored here, the tail is all of it.
     pub fn read(&self, job: &str, execution_id: &str) -> io::Result<Option<String>> {
-        match fs::read(self.file_path(job, execution_id)?) {
+        let path = self.file_path(job, execution_id)?;
+        let live =
+            self.live.lock().expect("live outputs lock").get(&(job.to_owned(), execution_id.to_owned())).cloned();
+        if let Some(pending) = live {
+            let bytes = pending.lock().expect("live output lock");
+            return Ok(Some(String::from_utf8_lossy(&bytes).into_owned()));
+        }
+        match fs::read(path) {
             Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -62,6 +76,15 @@ impl OutputStore {
         }
         ids.sort_unstable();
         Ok(ids)
+    }
+
+    /// Registers the in-memory output of a running execution (see [`LiveOutputs`]).
+    pub(crate) fn register_live(&self, job: &str, execution_id: &str, pending: Arc<Mutex<Vec<u8>>>) {
+        self.live.lock().expect("live outputs lock").insert((job.to_owned(), execution_id.to_owned()), pending);
+    }
+
+    pub(crate) fn unregister_live(&self, job: &str, execution_id: &str) {
+        self.live.lock().expect("live outputs lock").remove(&(job.to_owned(), execution_id.to_owned()));
     }
 
     /// Creates (or truncates, for a re-run of the same id) the file an execution writes to.

@@ -72,7 +72,7 @@ fn run_agent(config: config::Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let running = match node::Node::start(config).await {
             Ok(running) => running,
             Err(err) => {
@@ -100,7 +100,11 @@ fn run_agent(config: config::Config) -> ExitCode {
         running.shutdown().await;
         info!("stopped");
         ExitCode::SUCCESS
-    })
+    });
+    // Everything that matters is flushed; tasks still parked (listeners, timers) must not be polled by a runtime
+    // that is tearing down, so drop it without waiting for them.
+    runtime.shutdown_background();
+    code
 }
 
 async fn wait_for_signal() -> std::io::Result<()> {

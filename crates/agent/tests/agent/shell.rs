@@ -20,8 +20,23 @@ async fn success_captures_stdout_and_stderr_and_stores_them() {
         assert!(outcome.output_tail.contains(line), "{outcome:?}");
     }
     assert_eq!(outcome.output_bytes, 15);
+    // An output that fits in the tail is all in the tail: no file is created for it.
+    assert_eq!(agent.store.read(&job, &id).unwrap(), None);
+    assert!(agent.store.list(&job).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_output_larger_than_the_tail_is_stored_in_full() {
+    let agent = agent();
+    let spec = spec("shell", &[("command", "seq 1 5000"), ("shell", "true")]);
+    let (job, id) = (spec.job_name.clone(), spec.execution_id.clone());
+    let outcome = agent.runner.run(spec, CancellationToken::new()).await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
     let stored = agent.store.read(&job, &id).unwrap().expect("stored output");
-    assert_eq!(stored, outcome.output_tail);
+    let expected: String = (1..=5000).map(|n| format!("{n}\n")).collect();
+    assert_eq!(stored, expected);
+    assert!(expected.ends_with(&outcome.output_tail));
+    assert!(outcome.output_tail.len() <= kairos_agent::TAIL_BYTES);
 }
 
 #[tokio::test]
@@ -199,8 +214,8 @@ async fn a_missing_program_fails_with_a_clear_error_in_the_output() {
     let error = outcome.error.unwrap();
     assert!(error.starts_with("cannot start '/nonexistent/kairos-prog': "), "{error}");
     assert!(error.contains("No such file"), "{error}");
-    let stored = agent.store.read(&job, &id).unwrap().unwrap();
-    assert_eq!(stored, format!("{error}\n"));
+    assert_eq!(outcome.output_tail, format!("{error}\n"));
+    assert_eq!(agent.store.read(&job, &id).unwrap(), None, "a short output lives in the tail only");
 }
 
 #[tokio::test]
