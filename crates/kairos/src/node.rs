@@ -7,7 +7,8 @@
 //! - *leases*: a running execution whose lease expired turns `lost` (and is retried if retries remain); on a
 //!   restart, executions this node was running when it died are lost at once, since their processes are gone.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -28,7 +29,11 @@ use tracing::{info, warn};
 
 use crate::api::ApiError;
 use crate::config::Config;
-use crate::worker::Worker;
+use crate::worker::{Prepared, Worker};
+
+/// The scheduler decides slots this far ahead at most (see [`crate::scheduler::DECIDE_AHEAD`]); runs decided
+/// further ahead than this are left to the sweep.
+const DECIDE_AHEAD_MAX: Duration = Duration::from_secs(2);
 
 /// How often the leader re-checks pending executions and leases even without events.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
@@ -45,6 +50,8 @@ pub struct Node {
     /// taken after the dispatch shows the execution final, so a stale read can never dispatch it twice.
     dispatched: Mutex<HashMap<ExecRef, Instant>>,
     dispatch_wake: Notify,
+    /// Runs decided ahead of their slot, to launch at the instant (see [`launch_loop`]).
+    launch_at: UnboundedSender<(Timestamp, Vec<Prepared>)>,
     stopping: CancellationToken,
 }
 
@@ -104,6 +111,7 @@ impl Node {
         let (reports_tx, reports_rx) = unbounded_channel();
         let worker = Worker::new(&config, outputs.clone(), reports_tx);
         let (changes_tx, changes_rx) = unbounded_channel();
+        let (launch_tx, launch_rx) = unbounded_channel();
         let node = Arc::new(Node {
             config: config.clone(),
             id,
@@ -114,6 +122,7 @@ impl Node {
             rpc_addr,
             dispatched: Mutex::new(HashMap::new()),
             dispatch_wake: Notify::new(),
+            launch_at: launch_tx,
             stopping: CancellationToken::new(),
         });
 
@@ -137,6 +146,7 @@ impl Node {
         tasks.push(tokio::spawn(events_loop(node.clone(), events_rx, changes_tx)));
         tasks.push(tokio::spawn(crate::scheduler::run(node.clone(), changes_rx)));
         tasks.push(tokio::spawn(dispatch_loop(node.clone())));
+        tasks.push(tokio::spawn(launch_loop(node.clone(), launch_rx)));
         tasks.push(tokio::spawn(crate::worker::report_loop(node.clone(), reports_rx)));
         tasks.push(tokio::spawn(crate::worker::renew_loop(node.clone())));
         match &config.config_file {
@@ -198,6 +208,8 @@ impl Node {
     /// Propose a command through Raft and wait for it to be applied. Refusals become API errors; executions the
     /// command created are dispatched.
     pub async fn submit(&self, command: Command) -> Result<Response, ApiError> {
+        let started = Instant::now();
+        let what = command.to_string();
         let response = match self.raft.client_write(command).await {
             Ok(written) => written.data,
             Err(err) => {
@@ -214,7 +226,9 @@ impl Node {
         if let Some(refusal) = response.refusal.clone() {
             return Err(refusal.into());
         }
+        let committed = started.elapsed();
         self.after_commit(&response);
+        tracing::trace!("{what}: committed in {committed:?}, dispatched after {:?}", started.elapsed());
         Ok(response)
     }
 
@@ -223,36 +237,54 @@ impl Node {
             self.worker.cancel(exec_ref, "cancelled: replaced by a newer execution (concurrency: replace)");
         }
         let now = Timestamp::now();
-        let mut wake_later = false;
+        let mut timed: BTreeMap<Timestamp, Vec<Prepared>> = BTreeMap::new();
+        let mut later = false;
         for exec in response.executions.iter().filter(|e| e.status == ExecutionStatus::Pending) {
-            if exec.not_before.is_some_and(|t| t > now) {
-                wake_later = true;
-            } else {
-                self.dispatch(exec);
+            match exec.not_before {
+                // Decided ahead of its slot: get it ready now, launch it at the instant.
+                Some(at) if at > now && at.duration_since(now).unsigned_abs() <= DECIDE_AHEAD_MAX => {
+                    timed.entry(at).or_default().extend(self.prepare(exec));
+                }
+                Some(at) if at > now => later = true,
+                _ => self.dispatch(exec),
             }
         }
-        if wake_later {
+        for (at, runs) in timed {
+            // The receiver lives as long as the node; if it is gone the node is stopping.
+            let _ = self.launch_at.send((at, runs));
+        }
+        if later {
             self.dispatch_wake.notify_one();
         }
     }
 
-    /// Hand a committed, pending execution to a worker, once.
-    fn dispatch(&self, exec: &Execution) {
+    /// Claim a committed, pending execution for this leader (once) and get it ready to run.
+    fn prepare(&self, exec: &Execution) -> Option<Prepared> {
         if self.is_stopping() {
-            return;
+            return None;
         }
         let exec_ref = ExecRef { job: exec.job_name.clone(), id: exec.id.clone() };
         {
             let mut dispatched = self.dispatched.lock().expect("dispatch set lock");
             if dispatched.contains_key(&exec_ref) {
-                return;
+                return None;
             }
             dispatched.insert(exec_ref, Instant::now());
         }
         match self.state.definition(&exec.job_name) {
-            Ok(Some(job)) => self.worker.start(exec, &job),
-            Ok(None) => {}
-            Err(err) => warn!("dispatch: cannot read job {}: {err}", exec.job_name),
+            Ok(Some(job)) => Some(self.worker.prepare(exec, &job)),
+            Ok(None) => None,
+            Err(err) => {
+                warn!("dispatch: cannot read job {}: {err}", exec.job_name);
+                None
+            }
+        }
+    }
+
+    /// Hand a committed, pending execution to a worker now, once.
+    fn dispatch(&self, exec: &Execution) {
+        if let Some(prepared) = self.prepare(exec) {
+            self.worker.launch(prepared);
         }
     }
 
@@ -500,4 +532,42 @@ async fn sweep(node: &Node, first: bool) -> Result<Option<Timestamp>, ApiError> 
     }
     node.submit(Command::Finish { results }).await?;
     Ok(next_retry)
+}
+
+/// Launch runs that were decided ahead of their slot at the slot's instant. The heap orders batches by instant;
+/// a batch is dropped if this node stopped leading meanwhile (the next leader's sweep runs what is pending).
+async fn launch_loop(node: Arc<Node>, mut batches: UnboundedReceiver<(Timestamp, Vec<Prepared>)>) {
+    let mut heap: BinaryHeap<Reverse<(Timestamp, u64)>> = BinaryHeap::new();
+    let mut waiting: HashMap<u64, Vec<Prepared>> = HashMap::new();
+    let mut sequence = 0u64;
+    loop {
+        let next = heap.peek().map(|Reverse((at, _))| *at);
+        let sleep_for = next.map_or(Duration::from_secs(3600), |at| Timestamp::now().duration_until(at).unsigned_abs());
+        tokio::select! {
+            _ = node.stopping.cancelled() => return,
+            batch = batches.recv() => match batch {
+                Some((at, runs)) => {
+                    sequence += 1;
+                    heap.push(Reverse((at, sequence)));
+                    waiting.insert(sequence, runs);
+                }
+                None => return,
+            },
+            _ = tokio::time::sleep(sleep_for), if next.is_some() => {
+                let now = Timestamp::now();
+                while let Some(Reverse((at, seq))) = heap.peek().copied() {
+                    if at > now {
+                        break;
+                    }
+                    heap.pop();
+                    let runs = waiting.remove(&seq).unwrap_or_default();
+                    if node.is_leader() {
+                        for prepared in runs {
+                            node.worker.launch(prepared);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -22,6 +22,11 @@ use tracing::{debug, info, warn};
 
 use crate::node::Node;
 
+/// Slots of jobs with `concurrency: allow` are decided (committed through Raft) this long before their instant and
+/// launched at the instant itself, so the commit of a large batch does not delay the runs. Jobs with `forbid` or
+/// `replace` are decided at the instant, because their decision depends on what is still running then.
+pub const DECIDE_AHEAD: Duration = Duration::from_millis(500);
+
 /// A slot this late or less is fired as an ordinary slot, not as a catch-up (leader changes and slow commits).
 pub const LATE_GRACE: Duration = Duration::from_secs(2);
 /// Most slots one job may catch up at once under `catch_up: all`: the most recent ones win.
@@ -33,6 +38,11 @@ pub fn next_fire(record: &JobRecord, now: Timestamp) -> Option<Timestamp> {
         return None;
     }
     let schedule = record.job.parsed_schedule().ok().flatten()?;
+    if let Some(cursor) = record.cursor
+        && cursor > now
+    {
+        return Some(cursor); // decided ahead of its instant, not run yet
+    }
     let mut from = record.cursor.map_or(now, |c| c.max(now));
     if let Some(starts) = record.job.starts_at
         && starts > from
@@ -110,19 +120,28 @@ pub fn plan(record: &JobRecord, schedule: &Schedule, now: Timestamp) -> Plan {
     plan
 }
 
-/// The leader's timer over next-fire instants. Stale heap entries (a job changed or deleted) are skipped lazily.
+/// The leader's timer over decision instants (a slot's instant minus how far ahead it is decided). Stale heap
+/// entries (a job changed or deleted) are skipped lazily.
 #[derive(Default)]
 struct Timer {
     heap: BinaryHeap<Reverse<(Timestamp, String)>>,
-    entries: HashMap<String, (Timestamp, Arc<Schedule>)>,
+    entries: HashMap<String, Entry>,
+}
+
+struct Entry {
+    decide_at: Timestamp,
+    slot: Timestamp,
+    ahead: Duration,
+    schedule: Arc<Schedule>,
 }
 
 impl Timer {
-    fn set(&mut self, job: &str, next: Option<Timestamp>, schedule: Arc<Schedule>) {
+    fn set(&mut self, job: &str, next: Option<Timestamp>, schedule: Arc<Schedule>, ahead: Duration) {
         match next {
-            Some(at) => {
-                self.entries.insert(job.to_string(), (at, schedule));
-                self.heap.push(Reverse((at, job.to_string())));
+            Some(slot) => {
+                let decide_at = slot.checked_sub(ahead).unwrap_or(slot);
+                self.entries.insert(job.to_string(), Entry { decide_at, slot, ahead, schedule });
+                self.heap.push(Reverse((decide_at, job.to_string())));
             }
             None => {
                 self.entries.remove(job);
@@ -134,9 +153,10 @@ impl Timer {
         self.entries.remove(job);
     }
 
+    /// The earliest decision instant.
     fn earliest(&mut self) -> Option<Timestamp> {
         while let Some(Reverse((at, job))) = self.heap.peek() {
-            if self.entries.get(job).is_some_and(|(t, _)| t == at) {
+            if self.entries.get(job).is_some_and(|e| e.decide_at == *at) {
                 return Some(*at);
             }
             self.heap.pop();
@@ -144,18 +164,19 @@ impl Timer {
         None
     }
 
-    /// Pop every slot due at `now`, re-arming each job at its following slot.
+    /// Pop every slot whose decision is due at `now`, re-arming each job at its following slot.
     fn take_due(&mut self, now: Timestamp, expires: impl Fn(&str) -> Option<Timestamp>) -> Vec<Fire> {
         let mut fires = Vec::new();
         while let Some(at) = self.earliest() {
             if at > now || fires.len() >= BATCH_ITEMS_MAX {
                 break;
             }
-            let Reverse((at, job)) = self.heap.pop().expect("earliest saw an entry");
-            let schedule = self.entries[&job].1.clone();
-            fires.push(Fire { job: job.clone(), scheduled_at: at, trigger: Trigger::Schedule });
-            let next = schedule.next_after(at).filter(|t| expires(&job).is_none_or(|e| *t <= e));
-            self.set(&job, next, schedule);
+            let Reverse((_, job)) = self.heap.pop().expect("earliest saw an entry");
+            let entry = &self.entries[&job];
+            let (slot, ahead, schedule) = (entry.slot, entry.ahead, entry.schedule.clone());
+            fires.push(Fire { job: job.clone(), scheduled_at: slot, trigger: Trigger::Schedule });
+            let next = schedule.next_after(slot).filter(|t| expires(&job).is_none_or(|e| *t <= e));
+            self.set(&job, next, schedule, ahead);
         }
         fires
     }
@@ -202,7 +223,11 @@ impl Armed {
             Some(expires) => self.expiries.insert(name.clone(), expires),
             None => self.expiries.remove(name),
         };
-        self.timer.set(name, plan.next, schedule);
+        let ahead = match record.job.concurrency {
+            kairos_model::Concurrency::Allow => DECIDE_AHEAD,
+            kairos_model::Concurrency::Forbid | kairos_model::Concurrency::Replace => Duration::ZERO,
+        };
+        self.timer.set(name, plan.next, schedule, ahead);
     }
 
     fn forget(&mut self, name: &str) {
@@ -290,8 +315,10 @@ async fn lead(node: &Node, armed: &mut Armed, changes: &mut UnboundedReceiver<St
             _ = tokio::time::sleep_until(sleep_until) => {
                 let fires = armed.take_due(Timestamp::now());
                 if !fires.is_empty() {
-                    debug!("scheduler: firing {} slots", fires.len());
+                    let count = fires.len();
+                    let started = std::time::Instant::now();
                     propose(node, fires, Vec::new()).await?;
+                    debug!("scheduler: fired {count} slots, committed and dispatched in {:?}", started.elapsed());
                 }
             }
         }
@@ -414,9 +441,9 @@ mod tests {
         let (rec, s) = record(CatchUp::All, "2026-01-01T00:00:00Z");
         let mut timer = Timer::default();
         let s = Arc::new(s);
-        timer.set("a", Some(ts("2026-01-01T00:00:01Z")), s.clone());
-        timer.set("b", Some(ts("2026-01-01T00:00:02Z")), s.clone());
-        timer.set("a", Some(ts("2026-01-01T00:00:03Z")), s.clone()); // replaces a's entry
+        timer.set("a", Some(ts("2026-01-01T00:00:01Z")), s.clone(), Duration::ZERO);
+        timer.set("b", Some(ts("2026-01-01T00:00:02Z")), s.clone(), Duration::ZERO);
+        timer.set("a", Some(ts("2026-01-01T00:00:03Z")), s.clone(), Duration::ZERO); // replaces a's entry
         let due = timer.take_due(ts("2026-01-01T00:00:03Z"), |_| None);
         let got: Vec<(String, String)> = due.iter().map(|f| (f.job.clone(), f.scheduled_at.to_string())).collect();
         assert_eq!(
@@ -429,5 +456,18 @@ mod tests {
         );
         assert_eq!(timer.earliest(), Some(ts("2026-01-01T00:00:04Z")));
         let _ = rec;
+    }
+
+    #[test]
+    fn slots_decided_ahead_keep_their_own_instant() {
+        let (_, s) = record(CatchUp::All, "2026-01-01T00:00:00Z");
+        let mut timer = Timer::default();
+        timer.set("a", Some(ts("2026-01-01T00:00:01Z")), Arc::new(s), DECIDE_AHEAD);
+        assert_eq!(timer.earliest(), Some(ts("2026-01-01T00:00:00.5Z")));
+        assert!(timer.take_due(ts("2026-01-01T00:00:00.4Z"), |_| None).is_empty());
+        let due = timer.take_due(ts("2026-01-01T00:00:00.5Z"), |_| None);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].scheduled_at, ts("2026-01-01T00:00:01Z"));
+        assert_eq!(timer.earliest(), Some(ts("2026-01-01T00:00:01.5Z")));
     }
 }

@@ -30,6 +30,12 @@ pub enum Report {
     Finish(Finish),
 }
 
+/// A run ready to launch (see [`Worker::prepare`]).
+pub struct Prepared {
+    exec_ref: ExecRef,
+    spec: RunSpec,
+}
+
 struct RunningExec {
     token: CancellationToken,
     reason: Arc<Mutex<Option<String>>>,
@@ -98,9 +104,21 @@ impl Worker {
         }
     }
 
-    /// Start running a dispatched execution now.
-    pub fn start(&self, exec: &Execution, job: &Job) {
-        let exec_ref = ExecRef { job: exec.job_name.clone(), id: exec.id.clone() };
+    /// Get a run ready to launch: everything that can be done before its instant is done here.
+    pub fn prepare(&self, exec: &Execution, job: &Job) -> Prepared {
+        let mut spec = RunSpec::new(&exec.job_name, &exec.id, &job.executor, job.executor_config.clone());
+        spec.output_limit_bytes = self.output_max_bytes;
+        spec.extra_env = vec![
+            ("KAIROS_EXECUTION_ID".into(), exec.id.clone()),
+            ("KAIROS_SCHEDULED_AT".into(), exec.scheduled_at.to_string()),
+            ("KAIROS_ATTEMPT".into(), exec.attempt.to_string()),
+        ];
+        Prepared { exec_ref: ExecRef { job: exec.job_name.clone(), id: exec.id.clone() }, spec }
+    }
+
+    /// Start a prepared run now: the cheap part, so a batch of thousands starts within milliseconds.
+    pub fn launch(&self, prepared: Prepared) {
+        let Prepared { exec_ref, spec } = prepared;
         let token = CancellationToken::new();
         let reason = Arc::new(Mutex::new(None));
         self.running
@@ -114,13 +132,6 @@ impl Worker {
             started_at,
             lease_until: started_at + self.lease,
         }));
-        let mut spec = RunSpec::new(&exec.job_name, &exec.id, &job.executor, job.executor_config.clone());
-        spec.output_limit_bytes = self.output_max_bytes;
-        spec.extra_env = vec![
-            ("KAIROS_EXECUTION_ID".into(), exec.id.clone()),
-            ("KAIROS_SCHEDULED_AT".into(), exec.scheduled_at.to_string()),
-            ("KAIROS_ATTEMPT".into(), exec.attempt.to_string()),
-        ];
         let worker = self.clone();
         tokio::spawn(async move {
             let outcome = worker.runner.run(spec, token).await;

@@ -346,6 +346,10 @@ impl<'txn> Applier<'txn> {
             Trigger::Manual | Trigger::Parent | Trigger::Retry => self.free_slot(&fire.job, fire.scheduled_at)?,
         };
         let mut exec = Execution::decided(&fire.job, slot, fire.trigger);
+        if fire.trigger == Trigger::Schedule {
+            // A slot may be decided ahead of its instant; it must not start before it.
+            exec.not_before = Some(slot);
+        }
         if record.active > 0 {
             match record.job.concurrency {
                 kairos_model::Concurrency::Allow => {}
