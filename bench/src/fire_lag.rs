@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -15,9 +14,9 @@ use futures::StreamExt;
 use jiff::Timestamp;
 
 use crate::client::{Api, Execution};
-use crate::procfs::{CpuMeter, rss_bytes};
+use crate::procfs::{CpuMeter, CpuUse, listen_overflows, rss_bytes};
 use crate::report::{Report, at_least, at_most};
-use crate::server::{Server, ServerSpec, log_problems};
+use crate::server::{Launcher, Server, ServerSpec, Stopped, log_problems};
 use crate::sink::Sink;
 use crate::stats::{mib, summarize, thousands};
 
@@ -31,6 +30,8 @@ const READ_CONCURRENCY: usize = 16;
 const SETTLE_BUDGET: Duration = Duration::from_secs(60);
 /// Executions kept per job beyond the warm-up and the window, so slow creation or reading prunes nothing.
 const RETAINED_MARGIN: u64 = 300;
+/// With a lower `--retained`, the seconds of slots assumed pruned between the window's end and the read-back.
+const RETAINED_READ_MARGIN: u64 = 30;
 /// The issue's targets.
 const LAG_P99_MAX_MS: f64 = 20.0;
 const SHELL_RUNS_TARGET: f64 = 1_000.0;
@@ -58,6 +59,11 @@ pub struct FireLagArgs {
     /// Jobs created at once.
     #[arg(long, default_value_t = 64)]
     pub create_concurrency: usize,
+    /// Executions kept per job (default: enough that nothing in the window is pruned). Lower it to measure
+    /// under pruning, as in production; slots are then counted only over the window's last (N − 30) seconds,
+    /// the part retention still holds when the executions are read.
+    #[arg(long)]
+    pub retained: Option<u32>,
 }
 
 /// The measured slots: every whole second in `[start, start + seconds)`.
@@ -81,67 +87,170 @@ impl Window {
         Timestamp::from_second(self.start_second + self.seconds as i64).expect("window end in range")
     }
 
+    /// The last `seconds` of the window (all of it when it is shorter).
+    fn tail(&self, seconds: u64) -> Window {
+        let seconds = seconds.min(self.seconds);
+        Window { start_second: self.start_second + (self.seconds - seconds) as i64, seconds }
+    }
+
     fn contains(&self, t: Timestamp) -> bool {
         t >= self.start() && t < self.end()
     }
 }
 
-pub async fn run(kairos: &Path, args: &FireLagArgs, report: &mut Report) -> anyhow::Result<()> {
+/// Everything one run measured, before it is judged and reported.
+struct Measured {
+    created: Created,
+    window: Window,
+    retained: u32,
+    rss_idle: u64,
+    rss: Vec<(u64, u64)>,
+    cpu: CpuUse,
+    sink_hits: Option<u64>,
+    listen_overflows: u64,
+    unsettled: Option<String>,
+    jobs: Vec<anyhow::Result<Vec<Execution>>>,
+    read_took: Duration,
+    stopped: Stopped,
+    log_problems: (usize, Vec<String>),
+}
+
+pub async fn run(launcher: &Launcher, args: &FireLagArgs, report: &mut Report) -> anyhow::Result<()> {
     let executor = match args.executor {
         Executor::Shell => "shell",
         Executor::Http => "http",
     };
-    let scenario = format!("fire lag, {} {executor} jobs", thousands(args.jobs as f64));
-    println!("== {scenario}, {} s window", args.seconds);
+    let scenario = format!("fire lag, {} {executor} jobs, {} s", thousands(args.jobs as f64), args.seconds);
+    println!("== {scenario} window");
+    let retained = match args.retained {
+        Some(n) if u64::from(n) <= RETAINED_READ_MARGIN => {
+            anyhow::bail!("--retained {n}: keep more than {RETAINED_READ_MARGIN} executions per job")
+        }
+        Some(n) => n.min(100_000),
+        None => (args.seconds + args.warmup + RETAINED_MARGIN).min(100_000) as u32,
+    };
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let log_path = dir.path().join("kairos.log");
-    let server = Server::spawn(&ServerSpec {
-        binary: kairos.to_path_buf(),
-        data_dir: dir.path().join("data"),
-        log_path: log_path.clone(),
-        extra_args: Vec::new(),
-    })
-    .await?;
+    let spec = launcher.spec(dir.path(), &format!("fire-lag-{executor}-{}", args.jobs));
+    let measured = measure(&spec, args, retained).await?;
+    report_run(report, &scenario, args, &measured);
+    Ok(())
+}
+
+/// Start a server, create the jobs, watch the window, read every execution back, stop the server.
+async fn measure(spec: &ServerSpec, args: &FireLagArgs, retained: u32) -> anyhow::Result<Measured> {
+    let server = Server::spawn(spec).await?;
     server.wait_leader(Duration::from_secs(60)).await?;
     let rss_idle = rss_bytes(server.pid)?;
     let sink = match args.executor {
         Executor::Http => Some(Sink::start().await?),
         Executor::Shell => None,
     };
-    let retained = (args.seconds + args.warmup + RETAINED_MARGIN).min(100_000) as u32;
     let body = JobBody { sink: sink.as_ref().map(|s| s.addr), retained };
-
     let created = create_jobs(&server.api, args, &body).await?;
-    report.row(&scenario, "jobs created (64 concurrent POST /v1/jobs)", created.describe());
-    if let Some(error) = &created.first_error {
-        report.note(format!("{scenario}: {} of {} job creations failed; first: {error}", created.errors, args.jobs));
-    }
 
     let window = Window::after(Timestamp::now(), args.warmup, args.seconds);
     sleep_until(window.start()).await;
     let meter = CpuMeter::start(server.pid)?;
-    let hits_before = sink.as_ref().map_or(0, Sink::hits);
+    let hits_before = sink.as_ref().map(Sink::hits);
+    let overflows_before = listen_overflows()?;
     let rss = sample_rss(server.pid, window).await?;
     let cpu = meter.finish()?;
-    let hits = sink.as_ref().map_or(0, Sink::hits) - hits_before;
+    let sink_hits = sink.as_ref().zip(hits_before).map(|(sink, before)| sink.hits() - before);
+    let listen_overflows = listen_overflows()?.saturating_sub(overflows_before);
 
-    settle(&server.api, &created.names, window).await;
+    let unsettled = settle(&server.api, &created.names, window).await;
     let read_start = Instant::now();
     let jobs = read_executions(&server.api, &created.names, retained).await?;
     let read_took = read_start.elapsed();
-    let log_check = log_problems(&log_path, 3);
+    let log_problems = log_problems(&spec.log_path, 3);
     let stopped = server.stop().await?;
+    Ok(Measured {
+        created,
+        window,
+        retained,
+        rss_idle,
+        rss,
+        cpu,
+        sink_hits,
+        listen_overflows,
+        unsettled,
+        jobs,
+        read_took,
+        stopped,
+        log_problems,
+    })
+}
 
-    let slots = Slots::count(&jobs, window, retained);
-    let expected = created.names.len() as u64 * args.seconds;
-    let runs_per_sec = slots.executed as f64 / args.seconds as f64;
+fn report_run(report: &mut Report, scenario: &str, args: &FireLagArgs, m: &Measured) {
+    report.row(scenario, "jobs created (64 concurrent POST /v1/jobs)", m.created.describe());
+    if let Some(error) = &m.created.first_error {
+        report.note(format!("{scenario}: {} of {} job creations failed; first: {error}", m.created.errors, args.jobs));
+    }
+    let counted = m.window.tail(u64::from(m.retained) - RETAINED_READ_MARGIN);
+    if counted.seconds < m.window.seconds {
+        report.row(
+            scenario,
+            "slots counted (executions_retained limits what can be read back)",
+            format!(
+                "the window's last {} s of {} s (executions_retained {})",
+                counted.seconds, m.window.seconds, m.retained
+            ),
+        );
+    }
+    let slots = Slots::count(&m.jobs, counted, m.retained);
+    report_slots(report, scenario, args, &slots, m.created.names.len() as u64 * counted.seconds, counted.seconds);
+    report.row(scenario, "CPU during the window", m.cpu.to_string());
+    if let Some(hits) = m.sink_hits {
+        report.row(scenario, "sink requests/s during the window", thousands(hits as f64 / m.window.seconds as f64));
+    }
+    rss_rows(report, scenario, m.rss_idle, &m.rss);
+    report.row(
+        scenario,
+        "reading executions back / SIGTERM to exit",
+        format!(
+            "{:.1} s / {:.1} s ({}{})",
+            m.read_took.as_secs_f64(),
+            m.stopped.took.as_secs_f64(),
+            m.stopped.status,
+            if m.stopped.killed { ", needed SIGKILL" } else { "" }
+        ),
+    );
+    if let Some(unsettled) = &m.unsettled {
+        report.note(format!("{scenario}: {unsettled}"));
+    }
+    if m.listen_overflows > 0 {
+        report.note(format!(
+            "{scenario}: the kernel dropped {} connections on full accept queues during the window \
+             (TcpExt ListenOverflows; the server's API or the harness's sink); their clients retried after ≥ 1 s",
+            m.listen_overflows
+        ));
+    }
+    if slots.pruned_suspects > 0 {
+        report.note(format!(
+            "{scenario}: {} jobs had {} executions, all newer than the counted window: some of its slots may \
+             have been pruned before they were read",
+            slots.pruned_suspects, m.retained
+        ));
+    }
+    if slots.read_errors > 0 {
+        report.note(format!("{scenario}: reading executions failed for {} jobs", slots.read_errors));
+    }
+    let (count, first) = &m.log_problems;
+    if *count > 0 {
+        report.note(format!("{scenario}: the server logged {count} warnings/errors, first: {}", first.join(" // ")));
+    }
+}
+
+/// Throughput, slots, lags and statuses of the counted window.
+fn report_slots(report: &mut Report, scenario: &str, args: &FireLagArgs, slots: &Slots, expected: u64, seconds: u64) {
+    let runs_per_sec = slots.executed as f64 / seconds as f64;
     let (runs_target, runs_goal) = match (args.executor, args.jobs) {
         (Executor::Shell, 1_000) => ("≥ 1,000 runs/s", Some(SHELL_RUNS_TARGET)),
         (Executor::Http, 10_000) => ("≥ 10,000 runs/s", Some(HTTP_RUNS_TARGET)),
         _ => ("", None),
     };
     report.target(
-        &scenario,
+        scenario,
         "runs/s executed in the window",
         thousands(runs_per_sec),
         runs_target,
@@ -149,7 +258,7 @@ pub async fn run(kairos: &Path, args: &FireLagArgs, report: &mut Report) -> anyh
     );
     let missing = expected.saturating_sub(slots.executed);
     report.target(
-        &scenario,
+        scenario,
         "slots executed / expected",
         format!(
             "{} / {} (missing {}, duplicates {}, retries {})",
@@ -166,49 +275,18 @@ pub async fn run(kairos: &Path, args: &FireLagArgs, report: &mut Report) -> anyh
             format!("missed: {:.2} % of slots not run", 100.0 * missing as f64 / expected.max(1) as f64)
         },
     );
-    lag_row(report, &scenario, "lag started_at − scheduled_at", slots.lag_ms.clone());
+    lag_row(report, scenario, "lag started_at − scheduled_at", slots.lag_ms.clone());
     if args.executor == Executor::Shell {
-        lag_row(report, &scenario, "lag seen by the process (date +%s.%N)", slots.self_lag_ms.clone());
+        lag_row(report, scenario, "lag seen by the process (date +%s.%N)", slots.self_lag_ms.clone());
         if slots.self_unparsed > 0 {
             report
                 .note(format!("{scenario}: {} finished executions had no parsable `date` output", slots.self_unparsed));
         }
     }
     if let Some(s) = summarize(slots.duration_ms.clone()) {
-        report.row(&scenario, "run time finished_at − started_at", s.to_string());
+        report.row(scenario, "run time finished_at − started_at", s.to_string());
     }
-    report.row(&scenario, "executions by status", slots.status_text());
-    report.row(&scenario, "CPU during the window", cpu.to_string());
-    if sink.is_some() {
-        report.row(&scenario, "sink requests/s during the window", thousands(hits as f64 / args.seconds as f64));
-    }
-    rss_rows(report, &scenario, rss_idle, &rss);
-    report.row(
-        &scenario,
-        "reading executions back / SIGTERM to exit",
-        format!(
-            "{:.1} s / {:.1} s ({}{})",
-            read_took.as_secs_f64(),
-            stopped.took.as_secs_f64(),
-            stopped.status,
-            if stopped.killed { ", needed SIGKILL" } else { "" }
-        ),
-    );
-    if slots.pruned_suspects > 0 {
-        report.note(format!(
-            "{scenario}: {} jobs had {retained} executions, all newer than the window: some window slots may \
-             have been pruned before they were read",
-            slots.pruned_suspects
-        ));
-    }
-    if slots.read_errors > 0 {
-        report.note(format!("{scenario}: reading executions failed for {} jobs", slots.read_errors));
-    }
-    let (count, first) = log_check;
-    if count > 0 {
-        report.note(format!("{scenario}: the server logged {count} warnings/errors, first: {}", first.join(" // ")));
-    }
-    Ok(())
+    report.row(scenario, "executions by status", slots.status_text());
 }
 
 fn lag_row(report: &mut Report, scenario: &str, measure: &str, sample: Vec<f64>) {
@@ -347,26 +425,41 @@ async fn sample_rss(pid: u32, window: Window) -> anyhow::Result<Vec<(u64, u64)>>
 }
 
 /// Wait (bounded) until a few probe jobs have a finished execution for the window's last slot, so the
-/// read-back does not catch the tail of the window still pending.
-async fn settle(api: &Api, names: &[String], window: Window) {
+/// read-back does not catch the tail of the window still pending. When they never do, say how far behind the
+/// newest slot the probes had was: that is how late the scheduler is.
+async fn settle(api: &Api, names: &[String], window: Window) -> Option<String> {
     let last_slot = window.end() - jiff::SignedDuration::from_secs(1);
     let probes: Vec<&String> =
         [names.first(), names.get(names.len() / 2), names.last()].into_iter().flatten().collect();
     let deadline = Instant::now() + SETTLE_BUDGET;
+    let mut newest: Vec<Option<Timestamp>> = Vec::new();
     while Instant::now() < deadline {
+        newest.clear();
         let mut done = true;
         for name in &probes {
-            let finished = api
-                .executions(name, 50)
-                .await
-                .is_ok_and(|execs| execs.iter().any(|e| e.scheduled_at >= last_slot && e.finished_at.is_some()));
-            done &= finished;
+            let execs = api.executions(name, 50).await.unwrap_or_default();
+            done &= execs.iter().any(|e| e.scheduled_at >= last_slot && e.finished_at.is_some());
+            newest.push(execs.iter().map(|e| e.scheduled_at).max());
         }
         if done {
-            return;
+            return None;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let now = Timestamp::now();
+    let behind: Vec<String> = probes
+        .iter()
+        .zip(&newest)
+        .map(|(name, slot)| match slot {
+            Some(slot) => format!("{name} {:.0} s", millis_between(*slot, now) / 1e3),
+            None => format!("{name} never fired"),
+        })
+        .collect();
+    Some(format!(
+        "{SETTLE_BUDGET:?} after the window the probe jobs still had not finished its last slot; newest slot \
+         decided, behind the clock: {}",
+        behind.join(", ")
+    ))
 }
 
 async fn read_executions(
@@ -451,6 +544,9 @@ impl Slots {
             self.statuses.iter().map(|(s, n)| format!("{s} {}", thousands(*n as f64))).collect();
         let triggers: Vec<String> =
             self.triggers.iter().map(|(t, n)| format!("{t} {}", thousands(*n as f64))).collect();
+        if statuses.is_empty() {
+            return "none in the window".to_string();
+        }
         format!("{} (triggers: {})", statuses.join(", "), triggers.join(", "))
     }
 }
@@ -525,5 +621,8 @@ mod tests {
         assert_eq!(window.start_second, 13);
         assert!(window.contains(Timestamp::from_second(17).unwrap()));
         assert!(!window.contains(Timestamp::from_second(18).unwrap()));
+        let tail = window.tail(2);
+        assert_eq!((tail.start_second, tail.seconds), (16, 2));
+        assert_eq!(window.tail(99).start_second, 13);
     }
 }

@@ -22,6 +22,7 @@ mod stats;
 mod upserts;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -29,6 +30,7 @@ use clap::{Parser, Subcommand};
 use crate::fire_lag::{Executor, FireLagArgs};
 use crate::million::MillionArgs;
 use crate::report::{Machine, Report};
+use crate::server::Launcher;
 use crate::upserts::UpsertArgs;
 
 #[derive(Parser)]
@@ -37,6 +39,20 @@ struct Cli {
     /// The kairos binary (default: `kairos` next to this executable, i.e. target/release/kairos).
     #[arg(long, global = true)]
     kairos: Option<PathBuf>,
+    /// What the kairos binary was built from, for the report (default: this workspace's commit and whether
+    /// tracked files differ from it).
+    #[arg(long, global = true)]
+    revision: Option<String>,
+    /// Keep the servers' logs in this directory (one file per server) instead of discarding them.
+    #[arg(long, global = true)]
+    log_dir: Option<PathBuf>,
+    /// Tracing filter for the servers (their KAIROS_LOG), e.g. `warn,kairos=debug`; default `--log-level warn`.
+    #[arg(long, global = true)]
+    server_log: Option<String>,
+    /// Before each scenario, wait up to this many seconds for the machine to be nearly idle (other work skews
+    /// every figure); 0 does not wait.
+    #[arg(long, global = true, default_value_t = 120)]
+    quiet_wait_secs: u64,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -58,6 +74,10 @@ struct AllArgs {
     /// Window of each fire-lag run, in seconds.
     #[arg(long, default_value_t = 20)]
     seconds: u64,
+    /// Length of an extra run of 1,000 shell jobs at the server's default retention (100 executions per job, so
+    /// pruning runs as in production), to see whether RSS stays flat under sustained load; 0 skips it.
+    #[arg(long, default_value_t = 120)]
+    sustained_seconds: u64,
     /// Jobs stored by the million scenario.
     #[arg(long, default_value_t = 1_000_000)]
     million_jobs: usize,
@@ -82,28 +102,40 @@ fn command_line() -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let kairos = server::locate_kairos(cli.kairos.as_deref())?;
-    println!("kairos binary: {}", kairos.display());
+    let binary = server::locate_kairos(cli.kairos.as_deref())?;
+    println!("kairos binary: {}", binary.display());
+    if let Some(dir) = &cli.log_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let kairos = Launcher { binary, log_dir: cli.log_dir, log_filter: cli.server_log };
     let mut report = Report::default();
+    let quiet = Quiet { budget: Duration::from_secs(cli.quiet_wait_secs) };
     let output = match cli.scenario {
         Scenario::FireLag(args) => {
+            quiet.wait(&mut report, "fire lag").await;
             fire_lag::run(&kairos, &args, &mut report).await?;
             None
         }
         Scenario::Upserts(args) => {
+            quiet.wait(&mut report, "upserts").await;
             upserts::run(&kairos, &args, &mut report).await?;
             None
         }
         Scenario::Million(args) => {
+            quiet.wait(&mut report, "stored jobs").await;
             million::run(&kairos, &args, &mut report).await?;
             None
         }
         Scenario::All(args) => {
-            run_all(&kairos, &args, &mut report).await;
+            run_all(&kairos, &args, &quiet, &mut report).await;
             Some(args.output.unwrap_or_else(|| workspace_root().join("BENCHMARKS.md")))
         }
     };
-    let markdown = report.markdown(&Machine::describe(&workspace_root()), &command_line());
+    let mut machine = Machine::describe(&workspace_root());
+    if let Some(revision) = cli.revision {
+        machine.commit = revision;
+    }
+    let markdown = report.markdown(&machine, &command_line());
     println!("\n{markdown}");
     if let Some(path) = output {
         std::fs::write(&path, markdown).with_context(|| format!("writing {}", path.display()))?;
@@ -113,20 +145,64 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// The issue's runs in sequence; a scenario that fails becomes a note and the next one still runs.
-async fn run_all(kairos: &Path, args: &AllArgs, report: &mut Report) {
-    let fire_lag =
-        |jobs, executor| FireLagArgs { jobs, seconds: args.seconds, executor, warmup: 2, create_concurrency: 64 };
-    for lag in [fire_lag(100, Executor::Shell), fire_lag(1_000, Executor::Shell), fire_lag(10_000, Executor::Http)] {
+async fn run_all(kairos: &Launcher, args: &AllArgs, quiet: &Quiet, report: &mut Report) {
+    let fire_lag = |jobs, executor| FireLagArgs {
+        jobs,
+        seconds: args.seconds,
+        executor,
+        warmup: 2,
+        create_concurrency: 64,
+        retained: None,
+    };
+    let mut runs =
+        vec![fire_lag(100, Executor::Shell), fire_lag(1_000, Executor::Shell), fire_lag(10_000, Executor::Http)];
+    if args.sustained_seconds > 0 {
+        runs.push(FireLagArgs {
+            seconds: args.sustained_seconds,
+            retained: Some(100),
+            ..fire_lag(1_000, Executor::Shell)
+        });
+    }
+    for lag in runs {
+        quiet.wait(report, "fire lag").await;
         if let Err(err) = fire_lag::run(kairos, &lag, report).await {
             report.note(format!("fire lag, {} {:?} jobs failed: {err:#}", lag.jobs, lag.executor));
         }
     }
     let upserts = UpsertArgs { clients: 64, count: 20_000 };
+    quiet.wait(report, "upserts").await;
     if let Err(err) = upserts::run(kairos, &upserts, report).await {
         report.note(format!("upserts failed: {err:#}"));
     }
     let million = MillionArgs { jobs: args.million_jobs, chunk: 5_000, load_budget_secs: args.million_budget_secs };
+    quiet.wait(report, "stored jobs").await;
     if let Err(err) = million::run(kairos, &million, report).await {
         report.note(format!("million failed: {err:#}"));
+    }
+}
+
+/// Waiting for a quiet machine before a scenario: the harness cannot stop other work, only wait for it (bounded)
+/// and say when it did not end.
+struct Quiet {
+    budget: Duration,
+}
+
+impl Quiet {
+    /// Busy cores (all processes) below which the machine counts as quiet.
+    const BUSY_CORES_MAX: f64 = 0.3;
+
+    async fn wait(&self, report: &mut Report, scenario: &str) {
+        if self.budget.is_zero() {
+            return;
+        }
+        match procfs::wait_for_quiet(self.budget, Self::BUSY_CORES_MAX).await {
+            Ok((_, true)) => {}
+            Ok((busy, false)) => report.note(format!(
+                "{scenario}: the machine was still busy ({busy:.2} cores used by other processes) after waiting \
+                 {:?}; the figures of this scenario are skewed by that load",
+                self.budget
+            )),
+            Err(err) => report.note(format!("{scenario}: cannot read the machine's load: {err:#}")),
+        }
     }
 }

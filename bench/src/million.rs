@@ -12,7 +12,7 @@ use anyhow::Context;
 
 use crate::procfs::rss_bytes;
 use crate::report::{Report, at_most};
-use crate::server::{Server, ServerSpec, log_problems};
+use crate::server::{Launcher, Server, ServerSpec, Stopped, log_problems};
 use crate::stats::{mib, ms, summarize, thousands};
 
 const TARGET_JOBS: usize = 1_000_000;
@@ -36,16 +36,15 @@ pub struct MillionArgs {
     pub load_budget_secs: u64,
 }
 
-pub async fn run(kairos: &Path, args: &MillionArgs, report: &mut Report) -> anyhow::Result<()> {
+/// One job firing every second among the stored ones: its first run after the restart shows when the scheduler
+/// is back at work, which a listing alone does not.
+const PROBE_JOB: &str = "m-probe-every-second";
+
+pub async fn run(launcher: &Launcher, args: &MillionArgs, report: &mut Report) -> anyhow::Result<()> {
     let scenario = format!("{} stored jobs", thousands(args.jobs as f64));
     println!("== {scenario}");
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let mut spec = ServerSpec {
-        binary: kairos.to_path_buf(),
-        data_dir: dir.path().join("data"),
-        log_path: dir.path().join("kairos.log"),
-        extra_args: Vec::new(),
-    };
+    let mut spec = launcher.spec(dir.path(), &format!("stored-{}", args.jobs));
     let server = Server::spawn(&spec).await?;
     server.wait_leader(Duration::from_secs(60)).await?;
     let rss_idle = rss_bytes(server.pid)?;
@@ -54,7 +53,7 @@ pub async fn run(kairos: &Path, args: &MillionArgs, report: &mut Report) -> anyh
     let loaded = load.loaded;
     report.row(
         &scenario,
-        "jobs stored (POST /v1/restore)",
+        "jobs stored (POST /v1/restore), all @manually",
         format!(
             "{} of {} in {:.1} s = {} jobs/s; one chunk of {}: {}",
             thousands(loaded as f64),
@@ -68,6 +67,12 @@ pub async fn run(kairos: &Path, args: &MillionArgs, report: &mut Report) -> anyh
     if let Some(why) = &load.stopped_because {
         report.note(format!("{scenario}: loading stopped at {loaded} jobs: {why}"));
     }
+    let probe = serde_json::json!({
+        "name": PROBE_JOB, "schedule": "* * * * * *", "executor": "shell",
+        "executor_config": {"command": "true"}, "executions_retained": 20,
+    });
+    server.api.post_json("/v1/jobs", probe.to_string()).await.context("creating the probe job")?;
+    let expected = loaded as u64 + 1;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_loaded = rss_bytes(server.pid)?;
     let listing = Instant::now();
@@ -83,31 +88,44 @@ pub async fn run(kairos: &Path, args: &MillionArgs, report: &mut Report) -> anyh
     );
     report.row(
         &scenario,
-        "GET /v1/jobs?_end=1 after load",
+        "GET /v1/jobs?_end=1 after load (+1 probe job firing every second)",
         format!(
-            "{} s, X-Total-Count {}",
-            ms(listing_took.as_secs_f64()),
+            "{} ms, X-Total-Count {}",
+            ms(listing_took.as_secs_f64() * 1e3),
             counted.as_ref().map_or_else(|e| format!("error: {e:#}"), |c| c.to_string())
         ),
     );
     report.row(&scenario, "data directory on disk", mib(dir_bytes(&spec.data_dir)));
     let problems = log_problems(&spec.log_path, 3);
-    let stopped = server.stop().await?;
-    report.row(
-        &scenario,
-        "SIGTERM to exit",
-        format!(
-            "{:.1} s ({}{})",
-            stopped.took.as_secs_f64(),
-            stopped.status,
-            if stopped.killed { ", needed SIGKILL" } else { "" }
-        ),
-    );
+    report.row(&scenario, "SIGTERM to exit", stop_text(&server.stop().await?));
 
-    spec.log_path = dir.path().join("kairos-restart.log");
-    let restart = restart(&spec, loaded as u64).await?;
+    spec.log_path = launcher.spec(dir.path(), &format!("stored-{}-restart", args.jobs)).log_path;
+    let restart = restart(&spec, expected).await?;
+    report_restart(report, &scenario, loaded, &restart);
+    if loaded < TARGET_JOBS && loaded > 0 {
+        extrapolate(report, &scenario, loaded, rss_idle, rss_loaded, &load, &restart);
+    }
+    for (count, first) in [problems, log_problems(&spec.log_path, 3)] {
+        if count > 0 {
+            report
+                .note(format!("{scenario}: the server logged {count} warnings/errors, first: {}", first.join(" // ")));
+        }
+    }
+    Ok(())
+}
+
+fn stop_text(stopped: &Stopped) -> String {
+    format!(
+        "{:.1} s ({}{})",
+        stopped.took.as_secs_f64(),
+        stopped.status,
+        if stopped.killed { ", needed SIGKILL" } else { "" }
+    )
+}
+
+fn report_restart(report: &mut Report, scenario: &str, loaded: usize, restart: &Restart) {
     report.target(
-        &scenario,
+        scenario,
         "restart: spawn → listening → leader → full listing",
         format!(
             "{:.2} s → {:.2} s → {:.2} s ({})",
@@ -119,23 +137,19 @@ pub async fn run(kairos: &Path, args: &MillionArgs, report: &mut Report) -> anyh
         "≤ 10 s at 1,000,000",
         restart_verdict(loaded, restart.listed.as_secs_f64()),
     );
-    report.target(
-        &scenario,
-        "RSS after restart: leader → after listing",
-        format!("{} → {}", mib(restart.rss_leader), mib(restart.rss_listed)),
-        "≤ 1 GiB at 1,000,000",
-        rss_verdict(loaded, restart.rss_leader.max(restart.rss_listed)),
+    report.row(
+        scenario,
+        "restart: spawn → the probe job runs again",
+        restart.probe_ran.map_or("never, within the budget".to_string(), |d| format!("{:.2} s", d.as_secs_f64())),
     );
-    if loaded < TARGET_JOBS && loaded > 0 {
-        extrapolate(report, &scenario, loaded, rss_idle, rss_loaded, &load, &restart);
-    }
-    for (count, first) in [problems, log_problems(&spec.log_path, 3)] {
-        if count > 0 {
-            report
-                .note(format!("{scenario}: the server logged {count} warnings/errors, first: {}", first.join(" // ")));
-        }
-    }
-    Ok(())
+    report.target(
+        scenario,
+        "RSS after restart: leader → after listing → after the probe ran",
+        format!("{} → {} → {}", mib(restart.rss_leader), mib(restart.rss_listed), mib(restart.rss_probe_ran)),
+        "≤ 1 GiB at 1,000,000",
+        rss_verdict(loaded, restart.rss_leader.max(restart.rss_listed).max(restart.rss_probe_ran)),
+    );
+    report.row(scenario, "SIGTERM to exit after the restart", stop_text(&restart.stopped));
 }
 
 fn rss_verdict(jobs: usize, rss: u64) -> String {
@@ -247,7 +261,7 @@ async fn load(server: &Server, args: &MillionArgs) -> Load {
                 break;
             }
         }
-        if load.chunk_ms.len() % 20 == 0 {
+        if load.chunk_ms.len().is_multiple_of(20) {
             println!(
                 "  … {} jobs in {:.0} s, RSS {}",
                 thousands(load.loaded as f64),
@@ -265,12 +279,17 @@ struct Restart {
     leader: Duration,
     listed: Duration,
     listed_count: String,
+    probe_ran: Option<Duration>,
     rss_leader: u64,
     rss_listed: u64,
+    rss_probe_ran: u64,
+    stopped: Stopped,
 }
 
-/// Start the server on the stored data and time it to listening, to leading, to a listing of every job.
+/// Start the server on the stored data and time it to listening, to leading, to a listing of every job, and to
+/// the probe job's first run; then stop it.
 async fn restart(spec: &ServerSpec, expected: u64) -> anyhow::Result<Restart> {
+    let spawned_wall = jiff::Timestamp::now();
     let server = Server::spawn(spec).await?;
     let listening = server.listening_at - server.spawned_at;
     server.wait_leader(RESTART_BUDGET).await?;
@@ -291,8 +310,18 @@ async fn restart(spec: &ServerSpec, expected: u64) -> anyhow::Result<Restart> {
     }
     let listed = server.spawned_at.elapsed();
     let rss_listed = rss_bytes(server.pid)?;
-    server.stop().await?;
-    Ok(Restart { listening, leader, listed, listed_count, rss_leader, rss_listed })
+    let mut probe_ran = None;
+    while probe_ran.is_none() && Instant::now() < deadline {
+        let executions = server.api.executions(PROBE_JOB, 1).await.unwrap_or_default();
+        if executions.iter().any(|e| e.started_at.is_some_and(|t| t >= spawned_wall)) {
+            probe_ran = Some(server.spawned_at.elapsed());
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let rss_probe_ran = rss_bytes(server.pid)?;
+    let stopped = server.stop().await?;
+    Ok(Restart { listening, leader, listed, listed_count, probe_ran, rss_leader, rss_listed, rss_probe_ran, stopped })
 }
 
 /// Bytes of the files under a directory (bounded depth: the data dir is shallow).

@@ -1,7 +1,7 @@
 //! What Linux says about the server process and the machine: CPU time from `/proc/PID/stat` and `/proc/stat`,
 //! resident memory from `/proc/PID/status`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
@@ -40,6 +40,22 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(kib * 1024)
 }
 
+/// Connections the kernel dropped because a listener's accept queue was full, machine-wide
+/// (`TcpExt: ListenOverflows` in `/proc/net/netstat`).
+pub fn listen_overflows() -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").context("reading /proc/net/netstat")?;
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    let [names, values] = lines[..] else {
+        bail!("/proc/net/netstat: expected two TcpExt lines");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "ListenOverflows")
+        .and_then(|(_, value)| value.parse().ok())
+        .context("/proc/net/netstat: no ListenOverflows counter")
+}
+
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`, 100 on every Linux we know).
 pub fn ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions and only reads a constant.
@@ -67,13 +83,17 @@ fn machine_cpu() -> anyhow::Result<MachineCpu> {
     Ok(MachineCpu { busy: total - idle, total })
 }
 
-/// CPU used between [`CpuMeter::start`] and [`CpuMeter::finish`].
+/// CPU used between [`CpuMeter::start`] and [`CpuMeter::finish`], in cores (CPU seconds per wall second).
 #[derive(Debug, Clone, Copy)]
 pub struct CpuUse {
-    /// Cores the server process itself kept busy (utime + stime ÷ wall time).
+    /// The server process itself (utime + stime).
     pub server_cores: f64,
-    /// Cores used by children the server reaped in the interval (shell commands).
+    /// Children the server reaped in the interval (shell commands).
     pub children_cores: f64,
+    /// This harness (HTTP sink and clients included).
+    pub bench_cores: f64,
+    /// Everything else on the machine: other work skews the figures, so the report shows it.
+    pub other_cores: f64,
     /// Share of the whole machine that was busy (every process, 0..=1).
     pub machine_busy: f64,
 }
@@ -81,25 +101,39 @@ pub struct CpuUse {
 pub struct CpuMeter {
     pid: u32,
     at: Instant,
-    process: ProcessCpu,
+    server: ProcessCpu,
+    bench: ProcessCpu,
     machine: MachineCpu,
 }
 
 impl CpuMeter {
     pub fn start(pid: u32) -> anyhow::Result<CpuMeter> {
-        Ok(CpuMeter { pid, at: Instant::now(), process: process_cpu(pid)?, machine: machine_cpu()? })
+        Ok(CpuMeter {
+            pid,
+            at: Instant::now(),
+            server: process_cpu(pid)?,
+            bench: process_cpu(std::process::id())?,
+            machine: machine_cpu()?,
+        })
     }
 
     pub fn finish(&self) -> anyhow::Result<CpuUse> {
         let wall_secs = self.at.elapsed().as_secs_f64().max(1e-3);
-        let process = process_cpu(self.pid)?;
+        let server = process_cpu(self.pid)?;
+        let bench = process_cpu(std::process::id())?;
         let machine = machine_cpu()?;
         let ticks = ticks_per_second();
         let cores = |after: u64, before: u64| after.saturating_sub(before) as f64 / ticks / wall_secs;
+        let server_cores = cores(server.own_ticks, self.server.own_ticks);
+        let children_cores = cores(server.children_ticks, self.server.children_ticks);
+        let bench_cores = cores(bench.own_ticks, self.bench.own_ticks);
+        let machine_cores = cores(machine.busy, self.machine.busy);
         let total = machine.total.saturating_sub(self.machine.total).max(1);
         Ok(CpuUse {
-            server_cores: cores(process.own_ticks, self.process.own_ticks),
-            children_cores: cores(process.children_ticks, self.process.children_ticks),
+            server_cores,
+            children_cores,
+            bench_cores,
+            other_cores: (machine_cores - server_cores - children_cores - bench_cores).max(0.0),
             machine_busy: machine.busy.saturating_sub(self.machine.busy) as f64 / total as f64,
         })
     }
@@ -109,12 +143,35 @@ impl std::fmt::Display for CpuUse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "server {:.2} cores · reaped children {:.2} cores · machine {:.0} % busy",
+            "server {:.2} cores · its children {:.2} · harness {:.2} · other processes {:.2} (machine {:.0} % busy)",
             self.server_cores,
             self.children_cores,
+            self.bench_cores,
+            self.other_cores,
             self.machine_busy * 100.0
         )
     }
+}
+
+/// Wait (bounded by `budget`) until the machine has been nearly idle (at most `busy_cores_max` cores busy) for
+/// three seconds in a row. Answers the busy cores of the last second sampled and whether quiet was reached.
+pub async fn wait_for_quiet(budget: Duration, busy_cores_max: f64) -> anyhow::Result<(f64, bool)> {
+    let deadline = Instant::now() + budget;
+    let mut quiet_seconds = 0;
+    let mut busy_cores = 0.0;
+    while Instant::now() < deadline {
+        let before = machine_cpu()?;
+        let at = Instant::now();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = machine_cpu()?;
+        let wall_secs = at.elapsed().as_secs_f64();
+        busy_cores = after.busy.saturating_sub(before.busy) as f64 / ticks_per_second() / wall_secs;
+        quiet_seconds = if busy_cores <= busy_cores_max { quiet_seconds + 1 } else { 0 };
+        if quiet_seconds >= 3 {
+            return Ok((busy_cores, true));
+        }
+    }
+    Ok((busy_cores, false))
 }
 
 #[cfg(test)]
@@ -128,6 +185,7 @@ mod tests {
         process_cpu(pid).unwrap();
         let meter = CpuMeter::start(pid).unwrap();
         let use_ = meter.finish().unwrap();
+        listen_overflows().unwrap();
         assert!(use_.machine_busy >= 0.0 && use_.machine_busy <= 1.0);
     }
 }

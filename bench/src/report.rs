@@ -72,6 +72,7 @@ impl Report {
             "- Machine: {} CPUs ({}), {} RAM, Linux {}\n",
             machine.cpus, machine.cpu_model, machine.memory, machine.kernel
         ));
+        out.push_str(&format!("- Load average (1, 5, 15 min) at the end of the run: {}\n", machine.load));
         out.push_str(&format!("- Tree: {}\n\n", machine.commit));
         out.push_str("| Scenario | Measure | Result | Target | vs target |\n");
         out.push_str("|---|---|---|---|---|\n");
@@ -118,6 +119,8 @@ pub struct Machine {
     pub memory: String,
     pub kernel: String,
     pub commit: String,
+    /// `/proc/loadavg` when the run ended: other work on the machine skews every figure.
+    pub load: String,
 }
 
 impl Machine {
@@ -143,6 +146,8 @@ impl Machine {
             memory,
             kernel,
             commit: commit(repo),
+            load: std::fs::read_to_string("/proc/loadavg")
+                .map_or("unknown".to_string(), |l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")),
         }
     }
 }
@@ -193,6 +198,7 @@ mod tests {
             memory: "1 GiB".into(),
             kernel: "k".into(),
             commit: "c".into(),
+            load: "0.00 0.00 0.00".into(),
         };
         let md = report.markdown(&machine, "cmd");
         assert!(md.contains("| s | a\\|b | 1 | ≤ 2 | met |"));

@@ -37,13 +37,36 @@ pub fn locate_kairos(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     Ok(sibling)
 }
 
-/// What to start: the binary, its data directory, where its stderr goes, and extra flags.
+/// How every server of a run is started: which binary, where logs go, at which detail.
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    pub binary: PathBuf,
+    /// Keep server logs here (named after the scenario) instead of in the scenario's temporary directory.
+    pub log_dir: Option<PathBuf>,
+    /// A tracing filter for the server (`KAIROS_LOG`), e.g. `info,kairos=debug`; default: `--log-level warn`.
+    pub log_filter: Option<String>,
+}
+
+impl Launcher {
+    /// A server with its data under `scratch` and its log named `name`.
+    pub fn spec(&self, scratch: &Path, name: &str) -> ServerSpec {
+        let log_dir = self.log_dir.as_deref().unwrap_or(scratch);
+        ServerSpec {
+            binary: self.binary.clone(),
+            data_dir: scratch.join("data"),
+            log_path: log_dir.join(format!("{name}.log")),
+            log_filter: self.log_filter.clone(),
+        }
+    }
+}
+
+/// What to start: the binary, its data directory, where its stderr goes.
 #[derive(Debug, Clone)]
 pub struct ServerSpec {
     pub binary: PathBuf,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
-    pub extra_args: Vec<String>,
+    pub log_filter: Option<String>,
 }
 
 pub struct Server {
@@ -78,7 +101,6 @@ impl Server {
             .arg(&spec.data_dir)
             .args(["--http-addr", "127.0.0.1:0", "--bind-addr", "127.0.0.1:0"])
             .args(["--rpc-port", "0", "--log-level", "warn"])
-            .args(&spec.extra_args)
             // Run where no ./config/kairos.yml can be picked up, with none of our KAIROS_* settings.
             .current_dir(spec.data_dir.parent().unwrap_or(&spec.data_dir))
             .stdin(Stdio::null())
@@ -88,6 +110,9 @@ impl Server {
             if key.to_string_lossy().starts_with("KAIROS_") {
                 command.env_remove(key);
             }
+        }
+        if let Some(filter) = &spec.log_filter {
+            command.env("KAIROS_LOG", filter);
         }
         let spawned_at = Instant::now();
         let child = command.spawn().with_context(|| format!("starting {}", spec.binary.display()))?;

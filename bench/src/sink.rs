@@ -9,6 +9,9 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::any;
 
+/// Pending connections the kernel may queue (capped by net.core.somaxconn).
+const ACCEPT_QUEUE: u32 = 65_535;
+
 pub struct Sink {
     pub addr: SocketAddr,
     hits: Arc<AtomicU64>,
@@ -19,7 +22,11 @@ impl Sink {
     pub async fn start() -> anyhow::Result<Sink> {
         let hits = Arc::new(AtomicU64::new(0));
         let app = Router::new().fallback(any(ok)).with_state(hits.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the HTTP sink")?;
+        // Thousands of runs may connect in the same millisecond: a short accept queue would drop SYNs and add
+        // the client's 1 s retransmission to the measured lag, a fault of the harness rather than the server.
+        let socket = tokio::net::TcpSocket::new_v4().context("creating the HTTP sink socket")?;
+        socket.bind(([127, 0, 0, 1], 0).into()).context("binding the HTTP sink")?;
+        let listener = socket.listen(ACCEPT_QUEUE).context("listening on the HTTP sink")?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;

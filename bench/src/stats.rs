@@ -56,7 +56,7 @@ pub fn thousands(value: f64) -> String {
     let digits = rounded.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -95,8 +95,8 @@ mod tests {
         assert_eq!(thousands(1_234_567.4), "1,234,567");
         assert_eq!(thousands(999.0), "999");
         assert_eq!(thousands(-1000.0), "-1,000");
-        assert_eq!(ms(3.14159), "3.14");
-        assert_eq!(ms(31.4159), "31.4");
+        assert_eq!(ms(1.23456), "1.23");
+        assert_eq!(ms(12.3456), "12.3");
         assert_eq!(mib(3 * 1024 * 1024), "3.0 MiB");
     }
 }

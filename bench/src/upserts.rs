@@ -1,7 +1,6 @@
 //! Upserts: many clients POST distinct `@manually` jobs (creates), then POST them all again (updates); each
 //! phase reports upserts per second and the latency of one request.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -11,7 +10,7 @@ use anyhow::Context;
 use crate::client::Api;
 use crate::procfs::{CpuMeter, rss_bytes};
 use crate::report::{Report, at_least};
-use crate::server::{Server, ServerSpec, log_problems};
+use crate::server::{Launcher, Server, log_problems};
 use crate::stats::{mib, summarize, thousands};
 
 /// One phase may not take longer than this; clients stop taking work when it is over.
@@ -28,18 +27,13 @@ pub struct UpsertArgs {
     pub count: usize,
 }
 
-pub async fn run(kairos: &Path, args: &UpsertArgs, report: &mut Report) -> anyhow::Result<()> {
+pub async fn run(launcher: &Launcher, args: &UpsertArgs, report: &mut Report) -> anyhow::Result<()> {
     let scenario = format!("upserts, {} clients", args.clients);
     println!("== {scenario}, {} jobs", thousands(args.count as f64));
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let log_path = dir.path().join("kairos.log");
-    let server = Server::spawn(&ServerSpec {
-        binary: kairos.to_path_buf(),
-        data_dir: dir.path().join("data"),
-        log_path: log_path.clone(),
-        extra_args: Vec::new(),
-    })
-    .await?;
+    let spec = launcher.spec(dir.path(), "upserts");
+    let log_path = spec.log_path.clone();
+    let server = Server::spawn(&spec).await?;
     server.wait_leader(Duration::from_secs(60)).await?;
     for (phase, revision) in [("create", 1), ("update", 2)] {
         let meter = CpuMeter::start(server.pid)?;

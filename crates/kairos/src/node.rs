@@ -29,6 +29,7 @@ use tracing::{info, warn};
 
 use crate::api::ApiError;
 use crate::config::Config;
+use crate::scheduler::time_until;
 use crate::worker::{Prepared, Worker};
 
 /// The scheduler decides slots this far ahead at most (see [`crate::scheduler::DECIDE_AHEAD`]); runs decided
@@ -457,7 +458,7 @@ async fn dispatch_loop(node: Arc<Node>) {
             let mut wait = SWEEP_INTERVAL;
             match sweep(&node, first_sweep).await {
                 Ok(Some(retry_at)) => {
-                    wait = wait.min(Timestamp::now().duration_until(retry_at).unsigned_abs());
+                    wait = wait.min(time_until(retry_at));
                 }
                 Ok(None) => {}
                 Err(err) => warn!("dispatcher: {}", err.message),
@@ -542,7 +543,7 @@ async fn launch_loop(node: Arc<Node>, mut batches: UnboundedReceiver<(Timestamp,
     let mut sequence = 0u64;
     loop {
         let next = heap.peek().map(|Reverse((at, _))| *at);
-        let sleep_for = next.map_or(Duration::from_secs(3600), |at| Timestamp::now().duration_until(at).unsigned_abs());
+        let sleep_for = next.map_or(Duration::from_secs(3600), time_until);
         tokio::select! {
             _ = node.stopping.cancelled() => return,
             batch = batches.recv() => match batch {

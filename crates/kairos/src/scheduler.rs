@@ -32,6 +32,11 @@ pub const LATE_GRACE: Duration = Duration::from_secs(2);
 /// Most slots one job may catch up at once under `catch_up: all`: the most recent ones win.
 pub const CATCH_UP_SLOTS_MAX: usize = 10_000;
 
+/// How long until `at`; zero once it has passed (a late timer must fire at once, not wait as long again).
+pub fn time_until(at: Timestamp) -> Duration {
+    Duration::try_from(Timestamp::now().duration_until(at)).unwrap_or(Duration::ZERO)
+}
+
 /// The next instant the job will fire, for display (`next` in the API): `None` if it will not fire by itself.
 pub fn next_fire(record: &JobRecord, now: Timestamp) -> Option<Timestamp> {
     if record.job.disabled {
@@ -255,11 +260,12 @@ pub async fn run(node: Arc<Node>, mut changes: UnboundedReceiver<String>) {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
-        if let Err(err) = lead(&node, &mut armed, &mut changes).await {
-            warn!("scheduler: stopped leading: {err}");
-        }
+        let result = lead(&node, &mut armed, &mut changes).await;
         if node.is_stopping() {
             return;
+        }
+        if let Err(err) = result {
+            warn!("scheduler: stopped leading: {err}");
         }
     }
 }
@@ -296,7 +302,7 @@ async fn lead(node: &Node, armed: &mut Armed, changes: &mut UnboundedReceiver<St
     let mut leadership = node.leadership_lost();
     loop {
         let wake = armed.timer.earliest().map(|at| {
-            let wait = Timestamp::now().duration_until(at).unsigned_abs();
+            let wait = time_until(at);
             tokio::time::Instant::now() + wait
         });
         let sleep_until = wake.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
@@ -456,6 +462,12 @@ mod tests {
         );
         assert_eq!(timer.earliest(), Some(ts("2026-01-01T00:00:04Z")));
         let _ = rec;
+    }
+
+    #[test]
+    fn a_passed_instant_is_due_now() {
+        assert_eq!(time_until(Timestamp::now() - Duration::from_secs(30)), Duration::ZERO);
+        assert!(time_until(Timestamp::now() + Duration::from_secs(30)) > Duration::from_secs(29));
     }
 
     #[test]

@@ -116,8 +116,14 @@ impl Worker {
         Prepared { exec_ref: ExecRef { job: exec.job_name.clone(), id: exec.id.clone() }, spec }
     }
 
-    /// Start a prepared run now: the cheap part, so a batch of thousands starts within milliseconds.
+    /// Start a prepared run now. Only the task is spawned here; the rest happens on the task, so a batch of
+    /// thousands is spread over every core and each run's `started_at` is when it really began.
     pub fn launch(&self, prepared: Prepared) {
+        let worker = self.clone();
+        tokio::spawn(async move { worker.run(prepared).await });
+    }
+
+    async fn run(&self, prepared: Prepared) {
         let Prepared { exec_ref, spec } = prepared;
         let token = CancellationToken::new();
         let reason = Arc::new(Mutex::new(None));
@@ -132,34 +138,31 @@ impl Worker {
             started_at,
             lease_until: started_at + self.lease,
         }));
-        let worker = self.clone();
-        tokio::spawn(async move {
-            let outcome = worker.runner.run(spec, token).await;
-            let status = match outcome.status {
-                RunStatus::Succeeded => ExecutionStatus::Succeeded,
-                RunStatus::Failed | RunStatus::TimedOut => ExecutionStatus::Failed,
-                RunStatus::Cancelled => ExecutionStatus::Cancelled,
-            };
-            let cancel_reason = reason.lock().expect("reason lock").clone();
-            let error = match status {
-                ExecutionStatus::Cancelled => cancel_reason.or(outcome.error),
-                _ => outcome.error,
-            };
-            worker.report(Report::Finish(Finish {
-                exec: exec_ref.clone(),
-                status,
-                exit_code: outcome.exit_code,
-                error,
-                output_tail: outcome.output_tail,
-                output_bytes: outcome.output_bytes,
-                node: worker.node_name.clone(),
-                started_at: Some(started_at),
-                finished_at: Timestamp::now(),
-                retry_at: None,
-                only_if_lease_expired: false,
-            }));
-            worker.running.lock().expect("running lock").remove(&exec_ref);
-        });
+        let outcome = self.runner.run(spec, token).await;
+        let status = match outcome.status {
+            RunStatus::Succeeded => ExecutionStatus::Succeeded,
+            RunStatus::Failed | RunStatus::TimedOut => ExecutionStatus::Failed,
+            RunStatus::Cancelled => ExecutionStatus::Cancelled,
+        };
+        let cancel_reason = reason.lock().expect("reason lock").clone();
+        let error = match status {
+            ExecutionStatus::Cancelled => cancel_reason.or(outcome.error),
+            _ => outcome.error,
+        };
+        self.report(Report::Finish(Finish {
+            exec: exec_ref.clone(),
+            status,
+            exit_code: outcome.exit_code,
+            error,
+            output_tail: outcome.output_tail,
+            output_bytes: outcome.output_bytes,
+            node: self.node_name.clone(),
+            started_at: Some(started_at),
+            finished_at: Timestamp::now(),
+            retry_at: None,
+            only_if_lease_expired: false,
+        }));
+        self.running.lock().expect("running lock").remove(&exec_ref);
     }
 
     /// Wait (bounded) until every report sent so far has been proposed.

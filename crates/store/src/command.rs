@@ -9,7 +9,7 @@ use kairos_model::{Execution, ExecutionStatus, Job, Timestamp, Trigger};
 use serde::{Deserialize, Serialize};
 
 /// Upper bound on items in one batched command, so one log entry stays small enough to replicate quickly.
-pub const BATCH_ITEMS_MAX: usize = 4096;
+pub const BATCH_ITEMS_MAX: usize = 16_384;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
