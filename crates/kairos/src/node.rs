@@ -424,7 +424,10 @@ async fn events_loop(node: Arc<Node>, mut events: UnboundedReceiver<Vec<Event>>,
                     }
                     let _ = changes.send(name);
                 }
-                Event::Pending => node.dispatch_wake.notify_one(),
+                // Pending executions reach the leader's dispatcher through the responses of the commands that
+                // created them; the periodic sweep catches the rest. Sweeping on every applied batch would decode
+                // every active execution hundreds of times a second under load.
+                Event::Pending => {}
                 Event::Pruned(refs) => {
                     for r in refs {
                         if let Err(err) = node.outputs.delete(&r.job, &r.id) {
