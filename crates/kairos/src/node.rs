@@ -210,7 +210,7 @@ impl Node {
     /// command created are dispatched.
     pub async fn submit(&self, command: Command) -> Result<Response, ApiError> {
         let started = Instant::now();
-        let what = command.to_string();
+        let what = tracing::enabled!(tracing::Level::TRACE).then(|| command.to_string());
         let response = match self.raft.client_write(command).await {
             Ok(written) => written.data,
             Err(err) => {
@@ -229,7 +229,9 @@ impl Node {
         }
         let committed = started.elapsed();
         self.after_commit(&response);
-        tracing::trace!("{what}: committed in {committed:?}, dispatched after {:?}", started.elapsed());
+        if let Some(what) = what {
+            tracing::trace!("{what}: committed in {committed:?}, dispatched after {:?}", started.elapsed());
+        }
         Ok(response)
     }
 
