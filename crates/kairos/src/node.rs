@@ -51,6 +51,8 @@ pub struct Node {
     /// taken after the dispatch shows the execution final, so a stale read can never dispatch it twice.
     dispatched: Mutex<HashMap<ExecRef, Instant>>,
     dispatch_wake: Notify,
+    /// Claimed runs that were cancelled (or whose job went away) before they were launched: never launch them.
+    withdrawn: Mutex<HashSet<ExecRef>>,
     /// Runs decided ahead of their slot, to launch at the instant (see [`launch_loop`]).
     launch_at: UnboundedSender<(Timestamp, Vec<Prepared>)>,
     stopping: CancellationToken,
@@ -123,6 +125,7 @@ impl Node {
             rpc_addr,
             dispatched: Mutex::new(HashMap::new()),
             dispatch_wake: Notify::new(),
+            withdrawn: Mutex::new(HashSet::new()),
             launch_at: launch_tx,
             stopping: CancellationToken::new(),
         });
@@ -291,10 +294,22 @@ impl Node {
         }
     }
 
+    /// Stop a run of this node: cancel it if it runs, or withdraw it if it is claimed but not launched yet.
+    /// True if it was running (its finish will be reported by the worker).
+    fn stop_run(&self, exec_ref: &ExecRef, reason: &str) -> bool {
+        if self.worker.cancel(exec_ref, reason) {
+            return true;
+        }
+        if self.dispatched.lock().expect("dispatch set lock").contains_key(exec_ref) {
+            self.withdrawn.lock().expect("withdrawn lock").insert(exec_ref.clone());
+        }
+        false
+    }
+
     /// Cancel a pending or running execution wherever it is.
     pub async fn cancel(&self, exec: &Execution) -> Result<(), ApiError> {
         let exec_ref = ExecRef { job: exec.job_name.clone(), id: exec.id.clone() };
-        if self.worker.cancel(&exec_ref, "cancelled by request") {
+        if self.stop_run(&exec_ref, "cancelled by request") {
             return Ok(());
         }
         // Not running here: nothing to stop, so record the cancellation directly.
@@ -439,7 +454,7 @@ async fn events_loop(node: Arc<Node>, mut events: UnboundedReceiver<Vec<Event>>,
                 }
                 Event::Cancel(refs) => {
                     for r in refs {
-                        node.worker.cancel(&r, "cancelled: the job was deleted or replaced");
+                        node.stop_run(&r, "cancelled: the job was deleted or replaced");
                     }
                 }
             }
@@ -568,8 +583,11 @@ async fn launch_loop(node: Arc<Node>, mut batches: UnboundedReceiver<(Timestamp,
                     heap.pop();
                     let runs = waiting.remove(&seq).unwrap_or_default();
                     if node.is_leader() {
+                        let mut withdrawn = node.withdrawn.lock().expect("withdrawn lock");
                         for prepared in runs {
-                            node.worker.launch(prepared);
+                            if !withdrawn.remove(prepared.exec_ref()) {
+                                node.worker.launch(prepared);
+                            }
                         }
                     }
                 }

@@ -36,6 +36,12 @@ pub struct Prepared {
     spec: RunSpec,
 }
 
+impl Prepared {
+    pub fn exec_ref(&self) -> &ExecRef {
+        &self.exec_ref
+    }
+}
+
 struct RunningExec {
     token: CancellationToken,
     reason: Arc<Mutex<Option<String>>>,

@@ -558,3 +558,35 @@ async fn the_http_executor_checks_the_status_code_and_body() {
     );
     assert_eq!(finished_run(&server, "unreachable").await.status, "failed");
 }
+
+/// Slots are decided ahead of their instant; cancelling one in that window means it never starts at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_cancelled_before_its_instant_never_starts() {
+    let server = Server::fresh(&[]).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let marker = scratch.path().join("ran");
+    let command = format!("echo $KAIROS_EXECUTION_ID >> {}", marker.display());
+    server.create_job(&shell_job("ahead", "* * * * * *", &command)).await;
+
+    let decided = wait_until("a slot decided ahead of its instant", secs(20), async || {
+        let now = Timestamp::now();
+        server.executions("ahead").await.into_iter().find(|e| e.status == "pending" && e.scheduled_at > now)
+    })
+    .await;
+    server.post_empty(&format!("/v1/jobs/ahead/executions/{}/cancel", decided.id)).await.expect(202);
+
+    let cancelled = wait_until("its instant has passed and a later slot ran", secs(20), async || {
+        let execs = server.executions("ahead").await;
+        let later_ran = execs.iter().any(|e| e.scheduled_at > decided.scheduled_at && e.status == "succeeded");
+        later_ran.then(|| server_exec(&execs, &decided.id))
+    })
+    .await;
+    assert_eq!(cancelled.status, "cancelled", "{cancelled:?}");
+    assert_eq!(cancelled.started_at, None, "a withdrawn slot has no start: {cancelled:?}");
+    let ran = std::fs::read_to_string(&marker).unwrap_or_default();
+    assert!(!ran.lines().any(|id| id == decided.id), "the cancelled slot's command ran: {ran}");
+}
+
+fn server_exec(execs: &[Exec], id: &str) -> Exec {
+    execs.iter().find(|e| e.id == id).cloned().expect("the execution is still stored")
+}
