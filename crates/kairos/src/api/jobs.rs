@@ -263,17 +263,21 @@ fn sort_key(field: &str) -> Result<JobOrder, ApiError> {
     })
 }
 
-struct JobFilter {
-    query: Option<String>,
-    metadata: Vec<(String, String)>,
-    tags: Vec<(String, String)>,
-    status: Option<String>,
-    disabled: Option<bool>,
-    executor: Option<String>,
+/// Which jobs a list shows; the API and the UI build it from their own query syntax and share its meaning.
+#[derive(Default)]
+pub struct JobFilter {
+    /// Lowercase substring of the name or display name.
+    pub query: Option<String>,
+    pub metadata: Vec<(String, String)>,
+    pub tags: Vec<(String, String)>,
+    /// `success`, `failed`, `running` or `untriggered`.
+    pub status: Option<String>,
+    pub disabled: Option<bool>,
+    pub executor: Option<String>,
 }
 
 impl JobFilter {
-    fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.query.is_none()
             && self.metadata.is_empty()
             && self.tags.is_empty()
@@ -309,7 +313,7 @@ impl JobFilter {
         })
     }
 
-    fn matches(&self, job: &Job) -> bool {
+    pub fn matches(&self, job: &Job) -> bool {
         if let Some(q) = &self.query
             && !job.name.contains(q.as_str())
             && !job.displayname.to_lowercase().contains(q.as_str())

@@ -8,7 +8,7 @@
 //! against, so the two cannot drift apart.
 
 mod executions;
-mod jobs;
+pub mod jobs;
 pub mod openapi;
 pub mod stats;
 mod system;

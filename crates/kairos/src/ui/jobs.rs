@@ -9,12 +9,13 @@ use std::collections::HashMap;
 
 use axum::extract::{Query, State};
 use axum::response::IntoResponse;
-use kairos_model::{Execution, Job, Timestamp};
+use kairos_model::{Execution, Timestamp};
 use kairos_store::{JobRecord, StateReader};
 use maud::{Markup, html};
 
 use super::layout::{Nav, node_page};
 use super::{UiResult, format};
+use crate::api::jobs::JobFilter;
 use crate::api::{ApiError, AppState};
 use crate::scheduler::next_fire;
 
@@ -132,52 +133,26 @@ fn pairs(field: &str, text: &str) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
-/// The filters of a query, checked. Same meaning as `GET /v1/jobs`'s `q`, `status`, `disabled`, `executor`,
-/// `tags[k]=v` and `metadata[k]=v`.
-struct Filter {
-    query: String,
-    status: String,
-    disabled: Option<bool>,
-    executor: String,
-    tags: Vec<(String, String)>,
-    metadata: Vec<(String, String)>,
-}
-
-impl Filter {
-    fn parse(q: &ListQuery) -> Result<Filter, String> {
-        let disabled = match q.disabled.as_str() {
-            "" => None,
-            "true" => Some(true),
-            "false" => Some(false),
-            other => return Err(format!("disabled: '{other}' is not true or false")),
-        };
-        if !STATUSES.iter().any(|(v, _)| *v == q.status) {
-            return Err(format!("status: '{}' is not one of success, failed, running, untriggered", q.status));
-        }
-        Ok(Filter {
-            query: q.q.clone(),
-            status: q.status.clone(),
-            disabled,
-            executor: q.executor.clone(),
-            tags: pairs("tags", &q.tags)?,
-            metadata: pairs("metadata", &q.metadata)?,
-        })
+/// The filters of a query, checked, with the same meaning as `GET /v1/jobs`'s.
+fn filter(q: &ListQuery) -> Result<JobFilter, String> {
+    let disabled = match q.disabled.as_str() {
+        "" => None,
+        "true" => Some(true),
+        "false" => Some(false),
+        other => return Err(format!("disabled: '{other}' is not true or false")),
+    };
+    if !STATUSES.iter().any(|(v, _)| *v == q.status) {
+        return Err(format!("status: '{}' is not one of success, failed, running, untriggered", q.status));
     }
-
-    fn matches(&self, job: &Job) -> bool {
-        if !self.query.is_empty()
-            && !job.name.contains(&self.query)
-            && !job.displayname.to_lowercase().contains(&self.query)
-        {
-            return false;
-        }
-        let status = if job.status.is_empty() { "untriggered" } else { job.status.as_str() };
-        (self.status.is_empty() || self.status == status)
-            && self.disabled.is_none_or(|d| d == job.disabled)
-            && (self.executor.is_empty() || self.executor == job.executor)
-            && self.tags.iter().all(|(k, v)| job.tags.get(k) == Some(v))
-            && self.metadata.iter().all(|(k, v)| job.metadata.get(k) == Some(v))
-    }
+    let nonempty = |text: &str| (!text.is_empty()).then(|| text.to_string());
+    Ok(JobFilter {
+        query: nonempty(&q.q.to_lowercase()),
+        status: nonempty(&q.status),
+        disabled,
+        executor: nonempty(&q.executor),
+        tags: pairs("tags", &q.tags)?,
+        metadata: pairs("metadata", &q.metadata)?,
+    })
 }
 
 /// A sort key of one job; jobs with equal keys are ordered by name.
@@ -212,7 +187,7 @@ pub struct Listing {
 
 /// Filter, sort and page the jobs.
 pub fn list(state: &StateReader, query: &ListQuery, now: Timestamp) -> Result<Result<Listing, String>, ApiError> {
-    let filter = match Filter::parse(query) {
+    let filter = match filter(query) {
         Ok(filter) => filter,
         Err(message) => return Ok(Err(message)),
     };
@@ -485,17 +460,17 @@ mod tests {
 
     #[test]
     fn filters_match_like_the_api() {
-        let mut job = Job::empty("nightly-backup");
+        let mut job = kairos_model::Job::empty("nightly-backup");
         job.displayname = "Nightly Backup".into();
         job.executor = "shell".into();
         job.tags.insert("team".into(), "ops".into());
-        let filter = |pairs: &[(&str, &str)]| Filter::parse(&ListQuery::from_params(&params(pairs))).unwrap();
-        assert!(filter(&[("q", "BACKUP")]).matches(&job));
-        assert!(filter(&[("status", "untriggered"), ("executor", "shell")]).matches(&job));
-        assert!(filter(&[("tags", "team=ops")]).matches(&job));
-        assert!(!filter(&[("tags", "team=dev")]).matches(&job));
-        assert!(!filter(&[("disabled", "true")]).matches(&job));
-        let err = Filter::parse(&ListQuery::from_params(&params(&[("metadata", "oops")]))).err().unwrap();
+        let checked = |pairs: &[(&str, &str)]| filter(&ListQuery::from_params(&params(pairs))).unwrap();
+        assert!(checked(&[("q", "BACKUP")]).matches(&job));
+        assert!(checked(&[("status", "untriggered"), ("executor", "shell")]).matches(&job));
+        assert!(checked(&[("tags", "team=ops")]).matches(&job));
+        assert!(!checked(&[("tags", "team=dev")]).matches(&job));
+        assert!(!checked(&[("disabled", "true")]).matches(&job));
+        let err = filter(&ListQuery::from_params(&params(&[("metadata", "oops")]))).err().unwrap();
         assert_eq!(err, "metadata: 'oops' is not key=value");
     }
 }
