@@ -12,7 +12,7 @@ pub const OUTPUT_LIMIT_BYTES_DEFAULT: u64 = 1024 * 1024;
 pub const TAIL_BYTES: usize = 4096;
 
 /// One execution to run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RunSpec {
     pub job_name: String,
     pub execution_id: String,

@@ -1,5 +1,9 @@
-//! Node-to-node Raft traffic over HTTP/JSON: the client side ([`Network`], openraft's `RaftNetworkV2`) and the
-//! server side ([`rpc_router`], mounted on the RPC listener, apart from the public API).
+//! Node-to-node traffic over HTTP/JSON on the RPC listener, apart from the public API:
+//! - Raft: the client side ([`Network`], openraft's `RaftNetworkV2`) and the server side ([`rpc_router`]);
+//! - servers ([`server_router`]): writes forwarded by followers and reports of agents (`/cluster/submit`,
+//!   `/cluster/report`), and the Raft configuration for `kairos raft …`;
+//! - every node ([`agent_router`]): orders from the leader (`/agent/run`, fenced by term), cancel, the new
+//!   leader's sync, the local output of a run, and `kairos leave`.
 //!
 //! Every openraft request and response type is serde-able, so each RPC is one POST of JSON. A connection error
 //! is reported as `Unreachable` (openraft backs off), anything else as a network error (retried sooner).
@@ -7,9 +11,17 @@
 use std::future::Future;
 use std::io::Cursor;
 
-use axum::extract::State;
-use axum::routing::post;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::future::BoxFuture;
+use kairos_agent::OutputStore;
+use kairos_store::{Command, ExecRef};
 use kairos_store::{Raft, TypeConfig};
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::errors::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
@@ -21,6 +33,10 @@ use openraft::raft::{
 use openraft::{BasicNode, OptionalSend};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use crate::node::{Forwarded, Node, Peer};
+use crate::worker::{Cancelled, Holding, Order, Worker};
+use kairos_store::Response;
 
 type C = TypeConfig;
 
@@ -142,4 +158,116 @@ async fn transfer_leader(
     Json(request): Json<TransferLeaderRequest<C>>,
 ) -> Json<Result<TransferLeaderResponse<C>, RaftError<C>>> {
     Json(raft.handle_transfer_leader(request).await.map_err(RaftError::Fatal))
+}
+
+/// Routes only servers answer.
+pub fn server_router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/cluster/submit", post(submit))
+        .route("/cluster/report", post(report))
+        .route("/cluster/peers", get(peers))
+        .route("/cluster/remove-peer", post(remove_peer))
+        .with_state(node)
+}
+
+async fn submit(State(node): State<Arc<Node>>, Json(command): Json<Command>) -> Json<Forwarded> {
+    let result = node.submit_local(command).await.map_err(|e| (e.status.as_u16(), e.message));
+    Json(Forwarded { result })
+}
+
+/// A report from an agent's worker: decided (retry instants) here, then written like any command.
+async fn report(State(node): State<Arc<Node>>, Json(command): Json<Command>) -> Json<Result<Response, String>> {
+    Json(node.submit_report(command).await.map_err(|e| e.message))
+}
+
+async fn peers(State(node): State<Arc<Node>>) -> Json<Vec<Peer>> {
+    Json(node.peers())
+}
+
+async fn remove_peer(State(node): State<Arc<Node>>, Json(peer): Json<u64>) -> Json<Result<(), (u16, String)>> {
+    Json(node.remove_peer(peer).await.map_err(|e| (e.status.as_u16(), e.message)))
+}
+
+/// What the agent routes need from the node they run on.
+#[derive(Clone)]
+pub struct AgentSide {
+    pub worker: Worker,
+    pub outputs: OutputStore,
+    /// Leave the cluster gracefully (then the process exits).
+    pub leave: Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>,
+}
+
+/// Routes every node answers (servers run jobs too).
+pub fn agent_router(side: AgentSide) -> Router {
+    Router::new()
+        .route("/agent/run", post(run))
+        .route("/agent/cancel", post(cancel))
+        .route("/agent/sync", post(sync))
+        .route("/agent/output/{job}/{id}", get(output))
+        .route("/agent/leave", post(leave))
+        .with_state(side)
+}
+
+/// Orders from the leader: one answer per order (false: refused, its term is older than one seen).
+async fn run(State(side): State<AgentSide>, Json(orders): Json<Vec<Order>>) -> Json<Vec<bool>> {
+    Json(orders.into_iter().map(|order| side.worker.accept(order)).collect())
+}
+
+async fn cancel(State(side): State<AgentSide>, Json((exec, reason)): Json<(ExecRef, String)>) -> Json<Cancelled> {
+    Json(side.worker.cancel(&exec, &reason))
+}
+
+async fn sync(State(side): State<AgentSide>, Json(term): Json<u64>) -> Json<Holding> {
+    Json(side.worker.sync(term))
+}
+
+/// The full output of a run on this node (running or finished); `?follow=true` streams it until it finishes.
+async fn output(
+    State(side): State<AgentSide>,
+    Path((job, id)): Path<(String, String)>,
+    Query(params): Query<std::collections::HashMap<String, String>>,
+) -> HttpResponse {
+    let follow = params.get("follow").is_some_and(|v| v == "true" || v == "1");
+    if follow {
+        let body = Body::from_stream(follow_output(side, job, id));
+        return ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response();
+    }
+    match side.outputs.read(&job, &id) {
+        Ok(Some(text)) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
+        Ok(None) => StatusCode::NOT_FOUND.into_response(),
+        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
+    }
+}
+
+/// The output of a run as it grows: what exists now, then every new part, until the run is no longer running.
+pub fn follow_output(
+    side: AgentSide,
+    job: String,
+    id: String,
+) -> impl futures::Stream<Item = Result<String, std::io::Error>> + Send {
+    let exec = ExecRef { job, id };
+    futures::stream::unfold((side, exec, 0usize, false), |(side, exec, sent, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            let running = side.worker.is_running(&exec);
+            let text = side.outputs.read(&exec.job, &exec.id).ok().flatten().unwrap_or_default();
+            if text.len() > sent {
+                let start = (sent..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
+                let chunk = text[start..].to_string();
+                return Some((Ok(chunk), (side, exec, text.len(), !running)));
+            }
+            if !running {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+}
+
+async fn leave(State(side): State<AgentSide>) -> StatusCode {
+    let leave = side.leave.clone();
+    tokio::spawn(async move { leave().await });
+    StatusCode::ACCEPTED
 }

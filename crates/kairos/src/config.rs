@@ -44,6 +44,21 @@ pub struct AgentArgs {
     /// Port of the node-to-node RPC listener (default 6868; 0 picks a free port).
     #[arg(long, env = "KAIROS_RPC_PORT")]
     pub rpc_port: Option<u16>,
+    /// Gossip address (host:port) of a node to join at start; repeatable. Fails if none answers.
+    #[arg(long, env = "KAIROS_JOIN", value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// Like --join, but keeps retrying (see --retry-max and --retry-interval); repeatable.
+    #[arg(long, env = "KAIROS_RETRY_JOIN", value_delimiter = ',')]
+    pub retry_join: Vec<String>,
+    /// How many times --retry-join is tried before giving up; 0 retries forever (default 0).
+    #[arg(long, env = "KAIROS_RETRY_MAX")]
+    pub retry_max: Option<u32>,
+    /// Time between --retry-join attempts (default 30s).
+    #[arg(long, env = "KAIROS_RETRY_INTERVAL")]
+    pub retry_interval: Option<String>,
+    /// Scales the Raft timings (heartbeat 100 ms, election timeout 400-800 ms at 1); 1 to 10.
+    #[arg(long, env = "KAIROS_RAFT_MULTIPLIER")]
+    pub raft_multiplier: Option<u32>,
     /// A node tag, `key=value`; repeatable.
     #[arg(long = "tag", env = "KAIROS_TAG", value_delimiter = ',')]
     pub tags: Vec<String>,
@@ -90,6 +105,11 @@ struct FileConfig {
     advertise_addr: Option<String>,
     rpc_port: Option<u16>,
     tags: Option<BTreeMap<String, String>>,
+    join: Option<Vec<String>>,
+    retry_join: Option<Vec<String>>,
+    retry_max: Option<u32>,
+    retry_interval: Option<String>,
+    raft_multiplier: Option<u32>,
     log_level: Option<String>,
     datacenter: Option<String>,
     region: Option<String>,
@@ -113,6 +133,11 @@ pub struct Config {
     pub advertise_addr: Option<String>,
     pub rpc_port: u16,
     pub tags: BTreeMap<String, String>,
+    pub join: Vec<String>,
+    pub retry_join: Vec<String>,
+    pub retry_max: u32,
+    pub retry_interval: Duration,
+    pub raft_multiplier: u32,
     pub log_level: String,
     pub datacenter: String,
     pub region: String,
@@ -162,7 +187,23 @@ impl AgentArgs {
         if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
             bail!("--log-level: '{log_level}' is not one of error, warn, info, debug, trace");
         }
+        let raft_multiplier = self.raft_multiplier.or(file.raft_multiplier).unwrap_or(1);
+        if !(1..=10).contains(&raft_multiplier) {
+            bail!("--raft-multiplier: {raft_multiplier} is not between 1 and 10");
+        }
+        let join = if self.join.is_empty() { file.join.unwrap_or_default() } else { self.join };
+        let retry_join = if self.retry_join.is_empty() { file.retry_join.unwrap_or_default() } else { self.retry_join };
+        for addr in join.iter().chain(&retry_join) {
+            if addr.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+                bail!("--join/--retry-join: '{addr}' is not host:port");
+            }
+        }
         Ok(Config {
+            join,
+            retry_join,
+            retry_max: self.retry_max.or(file.retry_max).unwrap_or(0),
+            retry_interval: duration("--retry-interval", self.retry_interval.or(file.retry_interval), "30s")?,
+            raft_multiplier,
             server: self.server.or(file.server).unwrap_or(false),
             bootstrap_expect: self.bootstrap_expect.or(file.bootstrap_expect).unwrap_or(0),
             node_name,

@@ -5,13 +5,21 @@
 //! - [`node`]: opens the stores, starts Raft, the listeners and the leader's duties;
 //! - [`scheduler`]: the leader's timer that decides which slots fire;
 //! - [`worker`]: runs executions locally and reports them in batches;
-//! - [`cluster`]: Raft RPC between nodes;
+//! - [`gossip`]: cluster membership (chitchat);
+//! - [`dispatch`]: the leader's placement of runs on nodes, fencing, takeover and leases;
+//! - [`agent_node`]: a node without `--server`, which only runs what it is sent;
+//! - [`cluster`]: RPC between nodes (Raft, forwarded writes, orders, reports);
+//! - [`cli`]: `kairos leave` and `kairos raft …`, which talk to a node's RPC address;
 //! - [`api`]: the HTTP `/v1` API;
 //! - [`ui`]: the web UI at `/ui/`, rendered by the server over the same state.
 
+mod agent_node;
 mod api;
+mod cli;
 mod cluster;
 mod config;
+mod dispatch;
+mod gossip;
 mod node;
 mod scheduler;
 mod ui;
@@ -35,6 +43,11 @@ struct Cli {
 enum Commands {
     /// Run a node (with --server: a scheduler that stores state and runs jobs).
     Agent(Box<config::AgentArgs>),
+    /// Make a node leave the cluster gracefully (a leader hands leadership over first).
+    Leave(cli::RpcArgs),
+    /// Inspect or change the Raft configuration of the servers.
+    #[command(subcommand)]
+    Raft(cli::RaftCommand),
     /// Print the version.
     Version,
 }
@@ -46,6 +59,8 @@ fn main() -> ExitCode {
             println!("kairos {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Commands::Leave(args) => cli::leave(&args),
+        Commands::Raft(command) => cli::raft(command),
         Commands::Agent(args) => match args.resolve() {
             Ok(config) => run_agent(config),
             Err(err) => {
@@ -73,6 +88,23 @@ fn run_agent(config: config::Config) -> ExitCode {
         }
     };
     let code = runtime.block_on(async move {
+        if !config.server {
+            let agent = match agent_node::AgentNode::start(config).await {
+                Ok(agent) => agent,
+                Err(err) => {
+                    error!("{err:#}");
+                    eprintln!("kairos: {err:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let exit = agent.exit.clone();
+            if let Err(code) = wait_for_stop(exit).await {
+                return code;
+            }
+            agent.shutdown().await;
+            info!("stopped");
+            return ExitCode::SUCCESS;
+        }
         let running = match node::Node::start(config).await {
             Ok(running) => running,
             Err(err) => {
@@ -83,20 +115,9 @@ fn run_agent(config: config::Config) -> ExitCode {
         };
         // Tests and scripts read this line to learn the bound port; keep its wording.
         eprintln!("kairos: HTTP API listening on http://{}", running.http_addr);
-        match wait_for_signal().await {
-            Ok(()) => {}
-            Err(err) => {
-                eprintln!("kairos: cannot install signal handlers: {err}");
-                return ExitCode::FAILURE;
-            }
+        if let Err(code) = wait_for_stop(running.node.exit.clone()).await {
+            return code;
         }
-        info!("signal received: stopping (a second signal exits at once)");
-        tokio::spawn(async {
-            if wait_for_signal().await.is_ok() {
-                eprintln!("kairos: second signal, exiting now");
-                std::process::exit(130);
-            }
-        });
         running.shutdown().await;
         info!("stopped");
         ExitCode::SUCCESS
@@ -105,6 +126,27 @@ fn run_agent(config: config::Config) -> ExitCode {
     // that is tearing down, so drop it without waiting for them.
     runtime.shutdown_background();
     code
+}
+
+/// Wait for SIGTERM/SIGINT or for the node to ask to exit (after leaving); a second signal exits at once.
+async fn wait_for_stop(exit: tokio_util::sync::CancellationToken) -> Result<(), ExitCode> {
+    tokio::select! {
+        signal = wait_for_signal() => {
+            if let Err(err) = signal {
+                eprintln!("kairos: cannot install signal handlers: {err}");
+                return Err(ExitCode::FAILURE);
+            }
+            info!("signal received: stopping (a second signal exits at once)");
+        }
+        _ = exit.cancelled() => info!("left the cluster: stopping"),
+    }
+    tokio::spawn(async {
+        if wait_for_signal().await.is_ok() {
+            eprintln!("kairos: second signal, exiting now");
+            std::process::exit(130);
+        }
+    });
+    Ok(())
 }
 
 async fn wait_for_signal() -> std::io::Result<()> {

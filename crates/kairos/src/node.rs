@@ -1,43 +1,44 @@
-//! A running Kairos node: the Raft instance and its stores, the local worker, and the leader's duties.
+//! A running Kairos server: the Raft instance and its stores, gossip membership, the local worker, and the
+//! listeners. The leader's duties live in [`crate::dispatch`] (claiming, placing and fencing runs, leases) and
+//! [`crate::scheduler`] (deciding slots).
 //!
-//! [`Node::start`] opens the data directory, starts openraft (bootstrapping a single-voter cluster on first
-//! start), the RPC and HTTP listeners, the scheduler, the dispatcher and the worker's reporter. The leader's
-//! duties besides scheduling live here too:
-//! - *dispatch*: every pending execution a command created is handed to a worker once its fire is committed;
-//! - *leases*: a running execution whose lease expired turns `lost` (and is retried if retries remain); on a
-//!   restart, executions this node was running when it died are lost at once, since their processes are gone.
+//! [`Node::start`] opens the data directory and starts openraft. With `--bootstrap-expect 1` (or 0 and no one to
+//! join) a fresh node bootstraps a single-voter cluster at once; with N > 1 the servers find each other by
+//! gossip and the one with the lowest Raft id bootstraps all N as voters. A server that appears later (or
+//! comes back with an empty data directory) is added by the leader, first as a learner, then as a voter.
+//! Writes reaching a follower are forwarded to the leader over RPC ([`Node::submit`]).
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::http::StatusCode;
+use futures::future::BoxFuture;
 use kairos_agent::OutputStore;
 use kairos_model::{Execution, ExecutionStatus, Timestamp};
-use kairos_store::{Command, Event, ExecRef, Finish, LogStore, Raft, Response, StateMachine, StateReader};
+use kairos_store::{Command, ExecRef, Finish, LogStore, Raft, Response, StateMachine, StateReader};
 use openraft::async_runtime::WatchReceiver;
-use openraft::{BasicNode, ServerState};
+use openraft::{BasicNode, ChangeMembers, ReadPolicy, ServerState};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Notify;
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api::ApiError;
 use crate::config::Config;
-use crate::scheduler::time_until;
-use crate::worker::{Prepared, Worker};
+use crate::dispatch::Claims;
+use crate::gossip::{Member, Membership, Status};
+use crate::worker::{Cancelled, Reporter, Verdict, Worker};
 
-/// The scheduler decides slots this far ahead at most (see [`crate::scheduler::DECIDE_AHEAD`]); runs decided
-/// further ahead than this are left to the sweep.
-const DECIDE_AHEAD_MAX: Duration = Duration::from_secs(2);
-
-/// How often the leader re-checks pending executions and leases even without events.
-const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the membership duties run (publishing, bootstrapping, adding servers).
+const MEMBERSHIP_INTERVAL: Duration = Duration::from_millis(300);
+/// How long a write waits for a leader to be known.
+const LEADER_WAIT: Duration = Duration::from_secs(5);
 
 pub struct Node {
     pub config: Config,
@@ -47,15 +48,20 @@ pub struct Node {
     pub outputs: OutputStore,
     pub worker: Worker,
     pub rpc_addr: SocketAddr,
-    /// Executions this leader has handed to a worker, with when. An entry is dropped only once a state snapshot
-    /// taken after the dispatch shows the execution final, so a stale read can never dispatch it twice.
-    dispatched: Mutex<HashMap<ExecRef, Instant>>,
-    dispatch_wake: Notify,
-    /// Claimed runs that were cancelled (or whose job went away) before they were launched: never launch them.
-    withdrawn: Mutex<HashSet<ExecRef>>,
-    /// Runs decided ahead of their slot, to launch at the instant (see [`launch_loop`]).
-    launch_at: UnboundedSender<(Timestamp, Vec<Prepared>)>,
+    pub membership: Arc<Membership>,
+    /// Node-to-node RPC client (connections are pooled and kept alive).
+    pub rpc: reqwest::Client,
+    pub(crate) claims: Mutex<Claims>,
+    pub(crate) dispatch_wake: Notify,
+    /// The term this node leads in (0 when it does not lead).
+    pub(crate) leader_term: AtomicU64,
+    pub(crate) takeover: Mutex<crate::dispatch::Takeover>,
+    /// Nodes an order could not reach recently, with when; avoided for a while.
+    pub(crate) unreachable: Mutex<HashMap<String, Instant>>,
     stopping: CancellationToken,
+    /// Cancelled when the process should exit by itself (after `kairos leave`).
+    pub exit: CancellationToken,
+    weak: std::sync::Weak<Node>,
 }
 
 /// Everything `main` needs to run and stop a node.
@@ -65,24 +71,21 @@ pub struct Running {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// A write forwarded from a follower, as the leader answers it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Forwarded {
+    pub result: Result<(Response, u64), (u16, String)>,
+}
+
 impl Node {
     pub async fn start(config: Config) -> anyhow::Result<Running> {
-        if !config.server {
-            anyhow::bail!("running without --server (an agent-only node) needs a cluster; start with --server");
-        }
-        if config.bootstrap_expect > 1 {
-            anyhow::bail!(
-                "--bootstrap-expect {}: multi-server clusters are not available yet; use --bootstrap-expect 1",
-                config.bootstrap_expect
-            );
-        }
         kairos_agent::install_crypto_provider();
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("--data-dir: cannot create '{}'", config.data_dir.display()))?;
         let id = node_id(&config.data_dir)?;
         let raft_dir = config.data_dir.join("raft");
         std::fs::create_dir_all(&raft_dir)?;
-        let (events_tx, events_rx) = unbounded_channel();
+        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
         let log = LogStore::open(&raft_dir.join("log.redb")).context("opening the Raft log")?;
         let machine = StateMachine::open(&raft_dir.join("state.redb"), config.executions_retained, Some(events_tx))
             .context("opening the state")?;
@@ -92,52 +95,78 @@ impl Node {
             .await
             .with_context(|| format!("--rpc-port: cannot listen on port {}", config.rpc_port))?;
         let rpc_addr = advertised(rpc_listener.local_addr()?, &config);
+        let http_listener = tokio::net::TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("--http-addr: cannot listen on {}", config.http_addr))?;
+        let http_addr = http_listener.local_addr()?;
+        let multiplier = u64::from(config.raft_multiplier);
         let raft_config = openraft::Config {
             cluster_name: "kairos".into(),
-            heartbeat_interval: 100,
-            election_timeout_min: 400,
-            election_timeout_max: 800,
+            heartbeat_interval: 100 * multiplier,
+            election_timeout_min: 400 * multiplier,
+            election_timeout_max: 800 * multiplier,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
             max_in_snapshot_log_to_keep: 1_000,
             purge_batch_size: 256,
             ..Default::default()
         }
         .validate()?;
-        let network = crate::cluster::Network { http: reqwest::Client::new() };
+        let rpc = reqwest::Client::builder()
+            .no_proxy()
+            .pool_idle_timeout(Duration::from_secs(300))
+            .tcp_nodelay(true)
+            .build()
+            .context("building the RPC client")?;
+        let network = crate::cluster::Network { http: rpc.clone() };
         let raft = Raft::new(id, Arc::new(raft_config), network, log, machine).await?;
-        if !raft.is_initialized().await? {
+        let joining = !config.join.is_empty() || !config.retry_join.is_empty();
+        if !raft.is_initialized().await? && config.bootstrap_expect <= 1 && (config.bootstrap_expect == 1 || !joining) {
             let members = BTreeMap::from([(id, BasicNode::new(rpc_addr.to_string()))]);
             raft.initialize(members).await.context("bootstrapping the single-server cluster")?;
         }
+        let public_http = advertised(http_addr, &config);
+        let membership = Arc::new(Membership::start(&config, Some(id), rpc_addr, Some(public_http)).await?);
 
         let outputs = OutputStore::open(config.data_dir.join("outputs"))?;
-        let (reports_tx, reports_rx) = unbounded_channel();
-        let worker = Worker::new(&config, outputs.clone(), reports_tx);
-        let (changes_tx, changes_rx) = unbounded_channel();
-        let (launch_tx, launch_rx) = unbounded_channel();
-        let node = Arc::new(Node {
+        let (worker, channels) = Worker::new(&config, outputs.clone());
+        let (changes_tx, changes_rx) = tokio::sync::mpsc::unbounded_channel();
+        let node = Arc::new_cyclic(|weak| Node {
+            weak: weak.clone(),
             config: config.clone(),
             id,
             raft: raft.clone(),
             state,
             outputs,
-            worker,
+            worker: worker.clone(),
             rpc_addr,
-            dispatched: Mutex::new(HashMap::new()),
+            membership,
+            rpc,
+            claims: Mutex::new(Claims::default()),
             dispatch_wake: Notify::new(),
-            withdrawn: Mutex::new(HashSet::new()),
-            launch_at: launch_tx,
+            leader_term: AtomicU64::new(0),
+            takeover: Mutex::new(Default::default()),
+            unreachable: Mutex::new(HashMap::new()),
             stopping: CancellationToken::new(),
+            exit: CancellationToken::new(),
         });
+        worker.set_fence(local_fence(raft.clone()));
 
-        let http_listener = tokio::net::TcpListener::bind(config.http_addr)
-            .await
-            .with_context(|| format!("--http-addr: cannot listen on {}", config.http_addr))?;
-        let http_addr = http_listener.local_addr()?;
         let mut tasks = Vec::new();
-        let rpc = crate::cluster::rpc_router(raft.clone());
+        let rpc_router = crate::cluster::rpc_router(raft.clone())
+            .merge(crate::cluster::server_router(node.clone()))
+            .merge(crate::cluster::agent_router(crate::cluster::AgentSide {
+                worker: worker.clone(),
+                outputs: node.outputs.clone(),
+                leave: {
+                    let node = node.clone();
+                    Arc::new(move || {
+                        let node = node.clone();
+                        Box::pin(async move { node.leave().await })
+                    })
+                },
+            }));
         tasks.push(tokio::spawn(async move {
-            if let Err(err) = axum::serve(rpc_listener, rpc).await {
+            if let Err(err) = axum::serve(rpc_listener, rpc_router).await {
                 warn!("rpc listener stopped: {err}");
             }
         }));
@@ -147,26 +176,48 @@ impl Node {
                 warn!("http listener stopped: {err}");
             }
         }));
-        tasks.push(tokio::spawn(events_loop(node.clone(), events_rx, changes_tx)));
+        let reporter: Arc<dyn Reporter> = Arc::new(LocalReporter(node.clone()));
+        tasks.push(tokio::spawn(crate::dispatch::events_loop(node.clone(), events_rx, changes_tx)));
         tasks.push(tokio::spawn(crate::scheduler::run(node.clone(), changes_rx)));
-        tasks.push(tokio::spawn(dispatch_loop(node.clone())));
-        tasks.push(tokio::spawn(launch_loop(node.clone(), launch_rx)));
-        tasks.push(tokio::spawn(crate::worker::report_loop(node.clone(), reports_rx)));
-        tasks.push(tokio::spawn(crate::worker::renew_loop(node.clone())));
+        tasks.push(tokio::spawn(crate::dispatch::dispatch_loop(node.clone())));
+        tasks.push(tokio::spawn(crate::dispatch::dropped_loop(node.clone(), channels.dropped)));
+        tasks.push(tokio::spawn(crate::worker::launch_loop(worker.clone(), channels.timer, node.stopping.clone())));
+        tasks.push(tokio::spawn(crate::worker::report_loop(worker.clone(), reporter.clone(), channels.reports)));
+        tasks.push(tokio::spawn(crate::worker::renew_loop(worker.clone(), reporter, node.stopping.clone())));
+        tasks.push(tokio::spawn(membership_loop(node.clone())));
         match &config.config_file {
             Some(file) => info!("configuration read from {}", file.display()),
             None => info!("no configuration file found; using flags, environment and defaults"),
         }
-        info!(node = %config.node_name, id, rpc = %rpc_addr, "node started");
+        crate::agent_node::await_join(&config, &node.membership).await?;
+        info!(node = %config.node_name, id, rpc = %rpc_addr, gossip = %node.membership.gossip_addr(), "server started");
+        eprintln!("kairos: RPC listening on {rpc_addr}");
         Ok(Running { node, http_addr, tasks })
+    }
+
+    pub(crate) fn self_weak(&self) -> std::sync::Weak<Node> {
+        self.weak.clone()
+    }
+
+    pub fn metrics(&self) -> openraft::RaftMetrics<kairos_store::TypeConfig> {
+        self.raft.metrics().borrow_watched().clone()
     }
 
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow_watched().state == ServerState::Leader
     }
 
+    /// The current leader as gossip knows it.
+    pub fn leader_member(&self) -> Option<Member> {
+        let leader = self.raft.metrics().borrow_watched().current_leader?;
+        self.membership.alive().into_iter().find(|m| m.raft_id == Some(leader))
+    }
+
     pub fn leader_name(&self) -> Option<String> {
-        self.is_leader().then(|| self.config.node_name.clone())
+        if self.is_leader() {
+            return Some(self.config.node_name.clone());
+        }
+        self.leader_member().map(|m| m.name)
     }
 
     pub fn is_stopping(&self) -> bool {
@@ -175,6 +226,10 @@ impl Node {
 
     pub async fn stopping(&self) {
         self.stopping.cancelled().await
+    }
+
+    pub(crate) fn stopping_token(&self) -> &CancellationToken {
+        &self.stopping
     }
 
     /// Wait until this node leads; false if the node stops first.
@@ -209,119 +264,148 @@ impl Node {
         })
     }
 
-    /// Propose a command through Raft and wait for it to be applied. Refusals become API errors; executions the
-    /// command created are dispatched.
+    /// Propose a command through Raft and wait for it to be applied here. On a follower the command is forwarded
+    /// to the leader. Refusals become API errors; executions the command created are dispatched by the leader.
     pub async fn submit(&self, command: Command) -> Result<Response, ApiError> {
+        if self.is_leader() {
+            return self.submit_local(command).await.map(|(response, _)| response);
+        }
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        loop {
+            let metrics = self.metrics();
+            if metrics.state == ServerState::Leader {
+                return self.submit_local(command).await.map(|(response, _)| response);
+            }
+            let leader_addr = metrics
+                .current_leader
+                .filter(|l| *l != self.id)
+                .and_then(|l| metrics.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+            if let Some(addr) = leader_addr {
+                match self.forward(&addr, &command).await {
+                    Ok(response) => return Ok(response),
+                    Err(err) if err.status == StatusCode::SERVICE_UNAVAILABLE => {
+                        if tokio::time::Instant::now() >= deadline {
+                            return Err(err);
+                        }
+                    }
+                    Err(err) => return Err(err),
+                }
+            } else if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no leader is elected yet; retry"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Write through this node's Raft (it must lead); answers the response and its log index.
+    pub async fn submit_local(&self, command: Command) -> Result<(Response, u64), ApiError> {
         let started = Instant::now();
         let what = tracing::enabled!(tracing::Level::TRACE).then(|| command.to_string());
-        let response = match self.raft.client_write(command).await {
-            Ok(written) => written.data,
+        let written = match self.raft.client_write(command).await {
+            Ok(written) => written,
             Err(err) => {
-                if let Some(forward) = err.forward_to_leader() {
-                    let leader = forward.leader_node.as_ref().map(|n| n.addr.clone()).unwrap_or_default();
+                if err.forward_to_leader().is_some() {
                     return Err(ApiError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        format!("this node is not the leader (leader: {leader}); retry"),
+                        "this node stopped leading while writing; retry",
                     ));
                 }
                 return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("raft: {err}")));
             }
         };
+        let index = written.log_id.index;
+        let response = written.data;
         if let Some(refusal) = response.refusal.clone() {
             return Err(refusal.into());
         }
         let committed = started.elapsed();
-        self.after_commit(&response);
+        crate::dispatch::after_commit(self, &response);
         if let Some(what) = what {
             tracing::trace!("{what}: committed in {committed:?}, dispatched after {:?}", started.elapsed());
         }
-        Ok(response)
+        Ok((response, index))
     }
 
-    fn after_commit(&self, response: &Response) {
-        for exec_ref in &response.to_cancel {
-            self.worker.cancel(exec_ref, "cancelled: replaced by a newer execution (concurrency: replace)");
-        }
-        let now = Timestamp::now();
-        let mut timed: BTreeMap<Timestamp, Vec<Prepared>> = BTreeMap::new();
-        let mut later = false;
-        for exec in response.executions.iter().filter(|e| e.status == ExecutionStatus::Pending) {
-            match exec.not_before {
-                // Decided ahead of its slot: get it ready now, launch it at the instant.
-                Some(at) if at > now && at.duration_since(now).unsigned_abs() <= DECIDE_AHEAD_MAX => {
-                    timed.entry(at).or_default().extend(self.prepare(exec));
+    /// Send a write to the leader at `addr`, then wait until this node has applied it (read-your-writes).
+    async fn forward(&self, addr: &str, command: &Command) -> Result<Response, ApiError> {
+        let unavailable = |what: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, what);
+        let reply = self
+            .rpc
+            .post(format!("http://{addr}/cluster/submit"))
+            .json(command)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| unavailable(format!("cannot reach the leader at {addr}: {e}")))?;
+        let forwarded: Forwarded =
+            reply.json().await.map_err(|e| unavailable(format!("bad answer from the leader at {addr}: {e}")))?;
+        match forwarded.result {
+            Ok((response, index)) => {
+                let applied = self
+                    .raft
+                    .wait(Some(Duration::from_secs(10)))
+                    .applied_index_at_least(Some(index), "forwarded write applied locally")
+                    .await;
+                if let Err(err) = applied {
+                    warn!("forwarded write {index} not applied here yet: {err}");
                 }
-                Some(at) if at > now => later = true,
-                _ => self.dispatch(exec),
+                Ok(response)
             }
-        }
-        for (at, runs) in timed {
-            // The receiver lives as long as the node; if it is gone the node is stopping.
-            let _ = self.launch_at.send((at, runs));
-        }
-        if later {
-            self.dispatch_wake.notify_one();
-        }
-    }
-
-    /// Claim a committed, pending execution for this leader (once) and get it ready to run.
-    fn prepare(&self, exec: &Execution) -> Option<Prepared> {
-        if self.is_stopping() {
-            return None;
-        }
-        let exec_ref = ExecRef { job: exec.job_name.clone(), id: exec.id.clone() };
-        {
-            let mut dispatched = self.dispatched.lock().expect("dispatch set lock");
-            if dispatched.contains_key(&exec_ref) {
-                return None;
-            }
-            dispatched.insert(exec_ref, Instant::now());
-        }
-        match self.state.definition(&exec.job_name) {
-            Ok(Some(job)) => Some(self.worker.prepare(exec, &job)),
-            Ok(None) => None,
-            Err(err) => {
-                warn!("dispatch: cannot read job {}: {err}", exec.job_name);
-                None
+            Err((status, message)) => {
+                Err(ApiError::new(StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), message))
             }
         }
     }
 
-    /// Hand a committed, pending execution to a worker now, once.
-    fn dispatch(&self, exec: &Execution) {
-        if let Some(prepared) = self.prepare(exec) {
-            self.worker.launch(prepared);
+    /// A worker's report: failed attempts get their retry instant here (the proposer decides, so applying stays
+    /// deterministic), then it goes through Raft like any write.
+    pub async fn submit_report(&self, mut command: Command) -> Result<Response, ApiError> {
+        if let Command::Finish { results } = &mut command {
+            let now = Timestamp::now();
+            for finish in results.iter_mut() {
+                if finish.status == ExecutionStatus::Failed && finish.retry_at.is_none() {
+                    finish.retry_at =
+                        retry_instant(self, &finish.exec.job, crate::worker::attempt_of(&finish.exec), now);
+                }
+            }
         }
-    }
-
-    /// Stop a run of this node: cancel it if it runs, or withdraw it if it is claimed but not launched yet.
-    /// True if it was running (its finish will be reported by the worker).
-    fn stop_run(&self, exec_ref: &ExecRef, reason: &str) -> bool {
-        if self.worker.cancel(exec_ref, reason) {
-            return true;
-        }
-        if self.dispatched.lock().expect("dispatch set lock").contains_key(exec_ref) {
-            self.withdrawn.lock().expect("withdrawn lock").insert(exec_ref.clone());
-        }
-        false
+        self.submit(command).await
     }
 
     /// Cancel a pending or running execution wherever it is.
     pub async fn cancel(&self, exec: &Execution) -> Result<(), ApiError> {
         let exec_ref = ExecRef { job: exec.job_name.clone(), id: exec.id.clone() };
-        if self.stop_run(&exec_ref, "cancelled by request") {
+        let reason = "cancelled by request";
+        let mut withdrawn = false;
+        match self.worker.cancel(&exec_ref, reason) {
+            Cancelled::Running => return Ok(()),
+            Cancelled::Withdrawn => withdrawn = true,
+            Cancelled::NotHere => {}
+        }
+        // Ask the node that runs it, or (pending) every node that may hold it waiting for its instant.
+        let targets: Vec<Member> = self
+            .membership
+            .alive()
+            .into_iter()
+            .filter(|m| m.name != self.config.node_name)
+            .filter(|m| exec.status == ExecutionStatus::Pending || m.name == exec.node_name)
+            .collect();
+        let answers =
+            futures::future::join_all(targets.iter().map(|m| self.remote_cancel(&m.rpc_addr, &exec_ref, reason))).await;
+        if answers.contains(&Some(Cancelled::Running)) {
             return Ok(());
         }
-        // Not running here: nothing to stop, so record the cancellation directly.
+        withdrawn |= answers.contains(&Some(Cancelled::Withdrawn));
+        let error = if withdrawn { "cancelled by request before it started" } else { "cancelled by request" };
         let finish = Finish {
             exec: exec_ref,
             status: ExecutionStatus::Cancelled,
             exit_code: None,
-            error: Some("cancelled by request before it ran".into()),
-            output_tail: String::new(),
-            output_bytes: 0,
-            node: self.config.node_name.clone(),
-            started_at: None,
+            error: Some(error.into()),
+            output_tail: exec.output.clone(),
+            output_bytes: exec.output_bytes,
+            node: if exec.node_name.is_empty() { self.config.node_name.clone() } else { exec.node_name.clone() },
+            started_at: exec.started_at,
             finished_at: Timestamp::now(),
             retry_at: None,
             only_if_lease_expired: false,
@@ -329,33 +413,38 @@ impl Node {
         self.submit(Command::Finish { results: vec![finish] }).await.map(|_| ())
     }
 
-    pub fn member_tags(&self) -> BTreeMap<String, String> {
-        let mut tags = self.config.tags.clone();
-        tags.insert("role".into(), "kairos".into());
-        tags.insert("server".into(), self.config.server.to_string());
-        tags.insert("dc".into(), self.config.datacenter.clone());
-        tags.insert("region".into(), self.config.region.clone());
-        tags.insert("rpc_addr".into(), self.rpc_addr.to_string());
-        tags.insert("version".into(), env!("CARGO_PKG_VERSION").into());
-        tags
+    pub async fn remote_cancel(&self, rpc_addr: &str, exec: &ExecRef, reason: &str) -> Option<Cancelled> {
+        let reply = self
+            .rpc
+            .post(format!("http://{rpc_addr}/agent/cancel"))
+            .json(&(exec, reason))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        reply.json().await.ok()
     }
 
-    /// This node as Dkron's API shows a member (serf's field names).
-    pub fn member_self(&self) -> serde_json::Value {
-        json!({
-            "id": self.id.to_string(),
-            "Name": self.config.node_name,
-            "Addr": self.rpc_addr.ip().to_string(),
-            "Port": self.rpc_addr.port(),
-            "Tags": self.member_tags(),
-            "Status": 1,
-            "statusText": "alive",
-            "leader": self.is_leader(),
-        })
+    pub fn member_tags(&self) -> BTreeMap<String, String> {
+        member_tags(&self.config, self.config.server, &self.rpc_addr.to_string())
+    }
+
+    /// Every node gossip knows, as Dkron's API shows members (serf's field names).
+    pub async fn members_json(&self) -> Vec<serde_json::Value> {
+        let leader = self.metrics().current_leader;
+        let mut members = self.membership.all().await;
+        members.sort_by(|a, b| (!a.server, &a.name).cmp(&(!b.server, &b.name)));
+        members.iter().map(|m| member_json(&self.config, m, leader)).collect()
+    }
+
+    pub fn leader_json(&self) -> Option<serde_json::Value> {
+        let leader = self.metrics().current_leader?;
+        let member = self.membership.alive().into_iter().find(|m| m.raft_id == Some(leader))?;
+        Some(member_json(&self.config, &member, Some(leader)))
     }
 
     pub fn raft_summary(&self) -> serde_json::Value {
-        let metrics = self.raft.metrics().borrow_watched().clone();
+        let metrics = self.metrics();
         json!({
             "id": metrics.id,
             "state": format!("{:?}", metrics.state),
@@ -366,34 +455,282 @@ impl Node {
         })
     }
 
+    /// The Raft configuration: one row per server (`kairos raft list-peers`).
+    pub fn peers(&self) -> Vec<Peer> {
+        let metrics = self.metrics();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let alive = self.membership.alive();
+        membership
+            .nodes()
+            .map(|(id, node)| Peer {
+                node: alive.iter().find(|m| m.raft_id == Some(*id)).map(|m| m.name.clone()).unwrap_or_default(),
+                id: *id,
+                address: node.addr.clone(),
+                state: if metrics.current_leader == Some(*id) { "leader" } else { "follower" }.into(),
+                voter: voters.contains(id),
+            })
+            .collect()
+    }
+
+    /// Remove a server from the Raft configuration (on the leader; forwarded otherwise).
+    pub async fn remove_peer(&self, peer: u64) -> Result<(), ApiError> {
+        let metrics = self.metrics();
+        if !metrics.membership_config.membership().nodes().any(|(id, _)| *id == peer) {
+            return Err(ApiError::not_found(format!("peer-id: {peer} is not a member of the Raft configuration")));
+        }
+        if metrics.state != ServerState::Leader {
+            let addr = metrics
+                .current_leader
+                .and_then(|l| metrics.membership_config.membership().get_node(&l).map(|n| n.addr.clone()))
+                .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no leader is elected yet; retry"))?;
+            let reply = self
+                .rpc
+                .post(format!("http://{addr}/cluster/remove-peer"))
+                .json(&peer)
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await
+                .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("leader unreachable: {e}")))?;
+            let result: Result<(), (u16, String)> = reply
+                .json()
+                .await
+                .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("bad answer: {e}")))?;
+            return result.map_err(|(s, m)| ApiError::new(StatusCode::from_u16(s).unwrap_or(StatusCode::CONFLICT), m));
+        }
+        if peer == self.id {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "peer-id: this is the leader; run `kairos leave` on it (it hands leadership over first)",
+            ));
+        }
+        self.raft
+            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([peer])), false)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::CONFLICT, format!("raft: {e}")))?;
+        Ok(())
+    }
+
+    /// Leave the cluster gracefully: hand leadership over, leave the Raft configuration, leave gossip, then let
+    /// the process exit (running executions get the shutdown grace).
+    pub async fn leave(self: Arc<Self>) {
+        info!("leaving the cluster");
+        let voters: Vec<u64> = self.raft.voter_ids().filter(|v| *v != self.id).collect();
+        if self.is_leader()
+            && let Some(next) = voters.first()
+        {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while self.is_leader() && tokio::time::Instant::now() < deadline {
+                let _ = self.raft.trigger().transfer_leader(*next).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        if !voters.is_empty() {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                match self.remove_peer(self.id).await {
+                    Ok(()) => break,
+                    Err(err) if tokio::time::Instant::now() < deadline => {
+                        warn!("leave: not removed from the Raft configuration yet ({}); retrying", err.message);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(err) => {
+                        warn!("leave: could not leave the Raft configuration: {}", err.message);
+                        break;
+                    }
+                }
+            }
+        }
+        self.membership.leave().await;
+        self.exit.cancel();
+    }
+
     /// Stop in order: no new fires, let running executions finish (bounded), report them, stop Raft.
     pub async fn shutdown(&self) {
         self.stopping.cancel();
         info!("shutting down: waiting up to {:?} for running executions", self.config.shutdown_grace);
-        let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
-        while self.worker.running_count() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if self.worker.running_count() > 0 {
-            warn!("shutting down: cancelling {} executions still running", self.worker.running_count());
-            self.worker.cancel_all("cancelled: the server shut down");
-            let deadline = tokio::time::Instant::now() + self.config.kill_grace + Duration::from_secs(2);
-            while self.worker.running_count() > 0 && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        self.worker.flush_reports().await;
+        drain_worker(&self.worker, &self.config).await;
         if let Err(err) = self.raft.shutdown().await {
             warn!("raft shutdown: {err}");
         }
     }
 }
 
-impl Running {
-    pub async fn shutdown(self) {
-        self.node.shutdown().await;
-        for task in self.tasks {
-            task.abort();
+/// Let running executions finish (bounded by the shutdown grace), cancel the rest, and flush their reports.
+pub async fn drain_worker(worker: &Worker, config: &Config) {
+    let deadline = tokio::time::Instant::now() + config.shutdown_grace;
+    while worker.running_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worker.cancel_all("cancelled: the node shut down");
+    if worker.running_count() > 0 {
+        warn!("shutting down: cancelling {} executions still running", worker.running_count());
+        let deadline = tokio::time::Instant::now() + config.kill_grace + Duration::from_secs(2);
+        while worker.running_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    worker.flush_reports().await;
+}
+
+/// One row of `kairos raft list-peers`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Peer {
+    pub node: String,
+    pub id: u64,
+    pub address: String,
+    pub state: String,
+    pub voter: bool,
+}
+
+pub fn member_tags(config: &Config, server: bool, rpc_addr: &str) -> BTreeMap<String, String> {
+    let mut tags = config.tags.clone();
+    tags.insert("role".into(), "kairos".into());
+    tags.insert("server".into(), server.to_string());
+    tags.insert("dc".into(), config.datacenter.clone());
+    tags.insert("region".into(), config.region.clone());
+    tags.insert("rpc_addr".into(), rpc_addr.to_string());
+    tags.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+    tags
+}
+
+fn member_json(config: &Config, member: &Member, leader: Option<u64>) -> serde_json::Value {
+    let (addr, port) = member.rpc_addr.rsplit_once(':').unwrap_or((member.rpc_addr.as_str(), "0"));
+    let mut tags = member.tags.clone();
+    tags.insert("role".into(), "kairos".into());
+    tags.insert("server".into(), member.server.to_string());
+    tags.insert("rpc_addr".into(), member.rpc_addr.clone());
+    tags.entry("dc".into()).or_insert_with(|| config.datacenter.clone());
+    json!({
+        "id": member.raft_id.map(|id| id.to_string()).unwrap_or_else(|| member.name.clone()),
+        "Name": member.name,
+        "Addr": addr,
+        "Port": port.parse::<u16>().unwrap_or(0),
+        "Tags": tags,
+        "Status": member.status.serf_code(),
+        "statusText": member.status.as_str(),
+        "leader": member.raft_id.is_some() && member.raft_id == leader,
+        "server": member.server,
+        "http_addr": member.http_addr,
+        "gossip_addr": member.gossip_addr.to_string(),
+    })
+}
+
+/// Reports of this server's own worker go straight into Raft (forwarded to the leader when following).
+struct LocalReporter(Arc<Node>);
+
+impl Reporter for LocalReporter {
+    fn submit(&self, command: Command) -> BoxFuture<'_, Result<Response, String>> {
+        Box::pin(async move { self.0.submit_report(command).await.map_err(|e| e.message) })
+    }
+}
+
+/// The fence a server's worker asks before launching: orders of an older term than this server's Raft knows
+/// are dropped, and an order this node gave as leader launches only while its leader lease holds (a leader
+/// that was paused or cut off learns it was deposed before it runs anything).
+fn local_fence(raft: Raft) -> crate::worker::Fence {
+    Arc::new(move |term| {
+        let raft = raft.clone();
+        Box::pin(async move {
+            let metrics = raft.metrics().borrow_watched().clone();
+            if metrics.current_term > term {
+                return Verdict::Drop;
+            }
+            let leads = metrics.state == ServerState::Leader && metrics.current_term == term;
+            if !leads {
+                // An order of the current term from another leader: the worker's own term check covers it.
+                return Verdict::Launch;
+            }
+            match raft.ensure_linearizable(ReadPolicy::LeaseRead).await {
+                Ok(_) => Verdict::Launch,
+                Err(_) => Verdict::Wait,
+            }
+        })
+    })
+}
+
+/// When the next attempt after a failed `attempt` should start, if the job allows one: the job's backoff,
+/// doubled per attempt and capped, with ±20 % jitter so retries of many jobs do not stampede.
+pub fn retry_instant(node: &Node, job: &str, attempt: u32, now: Timestamp) -> Option<Timestamp> {
+    let record = node.state.job(job).ok().flatten()?;
+    if attempt > record.job.retries {
+        return None;
+    }
+    let backoff = record.job.backoff_before_retry(attempt);
+    let jitter = rand::random_range(0.8..1.2);
+    Some(now + backoff.mul_f64(jitter))
+}
+
+/// Membership duties, every few hundred milliseconds on every server: publish that this node's Raft is
+/// initialized; bootstrap when `--bootstrap-expect` servers are visible and none is initialized (the lowest
+/// Raft id does it, with all of them as voters); on the leader, add servers that appeared (learner, then voter).
+async fn membership_loop(node: Arc<Node>) {
+    let mut published = false;
+    loop {
+        tokio::select! {
+            _ = node.stopping() => return,
+            _ = tokio::time::sleep(MEMBERSHIP_INTERVAL) => {}
+        }
+        let metrics = node.metrics();
+        let initialized = metrics.membership_config.membership().voter_ids().next().is_some();
+        if initialized && !published {
+            node.membership.set_initialized().await;
+            published = true;
+        }
+        if !initialized {
+            try_bootstrap(&node).await;
+            continue;
+        }
+        if metrics.state == ServerState::Leader {
+            add_new_servers(&node, &metrics).await;
+        }
+    }
+}
+
+async fn try_bootstrap(node: &Node) {
+    let expect = node.config.bootstrap_expect as usize;
+    if expect <= 1 {
+        return;
+    }
+    let servers: Vec<Member> =
+        node.membership.alive().into_iter().filter(|m| m.server && m.raft_id.is_some()).collect();
+    if servers.iter().any(|m| m.raft_initialized) {
+        return; // a cluster exists: its leader adds this node
+    }
+    if servers.len() < expect {
+        return;
+    }
+    let lowest = servers.iter().filter_map(|m| m.raft_id).min();
+    if lowest != Some(node.id) {
+        return;
+    }
+    let members: BTreeMap<u64, BasicNode> =
+        servers.iter().filter_map(|m| Some((m.raft_id?, BasicNode::new(m.rpc_addr.clone())))).collect();
+    info!("bootstrapping a cluster of {} servers: {:?}", members.len(), members.keys().collect::<Vec<_>>());
+    if let Err(err) = node.raft.initialize(members).await {
+        warn!("bootstrap: {err}");
+    }
+}
+
+async fn add_new_servers(node: &Node, metrics: &openraft::RaftMetrics<kairos_store::TypeConfig>) {
+    let membership = metrics.membership_config.membership();
+    let known: BTreeSet<u64> = membership.nodes().map(|(id, _)| *id).collect();
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    for member in node.membership.alive() {
+        let Some(id) = member.raft_id else { continue };
+        if !member.server || member.status != Status::Alive || voters.contains(&id) {
+            continue;
+        }
+        if !known.contains(&id) {
+            info!("adding server {} ({id}) as a learner", member.name);
+            if let Err(err) = node.raft.add_learner(id, BasicNode::new(member.rpc_addr.clone()), true).await {
+                warn!("cannot add {} as a learner: {err}", member.name);
+                continue;
+            }
+        }
+        info!("promoting server {} ({id}) to voter", member.name);
+        if let Err(err) = node.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await {
+            warn!("cannot promote {} to voter: {err}", member.name);
         }
     }
 }
@@ -409,15 +746,16 @@ fn node_id(data_dir: &Path) -> anyhow::Result<u64> {
     Ok(id)
 }
 
-fn rpc_bind_addr(config: &Config) -> anyhow::Result<SocketAddr> {
+pub fn rpc_bind_addr(config: &Config) -> anyhow::Result<SocketAddr> {
     let host = config.bind_addr.rsplit_once(':').map_or(config.bind_addr.as_str(), |(h, _)| h);
+    let host = if host.is_empty() { "0.0.0.0" } else { host };
     format!("{host}:{}", config.rpc_port)
         .parse()
         .with_context(|| format!("--bind-addr: '{}' is not host:port", config.bind_addr))
 }
 
 /// The address peers use: the advertise address's host if given, else the bound one (0.0.0.0 → 127.0.0.1).
-fn advertised(bound: SocketAddr, config: &Config) -> SocketAddr {
+pub fn advertised(bound: SocketAddr, config: &Config) -> SocketAddr {
     let host = config
         .advertise_addr
         .as_deref()
@@ -427,171 +765,15 @@ fn advertised(bound: SocketAddr, config: &Config) -> SocketAddr {
     SocketAddr::new(ip, bound.port())
 }
 
-/// React to what the state machine applied: wake the scheduler and dispatcher, drop pruned outputs, cancel.
-async fn events_loop(node: Arc<Node>, mut events: UnboundedReceiver<Vec<Event>>, changes: UnboundedSender<String>) {
-    while let Some(batch) = events.recv().await {
-        for event in batch {
-            match event {
-                Event::JobChanged(name) => {
-                    let _ = changes.send(name);
-                }
-                Event::JobDeleted(name) => {
-                    if let Err(err) = node.outputs.delete_job(&name) {
-                        warn!("cannot delete outputs of job {name}: {err}");
-                    }
-                    let _ = changes.send(name);
-                }
-                // Pending executions reach the leader's dispatcher through the responses of the commands that
-                // created them; the periodic sweep catches the rest. Sweeping on every applied batch would decode
-                // every active execution hundreds of times a second under load.
-                Event::Pending => {}
-                Event::Pruned(refs) => {
-                    for r in refs {
-                        if let Err(err) = node.outputs.delete(&r.job, &r.id) {
-                            warn!("cannot delete output {}/{}: {err}", r.job, r.id);
-                        }
-                    }
-                }
-                Event::Cancel(refs) => {
-                    for r in refs {
-                        node.stop_run(&r, "cancelled: the job was deleted or replaced");
-                    }
-                }
-            }
+impl Running {
+    pub async fn shutdown(self) {
+        self.node.shutdown().await;
+        for task in self.tasks {
+            task.abort();
         }
     }
 }
 
-/// The leader's safety net: dispatch pending executions whose time has come (retries after their backoff, and
-/// anything decided by a previous leader), and turn expired leases into `lost`.
-async fn dispatch_loop(node: Arc<Node>) {
-    loop {
-        if !node.wait_for_leadership().await {
-            return;
-        }
-        node.dispatched.lock().expect("dispatch set lock").clear();
-        let mut first_sweep = true;
-        loop {
-            if node.is_stopping() || !node.is_leader() {
-                break;
-            }
-            let mut wait = SWEEP_INTERVAL;
-            match sweep(&node, first_sweep).await {
-                Ok(Some(retry_at)) => {
-                    wait = wait.min(time_until(retry_at));
-                }
-                Ok(None) => {}
-                Err(err) => warn!("dispatcher: {}", err.message),
-            }
-            first_sweep = false;
-            tokio::select! {
-                _ = node.stopping.cancelled() => return,
-                _ = node.dispatch_wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
-        }
-    }
-}
-
-/// One pass over the active executions; answers the earliest future retry instant, to wake for it.
-async fn sweep(node: &Node, first: bool) -> Result<Option<Timestamp>, ApiError> {
-    let now = Timestamp::now();
-    let taken = Instant::now();
-    let active = node.state.active()?;
-    let active_refs: HashSet<ExecRef> =
-        active.iter().map(|e| ExecRef { job: e.job_name.clone(), id: e.id.clone() }).collect();
-    node.dispatched.lock().expect("dispatch set lock").retain(|r, at| active_refs.contains(r) || *at > taken);
-    let next_retry = active
-        .iter()
-        .filter(|e| e.status == ExecutionStatus::Pending)
-        .filter_map(|e| e.not_before)
-        .filter(|t| *t > now)
-        .min();
-    let mut lost = Vec::new();
-    for exec in active {
-        match exec.status {
-            ExecutionStatus::Pending if exec.not_before.is_none_or(|t| t <= now) => node.dispatch(&exec),
-            ExecutionStatus::Running => {
-                let exec_ref = ExecRef { job: exec.job_name.clone(), id: exec.id.clone() };
-                let ours_but_gone = first
-                    && exec.node_name == node.config.node_name
-                    && !node.worker.is_running(&exec_ref)
-                    && !node.dispatched.lock().expect("dispatch set lock").contains_key(&exec_ref);
-                let expired = exec.lease_until.is_some_and(|l| l < now);
-                if ours_but_gone || expired {
-                    let reason = if ours_but_gone {
-                        "lost: the node running it restarted"
-                    } else {
-                        "lost: its lease expired without a renewal"
-                    };
-                    lost.push((exec, reason));
-                }
-            }
-            _ => {}
-        }
-    }
-    if lost.is_empty() {
-        return Ok(next_retry);
-    }
-    let mut results = Vec::with_capacity(lost.len());
-    for (exec, reason) in lost {
-        warn!("execution {}/{} {reason}", exec.job_name, exec.id);
-        let retry_at = crate::worker::retry_instant(node, &exec.job_name, exec.attempt, now);
-        results.push(Finish {
-            exec: ExecRef { job: exec.job_name.clone(), id: exec.id.clone() },
-            status: ExecutionStatus::Lost,
-            exit_code: None,
-            error: Some(reason.to_string()),
-            output_tail: exec.output.clone(),
-            output_bytes: exec.output_bytes,
-            node: exec.node_name.clone(),
-            started_at: exec.started_at,
-            finished_at: now,
-            retry_at,
-            only_if_lease_expired: !first,
-        });
-    }
-    node.submit(Command::Finish { results }).await?;
-    Ok(next_retry)
-}
-
-/// Launch runs that were decided ahead of their slot at the slot's instant. The heap orders batches by instant;
-/// a batch is dropped if this node stopped leading meanwhile (the next leader's sweep runs what is pending).
-async fn launch_loop(node: Arc<Node>, mut batches: UnboundedReceiver<(Timestamp, Vec<Prepared>)>) {
-    let mut heap: BinaryHeap<Reverse<(Timestamp, u64)>> = BinaryHeap::new();
-    let mut waiting: HashMap<u64, Vec<Prepared>> = HashMap::new();
-    let mut sequence = 0u64;
-    loop {
-        let next = heap.peek().map(|Reverse((at, _))| *at);
-        let sleep_for = next.map_or(Duration::from_secs(3600), time_until);
-        tokio::select! {
-            _ = node.stopping.cancelled() => return,
-            batch = batches.recv() => match batch {
-                Some((at, runs)) => {
-                    sequence += 1;
-                    heap.push(Reverse((at, sequence)));
-                    waiting.insert(sequence, runs);
-                }
-                None => return,
-            },
-            _ = tokio::time::sleep(sleep_for), if next.is_some() => {
-                let now = Timestamp::now();
-                while let Some(Reverse((at, seq))) = heap.peek().copied() {
-                    if at > now {
-                        break;
-                    }
-                    heap.pop();
-                    let runs = waiting.remove(&seq).unwrap_or_default();
-                    if node.is_leader() {
-                        let mut withdrawn = node.withdrawn.lock().expect("withdrawn lock");
-                        for prepared in runs {
-                            if !withdrawn.remove(prepared.exec_ref()) {
-                                node.worker.launch(prepared);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+pub(crate) fn term_of(node: &Node) -> u64 {
+    node.leader_term.load(Ordering::SeqCst)
 }

@@ -1,27 +1,36 @@
-//! The local worker: runs executions on this node with the agent's executors and reports on them.
+//! The worker every node has: it runs the executions the leader orders, and reports on them.
 //!
-//! A run is started as soon as its committed fire is dispatched; its `Start`, its lease renewals and its `Finish`
-//! are reported asynchronously through one channel and proposed in batches ([`report_loop`]), so a thousand runs
-//! a second cost a handful of Raft entries, not thousands. A failed attempt's retry instant (exponential backoff
-//! with jitter) is decided here, by the proposer, so applying stays deterministic.
+//! An [`Order`] carries everything needed to run (the spec), the instant to start at (runs are decided ahead of
+//! their slot), and the Raft term of the leader that ordered it. The worker refuses orders of a term older than
+//! one it has seen (fencing a deposed leader), keeps early orders on its own timer and launches them at their
+//! instant, and asks a [`Fence`] right before launching (a server checks that the order's leader still leads).
+//!
+//! A run's `Start`, its lease renewals and its `Finish` travel through one channel and are proposed in batches
+//! ([`report_loop`]) through a [`Reporter`]: straight into Raft on a server, over RPC to a server on an agent.
+//! A thousand runs a second cost a handful of Raft entries, not thousands.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use kairos_agent::{OutputStore, RunSpec, RunStatus, Runner};
 use kairos_model::{Execution, ExecutionStatus, Job, Timestamp};
-use kairos_store::{BATCH_ITEMS_MAX, Command, ExecRef, Finish, Start};
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use kairos_store::{BATCH_ITEMS_MAX, Command, ExecRef, Finish, Response, Start};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::config::Config;
-use crate::node::Node;
+use crate::scheduler::time_until;
 
 /// How long the reporter waits after the first report of a batch for more to join it.
 const REPORT_LINGER: Duration = Duration::from_millis(5);
+/// How often a launch the fence holds back is asked about again.
+const FENCE_RETRY: Duration = Duration::from_millis(50);
 
 /// What the worker tells the leader.
 #[derive(Debug)]
@@ -30,16 +39,55 @@ pub enum Report {
     Finish(Finish),
 }
 
-/// A run ready to launch (see [`Worker::prepare`]).
-pub struct Prepared {
-    exec_ref: ExecRef,
-    spec: RunSpec,
+/// One run ordered by the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Order {
+    pub exec: ExecRef,
+    pub spec: RunSpec,
+    /// The Raft term of the leader that ordered it.
+    pub term: u64,
+    /// Start at this instant (the slot), or at once.
+    pub at: Option<Timestamp>,
 }
 
-impl Prepared {
-    pub fn exec_ref(&self) -> &ExecRef {
-        &self.exec_ref
-    }
+/// What a fence says about launching an order now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Launch,
+    /// Not sure yet (e.g. the leader's lease needs a fresh quorum ack): ask again shortly.
+    Wait,
+    /// The order's leader no longer leads: drop it; the next leader decides what to do with the execution.
+    Drop,
+}
+
+/// Asked right before an order is launched.
+pub type Fence = Arc<dyn Fn(u64) -> BoxFuture<'static, Verdict> + Send + Sync>;
+
+/// Where reports go: into Raft on a server, to a server over RPC on an agent.
+pub trait Reporter: Send + Sync + 'static {
+    fn submit(&self, command: Command) -> BoxFuture<'_, Result<Response, String>>;
+}
+
+/// The answer to a new leader's sync: what this worker has that the state may not show yet.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Holding {
+    /// Launched and not finished.
+    pub running: Vec<ExecRef>,
+    /// Finished, but the finish is not committed yet.
+    pub unreported: Vec<ExecRef>,
+    /// Accepted orders still waiting for their instant (of the new term).
+    pub scheduled: Vec<ExecRef>,
+}
+
+/// How a cancel request ended on this worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cancelled {
+    /// It was running; its finish (cancelled) will be reported.
+    Running,
+    /// It was waiting for its instant and will never start; the caller records the cancellation.
+    Withdrawn,
+    NotHere,
 }
 
 struct RunningExec {
@@ -47,33 +95,74 @@ struct RunningExec {
     reason: Arc<Mutex<Option<String>>>,
 }
 
+struct Waiting {
+    order: Order,
+    seq: u64,
+}
+
 #[derive(Clone)]
 pub struct Worker {
     runner: Runner,
     node_name: String,
     output_max_bytes: u64,
-    lease: Duration,
+    pub lease: Duration,
     running: Arc<Mutex<HashMap<ExecRef, RunningExec>>>,
+    /// Orders waiting for their instant, by execution; the launcher's heap holds (instant, seq).
+    waiting: Arc<Mutex<HashMap<ExecRef, Waiting>>>,
+    timer: UnboundedSender<(Timestamp, u64)>,
+    sequence: Arc<AtomicU64>,
+    /// The highest leader term seen; older orders are refused.
+    max_term: Arc<AtomicU64>,
+    fence: Arc<Mutex<Option<Fence>>>,
+    /// Orders the fence dropped: the leader that sent them (if it still leads) must hear of it.
+    dropped: UnboundedSender<ExecRef>,
     reports: UnboundedSender<Report>,
+    /// Finishes sent but not committed yet.
+    unreported: Arc<Mutex<HashSet<ExecRef>>>,
     /// Reports sent but not yet committed; shutdown waits for zero.
     in_flight: Arc<AtomicUsize>,
 }
 
+/// The receiving ends the node wires to [`report_loop`] and to its dispatcher.
+pub struct WorkerChannels {
+    pub reports: UnboundedReceiver<Report>,
+    pub dropped: UnboundedReceiver<ExecRef>,
+    pub timer: UnboundedReceiver<(Timestamp, u64)>,
+}
+
 impl Worker {
-    pub fn new(config: &Config, outputs: OutputStore, reports: UnboundedSender<Report>) -> Worker {
-        Worker {
+    pub fn new(config: &Config, outputs: OutputStore) -> (Worker, WorkerChannels) {
+        let (reports_tx, reports) = unbounded_channel();
+        let (timer_tx, timer) = unbounded_channel();
+        let (dropped_tx, dropped) = unbounded_channel();
+        let worker = Worker {
             runner: Runner::new(outputs, config.kill_grace),
             node_name: config.node_name.clone(),
             output_max_bytes: config.output_max_bytes,
             lease: config.execution_lease,
             running: Arc::new(Mutex::new(HashMap::new())),
-            reports,
+            waiting: Arc::new(Mutex::new(HashMap::new())),
+            timer: timer_tx,
+            sequence: Arc::new(AtomicU64::new(0)),
+            max_term: Arc::new(AtomicU64::new(0)),
+            fence: Arc::new(Mutex::new(None)),
+            dropped: dropped_tx,
+            reports: reports_tx,
+            unreported: Arc::new(Mutex::new(HashSet::new())),
             in_flight: Arc::new(AtomicUsize::new(0)),
-        }
+        };
+        (worker, WorkerChannels { reports, dropped, timer })
+    }
+
+    pub fn set_fence(&self, fence: Fence) {
+        *self.fence.lock().expect("fence lock") = Some(fence);
     }
 
     fn report(&self, report: Report) {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
+        if let Report::Finish(finish) = &report {
+            self.unreported.lock().expect("unreported lock").insert(finish.exec.clone());
+        }
         if self.reports.send(report).is_err() {
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
         }
@@ -91,27 +180,52 @@ impl Worker {
         self.running.lock().expect("running lock").keys().cloned().collect()
     }
 
-    /// Stop a run of this node; false if it does not run here.
-    pub fn cancel(&self, exec_ref: &ExecRef, reason: &str) -> bool {
-        let running = self.running.lock().expect("running lock");
-        match running.get(exec_ref) {
-            Some(run) => {
+    /// Note a term seen elsewhere (e.g. this server's own Raft): orders older than it are refused from now on.
+    pub fn observe_term(&self, term: u64) {
+        self.max_term.fetch_max(term, Ordering::SeqCst);
+    }
+
+    /// Stop a run of this worker, or withdraw it if it waits for its instant.
+    pub fn cancel(&self, exec_ref: &ExecRef, reason: &str) -> Cancelled {
+        {
+            let running = self.running.lock().expect("running lock");
+            if let Some(run) = running.get(exec_ref) {
                 run.reason.lock().expect("reason lock").get_or_insert_with(|| reason.to_string());
                 run.token.cancel();
-                true
+                return Cancelled::Running;
             }
-            None => false,
         }
+        if self.waiting.lock().expect("waiting lock").remove(exec_ref).is_some() {
+            return Cancelled::Withdrawn;
+        }
+        Cancelled::NotHere
     }
 
     pub fn cancel_all(&self, reason: &str) {
+        self.waiting.lock().expect("waiting lock").clear();
         for exec_ref in self.running_refs() {
             self.cancel(&exec_ref, reason);
         }
     }
 
-    /// Get a run ready to launch: everything that can be done before its instant is done here.
-    pub fn prepare(&self, exec: &Execution, job: &Job) -> Prepared {
+    /// A new leader of `term` asks what this worker holds. Orders of older terms that have not started are
+    /// dropped (the new leader re-decides them), and no older order is accepted after this.
+    pub fn sync(&self, term: u64) -> Holding {
+        self.observe_term(term);
+        let scheduled = {
+            let mut waiting = self.waiting.lock().expect("waiting lock");
+            waiting.retain(|_, w| w.order.term >= term);
+            waiting.keys().cloned().collect()
+        };
+        Holding {
+            running: self.running_refs(),
+            unreported: self.unreported.lock().expect("unreported lock").iter().cloned().collect(),
+            scheduled,
+        }
+    }
+
+    /// Get a run ready: everything that can be done before its instant is done here, on the leader.
+    pub fn prepare(&self, exec: &Execution, job: &Job, term: u64, at: Option<Timestamp>) -> Order {
         let mut spec = RunSpec::new(&exec.job_name, &exec.id, &job.executor, job.executor_config.clone());
         spec.output_limit_bytes = self.output_max_bytes;
         spec.extra_env = vec![
@@ -119,24 +233,96 @@ impl Worker {
             ("KAIROS_SCHEDULED_AT".into(), exec.scheduled_at.to_string()),
             ("KAIROS_ATTEMPT".into(), exec.attempt.to_string()),
         ];
-        Prepared { exec_ref: ExecRef { job: exec.job_name.clone(), id: exec.id.clone() }, spec }
+        Order { exec: ExecRef { job: exec.job_name.clone(), id: exec.id.clone() }, spec, term, at }
     }
 
-    /// Start a prepared run now. Only the task is spawned here; the rest happens on the task, so a batch of
-    /// thousands is spread over every core and each run's `started_at` is when it really began.
-    pub fn launch(&self, prepared: Prepared) {
+    /// Take an order: refused (false) if its term is older than one seen; launched at its instant otherwise.
+    pub fn accept(&self, order: Order) -> bool {
+        let seen = self.max_term.fetch_max(order.term, Ordering::SeqCst);
+        if order.term < seen {
+            debug!("refusing {}/{}: term {} < {seen}", order.exec.job, order.exec.id, order.term);
+            return false;
+        }
+        if self.is_running(&order.exec) {
+            return true; // a repeated order (e.g. a re-dispatch after a lost reply): it runs already
+        }
+        match order.at {
+            Some(at) if at > Timestamp::now() => {
+                let seq = self.sequence.fetch_add(1, Ordering::SeqCst);
+                let exec = order.exec.clone();
+                self.waiting.lock().expect("waiting lock").insert(exec, Waiting { order, seq });
+                let _ = self.timer.send((at, seq));
+            }
+            _ => self.launch_fenced(vec![order]),
+        }
+        true
+    }
+
+    /// Launch orders now if the fence agrees (on a task: the fence may need to ask Raft).
+    fn launch_fenced(&self, orders: Vec<Order>) {
+        let fence = self.fence.lock().expect("fence lock").clone();
         let worker = self.clone();
-        tokio::spawn(async move { worker.run(prepared).await });
+        let Some(fence) = fence else {
+            for order in orders {
+                worker.launch(order);
+            }
+            return;
+        };
+        tokio::spawn(async move {
+            let mut by_term: HashMap<u64, Vec<Order>> = HashMap::new();
+            for order in orders {
+                by_term.entry(order.term).or_default().push(order);
+            }
+            for (term, orders) in by_term {
+                let deadline = tokio::time::Instant::now() + worker.lease;
+                let verdict = loop {
+                    match fence(term).await {
+                        Verdict::Wait if tokio::time::Instant::now() < deadline => {
+                            tokio::time::sleep(FENCE_RETRY).await;
+                        }
+                        Verdict::Wait => break Verdict::Drop,
+                        verdict => break verdict,
+                    }
+                };
+                if verdict == Verdict::Launch && worker.max_term.load(Ordering::SeqCst) <= term {
+                    for order in orders {
+                        worker.launch(order);
+                    }
+                } else {
+                    for order in orders {
+                        warn!(
+                            "not launching {}/{}: its leader (term {term}) no longer leads",
+                            order.exec.job, order.exec.id
+                        );
+                        let _ = worker.dropped.send(order.exec);
+                    }
+                }
+            }
+        });
     }
 
-    async fn run(&self, prepared: Prepared) {
-        let Prepared { exec_ref, spec } = prepared;
-        let token = CancellationToken::new();
-        let reason = Arc::new(Mutex::new(None));
-        self.running
-            .lock()
-            .expect("running lock")
-            .insert(exec_ref.clone(), RunningExec { token: token.clone(), reason: reason.clone() });
+    /// Start an order now. Only the task is spawned here; the rest happens on the task, so a batch of thousands
+    /// is spread over every core and each run's `started_at` is when it really began.
+    fn launch(&self, order: Order) {
+        let worker = self.clone();
+        {
+            let mut running = self.running.lock().expect("running lock");
+            if running.contains_key(&order.exec) {
+                return;
+            }
+            let token = CancellationToken::new();
+            running.insert(order.exec.clone(), RunningExec { token, reason: Arc::new(Mutex::new(None)) });
+        }
+        tokio::spawn(async move { worker.run(order).await });
+    }
+
+    async fn run(&self, order: Order) {
+        let Order { exec: exec_ref, spec, .. } = order;
+        let (token, reason) = {
+            let running = self.running.lock().expect("running lock");
+            let run = running.get(&exec_ref).expect("registered by launch");
+            (run.token.clone(), run.reason.clone())
+        };
         let started_at = Timestamp::now();
         self.report(Report::Start(Start {
             exec: exec_ref.clone(),
@@ -180,20 +366,45 @@ impl Worker {
     }
 }
 
-/// When the next attempt after a failed `attempt` should start, if the job allows one: the job's backoff,
-/// doubled per attempt and capped, with ±20 % jitter so retries of many jobs do not stampede.
-pub fn retry_instant(node: &Node, job: &str, attempt: u32, now: Timestamp) -> Option<Timestamp> {
-    let record = node.state.job(job).ok().flatten()?;
-    if attempt > record.job.retries {
-        return None;
+/// Launch accepted orders at their instants. The heap orders (instant, seq); an order withdrawn or dropped
+/// meanwhile is simply no longer in `waiting`.
+pub async fn launch_loop(worker: Worker, mut timer: UnboundedReceiver<(Timestamp, u64)>, stopping: CancellationToken) {
+    let mut heap: BinaryHeap<Reverse<(Timestamp, u64)>> = BinaryHeap::new();
+    loop {
+        let next = heap.peek().map(|Reverse((at, _))| *at);
+        let sleep_for = next.map_or(Duration::from_secs(3600), time_until);
+        tokio::select! {
+            _ = stopping.cancelled() => return,
+            entry = timer.recv() => match entry {
+                Some(entry) => heap.push(Reverse(entry)),
+                None => return,
+            },
+            _ = tokio::time::sleep(sleep_for), if next.is_some() => {
+                let now = Timestamp::now();
+                let mut due = HashSet::new();
+                while let Some(Reverse((at, seq))) = heap.peek().copied() {
+                    if at > now {
+                        break;
+                    }
+                    heap.pop();
+                    due.insert(seq);
+                }
+                let orders: Vec<Order> = {
+                    let mut waiting = worker.waiting.lock().expect("waiting lock");
+                    let refs: Vec<ExecRef> =
+                        waiting.iter().filter(|(_, w)| due.contains(&w.seq)).map(|(r, _)| r.clone()).collect();
+                    refs.iter().filter_map(|r| waiting.remove(r)).map(|w| w.order).collect()
+                };
+                if !orders.is_empty() {
+                    worker.launch_fenced(orders);
+                }
+            }
+        }
     }
-    let backoff = record.job.backoff_before_retry(attempt);
-    let jitter = rand::random_range(0.8..1.2);
-    Some(now + backoff.mul_f64(jitter))
 }
 
 /// Propose the worker's reports in batches: every start first, then every finish of the batch.
-pub async fn report_loop(node: Arc<Node>, mut reports: UnboundedReceiver<Report>) {
+pub async fn report_loop(worker: Worker, reporter: Arc<dyn Reporter>, mut reports: UnboundedReceiver<Report>) {
     while let Some(first) = reports.recv().await {
         // Linger briefly so a burst of runs (and short runs' start and finish) share one proposal.
         tokio::time::sleep(REPORT_LINGER).await;
@@ -205,7 +416,6 @@ pub async fn report_loop(node: Arc<Node>, mut reports: UnboundedReceiver<Report>
             }
         }
         let count = batch.len();
-        let now = Timestamp::now();
         let mut starts = Vec::new();
         let mut finishes = Vec::new();
         // A run that started and finished within one batch needs no separate start: its finish carries it.
@@ -220,72 +430,72 @@ pub async fn report_loop(node: Arc<Node>, mut reports: UnboundedReceiver<Report>
             match report {
                 Report::Start(start) if finished.contains(&start.exec) => {}
                 Report::Start(start) => starts.push(start),
-                Report::Finish(mut finish) => {
-                    if matches!(finish.status, ExecutionStatus::Failed) {
-                        finish.retry_at = retry_instant(&node, &finish.exec.job, attempt_of(&finish.exec), now);
-                    }
-                    finishes.push(finish);
-                }
+                Report::Finish(finish) => finishes.push(finish),
             }
         }
         if !starts.is_empty()
-            && let Some(response) = propose_with_retry(&node, Command::Start { starts: starts.clone() }).await
+            && let Some(response) = propose_with_retry(&*reporter, Command::Start { starts: starts.clone() }).await
         {
-            // A start the state refused (cancelled while pending) must not keep running.
+            // A start the state refused (cancelled while pending, or started elsewhere) must not keep running.
             let accepted: HashSet<&str> = response.executions.iter().map(|e| e.id.as_str()).collect();
             for start in &starts {
                 if !accepted.contains(start.exec.id.as_str()) {
-                    node.worker.cancel(&start.exec, "cancelled before it started");
+                    worker.cancel(&start.exec, "cancelled before it started");
                 }
             }
         }
         if !finishes.is_empty() {
-            propose_with_retry(&node, Command::Finish { results: finishes }).await;
+            let refs: Vec<ExecRef> = finishes.iter().map(|f| f.exec.clone()).collect();
+            propose_with_retry(&*reporter, Command::Finish { results: finishes }).await;
+            let mut unreported = worker.unreported.lock().expect("unreported lock");
+            for exec in refs {
+                unreported.remove(&exec);
+            }
         }
-        node.worker.in_flight.fetch_sub(count, Ordering::SeqCst);
+        worker.in_flight.fetch_sub(count, Ordering::SeqCst);
     }
 }
 
 /// The attempt number inside an execution id (`<ms>-<attempt>[-origin]`).
-fn attempt_of(exec: &ExecRef) -> u32 {
+pub fn attempt_of(exec: &ExecRef) -> u32 {
     exec.id.split('-').nth(1).and_then(|a| a.parse().ok()).unwrap_or(1)
 }
 
 /// Reports must not be lost to a transient error (e.g. a leader change); retry for a bounded time.
-async fn propose_with_retry(node: &Node, command: Command) -> Option<kairos_store::Response> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+async fn propose_with_retry(reporter: &dyn Reporter, command: Command) -> Option<Response> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        match node.submit(command.clone()).await {
+        match reporter.submit(command.clone()).await {
             Ok(response) => return Some(response),
             Err(err) if tokio::time::Instant::now() < deadline => {
-                warn!("report not committed yet ({}); retrying", err.message);
+                warn!("report not committed yet ({err}); retrying");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(err) => {
-                warn!("report dropped after retries: {}", err.message);
+                warn!("report dropped after retries: {err}");
                 return None;
             }
         }
     }
 }
 
-/// Renew the leases of this node's running executions well before they expire.
-pub async fn renew_loop(node: Arc<Node>) {
-    let period = node.worker.lease / 3;
+/// Renew the leases of this worker's running executions well before they expire.
+pub async fn renew_loop(worker: Worker, reporter: Arc<dyn Reporter>, stopping: CancellationToken) {
+    let period = worker.lease / 3;
     loop {
         tokio::select! {
-            _ = node.stopping() => return,
+            _ = stopping.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
         }
-        let renewals = node.worker.running_refs();
+        let renewals = worker.running_refs();
         if renewals.is_empty() {
             continue;
         }
-        let lease_until = Timestamp::now() + node.worker.lease;
+        let lease_until = Timestamp::now() + worker.lease;
         for chunk in renewals.chunks(BATCH_ITEMS_MAX) {
             let command = Command::Renew { renewals: chunk.to_vec(), lease_until };
-            if let Err(err) = node.submit(command).await {
-                warn!("lease renewal failed: {}", err.message);
+            if let Err(err) = reporter.submit(command).await {
+                warn!("lease renewal failed: {err}");
             }
         }
     }

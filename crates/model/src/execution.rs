@@ -98,6 +98,9 @@ pub struct Execution {
     pub lease_until: Option<Timestamp>,
     /// Total output bytes produced, including any beyond the stored cap.
     pub output_bytes: u64,
+    /// For a retry: the node the previous attempt ran on, which the dispatcher avoids where it can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_node: Option<String>,
 }
 
 /// The deterministic id of an attempt at a scheduled slot: `<scheduled ms>-<attempt>`, zero-padded so ids sort by
@@ -141,6 +144,7 @@ impl Execution {
             not_before: None,
             lease_until: None,
             output_bytes: 0,
+            previous_node: None,
         }
     }
 
@@ -158,6 +162,7 @@ impl Execution {
             attempt,
             trigger: Trigger::Retry,
             not_before: Some(not_before),
+            previous_node: Some(self.node_name.clone()).filter(|n| !n.is_empty()),
             ..Execution::decided(&self.job_name, self.scheduled_at, Trigger::Retry)
         }
     }

@@ -28,15 +28,14 @@ pub async fn index(State(node): State<AppState>, Query(params): Query<Params>) -
 }
 
 pub async fn members(State(node): State<AppState>, Query(params): Query<Params>) -> ApiResult {
-    let members = vec![node.member_self()];
+    let members = node.members_json().await;
     Ok(reply_list(&members, members.len(), &params))
 }
 
 pub async fn leader(State(node): State<AppState>, Query(params): Query<Params>) -> ApiResult {
-    if node.is_leader() {
-        Ok(reply(StatusCode::OK, &node.member_self(), &params))
-    } else {
-        Err(ApiError::not_found("no leader is known yet"))
+    match node.leader_json() {
+        Some(leader) => Ok(reply(StatusCode::OK, &leader, &params)),
+        None => Err(ApiError::not_found("no leader is known yet")),
     }
 }
 

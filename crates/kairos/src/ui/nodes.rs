@@ -12,7 +12,7 @@ use crate::api::AppState;
 
 pub async fn page(State(node): State<AppState>) -> UiResult {
     let metrics = node.raft.metrics().borrow_watched().clone();
-    let members = vec![node.member_self()];
+    let members = node.members_json().await;
     let leader_id = metrics.current_leader;
     let voters: Vec<u64> = metrics.membership_config.voter_ids().collect();
     let text = |v: &serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
@@ -34,7 +34,9 @@ pub async fn page(State(node): State<AppState>) -> UiResult {
                                 td { (text(&member["Name"])) @if is_leader { " " span.badge.leader { "leader" } } }
                                 td { (if server { "server" } else { "agent" }) }
                                 td { code { (text(&member["Addr"])) ":" (member["Port"]) } }
-                                td { span.badge.s-succeeded { (text(&member["statusText"])) } }
+                                @let status = text(&member["statusText"]);
+                                @let badge = match status.as_str() { "alive" => "s-succeeded", "left" => "s-skipped", _ => "s-failed" };
+                                td { span class=(format!("badge {badge}")) { (status) } }
                                 td {
                                     ul.pairs {
                                         @if let Some(tags) = member["Tags"].as_object() {

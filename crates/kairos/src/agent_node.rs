@@ -1,0 +1,162 @@
+//! An agent-only node (`kairos agent` without `--server`): it joins gossip with its tags, runs what the leader
+//! orders, keeps the full output of its runs, and reports to the servers over RPC. It stores no cluster state.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::future::BoxFuture;
+use kairos_agent::OutputStore;
+use kairos_store::{Command, Response};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::gossip::Membership;
+use crate::node::{advertised, drain_worker, rpc_bind_addr};
+use crate::worker::{Reporter, Worker};
+
+pub struct AgentNode {
+    pub config: Config,
+    pub worker: Worker,
+    stopping: CancellationToken,
+    /// Cancelled when the process should exit by itself (after `kairos leave`).
+    pub exit: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl AgentNode {
+    pub async fn start(config: Config) -> anyhow::Result<AgentNode> {
+        kairos_agent::install_crypto_provider();
+        if config.join.is_empty() && config.retry_join.is_empty() {
+            anyhow::bail!(
+                "an agent (no --server) needs servers to join: give --join or --retry-join with a server's gossip \
+                 address (or start with --server)"
+            );
+        }
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("--data-dir: cannot create '{}'", config.data_dir.display()))?;
+        let rpc_listener = tokio::net::TcpListener::bind(rpc_bind_addr(&config)?)
+            .await
+            .with_context(|| format!("--rpc-port: cannot listen on port {}", config.rpc_port))?;
+        let rpc_addr = advertised(rpc_listener.local_addr()?, &config);
+        let membership = Arc::new(Membership::start(&config, None, rpc_addr, None).await?);
+        let outputs = OutputStore::open(config.data_dir.join("outputs"))?;
+        let (worker, channels) = Worker::new(&config, outputs.clone());
+        let stopping = CancellationToken::new();
+        let exit = CancellationToken::new();
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .pool_idle_timeout(Duration::from_secs(300))
+            .tcp_nodelay(true)
+            .build()
+            .context("building the RPC client")?;
+        let reporter: Arc<dyn Reporter> =
+            Arc::new(RemoteReporter { membership: membership.clone(), http, next: AtomicUsize::new(0) });
+        let side = crate::cluster::AgentSide {
+            worker: worker.clone(),
+            outputs,
+            leave: {
+                let (membership, exit) = (membership.clone(), exit.clone());
+                Arc::new(move || {
+                    let (membership, exit) = (membership.clone(), exit.clone());
+                    Box::pin(async move {
+                        info!("leaving the cluster");
+                        membership.leave().await;
+                        exit.cancel();
+                    })
+                })
+            },
+        };
+        let router = crate::cluster::agent_router(side);
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(async move {
+            if let Err(err) = axum::serve(rpc_listener, router).await {
+                warn!("rpc listener stopped: {err}");
+            }
+        }));
+        tasks.push(tokio::spawn(crate::worker::launch_loop(worker.clone(), channels.timer, stopping.clone())));
+        tasks.push(tokio::spawn(crate::worker::report_loop(worker.clone(), reporter.clone(), channels.reports)));
+        tasks.push(tokio::spawn(crate::worker::renew_loop(worker.clone(), reporter, stopping.clone())));
+        // Nothing drops orders on an agent (no fence), but the channel must be drained.
+        let mut dropped = channels.dropped;
+        tasks.push(tokio::spawn(async move { while dropped.recv().await.is_some() {} }));
+        await_join(&config, &membership).await?;
+        info!(node = %config.node_name, rpc = %rpc_addr, gossip = %membership.gossip_addr(), "agent started");
+        eprintln!("kairos: RPC listening on {rpc_addr}");
+        Ok(AgentNode { config, worker, stopping, exit, tasks })
+    }
+
+    /// Let running executions finish (bounded), report them, leave gossip.
+    pub async fn shutdown(self) {
+        self.stopping.cancel();
+        drain_worker(&self.worker, &self.config).await;
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// `--join` must reach someone at start; `--retry-join` with `--retry-max N` gives up after N intervals.
+pub async fn await_join(config: &Config, membership: &Membership) -> anyhow::Result<()> {
+    let others = || membership.alive().iter().any(|m| m.name != membership.self_name());
+    let deadline = if !config.join.is_empty() {
+        Some(Duration::from_secs(10))
+    } else if !config.retry_join.is_empty() && config.retry_max > 0 {
+        Some(config.retry_interval * config.retry_max)
+    } else {
+        None
+    };
+    let Some(deadline) = deadline else { return Ok(()) };
+    let until = tokio::time::Instant::now() + deadline;
+    while !others() {
+        if tokio::time::Instant::now() >= until {
+            let seeds: Vec<&String> = config.join.iter().chain(&config.retry_join).collect();
+            anyhow::bail!("--join/--retry-join: no node answered at {seeds:?} within {deadline:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// An agent reports to a live server over RPC (any server: followers forward to the leader); on failure it tries
+/// the next one.
+struct RemoteReporter {
+    membership: Arc<Membership>,
+    http: reqwest::Client,
+    next: AtomicUsize,
+}
+
+impl Reporter for RemoteReporter {
+    fn submit(&self, command: Command) -> BoxFuture<'_, Result<Response, String>> {
+        Box::pin(async move {
+            let servers: Vec<String> =
+                self.membership.alive().into_iter().filter(|m| m.server).map(|m| m.rpc_addr).collect();
+            if servers.is_empty() {
+                return Err("no live server is known".into());
+            }
+            let start = self.next.load(Ordering::Relaxed);
+            let mut last_error = String::new();
+            for i in 0..servers.len() {
+                let addr = &servers[(start + i) % servers.len()];
+                let sent = self
+                    .http
+                    .post(format!("http://{addr}/cluster/report"))
+                    .json(&command)
+                    .timeout(Duration::from_secs(30))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(reply) => match reply.json::<Result<Response, String>>().await {
+                        Ok(result) => return result,
+                        Err(err) => last_error = format!("{addr}: {err}"),
+                    },
+                    Err(err) => last_error = format!("{addr}: {err}"),
+                }
+                self.next.store(start + i + 1, Ordering::Relaxed);
+            }
+            Err(last_error)
+        })
+    }
+}

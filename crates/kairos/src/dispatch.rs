@@ -1,0 +1,561 @@
+//! The leader's dispatcher: it places committed runs on nodes, fences them with its term, and settles what a
+//! previous leader left behind.
+//!
+//! - *Claims*: every pending execution the leader hands out is claimed once (with the node it went to), so a
+//!   stale read can never dispatch it twice; the claim count per node is its load ("least busy").
+//! - *Placement*: eligible nodes are the live members whose tags match the job's; a job without tags runs on
+//!   exactly one of them, the least busy, avoiding the node a failed attempt ran on where there is another.
+//! - *Orders*: runs decided ahead of their slot travel early with their instant and start on the agent's own
+//!   timer; every order carries the leader's term, and agents refuse older terms.
+//! - *Takeover*: a new leader first asks every live node what it runs, holds or has not reported yet (which
+//!   also raises their term, fencing the old leader). Only then does it dispatch pending executions of the old
+//!   leader; while a node does not answer (paused? cut off?), the old leader's pending runs wait for it, at most
+//!   one lease. Running executions that no node owns any more turn `lost` at once; the rest is left to leases.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kairos_model::{Execution, ExecutionStatus, Job, Timestamp};
+use kairos_store::{Command, Event, ExecRef, Finish, Response};
+use openraft::async_runtime::WatchReceiver;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tracing::{info, warn};
+
+use crate::api::ApiError;
+use crate::gossip::{Member, tags_match};
+use crate::node::{Node, term_of};
+use crate::scheduler::time_until;
+use crate::worker::{Cancelled, Holding, Order};
+
+/// The scheduler decides slots this far ahead at most (see [`crate::scheduler::DECIDE_AHEAD`]); runs decided
+/// further ahead than this are left to the sweep.
+const DECIDE_AHEAD_MAX: Duration = Duration::from_secs(2);
+/// How often the leader re-checks pending executions and leases even without events.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a new leader waits for each node's answer to its sync.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an order may take to reach a node.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a node an order could not reach is avoided.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(5);
+
+/// Executions this leader has handed out, with when and to which node.
+#[derive(Default)]
+pub struct Claims {
+    by_exec: HashMap<ExecRef, (Instant, String)>,
+    load: HashMap<String, usize>,
+}
+
+impl Claims {
+    fn contains(&self, exec: &ExecRef) -> bool {
+        self.by_exec.contains_key(exec)
+    }
+
+    fn claim(&mut self, exec: ExecRef, node: &str) -> bool {
+        if self.by_exec.contains_key(&exec) {
+            return false;
+        }
+        *self.load.entry(node.to_string()).or_default() += 1;
+        self.by_exec.insert(exec, (Instant::now(), node.to_string()));
+        true
+    }
+
+    fn release(&mut self, exec: &ExecRef) {
+        if let Some((_, node)) = self.by_exec.remove(exec)
+            && let Some(load) = self.load.get_mut(&node)
+        {
+            *load = load.saturating_sub(1);
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&ExecRef, &Instant, &str) -> bool) {
+        let dropped: Vec<ExecRef> =
+            self.by_exec.iter().filter(|(r, (at, node))| !keep(r, at, node)).map(|(r, _)| r.clone()).collect();
+        for exec in dropped {
+            self.release(&exec);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.by_exec.clear();
+        self.load.clear();
+    }
+
+    fn node_of(&self, exec: &ExecRef) -> Option<&str> {
+        self.by_exec.get(exec).map(|(_, node)| node.as_str())
+    }
+}
+
+/// What a new leader learned from its sync, while some nodes have not answered yet.
+#[derive(Default)]
+pub struct Takeover {
+    /// Nodes that did not answer (but are not known dead), with the deadline after which they are presumed dead.
+    unknown: HashMap<String, Instant>,
+    /// Pending executions of the previous leader, not dispatched while `unknown` is not empty.
+    suspects: HashSet<ExecRef>,
+}
+
+/// Dispatch what a committed command created, cancel what it replaced. Runs decided ahead of their instant
+/// travel now and start at the instant.
+pub fn after_commit(node: &Node, response: &Response) {
+    for exec_ref in &response.to_cancel {
+        stop_run(node, exec_ref, "cancelled: replaced by a newer execution (concurrency: replace)");
+    }
+    if !node.is_leader() {
+        return;
+    }
+    let now = Timestamp::now();
+    let mut ready = Vec::new();
+    let mut later = false;
+    for exec in response.executions.iter().filter(|e| e.status == ExecutionStatus::Pending) {
+        match exec.not_before {
+            Some(at) if at > now && at.duration_since(now).unsigned_abs() <= DECIDE_AHEAD_MAX => {
+                ready.push((exec, Some(at)));
+            }
+            Some(at) if at > now => later = true,
+            _ => ready.push((exec, None)),
+        }
+    }
+    dispatch(node, ready);
+    if later {
+        node.dispatch_wake.notify_one();
+    }
+}
+
+/// Stop a run wherever this node knows it is: this worker, or the node the leader sent it to.
+pub fn stop_run(node: &Node, exec_ref: &ExecRef, reason: &str) {
+    if node.worker.cancel(exec_ref, reason) != Cancelled::NotHere {
+        return;
+    }
+    let target = node.claims.lock().expect("claims lock").node_of(exec_ref).map(str::to_string);
+    let Some(target) = target.filter(|t| *t != node.config.node_name) else { return };
+    let Some(member) = node.membership.alive().into_iter().find(|m| m.name == target) else { return };
+    let (rpc, http, exec_ref, reason) = (member.rpc_addr, node.rpc.clone(), exec_ref.clone(), reason.to_string());
+    tokio::spawn(async move {
+        let sent = http
+            .post(format!("http://{rpc}/agent/cancel"))
+            .json(&(&exec_ref, &reason))
+            .timeout(ORDER_TIMEOUT)
+            .send()
+            .await;
+        if let Err(err) = sent {
+            warn!("cannot cancel {}/{} on {target}: {err}", exec_ref.job, exec_ref.id);
+        }
+    });
+}
+
+/// Claim, place and send runs (with their start instant, if early). Runs that cannot be placed now stay
+/// pending and unclaimed; the sweep tries again.
+pub fn dispatch(node: &Node, runs: Vec<(&Execution, Option<Timestamp>)>) {
+    if runs.is_empty() || node.is_stopping() {
+        return;
+    }
+    let term = term_of(node);
+    if term == 0 {
+        return; // leadership not settled yet: the takeover's first sweep dispatches
+    }
+    let mut members = eligible_members(node);
+    let mut local = Vec::new();
+    let mut remote: BTreeMap<String, (String, Vec<Order>)> = BTreeMap::new();
+    let mut definitions: HashMap<String, Option<Arc<Job>>> = HashMap::new();
+    {
+        let takeover = node.takeover.lock().expect("takeover lock");
+        let mut claims = node.claims.lock().expect("claims lock");
+        for (exec, at) in runs {
+            let exec_ref = ExecRef { job: exec.job_name.clone(), id: exec.id.clone() };
+            if claims.contains(&exec_ref) || takeover.suspects.contains(&exec_ref) {
+                continue;
+            }
+            let job = definitions.entry(exec.job_name.clone()).or_insert_with(|| {
+                node.state.definition(&exec.job_name).unwrap_or_else(|err| {
+                    warn!("dispatch: cannot read job {}: {err}", exec.job_name);
+                    None
+                })
+            });
+            let Some(job) = job.as_ref() else { continue };
+            let Some(target) = place(&mut members, job, exec, &claims) else {
+                warn!("no live node matches the tags of job {} ({:?}); it stays pending", job.name, job.tags);
+                continue;
+            };
+            claims.claim(exec_ref, &target.name);
+            let order = node.worker.prepare(exec, job, term, at);
+            if target.name == node.config.node_name {
+                local.push(order);
+            } else {
+                remote
+                    .entry(target.name.clone())
+                    .or_insert_with(|| (target.rpc_addr.clone(), Vec::new()))
+                    .1
+                    .push(order);
+            }
+        }
+    }
+    for order in local {
+        let exec = order.exec.clone();
+        if !node.worker.accept(order) {
+            node.claims.lock().expect("claims lock").release(&exec);
+        }
+    }
+    for (name, (rpc_addr, orders)) in remote {
+        send_orders(node, name, rpc_addr, orders);
+    }
+}
+
+/// Live nodes that take runs (servers and agents, not left), in name order.
+fn eligible_members(node: &Node) -> Vec<Member> {
+    let mut members = node.membership.alive();
+    if !members.iter().any(|m| m.name == node.config.node_name) {
+        // Gossip has not listed this node yet (it just started): it can still run jobs.
+        members.push(Member {
+            name: node.config.node_name.clone(),
+            server: true,
+            raft_id: Some(node.id),
+            rpc_addr: node.rpc_addr.to_string(),
+            http_addr: String::new(),
+            gossip_addr: node.membership.gossip_addr(),
+            tags: node.config.tags.clone(),
+            status: crate::gossip::Status::Alive,
+            raft_initialized: true,
+        });
+    }
+    let unreachable = node.unreachable.lock().expect("unreachable lock");
+    let now = Instant::now();
+    let reachable: Vec<Member> = members
+        .iter()
+        .filter(|m| unreachable.get(&m.name).is_none_or(|since| now.duration_since(*since) > UNREACHABLE_FOR))
+        .cloned()
+        .collect();
+    if reachable.is_empty() { members } else { reachable }
+}
+
+/// The least busy eligible node for a run, avoiding its previous attempt's node where there is another.
+fn place<'m>(members: &'m mut [Member], job: &Job, exec: &Execution, claims: &Claims) -> Option<&'m Member> {
+    let eligible: Vec<usize> = (0..members.len()).filter(|i| tags_match(&job.tags, &members[*i].tags)).collect();
+    let avoid = exec.previous_node.as_deref();
+    let preferred: Vec<usize> = eligible.iter().copied().filter(|i| Some(members[*i].name.as_str()) != avoid).collect();
+    let pool = if preferred.is_empty() { eligible } else { preferred };
+    let load = |i: &usize| claims.load.get(&members[*i].name).copied().unwrap_or(0);
+    let least = pool.iter().map(load).min()?;
+    let ties: Vec<usize> = pool.iter().copied().filter(|i| load(i) == least).collect();
+    let pick = ties[rand::random_range(0..ties.len())];
+    Some(&members[pick])
+}
+
+/// Send orders to a node; on failure release their claims so the sweep places them again (elsewhere).
+fn send_orders(node: &Node, name: String, rpc_addr: String, orders: Vec<Order>) {
+    let http = node.rpc.clone();
+    let node_ptr = NodeHandle::of(node);
+    tokio::spawn(async move {
+        let refs: Vec<ExecRef> = orders.iter().map(|o| o.exec.clone()).collect();
+        let sent = http.post(format!("http://{rpc_addr}/agent/run")).json(&orders).timeout(ORDER_TIMEOUT).send().await;
+        let accepted: Option<Vec<bool>> = match sent {
+            Ok(reply) if reply.status().is_success() => reply.json().await.ok(),
+            Ok(reply) => {
+                warn!("orders to {name} refused: HTTP {}", reply.status());
+                None
+            }
+            Err(err) => {
+                warn!("cannot send orders to {name}: {err}");
+                None
+            }
+        };
+        let Some(node) = node_ptr.upgrade() else { return };
+        if accepted.is_none() {
+            node.unreachable.lock().expect("unreachable lock").insert(name.clone(), Instant::now());
+        }
+        let mut released = false;
+        {
+            let mut claims = node.claims.lock().expect("claims lock");
+            for (i, exec) in refs.iter().enumerate() {
+                let ok = accepted.as_ref().and_then(|a| a.get(i).copied()).unwrap_or(false);
+                if !ok {
+                    claims.release(exec);
+                    released = true;
+                }
+            }
+        }
+        if released {
+            node.dispatch_wake.notify_one();
+        }
+    });
+}
+
+/// A weak handle to the node for tasks that outlive a call.
+struct NodeHandle(std::sync::Weak<Node>);
+
+impl NodeHandle {
+    fn of(node: &Node) -> NodeHandle {
+        NodeHandle(node.self_weak())
+    }
+
+    fn upgrade(&self) -> Option<Arc<Node>> {
+        self.0.upgrade()
+    }
+}
+
+/// Orders the fence dropped (their leader no longer leads): if this node leads again, place them anew.
+pub async fn dropped_loop(node: Arc<Node>, mut dropped: UnboundedReceiver<ExecRef>) {
+    while let Some(exec) = dropped.recv().await {
+        node.claims.lock().expect("claims lock").release(&exec);
+        node.dispatch_wake.notify_one();
+    }
+}
+
+/// React to what the state machine applied: wake the scheduler, drop pruned outputs, cancel.
+pub async fn events_loop(node: Arc<Node>, mut events: UnboundedReceiver<Vec<Event>>, changes: UnboundedSender<String>) {
+    while let Some(batch) = events.recv().await {
+        for event in batch {
+            match event {
+                Event::JobChanged(name) => {
+                    let _ = changes.send(name);
+                }
+                Event::JobDeleted(name) => {
+                    if let Err(err) = node.outputs.delete_job(&name) {
+                        warn!("cannot delete outputs of job {name}: {err}");
+                    }
+                    let _ = changes.send(name);
+                }
+                // Pending executions reach the leader's dispatcher through the responses of the commands that
+                // created them; the periodic sweep catches the rest. Sweeping on every applied batch would decode
+                // every active execution hundreds of times a second under load.
+                Event::Pending => {}
+                Event::Pruned(refs) => {
+                    for r in refs {
+                        if let Err(err) = node.outputs.delete(&r.job, &r.id) {
+                            warn!("cannot delete output {}/{}: {err}", r.job, r.id);
+                        }
+                    }
+                }
+                Event::Cancel(refs) => {
+                    for r in refs {
+                        stop_run(&node, &r, "cancelled: the job was deleted or replaced");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One node's answer to a sync.
+enum Answer {
+    Holds(Holding),
+    /// The node's process is gone (connection refused): it holds nothing.
+    Gone,
+    /// No answer (paused, partitioned, overloaded): it may hold runs.
+    Silent,
+}
+
+async fn sync_member(node: &Node, member: &Member, term: u64) -> Answer {
+    if member.name == node.config.node_name {
+        return Answer::Holds(node.worker.sync(term));
+    }
+    let sent =
+        node.rpc.post(format!("http://{}/agent/sync", member.rpc_addr)).json(&term).timeout(SYNC_TIMEOUT).send().await;
+    match sent {
+        Ok(reply) => match reply.json::<Holding>().await {
+            Ok(holding) => Answer::Holds(holding),
+            Err(_) => Answer::Silent,
+        },
+        Err(err) if err.is_connect() => Answer::Gone,
+        Err(_) => Answer::Silent,
+    }
+}
+
+/// Ask nodes what they hold; claim it. Answers the names of the nodes that answered with what they run, and
+/// the names of the silent ones.
+async fn sync_nodes(node: &Node, members: &[Member], term: u64) -> (HashMap<String, HashSet<ExecRef>>, Vec<String>) {
+    let answers = futures::future::join_all(members.iter().map(|m| sync_member(node, m, term))).await;
+    let mut held = HashMap::new();
+    let mut silent = Vec::new();
+    let mut claims = node.claims.lock().expect("claims lock");
+    for (member, answer) in members.iter().zip(answers) {
+        match answer {
+            Answer::Holds(holding) => {
+                let mut refs = HashSet::new();
+                for exec in holding.running.into_iter().chain(holding.unreported).chain(holding.scheduled) {
+                    claims.claim(exec.clone(), &member.name);
+                    refs.insert(exec);
+                }
+                held.insert(member.name.clone(), refs);
+            }
+            Answer::Gone => {
+                held.insert(member.name.clone(), HashSet::new());
+            }
+            Answer::Silent => silent.push(member.name.clone()),
+        }
+    }
+    (held, silent)
+}
+
+/// The leader's loop: take over (sync), then sweep periodically: dispatch pending executions whose time has
+/// come (retries after their backoff, anything the previous leader decided), expire leases.
+pub async fn dispatch_loop(node: Arc<Node>) {
+    loop {
+        if !node.wait_for_leadership().await {
+            return;
+        }
+        if node.raft.voter_ids().count() > 1 {
+            // A new multi-server leader accepts writes once a quorum acknowledged it.
+            let _ = node.raft.wait(Some(Duration::from_secs(3))).leader_with_quorum_acked(None, "leader lease").await;
+        }
+        let term = node.raft.metrics().borrow_watched().current_term;
+        node.worker.observe_term(term);
+        node.claims.lock().expect("claims lock").clear();
+        *node.takeover.lock().expect("takeover lock") = Takeover::default();
+        let members = node.membership.alive();
+        let (held, silent) = sync_nodes(&node, &members, term).await;
+        let pending_now: Vec<ExecRef> = match node.state.active() {
+            Ok(active) => active
+                .iter()
+                .filter(|e| e.status == ExecutionStatus::Pending)
+                .map(|e| ExecRef { job: e.job_name.clone(), id: e.id.clone() })
+                .collect(),
+            Err(err) => {
+                warn!("takeover: cannot read active executions: {err}");
+                Vec::new()
+            }
+        };
+        {
+            let mut takeover = node.takeover.lock().expect("takeover lock");
+            let deadline = Instant::now() + node.worker.lease;
+            takeover.unknown = silent.iter().map(|n| (n.clone(), deadline)).collect();
+            if !takeover.unknown.is_empty() {
+                let claims = node.claims.lock().expect("claims lock");
+                takeover.suspects = pending_now.into_iter().filter(|r| !claims.contains(r)).collect();
+                warn!(
+                    "took over in term {term}; {} node(s) did not answer ({}): holding {} pending run(s) of the \
+                     previous leader until they do, at most {:?}",
+                    silent.len(),
+                    silent.join(", "),
+                    takeover.suspects.len(),
+                    node.worker.lease
+                );
+            }
+        }
+        node.leader_term.store(term, std::sync::atomic::Ordering::SeqCst);
+        info!("leading in term {term}: {} node(s) synced", held.len());
+        let mut first = Some(held);
+        loop {
+            if node.is_stopping() || !node.is_leader() {
+                break;
+            }
+            let mut wait = SWEEP_INTERVAL;
+            match sweep(&node, first.take(), term).await {
+                Ok(Some(retry_at)) => wait = wait.min(time_until(retry_at)),
+                Ok(None) => {}
+                Err(err) => warn!("dispatcher: {}", err.message),
+            }
+            tokio::select! {
+                _ = node.stopping_token().cancelled() => return,
+                _ = node.dispatch_wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        node.leader_term.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Ask the nodes that were silent at the takeover again; release the previous leader's pending runs once all
+/// answered, died, or their time is up.
+async fn resolve_silent(node: &Node, term: u64) {
+    let unknown: Vec<String> = node.takeover.lock().expect("takeover lock").unknown.keys().cloned().collect();
+    if unknown.is_empty() {
+        return;
+    }
+    let alive = node.membership.alive();
+    let asked: Vec<Member> = alive.iter().filter(|m| unknown.contains(&m.name)).cloned().collect();
+    let (held, _) = sync_nodes(node, &asked, term).await;
+    let mut takeover = node.takeover.lock().expect("takeover lock");
+    let now = Instant::now();
+    takeover
+        .unknown
+        .retain(|name, deadline| !held.contains_key(name) && *deadline > now && alive.iter().any(|m| m.name == *name));
+    if takeover.unknown.is_empty() && !takeover.suspects.is_empty() {
+        info!("every node answered (or is presumed dead): dispatching the previous leader's pending runs");
+        takeover.suspects.clear();
+    }
+}
+
+/// One pass over the active executions; answers the earliest future retry instant, to wake for it.
+async fn sweep(
+    node: &Node,
+    synced: Option<HashMap<String, HashSet<ExecRef>>>,
+    term: u64,
+) -> Result<Option<Timestamp>, ApiError> {
+    resolve_silent(node, term).await;
+    let now = Timestamp::now();
+    let taken = Instant::now();
+    let active = node.state.active()?;
+    let alive: HashSet<String> = node.membership.alive().into_iter().map(|m| m.name).collect();
+    let stale_after = node.worker.lease + DECIDE_AHEAD_MAX;
+    {
+        let by_ref: HashMap<ExecRef, &Execution> =
+            active.iter().map(|e| (ExecRef { job: e.job_name.clone(), id: e.id.clone() }, e)).collect();
+        let mut claims = node.claims.lock().expect("claims lock");
+        claims.retain(|exec, at, target| match by_ref.get(exec) {
+            // Claimed after this snapshot was read: keep.
+            None => *at > taken,
+            // Sent but never started: the node died or lost it; place it again (its Start would be refused
+            // if it did start meanwhile).
+            Some(e) if e.status == ExecutionStatus::Pending => {
+                target == node.config.node_name.as_str() || (alive.contains(target) && at.elapsed() < stale_after)
+            }
+            Some(_) => true,
+        });
+    }
+    let next_retry = active
+        .iter()
+        .filter(|e| e.status == ExecutionStatus::Pending)
+        .filter_map(|e| e.not_before)
+        .filter(|t| *t > now)
+        .min();
+    let mut lost = Vec::new();
+    let mut due = Vec::new();
+    for exec in &active {
+        match exec.status {
+            ExecutionStatus::Pending if exec.not_before.is_none_or(|t| t <= now) => due.push((exec, None)),
+            ExecutionStatus::Running => {
+                let exec_ref = ExecRef { job: exec.job_name.clone(), id: exec.id.clone() };
+                let disowned = synced
+                    .as_ref()
+                    .and_then(|held| held.get(&exec.node_name))
+                    .is_some_and(|refs| !refs.contains(&exec_ref));
+                let expired = exec.lease_until.is_some_and(|l| l < now);
+                if disowned || expired {
+                    let reason = if disowned {
+                        format!("lost: node '{}' no longer runs it (it restarted or died)", exec.node_name)
+                    } else {
+                        "lost: its lease expired without a renewal".to_string()
+                    };
+                    lost.push((exec, reason, disowned));
+                }
+            }
+            _ => {}
+        }
+    }
+    dispatch(node, due);
+    if lost.is_empty() {
+        return Ok(next_retry);
+    }
+    let mut results = Vec::with_capacity(lost.len());
+    for (exec, reason, disowned) in lost {
+        warn!("execution {}/{} {reason}", exec.job_name, exec.id);
+        let retry_at = crate::node::retry_instant(node, &exec.job_name, exec.attempt, now);
+        results.push(Finish {
+            exec: ExecRef { job: exec.job_name.clone(), id: exec.id.clone() },
+            status: ExecutionStatus::Lost,
+            exit_code: None,
+            error: Some(reason),
+            output_tail: exec.output.clone(),
+            output_bytes: exec.output_bytes,
+            node: exec.node_name.clone(),
+            started_at: exec.started_at,
+            finished_at: now,
+            retry_at,
+            only_if_lease_expired: !disowned,
+        });
+    }
+    node.submit(Command::Finish { results }).await?;
+    Ok(next_retry)
+}

@@ -1,0 +1,260 @@
+//! Cluster membership by gossip (chitchat over UDP on `--bind-addr`).
+//!
+//! Every node publishes a few keys: its role, Raft id (servers), RPC and HTTP addresses, tags, and whether it
+//! left. Chitchat's phi-accrual failure detector tells live nodes from failed ones. Raft membership (servers
+//! only) is decided by the leader from this view (see `node::membership_loop`); dispatch picks agents from it.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use chitchat::transport::UdpTransport;
+use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, spawn_chitchat};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::config::Config;
+
+const KEY_ROLE: &str = "role";
+const KEY_RAFT_ID: &str = "raft_id";
+const KEY_RPC: &str = "rpc";
+const KEY_HTTP: &str = "http";
+const KEY_TAGS: &str = "tags";
+const KEY_LEFT: &str = "left";
+const KEY_INITIALIZED: &str = "raft_initialized";
+
+/// How often a node gossips with a few peers.
+const GOSSIP_INTERVAL: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Alive,
+    Failed,
+    Left,
+}
+
+impl Status {
+    /// Serf's numeric member status, which Dkron's API shows.
+    pub fn serf_code(self) -> u8 {
+        match self {
+            Status::Alive => 1,
+            Status::Left => 3,
+            Status::Failed => 4,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Alive => "alive",
+            Status::Failed => "failed",
+            Status::Left => "left",
+        }
+    }
+}
+
+/// One node as gossip knows it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub name: String,
+    pub server: bool,
+    pub raft_id: Option<u64>,
+    pub rpc_addr: String,
+    pub http_addr: String,
+    pub gossip_addr: SocketAddr,
+    pub tags: BTreeMap<String, String>,
+    pub status: Status,
+    /// A server that reports it belongs to an initialized Raft cluster.
+    pub raft_initialized: bool,
+}
+
+pub struct Membership {
+    handle: ChitchatHandle,
+    live: watch::Receiver<BTreeMap<ChitchatId, chitchat::NodeState>>,
+    name: String,
+}
+
+impl Membership {
+    /// Join gossip: listen on `--bind-addr`, advertise `--advertise-addr`, and contact the `--join` and
+    /// `--retry-join` seeds (chitchat keeps retrying seeds until they answer).
+    pub async fn start(
+        config: &Config,
+        raft_id: Option<u64>,
+        rpc_addr: SocketAddr,
+        http_addr: Option<SocketAddr>,
+    ) -> anyhow::Result<Membership> {
+        let bind = resolve_bind(&config.bind_addr)?;
+        let advertise = match &config.advertise_addr {
+            Some(text) => {
+                let host = text.rsplit_once(':').map_or(text.as_str(), |(h, _)| h);
+                let ip = host.parse().with_context(|| format!("--advertise-addr: '{text}' is not an IP address"))?;
+                SocketAddr::new(ip, bind.port())
+            }
+            None if bind.ip().is_unspecified() => SocketAddr::new([127, 0, 0, 1].into(), bind.port()),
+            None => bind,
+        };
+        // The generation tells a restarted node from its previous life.
+        let generation = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let chitchat_id = ChitchatId::new(config.node_name.clone(), generation, advertise);
+        let seeds: Vec<String> =
+            config.join.iter().chain(&config.retry_join).filter(|s| **s != advertise.to_string()).cloned().collect();
+        let failure_detector_config = FailureDetectorConfig {
+            phi_threshold: 8.0,
+            sampling_window_size: 1000,
+            max_interval: Duration::from_secs(10),
+            initial_interval: GOSSIP_INTERVAL * 5,
+            dead_node_grace_period: Duration::from_secs(24 * 3600),
+        };
+        let chitchat_config = ChitchatConfig {
+            chitchat_id,
+            cluster_id: "kairos".into(),
+            gossip_interval: GOSSIP_INTERVAL,
+            listen_addr: bind,
+            seed_nodes: seeds,
+            failure_detector_config,
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: chitchat::ProtocolVersion::V0,
+        };
+        let tags = serde_json::to_string(&config.tags)?;
+        let mut keys = vec![
+            (KEY_ROLE.to_string(), if config.server { "server" } else { "agent" }.to_string()),
+            (KEY_RPC.to_string(), rpc_addr.to_string()),
+            (KEY_TAGS.to_string(), tags),
+        ];
+        if let Some(id) = raft_id {
+            keys.push((KEY_RAFT_ID.to_string(), id.to_string()));
+        }
+        if let Some(http) = http_addr {
+            keys.push((KEY_HTTP.to_string(), http.to_string()));
+        }
+        let handle = spawn_chitchat(chitchat_config, keys, &UdpTransport)
+            .await
+            .with_context(|| format!("--bind-addr: cannot listen for gossip on {bind}"))?;
+        let live = handle.chitchat().lock().await.live_nodes_watcher();
+        Ok(Membership { handle, live, name: config.node_name.clone() })
+    }
+
+    pub fn self_name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.handle.chitchat_id().gossip_advertise_addr
+    }
+
+    /// Nodes the failure detector considers alive (this one included), newest generation per name.
+    pub fn alive(&self) -> Vec<Member> {
+        let live = self.live.borrow();
+        let mut by_name: BTreeMap<String, (u64, Member)> = BTreeMap::new();
+        for (id, state) in live.iter() {
+            let Some(member) = member_of(id, state, Status::Alive) else { continue };
+            if member.status != Status::Alive {
+                continue;
+            }
+            if by_name.get(&member.name).is_none_or(|(generation, _)| *generation < id.generation_id) {
+                by_name.insert(member.name.clone(), (id.generation_id, member));
+            }
+        }
+        by_name.into_values().map(|(_, m)| m).collect()
+    }
+
+    /// Every node gossip knows, alive, failed or left (newest generation per name).
+    pub async fn all(&self) -> Vec<Member> {
+        let chitchat = self.handle.chitchat();
+        let chitchat = chitchat.lock().await;
+        let live: std::collections::HashSet<ChitchatId> = chitchat.live_nodes().cloned().collect();
+        let mut by_name: BTreeMap<String, (u64, Member)> = BTreeMap::new();
+        for (id, state) in chitchat.node_states() {
+            let status = if live.contains(id) { Status::Alive } else { Status::Failed };
+            let Some(member) = member_of(id, state, status) else { continue };
+            if by_name.get(&member.name).is_none_or(|(generation, _)| *generation < id.generation_id) {
+                by_name.insert(member.name.clone(), (id.generation_id, member));
+            }
+        }
+        by_name.into_values().map(|(_, m)| m).collect()
+    }
+
+    /// Publish that this server belongs to an initialized Raft cluster.
+    pub async fn set_initialized(&self) {
+        let chitchat = self.handle.chitchat();
+        let mut chitchat = chitchat.lock().await;
+        if chitchat.self_node_state().get(KEY_INITIALIZED).is_none() {
+            chitchat.self_node_state().set(KEY_INITIALIZED, "true");
+        }
+    }
+
+    /// Tell the cluster this node leaves on purpose, give gossip a few rounds to spread it, and stop gossiping.
+    pub async fn leave(&self) {
+        {
+            let chitchat = self.handle.chitchat();
+            chitchat.lock().await.self_node_state().set(KEY_LEFT, "true");
+        }
+        tokio::time::sleep(GOSSIP_INTERVAL * 5).await;
+        let _ = self.handle.initiate_shutdown();
+    }
+}
+
+fn member_of(id: &ChitchatId, state: &chitchat::NodeState, status: Status) -> Option<Member> {
+    let rpc_addr = state.get(KEY_RPC)?.to_string();
+    let status = if state.get(KEY_LEFT).is_some() { Status::Left } else { status };
+    Some(Member {
+        name: id.node_id.to_string(),
+        server: state.get(KEY_ROLE) == Some("server"),
+        raft_id: state.get(KEY_RAFT_ID).and_then(|v| v.parse().ok()),
+        rpc_addr,
+        http_addr: state.get(KEY_HTTP).unwrap_or_default().to_string(),
+        gossip_addr: id.gossip_advertise_addr,
+        tags: state.get(KEY_TAGS).and_then(|t| serde_json::from_str(t).ok()).unwrap_or_default(),
+        status,
+        raft_initialized: state.get(KEY_INITIALIZED).is_some(),
+    })
+}
+
+/// The gossip listen address; port 0 picks a free UDP port now (chitchat must know the port it advertises
+/// before it binds).
+fn resolve_bind(text: &str) -> anyhow::Result<SocketAddr> {
+    let full = if text.starts_with(':') { format!("0.0.0.0{text}") } else { text.to_string() };
+    let mut addr = full
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .with_context(|| format!("--bind-addr: '{text}' is not host:port"))?;
+    if addr.port() == 0 {
+        let probe = std::net::UdpSocket::bind(addr).with_context(|| format!("--bind-addr: cannot bind {addr}"))?;
+        addr.set_port(probe.local_addr()?.port());
+    }
+    Ok(addr)
+}
+
+/// Whether a node's tags satisfy a job's: every key must be present with the value (Dkron's `value:count`
+/// form counts only the value part here).
+pub fn tags_match(job_tags: &BTreeMap<String, String>, node_tags: &BTreeMap<String, String>) -> bool {
+    job_tags.iter().all(|(key, wanted)| {
+        let value =
+            wanted.rsplit_once(':').filter(|(_, n)| n.parse::<u32>().is_ok()).map_or(wanted.as_str(), |(v, _)| v);
+        node_tags.get(key).is_some_and(|have| have == value)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn every_job_tag_must_match() {
+        let node = tags(&[("pool", "a"), ("zone", "eu")]);
+        assert!(tags_match(&tags(&[]), &node));
+        assert!(tags_match(&tags(&[("pool", "a")]), &node));
+        assert!(tags_match(&tags(&[("pool", "a:2"), ("zone", "eu")]), &node));
+        assert!(!tags_match(&tags(&[("pool", "b")]), &node));
+        assert!(!tags_match(&tags(&[("pool", "a"), ("gpu", "yes")]), &node));
+        assert!(!tags_match(&tags(&[("zone", "eu:x")]), &node));
+    }
+}

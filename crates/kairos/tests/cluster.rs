@@ -1,0 +1,495 @@
+//! A cluster of real processes on 127.0.0.1: three servers (Raft voters serving the API) and agent-only nodes,
+//! joined by gossip. Jobs run where their tags say, each slot once across the cluster; a leader that is killed,
+//! frozen or asked to leave loses no slot and runs none twice; a run whose agent dies turns lost and is retried on
+//! the other agent; and everything acknowledged survives servers restarting one by one and all at once.
+//!
+//! Slots are checked twice: in the records (one first attempt per `scheduled_at`, no gap with `catch_up: all`)
+//! and in a side-effect file every run appends its `KAIROS_EXECUTION_ID` to (no id twice, no run without a
+//! record, no `succeeded` record without a run).
+
+mod cluster_common;
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use cluster_common::*;
+use common::*;
+use jiff::SignedDuration;
+
+/// `prefix-00`, `prefix-01`, …
+fn job_names(prefix: &str, count: usize) -> Vec<String> {
+    (0..count).map(|n| format!("{prefix}-{n:02}")).collect()
+}
+
+fn side_effect_file(dir: &Path, job: &str) -> std::path::PathBuf {
+    dir.join(format!("{job}.log"))
+}
+
+/// A job firing every second that appends its execution id to `<dir>/<name>.log`, catching up every missed slot.
+fn ticker(name: &str, dir: &Path) -> Value {
+    let command = format!("echo \"$KAIROS_EXECUTION_ID\" >> '{}'", side_effect_file(dir, name).display());
+    with(shell_job(name, "@every 1s", &command), json!({"catch_up": "all", "catch_up_window": "1m"}))
+}
+
+/// Execution ids in a job's side-effect file, one per run, in the order the runs wrote them.
+fn side_effects(dir: &Path, job: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(side_effect_file(dir, job)).unwrap_or_default();
+    text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
+}
+
+/// No slot ran twice: no `scheduled_at` has two first attempts, and no execution id is in the side-effect file
+/// twice. Every line of the file is a recorded execution, and every `succeeded` record has its line.
+#[track_caller]
+fn assert_each_slot_ran_once(name: &str, execs: &[Exec], dir: &Path) {
+    let mut per_slot: BTreeMap<Timestamp, Vec<&str>> = BTreeMap::new();
+    for exec in execs.iter().filter(|e| e.attempt == 1) {
+        per_slot.entry(exec.scheduled_at).or_default().push(&exec.id);
+    }
+    let twice: Vec<String> =
+        per_slot.iter().filter(|(_, ids)| ids.len() > 1).map(|(at, ids)| format!("{at} {ids:?}")).collect();
+    assert!(twice.is_empty(), "{name}: slots decided twice: {twice:?}\n{}", runs(execs));
+
+    let lines = side_effects(dir, name);
+    let mut seen = BTreeSet::new();
+    let repeated: BTreeSet<&String> = lines.iter().filter(|id| !seen.insert(*id)).collect();
+    assert!(repeated.is_empty(), "{name}: these executions ran more than once: {repeated:?}\n{}", runs(execs));
+    let ids: BTreeSet<&str> = execs.iter().map(|e| e.id.as_str()).collect();
+    let unrecorded: Vec<&String> = lines.iter().filter(|id| !ids.contains(id.as_str())).collect();
+    assert!(unrecorded.is_empty(), "{name}: runs without a record: {unrecorded:?}\n{}", runs(execs));
+    let never_ran: Vec<&str> =
+        execs.iter().filter(|e| e.status == "succeeded" && !seen.contains(&e.id)).map(|e| e.id.as_str()).collect();
+    assert!(never_ran.is_empty(), "{name}: recorded succeeded but never ran: {never_ran:?}\n{}", runs(execs));
+}
+
+/// What a ticker (see [`ticker`]) must show once it is disabled and quiet, after a disturbance at `around`: only
+/// first attempts of scheduled or caught-up slots; its slots a gap-free 1-second sequence that starts before
+/// `around` and goes on well after it; and every slot run exactly once.
+#[track_caller]
+fn assert_ticker_lost_and_duplicated_nothing(name: &str, execs: &[Exec], dir: &Path, around: Timestamp) {
+    let odd: Vec<&Exec> =
+        execs.iter().filter(|e| e.attempt != 1 || !matches!(e.trigger.as_str(), "schedule" | "catch_up")).collect();
+    assert!(odd.is_empty(), "{name}: only first attempts of slots were expected, got {odd:?}\n{}", runs(execs));
+    assert_each_slot_ran_once(name, execs, dir);
+
+    let mut slots: Vec<Timestamp> = execs.iter().map(|e| e.scheduled_at).collect();
+    slots.sort();
+    let gaps: Vec<String> = slots
+        .windows(2)
+        .filter(|p| p[1].duration_since(p[0]) != SignedDuration::from_secs(1))
+        .map(|p| format!("{} -> {}", p[0], p[1]))
+        .collect();
+    assert!(gaps.is_empty(), "{name}: slots missing between {gaps:?}\n{}", runs(execs));
+    let (first, last) = (slots[0], slots[slots.len() - 1]);
+    assert!(
+        first < around && last > around + secs(2),
+        "{name}: the slots ({first} to {last}) do not span the disturbance at {around}\n{}",
+        runs(execs)
+    );
+}
+
+/// Three servers and two agents form one cluster; a follower takes writes. A job tagged `pool: a` runs only on
+/// the agent with that tag; an untagged job runs once per slot somewhere in the cluster. Every server serves the
+/// job, lists all five nodes alive with their tags, and Raft has the three servers as voters under one leader.
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_forms_and_runs_jobs_where_tags_say() {
+    let cluster = Cluster::start(3, &[("a1", &["pool=a"]), ("a2", &["pool=b"])], &[]).await;
+    let leader = cluster.wait_formed().await;
+    let follower = cluster.live_servers().into_iter().find(|&i| i != leader).expect("a follower");
+    let dir = cluster.scratch("side-effects");
+
+    let tagged = with(ticker("tagged", &dir), json!({"tags": {"pool": "a"}}));
+    cluster.write_via(Some(follower), "POST", "/v1/jobs", Some(&tagged), &[201]).await;
+    cluster.write_via(Some(follower), "POST", "/v1/jobs", Some(&ticker("untagged", &dir)), &[201]).await;
+    let mut history = BTreeMap::new();
+    for name in ["tagged", "untagged"] {
+        let execs = cluster
+            .wait_executions(name, "three finished runs", secs(30), |e| e.iter().filter(|x| x.is_final()).count() >= 3)
+            .await;
+        history.insert(name, execs);
+    }
+
+    let tagged = &history["tagged"];
+    let elsewhere: Vec<&Exec> = tagged.iter().filter(|e| e.is_final() && e.node_name != "a1").collect();
+    assert!(elsewhere.is_empty(), "the job tagged pool=a ran off a1: {elsewhere:?}\n{}", runs(tagged));
+    let untagged = &history["untagged"];
+    let names: BTreeSet<String> = (0..cluster.len()).map(|i| cluster.node_name(i).to_string()).collect();
+    for exec in untagged.iter().filter(|e| e.is_final()) {
+        assert!(names.contains(&exec.node_name), "untagged ran on an unknown node: {exec:?}\n{}", runs(untagged));
+        assert_eq!(exec.status, "succeeded", "{}", runs(untagged));
+    }
+    for (name, execs) in &history {
+        assert_each_slot_ran_once(name, execs, &dir);
+    }
+
+    for i in cluster.live_servers() {
+        let server = cluster.server(i);
+        let job = wait_for(&format!("{} serves the tagged job", server.name()), secs(10), async || {
+            let reply = server.try_request("GET", "/v1/jobs/tagged", None, secs(5)).await;
+            match reply {
+                Some(r) if r.status == 200 => Ok(r.json),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        assert_eq!(job["tags"], json!({"pool": "a"}), "on {}", server.name());
+    }
+
+    for i in cluster.live_servers() {
+        let server = cluster.server(i);
+        let members = wait_for(&format!("{} lists five nodes alive", server.name()), FORM_DEADLINE, async || {
+            let members = server.members().await.ok_or_else(|| "no answer to /v1/members".to_string())?;
+            let alive = members.iter().filter(|m| m.status_text == "alive").count();
+            if members.len() == 5 && alive == 5 { Ok(members) } else { Err(format!("{members:#?}")) }
+        })
+        .await;
+        for j in 0..cluster.len() {
+            let node = cluster.node(j);
+            let member = members
+                .iter()
+                .find(|m| m.name == node.name())
+                .unwrap_or_else(|| panic!("{} does not list {}: {members:#?}", server.name(), node.name()));
+            let seen_by = server.name();
+            assert_eq!(member.status, 1, "{member:?} seen by {seen_by}");
+            let role = if node.is_server() { "true" } else { "false" };
+            assert_eq!(member.tags.get("server").map(String::as_str), Some(role), "{member:?} seen by {seen_by}");
+            assert_eq!(member.tags.get("role").map(String::as_str), Some("kairos"), "{member:?} seen by {seen_by}");
+            assert_eq!(member.tags.get("rpc_addr").map(String::as_str), Some(node.rpc_addr()), "{member:?}");
+            assert_eq!(format!("{}:{}", member.addr, member.port), node.rpc_addr(), "{member:?} seen by {seen_by}");
+            assert_eq!(member.leader, j == leader, "{member:?} seen by {seen_by}");
+        }
+        let pool = |name: &str| members.iter().find(|m| m.name == name).and_then(|m| m.tags.get("pool").cloned());
+        assert_eq!((pool("a1").as_deref(), pool("a2").as_deref()), (Some("a"), Some("b")), "{members:#?}");
+    }
+
+    let peers = cluster.raft_peers(follower).await;
+    let mut peer_names: Vec<&str> = peers.iter().map(|p| p.node.as_str()).collect();
+    peer_names.sort();
+    assert_eq!(peer_names, ["s1", "s2", "s3"], "{peers:#?}");
+    assert!(peers.iter().all(|p| p.voter), "every server is a voter: {peers:#?}");
+    let leaders: Vec<&str> = peers.iter().filter(|p| p.is_leader()).map(|p| p.node.as_str()).collect();
+    assert_eq!(leaders, [cluster.node_name(leader)], "{peers:#?}");
+}
+
+/// `kill -9` of the leader while 20 jobs fire every second on five nodes: the new leader takes over the
+/// schedule, so every job's slots stay a gap-free 1-second sequence across the kill (missed slots are caught up),
+/// no slot is decided twice and no run happens twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_kill9_loses_and_duplicates_no_slot() {
+    let mut cluster = Cluster::start(3, &[("a1", &[]), ("a2", &[])], &["--execution-lease", "3s"]).await;
+    let leader = cluster.wait_formed().await;
+    let dir = cluster.scratch("side-effects");
+    let names = job_names("tick", 20);
+    for name in &names {
+        cluster.create_job(&ticker(name, &dir)).await;
+    }
+    cluster.wait_each_fired(&names, secs(30)).await;
+    // Let 4 s of slots fire under the first leader.
+    tokio::time::sleep(secs(4)).await;
+
+    let killed = Timestamp::now();
+    cluster.kill9(leader).await;
+    let new_leader = cluster.wait_leader().await;
+    assert_ne!(new_leader, leader);
+    cluster.note(&format!("new leader {}", cluster.node_name(new_leader)));
+    // Let 5 s of slots fire under the new leader.
+    tokio::time::sleep(secs(5)).await;
+
+    cluster.disable_all(&names).await;
+    let history = cluster.wait_quiet(&names, secs(30)).await;
+    for name in &names {
+        assert_ticker_lost_and_duplicated_nothing(name, &history[name], &dir, killed);
+    }
+}
+
+/// `SIGSTOP` freezes the leader for 5 s while 10 jobs fire every second: the others elect a leader and go on;
+/// when the old leader wakes it must not run or record any slot a second time. Afterwards a leader is known to
+/// all three servers and every job keeps firing, without a gap across the pause.
+#[tokio::test(flavor = "multi_thread")]
+async fn paused_leader_makes_no_duplicates() {
+    let mut cluster = Cluster::start(3, &[("a1", &[]), ("a2", &[])], &["--execution-lease", "3s"]).await;
+    let leader = cluster.wait_formed().await;
+    let dir = cluster.scratch("side-effects");
+    let names = job_names("pause", 10);
+    for name in &names {
+        cluster.create_job(&ticker(name, &dir)).await;
+    }
+    cluster.wait_each_fired(&names, secs(30)).await;
+    // Let 2 s of slots fire under the first leader.
+    tokio::time::sleep(secs(2)).await;
+
+    let paused = Timestamp::now();
+    cluster.sigstop(leader);
+    // Let the others notice, elect a leader and fire for a while.
+    tokio::time::sleep(secs(5)).await;
+    cluster.sigcont(leader);
+    let resumed = Timestamp::now();
+    // Let the old leader wake up among the others.
+    tokio::time::sleep(secs(4)).await;
+
+    let now_leading = cluster.wait_leader().await;
+    cluster.note(&format!("leader after the pause: {}", cluster.node_name(now_leading)));
+    wait_for("every job fired after the old leader woke up", secs(20), async || {
+        for name in &names {
+            let execs = cluster.try_executions(name).await?;
+            if !execs.iter().any(|e| e.is_final() && e.scheduled_at > resumed) {
+                return Err(format!("{name}:\n{}", runs(&execs)));
+            }
+        }
+        Ok(())
+    })
+    .await;
+
+    cluster.disable_all(&names).await;
+    let history = cluster.wait_quiet(&names, secs(30)).await;
+    for name in &names {
+        assert_ticker_lost_and_duplicated_nothing(name, &history[name], &dir, paused);
+    }
+}
+
+/// A run on an agent that is killed (`kill -9`) stops renewing its lease: after the lease (3 s) it turns `lost`
+/// and, with `retries: 1`, attempt 2 runs on the other agent that matches the job's tags. Gossip then shows
+/// the dead agent `failed`.
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_killed_mid_run_is_lost_and_retried_elsewhere() {
+    let mut cluster =
+        Cluster::start(3, &[("a1", &["pool=w"]), ("a2", &["pool=w"])], &["--execution-lease", "3s"]).await;
+    cluster.wait_formed().await;
+    let pids = cluster.scratch("pids").join("sleepers");
+    let _leftovers = Leftovers::new(&pids, "sleep");
+    let command = format!("echo $$ >> '{}'; exec sleep 60", pids.display());
+    let job = with(
+        shell_job("long", "@manually", &command),
+        json!({"tags": {"pool": "w"}, "retries": 1, "retry_backoff": "100ms"}),
+    );
+    cluster.create_job(&job).await;
+    cluster.run("long").await;
+    let execs =
+        cluster.wait_executions("long", "attempt 1 runs", secs(20), |e| e.len() == 1 && e[0].status == "running").await;
+    let first = execs[0].clone();
+    assert!(first.node_name == "a1" || first.node_name == "a2", "ran off the pool=w agents: {first:?}");
+    let victim = cluster.index_of(&first.node_name);
+    let survivor = cluster.index_of(if first.node_name == "a1" { "a2" } else { "a1" });
+
+    cluster.kill9(victim).await;
+    let execs = cluster
+        .wait_executions("long", "attempt 1 lost and attempt 2 running", secs(20), |e| {
+            e.iter().any(|x| x.attempt == 1 && x.status == "lost")
+                && e.iter().any(|x| x.attempt == 2 && x.status == "running")
+        })
+        .await;
+    assert_eq!(execs.len(), 2, "one attempt lost, one retry:\n{}", runs(&execs));
+    let lost = execs.iter().find(|e| e.attempt == 1).unwrap();
+    assert!(lost.finished_at.is_some() && !lost.success, "{lost:?}");
+    assert_eq!(lost.node_name, first.node_name, "{lost:?}");
+    let retry = execs.iter().find(|e| e.attempt == 2).unwrap();
+    assert_eq!(retry.trigger, "retry", "{retry:?}");
+    assert_eq!(retry.node_name, cluster.node_name(survivor), "the retry runs on the other agent: {retry:?}");
+    assert_eq!(retry.scheduled_at, first.scheduled_at, "a retry is of the same slot: {retry:?}");
+
+    let dead = cluster.node_name(victim).to_string();
+    wait_for(&format!("a server lists {dead} failed"), secs(30), async || {
+        let members = cluster.any_api().members().await.ok_or_else(|| "no answer".to_string())?;
+        let member = members.iter().find(|m| m.name == dead).ok_or_else(|| format!("{dead} is not listed"))?;
+        if (member.status, member.status_text.as_str()) == (4, "failed") { Ok(()) } else { Err(format!("{member:?}")) }
+    })
+    .await;
+
+    let cancel = format!("/v1/jobs/long/executions/{}/cancel", retry.id);
+    cluster.write("POST", &cancel, None, &[202]).await;
+    let execs =
+        cluster.wait_executions("long", "the retry is cancelled", secs(20), |e| e.iter().all(Exec::is_final)).await;
+    let retry = execs.iter().find(|e| e.attempt == 2).unwrap();
+    assert_eq!(retry.status, "cancelled", "{}", runs(&execs));
+}
+
+/// `kairos leave` against the leader: it hands leadership over, leaves the Raft configuration and exits 0 by
+/// itself. The two others go on with a leader among them, list it `left` (or no longer at all), keep two
+/// voters, and the five jobs firing every second lose no slot, run none twice, and every run succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_leave_moves_leadership_without_losing_slots() {
+    let mut cluster = Cluster::start(3, &[], &["--execution-lease", "3s"]).await;
+    let leader = cluster.wait_formed().await;
+    let dir = cluster.scratch("side-effects");
+    let names = job_names("leave", 5);
+    for name in &names {
+        cluster.create_job(&ticker(name, &dir)).await;
+    }
+    cluster.wait_each_fired(&names, secs(30)).await;
+    // Let 3 s of slots fire under the first leader.
+    tokio::time::sleep(secs(3)).await;
+
+    let leaving = Timestamp::now();
+    let out = cluster.leave(leader).await;
+    assert!(out.status.success(), "kairos leave: {}\nstdout: {}\nstderr: {}", out.status, out.stdout, out.stderr);
+    let status = cluster.wait_exit(leader, NODE_EXIT_DEADLINE).await;
+    assert_eq!(status.code(), Some(0), "the node that left exits 0 by itself: {status}");
+    let new_leader = cluster.wait_leader().await;
+    assert_ne!(new_leader, leader);
+
+    let gone = cluster.node_name(leader).to_string();
+    for i in cluster.live_servers() {
+        let server = cluster.server(i);
+        wait_for(&format!("{} lists {gone} as left", server.name()), FORM_DEADLINE, async || {
+            let members = server.members().await.ok_or_else(|| "no answer".to_string())?;
+            match members.iter().find(|m| m.name == gone) {
+                None => Ok(()),
+                Some(m) if (m.status, m.status_text.as_str()) == (3, "left") => Ok(()),
+                Some(m) => Err(format!("{m:?}")),
+            }
+        })
+        .await;
+    }
+    let remaining: Vec<String> = cluster.live_servers().iter().map(|&i| cluster.node_name(i).to_string()).collect();
+    let peers = wait_for("the Raft configuration has the two remaining servers", secs(20), async || {
+        let peers = cluster.raft_peers(new_leader).await;
+        let mut names: Vec<String> = peers.iter().map(|p| p.node.clone()).collect();
+        names.sort();
+        if names == remaining { Ok(peers) } else { Err(format!("{peers:#?}")) }
+    })
+    .await;
+    assert!(peers.iter().all(|p| p.voter), "{peers:#?}");
+    let leaders: Vec<&str> = peers.iter().filter(|p| p.is_leader()).map(|p| p.node.as_str()).collect();
+    assert_eq!(leaders, [cluster.node_name(new_leader)], "{peers:#?}");
+
+    // Let 4 s of slots fire under the new leader.
+    tokio::time::sleep(secs(4)).await;
+    cluster.disable_all(&names).await;
+    let history = cluster.wait_quiet(&names, secs(30)).await;
+    for name in &names {
+        let execs = &history[name];
+        assert_ticker_lost_and_duplicated_nothing(name, execs, &dir, leaving);
+        let failed: Vec<&Exec> = execs.iter().filter(|e| e.status != "succeeded").collect();
+        assert!(failed.is_empty(), "{name}: a graceful leave loses no run: {failed:?}\n{}", runs(execs));
+    }
+}
+
+/// Jobs as every server shows them (without the derived `next`), and each job's executions, summarised.
+type Snapshot = (BTreeMap<String, Value>, BTreeMap<String, Vec<String>>);
+
+/// What must survive of an execution.
+fn essence(e: &Exec) -> String {
+    format!(
+        "{} {} {} {:?} {:?} {:?} {} {} {} {:?}",
+        e.id,
+        e.status,
+        e.scheduled_at,
+        e.started_at,
+        e.finished_at,
+        e.exit_code,
+        e.attempt,
+        e.trigger,
+        e.node_name,
+        e.output
+    )
+}
+
+async fn snapshot(server: &Node, jobs: &[String]) -> Result<Snapshot, String> {
+    let reply = server.try_request("GET", "/v1/jobs", None, secs(5)).await;
+    let reply = reply.ok_or_else(|| format!("{} does not answer", server.name()))?;
+    if reply.status != 200 {
+        return Err(format!("GET /v1/jobs on {}: {} {}", server.name(), reply.status, reply.text));
+    }
+    let mut definitions = BTreeMap::new();
+    for mut job in reply.items() {
+        let fields = job.as_object_mut().expect("a job is an object");
+        fields.remove("next");
+        let name = fields["name"].as_str().expect("job name").to_string();
+        definitions.insert(name, job);
+    }
+    let mut executions = BTreeMap::new();
+    for job in jobs {
+        let mut execs: Vec<String> = server.try_executions(job).await?.iter().map(essence).collect();
+        execs.sort();
+        executions.insert(job.clone(), execs);
+    }
+    Ok((definitions, executions))
+}
+
+/// What differs between two snapshots, key by key.
+fn differences(recorded: &Snapshot, seen: &Snapshot) -> String {
+    let mut out = Vec::new();
+    for (name, job) in &recorded.0 {
+        match seen.0.get(name) {
+            None => out.push(format!("job {name} is missing")),
+            Some(other) if other != job => out.push(format!("job {name} changed:\n  was {job}\n  now {other}")),
+            Some(_) => {}
+        }
+    }
+    for name in seen.0.keys().filter(|n| !recorded.0.contains_key(*n)) {
+        out.push(format!("job {name} appeared"));
+    }
+    for (name, execs) in &recorded.1 {
+        let other = seen.1.get(name).cloned().unwrap_or_default();
+        if &other != execs {
+            out.push(format!("executions of {name} changed:\n  was {execs:#?}\n  now {other:#?}"));
+        }
+    }
+    out.join("\n")
+}
+
+/// Wait until every live server serves exactly what was recorded.
+async fn expect_everywhere(cluster: &Cluster, recorded: &Snapshot, when: &str) {
+    let jobs: Vec<String> = recorded.1.keys().cloned().collect();
+    for i in cluster.live_servers() {
+        let server = cluster.server(i);
+        let what = format!("{} serves every recorded job and execution {when}", server.name());
+        wait_for(&what, secs(30), async || {
+            let seen = snapshot(server, &jobs).await?;
+            if &seen == recorded { Ok(()) } else { Err(differences(recorded, &seen)) }
+        })
+        .await;
+    }
+    cluster.note(&format!("every server serves what was recorded {when}"));
+}
+
+/// Ten jobs and their finished runs survive each server being stopped (`SIGTERM`, exit 0) and restarted in turn,
+/// and then all three being stopped and started together: every server serves the same jobs and executions
+/// as before, and the cluster still takes writes and runs jobs.
+#[tokio::test(flavor = "multi_thread")]
+async fn servers_restart_one_by_one_then_all_at_once() {
+    let mut cluster = Cluster::start(3, &[], &[]).await;
+    cluster.wait_formed().await;
+    let names = job_names("keep", 10);
+    for (n, name) in names.iter().enumerate() {
+        let job = with(
+            shell_job(name, "@manually", &format!("echo kept-{n}")),
+            json!({"metadata": {"n": n.to_string()}, "owner": "restart-test", "retries": 1}),
+        );
+        cluster.create_job(&job).await;
+        cluster.run(name).await;
+    }
+    for (n, name) in names.iter().enumerate() {
+        let execs =
+            cluster.wait_executions(name, "its run finished", secs(30), |e| e.len() == 1 && e[0].is_final()).await;
+        assert_eq!(execs[0].status, "succeeded", "{}", runs(&execs));
+        assert!(execs[0].output.contains(&format!("kept-{n}")), "{:?}", execs[0]);
+    }
+    let leader = cluster.wait_leader().await;
+    let recorded = snapshot(cluster.server(leader), &names).await.expect("the leader's jobs and executions");
+    assert_eq!(recorded.0.len(), 10, "{:#?}", recorded.0);
+    expect_everywhere(&cluster, &recorded, "before any restart").await;
+
+    for i in 0..3 {
+        let status = cluster.sigterm(i).await;
+        assert_eq!(status.code(), Some(0), "{} after SIGTERM: {status}", cluster.node_name(i));
+        cluster.restart(i).await;
+        cluster.wait_formed().await;
+        let when = format!("after {} restarted", cluster.node_name(i));
+        expect_everywhere(&cluster, &recorded, &when).await;
+    }
+
+    let statuses = cluster.sigterm_all(&[0, 1, 2]).await;
+    for (i, status) in statuses.iter().enumerate() {
+        assert_eq!(status.code(), Some(0), "{} after SIGTERM to all: {status}", cluster.node_name(i));
+    }
+    cluster.restart_all(&[0, 1, 2]).await;
+    cluster.wait_formed().await;
+    expect_everywhere(&cluster, &recorded, "after all three restarted together").await;
+
+    cluster.create_job(&shell_job("after", "@manually", "echo after")).await;
+    cluster.run("after").await;
+    let execs =
+        cluster.wait_executions("after", "its run finished", secs(30), |e| e.len() == 1 && e[0].is_final()).await;
+    assert_eq!(execs[0].status, "succeeded", "{}", runs(&execs));
+}

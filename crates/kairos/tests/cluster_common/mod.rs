@@ -1,0 +1,1020 @@
+//! The multi-process harness: a cluster of real `kairos` processes on 127.0.0.1, servers (Raft voters that serve
+//! the HTTP API) and agent-only nodes, each with its own data directory, gossip port and captured log.
+//!
+//! Nodes are addressed by index: the servers first (`s1`, `s2`, … at 0, 1, …), then the agents in the order
+//! given. Every process of a (re)start is spawned before any is waited for, since a server may announce itself
+//! only once the cluster has the servers it expects. The harness kills (`SIGKILL`), pauses (`SIGSTOP`), resumes,
+//! stops (`SIGTERM`) and restarts nodes, and finds the leader by asking every live server. A restarted node keeps
+//! its data directory, its gossip port and the RPC port it bound the first time (as a server with a configured
+//! port would); its HTTP port is picked afresh and read from its log again.
+//!
+//! Nothing sleeps for correctness: every wait polls until a deadline and, when it gives up, names what it waited
+//! for and what it saw last. When a test panics, the harness's event log and the tail of every node's log are
+//! printed; dropping the cluster stops every process (SIGCONT, SIGTERM, then SIGKILL).
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tempfile::TempDir;
+
+use crate::common::{Exec, KAIROS_BIN, Reply, Timestamp, Value, kill_leftover, millis, process_alive};
+
+/// How long the nodes of one (re)start may take, together, to print their listening lines.
+pub const NODE_START_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a cluster may take to elect a leader known to every live server and to see every live node alive.
+pub const FORM_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a stopped (or leaving) node may take to exit.
+pub const NODE_EXIT_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a write may keep meeting transient answers (an election, a lagging follower) before the test fails.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(30);
+/// Per-request timeout of probes: a node that hangs must not hold a poll loop up.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Per-request timeout of writes the harness retries.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Per-request timeout of the plain (non-retried) requests.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one `kairos` CLI command may run.
+const CLI_DEADLINE: Duration = Duration::from_secs(30);
+/// Poll interval of the waits.
+const POLL: Duration = Duration::from_millis(100);
+/// The lines (on stderr) that announce the bound addresses.
+const HTTP_LISTENING: &str = "kairos: HTTP API listening on http://";
+const RPC_LISTENING: &str = "kairos: RPC listening on ";
+/// Lines of each node's log printed when a test fails.
+const LOG_LINES_ON_FAILURE: usize = 200;
+
+/// Poll `probe` until it answers `Ok`, or fail after `within`, naming what was awaited and the last `Err` seen.
+pub async fn wait_for<T>(what: &str, within: Duration, mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(seen) if Instant::now() >= deadline => {
+                panic!("timed out after {within:?} waiting until {what}\nlast seen: {seen}")
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// One line per execution, oldest slot first, with its id and the node that ran it, for failure messages.
+pub fn runs(execs: &[Exec]) -> String {
+    let mut sorted: Vec<&Exec> = execs.iter().collect();
+    sorted.sort_by(|a, b| (a.scheduled_at, a.attempt, &a.id).cmp(&(b.scheduled_at, b.attempt, &b.id)));
+    let at = |t: Option<Timestamp>| t.map_or("-".to_string(), |t| t.to_string());
+    let line = |e: &&Exec| {
+        format!(
+            "  {} {} #{} {} {} on {} started {} finished {}",
+            e.id,
+            e.scheduled_at,
+            e.attempt,
+            e.trigger,
+            e.status,
+            if e.node_name.is_empty() { "-" } else { &e.node_name },
+            at(e.started_at),
+            at(e.finished_at)
+        )
+    };
+    sorted.iter().map(line).collect::<Vec<_>>().join("\n")
+}
+
+/// A node as `GET /v1/members` shows it (serf's field names).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Member {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Addr")]
+    pub addr: String,
+    #[serde(rename = "Port")]
+    pub port: u16,
+    #[serde(rename = "Tags", default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(rename = "Status")]
+    pub status: i64,
+    #[serde(rename = "statusText")]
+    pub status_text: String,
+    #[serde(default)]
+    pub leader: bool,
+}
+
+/// One row of `kairos raft list-peers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub node: String,
+    pub id: String,
+    pub address: String,
+    pub state: String,
+    pub voter: bool,
+}
+
+impl Peer {
+    pub fn is_leader(&self) -> bool {
+        self.state.eq_ignore_ascii_case("leader")
+    }
+}
+
+/// Read the `Node ID Address State Voter` table (columns found by their header; ruler lines and `|` ignored).
+pub fn parse_peers(table: &str) -> Vec<Peer> {
+    let cells = |line: &str| -> Vec<String> {
+        line.split(|c: char| c.is_whitespace() || c == '|').filter(|s| !s.is_empty()).map(String::from).collect()
+    };
+    let mut lines = table.lines();
+    let header = lines
+        .by_ref()
+        .map(cells)
+        .find(|h| h.iter().any(|c| c.eq_ignore_ascii_case("node")) && h.iter().any(|c| c.eq_ignore_ascii_case("voter")))
+        .unwrap_or_else(|| panic!("no 'Node … Voter' header in the list-peers output:\n{table}"));
+    let column = |name: &str| {
+        header
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case(name))
+            .unwrap_or_else(|| panic!("no '{name}' column in the list-peers output:\n{table}"))
+    };
+    let (node, id, address, state, voter) =
+        (column("node"), column("id"), column("address"), column("state"), column("voter"));
+    let ruler = |line: &str| line.chars().all(|c| c.is_whitespace() || "-=+|".contains(c));
+    lines
+        .filter(|line| !ruler(line))
+        .map(|line| {
+            let row = cells(line);
+            assert!(row.len() >= header.len(), "list-peers row {line:?} does not fill the columns of:\n{table}");
+            Peer {
+                node: row[node].clone(),
+                id: row[id].clone(),
+                address: row[address].clone(),
+                state: row[state].clone(),
+                voter: matches!(row[voter].to_ascii_lowercase().as_str(), "true" | "yes"),
+            }
+        })
+        .collect()
+}
+
+/// What a `kairos` CLI command printed, and how it exited.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run the `kairos` binary with `args` (no `KAIROS_*` environment), failing the test if it takes too long.
+pub async fn cli(args: &[&str]) -> CliOutput {
+    let mut command = tokio::process::Command::new(KAIROS_BIN);
+    command.args(args).stdin(Stdio::null()).kill_on_drop(true).env("NO_COLOR", "1");
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("KAIROS_") {
+            command.env_remove(&key);
+        }
+    }
+    let output = tokio::time::timeout(CLI_DEADLINE, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("`kairos {}` did not finish within {CLI_DEADLINE:?}", args.join(" ")))
+        .unwrap_or_else(|e| panic!("`kairos {}` could not run: {e}", args.join(" ")));
+    CliOutput {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Processes a job's command recorded (`echo $$ >> file; exec sleep …`), killed when the guard is dropped, so
+/// runs orphaned by a `kill -9` of their node do not outlive the test. Only processes whose command line still
+/// starts with `program` are killed (a pid may have been reused).
+pub struct Leftovers {
+    file: PathBuf,
+    program: &'static str,
+}
+
+impl Leftovers {
+    pub fn new(file: &Path, program: &'static str) -> Leftovers {
+        Leftovers { file: file.to_path_buf(), program }
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let pids = std::fs::read_to_string(&self.file).unwrap_or_default();
+        for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if process_alive(pid) && cmdline.starts_with(self.program.as_bytes()) {
+                kill_leftover(pid);
+            }
+        }
+    }
+}
+
+/// Free ports for gossip, free for UDP and TCP alike; all are held until all are found, so none repeats.
+fn free_gossip_ports(count: usize) -> Vec<u16> {
+    let mut held = Vec::new();
+    for _ in 0..count * 20 {
+        if held.len() == count {
+            break;
+        }
+        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port");
+        let port = udp.local_addr().expect("UDP local address").port();
+        if let Ok(tcp) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push((port, udp, tcp));
+        }
+    }
+    assert_eq!(held.len(), count, "could not find {count} free gossip ports");
+    held.into_iter().map(|(port, _, _)| port).collect()
+}
+
+fn signal(pid: i32, signal: i32) {
+    // SAFETY: kill(2) with a pid and a signal has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}
+
+enum Announce {
+    Http(String),
+    Rpc(String),
+}
+
+/// One `kairos agent` process (server or agent-only), its data directory and its log across restarts.
+pub struct Node {
+    name: String,
+    server: bool,
+    bootstrap_expect: usize,
+    gossip_port: u16,
+    data_dir: PathBuf,
+    retry_join: Vec<String>,
+    /// The node's `--tag` flags and the cluster's extra arguments, after the standard flags.
+    extra: Vec<String>,
+    /// 0 until the first launch bound a port; restarts reuse it.
+    rpc_port: u16,
+    child: Option<Child>,
+    paused: bool,
+    http_addr: Option<String>,
+    rpc_addr: Option<String>,
+    announce: Option<mpsc::Receiver<Announce>>,
+    log: Arc<Mutex<String>>,
+    http: reqwest::Client,
+}
+
+impl Node {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn is_server(&self) -> bool {
+        self.server
+    }
+
+    /// Running and not paused: it answers.
+    pub fn is_live(&self) -> bool {
+        self.child.is_some() && !self.paused
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap_or_else(|| panic!("{} is not running", self.name)).id() as i32
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn gossip_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.gossip_port)
+    }
+
+    /// The node-to-node RPC address it announced (last launch).
+    pub fn rpc_addr(&self) -> &str {
+        self.rpc_addr.as_deref().unwrap_or_else(|| panic!("{} has not announced its RPC address", self.name))
+    }
+
+    /// `http://host:port` of its API (servers only; last launch).
+    pub fn http_base(&self) -> String {
+        let addr = self.http_addr.as_deref().unwrap_or_else(|| panic!("{} has no HTTP API address", self.name));
+        format!("http://{addr}")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.http_base(), path)
+    }
+
+    /// Everything the node printed so far, across restarts, with the harness's markers.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    fn mark(&self, text: &str) {
+        self.log.lock().expect("log lock").push_str(&format!("=== {} {text} ===\n", Timestamp::now()));
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(KAIROS_BIN);
+        command.arg("agent");
+        if self.server {
+            command.args(["--server", "--bootstrap-expect", &self.bootstrap_expect.to_string()]);
+            command.args(["--http-addr", "127.0.0.1:0"]);
+        }
+        command
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--bind-addr", &self.gossip_addr()])
+            .args(["--rpc-port", &self.rpc_port.to_string()])
+            .args(["--node-name", &self.name]);
+        for seed in &self.retry_join {
+            command.args(["--retry-join", seed]);
+        }
+        command.args(["--log-level", "info"]);
+        if !self.extra.iter().any(|a| a.starts_with("--shutdown-grace")) {
+            command.args(["--shutdown-grace", "2s"]);
+        }
+        command.args(&self.extra);
+        // No configuration may leak in from the machine running the tests.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("KAIROS_") {
+                command.env_remove(&key);
+            }
+        }
+        command
+            .env("NO_COLOR", "1")
+            .current_dir(&self.data_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        std::fs::create_dir_all(&self.data_dir).expect("data dir");
+        self.mark(&format!(
+            "starting {} ({}, gossip {}, rpc port {})",
+            self.name,
+            if self.server { "server" } else { "agent" },
+            self.gossip_addr(),
+            self.rpc_port
+        ));
+        let mut child = self.command().spawn().expect("spawn kairos");
+        let (tx, rx) = mpsc::channel();
+        drain(child.stderr.take().expect("stderr"), self.log.clone(), Some(tx));
+        drain(child.stdout.take().expect("stdout"), self.log.clone(), None);
+        self.child = Some(child);
+        self.paused = false;
+        self.http_addr = None;
+        self.rpc_addr = None;
+        self.announce = Some(rx);
+    }
+
+    /// Whether the node has printed every listening line it owes (RPC, and HTTP for a server); fails the test
+    /// if it exited first.
+    fn poll_listening(&mut self) -> bool {
+        if let Some(rx) = &self.announce {
+            while let Ok(announce) = rx.try_recv() {
+                match announce {
+                    Announce::Http(addr) => self.http_addr = Some(addr),
+                    Announce::Rpc(addr) => self.rpc_addr = Some(addr),
+                }
+            }
+        }
+        if self.rpc_addr.is_some() && (!self.server || self.http_addr.is_some()) {
+            self.announce = None;
+            if self.rpc_port == 0 {
+                let addr = self.rpc_addr();
+                let port = addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok());
+                self.rpc_port = port.unwrap_or_else(|| panic!("{}: RPC address {addr:?} has no port", self.name));
+            }
+            return true;
+        }
+        if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            self.child = None;
+            self.mark(&format!("exited: {status}"));
+            panic!("{} exited ({status}) before it printed its listening lines", self.name);
+        }
+        false
+    }
+
+    // --- HTTP (servers) ---
+
+    /// One request with its own timeout; `None` when the node does not answer (down, paused, no API).
+    pub async fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Option<Reply> {
+        let base = self.http_addr.as_ref()?;
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = self.http.request(method, format!("http://{base}{path}")).timeout(timeout);
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body.to_string());
+        }
+        let response = request.send().await.ok()?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.ok()?;
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Some(Reply { status, headers, text, json })
+    }
+
+    /// One request; fails the test when the node does not answer.
+    pub async fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Reply {
+        match self.try_request(method, path, body, REQUEST_TIMEOUT).await {
+            Some(reply) => reply,
+            None => panic!("{method} {path}: no answer from {}", self.name),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.request("GET", path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        self.request("POST", path, Some(body)).await
+    }
+
+    pub async fn post_empty(&self, path: &str) -> Reply {
+        self.request("POST", path, None).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Reply {
+        self.request("PUT", path, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: &Value) -> Reply {
+        self.request("PATCH", path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.request("DELETE", path, None).await
+    }
+
+    /// A job's executions as this server has them; `Err` (for polling) when it does not answer 200.
+    pub async fn try_executions(&self, job: &str) -> Result<Vec<Exec>, String> {
+        let path = format!("/v1/jobs/{job}/executions");
+        let reply = self.try_request("GET", &path, None, PROBE_TIMEOUT).await;
+        let reply = reply.ok_or_else(|| format!("GET {path}: no answer from {}", self.name))?;
+        if reply.status != 200 {
+            return Err(format!("GET {path} on {}: {} {}", self.name, reply.status, reply.text));
+        }
+        Ok(serde_json::from_value(reply.json)
+            .unwrap_or_else(|e| panic!("executions of {job} on {}: {e}: {}", self.name, reply.text)))
+    }
+
+    /// A job as this server has it; `None` when it answers 404.
+    pub async fn job(&self, name: &str) -> Option<Value> {
+        let reply = self.get(&format!("/v1/jobs/{name}")).await;
+        assert!(reply.status == 200 || reply.status == 404, "GET job {name} on {}: {}", self.name, reply.text);
+        (reply.status == 200).then_some(reply.json)
+    }
+
+    /// `GET /v1/members`; `None` when the node does not answer 200.
+    pub async fn members(&self) -> Option<Vec<Member>> {
+        let reply = self.try_request("GET", "/v1/members", None, PROBE_TIMEOUT).await?;
+        if reply.status != 200 {
+            return None;
+        }
+        Some(
+            serde_json::from_value(reply.json)
+                .unwrap_or_else(|e| panic!("/v1/members of {}: {e}: {}", self.name, reply.text)),
+        )
+    }
+}
+
+/// A cluster of `kairos` processes with temporary data directories; everything stops when it is dropped.
+pub struct Cluster {
+    nodes: Vec<Node>,
+    servers: usize,
+    events: Mutex<Vec<String>>,
+    root: TempDir,
+}
+
+impl Cluster {
+    /// Start `servers` servers (`s1`…, `--bootstrap-expect servers`) and the agent-only nodes `agents` (name and
+    /// `key=value` tags), all joining the servers' gossip addresses, with `extra_args` on every node; returns once
+    /// every node printed its listening lines (call [`Cluster::wait_formed`] next).
+    pub async fn start(servers: usize, agents: &[(&str, &[&str])], extra_args: &[&str]) -> Cluster {
+        kairos_agent::install_crypto_provider();
+        let root = tempfile::Builder::new().prefix("kairos-cluster-").tempdir().expect("temporary dir");
+        let http = reqwest::Client::builder().no_proxy().timeout(REQUEST_TIMEOUT).build().expect("http client");
+        let ports = free_gossip_ports(servers + agents.len());
+        let retry_join: Vec<String> = ports[..servers].iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let extra: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
+        let node = |name: String, server: bool, gossip_port: u16, tags: &[&str]| {
+            let mut args: Vec<String> = tags.iter().flat_map(|t| ["--tag".to_string(), t.to_string()]).collect();
+            args.extend(extra.iter().cloned());
+            Node {
+                data_dir: root.path().join(&name),
+                name,
+                server,
+                bootstrap_expect: servers,
+                gossip_port,
+                retry_join: retry_join.clone(),
+                extra: args,
+                rpc_port: 0,
+                child: None,
+                paused: false,
+                http_addr: None,
+                rpc_addr: None,
+                announce: None,
+                log: Arc::new(Mutex::new(String::new())),
+                http: http.clone(),
+            }
+        };
+        let mut nodes: Vec<Node> = (0..servers).map(|i| node(format!("s{}", i + 1), true, ports[i], &[])).collect();
+        for (j, (name, tags)) in agents.iter().enumerate() {
+            nodes.push(node(name.to_string(), false, ports[servers + j], tags));
+        }
+        let mut cluster = Cluster { nodes, servers, events: Mutex::new(Vec::new()), root };
+        let all: Vec<usize> = (0..cluster.nodes.len()).collect();
+        cluster.launch(&all).await;
+        cluster
+    }
+
+    /// Spawn the nodes at `indices`, then wait until each has printed its listening lines.
+    async fn launch(&mut self, indices: &[usize]) {
+        for &i in indices {
+            self.nodes[i].spawn();
+        }
+        let deadline = Instant::now() + NODE_START_DEADLINE;
+        loop {
+            let mut waiting = Vec::new();
+            for &i in indices {
+                if !self.nodes[i].poll_listening() {
+                    waiting.push(self.nodes[i].name.clone());
+                }
+            }
+            if waiting.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                panic!("{} did not print their listening lines within {NODE_START_DEADLINE:?}", waiting.join(", "));
+            }
+            tokio::time::sleep(millis(20)).await;
+        }
+        let started: Vec<String> = indices.iter().map(|&i| self.describe(i)).collect();
+        self.note(&format!("listening: {}", started.join("; ")));
+    }
+
+    fn describe(&self, i: usize) -> String {
+        let node = &self.nodes[i];
+        match &node.http_addr {
+            Some(http) if node.server => format!("{} rpc {} http {http}", node.name, node.rpc_addr()),
+            _ => format!("{} rpc {}", node.name, node.rpc_addr()),
+        }
+    }
+
+    /// Record a test event (with the time), printed with the logs when the test fails.
+    pub fn note(&self, text: &str) {
+        self.events.lock().expect("events lock").push(format!("{} {text}", Timestamp::now()));
+    }
+
+    /// A scratch directory inside the cluster's temporary directory (for side-effect files).
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        let dir = self.root.path().join(name);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        dir
+    }
+
+    // --- Nodes ---
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn server_count(&self) -> usize {
+        self.servers
+    }
+
+    pub fn node(&self, i: usize) -> &Node {
+        &self.nodes[i]
+    }
+
+    /// A server, for its HTTP API.
+    pub fn server(&self, i: usize) -> &Node {
+        let node = &self.nodes[i];
+        assert!(node.server, "{} is an agent: it has no HTTP API", node.name);
+        node
+    }
+
+    pub fn node_name(&self, i: usize) -> &str {
+        &self.nodes[i].name
+    }
+
+    pub fn rpc_addr(&self, i: usize) -> &str {
+        self.nodes[i].rpc_addr()
+    }
+
+    pub fn index_of(&self, name: &str) -> usize {
+        self.nodes.iter().position(|n| n.name == name).unwrap_or_else(|| panic!("no node named {name:?}"))
+    }
+
+    /// Indices of the servers that are running and not paused.
+    pub fn live_servers(&self) -> Vec<usize> {
+        (0..self.servers).filter(|&i| self.nodes[i].is_live()).collect()
+    }
+
+    /// Indices of every node that is running and not paused.
+    pub fn live_nodes(&self) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|&i| self.nodes[i].is_live()).collect()
+    }
+
+    /// A live server to talk to (the first one).
+    pub fn any_api(&self) -> &Node {
+        let i = *self.live_servers().first().expect("no live server left to talk to");
+        &self.nodes[i]
+    }
+
+    // --- Signals, stops and restarts ---
+
+    /// SIGKILL: the node gets no chance to flush, hand over or clean up; its runs are orphaned.
+    pub async fn kill9(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let mut child = node.child.take().unwrap_or_else(|| panic!("{} is not running", node.name));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap kairos");
+        node.paused = false;
+        node.mark("killed with SIGKILL");
+        let name = node.name.clone();
+        self.note(&format!("killed {name} with SIGKILL"));
+    }
+
+    /// SIGSTOP: the process freezes (its runs, in their own process groups, go on); it answers nothing.
+    pub fn sigstop(&mut self, i: usize) {
+        signal(self.nodes[i].pid(), libc::SIGSTOP);
+        self.nodes[i].paused = true;
+        self.nodes[i].mark("paused with SIGSTOP");
+        self.note(&format!("paused {} with SIGSTOP", self.nodes[i].name));
+    }
+
+    pub fn sigcont(&mut self, i: usize) {
+        signal(self.nodes[i].pid(), libc::SIGCONT);
+        self.nodes[i].paused = false;
+        self.nodes[i].mark("resumed with SIGCONT");
+        self.note(&format!("resumed {} with SIGCONT", self.nodes[i].name));
+    }
+
+    /// SIGTERM and wait for the process to exit; returns its exit status.
+    pub async fn sigterm(&mut self, i: usize) -> ExitStatus {
+        self.sigterm_all(&[i]).await.remove(0)
+    }
+
+    /// SIGTERM to every node at `indices` at once, then wait for each to exit; returns their exit statuses.
+    pub async fn sigterm_all(&mut self, indices: &[usize]) -> Vec<ExitStatus> {
+        for &i in indices {
+            let node = &mut self.nodes[i];
+            if node.paused {
+                signal(node.pid(), libc::SIGCONT);
+                node.paused = false;
+            }
+            signal(node.pid(), libc::SIGTERM);
+            node.mark("sent SIGTERM");
+        }
+        let names: Vec<&str> = indices.iter().map(|&i| self.node_name(i)).collect();
+        self.note(&format!("sent SIGTERM to {}", names.join(", ")));
+        let mut statuses = Vec::new();
+        for &i in indices {
+            statuses.push(self.wait_exit(i, NODE_EXIT_DEADLINE).await);
+        }
+        statuses
+    }
+
+    /// Wait for a node's process to exit by itself (after a signal or `kairos leave`); returns its exit status.
+    pub async fn wait_exit(&mut self, i: usize, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            let node = &mut self.nodes[i];
+            let child = node.child.as_mut().unwrap_or_else(|| panic!("{} is not running", node.name));
+            if let Some(status) = child.try_wait().expect("wait for kairos") {
+                node.child = None;
+                node.mark(&format!("exited: {status}"));
+                let name = node.name.clone();
+                self.note(&format!("{name} exited: {status}"));
+                return status;
+            }
+            if Instant::now() >= deadline {
+                panic!("{} did not exit within {within:?}", node.name);
+            }
+            tokio::time::sleep(millis(20)).await;
+        }
+    }
+
+    /// Start a stopped node again: same flags, data directory, gossip port and RPC port.
+    pub async fn restart(&mut self, i: usize) {
+        self.restart_all(&[i]).await;
+    }
+
+    /// Start the stopped nodes at `indices` again, all at once.
+    pub async fn restart_all(&mut self, indices: &[usize]) {
+        for &i in indices {
+            assert!(self.nodes[i].child.is_none(), "restart needs {} stopped first", self.nodes[i].name);
+        }
+        self.launch(indices).await;
+    }
+
+    // --- Leader and membership ---
+
+    /// The leader: the one live server answering `/v1/isleader` 200, named by every live server's `/v1/leader`.
+    /// `Err` says what is missing.
+    pub async fn leader(&self) -> Result<usize, String> {
+        let live = self.live_servers();
+        let mut claims = Vec::new();
+        for &i in &live {
+            let reply = self.nodes[i].try_request("GET", "/v1/isleader", None, PROBE_TIMEOUT).await;
+            match reply {
+                None => return Err(format!("{} does not answer /v1/isleader", self.nodes[i].name)),
+                Some(r) if r.status == 200 => claims.push(i),
+                Some(_) => {}
+            }
+        }
+        let names: Vec<&str> = claims.iter().map(|&i| self.node_name(i)).collect();
+        let [leader] = claims[..] else {
+            return Err(format!("live servers claiming to lead: {names:?}"));
+        };
+        let name = self.node_name(leader);
+        for &i in &live {
+            let reply = self.nodes[i].try_request("GET", "/v1/leader", None, PROBE_TIMEOUT).await;
+            match reply {
+                Some(r) if r.status == 200 && r.json["Name"] == name => {}
+                Some(r) => {
+                    return Err(format!(
+                        "{name} leads but {}'s /v1/leader says {} {}",
+                        self.node_name(i),
+                        r.status,
+                        r.text
+                    ));
+                }
+                None => return Err(format!("{} does not answer /v1/leader", self.node_name(i))),
+            }
+        }
+        Ok(leader)
+    }
+
+    pub async fn leader_index(&self) -> Option<usize> {
+        self.leader().await.ok()
+    }
+
+    /// Wait until a leader is elected and known to every live server; returns its index.
+    pub async fn wait_leader(&self) -> usize {
+        wait_for("a leader is elected and known to every live server", FORM_DEADLINE, async || self.leader().await)
+            .await
+    }
+
+    /// Wait until a leader is known to every live server and some server lists every live node `alive` in
+    /// `/v1/members`; returns the leader's index.
+    pub async fn wait_formed(&self) -> usize {
+        let leader = wait_for("the cluster is formed", FORM_DEADLINE, async || {
+            let leader = self.leader().await?;
+            let expected: Vec<&str> = self.live_nodes().iter().map(|&i| self.node_name(i)).collect();
+            let mut seen = Vec::new();
+            for &i in &self.live_servers() {
+                let Some(members) = self.nodes[i].members().await else {
+                    seen.push(format!("{}: no answer", self.node_name(i)));
+                    continue;
+                };
+                let alive = |name: &str| members.iter().any(|m| m.name == name && m.status_text == "alive");
+                if expected.iter().all(|n| alive(n)) {
+                    return Ok(leader);
+                }
+                let view: Vec<String> = members.iter().map(|m| format!("{} {}", m.name, m.status_text)).collect();
+                seen.push(format!("{} sees [{}]", self.node_name(i), view.join(", ")));
+            }
+            Err(format!("expected {expected:?} alive; {}", seen.join("; ")))
+        })
+        .await;
+        self.note(&format!("formed; leader {}", self.node_name(leader)));
+        leader
+    }
+
+    /// `kairos raft list-peers` against node `i`'s RPC address; the command must succeed.
+    pub async fn raft_peers(&self, i: usize) -> Vec<Peer> {
+        let out = cli(&["raft", "list-peers", "--rpc-addr", self.rpc_addr(i)]).await;
+        assert!(
+            out.status.success(),
+            "raft list-peers on {}: {}\n{}{}",
+            self.node_name(i),
+            out.status,
+            out.stdout,
+            out.stderr
+        );
+        parse_peers(&out.stdout)
+    }
+
+    /// `kairos leave` against node `i`'s RPC address (the node's process is left to exit by itself).
+    pub async fn leave(&self, i: usize) -> CliOutput {
+        self.note(&format!("kairos leave --rpc-addr {} ({})", self.rpc_addr(i), self.node_name(i)));
+        let out = cli(&["leave", "--rpc-addr", self.rpc_addr(i)]).await;
+        self.note(&format!("kairos leave answered {}", out.status));
+        out
+    }
+
+    // --- API through whichever server answers ---
+
+    /// Send a write to a live server (`only`: that one; otherwise each live server in turn) until it answers one
+    /// of `ok`. No answer, 5xx (an election, a lost forward) and 404 (a follower that has not applied an earlier
+    /// write yet) are retried until [`WRITE_DEADLINE`]; any other status fails the test at once.
+    pub async fn write_via(
+        &self,
+        only: Option<usize>,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        ok: &[u16],
+    ) -> Reply {
+        let deadline = Instant::now() + WRITE_DEADLINE;
+        let mut last = String::from("no live server");
+        let mut turn = 0;
+        loop {
+            let targets: Vec<usize> = match only {
+                Some(i) => [i].into_iter().filter(|&i| self.nodes[i].is_live()).collect(),
+                None => self.live_servers(),
+            };
+            turn += 1;
+            if !targets.is_empty() {
+                let node = &self.nodes[targets[turn % targets.len()]];
+                match node.try_request(method, path, body, WRITE_TIMEOUT).await {
+                    Some(reply) if ok.contains(&reply.status) => return reply,
+                    Some(reply) if reply.status >= 500 || reply.status == 404 => {
+                        last = format!("{} answered {} {}", node.name, reply.status, reply.text)
+                    }
+                    Some(reply) => panic!("{method} {path} on {}: {} {}", node.name, reply.status, reply.text),
+                    None => last = format!("{} did not answer", node.name),
+                }
+            }
+            if Instant::now() >= deadline {
+                panic!("{method} {path} was not accepted (expected {ok:?}) within {WRITE_DEADLINE:?}; last: {last}");
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    pub async fn write(&self, method: &str, path: &str, body: Option<&Value>, ok: &[u16]) -> Reply {
+        self.write_via(None, method, path, body, ok).await
+    }
+
+    /// Create (or replace) a job through any live server; returns the stored job.
+    pub async fn create_job(&self, job: &Value) -> Value {
+        self.write("POST", "/v1/jobs", Some(job), &[201]).await.json
+    }
+
+    /// Start a manual run (202).
+    pub async fn run(&self, job: &str) {
+        self.write("POST", &format!("/v1/jobs/{job}/run"), None, &[202]).await;
+    }
+
+    /// Disable every job in `jobs` (PATCH, so nothing else of the job changes).
+    pub async fn disable_all(&self, jobs: &[String]) {
+        for job in jobs {
+            let body = serde_json::json!({"name": job, "disabled": true});
+            self.write("PATCH", "/v1/jobs", Some(&body), &[200, 201]).await;
+        }
+        self.note(&format!("disabled {} jobs", jobs.len()));
+    }
+
+    /// A job's executions from a live server; `Err` (for polling) when none answers 200.
+    pub async fn try_executions(&self, job: &str) -> Result<Vec<Exec>, String> {
+        let mut errors = Vec::new();
+        for i in self.live_servers() {
+            match self.nodes[i].try_executions(job).await {
+                Ok(execs) => return Ok(execs),
+                Err(e) => errors.push(e),
+            }
+        }
+        Err(errors.join("; "))
+    }
+
+    /// A job's executions from a live server, waiting out transient failures.
+    pub async fn executions(&self, job: &str) -> Vec<Exec> {
+        wait_for(&format!("a live server lists the executions of {job}"), WRITE_DEADLINE, async || {
+            self.try_executions(job).await
+        })
+        .await
+    }
+
+    /// Poll a job's executions (from any live server) until `done` holds for them; returns them.
+    pub async fn wait_executions(
+        &self,
+        job: &str,
+        what: &str,
+        within: Duration,
+        done: impl Fn(&[Exec]) -> bool,
+    ) -> Vec<Exec> {
+        wait_for(&format!("{job}: {what}"), within, async || {
+            let execs = self.try_executions(job).await?;
+            if done(&execs) { Ok(execs) } else { Err(format!("executions:\n{}", runs(&execs))) }
+        })
+        .await
+    }
+
+    /// Wait until every job in `jobs` has at least one finished execution.
+    pub async fn wait_each_fired(&self, jobs: &[String], within: Duration) {
+        wait_for("every job has a finished execution", within, async || {
+            for job in jobs {
+                let execs = self.try_executions(job).await?;
+                if !execs.iter().any(Exec::is_final) {
+                    return Err(format!("{job} has no finished execution:\n{}", runs(&execs)));
+                }
+            }
+            Ok(())
+        })
+        .await;
+        self.note("every job has fired");
+    }
+
+    /// Wait until the leader shows no active execution of any job in `jobs`; returns every job's executions as
+    /// the leader has them then.
+    pub async fn wait_quiet(&self, jobs: &[String], within: Duration) -> BTreeMap<String, Vec<Exec>> {
+        let history = wait_for("no execution is active on the leader", within, async || {
+            let leader = self.leader().await?;
+            let mut history = BTreeMap::new();
+            for job in jobs {
+                let execs = self.nodes[leader].try_executions(job).await?;
+                if execs.iter().any(Exec::is_active) {
+                    return Err(format!("{job} on {}:\n{}", self.node_name(leader), runs(&execs)));
+                }
+                history.insert(job.clone(), execs);
+            }
+            Ok(history)
+        })
+        .await;
+        self.note("no execution is active");
+        history
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // SIGTERM first so nodes stop their runs (their process groups) instead of orphaning them.
+        for node in &mut self.nodes {
+            if let Some(child) = &node.child {
+                let pid = child.id() as i32;
+                if node.paused {
+                    signal(pid, libc::SIGCONT);
+                }
+                signal(pid, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                    std::thread::sleep(millis(20));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("--- cluster events ---");
+            for event in self.events.lock().map(|e| e.clone()).unwrap_or_default() {
+                eprintln!("{event}");
+            }
+            for node in &self.nodes {
+                let log = node.log.lock().map(|l| l.clone()).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(LOG_LINES_ON_FAILURE)..];
+                eprintln!("--- log of {} ({} lines, last {} shown) ---", node.name, lines.len(), tail.len());
+                for line in tail {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+/// Copy a pipe into the shared log, line by line, so the pipe never fills up; report the listening addresses.
+fn drain(pipe: impl Read + Send + 'static, log: Arc<Mutex<String>>, announce: Option<mpsc::Sender<Announce>>) {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(pipe);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let text = String::from_utf8_lossy(&line);
+            if let Some(tx) = &announce {
+                let addr_after = |marker: &str| {
+                    let at = text.find(marker)?;
+                    let rest = text[at + marker.len()..].trim_start_matches("http://");
+                    Some(rest.chars().take_while(|c| !c.is_whitespace() && *c != '/').collect::<String>())
+                };
+                if let Some(addr) = addr_after(HTTP_LISTENING) {
+                    let _ = tx.send(Announce::Http(addr));
+                } else if let Some(addr) = addr_after(RPC_LISTENING) {
+                    let _ = tx.send(Announce::Rpc(addr));
+                }
+            }
+            log.lock().expect("log lock").push_str(&text);
+        }
+    });
+}
