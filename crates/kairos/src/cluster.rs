@@ -229,7 +229,7 @@ async fn output(
 ) -> HttpResponse {
     let follow = params.get("follow").is_some_and(|v| v == "true" || v == "1");
     if follow {
-        let body = Body::from_stream(follow_output(side, job, id));
+        let body = Body::from_stream(follow_output(side.worker, side.outputs, job, id));
         return ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response();
     }
     match side.outputs.read(&job, &id) {
@@ -241,22 +241,23 @@ async fn output(
 
 /// The output of a run as it grows: what exists now, then every new part, until the run is no longer running.
 pub fn follow_output(
-    side: AgentSide,
+    worker: Worker,
+    outputs: OutputStore,
     job: String,
     id: String,
 ) -> impl futures::Stream<Item = Result<String, std::io::Error>> + Send {
     let exec = ExecRef { job, id };
-    futures::stream::unfold((side, exec, 0usize, false), |(side, exec, sent, done)| async move {
+    futures::stream::unfold((worker, outputs, exec, 0usize, false), |(worker, outputs, exec, sent, done)| async move {
         if done {
             return None;
         }
         loop {
-            let running = side.worker.is_running(&exec);
-            let text = side.outputs.read(&exec.job, &exec.id).ok().flatten().unwrap_or_default();
+            let running = worker.is_running(&exec);
+            let text = outputs.read(&exec.job, &exec.id).ok().flatten().unwrap_or_default();
             if text.len() > sent {
                 let start = (sent..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
                 let chunk = text[start..].to_string();
-                return Some((Ok(chunk), (side, exec, text.len(), !running)));
+                return Some((Ok(chunk), (worker, outputs, exec, text.len(), !running)));
             }
             if !running {
                 return None;

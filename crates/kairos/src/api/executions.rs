@@ -1,7 +1,9 @@
 //! `/v1/jobs/{job}/executions`: list, show (with the full output from the local output store), delete, cancel.
 
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use kairos_model::{Execution, ExecutionStatus};
 use kairos_store::Command;
 use serde::Serialize;
@@ -100,7 +102,7 @@ pub async fn show(
         .state
         .execution(&job, &id)?
         .ok_or_else(|| ApiError::not_found(format!("execution '{id}' of job '{job}' not found")))?;
-    if let Some(full) = node.outputs.read(&job, &id).map_err(ApiError::internal)? {
+    if let Some(full) = full_output(&node, &execution).await? {
         execution.output = full;
     }
     let limit = output_limit(&params)?;
@@ -138,4 +140,82 @@ pub async fn cancel(
     node.cancel(&execution).await?;
     let execution = node.state.execution(&job, &id)?.unwrap_or(execution);
     Ok(reply(StatusCode::ACCEPTED, &execution, &params))
+}
+
+/// The full stored output of an execution: from this node's output store if it ran here, else fetched from the
+/// node that ran it (`None` if there is none beyond the record's tail, or that node cannot be reached).
+async fn full_output(node: &AppState, execution: &Execution) -> Result<Option<String>, ApiError> {
+    if execution.node_name.is_empty() || execution.node_name == node.config.node_name {
+        return node.outputs.read(&execution.job_name, &execution.id).map_err(ApiError::internal);
+    }
+    let Some(member) = node.membership.alive().into_iter().find(|m| m.name == execution.node_name) else {
+        return Ok(None);
+    };
+    let url = format!("http://{}/agent/output/{}/{}", member.rpc_addr, execution.job_name, execution.id);
+    match node.rpc.get(url).timeout(std::time::Duration::from_secs(5)).send().await {
+        Ok(reply) if reply.status().is_success() => Ok(reply.text().await.ok()),
+        _ => Ok(None),
+    }
+}
+
+/// `GET /v1/jobs/{job}/executions/{id}/output[?follow=true]`: the full output as text, from whichever node ran
+/// it. With `follow=true` the answer is streamed (chunked) as the run writes, and ends when the run ends.
+pub async fn output(
+    State(node): State<AppState>,
+    Path((job, id)): Path<(String, String)>,
+    Query(params): Query<Params>,
+) -> Result<Response, ApiError> {
+    require_job(&node, &job)?;
+    let follow = match params.get("follow").map(String::as_str) {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(other) => return Err(ApiError::bad_request(format!("follow: '{other}' is not true or false"))),
+    };
+    let find = || -> Result<Execution, ApiError> {
+        node.state
+            .execution(&job, &id)?
+            .ok_or_else(|| ApiError::not_found(format!("execution '{id}' of job '{job}' not found")))
+    };
+    let mut execution = find()?;
+    // A pending run has no node yet: when following, wait (bounded) until it starts somewhere.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while follow && execution.status == ExecutionStatus::Pending && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        execution = find()?;
+    }
+    let text_plain = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    let local = execution.node_name.is_empty() || execution.node_name == node.config.node_name;
+    if local {
+        if follow {
+            let stream = crate::cluster::follow_output(node.worker.clone(), node.outputs.clone(), job, id);
+            return Ok((text_plain, Body::from_stream(stream)).into_response());
+        }
+        let text = node.outputs.read(&job, &id).map_err(ApiError::internal)?.unwrap_or(execution.output);
+        return Ok((text_plain, text).into_response());
+    }
+    let member = node.membership.alive().into_iter().find(|m| m.name == execution.node_name);
+    let Some(member) = member else {
+        if follow {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("node '{}' that runs it is not reachable", execution.node_name),
+            ));
+        }
+        return Ok((text_plain, execution.output).into_response());
+    };
+    let url = format!("http://{}/agent/output/{job}/{id}?follow={follow}", member.rpc_addr);
+    let mut request = node.rpc.get(url);
+    if !follow {
+        request = request.timeout(std::time::Duration::from_secs(10));
+    }
+    match request.send().await {
+        Ok(reply) if reply.status().is_success() => {
+            Ok((text_plain, Body::from_stream(reply.bytes_stream())).into_response())
+        }
+        Ok(_) if !follow => Ok((text_plain, execution.output).into_response()),
+        Ok(reply) => {
+            Err(ApiError::new(StatusCode::BAD_GATEWAY, format!("node '{}' answered {}", member.name, reply.status())))
+        }
+        Err(err) => Err(ApiError::new(StatusCode::BAD_GATEWAY, format!("node '{}': {err}", member.name))),
+    }
 }

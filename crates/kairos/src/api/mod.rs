@@ -7,7 +7,7 @@
 //! 409 for conflicts. The router is built from one route table ([`routes`]) that the OpenAPI document is checked
 //! against, so the two cannot drift apart.
 
-mod executions;
+pub mod executions;
 pub mod jobs;
 pub mod openapi;
 pub mod stats;
@@ -64,6 +64,7 @@ pub fn routes() -> Vec<Route> {
         route("/v1/jobs/{job}/executions", &["get", "delete"], get(executions::list).delete(executions::delete_all)),
         route("/v1/jobs/{job}/executions/{execution}", &["get"], get(executions::show)),
         route("/v1/jobs/{job}/executions/{execution}/cancel", &["post"], post(executions::cancel)),
+        route("/v1/jobs/{job}/executions/{execution}/output", &["get"], get(executions::output)),
     ]
 }
 

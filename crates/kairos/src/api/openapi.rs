@@ -20,7 +20,8 @@ fn error_responses(codes: &[&str]) -> Value {
             "400" => "Invalid input; the error names the field and the problem",
             "404" => "Unknown job or execution",
             "409" => "Conflict (e.g. the job has dependent jobs, or the execution already finished)",
-            "503" => "New job submissions are paused",
+            "502" => "The node that ran the execution could not be reached",
+            "503" => "New job submissions are paused, or no leader is elected yet (retry)",
             _ => "Error",
         };
         map.insert(
@@ -160,6 +161,9 @@ fn paths() -> Value {
             "parameters": [job_param(), exec_param()], "responses": with_errors(json!({"200": ok("The execution", exec_ref())}), &["404"])}},
         "/v1/jobs/{job}/executions/{execution}/cancel": {"post": {"summary": "Cancel a pending or running execution",
             "parameters": [job_param(), exec_param()], "responses": with_errors(json!({"202": ok("The execution", exec_ref())}), &["404", "409"])}},
+        "/v1/jobs/{job}/executions/{execution}/output": {"get": {"summary": "The full output as text, from the node that ran it; follow=true streams it live until the run ends",
+            "parameters": [job_param(), exec_param(), param("follow", "query", "Stream the output as it grows (chunked) until the run ends", json!({"type": "boolean"}))],
+            "responses": with_errors(json!({"200": {"description": "The output", "content": {"text/plain": {"schema": {"type": "string"}}}}}), &["400", "404", "502", "503"])}},
     })
 }
 
