@@ -186,12 +186,15 @@ impl Membership {
         }
     }
 
-    /// Tell the cluster this node leaves on purpose, give gossip a few rounds to spread it, and stop gossiping.
+    /// Tell the cluster this node leaves on purpose (servers stop re-adding it to Raft; dispatch avoids it).
+    pub async fn announce_leave(&self) {
+        let chitchat = self.handle.chitchat();
+        chitchat.lock().await.self_node_state().set(KEY_LEFT, "true");
+    }
+
+    /// Announce leaving, give gossip a few rounds to spread it, and stop gossiping.
     pub async fn leave(&self) {
-        {
-            let chitchat = self.handle.chitchat();
-            chitchat.lock().await.self_node_state().set(KEY_LEFT, "true");
-        }
+        self.announce_leave().await;
         tokio::time::sleep(GOSSIP_INTERVAL * 5).await;
         let _ = self.handle.initiate_shutdown();
     }

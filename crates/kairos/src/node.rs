@@ -515,6 +515,7 @@ impl Node {
     /// the process exit (running executions get the shutdown grace).
     pub async fn leave(self: Arc<Self>) {
         info!("leaving the cluster");
+        self.membership.announce_leave().await;
         let voters: Vec<u64> = self.raft.voter_ids().filter(|v| *v != self.id).collect();
         if self.is_leader()
             && let Some(next) = voters.first()
