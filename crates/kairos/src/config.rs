@@ -191,13 +191,11 @@ impl AgentArgs {
         if !(1..=10).contains(&raft_multiplier) {
             bail!("--raft-multiplier: {raft_multiplier} is not between 1 and 10");
         }
-        let join = if self.join.is_empty() { file.join.unwrap_or_default() } else { self.join };
-        let retry_join = if self.retry_join.is_empty() { file.retry_join.unwrap_or_default() } else { self.retry_join };
-        for addr in join.iter().chain(&retry_join) {
-            if addr.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
-                bail!("--join/--retry-join: '{addr}' is not host:port");
-            }
-        }
+        let join = seeds("--join", if self.join.is_empty() { file.join.unwrap_or_default() } else { self.join })?;
+        let retry_join = seeds(
+            "--retry-join",
+            if self.retry_join.is_empty() { file.retry_join.unwrap_or_default() } else { self.retry_join },
+        )?;
         Ok(Config {
             join,
             retry_join,
@@ -229,6 +227,25 @@ impl AgentArgs {
             config_file,
         })
     }
+}
+
+/// Gossip seed addresses: `host:port`, or a bare host meaning the default gossip port 8946.
+fn seeds(flag: &str, addrs: Vec<String>) -> anyhow::Result<Vec<String>> {
+    addrs
+        .into_iter()
+        .map(|addr| {
+            let addr = addr.trim().to_string();
+            match addr.rsplit_once(':') {
+                _ if addr.is_empty() => bail!("{flag}: an empty address"),
+                Some((host, port)) if !host.is_empty() && !host.ends_with(':') => {
+                    port.parse::<u16>().map_err(|_| anyhow::anyhow!("{flag}: '{addr}' has no valid port"))?;
+                    Ok(addr)
+                }
+                _ if addr.starts_with('[') || addr.contains("::") => bail!("{flag}: '{addr}' needs a port"),
+                _ => Ok(format!("{addr}:8946")),
+            }
+        })
+        .collect()
 }
 
 fn duration(flag: &str, value: Option<String>, default: &str) -> anyhow::Result<Duration> {
@@ -316,6 +333,22 @@ mod tests {
             let err = args.clone().resolve().unwrap_err().to_string();
             assert!(err.starts_with("--"), "{err}");
         }
+    }
+
+    #[test]
+    fn join_addresses_default_to_the_gossip_port() {
+        let args = AgentArgs {
+            join: vec!["10.0.0.1".into()],
+            retry_join: vec!["a.example:9000".into()],
+            ..AgentArgs::default()
+        };
+        let config = args.resolve().unwrap();
+        assert_eq!(config.join, ["10.0.0.1:8946"]);
+        assert_eq!(config.retry_join, ["a.example:9000"]);
+        let bad = AgentArgs { retry_join: vec!["host:port".into()], ..AgentArgs::default() };
+        assert!(bad.resolve().unwrap_err().to_string().starts_with("--retry-join"));
+        let bad = AgentArgs { raft_multiplier: Some(0), ..AgentArgs::default() };
+        assert!(bad.resolve().unwrap_err().to_string().starts_with("--raft-multiplier"));
     }
 
     #[test]
