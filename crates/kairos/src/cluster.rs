@@ -165,6 +165,7 @@ pub fn server_router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/cluster/submit", post(submit))
         .route("/cluster/report", post(report))
+        .route("/cluster/read-index", post(read_index))
         .route("/cluster/peers", get(peers))
         .route("/cluster/remove-peer", post(remove_peer))
         .with_state(node)
@@ -178,6 +179,10 @@ async fn submit(State(node): State<Arc<Node>>, Json(command): Json<Command>) -> 
 /// A report from an agent's worker: decided (retry instants) here, then written like any command.
 async fn report(State(node): State<Arc<Node>>, Json(command): Json<Command>) -> Json<Result<Response, String>> {
     Json(node.submit_report(command).await.map_err(|e| e.message))
+}
+
+async fn read_index(State(node): State<Arc<Node>>) -> Json<Result<u64, (u16, String)>> {
+    Json(node.leader_read_index().await.map_err(|e| (e.status.as_u16(), e.message)))
 }
 
 async fn peers(State(node): State<Arc<Node>>) -> Json<Vec<Peer>> {

@@ -357,6 +357,44 @@ impl Node {
         }
     }
 
+    /// Wait until this server applied everything the leader has committed now (a linearizable read barrier).
+    pub async fn read_barrier(&self) -> Result<(), ApiError> {
+        let unavailable = |what: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, what);
+        let index = if self.is_leader() {
+            self.leader_read_index().await?
+        } else {
+            let metrics = self.metrics();
+            let addr = metrics
+                .current_leader
+                .and_then(|l| metrics.membership_config.membership().get_node(&l).map(|n| n.addr.clone()))
+                .ok_or_else(|| unavailable("no leader is elected yet; retry".into()))?;
+            let reply = self
+                .rpc
+                .post(format!("http://{addr}/cluster/read-index"))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .map_err(|e| unavailable(format!("cannot reach the leader at {addr}: {e}")))?;
+            let result: Result<u64, (u16, String)> =
+                reply.json().await.map_err(|e| unavailable(format!("bad answer from the leader: {e}")))?;
+            result.map_err(|(_, message)| unavailable(message))?
+        };
+        self.raft
+            .wait(Some(Duration::from_secs(5)))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .map_err(|e| unavailable(format!("this server did not catch up with the leader: {e}")))?;
+        Ok(())
+    }
+
+    /// On the leader: confirm leadership with a quorum and answer the index every read must see.
+    pub async fn leader_read_index(&self) -> Result<u64, ApiError> {
+        self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map_err(|e| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("leadership could not be confirmed: {e}"))
+        })?;
+        Ok(self.metrics().last_applied.map_or(0, |l| l.index))
+    }
+
     /// A worker's report: failed attempts get their retry instant here (the proposer decides, so applying stays
     /// deterministic), then it goes through Raft like any write.
     pub async fn submit_report(&self, mut command: Command) -> Result<Response, ApiError> {

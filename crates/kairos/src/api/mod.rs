@@ -80,7 +80,29 @@ pub fn router(node: AppState) -> Router {
     if node.config.ui {
         router = router.merge(crate::ui::router());
     }
-    router.fallback(not_found).with_state(node)
+    router
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(node.clone(), linearizable_reads))
+        .with_state(node)
+}
+
+/// `?consistent` on any read: answer only after this server's state caught up with everything the leader had
+/// committed when the request arrived (a linearizable read; served by any server). Without it, reads are served
+/// from the local state, which on a follower may lag the leader by a few milliseconds.
+async fn linearizable_reads(
+    axum::extract::State(node): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let wants =
+        request.uri().query().is_some_and(|q| q.split('&').any(|p| p == "consistent" || p.starts_with("consistent=")));
+    if wants
+        && request.method() == axum::http::Method::GET
+        && let Err(err) = node.read_barrier().await
+    {
+        return err.into_response();
+    }
+    next.run(request).await
 }
 
 async fn not_found() -> ApiError {
