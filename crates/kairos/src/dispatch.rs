@@ -214,6 +214,7 @@ fn eligible_members(node: &Node) -> Vec<Member> {
             rpc_addr: node.rpc_addr.to_string(),
             http_addr: String::new(),
             gossip_addr: node.membership.gossip_addr(),
+            generation: 0,
             tags: node.config.tags.clone(),
             status: crate::gossip::Status::Alive,
             raft_initialized: true,
@@ -249,20 +250,32 @@ fn send_orders(node: &Node, name: String, rpc_addr: String, orders: Vec<Order>) 
     tokio::spawn(async move {
         let refs: Vec<ExecRef> = orders.iter().map(|o| o.exec.clone()).collect();
         let sent = http.post(format!("http://{rpc_addr}/agent/run")).json(&orders).timeout(ORDER_TIMEOUT).send().await;
-        let accepted: Option<Vec<bool>> = match sent {
-            Ok(reply) if reply.status().is_success() => reply.json().await.ok(),
+        // Some(answers): delivered; None: certainly not delivered (refused connection, error status); a timeout
+        // or a broken connection leaves it unknown whether the node got the orders: their claims are kept until
+        // the orders have expired (see `sweep`), so a node that was only slow cannot run them a second time.
+        let (accepted, uncertain): (Option<Vec<bool>>, bool) = match sent {
+            Ok(reply) if reply.status().is_success() => match reply.json().await {
+                Ok(answers) => (Some(answers), false),
+                Err(err) => {
+                    warn!("orders to {name}: unreadable answer ({err})");
+                    (None, true)
+                }
+            },
             Ok(reply) => {
                 warn!("orders to {name} refused: HTTP {}", reply.status());
-                None
+                (None, false)
             }
             Err(err) => {
                 warn!("cannot send orders to {name}: {err}");
-                None
+                (None, !err.is_connect())
             }
         };
         let Some(node) = node_ptr.upgrade() else { return };
         if accepted.is_none() {
             node.unreachable.lock().expect("unreachable lock").insert(name.clone(), Instant::now());
+        }
+        if uncertain {
+            return;
         }
         let mut released = false;
         {
@@ -487,8 +500,9 @@ async fn sweep(
     let now = Timestamp::now();
     let taken = Instant::now();
     let active = node.state.active()?;
-    let alive: HashSet<String> = node.membership.alive().into_iter().map(|m| m.name).collect();
-    let stale_after = node.worker.lease + DECIDE_AHEAD_MAX;
+    // An order expires one lease after its instant (at most DECIDE_AHEAD_MAX after its dispatch): past that, a
+    // node cannot start it any more, so a run still pending can safely be placed again.
+    let stale_after = node.worker.lease + DECIDE_AHEAD_MAX + Duration::from_secs(1);
     {
         let by_ref: HashMap<ExecRef, &Execution> =
             active.iter().map(|e| (ExecRef { job: e.job_name.clone(), id: e.id.clone() }, e)).collect();
@@ -496,10 +510,9 @@ async fn sweep(
         claims.retain(|exec, at, target| match by_ref.get(exec) {
             // Claimed after this snapshot was read: keep.
             None => *at > taken,
-            // Sent but never started: the node died or lost it; place it again (its Start would be refused
-            // if it did start meanwhile).
+            // Sent but never started: the node died or lost it; place it again once the order expired.
             Some(e) if e.status == ExecutionStatus::Pending => {
-                target == node.config.node_name.as_str() || (alive.contains(target) && at.elapsed() < stale_after)
+                target == node.config.node_name.as_str() || at.elapsed() < stale_after
             }
             Some(_) => true,
         });

@@ -63,6 +63,8 @@ pub struct Member {
     pub rpc_addr: String,
     pub http_addr: String,
     pub gossip_addr: SocketAddr,
+    /// Start time of this life of the node (a restart is a new generation).
+    pub generation: u64,
     pub tags: BTreeMap<String, String>,
     pub status: Status,
     /// A server that reports it belongs to an initialized Raft cluster.
@@ -210,6 +212,7 @@ fn member_of(id: &ChitchatId, state: &chitchat::NodeState, status: Status) -> Op
         rpc_addr,
         http_addr: state.get(KEY_HTTP).unwrap_or_default().to_string(),
         gossip_addr: id.gossip_advertise_addr,
+        generation: id.generation_id,
         tags: state.get(KEY_TAGS).and_then(|t| serde_json::from_str(t).ok()).unwrap_or_default(),
         status,
         raft_initialized: state.get(KEY_INITIALIZED).is_some(),

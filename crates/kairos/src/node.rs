@@ -58,6 +58,9 @@ pub struct Node {
     pub(crate) takeover: Mutex<crate::dispatch::Takeover>,
     /// Nodes an order could not reach recently, with when; avoided for a while.
     pub(crate) unreachable: Mutex<HashMap<String, Instant>>,
+    /// Servers this leader removed from Raft, with the gossip generation they had: not added back unless they
+    /// restart (a leaving server may still look alive for a moment).
+    removed: Mutex<HashMap<u64, u64>>,
     stopping: CancellationToken,
     /// Cancelled when the process should exit by itself (after `kairos leave`).
     pub exit: CancellationToken,
@@ -146,6 +149,7 @@ impl Node {
             leader_term: AtomicU64::new(0),
             takeover: Mutex::new(Default::default()),
             unreachable: Mutex::new(HashMap::new()),
+            removed: Mutex::new(HashMap::new()),
             stopping: CancellationToken::new(),
             exit: CancellationToken::new(),
         });
@@ -542,6 +546,9 @@ impl Node {
                 "peer-id: this is the leader; run `kairos leave` on it (it hands leadership over first)",
             ));
         }
+        if let Some(member) = self.membership.all().await.into_iter().find(|m| m.raft_id == Some(peer)) {
+            self.removed.lock().expect("removed lock").insert(peer, member.generation);
+        }
         self.raft
             .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([peer])), false)
             .await
@@ -758,6 +765,9 @@ async fn add_new_servers(node: &Node, metrics: &openraft::RaftMetrics<kairos_sto
     for member in node.membership.alive() {
         let Some(id) = member.raft_id else { continue };
         if !member.server || member.status != Status::Alive || voters.contains(&id) {
+            continue;
+        }
+        if node.removed.lock().expect("removed lock").get(&id).is_some_and(|g| *g >= member.generation) {
             continue;
         }
         if !known.contains(&id) {

@@ -48,6 +48,9 @@ pub struct Order {
     pub term: u64,
     /// Start at this instant (the slot), or at once.
     pub at: Option<Timestamp>,
+    /// An order that arrives after this instant is refused: its leader may have given up on delivering it (a
+    /// node paused while the order sat in its socket) and placed the run elsewhere.
+    pub expires_at: Timestamp,
 }
 
 /// What a fence says about launching an order now.
@@ -211,14 +214,20 @@ impl Worker {
     /// A new leader of `term` asks what this worker holds. Orders of older terms that have not started are
     /// dropped (the new leader re-decides them), and no older order is accepted after this.
     pub fn sync(&self, term: u64) -> Holding {
-        self.observe_term(term);
+        // Under the running lock: a launch either registered its runs before this (they are listed) or checks
+        // the raised term after it (and drops them); see `launch_checked`.
+        let running = {
+            let running = self.running.lock().expect("running lock");
+            self.observe_term(term);
+            running.keys().cloned().collect()
+        };
         let scheduled = {
             let mut waiting = self.waiting.lock().expect("waiting lock");
             waiting.retain(|_, w| w.order.term >= term);
             waiting.keys().cloned().collect()
         };
         Holding {
-            running: self.running_refs(),
+            running,
             unreported: self.unreported.lock().expect("unreported lock").iter().cloned().collect(),
             scheduled,
         }
@@ -233,11 +242,16 @@ impl Worker {
             ("KAIROS_SCHEDULED_AT".into(), exec.scheduled_at.to_string()),
             ("KAIROS_ATTEMPT".into(), exec.attempt.to_string()),
         ];
-        Order { exec: ExecRef { job: exec.job_name.clone(), id: exec.id.clone() }, spec, term, at }
+        let expires_at = at.unwrap_or_else(Timestamp::now).max(Timestamp::now()) + self.lease;
+        Order { exec: ExecRef { job: exec.job_name.clone(), id: exec.id.clone() }, spec, term, at, expires_at }
     }
 
     /// Take an order: refused (false) if its term is older than one seen; launched at its instant otherwise.
     pub fn accept(&self, order: Order) -> bool {
+        if order.expires_at < Timestamp::now() {
+            warn!("refusing {}/{}: the order expired at {}", order.exec.job, order.exec.id, order.expires_at);
+            return false;
+        }
         let seen = self.max_term.fetch_max(order.term, Ordering::SeqCst);
         if order.term < seen {
             debug!("refusing {}/{}: term {} < {seen}", order.exec.job, order.exec.id, order.term);
@@ -263,8 +277,14 @@ impl Worker {
         let fence = self.fence.lock().expect("fence lock").clone();
         let worker = self.clone();
         let Some(fence) = fence else {
+            let mut by_term: HashMap<u64, Vec<Order>> = HashMap::new();
             for order in orders {
-                worker.launch(order);
+                by_term.entry(order.term).or_default().push(order);
+            }
+            for (term, orders) in by_term {
+                for order in worker.launch_checked(term, orders) {
+                    let _ = worker.dropped.send(order.exec);
+                }
             }
             return;
         };
@@ -284,43 +304,44 @@ impl Worker {
                         verdict => break verdict,
                     }
                 };
-                if verdict == Verdict::Launch && worker.max_term.load(Ordering::SeqCst) <= term {
-                    for order in orders {
-                        worker.launch(order);
-                    }
-                } else {
-                    for order in orders {
-                        warn!(
-                            "not launching {}/{}: its leader (term {term}) no longer leads",
-                            order.exec.job, order.exec.id
-                        );
-                        let _ = worker.dropped.send(order.exec);
-                    }
+                let refused = if verdict == Verdict::Launch { worker.launch_checked(term, orders) } else { orders };
+                for order in refused {
+                    warn!(
+                        "not launching {}/{}: its leader (term {term}) no longer leads",
+                        order.exec.job, order.exec.id
+                    );
+                    let _ = worker.dropped.send(order.exec);
                 }
             }
         });
     }
 
-    /// Start an order now. Only the task is spawned here; the rest happens on the task, so a batch of thousands
-    /// is spread over every core and each run's `started_at` is when it really began.
-    fn launch(&self, order: Order) {
-        let worker = self.clone();
-        {
-            let mut running = self.running.lock().expect("running lock");
+    /// Register and start orders of `term` unless a newer term was seen; answers the refused ones. The check and
+    /// the registration happen under the running lock, so a concurrent [`Worker::sync`] sees either the runs or
+    /// the raised term.
+    fn launch_checked(&self, term: u64, orders: Vec<Order>) -> Vec<Order> {
+        let mut running = self.running.lock().expect("running lock");
+        if self.max_term.load(Ordering::SeqCst) > term {
+            return orders;
+        }
+        for order in orders {
             if running.contains_key(&order.exec) {
-                return;
+                continue;
             }
             let token = CancellationToken::new();
             running.insert(order.exec.clone(), RunningExec { token, reason: Arc::new(Mutex::new(None)) });
+            let worker = self.clone();
+            tokio::spawn(async move { worker.run(order).await });
         }
-        tokio::spawn(async move { worker.run(order).await });
+        Vec::new()
     }
 
     async fn run(&self, order: Order) {
-        let Order { exec: exec_ref, spec, .. } = order;
+        let Order { exec: exec_ref, mut spec, .. } = order;
+        spec.extra_env.push(("KAIROS_NODE_NAME".into(), self.node_name.clone()));
         let (token, reason) = {
             let running = self.running.lock().expect("running lock");
-            let run = running.get(&exec_ref).expect("registered by launch");
+            let run = running.get(&exec_ref).expect("registered by launch_checked");
             (run.token.clone(), run.reason.clone())
         };
         let started_at = Timestamp::now();

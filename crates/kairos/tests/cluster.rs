@@ -4,8 +4,8 @@
 //! the other agent; and everything acknowledged survives servers restarting one by one and all at once.
 //!
 //! Slots are checked twice: in the records (one first attempt per `scheduled_at`, no gap with `catch_up: all`)
-//! and in a side-effect file every run appends its `KAIROS_EXECUTION_ID` to (no id twice, no run without a
-//! record, no `succeeded` record without a run).
+//! and in a side-effect file every run appends its `KAIROS_EXECUTION_ID` and node to (no id twice, no run without a
+//! record, no `succeeded` record without a run on the node it names).
 
 mod cluster_common;
 mod common;
@@ -26,20 +26,28 @@ fn side_effect_file(dir: &Path, job: &str) -> std::path::PathBuf {
     dir.join(format!("{job}.log"))
 }
 
-/// A job firing every second that appends its execution id to `<dir>/<name>.log`, catching up every missed slot.
+/// A job firing every second that appends a line `<execution id> <node>` to `<dir>/<name>.log`, catching up every
+/// missed slot. The node is the last part of the run's working directory: runs inherit their node's, which the
+/// harness makes the node's data directory, named after it.
 fn ticker(name: &str, dir: &Path) -> Value {
-    let command = format!("echo \"$KAIROS_EXECUTION_ID\" >> '{}'", side_effect_file(dir, name).display());
+    let file = side_effect_file(dir, name);
+    let command = format!("echo \"$KAIROS_EXECUTION_ID ${{PWD##*/}}\" >> '{}'", file.display());
     with(shell_job(name, "@every 1s", &command), json!({"catch_up": "all", "catch_up_window": "1m"}))
 }
 
-/// Execution ids in a job's side-effect file, one per run, in the order the runs wrote them.
-fn side_effects(dir: &Path, job: &str) -> Vec<String> {
+/// The runs in a job's side-effect file, as (execution id, node), in the order they wrote them.
+fn side_effects(dir: &Path, job: &str) -> Vec<(String, String)> {
     let text = std::fs::read_to_string(side_effect_file(dir, job)).unwrap_or_default();
-    text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
+    let run = |line: &str| {
+        let (id, node) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
+        (id.to_string(), node.to_string())
+    };
+    text.lines().filter(|l| !l.trim().is_empty()).map(run).collect()
 }
 
 /// No slot ran twice: no `scheduled_at` has two first attempts, and no execution id is in the side-effect file
-/// twice. Every line of the file is a recorded execution, and every `succeeded` record has its line.
+/// twice. Every line of the file is a recorded execution, and every `succeeded` record has its line, written on
+/// the node the record names.
 #[track_caller]
 fn assert_each_slot_ran_once(name: &str, execs: &[Exec], dir: &Path) {
     let mut per_slot: BTreeMap<Timestamp, Vec<&str>> = BTreeMap::new();
@@ -50,16 +58,27 @@ fn assert_each_slot_ran_once(name: &str, execs: &[Exec], dir: &Path) {
         per_slot.iter().filter(|(_, ids)| ids.len() > 1).map(|(at, ids)| format!("{at} {ids:?}")).collect();
     assert!(twice.is_empty(), "{name}: slots decided twice: {twice:?}\n{}", runs(execs));
 
-    let lines = side_effects(dir, name);
-    let mut seen = BTreeSet::new();
-    let repeated: BTreeSet<&String> = lines.iter().filter(|id| !seen.insert(*id)).collect();
-    assert!(repeated.is_empty(), "{name}: these executions ran more than once: {repeated:?}\n{}", runs(execs));
+    let mut ran_on: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (id, node) in side_effects(dir, name) {
+        ran_on.entry(id).or_default().push(node);
+    }
+    let repeated: Vec<String> =
+        ran_on.iter().filter(|(_, nodes)| nodes.len() > 1).map(|(id, nodes)| format!("{id} on {nodes:?}")).collect();
+    assert!(repeated.is_empty(), "{name}: executions that ran more than once: {repeated:?}\n{}", runs(execs));
     let ids: BTreeSet<&str> = execs.iter().map(|e| e.id.as_str()).collect();
-    let unrecorded: Vec<&String> = lines.iter().filter(|id| !ids.contains(id.as_str())).collect();
+    let unrecorded: Vec<&String> = ran_on.keys().filter(|id| !ids.contains(id.as_str())).collect();
     assert!(unrecorded.is_empty(), "{name}: runs without a record: {unrecorded:?}\n{}", runs(execs));
-    let never_ran: Vec<&str> =
-        execs.iter().filter(|e| e.status == "succeeded" && !seen.contains(&e.id)).map(|e| e.id.as_str()).collect();
-    assert!(never_ran.is_empty(), "{name}: recorded succeeded but never ran: {never_ran:?}\n{}", runs(execs));
+    for exec in execs.iter().filter(|e| e.status == "succeeded") {
+        let nodes = ran_on.get(&exec.id);
+        assert!(nodes.is_some(), "{name}: {} is recorded succeeded but never ran\n{}", exec.id, runs(execs));
+        assert!(
+            nodes.is_some_and(|n| n.contains(&exec.node_name)),
+            "{name}: {} is recorded as run on {} but ran on {nodes:?}\n{}",
+            exec.id,
+            exec.node_name,
+            runs(execs)
+        );
+    }
 }
 
 /// What a ticker (see [`ticker`]) must show once it is disabled and quiet, after a disturbance at `around`: only
@@ -74,6 +93,7 @@ fn assert_ticker_lost_and_duplicated_nothing(name: &str, execs: &[Exec], dir: &P
 
     let mut slots: Vec<Timestamp> = execs.iter().map(|e| e.scheduled_at).collect();
     slots.sort();
+    assert!(!slots.is_empty(), "{name}: no execution at all");
     let gaps: Vec<String> = slots
         .windows(2)
         .filter(|p| p[1].duration_since(p[0]) != SignedDuration::from_secs(1))
@@ -86,6 +106,25 @@ fn assert_ticker_lost_and_duplicated_nothing(name: &str, execs: &[Exec], dir: &P
         "{name}: the slots ({first} to {last}) do not span the disturbance at {around}\n{}",
         runs(execs)
     );
+}
+
+/// The list-peers table is read by column, so an empty cell (a server gossip no longer knows by name) stays empty.
+#[test]
+fn list_peers_tables_are_read_by_column() {
+    let table = concat!(
+        "Node  ID                   Address          State     Voter\n",
+        "      1377886421774414589  127.0.0.1:35129  follower  true\n",
+        "s1    1695878622933738081  127.0.0.1:42679  leader    true\n",
+    );
+    let peers = parse_peers(table);
+    assert_eq!(peers.len(), 2, "{peers:#?}");
+    assert_eq!((peers[0].node.as_str(), peers[0].id.as_str(), peers[0].voter), ("", "1377886421774414589", true));
+    assert!(peers[1].is_leader() && peers[1].node == "s1" && peers[1].address == "127.0.0.1:42679");
+    let piped =
+        "| Node | ID | Address | State | Voter |\n|---|---|---|---|---|\n| s2 | 7 | 127.0.0.1:1 | Follower | false |\n";
+    let peers = parse_peers(piped);
+    assert_eq!(peers.len(), 1, "{peers:#?}");
+    assert_eq!((peers[0].node.as_str(), peers[0].state.as_str(), peers[0].voter), ("s2", "Follower", false));
 }
 
 /// Three servers and two agents form one cluster; a follower takes writes. A job tagged `pool: a` runs only on
@@ -101,21 +140,23 @@ async fn cluster_forms_and_runs_jobs_where_tags_say() {
     let tagged = with(ticker("tagged", &dir), json!({"tags": {"pool": "a"}}));
     cluster.write_via(Some(follower), "POST", "/v1/jobs", Some(&tagged), &[201]).await;
     cluster.write_via(Some(follower), "POST", "/v1/jobs", Some(&ticker("untagged", &dir)), &[201]).await;
-    let mut history = BTreeMap::new();
-    for name in ["tagged", "untagged"] {
-        let execs = cluster
+    let names = ["tagged".to_string(), "untagged".to_string()];
+    for name in &names {
+        cluster
             .wait_executions(name, "three finished runs", secs(30), |e| e.iter().filter(|x| x.is_final()).count() >= 3)
             .await;
-        history.insert(name, execs);
     }
+    // Stop them, so the records and the side-effect files are compared at rest.
+    cluster.disable_all(&names).await;
+    let history = cluster.wait_quiet(&names, secs(30)).await;
 
     let tagged = &history["tagged"];
     let elsewhere: Vec<&Exec> = tagged.iter().filter(|e| e.is_final() && e.node_name != "a1").collect();
     assert!(elsewhere.is_empty(), "the job tagged pool=a ran off a1: {elsewhere:?}\n{}", runs(tagged));
     let untagged = &history["untagged"];
-    let names: BTreeSet<String> = (0..cluster.len()).map(|i| cluster.node_name(i).to_string()).collect();
+    let node_names: BTreeSet<String> = (0..cluster.len()).map(|i| cluster.node_name(i).to_string()).collect();
     for exec in untagged.iter().filter(|e| e.is_final()) {
-        assert!(names.contains(&exec.node_name), "untagged ran on an unknown node: {exec:?}\n{}", runs(untagged));
+        assert!(node_names.contains(&exec.node_name), "untagged ran on an unknown node: {exec:?}\n{}", runs(untagged));
         assert_eq!(exec.status, "succeeded", "{}", runs(untagged));
     }
     for (name, execs) in &history {
@@ -124,10 +165,10 @@ async fn cluster_forms_and_runs_jobs_where_tags_say() {
 
     for i in cluster.live_servers() {
         let server = cluster.server(i);
-        let job = wait_for(&format!("{} serves the tagged job", server.name()), secs(10), async || {
+        let job = wait_for(&format!("{} serves the tagged job, disabled", server.name()), secs(10), async || {
             let reply = server.try_request("GET", "/v1/jobs/tagged", None, secs(5)).await;
             match reply {
-                Some(r) if r.status == 200 => Ok(r.json),
+                Some(r) if r.status == 200 && r.json["disabled"] == true => Ok(r.json),
                 other => Err(format!("{other:?}")),
             }
         })

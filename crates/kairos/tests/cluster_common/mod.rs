@@ -10,7 +10,8 @@
 //!
 //! Nothing sleeps for correctness: every wait polls until a deadline and, when it gives up, names what it waited
 //! for and what it saw last. When a test panics, the harness's event log and the tail of every node's log are
-//! printed; dropping the cluster stops every process (SIGCONT, SIGTERM, then SIGKILL).
+//! printed, and the full logs are kept in `$TMPDIR/kairos-cluster-logs-<test>-<pid>/`; dropping the cluster
+//! stops every process (SIGCONT, SIGTERM, then SIGKILL).
 
 #![allow(dead_code)]
 
@@ -122,19 +123,41 @@ impl Peer {
     }
 }
 
-/// Read the `Node ID Address State Voter` table (columns found by their header; ruler lines and `|` ignored).
+/// Read the `Node ID Address State Voter` table. Columns are found by their header: cells lie under their header
+/// word (a cell may be empty, e.g. the name of a server gossip no longer knows), or between `|` when the table has
+/// them; ruler lines are skipped.
 pub fn parse_peers(table: &str) -> Vec<Peer> {
-    let cells = |line: &str| -> Vec<String> {
-        line.split(|c: char| c.is_whitespace() || c == '|').filter(|s| !s.is_empty()).map(String::from).collect()
-    };
-    let mut lines = table.lines();
-    let header = lines
-        .by_ref()
-        .map(cells)
-        .find(|h| h.iter().any(|c| c.eq_ignore_ascii_case("node")) && h.iter().any(|c| c.eq_ignore_ascii_case("voter")))
+    let lines: Vec<&str> = table.lines().collect();
+    let header_at = lines
+        .iter()
+        .position(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("node") && l.contains("voter")
+        })
         .unwrap_or_else(|| panic!("no 'Node … Voter' header in the list-peers output:\n{table}"));
+    let header = lines[header_at];
+    let piped = header.contains('|');
+    // Each line as its cells: between pipes, or under the header words (char offsets where each word starts).
+    let header_chars: Vec<char> = header.chars().collect();
+    let starts: Vec<usize> = (0..header_chars.len())
+        .filter(|&i| !header_chars[i].is_whitespace() && (i == 0 || header_chars[i - 1].is_whitespace()))
+        .collect();
+    let cells = |line: &str| -> Vec<String> {
+        if piped {
+            let trimmed = line.trim().trim_matches('|');
+            return trimmed.split('|').map(|c| c.trim().to_string()).collect();
+        }
+        let chars: Vec<char> = line.chars().collect();
+        let cell = |from: usize, to: usize| -> String {
+            chars.get(from.min(chars.len())..to.min(chars.len())).unwrap_or_default().iter().collect::<String>()
+        };
+        (0..starts.len())
+            .map(|k| cell(starts[k], starts.get(k + 1).copied().unwrap_or(usize::MAX)).trim().to_string())
+            .collect()
+    };
+    let titles = cells(header);
     let column = |name: &str| {
-        header
+        titles
             .iter()
             .position(|c| c.eq_ignore_ascii_case(name))
             .unwrap_or_else(|| panic!("no '{name}' column in the list-peers output:\n{table}"))
@@ -142,11 +165,12 @@ pub fn parse_peers(table: &str) -> Vec<Peer> {
     let (node, id, address, state, voter) =
         (column("node"), column("id"), column("address"), column("state"), column("voter"));
     let ruler = |line: &str| line.chars().all(|c| c.is_whitespace() || "-=+|".contains(c));
-    lines
+    lines[header_at + 1..]
+        .iter()
         .filter(|line| !ruler(line))
         .map(|line| {
             let row = cells(line);
-            assert!(row.len() >= header.len(), "list-peers row {line:?} does not fill the columns of:\n{table}");
+            assert!(row.len() >= titles.len(), "list-peers row {line:?} does not fill the columns of:\n{table}");
             Peer {
                 node: row[node].clone(),
                 id: row[id].clone(),
@@ -973,18 +997,29 @@ impl Drop for Cluster {
             }
         }
         if std::thread::panicking() {
-            eprintln!("--- cluster events ---");
-            for event in self.events.lock().map(|e| e.clone()).unwrap_or_default() {
-                eprintln!("{event}");
+            let events = self.events.lock().map(|e| e.join("\n")).unwrap_or_default();
+            eprintln!("--- cluster events ---\n{events}");
+            // The full logs are kept (the temporary directory is not): tails may be all heartbeat warnings.
+            let test = std::thread::current().name().unwrap_or("cluster").replace("::", "-");
+            let kept = std::env::temp_dir().join(format!("kairos-cluster-logs-{test}-{}", std::process::id()));
+            let kept = std::fs::create_dir_all(&kept).is_ok().then_some(kept);
+            if let Some(dir) = &kept {
+                let _ = std::fs::write(dir.join("events.log"), &events);
             }
             for node in &self.nodes {
                 let log = node.log.lock().map(|l| l.clone()).unwrap_or_default();
+                if let Some(dir) = &kept {
+                    let _ = std::fs::write(dir.join(format!("{}.log", node.name)), &log);
+                }
                 let lines: Vec<&str> = log.lines().collect();
                 let tail = &lines[lines.len().saturating_sub(LOG_LINES_ON_FAILURE)..];
                 eprintln!("--- log of {} ({} lines, last {} shown) ---", node.name, lines.len(), tail.len());
                 for line in tail {
                     eprintln!("{line}");
                 }
+            }
+            if let Some(dir) = &kept {
+                eprintln!("--- full logs kept in {} ---", dir.display());
             }
         }
     }
