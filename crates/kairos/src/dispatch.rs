@@ -39,6 +39,9 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(1);
 const ORDER_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a node an order could not reach is avoided.
 const UNREACHABLE_FOR: Duration = Duration::from_secs(5);
+/// How long a due run may wait for a live node that matches its job's tags before it fails (nodes that are
+/// starting or rejoining get this long to appear).
+pub const PLACE_GRACE: Duration = Duration::from_secs(10);
 
 /// Executions this leader has handed out, with when and to which node.
 #[derive(Default)]
@@ -117,6 +120,7 @@ pub fn after_commit(node: &Node, response: &Response) {
             _ => ready.push((exec, None)),
         }
     }
+    // What cannot be placed now waits for the sweep (a node with the right tags may still appear).
     dispatch(node, ready);
     if later {
         node.dispatch_wake.notify_one();
@@ -145,15 +149,17 @@ pub fn stop_run(node: &Node, exec_ref: &ExecRef, reason: &str) {
     });
 }
 
-/// Claim, place and send runs (with their start instant, if early). Runs that cannot be placed now stay
-/// pending and unclaimed; the sweep tries again.
-pub fn dispatch(node: &Node, runs: Vec<(&Execution, Option<Timestamp>)>) {
+/// Claim, place and send runs (with their start instant, if early). Runs that cannot be placed now (no live
+/// node matches the job's tags) stay pending and unclaimed and are answered; the sweep tries again, and fails
+/// them after [`PLACE_GRACE`].
+pub fn dispatch<'e>(node: &Node, runs: Vec<(&'e Execution, Option<Timestamp>)>) -> Vec<&'e Execution> {
+    let mut unplaced = Vec::new();
     if runs.is_empty() || node.is_stopping() {
-        return;
+        return unplaced;
     }
     let term = term_of(node);
     if term == 0 {
-        return; // leadership not settled yet: the takeover's first sweep dispatches
+        return unplaced; // leadership not settled yet: the takeover's first sweep dispatches
     }
     let mut members = eligible_members(node);
     let mut local = Vec::new();
@@ -175,7 +181,7 @@ pub fn dispatch(node: &Node, runs: Vec<(&Execution, Option<Timestamp>)>) {
             });
             let Some(job) = job.as_ref() else { continue };
             let Some(target) = place(&mut members, job, exec, &claims) else {
-                warn!("no live node matches the tags of job {} ({:?}); it stays pending", job.name, job.tags);
+                unplaced.push(exec);
                 continue;
             };
             claims.claim(exec_ref, &target.name);
@@ -200,6 +206,7 @@ pub fn dispatch(node: &Node, runs: Vec<(&Execution, Option<Timestamp>)>) {
     for (name, (rpc_addr, orders)) in remote {
         send_orders(node, name, rpc_addr, orders);
     }
+    unplaced
 }
 
 /// Live nodes that take runs (servers and agents, not left), in name order.
@@ -547,11 +554,32 @@ async fn sweep(
             _ => {}
         }
     }
-    dispatch(node, due);
-    if lost.is_empty() {
+    let unplaced = dispatch(node, due);
+    let mut results = Vec::new();
+    for exec in unplaced {
+        let since = exec.not_before.unwrap_or(exec.scheduled_at);
+        if now.duration_since(since).unsigned_abs() < PLACE_GRACE || since > now {
+            continue;
+        }
+        let tags = node.state.definition(&exec.job_name).ok().flatten().map(|j| j.tags.clone()).unwrap_or_default();
+        warn!("execution {}/{} failed: no live node matches the job's tags {tags:?}", exec.job_name, exec.id);
+        results.push(Finish {
+            exec: ExecRef { job: exec.job_name.clone(), id: exec.id.clone() },
+            status: ExecutionStatus::Failed,
+            exit_code: None,
+            error: Some(format!("no live node matches the job's tags {tags:?} (waited {PLACE_GRACE:?})")),
+            output_tail: String::new(),
+            output_bytes: 0,
+            node: String::new(),
+            started_at: None,
+            finished_at: now,
+            retry_at: crate::node::retry_instant(node, &exec.job_name, exec.attempt, now),
+            only_if_lease_expired: false,
+        });
+    }
+    if lost.is_empty() && results.is_empty() {
         return Ok(next_retry);
     }
-    let mut results = Vec::with_capacity(lost.len());
     for (exec, reason, disowned) in lost {
         warn!("execution {}/{} {reason}", exec.job_name, exec.id);
         let retry_at = crate::node::retry_instant(node, &exec.job_name, exec.attempt, now);

@@ -590,3 +590,37 @@ async fn a_slot_cancelled_before_its_instant_never_starts() {
 fn server_exec(execs: &[Exec], id: &str) -> Exec {
     execs.iter().find(|e| e.id == id).cloned().expect("the execution is still stored")
 }
+
+/// Tags place runs: a job whose tags match this node runs here; one whose tags match no live node does not run
+/// anywhere, and its due runs fail (after a grace for nodes to appear) with an error naming the tags, instead
+/// of piling up as pending.
+#[tokio::test(flavor = "multi_thread")]
+async fn tags_choose_where_a_job_runs_and_unmatched_tags_fail_visibly() {
+    let server = Server::fresh(&["--tag", "zone=eu"]).await;
+    server
+        .create_job(&json!({
+            "name": "here", "schedule": "@manually", "executor": "shell", "tags": {"zone": "eu"},
+            "executor_config": {"command": "echo on $KAIROS_NODE_NAME", "shell": "true"}
+        }))
+        .await;
+    server
+        .create_job(&json!({
+            "name": "nowhere", "schedule": "@manually", "executor": "shell", "tags": {"zone": "us"},
+            "executor_config": {"command": "echo never"}
+        }))
+        .await;
+    server.post_empty("/v1/jobs/here/run").await.expect(202);
+    server.post_empty("/v1/jobs/nowhere/run").await.expect(202);
+    let here = server.wait_executions("here", "the matching job ran", secs(30), |e| e.iter().any(Exec::is_final)).await;
+    assert_eq!(here[0].status, "succeeded", "{}", summary(&here));
+    assert!(here[0].output.contains(&format!("on {}", server.node_name)), "output: {:?}", here[0].output);
+    let nowhere = server
+        .wait_executions("nowhere", "the unplaceable run failed", secs(40), |e| e.iter().any(Exec::is_final))
+        .await;
+    assert_eq!(nowhere.len(), 1, "{}", summary(&nowhere));
+    let failed = &nowhere[0];
+    assert_eq!((failed.status.as_str(), failed.started_at), ("failed", None), "{failed:?}");
+    let record = server.get(&format!("/v1/jobs/nowhere/executions/{}", failed.id)).await;
+    let error = record.json["error"].as_str().unwrap_or_default();
+    assert!(error.contains("no live node matches") && error.contains("us"), "error: {error:?}");
+}

@@ -271,19 +271,19 @@ async fn the_ui_is_served_at_ui_and_can_be_turned_off() {
     assert_eq!(status, 200, "the API stays on");
 }
 
-/// Jobs with some history, so the pages have something to show.
+/// Jobs with some history, so the pages have something to show (the server must have the tag zone=eu-west).
 async fn seed(server: &Server) {
     let shell = |command: &str| json!({"command": command, "shell": "true"});
     let jobs = [
         json!({"name": "heartbeat", "displayname": "Heartbeat", "schedule": "@every 1s", "executor": "shell",
-               "executor_config": shell("echo beat at $(date -u +%H:%M:%S)"), "tags": {"team": "platform"}}),
+               "executor_config": shell("echo beat at $(date -u +%H:%M:%S)"), "tags": {"zone": "eu-west"}, "metadata": {"team": "platform"}}),
         json!({"name": "flaky-sync", "displayname": "Sync from the warehouse (flaky)", "schedule": "*/2 * * * * *",
                "executor": "shell", "executor_config": shell("echo syncing; if [ $(( $(date +%s) % 3 )) -eq 0 ]; then echo 'upstream timed out' >&2; exit 3; fi; echo done"),
-               "retries": 1, "retry_backoff": "1s", "tags": {"team": "data"}}),
+               "retries": 1, "retry_backoff": "1s", "tags": {"zone": "eu-west"}, "metadata": {"team": "data"}}),
         json!({"name": "nightly-backup", "displayname": "Nightly database backup", "schedule": "0 30 2 * * *",
                "timezone": "Europe/Berlin", "owner": "ops", "owner_email": "ops@example.com", "executor": "shell",
-               "executor_config": shell("echo dumping 3 databases; echo backup complete"), "tags": {"team": "ops"},
-               "metadata": {"tier": "critical"}, "retries": 2, "concurrency": "forbid"}),
+               "executor_config": shell("echo dumping 3 databases; echo backup complete"), "tags": {"zone": "eu-west"},
+               "metadata": {"tier": "critical", "team": "ops"}, "retries": 2, "concurrency": "forbid"}),
         json!({"name": "backup-report", "parent_job": "nightly-backup", "executor": "shell",
                "executor_config": shell("echo mailing the report")}),
         json!({"name": "api-health", "displayname": "API health check", "schedule": "@every 5s", "executor": "http",
@@ -312,7 +312,8 @@ async fn seed(server: &Server) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn screenshots_of_the_main_pages() {
     let _one_browser = serial().await;
-    let server = Server::start(&["--node-name", "kairos-1"]).await;
+    // Jobs are placed by tags: the seeded jobs run on nodes tagged zone=eu-west.
+    let server = Server::start(&["--node-name", "kairos-1", "--tag", "zone=eu-west"]).await;
     seed(&server).await;
     let (_, failed) = server.api("GET", "/v1/jobs/flaky-sync/executions?status=failed", None).await;
     let failed_id = failed[0]["id"].as_str().unwrap().to_string();

@@ -62,6 +62,7 @@ impl Server {
         let data = dir.path().join("data");
         let mut child = Command::new(KAIROS_BIN)
             .args(["agent", "--server", "--bootstrap-expect", "1", "--http-addr", "127.0.0.1:0", "--rpc-port", "0"])
+            .args(["--bind-addr", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&data)
             .args(extra)
