@@ -258,7 +258,13 @@ pub fn follow_output(
         }
         loop {
             let running = worker.is_running(&exec);
-            let text = outputs.read(&exec.job, &exec.id).ok().flatten().unwrap_or_default();
+            // A run that just ended may have had its in-memory output dropped already: its tail is remembered.
+            let text = outputs
+                .read(&exec.job, &exec.id)
+                .ok()
+                .flatten()
+                .or_else(|| worker.recent_output(&exec))
+                .unwrap_or_default();
             if text.len() > sent {
                 let start = (sent..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
                 let chunk = text[start..].to_string();

@@ -29,6 +29,8 @@ use crate::scheduler::time_until;
 
 /// How long the reporter waits after the first report of a batch for more to join it.
 const REPORT_LINGER: Duration = Duration::from_millis(5);
+/// How many finished runs' output tails the worker remembers for followers.
+const RECENT_OUTPUTS: usize = 1024;
 /// How often a launch the fence holds back is asked about again.
 const FENCE_RETRY: Duration = Duration::from_millis(50);
 
@@ -122,6 +124,9 @@ pub struct Worker {
     reports: UnboundedSender<Report>,
     /// Finishes sent but not committed yet.
     unreported: Arc<Mutex<HashSet<ExecRef>>>,
+    /// The final output tails of the latest finished runs: an output that fits in the tail is never written to
+    /// a file, so followers of a run that just ended read its last part here.
+    recent: Arc<Mutex<std::collections::VecDeque<(ExecRef, String)>>>,
     /// Reports sent but not yet committed; shutdown waits for zero.
     in_flight: Arc<AtomicUsize>,
 }
@@ -152,6 +157,7 @@ impl Worker {
             dropped: dropped_tx,
             reports: reports_tx,
             unreported: Arc::new(Mutex::new(HashSet::new())),
+            recent: Arc::new(Mutex::new(std::collections::VecDeque::new())),
             in_flight: Arc::new(AtomicUsize::new(0)),
         };
         (worker, WorkerChannels { reports, dropped, timer })
@@ -177,6 +183,12 @@ impl Worker {
 
     pub fn is_running(&self, exec_ref: &ExecRef) -> bool {
         self.running.lock().expect("running lock").contains_key(exec_ref)
+    }
+
+    /// The final output tail of a run of this worker that finished lately, if it is still remembered.
+    pub fn recent_output(&self, exec: &ExecRef) -> Option<String> {
+        let recent = self.recent.lock().expect("recent lock");
+        recent.iter().rev().find(|(r, _)| r == exec).map(|(_, tail)| tail.clone())
     }
 
     pub fn running_refs(&self) -> Vec<ExecRef> {
@@ -362,6 +374,13 @@ impl Worker {
             ExecutionStatus::Cancelled => cancel_reason.or(outcome.error),
             _ => outcome.error,
         };
+        {
+            let mut recent = self.recent.lock().expect("recent lock");
+            if recent.len() >= RECENT_OUTPUTS {
+                recent.pop_front();
+            }
+            recent.push_back((exec_ref.clone(), outcome.output_tail.clone()));
+        }
         self.report(Report::Finish(Finish {
             exec: exec_ref.clone(),
             status,

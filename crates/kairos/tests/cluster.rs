@@ -15,6 +15,7 @@ use std::path::Path;
 
 use cluster_common::*;
 use common::*;
+use futures::StreamExt;
 use jiff::SignedDuration;
 
 /// `prefix-00`, `prefix-01`, …
@@ -533,4 +534,276 @@ async fn servers_restart_one_by_one_then_all_at_once() {
     let execs =
         cluster.wait_executions("after", "its run finished", secs(30), |e| e.len() == 1 && e[0].is_final()).await;
     assert_eq!(execs[0].status, "succeeded", "{}", runs(&execs));
+}
+
+/// The names of the Raft configuration as `kairos raft list-peers` on server `i` lists it, sorted, if every one
+/// is a voter and exactly one row is the leader; `Err` (for polling) with the table otherwise.
+async fn voters_under_one_leader(cluster: &Cluster, i: usize) -> Result<(Vec<String>, Vec<Peer>), String> {
+    let peers = cluster.raft_peers(i).await;
+    let mut names: Vec<String> = peers.iter().map(|p| p.node.clone()).collect();
+    names.sort();
+    let leaders = peers.iter().filter(|p| p.is_leader()).count();
+    if peers.iter().all(|p| p.voter) && leaders == 1 {
+        Ok((names, peers))
+    } else {
+        Err(format!("{} lists {peers:#?}", cluster.node_name(i)))
+    }
+}
+
+/// Wait until `kairos raft list-peers` on every live server lists exactly the live servers, all voters, under
+/// the leader every live server knows; returns the leader's index.
+async fn wait_peers_are_the_live_servers(cluster: &Cluster, when: &str) -> usize {
+    let mut expected: Vec<String> = cluster.live_servers().iter().map(|&i| cluster.node_name(i).to_string()).collect();
+    expected.sort();
+    let what = format!("every live server lists the voters {expected:?} under the leader {when}");
+    let leader = wait_for(&what, FORM_DEADLINE, async || {
+        let leader = cluster.leader().await?;
+        for i in cluster.live_servers() {
+            let (names, peers) = voters_under_one_leader(cluster, i).await?;
+            let leaders: Vec<&str> = peers.iter().filter(|p| p.is_leader()).map(|p| p.node.as_str()).collect();
+            if names != expected || leaders != [cluster.node_name(leader)] {
+                let name = cluster.node_name(i);
+                return Err(format!("{} leads; {name} lists {peers:#?}", cluster.node_name(leader)));
+            }
+        }
+        Ok(leader)
+    })
+    .await;
+    cluster.note(&format!("every live server lists the voters {expected:?} {when}"));
+    leader
+}
+
+/// Run `job` through server `via` and wait until the run succeeded.
+async fn run_to_success(cluster: &Cluster, via: usize, job: &str) -> Exec {
+    let before = cluster.executions(job).await.len();
+    cluster.write_via(Some(via), "POST", &format!("/v1/jobs/{job}/run"), None, &[202]).await;
+    let execs = cluster
+        .wait_executions(job, "the new run finished", secs(30), |e| e.len() > before && e.iter().all(Exec::is_final))
+        .await;
+    let newest = execs.iter().max_by_key(|e| (e.scheduled_at, e.id.clone())).expect("a run");
+    assert_eq!(newest.status, "succeeded", "{job} run through {}:\n{}", cluster.node_name(via), runs(&execs));
+    newest.clone()
+}
+
+/// A fourth server started later with an empty data directory, `--bootstrap-expect 3` and `--retry-join` to the
+/// others is added by the leader (learner, then voter): `kairos raft list-peers` on every server lists four voters
+/// under one leader, and the newcomer serves the jobs created before it joined and takes runs. Then the leader
+/// is killed (`kill -9`): the three others elect a leader (a quorum of four needs the newcomer's vote), `kairos raft
+/// remove-peer` sent to a follower removes the dead server, every server lists the three left, and the cluster
+/// still takes writes and runs jobs. Removing an ID that is not (or no longer) a member exits non-zero, naming
+/// `peer-id`.
+#[tokio::test(flavor = "multi_thread")]
+async fn joining_and_removing_servers() {
+    let mut cluster = Cluster::start(3, &[], &[]).await;
+    cluster.wait_formed().await;
+    let names = job_names("before", 3);
+    for name in &names {
+        cluster.create_job(&shell_job(name, "@manually", &format!("echo {name}"))).await;
+    }
+
+    let joined = cluster.add_server(&[]).await;
+    let newcomer = cluster.node_name(joined).to_string();
+    assert!(
+        cluster.node(joined).data_dir().join("node-id").exists(),
+        "{newcomer} keeps its Raft id in its own data dir"
+    );
+    cluster.wait_formed().await;
+    let leader = wait_peers_are_the_live_servers(&cluster, &format!("after {newcomer} joined")).await;
+    assert_eq!(cluster.live_servers().len(), 4);
+
+    let server = cluster.server(joined);
+    let served = wait_for(&format!("{newcomer} serves the jobs created before it joined"), secs(30), async || {
+        let reply = server.try_request("GET", "/v1/jobs", None, secs(5)).await.ok_or("no answer")?;
+        if reply.status != 200 {
+            return Err(format!("{} {}", reply.status, reply.text));
+        }
+        let mut listed: Vec<String> =
+            reply.items().iter().filter_map(|j| j["name"].as_str().map(String::from)).collect();
+        listed.sort();
+        if listed == names { Ok(listed) } else { Err(format!("{newcomer} lists {listed:?}")) }
+    })
+    .await;
+    cluster.note(&format!("{newcomer} serves {served:?}"));
+    let run = run_to_success(&cluster, joined, &names[0]).await;
+    assert!(run.output.contains(&names[0]), "{run:?}");
+
+    // The dead server's Raft ID, while gossip still names it.
+    let victim = leader;
+    let dead = cluster.node_name(victim).to_string();
+    let peers = cluster.raft_peers(joined).await;
+    let dead_id = peers
+        .iter()
+        .find(|p| p.node == dead)
+        .unwrap_or_else(|| panic!("{newcomer} does not list {dead}: {peers:#?}"))
+        .id
+        .clone();
+    cluster.kill9(victim).await;
+    let new_leader = cluster.wait_leader().await;
+    assert_ne!(new_leader, victim);
+    cluster.note(&format!("new leader {} without {dead}", cluster.node_name(new_leader)));
+    let peers = cluster.raft_peers(new_leader).await;
+    assert!(peers.iter().any(|p| p.id == dead_id), "{dead} ({dead_id}) is still a member until removed: {peers:#?}");
+
+    let via = cluster.live_servers().into_iter().find(|&i| i != new_leader).expect("a follower");
+    let out = cluster.raft_remove_peer(via, &dead_id).await;
+    assert!(
+        out.status.success(),
+        "raft remove-peer {dead_id} ({dead}) on {}: {}\nstdout: {}\nstderr: {}",
+        cluster.node_name(via),
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+    assert!(out.stdout.contains(&dead_id), "remove-peer says what it removed: {:?}", out.stdout);
+    wait_peers_are_the_live_servers(&cluster, &format!("after {dead} was removed")).await;
+    for i in cluster.live_servers() {
+        let peers = cluster.raft_peers(i).await;
+        assert!(peers.iter().all(|p| p.id != dead_id), "{} still lists {dead_id}: {peers:#?}", cluster.node_name(i));
+    }
+
+    for (bad, why) in [(dead_id.as_str(), "no longer a member"), ("12345", "never a member"), ("abc", "not a number")] {
+        let out = cluster.raft_remove_peer(via, bad).await;
+        assert!(
+            !out.status.success(),
+            "raft remove-peer {bad} ({why}) succeeded:\nstdout: {}\nstderr: {}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(out.stderr.contains("peer-id"), "raft remove-peer {bad} ({why}): stderr {:?}", out.stderr);
+    }
+    wait_peers_are_the_live_servers(&cluster, "after the refused removals").await;
+
+    cluster.wait_formed().await;
+    cluster.create_job(&shell_job("after", "@manually", "echo after")).await;
+    for i in cluster.live_servers() {
+        let run = run_to_success(&cluster, i, "after").await;
+        assert!(run.output.contains("after"), "{run:?}");
+    }
+}
+
+/// Where two texts first differ, for failure messages that must not print 20 KB.
+fn first_difference(got: &str, expected: &str) -> String {
+    let at = got.bytes().zip(expected.bytes()).position(|(a, b)| a != b).unwrap_or(got.len().min(expected.len()));
+    let around = |text: &str| {
+        let from = (at.saturating_sub(40)..=at).find(|&i| text.is_char_boundary(i)).unwrap_or(at);
+        let to = (at + 40..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
+        text.get(from..to).unwrap_or_default().to_string()
+    };
+    format!(
+        "{} bytes, expected {}; first difference at byte {at}: got {:?}, expected {:?}",
+        got.len(),
+        expected.len(),
+        around(got),
+        around(expected)
+    )
+}
+
+/// The full output of a run lives on the node that ran it, and every server serves it. A job pinned to agent
+/// `a1` prints 20 KB: the replicated record keeps only its last 4 KiB, yet `GET …/executions/{id}` and
+/// `…/output` on every server answer all of it, fetched from `a1`. A job pinned to `a1` printing a line a second
+/// is followed from a follower (`…/output?follow=true&consistent`): the first line arrives while the run is still
+/// going, and the chunked text/plain answer ends when the run ends, with all five lines. `follow=maybe` is refused
+/// (400, naming `follow`). A job created through the leader is served at once by a follower asked `?consistent`.
+#[tokio::test(flavor = "multi_thread")]
+async fn output_is_served_by_any_server_and_followed_live() {
+    let cluster = Cluster::start(3, &[("a1", &["pool=a"])], &[]).await;
+    let leader = cluster.wait_formed().await;
+    let follower = cluster.live_servers().into_iter().find(|&i| i != leader).expect("a follower");
+    let on_follower = cluster.server(follower);
+
+    for n in 0..5 {
+        let name = format!("consistent-{n}");
+        let job = shell_job(&name, "@manually", "true");
+        cluster.write_via(Some(leader), "POST", "/v1/jobs", Some(&job), &[201]).await;
+        let reply = on_follower.get(&format!("/v1/jobs/{name}?consistent")).await;
+        assert_eq!(reply.status, 200, "{name} right after its creation, on {}: {}", on_follower.name(), reply.text);
+        assert_eq!(reply.json["name"], name.as_str(), "{}", reply.text);
+    }
+
+    // 400 lines of 51 bytes: 20 400 bytes, five times what the record keeps.
+    let filler = "0123456789".repeat(4);
+    let lines = 400;
+    let command = format!("i=1; while [ $i -le {lines} ]; do printf 'line %04d {filler}\\n' $i; i=$((i+1)); done");
+    let expected: String = (1..=lines).map(|i| format!("line {i:04} {filler}\n")).collect();
+    let pinned = json!({"tags": {"pool": "a"}});
+    let big = with(shell_job("big", "@manually", &command), pinned.clone());
+    cluster.write_via(Some(leader), "POST", "/v1/jobs", Some(&big), &[201]).await;
+    let run = run_to_success(&cluster, leader, "big").await;
+    assert_eq!(run.node_name, "a1", "{run:?}");
+    assert!(
+        run.output.len() <= 4096 && run.output.len() < expected.len() && expected.ends_with(&run.output),
+        "the record keeps the last 4 KiB: {}",
+        first_difference(&run.output, &expected)
+    );
+    let id = &run.id;
+    for i in cluster.live_servers() {
+        let server = cluster.server(i);
+        let reply = server.get(&format!("/v1/jobs/big/executions/{id}?consistent")).await;
+        assert_eq!(reply.status, 200, "{}: {}", server.name(), reply.text);
+        let output = reply.json["output"].as_str().unwrap_or_default();
+        assert!(
+            output == expected,
+            "the execution's output on {}: {}",
+            server.name(),
+            first_difference(output, &expected)
+        );
+        let reply = server.get(&format!("/v1/jobs/big/executions/{id}/output?consistent")).await;
+        assert_eq!(reply.status, 200, "{}: {}", server.name(), reply.text);
+        let content_type = reply.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        assert!(content_type.starts_with("text/plain"), "{}: content-type {content_type:?}", server.name());
+        assert!(reply.text == expected, "…/output on {}: {}", server.name(), first_difference(&reply.text, &expected));
+    }
+
+    let command = "for i in 1 2 3 4 5; do if [ $i -gt 1 ]; then sleep 1; fi; echo \"tick $i\"; done";
+    let follow = with(shell_job("follow", "@manually", command), pinned);
+    cluster.write_via(Some(leader), "POST", "/v1/jobs", Some(&follow), &[201]).await;
+    cluster.write_via(Some(leader), "POST", "/v1/jobs/follow/run", None, &[202]).await;
+    let execs = cluster.wait_executions("follow", "its run is recorded", secs(20), |e| e.len() == 1).await;
+    let id = execs[0].id.clone();
+    let record_path = format!("/v1/jobs/follow/executions/{id}");
+
+    let response = on_follower.get_streaming(&format!("{record_path}/output?follow=true&consistent"), secs(40)).await;
+    let status = response.status().as_u16();
+    let header =
+        |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let (content_type, encoding) = (header("content-type"), header("transfer-encoding"));
+    assert_eq!(status, 200, "follow on {}: {}", on_follower.name(), response.text().await.unwrap_or_default());
+    assert!(content_type.starts_with("text/plain"), "follow: content-type {content_type:?}");
+    assert_eq!(encoding, "chunked", "follow streams its answer");
+    let mut stream = response.bytes_stream();
+    let mut body = Vec::new();
+    let mut arrivals = Vec::new();
+    let mut while_first_line: Option<(Timestamp, Exec)> = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap_or_else(|e| {
+            panic!("the followed output broke off after {:?}: {e}", String::from_utf8_lossy(&body))
+        });
+        body.extend_from_slice(&chunk);
+        arrivals.push(format!("{} {:?}", Timestamp::now(), String::from_utf8_lossy(&chunk)));
+        if while_first_line.is_none() && body.starts_with(b"tick 1\n") {
+            let seen_at = Timestamp::now();
+            let reply = on_follower.get(&record_path).await;
+            assert_eq!(reply.status, 200, "{}", reply.text);
+            let record: Exec = serde_json::from_value(reply.json).expect("an execution");
+            while_first_line = Some((seen_at, record));
+        }
+    }
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let arrivals = arrivals.join("\n");
+    let execs = cluster.wait_executions("follow", "its run finished", secs(20), |e| e.iter().all(Exec::is_final)).await;
+    let run = &execs[0];
+    assert_eq!((run.status.as_str(), run.node_name.as_str()), ("succeeded", "a1"), "{}", runs(&execs));
+    let (first_seen_at, record) =
+        while_first_line.unwrap_or_else(|| panic!("the first line never came first; chunks:\n{arrivals}"));
+    assert!(record.is_active(), "the first line came only once the run was over: {record:?}\nchunks:\n{arrivals}");
+    let finished_at = run.finished_at.expect("a finished run has finished_at");
+    assert!(
+        first_seen_at < finished_at,
+        "the first line came at {first_seen_at}, after the run finished at {finished_at}\nchunks:\n{arrivals}"
+    );
+
+    let reply = on_follower.get(&format!("{record_path}/output?follow=maybe")).await;
+    reply.expect_error(400, "follow");
+
+    assert_eq!(body, "tick 1\ntick 2\ntick 3\ntick 4\ntick 5\n", "the followed output, in chunks:\n{arrivals}");
 }

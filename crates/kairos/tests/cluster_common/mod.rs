@@ -2,8 +2,9 @@
 //! the HTTP API) and agent-only nodes, each with its own data directory, gossip port and captured log.
 //!
 //! Nodes are addressed by index: the servers first (`s1`, `s2`, … at 0, 1, …), then the agents in the order
-//! given. Every process of a (re)start is spawned before any is waited for, since a server may announce itself
-//! only once the cluster has the servers it expects. The harness kills (`SIGKILL`), pauses (`SIGSTOP`), resumes,
+//! given, then the servers added later ([`Cluster::add_server`]: `s4`, … with empty data directories). Every
+//! process of a (re)start is spawned before any is waited for, since a server may announce itself only once the
+//! cluster has the servers it expects. The harness kills (`SIGKILL`), pauses (`SIGSTOP`), resumes,
 //! stops (`SIGTERM`) and restarts nodes, and finds the leader by asking every live server. A restarted node keeps
 //! its data directory, its gossip port and the RPC port it bound the first time (as a server with a configured
 //! port would); its HTTP port is picked afresh and read from its log again.
@@ -236,8 +237,9 @@ impl Drop for Leftovers {
     }
 }
 
-/// Free ports for gossip, free for UDP and TCP alike; all are held until all are found, so none repeats.
-fn free_gossip_ports(count: usize) -> Vec<u16> {
+/// Free ports for gossip, free for UDP and TCP alike and none of `taken` (ports of nodes that may be down); all
+/// are held until all are found, so none repeats.
+fn free_gossip_ports(count: usize, taken: &[u16]) -> Vec<u16> {
     let mut held = Vec::new();
     for _ in 0..count * 20 {
         if held.len() == count {
@@ -245,6 +247,9 @@ fn free_gossip_ports(count: usize) -> Vec<u16> {
         }
         let udp = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port");
         let port = udp.local_addr().expect("UDP local address").port();
+        if taken.contains(&port) {
+            continue;
+        }
         if let Ok(tcp) = TcpListener::bind(("127.0.0.1", port)) {
             held.push((port, udp, tcp));
         }
@@ -461,6 +466,13 @@ impl Node {
         self.request("GET", path, None).await
     }
 
+    /// `GET path` answered with its body still unread, to read it as it streams (`bytes_stream`); `within`
+    /// bounds the whole exchange, body included. Fails the test when the node does not answer.
+    pub async fn get_streaming(&self, path: &str, within: Duration) -> reqwest::Response {
+        let result = self.http.get(self.url(path)).timeout(within).send().await;
+        result.unwrap_or_else(|e| panic!("GET {path}: no answer from {}: {e}", self.name))
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> Reply {
         self.request("POST", path, Some(body)).await
     }
@@ -516,7 +528,6 @@ impl Node {
 /// A cluster of `kairos` processes with temporary data directories; everything stops when it is dropped.
 pub struct Cluster {
     nodes: Vec<Node>,
-    servers: usize,
     events: Mutex<Vec<String>>,
     root: TempDir,
 }
@@ -529,7 +540,7 @@ impl Cluster {
         kairos_agent::install_crypto_provider();
         let root = tempfile::Builder::new().prefix("kairos-cluster-").tempdir().expect("temporary dir");
         let http = reqwest::Client::builder().no_proxy().timeout(REQUEST_TIMEOUT).build().expect("http client");
-        let ports = free_gossip_ports(servers + agents.len());
+        let ports = free_gossip_ports(servers + agents.len(), &[]);
         let retry_join: Vec<String> = ports[..servers].iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let extra: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
         let node = |name: String, server: bool, gossip_port: u16, tags: &[&str]| {
@@ -557,7 +568,7 @@ impl Cluster {
         for (j, (name, tags)) in agents.iter().enumerate() {
             nodes.push(node(name.to_string(), false, ports[servers + j], tags));
         }
-        let mut cluster = Cluster { nodes, servers, events: Mutex::new(Vec::new()), root };
+        let mut cluster = Cluster { nodes, events: Mutex::new(Vec::new()), root };
         let all: Vec<usize> = (0..cluster.nodes.len()).collect();
         cluster.launch(&all).await;
         cluster
@@ -615,7 +626,7 @@ impl Cluster {
     }
 
     pub fn server_count(&self) -> usize {
-        self.servers
+        self.nodes.iter().filter(|n| n.server).count()
     }
 
     pub fn node(&self, i: usize) -> &Node {
@@ -643,7 +654,7 @@ impl Cluster {
 
     /// Indices of the servers that are running and not paused.
     pub fn live_servers(&self) -> Vec<usize> {
-        (0..self.servers).filter(|&i| self.nodes[i].is_live()).collect()
+        (0..self.nodes.len()).filter(|&i| self.nodes[i].server && self.nodes[i].is_live()).collect()
     }
 
     /// Indices of every node that is running and not paused.
@@ -655,6 +666,43 @@ impl Cluster {
     pub fn any_api(&self) -> &Node {
         let i = *self.live_servers().first().expect("no live server left to talk to");
         &self.nodes[i]
+    }
+
+    /// Start one more server, with an empty data directory, joining the existing servers' gossip addresses
+    /// (`--retry-join`), with the cluster's flags (`--bootstrap-expect` of the first servers included) and then
+    /// `extra_args`; named after the last server (`s4` after `s1`…`s3`). Returns its index once it printed its
+    /// listening lines: the leader adds it to Raft by itself (wait for that with [`Cluster::raft_peers`]).
+    pub async fn add_server(&mut self, extra_args: &[&str]) -> usize {
+        let first = self.nodes.iter().position(|n| n.server).expect("a cluster with a server");
+        let template = &self.nodes[first];
+        let taken: Vec<u16> = self.nodes.iter().map(|n| n.gossip_port).collect();
+        let gossip_port = free_gossip_ports(1, &taken)[0];
+        let name = format!("s{}", self.server_count() + 1);
+        let mut extra = template.extra.clone();
+        extra.extend(extra_args.iter().map(|a| a.to_string()));
+        let node = Node {
+            data_dir: self.root.path().join(&name),
+            name,
+            server: true,
+            bootstrap_expect: template.bootstrap_expect,
+            gossip_port,
+            retry_join: self.nodes.iter().filter(|n| n.server).map(Node::gossip_addr).collect(),
+            extra,
+            rpc_port: 0,
+            child: None,
+            paused: false,
+            http_addr: None,
+            rpc_addr: None,
+            announce: None,
+            log: Arc::new(Mutex::new(String::new())),
+            http: template.http.clone(),
+        };
+        assert!(!node.data_dir.exists(), "{} must start with an empty data directory", node.name);
+        self.note(&format!("adding server {} (retry-join {})", node.name, node.retry_join.join(", ")));
+        self.nodes.push(node);
+        let i = self.nodes.len() - 1;
+        self.launch(&[i]).await;
+        i
     }
 
     // --- Signals, stops and restarts ---
@@ -830,6 +878,19 @@ impl Cluster {
             out.stderr
         );
         parse_peers(&out.stdout)
+    }
+
+    /// `kairos raft remove-peer --peer-id <peer_id>` against node `i`'s RPC address; how it exited is for the test
+    /// to judge.
+    pub async fn raft_remove_peer(&self, i: usize, peer_id: &str) -> CliOutput {
+        let rpc_addr = self.rpc_addr(i);
+        self.note(&format!(
+            "kairos raft remove-peer --peer-id {peer_id} --rpc-addr {rpc_addr} ({})",
+            self.node_name(i)
+        ));
+        let out = cli(&["raft", "remove-peer", "--peer-id", peer_id, "--rpc-addr", rpc_addr]).await;
+        self.note(&format!("kairos raft remove-peer answered {}", out.status));
+        out
     }
 
     /// `kairos leave` against node `i`'s RPC address (the node's process is left to exit by itself).
