@@ -764,6 +764,17 @@ async fn add_new_servers(node: &Node, metrics: &openraft::RaftMetrics<kairos_sto
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     for member in node.membership.alive() {
         let Some(id) = member.raft_id else { continue };
+        // A server that came back on another RPC address: tell Raft where it is now.
+        if let Some(known_node) = membership.get_node(&id)
+            && member.server
+            && known_node.addr != member.rpc_addr
+        {
+            info!("server {} ({id}) moved to {}; updating its Raft address", member.name, member.rpc_addr);
+            let nodes = BTreeMap::from([(id, BasicNode::new(member.rpc_addr.clone()))]);
+            if let Err(err) = node.raft.change_membership(ChangeMembers::SetNodes(nodes), true).await {
+                warn!("cannot update the address of {}: {err}", member.name);
+            }
+        }
         if !member.server || member.status != Status::Alive || voters.contains(&id) {
             continue;
         }

@@ -807,3 +807,34 @@ async fn output_is_served_by_any_server_and_followed_live() {
 
     assert_eq!(body, "tick 1\ntick 2\ntick 3\ntick 4\ntick 5\n", "the followed output, in chunks:\n{arrivals}");
 }
+
+/// A server that comes back with its data dir on another RPC address keeps its identity: the leader updates its
+/// address in the Raft configuration, so it still votes, and the cluster survives losing the leader afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_back_on_a_new_address_is_found_again() {
+    let mut cluster = Cluster::start(3, &[], &[]).await;
+    let leader = cluster.wait_formed().await;
+    let mover = (0..3).find(|&i| i != leader).expect("a follower");
+    let name = cluster.node_name(mover).to_string();
+    let old_addr = cluster.rpc_addr(mover).to_string();
+    cluster.create_job(&shell_job("after-move", "@manually", "echo moved")).await;
+    let status = cluster.sigterm(mover).await;
+    assert!(status.success(), "{name} exits 0 on SIGTERM: {status}");
+    cluster.restart_on_new_rpc_port(mover).await;
+    let new_addr = cluster.rpc_addr(mover).to_string();
+    assert_ne!(old_addr, new_addr, "the harness gave {name} a new RPC port");
+    wait_for(&format!("the Raft configuration names {name} at {new_addr}"), secs(30), async || {
+        let peers = cluster.raft_peers(leader).await;
+        match peers.iter().find(|p| p.node == name) {
+            Some(peer) if peer.address == new_addr && peer.voter => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    // Without the mover's vote no new leader could be elected: prove it votes from its new address.
+    cluster.kill9(leader).await;
+    let next = cluster.wait_leader().await;
+    cluster.note(&format!("new leader after the kill: {}", cluster.node_name(next)));
+    let run = run_to_success(&cluster, mover, "after-move").await;
+    assert!(run.output.contains("moved"), "{run:?}");
+}

@@ -784,6 +784,15 @@ impl Cluster {
         self.restart_all(&[i]).await;
     }
 
+    /// Start a stopped node again on the same data dir and gossip port but a new, free RPC port (as a host
+    /// that came back with another address would).
+    pub async fn restart_on_new_rpc_port(&mut self, i: usize) {
+        assert!(self.nodes[i].child.is_none(), "restart needs {} stopped first", self.nodes[i].name);
+        self.nodes[i].rpc_port = 0;
+        self.nodes[i].rpc_addr = None;
+        self.launch(&[i]).await;
+    }
+
     /// Start the stopped nodes at `indices` again, all at once.
     pub async fn restart_all(&mut self, indices: &[usize]) {
         for &i in indices {
