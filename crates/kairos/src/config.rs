@@ -56,7 +56,7 @@ pub struct AgentArgs {
     /// Time between --retry-join attempts (default 30s).
     #[arg(long, env = "KAIROS_RETRY_INTERVAL")]
     pub retry_interval: Option<String>,
-    /// Scales the Raft timings (heartbeat 100 ms, election timeout 400-800 ms at 1); 1 to 10.
+    /// Scales the Raft timings (heartbeat 50 ms, election timeout 250-350 ms at 1); 1 to 10.
     #[arg(long, env = "KAIROS_RAFT_MULTIPLIER")]
     pub raft_multiplier: Option<u32>,
     /// A node tag, `key=value`; repeatable.

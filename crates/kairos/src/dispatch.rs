@@ -415,10 +415,8 @@ pub async fn dispatch_loop(node: Arc<Node>) {
         if !node.wait_for_leadership().await {
             return;
         }
-        if node.raft.voter_ids().count() > 1 {
-            // A new multi-server leader accepts writes once a quorum acknowledged it.
-            let _ = node.raft.wait(Some(Duration::from_secs(3))).leader_with_quorum_acked(None, "leader lease").await;
-        }
+        // A new multi-server leader accepts writes once a quorum acknowledged it.
+        node.wait_writable().await;
         let term = node.raft.metrics().borrow_watched().current_term;
         node.worker.observe_term(term);
         node.claims.lock().expect("claims lock").clear();

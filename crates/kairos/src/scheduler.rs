@@ -252,6 +252,7 @@ pub async fn run(node: Arc<Node>, mut changes: UnboundedReceiver<String>) {
         if !node.wait_for_leadership().await {
             return; // shutting down
         }
+        node.wait_writable().await;
         info!("scheduler: this node leads; rebuilding the timer from the stored jobs");
         let mut armed = Armed::default();
         while changes.try_recv().is_ok() {} // everything is reloaded below
