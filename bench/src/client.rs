@@ -19,6 +19,11 @@ pub struct Api {
 /// An execution as the API lists it: only the fields the harness reads.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Execution {
+    #[serde(default)]
+    pub id: String,
+    /// The node that ran it (empty while pending).
+    #[serde(default)]
+    pub node_name: String,
     pub scheduled_at: Timestamp,
     pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
@@ -27,6 +32,15 @@ pub struct Execution {
     pub output: String,
     pub attempt: u32,
     pub trigger: String,
+}
+
+/// A node as `GET /v1/members` and `GET /v1/leader` show it (serf's field names): only what the harness reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Member {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "statusText", default)]
+    pub status: String,
 }
 
 /// reqwest is built without a default TLS provider; plain HTTP still needs one installed.
@@ -77,6 +91,36 @@ impl Api {
             bail!("POST {path}: {status}: {}", text.chars().take(300).collect::<String>());
         }
         Ok(start.elapsed())
+    }
+
+    /// GET a JSON answer within `timeout`; an error unless the server answers 200.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str, timeout: Duration) -> anyhow::Result<T> {
+        let response =
+            self.http.get(self.url(path)).timeout(timeout).send().await.with_context(|| format!("GET {path}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            bail!("GET {path}: {status}: {}", text.chars().take(300).collect::<String>());
+        }
+        response.json().await.with_context(|| format!("GET {path}: unexpected JSON"))
+    }
+
+    /// PATCH a JSON body; an error carrying the status and the server's message unless it succeeds.
+    pub async fn patch_json(&self, path: &str, body: String) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .patch(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("PATCH {path}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            bail!("PATCH {path}: {status}: {}", text.chars().take(300).collect::<String>());
+        }
+        Ok(())
     }
 
     /// `GET /v1/jobs?_end=1`: the `X-Total-Count` header, when the server answers 200.

@@ -68,22 +68,22 @@ pub struct FireLagArgs {
 
 /// The measured slots: every whole second in `[start, start + seconds)`.
 #[derive(Debug, Clone, Copy)]
-struct Window {
-    start_second: i64,
-    seconds: u64,
+pub struct Window {
+    pub start_second: i64,
+    pub seconds: u64,
 }
 
 impl Window {
     /// The first whole second at least `warmup` seconds after `now`.
-    fn after(now: Timestamp, warmup: u64, seconds: u64) -> Window {
+    pub fn after(now: Timestamp, warmup: u64, seconds: u64) -> Window {
         Window { start_second: now.as_second() + warmup as i64 + 1, seconds }
     }
 
-    fn start(&self) -> Timestamp {
+    pub fn start(&self) -> Timestamp {
         Timestamp::from_second(self.start_second).expect("window start in range")
     }
 
-    fn end(&self) -> Timestamp {
+    pub fn end(&self) -> Timestamp {
         Timestamp::from_second(self.start_second + self.seconds as i64).expect("window end in range")
     }
 
@@ -122,18 +122,23 @@ pub async fn run(launcher: &Launcher, args: &FireLagArgs, report: &mut Report) -
     };
     let scenario = format!("fire lag, {} {executor} jobs, {} s", thousands(args.jobs as f64), args.seconds);
     println!("== {scenario} window");
-    let retained = match args.retained {
-        Some(n) if u64::from(n) <= RETAINED_READ_MARGIN => {
-            anyhow::bail!("--retained {n}: keep more than {RETAINED_READ_MARGIN} executions per job")
-        }
-        Some(n) => n.min(100_000),
-        None => (args.seconds + args.warmup + RETAINED_MARGIN).min(100_000) as u32,
-    };
+    let retained = retained(args)?;
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let spec = launcher.spec(dir.path(), &format!("fire-lag-{executor}-{}", args.jobs));
     let measured = measure(&spec, args, retained).await?;
     report_run(report, &scenario, args, &measured);
     Ok(())
+}
+
+/// Executions kept per job: `--retained`, else enough that nothing of the window is pruned.
+pub fn retained(args: &FireLagArgs) -> anyhow::Result<u32> {
+    Ok(match args.retained {
+        Some(n) if u64::from(n) <= RETAINED_READ_MARGIN => {
+            anyhow::bail!("--retained {n}: keep more than {RETAINED_READ_MARGIN} executions per job")
+        }
+        Some(n) => n.min(100_000),
+        None => (args.seconds + args.warmup + RETAINED_MARGIN).min(100_000) as u32,
+    })
 }
 
 /// Start a server, create the jobs, watch the window, read every execution back, stop the server.
@@ -145,7 +150,7 @@ async fn measure(spec: &ServerSpec, args: &FireLagArgs, retained: u32) -> anyhow
         Executor::Http => Some(Sink::start().await?),
         Executor::Shell => None,
     };
-    let body = JobBody { sink: sink.as_ref().map(|s| s.addr), retained };
+    let body = JobBody { sink: sink.as_ref().map(|s| s.addr), retained, tags: BTreeMap::new() };
     let created = create_jobs(&server.api, args, &body).await?;
 
     let window = Window::after(Timestamp::now(), args.warmup, args.seconds);
@@ -242,7 +247,14 @@ fn report_run(report: &mut Report, scenario: &str, args: &FireLagArgs, m: &Measu
 }
 
 /// Throughput, slots, lags and statuses of the counted window.
-fn report_slots(report: &mut Report, scenario: &str, args: &FireLagArgs, slots: &Slots, expected: u64, seconds: u64) {
+pub fn report_slots(
+    report: &mut Report,
+    scenario: &str,
+    args: &FireLagArgs,
+    slots: &Slots,
+    expected: u64,
+    seconds: u64,
+) {
     let runs_per_sec = slots.executed as f64 / seconds as f64;
     let (runs_target, runs_goal) = match (args.executor, args.jobs) {
         (Executor::Shell, 1_000) => ("≥ 1,000 runs/s", Some(SHELL_RUNS_TARGET)),
@@ -320,9 +332,11 @@ fn rss_rows(report: &mut Report, scenario: &str, idle: u64, samples: &[(u64, u64
 }
 
 /// What every job of the run looks like, apart from its name.
-struct JobBody {
-    sink: Option<SocketAddr>,
-    retained: u32,
+pub struct JobBody {
+    pub sink: Option<SocketAddr>,
+    pub retained: u32,
+    /// The job's tags: only nodes with all of them run it (none: any node).
+    pub tags: BTreeMap<String, String>,
 }
 
 impl JobBody {
@@ -344,21 +358,24 @@ impl JobBody {
         });
         if let (Some(job), Some(executor)) = (job.as_object_mut(), executor.as_object()) {
             job.extend(executor.clone());
+            if !self.tags.is_empty() {
+                job.insert("tags".to_string(), serde_json::json!(self.tags));
+            }
         }
         job.to_string()
     }
 }
 
-struct Created {
-    names: Vec<String>,
+pub struct Created {
+    pub names: Vec<String>,
     latency_ms: Vec<f64>,
-    errors: usize,
-    first_error: Option<String>,
+    pub errors: usize,
+    pub first_error: Option<String>,
     took: Duration,
 }
 
 impl Created {
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         let rate = self.names.len() as f64 / self.took.as_secs_f64().max(1e-3);
         let latency = summarize(self.latency_ms.clone()).map_or(String::new(), |s| format!("; {s}"));
         format!(
@@ -370,7 +387,7 @@ impl Created {
     }
 }
 
-async fn create_jobs(api: &Api, args: &FireLagArgs, body: &JobBody) -> anyhow::Result<Created> {
+pub async fn create_jobs(api: &Api, args: &FireLagArgs, body: &JobBody) -> anyhow::Result<Created> {
     let start = Instant::now();
     let requests = futures::stream::iter(0..args.jobs)
         .map(|i| {
@@ -406,7 +423,7 @@ async fn create_jobs(api: &Api, args: &FireLagArgs, body: &JobBody) -> anyhow::R
     Ok(created)
 }
 
-async fn sleep_until(t: Timestamp) {
+pub async fn sleep_until(t: Timestamp) {
     let nanos = t.as_nanosecond() - Timestamp::now().as_nanosecond();
     if nanos > 0 {
         tokio::time::sleep(Duration::from_nanos(nanos as u64)).await;
@@ -427,7 +444,7 @@ async fn sample_rss(pid: u32, window: Window) -> anyhow::Result<Vec<(u64, u64)>>
 /// Wait (bounded) until a few probe jobs have a finished execution for the window's last slot, so the
 /// read-back does not catch the tail of the window still pending. When they never do, say how far behind the
 /// newest slot the probes had was: that is how late the scheduler is.
-async fn settle(api: &Api, names: &[String], window: Window) -> Option<String> {
+pub async fn settle(api: &Api, names: &[String], window: Window) -> Option<String> {
     let last_slot = window.end() - jiff::SignedDuration::from_secs(1);
     let probes: Vec<&String> =
         [names.first(), names.get(names.len() / 2), names.last()].into_iter().flatten().collect();
@@ -462,7 +479,7 @@ async fn settle(api: &Api, names: &[String], window: Window) -> Option<String> {
     ))
 }
 
-async fn read_executions(
+pub async fn read_executions(
     api: &Api,
     names: &[String],
     retained: u32,
@@ -478,24 +495,26 @@ async fn read_executions(
 
 /// The window's slots as the executions show them.
 #[derive(Debug, Default)]
-struct Slots {
+pub struct Slots {
     /// Distinct (job, slot) pairs with a started first attempt.
-    executed: u64,
+    pub executed: u64,
     /// Executions beyond the first for the same (job, slot, attempt).
-    duplicates: u64,
-    retries: u64,
-    statuses: BTreeMap<String, u64>,
-    triggers: BTreeMap<String, u64>,
-    lag_ms: Vec<f64>,
-    self_lag_ms: Vec<f64>,
-    self_unparsed: u64,
-    duration_ms: Vec<f64>,
-    pruned_suspects: u64,
-    read_errors: u64,
+    pub duplicates: u64,
+    pub retries: u64,
+    pub statuses: BTreeMap<String, u64>,
+    pub triggers: BTreeMap<String, u64>,
+    pub lag_ms: Vec<f64>,
+    pub self_lag_ms: Vec<f64>,
+    pub self_unparsed: u64,
+    pub duration_ms: Vec<f64>,
+    pub pruned_suspects: u64,
+    pub read_errors: u64,
+    /// Distinct slots executed, by the node that ran them.
+    pub nodes: BTreeMap<String, u64>,
 }
 
 impl Slots {
-    fn count(jobs: &[anyhow::Result<Vec<Execution>>], window: Window, retained: u32) -> Slots {
+    pub fn count(jobs: &[anyhow::Result<Vec<Execution>>], window: Window, retained: u32) -> Slots {
         let mut slots = Slots::default();
         for job in jobs {
             let Ok(executions) = job else {
@@ -528,6 +547,7 @@ impl Slots {
                 continue;
             };
             self.executed += 1;
+            *self.nodes.entry(e.node_name.clone()).or_default() += 1;
             self.lag_ms.push(millis_between(e.scheduled_at, started));
             if let Some(finished) = e.finished_at {
                 self.duration_ms.push(millis_between(started, finished));
@@ -551,7 +571,7 @@ impl Slots {
     }
 }
 
-fn millis_between(from: Timestamp, to: Timestamp) -> f64 {
+pub fn millis_between(from: Timestamp, to: Timestamp) -> f64 {
     (to.as_nanosecond() - from.as_nanosecond()) as f64 / 1e6
 }
 
@@ -576,6 +596,8 @@ mod tests {
         let scheduled_at = Timestamp::from_second(slot).unwrap();
         let started_at = started_ms.map(|m| Timestamp::from_millisecond(slot * 1000 + m).unwrap());
         Execution {
+            id: format!("{:013}-{attempt}", slot * 1000),
+            node_name: "s".into(),
             scheduled_at,
             started_at,
             finished_at: started_at,

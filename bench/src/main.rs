@@ -3,15 +3,19 @@
 //! and the commit. Figures come from one run and are reported, never asserted.
 //!
 //! The parts:
-//! - [`server`]: start, watch and stop one `kairos agent --server` process;
+//! - [`server`]: start, watch, stop and kill one `kairos agent` process (server or agent-only node);
+//! - [`cluster`]: servers and agent-only nodes forming one cluster on loopback;
 //! - [`client`]: the one HTTP client, bound to that server;
 //! - [`procfs`]: CPU and RSS of the server from `/proc`;
 //! - [`sink`]: the local HTTP target of the `http` executor;
 //! - [`stats`]: percentiles and number formatting;
 //! - [`report`]: rows, verdicts against the targets, the Markdown;
-//! - the scenarios: [`fire_lag`], [`upserts`], [`million`].
+//! - the scenarios: [`fire_lag`], [`upserts`], [`million`], and on a cluster [`failover`], [`cluster_lag`].
 
 mod client;
+mod cluster;
+mod cluster_lag;
+mod failover;
 mod fire_lag;
 mod million;
 mod procfs;
@@ -27,6 +31,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use crate::cluster_lag::ClusterLagArgs;
+use crate::failover::FailoverArgs;
 use crate::fire_lag::{Executor, FireLagArgs};
 use crate::million::MillionArgs;
 use crate::report::{Machine, Report};
@@ -53,6 +59,10 @@ struct Cli {
     /// every figure); 0 does not wait.
     #[arg(long, global = true, default_value_t = 120)]
     quiet_wait_secs: u64,
+    /// After a single scenario, also write its results into this file (e.g. BENCHMARKS.md) as a section of their
+    /// own, replacing the section an earlier run of the same scenario wrote and keeping the rest of the file.
+    #[arg(long, global = true)]
+    into: Option<PathBuf>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -65,6 +75,10 @@ enum Scenario {
     Upserts(UpsertArgs),
     /// RSS and restart time with many stored jobs.
     Million(MillionArgs),
+    /// 3 servers, N jobs every second, kill -9 of the leader: time to the next run, slots lost and duplicated.
+    Failover(FailoverArgs),
+    /// 3 servers + 2 agent-only nodes, N tagged jobs every second run on the agents: lag and runs per agent.
+    ClusterLag(ClusterLagArgs),
     /// Every scenario with the parameters, then BENCHMARKS.md.
     All(AllArgs),
 }
@@ -84,7 +98,8 @@ struct AllArgs {
     /// Seconds the million scenario may spend loading before it reports what it stored.
     #[arg(long, default_value_t = 1_800)]
     million_budget_secs: u64,
-    /// Where to write the Markdown report (default: BENCHMARKS.md at the workspace root).
+    /// Where to write the Markdown report (default: BENCHMARKS.md at the workspace root). A hand-written
+    /// `## Analysis` section already in that file is kept after the regenerated part.
     #[arg(long)]
     output: Option<PathBuf>,
 }
@@ -107,38 +122,58 @@ async fn main() -> anyhow::Result<()> {
     if let Some(dir) = &cli.log_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    // The tree as the run starts (the binary was built before it), not as it ends: others may commit meanwhile.
+    let tree = Machine::describe(&workspace_root()).commit;
     let kairos = Launcher { binary, log_dir: cli.log_dir, log_filter: cli.server_log };
     let mut report = Report::default();
     let quiet = Quiet { budget: Duration::from_secs(cli.quiet_wait_secs) };
-    let output = match cli.scenario {
+    // What to write where: the whole document (`all`), or one section (a single scenario with `--into`).
+    let (output, section) = match cli.scenario {
         Scenario::FireLag(args) => {
             quiet.wait(&mut report, "fire lag").await;
             fire_lag::run(&kairos, &args, &mut report).await?;
-            None
+            (cli.into, Some("Fire lag (single run)"))
         }
         Scenario::Upserts(args) => {
             quiet.wait(&mut report, "upserts").await;
             upserts::run(&kairos, &args, &mut report).await?;
-            None
+            (cli.into, Some("Upserts (single run)"))
         }
         Scenario::Million(args) => {
             quiet.wait(&mut report, "stored jobs").await;
             million::run(&kairos, &args, &mut report).await?;
-            None
+            (cli.into, Some("Stored jobs (single run)"))
+        }
+        Scenario::Failover(args) => {
+            quiet.wait(&mut report, "failover").await;
+            failover::run(&kairos, &args, &mut report).await?;
+            (cli.into, Some("Cluster: leader failover"))
+        }
+        Scenario::ClusterLag(args) => {
+            quiet.wait(&mut report, "cluster fire lag").await;
+            cluster_lag::run(&kairos, &args, &mut report).await?;
+            (cli.into, Some("Cluster: fire lag on agent-only nodes"))
         }
         Scenario::All(args) => {
             run_all(&kairos, &args, &quiet, &mut report).await;
-            Some(args.output.unwrap_or_else(|| workspace_root().join("BENCHMARKS.md")))
+            (Some(args.output.unwrap_or_else(|| workspace_root().join("BENCHMARKS.md"))), None)
         }
     };
     let mut machine = Machine::describe(&workspace_root());
-    if let Some(revision) = cli.revision {
-        machine.commit = revision;
-    }
-    let markdown = report.markdown(&machine, &command_line());
+    machine.commit = cli.revision.unwrap_or(tree);
+    let command = command_line();
+    let markdown = match section {
+        Some(title) => report.section(title, &machine, &command),
+        None => report.markdown(&machine, &command),
+    };
     println!("\n{markdown}");
     if let Some(path) = output {
-        std::fs::write(&path, markdown).with_context(|| format!("writing {}", path.display()))?;
+        let existing = std::fs::read_to_string(&path).unwrap_or_default();
+        let text = match section {
+            Some(title) => report::merge_section(&existing, title, &markdown),
+            None => report::keep_analysis(&existing, &markdown),
+        };
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         println!("written to {}", path.display());
     }
     Ok(())
@@ -178,6 +213,16 @@ async fn run_all(kairos: &Launcher, args: &AllArgs, quiet: &Quiet, report: &mut 
     quiet.wait(report, "stored jobs").await;
     if let Err(err) = million::run(kairos, &million, report).await {
         report.note(format!("million failed: {err:#}"));
+    }
+    let failover = FailoverArgs { trials: 10, jobs: 100, before_secs: 5, after_secs: 6 };
+    quiet.wait(report, "failover").await;
+    if let Err(err) = failover::run(kairos, &failover, report).await {
+        report.note(format!("failover failed: {err:#}"));
+    }
+    let cluster_lag = ClusterLagArgs { jobs: vec![100, 1_000], seconds: args.seconds, warmup: 2 };
+    quiet.wait(report, "cluster fire lag").await;
+    if let Err(err) = cluster_lag::run(kairos, &cluster_lag, report).await {
+        report.note(format!("cluster fire lag failed: {err:#}"));
     }
 }
 

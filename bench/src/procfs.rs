@@ -153,6 +153,50 @@ impl std::fmt::Display for CpuUse {
     }
 }
 
+/// CPU of several processes at once (the nodes of a cluster) over an interval, each with the children it reaped.
+pub struct ProcessesMeter {
+    at: Instant,
+    before: Vec<(String, u32, ProcessCpu)>,
+    machine: MachineCpu,
+}
+
+/// What one process of a [`ProcessesMeter`] used, in cores.
+#[derive(Debug, Clone)]
+pub struct ProcessUse {
+    pub name: String,
+    pub own_cores: f64,
+    pub children_cores: f64,
+}
+
+impl ProcessesMeter {
+    pub fn start(processes: &[(String, u32)]) -> anyhow::Result<ProcessesMeter> {
+        let before = processes
+            .iter()
+            .map(|(name, pid)| Ok((name.clone(), *pid, process_cpu(*pid)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(ProcessesMeter { at: Instant::now(), before, machine: machine_cpu()? })
+    }
+
+    /// Each process's use, and the share of the whole machine that was busy (0..=1).
+    pub fn finish(&self) -> anyhow::Result<(Vec<ProcessUse>, f64)> {
+        let wall_secs = self.at.elapsed().as_secs_f64().max(1e-3);
+        let ticks = ticks_per_second();
+        let cores = |after: u64, before: u64| after.saturating_sub(before) as f64 / ticks / wall_secs;
+        let mut uses = Vec::with_capacity(self.before.len());
+        for (name, pid, before) in &self.before {
+            let after = process_cpu(*pid)?;
+            uses.push(ProcessUse {
+                name: name.clone(),
+                own_cores: cores(after.own_ticks, before.own_ticks),
+                children_cores: cores(after.children_ticks, before.children_ticks),
+            });
+        }
+        let machine = machine_cpu()?;
+        let total = machine.total.saturating_sub(self.machine.total).max(1);
+        Ok((uses, machine.busy.saturating_sub(self.machine.busy) as f64 / total as f64))
+    }
+}
+
 /// Wait (bounded by `budget`) until the machine has been nearly idle (at most `busy_cores_max` cores busy) for
 /// three seconds in a row. Answers the busy cores of the last second sampled and whether quiet was reached.
 pub async fn wait_for_quiet(budget: Duration, busy_cores_max: f64) -> anyhow::Result<(f64, bool)> {

@@ -1,0 +1,176 @@
+//! Fire lag in a cluster: 3 servers and 2 agent-only nodes tagged `pool=agents`; N shell jobs firing every second,
+//! tagged `{"pool": "agents"}` so their runs go to the agents. The measurement is the single-node fire-lag one
+//! (see [`crate::fire_lag`]): a window of whole seconds after a warm-up, every execution of the window read back
+//! from the leader, `started_at − scheduled_at` and the lag the process itself saw; plus which node ran each slot
+//! and the CPU of every node.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use jiff::Timestamp;
+
+use crate::cluster::{Cluster, Layout};
+use crate::fire_lag::{self, Executor, FireLagArgs, JobBody, Slots, Window};
+use crate::procfs::ProcessesMeter;
+use crate::report::Report;
+use crate::server::{Launcher, describe_kinds};
+use crate::stats::thousands;
+
+const SERVERS: usize = 3;
+const AGENTS: usize = 2;
+const POOL_TAG: (&str, &str) = ("pool", "agents");
+/// How long a fresh cluster may take to elect a leader and see every node alive.
+const FORM_BUDGET: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterLagArgs {
+    /// Numbers of jobs, one run (on a fresh cluster) each, e.g. `100,1000`.
+    #[arg(long, value_delimiter = ',', default_values_t = [100, 1_000])]
+    pub jobs: Vec<usize>,
+    /// Length of the measured window, in seconds.
+    #[arg(long, default_value_t = 20)]
+    pub seconds: u64,
+    /// Seconds after the last job is created before the window opens.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+}
+
+pub async fn run(launcher: &Launcher, args: &ClusterLagArgs, report: &mut Report) -> anyhow::Result<()> {
+    let mut failed = Vec::new();
+    for &jobs in &args.jobs {
+        let lag = FireLagArgs {
+            jobs,
+            seconds: args.seconds,
+            executor: Executor::Shell,
+            warmup: args.warmup,
+            create_concurrency: 64,
+            retained: None,
+        };
+        if let Err(err) = run_one(launcher, &lag, report).await {
+            report.note(format!("cluster fire lag, {jobs} shell jobs failed: {err:#}"));
+            failed.push(jobs);
+        }
+    }
+    if failed.len() == args.jobs.len() {
+        anyhow::bail!("every run failed");
+    }
+    Ok(())
+}
+
+async fn run_one(launcher: &Launcher, args: &FireLagArgs, report: &mut Report) -> anyhow::Result<()> {
+    let scenario = format!(
+        "cluster fire lag, {SERVERS} servers + {AGENTS} agents, {} shell jobs on the agents, {} s",
+        thousands(args.jobs as f64),
+        args.seconds
+    );
+    println!("== {scenario} window");
+    let retained = fire_lag::retained(args)?;
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let layout = Layout {
+        servers: SERVERS,
+        agents: AGENTS,
+        agent_tags: vec![format!("{}={}", POOL_TAG.0, POOL_TAG.1)],
+        log_prefix: format!("cluster-lag-{}", args.jobs),
+    };
+    let started = Instant::now();
+    let cluster = Cluster::start(launcher, dir.path(), &layout).await?;
+    let leader = cluster.wait_ready(FORM_BUDGET).await?;
+    report.row(
+        &scenario,
+        "cluster formed (spawn → leader named by all, 5 members alive)",
+        format!("{:.1} s, leader {leader}", started.elapsed().as_secs_f64()),
+    );
+    let api = cluster.leader_api(FORM_BUDGET).await?;
+    let tags = BTreeMap::from([(POOL_TAG.0.to_string(), POOL_TAG.1.to_string())]);
+    let body = JobBody { sink: None, retained, tags };
+    let created = fire_lag::create_jobs(&api, args, &body).await?;
+    report.row(&scenario, "jobs created on the leader (64 concurrent POST /v1/jobs)", created.describe());
+    if let Some(error) = &created.first_error {
+        report.note(format!("{scenario}: {} of {} job creations failed; first: {error}", created.errors, args.jobs));
+    }
+
+    let window = Window::after(Timestamp::now(), args.warmup, args.seconds);
+    fire_lag::sleep_until(window.start()).await;
+    let meter = ProcessesMeter::start(&cluster.pids())?;
+    fire_lag::sleep_until(window.end()).await;
+    let (cpu, machine_busy) = meter.finish()?;
+    let unsettled = fire_lag::settle(&api, &created.names, window).await;
+    let jobs = fire_lag::read_executions(&api, &created.names, retained).await?;
+    let slots = Slots::count(&jobs, window, retained);
+    fire_lag::report_slots(
+        report,
+        &scenario,
+        args,
+        &slots,
+        created.names.len() as u64 * window.seconds,
+        window.seconds,
+    );
+    report.row(&scenario, "slots run, by node", by_node(&slots, &cluster.agent_names));
+    let cpu: Vec<String> = cpu
+        .iter()
+        .map(|p| {
+            let role = if p.name == leader { " (leader)" } else { "" };
+            if p.children_cores >= 0.005 {
+                format!("{}{role} {:.2} + children {:.2}", p.name, p.own_cores, p.children_cores)
+            } else {
+                format!("{}{role} {:.2}", p.name, p.own_cores)
+            }
+        })
+        .collect();
+    report.row(
+        &scenario,
+        "CPU during the window, cores per node",
+        format!("{} (machine {:.0} % busy)", cpu.join(" · "), machine_busy * 100.0),
+    );
+    if let Some(unsettled) = unsettled {
+        report.note(format!("{scenario}: {unsettled}"));
+    }
+    if slots.read_errors > 0 {
+        report.note(format!("{scenario}: reading executions failed for {} jobs", slots.read_errors));
+    }
+    let elsewhere: u64 =
+        slots.nodes.iter().filter(|(node, _)| !cluster.agent_names.contains(node)).map(|(_, n)| *n).sum();
+    if elsewhere > 0 {
+        report.note(format!(
+            "{scenario}: {elsewhere} runs of jobs tagged {}={} ran on nodes without that tag",
+            POOL_TAG.0, POOL_TAG.1
+        ));
+    }
+    if let Some(problems) = describe_kinds(&cluster.log_problems(), 6) {
+        report.note(format!("{scenario}: the nodes logged {problems}"));
+    }
+    for (name, stopped) in cluster.stop().await {
+        stopped.with_context(|| format!("stopping {name}"))?;
+    }
+    Ok(())
+}
+
+/// `a0 1,000 (50.0 %) · a1 1,000 (50.0 %)`, every agent listed (with 0 if it ran nothing), other nodes after them.
+fn by_node(slots: &Slots, agents: &[String]) -> String {
+    let total = slots.nodes.values().sum::<u64>().max(1) as f64;
+    let mut nodes: Vec<(String, u64)> = agents.iter().map(|a| (a.clone(), 0)).collect();
+    for (node, count) in &slots.nodes {
+        match nodes.iter_mut().find(|(n, _)| n == node) {
+            Some(entry) => entry.1 = *count,
+            None => nodes.push((if node.is_empty() { "(none)".to_string() } else { node.clone() }, *count)),
+        }
+    }
+    let parts: Vec<String> = nodes
+        .iter()
+        .map(|(node, count)| format!("{node} {} ({:.1} %)", thousands(*count as f64), 100.0 * *count as f64 / total))
+        .collect();
+    parts.join(" · ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_every_agent_and_strangers_after_them() {
+        let slots = Slots { nodes: BTreeMap::from([("a1".to_string(), 3), ("s0".to_string(), 1)]), ..Slots::default() };
+        let text = by_node(&slots, &["a0".to_string(), "a1".to_string()]);
+        assert_eq!(text, "a0 0 (0.0 %) · a1 3 (75.0 %) · s0 1 (25.0 %)");
+    }
+}
