@@ -39,7 +39,36 @@ pub fn locate_kairos(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
             sibling.display()
         );
     }
+    refuse_stale(&sibling)?;
     Ok(sibling)
+}
+
+/// `cargo run -p kairos-bench` does not rebuild the `kairos` binary: refuse one older than the sources it is
+/// built from, so a run never measures (or fails on) yesterday's code.
+fn refuse_stale(binary: &Path) -> anyhow::Result<()> {
+    let built = std::fs::metadata(binary)?.modified()?;
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates");
+    let mut stack = vec![sources];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                if path.file_name().is_some_and(|n| n != "tests" && n != "benches") {
+                    stack.push(path);
+                }
+            } else if path.extension().is_some_and(|e| e == "rs" || e == "toml")
+                && entry.metadata().and_then(|m| m.modified()).is_ok_and(|changed| changed > built)
+            {
+                bail!(
+                    "'{}' is older than {}: run `cargo build --release -p kairos` first (or pass --kairos PATH)",
+                    binary.display(),
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How every server of a run is started: which binary, where logs go, at which detail.

@@ -38,7 +38,7 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long an order may take to reach a node.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a node an order could not reach is avoided.
-const UNREACHABLE_FOR: Duration = Duration::from_secs(5);
+const UNREACHABLE_FOR: Duration = Duration::from_secs(10);
 /// How long a due run may wait for a live node that matches its job's tags before it fails (nodes that are
 /// starting or rejoining get this long to appear).
 pub const PLACE_GRACE: Duration = Duration::from_secs(10);
@@ -400,6 +400,8 @@ async fn sync_nodes(node: &Node, members: &[Member], term: u64) -> (HashMap<Stri
                 held.insert(member.name.clone(), refs);
             }
             Answer::Gone => {
+                // Its process is gone, though gossip may call it alive for a few seconds more: place nothing there.
+                node.unreachable.lock().expect("unreachable lock").insert(member.name.clone(), Instant::now());
                 held.insert(member.name.clone(), HashSet::new());
             }
             Answer::Silent => silent.push(member.name.clone()),
