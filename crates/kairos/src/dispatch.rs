@@ -600,3 +600,87 @@ async fn sweep(
     node.submit(Command::Finish { results }).await?;
     Ok(next_retry)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kairos_model::Trigger;
+
+    fn member(name: &str, tags: &[(&str, &str)]) -> Member {
+        Member {
+            name: name.into(),
+            server: false,
+            raft_id: None,
+            rpc_addr: format!("{name}:6868"),
+            http_addr: String::new(),
+            gossip_addr: ([127, 0, 0, 1], 8946).into(),
+            generation: 1,
+            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            status: crate::gossip::Status::Alive,
+            raft_initialized: false,
+        }
+    }
+
+    fn job(tags: &[(&str, &str)]) -> Job {
+        let mut job = Job::empty("j");
+        job.tags = tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        job
+    }
+
+    fn exec() -> Execution {
+        Execution::decided("j", "2026-11-22T00:00:00Z".parse().unwrap(), Trigger::Schedule)
+    }
+
+    fn exec_ref(n: u32) -> ExecRef {
+        ExecRef { job: "j".into(), id: n.to_string() }
+    }
+
+    #[test]
+    fn the_least_busy_matching_node_is_chosen() {
+        let mut members = vec![member("a", &[("pool", "x")]), member("b", &[("pool", "x")]), member("c", &[])];
+        let mut claims = Claims::default();
+        claims.claim(exec_ref(1), "a");
+        claims.claim(exec_ref(2), "a");
+        claims.claim(exec_ref(3), "b");
+        let job = job(&[("pool", "x")]);
+        let picked = place(&mut members, &job, &exec(), &claims).map(|m| m.name.clone());
+        assert_eq!(picked.as_deref(), Some("b"), "b runs 1, a runs 2; c does not match");
+        claims.release(&exec_ref(1));
+        claims.release(&exec_ref(2));
+        assert_eq!(claims.load.get("a"), Some(&0));
+        assert_eq!(place(&mut members, &job, &exec(), &claims).map(|m| m.name.clone()).as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn a_job_without_tags_can_run_anywhere_and_unmatched_tags_nowhere() {
+        let mut members = vec![member("a", &[("zone", "eu")]), member("b", &[])];
+        let claims = Claims::default();
+        assert!(place(&mut members, &job(&[]), &exec(), &claims).is_some());
+        assert!(place(&mut members, &job(&[("zone", "us")]), &exec(), &claims).is_none());
+    }
+
+    #[test]
+    fn a_retry_avoids_the_node_of_the_failed_attempt_unless_it_is_the_only_one() {
+        let mut members = vec![member("a", &[]), member("b", &[])];
+        let mut claims = Claims::default();
+        claims.claim(exec_ref(1), "b"); // b is busier, but a failed the previous attempt
+        let mut retry = exec();
+        retry.previous_node = Some("a".into());
+        for _ in 0..20 {
+            assert_eq!(place(&mut members, &job(&[]), &retry, &claims).map(|m| m.name.clone()).as_deref(), Some("b"));
+        }
+        let mut alone = vec![member("a", &[])];
+        assert_eq!(place(&mut alone, &job(&[]), &retry, &claims).map(|m| m.name.clone()).as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn a_claim_is_taken_once_and_counted_once() {
+        let mut claims = Claims::default();
+        assert!(claims.claim(exec_ref(1), "a"));
+        assert!(!claims.claim(exec_ref(1), "b"), "a second claim of the same execution is refused");
+        assert_eq!((claims.load.get("a"), claims.load.get("b")), (Some(&1), None));
+        claims.retain(|_, _, node| node != "a");
+        assert!(!claims.contains(&exec_ref(1)));
+        assert_eq!(claims.load.get("a"), Some(&0));
+    }
+}

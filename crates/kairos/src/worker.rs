@@ -540,3 +540,63 @@ pub async fn renew_loop(worker: Worker, reporter: Arc<dyn Reporter>, stopping: C
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kairos_model::Trigger;
+
+    fn worker() -> (Worker, WorkerChannels, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let args = crate::config::AgentArgs { node_name: Some("w".into()), ..Default::default() };
+        let config = args.resolve().unwrap();
+        let outputs = OutputStore::open(dir.path().join("outputs")).unwrap();
+        let (worker, channels) = Worker::new(&config, outputs);
+        (worker, channels, dir)
+    }
+
+    fn order(worker: &Worker, id: &str, term: u64, at: Option<Timestamp>) -> Order {
+        let mut job = Job::empty("j");
+        job.executor = "shell".into();
+        job.executor_config.insert("command".into(), "true".into());
+        let mut exec = Execution::decided("j", "2026-11-22T00:00:00Z".parse().unwrap(), Trigger::Schedule);
+        exec.id = id.into();
+        worker.prepare(&exec, &job, term, at)
+    }
+
+    fn later() -> Option<Timestamp> {
+        Some(Timestamp::now() + Duration::from_secs(60))
+    }
+
+    #[tokio::test]
+    async fn orders_of_an_older_term_than_seen_are_refused() {
+        let (worker, _channels, _dir) = worker();
+        assert!(worker.accept(order(&worker, "1", 5, later())));
+        assert!(!worker.accept(order(&worker, "2", 4, later())), "term 4 after term 5");
+        worker.observe_term(7);
+        assert!(!worker.accept(order(&worker, "3", 6, later())));
+        assert!(worker.accept(order(&worker, "4", 7, later())));
+    }
+
+    #[tokio::test]
+    async fn an_expired_order_is_refused() {
+        let (worker, _channels, _dir) = worker();
+        let mut stale = order(&worker, "1", 1, None);
+        stale.expires_at = Timestamp::now() - Duration::from_secs(1);
+        assert!(!worker.accept(stale));
+        assert!(!worker.is_running(&ExecRef { job: "j".into(), id: "1".into() }));
+    }
+
+    #[tokio::test]
+    async fn a_new_leaders_sync_drops_waiting_orders_of_older_terms_and_lists_the_rest() {
+        let (worker, _channels, _dir) = worker();
+        assert!(worker.accept(order(&worker, "old", 3, later())));
+        assert!(worker.accept(order(&worker, "new", 4, later())));
+        let holding = worker.sync(4);
+        let ids: Vec<&str> = holding.scheduled.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["new"], "the term-3 order waiting for its instant is dropped");
+        assert!(!worker.accept(order(&worker, "late", 3, later())), "and term 3 is fenced from now on");
+        assert_eq!(worker.cancel(&ExecRef { job: "j".into(), id: "new".into() }, "test"), Cancelled::Withdrawn);
+        assert_eq!(worker.cancel(&ExecRef { job: "j".into(), id: "old".into() }, "test"), Cancelled::NotHere);
+    }
+}
