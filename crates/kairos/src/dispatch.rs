@@ -260,26 +260,31 @@ fn send_orders(node: &Node, name: String, rpc_addr: String, orders: Vec<Order>) 
         // Some(answers): delivered; None: certainly not delivered (refused connection, error status); a timeout
         // or a broken connection leaves it unknown whether the node got the orders: their claims are kept until
         // the orders have expired (see `sweep`), so a node that was only slow cannot run them a second time.
-        let (accepted, uncertain): (Option<Vec<bool>>, bool) = match sent {
+        // `gone`: the connection was refused, so no process listens there any more.
+        let (accepted, uncertain, gone): (Option<Vec<bool>>, bool, bool) = match sent {
             Ok(reply) if reply.status().is_success() => match reply.json().await {
-                Ok(answers) => (Some(answers), false),
+                Ok(answers) => (Some(answers), false, false),
                 Err(err) => {
                     warn!("orders to {name}: unreadable answer ({err})");
-                    (None, true)
+                    (None, true, false)
                 }
             },
             Ok(reply) => {
                 warn!("orders to {name} refused: HTTP {}", reply.status());
-                (None, false)
+                (None, false, false)
             }
             Err(err) => {
                 warn!("cannot send orders to {name}: {err}");
-                (None, !err.is_connect())
+                (None, !refused(&err), refused(&err))
             }
         };
         let Some(node) = node_ptr.upgrade() else { return };
         if accepted.is_none() {
             node.unreachable.lock().expect("unreachable lock").insert(name.clone(), Instant::now());
+        }
+        if gone {
+            // Its process is gone: orders it accepted earlier and has not started will never start there.
+            node.claims.lock().expect("claims lock").retain(|_, _, target| target != name);
         }
         if uncertain {
             return;
@@ -299,6 +304,21 @@ fn send_orders(node: &Node, name: String, rpc_addr: String, orders: Vec<Order>) 
             node.dispatch_wake.notify_one();
         }
     });
+}
+
+/// Whether a request failed because the connection was refused: nothing listens there, so the node's process is
+/// gone (a paused or partitioned node times out instead, and may still hold what it was sent).
+pub fn refused(err: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = source {
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = current.source();
+    }
+    false
 }
 
 /// A weak handle to the node for tasks that outlive a call.
@@ -377,7 +397,7 @@ async fn sync_member(node: &Node, member: &Member, term: u64) -> Answer {
             Ok(holding) => Answer::Holds(holding),
             Err(_) => Answer::Silent,
         },
-        Err(err) if err.is_connect() => Answer::Gone,
+        Err(err) if refused(&err) => Answer::Gone,
         Err(_) => Answer::Silent,
     }
 }
@@ -400,8 +420,10 @@ async fn sync_nodes(node: &Node, members: &[Member], term: u64) -> (HashMap<Stri
                 held.insert(member.name.clone(), refs);
             }
             Answer::Gone => {
-                // Its process is gone, though gossip may call it alive for a few seconds more: place nothing there.
+                // Its process is gone, though gossip may call it alive for a few seconds more: place nothing there,
+                // and what it was sent but never started is free to go elsewhere.
                 node.unreachable.lock().expect("unreachable lock").insert(member.name.clone(), Instant::now());
+                claims.retain(|_, _, target| target != member.name);
                 held.insert(member.name.clone(), HashSet::new());
             }
             Answer::Silent => silent.push(member.name.clone()),
@@ -671,6 +693,20 @@ mod tests {
         }
         let mut alone = vec![member("a", &[])];
         assert_eq!(place(&mut alone, &job(&[]), &retry, &claims).map(|m| m.name.clone()).as_deref(), Some("a"));
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_told_from_a_timeout() {
+        kairos_agent::install_crypto_provider();
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let err = http.get(format!("http://{closed}/")).send().await.unwrap_err();
+        assert!(refused(&err), "{err:?}");
+        // A listener that never answers (like a paused process): the request times out, which is not "gone".
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", silent.local_addr().unwrap());
+        let err = http.get(url).timeout(Duration::from_millis(200)).send().await.unwrap_err();
+        assert!(err.is_timeout() && !refused(&err), "{err:?}");
     }
 
     #[test]
