@@ -46,12 +46,7 @@ impl AgentNode {
         let (worker, channels) = Worker::new(&config, outputs.clone());
         let stopping = CancellationToken::new();
         let exit = CancellationToken::new();
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .pool_idle_timeout(Duration::from_secs(300))
-            .tcp_nodelay(true)
-            .build()
-            .context("building the RPC client")?;
+        let http = crate::node::rpc_client()?;
         let reporter: Arc<dyn Reporter> =
             Arc::new(RemoteReporter { membership: membership.clone(), http, next: AtomicUsize::new(0) });
         let side = crate::cluster::AgentSide {

@@ -117,12 +117,7 @@ impl Node {
             ..Default::default()
         }
         .validate()?;
-        let rpc = reqwest::Client::builder()
-            .no_proxy()
-            .pool_idle_timeout(Duration::from_secs(300))
-            .tcp_nodelay(true)
-            .build()
-            .context("building the RPC client")?;
+        let rpc = rpc_client()?;
         let network = crate::cluster::Network { http: rpc.clone() };
         let raft = Raft::new(id, Arc::new(raft_config), network, log, machine).await?;
         let joining = !config.join.is_empty() || !config.retry_join.is_empty();
@@ -629,6 +624,16 @@ pub async fn drain_worker(worker: &Worker, config: &Config) {
         }
     }
     worker.flush_reports().await;
+}
+
+/// The node-to-node HTTP client: no proxy, connections kept alive (orders and reports reuse them).
+pub fn rpc_client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_idle_timeout(Duration::from_secs(300))
+        .tcp_nodelay(true)
+        .build()
+        .context("building the RPC client")
 }
 
 /// One row of `kairos raft list-peers`.

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tempfile::TempDir;
 
-use crate::common::{Exec, KAIROS_BIN, Reply, Timestamp, Value, kill_leftover, millis, process_alive};
+use crate::common::{Exec, KAIROS_BIN, Reply, Timestamp, Value, finish_command, kill_leftover, millis, process_alive};
 
 /// How long the nodes of one (re)start may take, together, to print their listening lines.
 pub const NODE_START_DEADLINE: Duration = Duration::from_secs(30);
@@ -362,22 +362,7 @@ impl Node {
             command.args(["--retry-join", seed]);
         }
         command.args(["--log-level", "info"]);
-        if !self.extra.iter().any(|a| a.starts_with("--shutdown-grace")) {
-            command.args(["--shutdown-grace", "2s"]);
-        }
-        command.args(&self.extra);
-        // No configuration may leak in from the machine running the tests.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("KAIROS_") {
-                command.env_remove(&key);
-            }
-        }
-        command
-            .env("NO_COLOR", "1")
-            .current_dir(&self.data_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        finish_command(&mut command, &self.extra, &self.data_dir);
         command
     }
 

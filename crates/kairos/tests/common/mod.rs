@@ -204,6 +204,29 @@ pub fn kill_leftover(pid: i32) {
     }
 }
 
+/// The common end of every test node's command line: the test's own flags (after a short `--shutdown-grace`
+/// unless they set one), nothing from the machine's `KAIROS_*` environment, the data dir as working directory,
+/// and piped output.
+pub fn finish_command(command: &mut Command, args: &[String], data_dir: &Path) {
+    // Stopping a test server should not wait long for its runs, unless the test says otherwise.
+    if !args.iter().any(|a| a.starts_with("--shutdown-grace")) {
+        command.args(["--shutdown-grace", "2s"]);
+    }
+    command.args(args);
+    // No configuration may leak in from the machine running the tests.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("KAIROS_") {
+            command.env_remove(&key);
+        }
+    }
+    command
+        .env("NO_COLOR", "1")
+        .current_dir(data_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+}
+
 /// A `kairos agent --server` process on 127.0.0.1 with free ports, and its data directory.
 pub struct Server {
     data_dir: PathBuf,
@@ -262,23 +285,7 @@ impl Server {
             .args(["--rpc-port", "0"])
             .args(["--node-name", &self.node_name])
             .args(["--log-level", "info"]);
-        // Stopping a test server should not wait long for its runs, unless the test says otherwise.
-        if !self.args.iter().any(|a| a.starts_with("--shutdown-grace")) {
-            command.args(["--shutdown-grace", "2s"]);
-        }
-        command.args(&self.args);
-        // No configuration may leak in from the machine running the tests.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("KAIROS_") {
-                command.env_remove(&key);
-            }
-        }
-        command
-            .env("NO_COLOR", "1")
-            .current_dir(&self.data_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        finish_command(&mut command, &self.args, &self.data_dir);
         command
     }
 
