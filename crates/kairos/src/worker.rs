@@ -53,6 +53,9 @@ pub struct Order {
     /// An order that arrives after this instant is refused: its leader may have given up on delivering it (a
     /// node paused while the order sat in its socket) and placed the run elsewhere.
     pub expires_at: Timestamp,
+    /// How many output files of this job the node keeps (the job's retention): older ones are deleted after a
+    /// run, so an agent's disk stays bounded like the state is.
+    pub keep_outputs: u32,
 }
 
 /// What a fence says about launching an order now.
@@ -108,6 +111,8 @@ struct Waiting {
 #[derive(Clone)]
 pub struct Worker {
     runner: Runner,
+    outputs: OutputStore,
+    retained_default: u32,
     node_name: String,
     output_max_bytes: u64,
     pub lease: Duration,
@@ -144,7 +149,9 @@ impl Worker {
         let (timer_tx, timer) = unbounded_channel();
         let (dropped_tx, dropped) = unbounded_channel();
         let worker = Worker {
-            runner: Runner::new(outputs, config.kill_grace),
+            runner: Runner::new(outputs.clone(), config.kill_grace),
+            outputs,
+            retained_default: config.executions_retained,
             node_name: config.node_name.clone(),
             output_max_bytes: config.output_max_bytes,
             lease: config.execution_lease,
@@ -255,7 +262,9 @@ impl Worker {
             ("KAIROS_ATTEMPT".into(), exec.attempt.to_string()),
         ];
         let expires_at = at.unwrap_or_else(Timestamp::now).max(Timestamp::now()) + self.lease;
-        Order { exec: ExecRef { job: exec.job_name.clone(), id: exec.id.clone() }, spec, term, at, expires_at }
+        let keep_outputs = job.executions_retained.unwrap_or(self.retained_default).max(1);
+        let exec = ExecRef { job: exec.job_name.clone(), id: exec.id.clone() };
+        Order { exec, spec, term, at, expires_at, keep_outputs }
     }
 
     /// Take an order: refused (false) if its term is older than one seen; launched at its instant otherwise.
@@ -349,7 +358,7 @@ impl Worker {
     }
 
     async fn run(&self, order: Order) {
-        let Order { exec: exec_ref, mut spec, .. } = order;
+        let Order { exec: exec_ref, mut spec, keep_outputs, .. } = order;
         spec.extra_env.push(("KAIROS_NODE_NAME".into(), self.node_name.clone()));
         let (token, reason) = {
             let running = self.running.lock().expect("running lock");
@@ -374,6 +383,7 @@ impl Worker {
             ExecutionStatus::Cancelled => cancel_reason.or(outcome.error),
             _ => outcome.error,
         };
+        self.prune_outputs(&exec_ref.job, keep_outputs);
         {
             let mut recent = self.recent.lock().expect("recent lock");
             if recent.len() >= RECENT_OUTPUTS {
@@ -395,6 +405,26 @@ impl Worker {
             only_if_lease_expired: false,
         }));
         self.running.lock().expect("running lock").remove(&exec_ref);
+    }
+
+    /// Keep the newest `keep` output files of a job (ids sort by slot), never one of a run still running.
+    fn prune_outputs(&self, job: &str, keep: u32) {
+        let ids = match self.outputs.list(job) {
+            Ok(ids) => ids,
+            Err(err) => {
+                warn!("cannot list outputs of job {job}: {err}");
+                return;
+            }
+        };
+        let excess = ids.len().saturating_sub(keep as usize);
+        for id in ids.into_iter().take(excess) {
+            if self.is_running(&ExecRef { job: job.to_string(), id: id.clone() }) {
+                continue;
+            }
+            if let Err(err) = self.outputs.delete(job, &id) {
+                warn!("cannot delete output {job}/{id}: {err}");
+            }
+        }
     }
 
     /// Wait (bounded) until every report sent so far has been proposed.
@@ -576,6 +606,29 @@ mod tests {
         worker.observe_term(7);
         assert!(!worker.accept(order(&worker, "3", 6, later())));
         assert!(worker.accept(order(&worker, "4", 7, later())));
+    }
+
+    #[tokio::test]
+    async fn a_node_keeps_only_the_newest_output_files_of_a_job() {
+        let (worker, mut channels, _dir) = worker();
+        let mut job = Job::empty("j");
+        job.executor = "shell".into();
+        // More than the 4 KiB kept in the record, so each run writes an output file.
+        job.executor_config.insert("command".into(), "head -c 6000 /dev/zero".into());
+        job.executions_retained = Some(2);
+        for ms in 1..=4u64 {
+            let slot = Timestamp::from_millisecond(1_795_000_000_000 + ms as i64 * 1000).unwrap();
+            let exec = Execution::decided("j", slot, Trigger::Schedule);
+            assert!(worker.accept(worker.prepare(&exec, &job, 1, None)));
+            loop {
+                match channels.reports.recv().await.expect("reports") {
+                    Report::Finish(finish) if finish.exec.id == exec.id => break,
+                    _ => {}
+                }
+            }
+        }
+        let kept = worker.outputs.list("j").unwrap();
+        assert_eq!(kept, ["1795000003000-1", "1795000004000-1"], "the two newest outputs stay");
     }
 
     #[tokio::test]
