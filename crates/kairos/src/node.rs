@@ -22,7 +22,7 @@ use kairos_agent::OutputStore;
 use kairos_model::{Execution, ExecutionStatus, Timestamp};
 use kairos_store::{Command, ExecRef, Finish, LogStore, Raft, Response, StateMachine, StateReader};
 use openraft::async_runtime::WatchReceiver;
-use openraft::{BasicNode, ChangeMembers, ReadPolicy, ServerState};
+use openraft::{BasicNode, ChangeMembers, Instant as _, ReadPolicy, ServerState};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Notify;
@@ -151,7 +151,7 @@ impl Node {
             stopping: CancellationToken::new(),
             exit: CancellationToken::new(),
         });
-        worker.set_fence(local_fence(raft.clone()));
+        worker.set_fence(local_fence(raft.clone(), Duration::from_millis(100 * multiplier)));
 
         let mut tasks = Vec::new();
         let rpc_router = crate::cluster::rpc_router(raft.clone())
@@ -691,7 +691,7 @@ impl Reporter for LocalReporter {
 /// The fence a server's worker asks before launching: orders of an older term than this server's Raft knows
 /// are dropped, and an order this node gave as leader launches only while its leader lease holds (a leader
 /// that was paused or cut off learns it was deposed before it runs anything).
-fn local_fence(raft: Raft) -> crate::worker::Fence {
+fn local_fence(raft: Raft, fresh: Duration) -> crate::worker::Fence {
     Arc::new(move |term| {
         let raft = raft.clone();
         Box::pin(async move {
@@ -702,6 +702,14 @@ fn local_fence(raft: Raft) -> crate::worker::Fence {
             let leads = metrics.state == ServerState::Leader && metrics.current_term == term;
             if !leads {
                 // An order of the current term from another leader: the worker's own term check covers it.
+                return Verdict::Launch;
+            }
+            // A single voter cannot be deposed by anyone; a quorum ack fresher than the shortest election
+            // timeout proves no other leader can exist yet. Otherwise ask Raft to confirm the lease.
+            if metrics.membership_config.membership().voter_ids().nth(1).is_none() {
+                return Verdict::Launch;
+            }
+            if metrics.last_quorum_acked.as_ref().is_some_and(|acked| acked.elapsed() < fresh) {
                 return Verdict::Launch;
             }
             match raft.ensure_linearizable(ReadPolicy::LeaseRead).await {
