@@ -439,8 +439,16 @@ pub async fn dispatch_loop(node: Arc<Node>) {
         if !node.wait_for_leadership().await {
             return;
         }
-        // A new multi-server leader accepts writes once a quorum acknowledged it.
+        // A new multi-server leader accepts writes once a quorum acknowledged it. Then read the state only after
+        // applying everything committed so far: entries of the previous term (a finish reported just before the
+        // old leader died) are committed by this leader's first entry, and a pending execution that is in
+        // fact finished must not be dispatched again.
         node.wait_writable().await;
+        if let Err(err) = node.leader_read_index().await {
+            warn!("takeover: {}; trying again", err.message);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
         let term = node.raft.metrics().borrow_watched().current_term;
         node.worker.observe_term(term);
         node.claims.lock().expect("claims lock").clear();
