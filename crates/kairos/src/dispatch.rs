@@ -180,7 +180,7 @@ pub fn dispatch<'e>(node: &Node, runs: Vec<(&'e Execution, Option<Timestamp>)>) 
                 })
             });
             let Some(job) = job.as_ref() else { continue };
-            let Some(target) = place(&mut members, job, exec, &claims) else {
+            let Some(target) = place(&mut members, job, exec, &claims, &node.config.node_name) else {
                 unplaced.push(exec);
                 continue;
             };
@@ -237,12 +237,22 @@ fn eligible_members(node: &Node) -> Vec<Member> {
     if reachable.is_empty() { members } else { reachable }
 }
 
-/// The least busy eligible node for a run, avoiding its previous attempt's node where there is another.
-fn place<'m>(members: &'m mut [Member], job: &Job, exec: &Execution, claims: &Claims) -> Option<&'m Member> {
+/// The least busy eligible node for a run, avoiding its previous attempt's node where there is another, and the
+/// leader itself (`leader`) where there is another: a run the leader starts itself is the one a leader crash can
+/// leave unreported, and the leader has scheduling to do.
+fn place<'m>(
+    members: &'m mut [Member],
+    job: &Job,
+    exec: &Execution,
+    claims: &Claims,
+    leader: &str,
+) -> Option<&'m Member> {
     let eligible: Vec<usize> = (0..members.len()).filter(|i| tags_match(&job.tags, &members[*i].tags)).collect();
     let avoid = exec.previous_node.as_deref();
     let preferred: Vec<usize> = eligible.iter().copied().filter(|i| Some(members[*i].name.as_str()) != avoid).collect();
     let pool = if preferred.is_empty() { eligible } else { preferred };
+    let others: Vec<usize> = pool.iter().copied().filter(|i| members[*i].name != leader).collect();
+    let pool = if others.is_empty() { pool } else { others };
     let load = |i: &usize| claims.load.get(&members[*i].name).copied().unwrap_or(0);
     let least = pool.iter().map(load).min()?;
     let ties: Vec<usize> = pool.iter().copied().filter(|i| load(i) == least).collect();
@@ -673,20 +683,20 @@ mod tests {
         claims.claim(exec_ref(2), "a");
         claims.claim(exec_ref(3), "b");
         let job = job(&[("pool", "x")]);
-        let picked = place(&mut members, &job, &exec(), &claims).map(|m| m.name.clone());
+        let picked = place(&mut members, &job, &exec(), &claims, "leader").map(|m| m.name.clone());
         assert_eq!(picked.as_deref(), Some("b"), "b runs 1, a runs 2; c does not match");
         claims.release(&exec_ref(1));
         claims.release(&exec_ref(2));
         assert_eq!(claims.load.get("a"), Some(&0));
-        assert_eq!(place(&mut members, &job, &exec(), &claims).map(|m| m.name.clone()).as_deref(), Some("a"));
+        assert_eq!(place(&mut members, &job, &exec(), &claims, "leader").map(|m| m.name.clone()).as_deref(), Some("a"));
     }
 
     #[test]
     fn a_job_without_tags_can_run_anywhere_and_unmatched_tags_nowhere() {
         let mut members = vec![member("a", &[("zone", "eu")]), member("b", &[])];
         let claims = Claims::default();
-        assert!(place(&mut members, &job(&[]), &exec(), &claims).is_some());
-        assert!(place(&mut members, &job(&[("zone", "us")]), &exec(), &claims).is_none());
+        assert!(place(&mut members, &job(&[]), &exec(), &claims, "leader").is_some());
+        assert!(place(&mut members, &job(&[("zone", "us")]), &exec(), &claims, "leader").is_none());
     }
 
     #[test]
@@ -697,10 +707,29 @@ mod tests {
         let mut retry = exec();
         retry.previous_node = Some("a".into());
         for _ in 0..20 {
-            assert_eq!(place(&mut members, &job(&[]), &retry, &claims).map(|m| m.name.clone()).as_deref(), Some("b"));
+            assert_eq!(
+                place(&mut members, &job(&[]), &retry, &claims, "leader").map(|m| m.name.clone()).as_deref(),
+                Some("b")
+            );
         }
         let mut alone = vec![member("a", &[])];
-        assert_eq!(place(&mut alone, &job(&[]), &retry, &claims).map(|m| m.name.clone()).as_deref(), Some("a"));
+        assert_eq!(
+            place(&mut alone, &job(&[]), &retry, &claims, "leader").map(|m| m.name.clone()).as_deref(),
+            Some("a")
+        );
+    }
+
+    #[test]
+    fn the_leader_runs_jobs_only_when_no_other_node_is_eligible() {
+        let mut members = vec![member("leader", &[("gpu", "yes")]), member("b", &[])];
+        let mut claims = Claims::default();
+        claims.claim(exec_ref(1), "b");
+        claims.claim(exec_ref(2), "b");
+        let pick = |members: &mut Vec<Member>, job: &Job| {
+            place(members, job, &exec(), &claims, "leader").map(|m| m.name.clone())
+        };
+        assert_eq!(pick(&mut members, &job(&[])).as_deref(), Some("b"), "b is busier but is not the leader");
+        assert_eq!(pick(&mut members, &job(&[("gpu", "yes")])).as_deref(), Some("leader"), "only the leader matches");
     }
 
     #[tokio::test]
