@@ -17,7 +17,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -27,7 +27,10 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tempfile::TempDir;
 
-use crate::common::{Exec, KAIROS_BIN, Reply, Timestamp, Value, finish_command, kill_leftover, millis, process_alive};
+use crate::common::{
+    Exec, KAIROS_BIN, Reply, Timestamp, Value, addr_after, drain_lines, finish_command, kill_leftover, millis,
+    process_alive,
+};
 
 /// How long the nodes of one (re)start may take, together, to print their listening lines.
 pub const NODE_START_DEADLINE: Duration = Duration::from_secs(30);
@@ -1082,29 +1085,12 @@ impl Drop for Cluster {
 
 /// Copy a pipe into the shared log, line by line, so the pipe never fills up; report the listening addresses.
 fn drain(pipe: impl Read + Send + 'static, log: Arc<Mutex<String>>, announce: Option<mpsc::Sender<Announce>>) {
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(pipe);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            let text = String::from_utf8_lossy(&line);
-            if let Some(tx) = &announce {
-                let addr_after = |marker: &str| {
-                    let at = text.find(marker)?;
-                    let rest = text[at + marker.len()..].trim_start_matches("http://");
-                    Some(rest.chars().take_while(|c| !c.is_whitespace() && *c != '/').collect::<String>())
-                };
-                if let Some(addr) = addr_after(HTTP_LISTENING) {
-                    let _ = tx.send(Announce::Http(addr));
-                } else if let Some(addr) = addr_after(RPC_LISTENING) {
-                    let _ = tx.send(Announce::Rpc(addr));
-                }
-            }
-            log.lock().expect("log lock").push_str(&text);
+    drain_lines(pipe, log, move |line| {
+        let Some(tx) = &announce else { return };
+        if let Some(addr) = addr_after(line, HTTP_LISTENING) {
+            let _ = tx.send(Announce::Http(addr));
+        } else if let Some(addr) = addr_after(line, RPC_LISTENING) {
+            let _ = tx.send(Announce::Rpc(addr));
         }
     });
 }

@@ -526,6 +526,19 @@ impl Drop for Server {
 
 /// Copy a pipe into the shared log, line by line, so the pipe never fills up; report the listening address.
 fn drain(pipe: impl Read + Send + 'static, log: Arc<Mutex<String>>, addr: Option<mpsc::Sender<String>>) {
+    drain_lines(pipe, log, move |line| {
+        if let (Some(tx), Some(host_port)) = (&addr, addr_after(line, LISTENING)) {
+            let _ = tx.send(host_port);
+        }
+    });
+}
+
+/// Copy a pipe into `log` on a thread of its own (so the pipe never fills up), showing `on_line` each line first.
+pub fn drain_lines(
+    pipe: impl Read + Send + 'static,
+    log: Arc<Mutex<String>>,
+    mut on_line: impl FnMut(&str) + Send + 'static,
+) {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(pipe);
         let mut line = Vec::new();
@@ -536,12 +549,15 @@ fn drain(pipe: impl Read + Send + 'static, log: Arc<Mutex<String>>, addr: Option
                 Ok(_) => {}
             }
             let text = String::from_utf8_lossy(&line);
-            if let (Some(tx), Some(at)) = (&addr, text.find(LISTENING)) {
-                let rest = &text[at + LISTENING.len()..];
-                let host_port: String = rest.chars().take_while(|c| !c.is_whitespace() && *c != '/').collect();
-                let _ = tx.send(host_port);
-            }
+            on_line(&text);
             log.lock().expect("log lock").push_str(&text);
         }
     });
+}
+
+/// The `host:port` printed after `marker` in a log line (an optional `http://` and any path dropped).
+pub fn addr_after(line: &str, marker: &str) -> Option<String> {
+    let at = line.find(marker)?;
+    let rest = line[at + marker.len()..].trim_start_matches("http://");
+    Some(rest.chars().take_while(|c| !c.is_whitespace() && *c != '/').collect())
 }
