@@ -182,6 +182,11 @@ impl AgentArgs {
         if node_name.is_empty() {
             bail!("--node-name: must not be empty");
         }
+        // The name is part of execution ids (a copy of a slot on several nodes is `<id>@<node>`), URLs and file
+        // names: letters, digits, '.', '_' and '-' only (any host name qualifies).
+        if let Some(c) = node_name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+            bail!("--node-name: '{node_name}' contains '{c}'; use letters, digits, '.', '_' and '-'");
+        }
         let http_addr = self.http_addr.or(file.http_addr).unwrap_or_else(|| ":8080".into());
         let log_level = self.log_level.or(file.log_level).unwrap_or_else(|| "info".into());
         if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
@@ -328,6 +333,8 @@ mod tests {
             AgentArgs { log_level: Some("loud".into()), ..AgentArgs::default() },
             AgentArgs { shutdown_grace: Some("soon".into()), ..AgentArgs::default() },
             AgentArgs { config: Some("/nonexistent/kairos.yml".into()), ..AgentArgs::default() },
+            AgentArgs { node_name: Some("web@1".into()), ..AgentArgs::default() },
+            AgentArgs { node_name: Some("a/b".into()), ..AgentArgs::default() },
         ];
         for args in bad {
             let err = args.clone().resolve().unwrap_err().to_string();

@@ -3,8 +3,10 @@
 //!
 //! - *Claims*: every pending execution the leader hands out is claimed once (with the node it went to), so a
 //!   stale read can never dispatch it twice; the claim count per node is its load ("least busy").
-//! - *Placement*: eligible nodes are the live members whose tags match the job's; a job without tags runs on
-//!   exactly one of them, the least busy, avoiding the node a failed attempt ran on where there is another.
+//! - *Placement*: eligible nodes are the live members whose tags match the job's. A job without tags (or with a
+//!   count of 1) runs on exactly one of them, the least busy, avoiding the node a failed attempt ran on where
+//!   there is another. A job whose tags have no count runs on every matching node, `value:N` on N of them: the
+//!   leader first commits one copy per target node (`<id>@<node>`), then places each copy on its node.
 //! - *Orders*: runs decided ahead of their slot travel early with their instant and start on the agent's own
 //!   timer; every order carries the leader's term, and agents refuse older terms.
 //! - *Takeover*: a new leader first asks every live node what it runs, holds or has not reported yet (which
@@ -16,8 +18,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kairos_model::{Execution, ExecutionStatus, Job, Timestamp};
-use kairos_store::{Command, Event, ExecRef, Finish, Response};
+use kairos_model::{Execution, ExecutionStatus, Job, Targets, Timestamp};
+use kairos_store::{Command, Event, ExecRef, Expansion, Finish, Response};
 use openraft::async_runtime::WatchReceiver;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tracing::{info, warn};
@@ -48,6 +50,8 @@ pub const PLACE_GRACE: Duration = Duration::from_secs(10);
 pub struct Claims {
     by_exec: HashMap<ExecRef, (Instant, String)>,
     load: HashMap<String, usize>,
+    /// Executions whose expansion into copies (one per target node) is being committed.
+    expanding: HashSet<ExecRef>,
 }
 
 impl Claims {
@@ -83,6 +87,17 @@ impl Claims {
     fn clear(&mut self) {
         self.by_exec.clear();
         self.load.clear();
+        self.expanding.clear();
+    }
+
+    /// The nodes this leader sent other executions of the same slot of the same job to.
+    fn slot_nodes(&self, exec: &Execution) -> Vec<&str> {
+        let slot = slot_of(&exec.id);
+        self.by_exec
+            .iter()
+            .filter(|(r, _)| r.job == exec.job_name && r.id != exec.id && slot_of(&r.id) == slot)
+            .map(|(_, (_, node))| node.as_str())
+            .collect()
     }
 
     fn node_of(&self, exec: &ExecRef) -> Option<&str> {
@@ -149,9 +164,15 @@ pub fn stop_run(node: &Node, exec_ref: &ExecRef, reason: &str) {
     });
 }
 
-/// Claim, place and send runs (with their start instant, if early). Runs that cannot be placed now (no live
-/// node matches the job's tags) stay pending and unclaimed and are answered; the sweep tries again, and fails
-/// them after [`PLACE_GRACE`].
+/// The slot part of an execution id (its scheduled millisecond), shared by every attempt and copy of the slot.
+fn slot_of(id: &str) -> &str {
+    id.split_once('-').map_or(id, |(slot, _)| slot)
+}
+
+/// Claim, place and send runs (with their start instant, if early). Runs of a job that runs on several nodes
+/// are first expanded into one copy per target node (a commit; the copies are dispatched when it applies).
+/// Runs that cannot be placed now (no live node matches the job's tags, or a copy's node is not alive) stay
+/// pending and unclaimed and are answered; the sweep tries again, and fails them after [`PLACE_GRACE`].
 pub fn dispatch<'e>(node: &Node, runs: Vec<(&'e Execution, Option<Timestamp>)>) -> Vec<&'e Execution> {
     let mut unplaced = Vec::new();
     if runs.is_empty() || node.is_stopping() {
@@ -165,6 +186,7 @@ pub fn dispatch<'e>(node: &Node, runs: Vec<(&'e Execution, Option<Timestamp>)>) 
     let mut local = Vec::new();
     let mut remote: BTreeMap<String, (String, Vec<Order>)> = BTreeMap::new();
     let mut definitions: HashMap<String, Option<Arc<Job>>> = HashMap::new();
+    let mut expansions = Vec::new();
     {
         let takeover = node.takeover.lock().expect("takeover lock");
         let mut claims = node.claims.lock().expect("claims lock");
@@ -180,6 +202,16 @@ pub fn dispatch<'e>(node: &Node, runs: Vec<(&'e Execution, Option<Timestamp>)>) 
                 })
             });
             let Some(job) = job.as_ref() else { continue };
+            if !exec.is_copy() && job.targets() != Targets::One {
+                if claims.expanding.contains(&exec_ref) {
+                    continue;
+                }
+                if let Some(targets) = choose_targets(&members, job, &claims, &node.config.node_name) {
+                    claims.expanding.insert(exec_ref.clone());
+                    expansions.push(Expansion { exec: exec_ref, targets });
+                    continue;
+                }
+            }
             let Some(target) = place(&mut members, job, exec, &claims, &node.config.node_name) else {
                 unplaced.push(exec);
                 continue;
@@ -206,7 +238,52 @@ pub fn dispatch<'e>(node: &Node, runs: Vec<(&'e Execution, Option<Timestamp>)>) 
     for (name, (rpc_addr, orders)) in remote {
         send_orders(node, name, rpc_addr, orders);
     }
+    if !expansions.is_empty() {
+        expand(node, expansions);
+    }
     unplaced
+}
+
+/// Commit the expansion of runs into copies, then dispatch the copies.
+fn expand(node: &Node, expansions: Vec<Expansion>) {
+    let node_ptr = NodeHandle::of(node);
+    tokio::spawn(async move {
+        let Some(node) = node_ptr.upgrade() else { return };
+        let refs: Vec<ExecRef> = expansions.iter().map(|e| e.exec.clone()).collect();
+        let committed = node.submit(Command::Expand { expansions }).await;
+        {
+            let mut claims = node.claims.lock().expect("claims lock");
+            for exec in &refs {
+                claims.expanding.remove(exec);
+            }
+        }
+        match committed {
+            Ok(response) => after_commit(&node, &response),
+            // The originals are still pending: the next sweep tries again.
+            Err(err) => warn!("cannot expand {} run(s) into copies per node: {}", refs.len(), err.message),
+        }
+    });
+}
+
+/// The nodes a run of a job that runs on several nodes goes to: every live matching node, or the job's count of
+/// them, least busy first and the leader last. `None` if no live node matches.
+fn choose_targets(members: &[Member], job: &Job, claims: &Claims, leader: &str) -> Option<Vec<String>> {
+    let eligible: Vec<&Member> = members.iter().filter(|m| tags_match(&job.tags, &m.tags)).collect();
+    if eligible.is_empty() {
+        return None;
+    }
+    let wanted = match job.targets() {
+        Targets::All => eligible.len(),
+        Targets::Count(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        Targets::One => 1,
+    };
+    let load = |m: &Member| claims.load.get(&m.name).copied().unwrap_or(0);
+    let mut ranked: Vec<(bool, usize, u32, &str)> =
+        eligible.iter().map(|m| (m.name == leader, load(m), rand::random(), m.name.as_str())).collect();
+    ranked.sort_unstable();
+    let mut chosen: Vec<String> = ranked.into_iter().take(wanted).map(|(.., name)| name.to_string()).collect();
+    chosen.sort();
+    Some(chosen)
 }
 
 /// Live nodes that take runs (servers and agents, not left), in name order.
@@ -247,9 +324,17 @@ fn place<'m>(
     claims: &Claims,
     leader: &str,
 ) -> Option<&'m Member> {
-    let eligible: Vec<usize> = (0..members.len()).filter(|i| tags_match(&job.tags, &members[*i].tags)).collect();
-    let avoid = exec.previous_node.as_deref();
-    let preferred: Vec<usize> = eligible.iter().copied().filter(|i| Some(members[*i].name.as_str()) != avoid).collect();
+    let eligible: Vec<usize> = (0..members.len())
+        .filter(|i| tags_match(&job.tags, &members[*i].tags))
+        .filter(|i| exec.target.as_ref().is_none_or(|target| members[*i].name == *target))
+        .collect();
+    // A retry avoids the node that failed it, and a copy the nodes that run the slot's other copies.
+    let mut avoid: Vec<&str> = exec.previous_node.as_deref().into_iter().collect();
+    if exec.is_copy() && exec.target.is_none() {
+        avoid.extend(claims.slot_nodes(exec));
+    }
+    let preferred: Vec<usize> =
+        eligible.iter().copied().filter(|i| !avoid.contains(&members[*i].name.as_str())).collect();
     let pool = if preferred.is_empty() { eligible } else { preferred };
     let others: Vec<usize> = pool.iter().copied().filter(|i| members[*i].name != leader).collect();
     let pool = if others.is_empty() { pool } else { others };
@@ -602,12 +687,18 @@ async fn sweep(
             continue;
         }
         let tags = node.state.definition(&exec.job_name).ok().flatten().map(|j| j.tags.clone()).unwrap_or_default();
-        warn!("execution {}/{} failed: no live node matches the job's tags {tags:?}", exec.job_name, exec.id);
+        let error = match &exec.target {
+            Some(target) => format!(
+                "its node '{target}' is not alive or no longer matches the job's tags {tags:?} (waited {PLACE_GRACE:?})"
+            ),
+            None => format!("no live node matches the job's tags {tags:?} (waited {PLACE_GRACE:?})"),
+        };
+        warn!("execution {}/{} failed: {error}", exec.job_name, exec.id);
         results.push(Finish {
             exec: ExecRef { job: exec.job_name.clone(), id: exec.id.clone() },
             status: ExecutionStatus::Failed,
             exit_code: None,
-            error: Some(format!("no live node matches the job's tags {tags:?} (waited {PLACE_GRACE:?})")),
+            error: Some(error),
             output_tail: String::new(),
             output_bytes: 0,
             node: String::new(),
@@ -730,6 +821,62 @@ mod tests {
         };
         assert_eq!(pick(&mut members, &job(&[])).as_deref(), Some("b"), "b is busier but is not the leader");
         assert_eq!(pick(&mut members, &job(&[("gpu", "yes")])).as_deref(), Some("leader"), "only the leader matches");
+    }
+
+    #[test]
+    fn tags_without_a_count_target_every_matching_node_and_a_count_that_many() {
+        let members = vec![
+            member("leader", &[("role", "web")]),
+            member("w1", &[("role", "web")]),
+            member("w2", &[("role", "web")]),
+            member("db", &[("role", "db")]),
+        ];
+        let mut claims = Claims::default();
+        let all = choose_targets(&members, &job(&[("role", "web")]), &claims, "leader").unwrap();
+        assert_eq!(all, ["leader", "w1", "w2"], "every web node, the leader included");
+        claims.claim(exec_ref(1), "w1");
+        for _ in 0..20 {
+            let two = choose_targets(&members, &job(&[("role", "web:2")]), &claims, "leader").unwrap();
+            assert_eq!(two, ["w1", "w2"], "the leader comes last, even after the busier w1");
+        }
+        let mut more = members.clone();
+        more.push(member("w3", &[("role", "web")]));
+        for _ in 0..20 {
+            let two = choose_targets(&more, &job(&[("role", "web:2")]), &claims, "leader").unwrap();
+            assert_eq!(two, ["w2", "w3"], "w1 is busy: the two idle web nodes");
+        }
+        let many = choose_targets(&members, &job(&[("role", "web:9")]), &claims, "leader").unwrap();
+        assert_eq!(many.len(), 3, "a count above the matching nodes means all of them");
+        assert_eq!(choose_targets(&members, &job(&[("role", "cache")]), &claims, "leader"), None);
+    }
+
+    #[test]
+    fn a_copy_runs_only_on_its_node_and_an_unpinned_retry_avoids_its_siblings() {
+        let mut members = vec![member("a", &[("role", "web")]), member("b", &[("role", "web")]), member("c", &[])];
+        let claims = Claims::default();
+        let copies = exec().copies(&["a".to_string(), "b".to_string()]);
+        let web = job(&[("role", "web")]);
+        for _ in 0..20 {
+            let picked = place(&mut members, &web, &copies[1], &claims, "leader").map(|m| m.name.clone());
+            assert_eq!(picked.as_deref(), Some("b"));
+        }
+        let mut gone = copies[0].clone();
+        gone.target = Some("z".into());
+        assert!(place(&mut members, &web, &gone, &claims, "leader").is_none(), "its node is not alive");
+
+        // "role: web:2" with a third web node: the retry of the copy that failed on a leaves a and the node that
+        // runs the other copy (b), so it goes to d.
+        members.push(member("d", &[("role", "web")]));
+        let mut claims = Claims::default();
+        claims.claim(ExecRef { job: "j".into(), id: copies[1].id.clone() }, "b");
+        let mut failed = copies[0].clone();
+        failed.node_name = "a".into();
+        let mut retry = failed.retry(exec().scheduled_at);
+        retry.target = None;
+        for _ in 0..20 {
+            let picked = place(&mut members, &job(&[("role", "web:2")]), &retry, &claims, "leader");
+            assert_eq!(picked.map(|m| m.name.clone()).as_deref(), Some("d"));
+        }
     }
 
     #[tokio::test]

@@ -238,11 +238,9 @@ fn resolve_bind(text: &str) -> anyhow::Result<SocketAddr> {
 /// Whether a node's tags satisfy a job's: every key must be present with the value (Dkron's `value:count`
 /// form counts only the value part here).
 pub fn tags_match(job_tags: &BTreeMap<String, String>, node_tags: &BTreeMap<String, String>) -> bool {
-    job_tags.iter().all(|(key, wanted)| {
-        let value =
-            wanted.rsplit_once(':').filter(|(_, n)| n.parse::<u32>().is_ok()).map_or(wanted.as_str(), |(v, _)| v);
-        node_tags.get(key).is_some_and(|have| have == value)
-    })
+    job_tags
+        .iter()
+        .all(|(key, wanted)| node_tags.get(key).is_some_and(|have| have == kairos_model::tag_value(wanted).0))
 }
 
 #[cfg(test)]

@@ -414,7 +414,7 @@ impl Node {
             for finish in results.iter_mut() {
                 if finish.status == ExecutionStatus::Failed && finish.retry_at.is_none() {
                     finish.retry_at =
-                        retry_instant(self, &finish.exec.job, crate::worker::attempt_of(&finish.exec), now);
+                        retry_instant(self, &finish.exec.job, kairos_model::attempt_of(&finish.exec.id), now);
                 }
             }
         }

@@ -526,11 +526,6 @@ pub async fn report_loop(worker: Worker, reporter: Arc<dyn Reporter>, mut report
     }
 }
 
-/// The attempt number inside an execution id (`<ms>-<attempt>[-origin]`).
-pub fn attempt_of(exec: &ExecRef) -> u32 {
-    exec.id.split('-').nth(1).and_then(|a| a.parse().ok()).unwrap_or(1)
-}
-
 /// Reports must not be lost to a transient error (e.g. a leader change); retry for a bounded time.
 async fn propose_with_retry(reporter: &dyn Reporter, command: Command) -> Option<Response> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

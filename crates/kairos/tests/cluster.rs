@@ -51,12 +51,13 @@ fn side_effects(dir: &Path, job: &str) -> Vec<(String, String)> {
 /// the node the record names.
 #[track_caller]
 fn assert_each_slot_ran_once(name: &str, execs: &[Exec], dir: &Path) {
-    let mut per_slot: BTreeMap<Timestamp, Vec<&str>> = BTreeMap::new();
+    // A job that runs on several nodes has one copy of each slot per target node, named in its id (`…@node`).
+    let mut per_slot: BTreeMap<(Timestamp, Option<&str>), Vec<&str>> = BTreeMap::new();
     for exec in execs.iter().filter(|e| e.attempt == 1) {
-        per_slot.entry(exec.scheduled_at).or_default().push(&exec.id);
+        per_slot.entry((exec.scheduled_at, exec.id.split_once('@').map(|(_, t)| t))).or_default().push(&exec.id);
     }
     let twice: Vec<String> =
-        per_slot.iter().filter(|(_, ids)| ids.len() > 1).map(|(at, ids)| format!("{at} {ids:?}")).collect();
+        per_slot.iter().filter(|(_, ids)| ids.len() > 1).map(|((at, _), ids)| format!("{at} {ids:?}")).collect();
     assert!(twice.is_empty(), "{name}: slots decided twice: {twice:?}\n{}", runs(execs));
 
     let mut ran_on: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -128,12 +129,26 @@ fn list_peers_tables_are_read_by_column() {
     assert_eq!((peers[0].node.as_str(), peers[0].state.as_str(), peers[0].voter), ("s2", "Follower", false));
 }
 
+/// The first attempts of each slot of a job that runs on several nodes, by slot: (copy's target, node it ran on).
+fn copies_by_slot(execs: &[Exec]) -> BTreeMap<Timestamp, Vec<(String, String)>> {
+    let mut slots: BTreeMap<Timestamp, Vec<(String, String)>> = BTreeMap::new();
+    for exec in execs.iter().filter(|e| e.attempt == 1) {
+        let target = exec.id.split_once('@').map(|(_, t)| t.to_string()).unwrap_or_default();
+        slots.entry(exec.scheduled_at).or_default().push((target, exec.node_name.clone()));
+    }
+    slots.values_mut().for_each(|copies| copies.sort());
+    slots
+}
+
 /// Three servers and two agents form one cluster; a follower takes writes. A job tagged `pool: a` runs only on
-/// the agent with that tag; an untagged job runs once per slot somewhere in the cluster. Every server serves the
-/// job, lists all five nodes alive with their tags, and Raft has the three servers as voters under one leader.
+/// the agent with that tag; an untagged job runs once per slot somewhere in the cluster; a job tagged `kind:
+/// agent` (Dkron: every matching node) runs each slot on both agents; one tagged `any: yes:2` on two of the five
+/// nodes, not the leader. Every server serves the job, lists all five nodes alive with their tags, and Raft has
+/// the three servers as voters under one leader.
 #[tokio::test(flavor = "multi_thread")]
 async fn cluster_forms_and_runs_jobs_where_tags_say() {
-    let cluster = Cluster::start(3, &[("a1", &["pool=a"]), ("a2", &["pool=b"])], &[]).await;
+    let agents: [(&str, &[&str]); 2] = [("a1", &["pool=a", "kind=agent"]), ("a2", &["pool=b", "kind=agent"])];
+    let cluster = Cluster::start(3, &agents, &["--tag", "any=yes"]).await;
     let leader = cluster.wait_formed().await;
     let follower = cluster.live_servers().into_iter().find(|&i| i != leader).expect("a follower");
     let dir = cluster.scratch("side-effects");
@@ -141,10 +156,18 @@ async fn cluster_forms_and_runs_jobs_where_tags_say() {
     let tagged = with(ticker("tagged", &dir), json!({"tags": {"pool": "a"}}));
     cluster.write_via(Some(follower), "POST", "/v1/jobs", Some(&tagged), &[201]).await;
     cluster.write_via(Some(follower), "POST", "/v1/jobs", Some(&ticker("untagged", &dir)), &[201]).await;
-    let names = ["tagged".to_string(), "untagged".to_string()];
-    for name in &names {
+    let every_agent = with(ticker("every-agent", &dir), json!({"tags": {"kind": "agent"}}));
+    cluster.write_via(Some(follower), "POST", "/v1/jobs", Some(&every_agent), &[201]).await;
+    let two_nodes = with(ticker("two-nodes", &dir), json!({"tags": {"any": "yes:2"}}));
+    cluster.write_via(None, "POST", "/v1/jobs", Some(&two_nodes), &[201]).await;
+    let copies_per_slot = [("tagged", 1), ("untagged", 1), ("every-agent", 2), ("two-nodes", 2)];
+    let names = copies_per_slot.map(|(name, _)| name.to_string());
+    for (name, copies) in copies_per_slot {
+        let wanted = 3 * copies;
         cluster
-            .wait_executions(name, "three finished runs", secs(30), |e| e.iter().filter(|x| x.is_final()).count() >= 3)
+            .wait_executions(name, &format!("{wanted} finished runs"), secs(30), |e| {
+                e.iter().filter(|x| x.is_final()).count() >= wanted
+            })
             .await;
     }
     // Stop them, so the records and the side-effect files are compared at rest.
@@ -163,6 +186,22 @@ async fn cluster_forms_and_runs_jobs_where_tags_say() {
     for (name, execs) in &history {
         assert_each_slot_ran_once(name, execs, &dir);
     }
+    for (slot, copies) in copies_by_slot(&history["every-agent"]) {
+        let expected = [("a1".to_string(), "a1".to_string()), ("a2".to_string(), "a2".to_string())];
+        assert_eq!(copies, expected, "every-agent, slot {slot}: one copy per agent\n{}", runs(&history["every-agent"]));
+    }
+    let leader_name = cluster.node_name(leader).to_string();
+    for (slot, copies) in copies_by_slot(&history["two-nodes"]) {
+        let two = &history["two-nodes"];
+        assert_eq!(copies.len(), 2, "two-nodes, slot {slot}: {copies:?}\n{}", runs(two));
+        assert_ne!(copies[0].0, copies[1].0, "two-nodes, slot {slot}: two distinct nodes\n{}", runs(two));
+        for (target, ran_on) in &copies {
+            assert_eq!(target, ran_on, "two-nodes, slot {slot}: a copy ran on its target\n{}", runs(two));
+            assert!(node_names.contains(target) && *target != leader_name, "slot {slot}: {target}\n{}", runs(two));
+        }
+    }
+    let finished_copies = history["every-agent"].iter().filter(|e| e.status == "succeeded").count();
+    assert!(finished_copies >= 6, "every-agent: {}", runs(&history["every-agent"]));
 
     for i in cluster.live_servers() {
         let server = cluster.server(i);
@@ -290,8 +329,10 @@ async fn paused_leader_makes_no_duplicates() {
 }
 
 /// A run on an agent that is killed (`kill -9`) stops renewing its lease: after the lease (3 s) it turns `lost`
-/// and, with `retries: 1`, attempt 2 runs on the other agent that matches the job's tags. Gossip then shows
-/// the dead agent `failed`.
+/// and, with `retries: 1`, attempt 2 runs on the other agent that matches the job's tags (`pool: w:1`, one
+/// node). Gossip then shows the dead agent `failed`. A job on every `pool: w` agent had a copy on each: the dead
+/// agent's copy turns `lost` too, but its retry stays on that node (the copy is that node's work) and fails
+/// visibly once the node has not come back within the placement grace; the other copy runs on untouched.
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_killed_mid_run_is_lost_and_retried_elsewhere() {
     let mut cluster =
@@ -302,9 +343,20 @@ async fn agent_killed_mid_run_is_lost_and_retried_elsewhere() {
     let command = format!("echo $$ >> '{}'; exec sleep 60", pids.display());
     let job = with(
         shell_job("long", "@manually", &command),
-        json!({"tags": {"pool": "w"}, "retries": 1, "retry_backoff": "100ms"}),
+        json!({"tags": {"pool": "w:1"}, "retries": 1, "retry_backoff": "100ms"}),
     );
     cluster.create_job(&job).await;
+    let everywhere = with(
+        shell_job("everywhere", "@manually", &command),
+        json!({"tags": {"pool": "w"}, "retries": 1, "retry_backoff": "100ms"}),
+    );
+    cluster.create_job(&everywhere).await;
+    cluster.run("everywhere").await;
+    cluster
+        .wait_executions("everywhere", "a copy runs on each agent", secs(20), |e| {
+            e.len() == 2 && e.iter().all(|x| x.status == "running" && x.id.ends_with(&format!("@{}", x.node_name)))
+        })
+        .await;
     cluster.run("long").await;
     let execs =
         cluster.wait_executions("long", "attempt 1 runs", secs(20), |e| e.len() == 1 && e[0].status == "running").await;
@@ -343,6 +395,24 @@ async fn agent_killed_mid_run_is_lost_and_retried_elsewhere() {
         cluster.wait_executions("long", "the retry is cancelled", secs(20), |e| e.iter().all(Exec::is_final)).await;
     let retry = execs.iter().find(|e| e.attempt == 2).unwrap();
     assert_eq!(retry.status, "cancelled", "{}", runs(&execs));
+
+    let copies = cluster
+        .wait_executions("everywhere", "the dead agent's copy lost, its retry failed", secs(30), |e| {
+            e.iter().any(|x| x.attempt == 2 && x.is_final())
+        })
+        .await;
+    let on =
+        |node: &str, attempt: u32| copies.iter().find(|e| e.id.ends_with(&format!("@{node}")) && e.attempt == attempt);
+    let (alive, lost, retry) = (on(cluster.node_name(survivor), 1), on(&dead, 1), on(&dead, 2));
+    assert_eq!(alive.map(|e| e.status.as_str()), Some("running"), "{}", runs(&copies));
+    assert_eq!(lost.map(|e| e.status.as_str()), Some("lost"), "{}", runs(&copies));
+    let retry = retry.unwrap_or_else(|| panic!("no retry of the dead agent's copy:\n{}", runs(&copies)));
+    assert_eq!((retry.status.as_str(), retry.node_name.as_str()), ("failed", ""), "{}", runs(&copies));
+    let error = retry.error.as_deref().unwrap_or_default();
+    assert!(error.contains(&format!("'{dead}' is not alive")), "{error}");
+    assert_eq!(copies.len(), 3, "no copy went to the survivor: {}", runs(&copies));
+    let running = alive.map(|e| e.id.clone()).unwrap_or_default();
+    cluster.write("POST", &format!("/v1/jobs/everywhere/executions/{running}/cancel"), None, &[202]).await;
 }
 
 /// `kairos leave` against the leader: it hands leadership over, leaves the Raft configuration and exits 0 by
@@ -736,6 +806,16 @@ async fn output_is_served_by_any_server_and_followed_live() {
         first_difference(&run.output, &expected)
     );
     let id = &run.id;
+    // `pool: a` runs on every matching node (a1 alone): the run was replaced by its copy for a1, which the old id
+    // names.
+    let original = id.strip_suffix("@a1").unwrap_or_else(|| panic!("{id} is not a1's copy of a run"));
+    let reply = cluster.server(leader).get(&format!("/v1/jobs/big/executions/{original}")).await;
+    assert_eq!(reply.status, 404, "{}", reply.text);
+    assert!(
+        reply.json["error"].as_str().is_some_and(|e| e.ends_with(&format!("one copy per node: {id}"))),
+        "{}",
+        reply.text
+    );
     for i in cluster.live_servers() {
         let server = cluster.server(i);
         let reply = server.get(&format!("/v1/jobs/big/executions/{id}?consistent")).await;
@@ -758,7 +838,12 @@ async fn output_is_served_by_any_server_and_followed_live() {
     let follow = with(shell_job("follow", "@manually", command), pinned);
     cluster.write_via(Some(leader), "POST", "/v1/jobs", Some(&follow), &[201]).await;
     cluster.write_via(Some(leader), "POST", "/v1/jobs/follow/run", None, &[202]).await;
-    let execs = cluster.wait_executions("follow", "its run is recorded", secs(20), |e| e.len() == 1).await;
+    // `pool: a` runs on every matching node, here a1 alone: the run becomes one copy, `<id>@a1`.
+    let execs = cluster
+        .wait_executions("follow", "its copy for a1 is recorded", secs(20), |e| {
+            e.len() == 1 && e[0].id.ends_with("@a1")
+        })
+        .await;
     let id = execs[0].id.clone();
     let record_path = format!("/v1/jobs/follow/executions/{id}");
 

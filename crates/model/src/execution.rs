@@ -101,6 +101,9 @@ pub struct Execution {
     /// For a retry: the node the previous attempt ran on, which the dispatcher avoids where it can.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_node: Option<String>,
+    /// For a job that runs on several nodes: the node this copy of the slot must run on (see [`Execution::copies`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
 /// The deterministic id of an attempt at a scheduled slot: `<scheduled ms>-<attempt>`, zero-padded so ids sort by
@@ -108,6 +111,21 @@ pub struct Execution {
 /// a scheduled slot at the same instant.
 pub fn execution_id(scheduled_at: Timestamp, attempt: u32) -> String {
     format!("{:013}-{attempt}", scheduled_at.as_millisecond())
+}
+
+/// The character that separates a copy's target node from the rest of its id; node names cannot contain it.
+pub const TARGET_SEPARATOR: char = '@';
+
+/// The attempt number inside an execution id (`<ms>-<attempt>[-origin][@target]`); 1 if the id has none.
+pub fn attempt_of(id: &str) -> u32 {
+    let (_, rest) = id.split_once('-').unwrap_or(("", ""));
+    let digits = rest.find(|c: char| !c.is_ascii_digit()).map_or(rest, |end| &rest[..end]);
+    digits.parse().unwrap_or(1)
+}
+
+/// The target node named in an execution id, for a copy of a slot that runs on several nodes.
+pub fn target_of(id: &str) -> Option<&str> {
+    id.split_once(TARGET_SEPARATOR).map(|(_, target)| target)
 }
 
 /// The id prefix every attempt at the slot `scheduled_at` shares, whatever started it.
@@ -145,24 +163,52 @@ impl Execution {
             lease_until: None,
             output_bytes: 0,
             previous_node: None,
+            target: None,
         }
     }
 
-    /// The next attempt at the same slot, keeping the origin suffix of the id, pending until `not_before`.
+    /// Whether this execution is one of several copies of its slot, each with its own target node (possibly
+    /// no longer pinned to it, for a retry of a job that runs on a count of nodes).
+    pub fn is_copy(&self) -> bool {
+        self.id.contains(TARGET_SEPARATOR)
+    }
+
+    /// The copies of a pending execution for the given target nodes: `<id>@<node>` each, pinned to its node,
+    /// otherwise the same decision (slot, trigger, start instant).
+    pub fn copies(&self, targets: &[String]) -> Vec<Execution> {
+        targets
+            .iter()
+            .map(|target| Execution {
+                id: format!("{}{TARGET_SEPARATOR}{target}", self.id),
+                target: Some(target.clone()),
+                ..self.clone()
+            })
+            .collect()
+    }
+
+    /// The next attempt at the same slot, keeping the origin suffix and the target of the id, pending until
+    /// `not_before`. A copy's retry stays pinned to its target node; the caller unpins it where it may move.
     pub fn retry(&self, not_before: Timestamp) -> Execution {
         let attempt = self.attempt + 1;
-        let suffix = self.id.split_once('-').map_or("", |(_, rest)| rest.split_once('-').map_or("", |(_, s)| s));
-        let id = if suffix.is_empty() {
-            execution_id(self.scheduled_at, attempt)
-        } else {
-            format!("{}-{suffix}", execution_id(self.scheduled_at, attempt))
+        let (base, target) = match self.id.split_once(TARGET_SEPARATOR) {
+            Some((base, target)) => (base, Some(target)),
+            None => (self.id.as_str(), None),
         };
+        let suffix = base.split_once('-').map_or("", |(_, rest)| rest.split_once('-').map_or("", |(_, s)| s));
+        let mut id = execution_id(self.scheduled_at, attempt);
+        if !suffix.is_empty() {
+            id = format!("{id}-{suffix}");
+        }
+        if let Some(target) = target {
+            id = format!("{id}{TARGET_SEPARATOR}{target}");
+        }
         Execution {
             id,
             attempt,
             trigger: Trigger::Retry,
             not_before: Some(not_before),
             previous_node: Some(self.node_name.clone()).filter(|n| !n.is_empty()),
+            target: self.target.clone(),
             ..Execution::decided(&self.job_name, self.scheduled_at, Trigger::Retry)
         }
     }
@@ -191,6 +237,29 @@ mod tests {
         assert_eq!(manual.retry(a).id, format!("{}-manual", execution_id(a, 2)));
         assert_eq!(manual.retry(a).retry(a).attempt, 3);
         assert!(manual.id.starts_with(&slot_prefix(a)));
+    }
+
+    #[test]
+    fn copies_name_their_target_and_keep_it_through_retries() {
+        let a: Timestamp = "2026-11-21T10:00:00Z".parse().unwrap();
+        let mut manual = Execution::decided("j", a, Trigger::Manual);
+        manual.not_before = Some(a);
+        let copies = manual.copies(&["web-1".to_string(), "web-2".to_string()]);
+        assert_eq!(copies.len(), 2);
+        assert_eq!(copies[0].id, format!("{}-manual@web-1", execution_id(a, 1)));
+        assert_eq!((copies[1].target.as_deref(), copies[1].not_before), (Some("web-2"), Some(a)));
+        assert!(copies.iter().all(Execution::is_copy) && !manual.is_copy());
+        let mut failed = copies[0].clone();
+        failed.node_name = "web-1".into();
+        let retry = failed.retry(a);
+        assert_eq!(retry.id, format!("{}-manual@web-1", execution_id(a, 2)));
+        assert_eq!((retry.target.as_deref(), retry.previous_node.as_deref()), (Some("web-1"), Some("web-1")));
+        assert_eq!(attempt_of(&retry.id), 2);
+        assert_eq!(target_of(&retry.id), Some("web-1"));
+        assert_eq!(attempt_of(&retry.retry(a).id), 3);
+        let scheduled = Execution::decided("j", a, Trigger::Schedule).copies(&["n".to_string()]).remove(0);
+        assert_eq!(scheduled.retry(a).id, format!("{}@n", execution_id(a, 2)));
+        assert_eq!((attempt_of(&execution_id(a, 7)), target_of(&execution_id(a, 7))), (7, None));
     }
 
     #[test]

@@ -51,6 +51,28 @@ pub enum CatchUp {
     All,
 }
 
+/// On how many nodes each run of a job happens, from its tags (Dkron's semantics, except for untagged jobs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Targets {
+    /// One eligible node: a job without tags, or one whose smallest tag count is 1.
+    One,
+    /// This many distinct matching nodes (or every matching node, if fewer match): the smallest `value:count`.
+    Count(u32),
+    /// Every matching node: tags without a count.
+    All,
+}
+
+/// A job tag's value without its count: `"web:2"` → (`"web"`, `Some(2)`), `"web"` → (`"web"`, `None`). Only a
+/// decimal suffix is a count, so a value that merely contains a colon (`"eu:x"`) is kept whole.
+pub fn tag_value(wanted: &str) -> (&str, Option<u32>) {
+    match wanted.rsplit_once(':') {
+        Some((value, count)) if !count.is_empty() && count.bytes().all(|b| b.is_ascii_digit()) => {
+            (value, Some(count.parse().unwrap_or(u32::MAX)))
+        }
+        _ => (wanted, None),
+    }
+}
+
 /// A job as stored and as served by the API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
@@ -287,6 +309,14 @@ impl Job {
         if backoff_max < backoff {
             return Err(FieldError::new("retry_backoff_max", "must not be less than retry_backoff"));
         }
+        for (key, value) in &self.tags {
+            if key.is_empty() {
+                return Err(FieldError::new("tags", "a tag key must not be empty"));
+            }
+            if tag_value(value).1 == Some(0) {
+                return Err(FieldError::new(format!("tags.{key}"), "the count after ':' must be at least 1"));
+            }
+        }
         self.validate_sizes()
     }
 
@@ -312,6 +342,18 @@ impl Job {
             }
         }
         Ok(())
+    }
+
+    /// On how many nodes each run happens: untagged → one; tags → every matching node, or the smallest count.
+    pub fn targets(&self) -> Targets {
+        if self.tags.is_empty() {
+            return Targets::One;
+        }
+        match self.tags.values().filter_map(|v| tag_value(v).1).min() {
+            None => Targets::All,
+            Some(1) => Targets::One,
+            Some(n) => Targets::Count(n),
+        }
     }
 
     /// The job's schedule, parsed in its time zone; `Ok(None)` for a job that only runs as a child.
@@ -394,6 +436,34 @@ pub fn parse_catch_up(text: &str) -> Result<CatchUp, FieldError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tags_decide_how_many_nodes_run_a_slot() {
+        let with_tags = |pairs: &[(&str, &str)]| {
+            let mut job = Job::empty("j");
+            job.tags = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            job
+        };
+        assert_eq!(with_tags(&[]).targets(), Targets::One);
+        assert_eq!(with_tags(&[("role", "web")]).targets(), Targets::All);
+        assert_eq!(with_tags(&[("role", "web:1")]).targets(), Targets::One);
+        assert_eq!(with_tags(&[("role", "web:3"), ("zone", "eu:2")]).targets(), Targets::Count(2));
+        assert_eq!(with_tags(&[("role", "web:3"), ("zone", "eu")]).targets(), Targets::Count(3));
+        assert_eq!(with_tags(&[("zone", "eu:x")]).targets(), Targets::All, "not a count: part of the value");
+        assert_eq!(tag_value("eu:x"), ("eu:x", None));
+        assert_eq!(tag_value("web:12"), ("web", Some(12)));
+        assert_eq!(tag_value("a:b:2"), ("a:b", Some(2)));
+        assert_eq!(tag_value("web:"), ("web:", None));
+    }
+
+    #[test]
+    fn a_zero_count_or_an_empty_tag_key_is_refused() {
+        let zero = input(r#"{"name":"j","schedule":"@every 1s","executor":"shell","tags":{"role":"web:0"}}"#);
+        let err = zero.unwrap_err();
+        assert_eq!((err.field.as_str(), err.message.as_str()), ("tags.role", "the count after ':' must be at least 1"));
+        let empty = input(r#"{"name":"j","schedule":"@every 1s","executor":"shell","tags":{"":"web"}}"#);
+        assert_eq!(empty.unwrap_err().field, "tags");
+    }
 
     fn input(json: &str) -> Result<Job, FieldError> {
         Job::from_input(JobInput::from_json(json.as_bytes())?)

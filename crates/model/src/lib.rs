@@ -13,6 +13,8 @@ pub mod execution;
 pub mod job;
 
 pub use error::FieldError;
-pub use execution::{Execution, ExecutionStatus, Trigger, execution_id, slot_prefix};
-pub use job::{CatchUp, Concurrency, Job, JobInput};
+pub use execution::{
+    Execution, ExecutionStatus, TARGET_SEPARATOR, Trigger, attempt_of, execution_id, slot_prefix, target_of,
+};
+pub use job::{CatchUp, Concurrency, Job, JobInput, Targets, tag_value};
 pub use kairos_schedule::jiff::Timestamp;

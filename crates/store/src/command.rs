@@ -39,6 +39,10 @@ pub enum Command {
         job: String,
         cursor: Timestamp,
     },
+    /// Replace pending executions of jobs that run on several nodes by one pinned copy per target node.
+    Expand {
+        expansions: Vec<Expansion>,
+    },
     Start {
         starts: Vec<Start>,
     },
@@ -67,6 +71,13 @@ pub struct Fire {
     pub job: String,
     pub scheduled_at: Timestamp,
     pub trigger: Trigger,
+}
+
+/// The target nodes chosen for a pending execution of a job that runs on several nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Expansion {
+    pub exec: ExecRef,
+    pub targets: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

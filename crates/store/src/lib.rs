@@ -14,7 +14,7 @@ pub mod log;
 pub mod machine;
 pub mod state;
 
-pub use command::{BATCH_ITEMS_MAX, Command, ExecRef, Finish, Fire, Refusal, Response, Start};
+pub use command::{BATCH_ITEMS_MAX, Command, ExecRef, Expansion, Finish, Fire, Refusal, Response, Start};
 pub use log::LogStore;
 pub use machine::StateMachine;
 pub use state::{Event, JobRecord, StateReader};
@@ -30,6 +30,7 @@ impl fmt::Display for Command {
             Command::SetPaused { paused } => write!(f, "set paused {paused}"),
             Command::Fire { fires } => write!(f, "fire {} slots", fires.len()),
             Command::Advance { job, cursor } => write!(f, "advance {job} to {cursor}"),
+            Command::Expand { expansions } => write!(f, "expand {} executions", expansions.len()),
             Command::Start { starts } => write!(f, "start {} executions", starts.len()),
             Command::Renew { renewals, .. } => write!(f, "renew {} leases", renewals.len()),
             Command::Finish { results } => write!(f, "finish {} executions", results.len()),

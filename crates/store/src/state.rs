@@ -15,13 +15,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use kairos_model::job::EXECUTIONS_RETAINED_DEFAULT;
-use kairos_model::{Execution, ExecutionStatus, Job, Timestamp, Trigger};
+use kairos_model::{Execution, ExecutionStatus, Job, Targets, Timestamp, Trigger};
 use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, ExecRef, Finish, Fire, Refusal, Response, Start};
+use crate::command::{Command, ExecRef, Expansion, Finish, Fire, Refusal, Response, Start};
 
 pub const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 pub const EXECUTIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("executions");
@@ -159,6 +159,7 @@ impl<'txn> Applier<'txn> {
                 }
                 Ok(Response::default())
             }
+            Command::Expand { expansions } => self.expand_all(expansions),
             Command::Start { starts } => self.start_all(starts),
             Command::Renew { renewals, lease_until } => self.renew(renewals, *lease_until),
             Command::Finish { results } => self.finish_all(results),
@@ -472,6 +473,56 @@ impl<'txn> Applier<'txn> {
         Ok(())
     }
 
+    fn expand_all(&mut self, expansions: &[Expansion]) -> Result<Response, redb::Error> {
+        let mut response = Response::default();
+        for expansion in expansions {
+            self.expand(expansion, &mut response)?;
+        }
+        Ok(response)
+    }
+
+    /// A pending execution of a job that runs on several nodes becomes one pinned copy per target. Only a
+    /// pending original is expanded: a cancelled one, or one a previous leader expanded already, stays as it is.
+    fn expand(&mut self, expansion: &Expansion, response: &mut Response) -> Result<(), redb::Error> {
+        let key = exec_key(&expansion.exec.job, &expansion.exec.id);
+        let Some(exec) = self.execution(&key)? else {
+            return Ok(());
+        };
+        if exec.status != ExecutionStatus::Pending || exec.is_copy() || expansion.targets.is_empty() {
+            return Ok(());
+        }
+        let Some(mut record) = self.record(&exec.job_name)? else {
+            return Ok(());
+        };
+        self.executions.remove(key.as_slice())?;
+        self.active.remove(key.as_slice())?;
+        record.stored = record.stored.saturating_sub(1);
+        record.active = record.active.saturating_sub(1);
+        for copy in exec.copies(&expansion.targets) {
+            self.insert_execution(&mut record, &copy)?;
+            response.executions.push(copy);
+        }
+        self.store(record);
+        Ok(())
+    }
+
+    /// Whether every copy of the slot of `exec` (a copy) has finished, each with a success at its last attempt.
+    fn copies_succeeded(&self, exec: &Execution) -> Result<bool, redb::Error> {
+        let start = exec_key(&exec.job_name, &kairos_model::slot_prefix(exec.scheduled_at));
+        let mut end = start.clone();
+        *end.last_mut().expect("prefix ends with '-'") += 1;
+        let mut last: HashMap<String, (u32, ExecutionStatus)> = HashMap::new();
+        for item in self.executions.range(start.as_slice()..end.as_slice())? {
+            let copy: Execution = decode(item?.1.value())?;
+            let target = kairos_model::target_of(&copy.id).unwrap_or_default().to_string();
+            let entry = last.entry(target).or_insert((0, ExecutionStatus::Pending));
+            if copy.attempt >= entry.0 {
+                *entry = (copy.attempt, copy.status);
+            }
+        }
+        Ok(last.values().all(|(_, status)| *status == ExecutionStatus::Succeeded))
+    }
+
     fn start_all(&mut self, starts: &[Start]) -> Result<Response, redb::Error> {
         let mut response = Response::default();
         for start in starts {
@@ -568,11 +619,18 @@ impl<'txn> Applier<'txn> {
     ) -> Result<(), redb::Error> {
         let failed = matches!(exec.status, ExecutionStatus::Failed | ExecutionStatus::Lost);
         if failed && exec.attempt <= record.job.retries {
-            let retry = exec.retry(retry_at.unwrap_or(exec.finished_at.unwrap_or(exec.scheduled_at)));
+            let mut retry = exec.retry(retry_at.unwrap_or(exec.finished_at.unwrap_or(exec.scheduled_at)));
+            if matches!(record.job.targets(), Targets::Count(_)) {
+                // "Run on N nodes": the retry may run on any matching node that does not run this slot already.
+                // A job that runs on every matching node keeps each copy on its own node.
+                retry.target = None;
+            }
             self.insert_execution(&mut record, &retry)?;
             response.executions.push(retry);
         }
-        let succeeded = exec.status == ExecutionStatus::Succeeded;
+        // Children and ephemeral deletion follow the whole slot: for copies, once the last one has succeeded.
+        let succeeded =
+            exec.status == ExecutionStatus::Succeeded && (!exec.is_copy() || self.copies_succeeded(exec)?);
         let children = record.job.dependent_jobs.clone();
         let ephemeral = record.job.ephemeral && children.is_empty();
         let name = record.job.name.clone();

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use kairos_model::{Concurrency, Execution, ExecutionStatus, Job, Timestamp, Trigger, execution_id};
 use kairos_store::state::{Applier, create_tables};
-use kairos_store::{Command, Event, ExecRef, Finish, Fire, JobRecord, Refusal, Response, Start, StateReader};
+use kairos_store::{
+    Command, Event, ExecRef, Expansion, Finish, Fire, JobRecord, Refusal, Response, Start, StateReader,
+};
 use redb::Database;
 use tempfile::TempDir;
 
@@ -806,6 +808,119 @@ fn a_success_runs_each_dependent_job() {
     assert!(events.contains(&Event::Pending));
 }
 
+fn tagged(name: &str, role: &str) -> Job {
+    let mut job = job(name);
+    job.tags.insert("role".into(), role.into());
+    job
+}
+
+fn expand(state: &State, exec: &Execution, targets: &[&str]) -> Response {
+    let targets = targets.iter().map(|t| t.to_string()).collect();
+    state.apply(Command::Expand { expansions: vec![Expansion { exec: exec_ref(exec), targets }] }).0
+}
+
+#[test]
+fn expanding_a_pending_run_replaces_it_by_one_pinned_copy_per_node() {
+    let state = State::new();
+    state.put(tagged("web", "web"), at(0));
+    let exec = state.fire_one("web", at(1), Trigger::Schedule);
+
+    let response = expand(&state, &exec, &["w1", "w2"]);
+
+    let expected = [format!("{}@w1", exec.id), format!("{}@w2", exec.id)];
+    assert_eq!(ids(&response.executions), expected);
+    assert_eq!(ids(&state.executions("web")), expected, "the original is gone");
+    for copy in state.executions("web") {
+        assert_eq!(copy.status, ExecutionStatus::Pending);
+        assert_eq!(copy.not_before, Some(at(1)), "a copy starts at the slot, as the original would have");
+        assert_eq!(copy.target.as_deref(), kairos_model::target_of(&copy.id));
+    }
+    let record = state.record("web");
+    assert_eq!((record.active, record.stored), (2, 2));
+    assert_eq!(state.reader().active().unwrap().len(), 2);
+
+    // A second expansion (a new leader's, say) finds no pending original and changes nothing; nor does one of a
+    // copy, of an unknown id, or with no targets.
+    assert!(expand(&state, &exec, &["w3"]).executions.is_empty());
+    assert!(expand(&state, &response.executions[0], &["w3"]).executions.is_empty());
+    let other = state.fire_one("web", at(2), Trigger::Schedule);
+    assert!(expand(&state, &other, &[]).executions.is_empty());
+    assert_eq!(state.executions("web").len(), 3);
+    assert_eq!(state.record("web").active, 3);
+}
+
+#[test]
+fn a_cancelled_run_is_not_expanded() {
+    let state = State::new();
+    let mut web = tagged("web", "web");
+    web.concurrency = Concurrency::Replace;
+    state.put(web, at(0));
+    let first = state.fire_one("web", at(1), Trigger::Schedule);
+    state.fire_one("web", at(2), Trigger::Schedule); // replaces the pending first one
+    assert_eq!(state.execution("web", &first.id).status, ExecutionStatus::Cancelled);
+    assert!(expand(&state, &first, &["w1", "w2"]).executions.is_empty());
+    assert_eq!(state.executions("web").len(), 2);
+}
+
+#[test]
+fn children_run_once_per_slot_after_every_copy_succeeded() {
+    let state = State::new();
+    let mut parent = tagged("p", "web");
+    parent.retries = 1;
+    state.put(parent, at(0));
+    state.put(child_of("c", "p"), at(0));
+    let exec = state.fire_one("p", at(1), Trigger::Schedule);
+    let copies = expand(&state, &exec, &["w1", "w2", "w3"]).executions;
+
+    state.finish(finished(&copies[0], ExecutionStatus::Succeeded, at(2)));
+    let (response, _) = state.finish(finished(&copies[1], ExecutionStatus::Failed, at(3)));
+    let retry = response.executions.iter().find(|e| e.status == ExecutionStatus::Pending).unwrap().clone();
+    assert_eq!(retry.id, format!("{}@w2", execution_id(at(1), 2)));
+    assert_eq!(retry.target.as_deref(), Some("w2"), "a copy of a job on every web node retries on its own node");
+    state.finish(finished(&copies[2], ExecutionStatus::Succeeded, at(4)));
+    assert!(state.executions("c").is_empty(), "the retry on w2 is still to run");
+
+    state.finish(finished(&retry, ExecutionStatus::Succeeded, at(5)));
+    let runs = state.executions("c");
+    assert_eq!(runs.len(), 1, "one child run for the slot: {runs:?}");
+    assert_eq!(runs[0].id, format!("{}-parent", execution_id(at(5), 1)));
+    assert_eq!(state.record("p").job.success_count, 3, "counters count each copy");
+}
+
+#[test]
+fn a_failed_copy_runs_no_child_and_a_counted_copy_retries_unpinned() {
+    let state = State::new();
+    let mut parent = tagged("p", "web:2");
+    parent.retries = 1;
+    state.put(parent, at(0));
+    state.put(child_of("c", "p"), at(0));
+    let exec = state.fire_one("p", at(1), Trigger::Schedule);
+    let copies = expand(&state, &exec, &["w1", "w2"]).executions;
+
+    let (response, _) = state.finish(finished(&copies[0], ExecutionStatus::Lost, at(2)));
+    let retry = response.executions.iter().find(|e| e.status == ExecutionStatus::Pending).unwrap().clone();
+    assert_eq!((retry.target.as_deref(), retry.previous_node.as_deref()), (None, Some("node-1")));
+    assert!(retry.is_copy(), "the retry keeps the copy's id: {}", retry.id);
+    state.finish(finished(&retry, ExecutionStatus::Failed, at(3)));
+    state.finish(finished(&copies[1], ExecutionStatus::Succeeded, at(4)));
+    assert!(state.executions("c").is_empty(), "w1's copy failed for good");
+}
+
+#[test]
+fn an_ephemeral_job_on_several_nodes_is_deleted_after_its_last_copy() {
+    let state = State::new();
+    let mut once = tagged("once", "web");
+    once.ephemeral = true;
+    state.put(once, at(0));
+    let exec = state.fire_one("once", at(1), Trigger::Schedule);
+    let copies = expand(&state, &exec, &["w1", "w2"]).executions;
+    let (_, events) = state.finish(finished(&copies[0], ExecutionStatus::Succeeded, at(2)));
+    assert!(!events.iter().any(|e| matches!(e, Event::Cancel(_))), "the other copy is not cancelled");
+    assert!(state.reader().job("once").unwrap().is_some());
+    state.finish(finished(&copies[1], ExecutionStatus::Succeeded, at(3)));
+    assert_eq!(state.reader().job("once").unwrap(), None);
+}
+
 #[test]
 fn a_failure_runs_no_dependent_job() {
     let state = State::new();
@@ -1075,9 +1190,27 @@ mod properties {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Fire { job: usize, second: i64, manual: bool },
-        Start { job: usize, pick: usize },
-        Finish { job: usize, pick: usize, status: ExecutionStatus, second: i64 },
+        Fire {
+            job: usize,
+            second: i64,
+            manual: bool,
+        },
+        Start {
+            job: usize,
+            pick: usize,
+        },
+        Finish {
+            job: usize,
+            pick: usize,
+            status: ExecutionStatus,
+            second: i64,
+        },
+        /// Expand a pending original into copies on `targets` nodes (0 asks for none: a no-op).
+        Expand {
+            job: usize,
+            pick: usize,
+            targets: usize,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1093,6 +1226,7 @@ mod properties {
             2 => (0..JOBS.len(), 0..4usize).prop_map(|(job, pick)| Op::Start { job, pick }),
             2 => (0..JOBS.len(), 0..4usize, status, 0..12i64)
                 .prop_map(|(job, pick, status, second)| Op::Finish { job, pick, status, second }),
+            1 => (0..JOBS.len(), 0..4usize, 0..4usize).prop_map(|(job, pick, targets)| Op::Expand { job, pick, targets }),
         ]
     }
 
@@ -1134,6 +1268,13 @@ mod properties {
                 let exec = active.get(pick % active.len().max(1))?;
                 Some(Command::Finish { results: vec![finished(exec, status, at(second))] })
             }
+            Op::Expand { job, pick, targets } => {
+                let pending: Vec<Execution> =
+                    state.executions(JOBS[job]).into_iter().filter(|e| e.status == ExecutionStatus::Pending).collect();
+                let exec = pending.get(pick % pending.len().max(1))?;
+                let targets = (1..=targets).map(|n| format!("n{n}")).collect();
+                Some(Command::Expand { expansions: vec![Expansion { exec: exec_ref(exec), targets }] })
+            }
         }
     }
 
@@ -1158,6 +1299,14 @@ mod properties {
                 );
                 if exec.status.is_active() {
                     active_ids.insert(key);
+                }
+                if let Some((original, target)) = exec.id.split_once('@') {
+                    prop_assert!(
+                        !executions.iter().any(|e| e.id == original),
+                        "copy {} lives beside its original",
+                        exec.id
+                    );
+                    prop_assert_eq!(exec.target.as_deref(), Some(target), "copy {} lost its target", exec.id);
                 }
             }
         }

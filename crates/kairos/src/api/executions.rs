@@ -91,6 +91,28 @@ pub async fn list(State(node): State<AppState>, Path(job): Path<String>, Query(p
     Ok(reply_list(&page, total, &params))
 }
 
+/// An execution by id. A run of a job that runs on several nodes is replaced by its copies (`<id>@<node>`) soon
+/// after it is decided; asking for the replaced id answers 404 naming the copies.
+fn find(node: &AppState, job: &str, id: &str) -> Result<Execution, ApiError> {
+    if let Some(execution) = node.state.execution(job, id)? {
+        return Ok(execution);
+    }
+    let copies: Vec<String> = node
+        .state
+        .executions(job)?
+        .into_iter()
+        .filter(|e| e.id.strip_prefix(id).is_some_and(|rest| rest.starts_with(kairos_model::TARGET_SEPARATOR)))
+        .map(|e| e.id)
+        .collect();
+    if copies.is_empty() {
+        return Err(ApiError::not_found(format!("execution '{id}' of job '{job}' not found")));
+    }
+    Err(ApiError::not_found(format!(
+        "execution '{id}' of job '{job}' was split into one copy per node: {}",
+        copies.join(", ")
+    )))
+}
+
 /// `GET /v1/jobs/{job}/executions/{id}`: the record with its full stored output.
 pub async fn show(
     State(node): State<AppState>,
@@ -98,10 +120,7 @@ pub async fn show(
     Query(params): Query<Params>,
 ) -> ApiResult {
     require_job(&node, &job)?;
-    let mut execution = node
-        .state
-        .execution(&job, &id)?
-        .ok_or_else(|| ApiError::not_found(format!("execution '{id}' of job '{job}' not found")))?;
+    let mut execution = find(&node, &job, &id)?;
     if let Some(full) = full_output(&node, &execution).await? {
         execution.output = full;
     }
@@ -127,10 +146,7 @@ pub async fn cancel(
     Query(params): Query<Params>,
 ) -> ApiResult {
     require_job(&node, &job)?;
-    let execution = node
-        .state
-        .execution(&job, &id)?
-        .ok_or_else(|| ApiError::not_found(format!("execution '{id}' of job '{job}' not found")))?;
+    let execution = find(&node, &job, &id)?;
     if !execution.status.is_active() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -171,11 +187,7 @@ pub async fn output(
         Some("true") | Some("1") => true,
         Some(other) => return Err(ApiError::bad_request(format!("follow: '{other}' is not true or false"))),
     };
-    let find = || -> Result<Execution, ApiError> {
-        node.state
-            .execution(&job, &id)?
-            .ok_or_else(|| ApiError::not_found(format!("execution '{id}' of job '{job}' not found")))
-    };
+    let find = || find(&node, &job, &id);
     let mut execution = find()?;
     // A pending run has no node yet: when following, wait (bounded) until it starts somewhere.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -115,6 +115,8 @@ pub struct Exec {
     pub output: String,
     pub success: bool,
     pub node_name: String,
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 impl Exec {
