@@ -1,5 +1,6 @@
 //! Fire lag in a cluster: 3 servers and 2 agent-only nodes tagged `pool=agents`; N shell jobs firing every second,
-//! tagged `{"pool": "agents"}` so their runs go to the agents. The measurement is the single-node fire-lag one
+//! tagged `{"pool": "agents:1"}` so each slot runs once, on one of the agents; and N jobs tagged `{"pool":
+//! "agents"}` (Dkron's semantics: every matching node), so each slot runs on both agents, as two copies. The measurement is the single-node fire-lag one
 //! (see [`crate::fire_lag`]): a window of whole seconds after a warm-up, every execution of the window read back
 //! from the leader, `started_at − scheduled_at` and the lag the process itself saw; plus which node ran each slot
 //! and the CPU of every node.
@@ -34,11 +35,21 @@ pub struct ClusterLagArgs {
     /// Seconds after the last job is created before the window opens.
     #[arg(long, default_value_t = 2)]
     pub warmup: u64,
+    /// Numbers of jobs tagged to run on every agent (Dkron's tags without a count: one copy of each slot per
+    /// agent), one run each; empty for none.
+    #[arg(long, value_delimiter = ',', default_values_t = [100])]
+    pub every_agent: Vec<usize>,
 }
 
 pub async fn run(launcher: &Launcher, args: &ClusterLagArgs, report: &mut Report) -> anyhow::Result<()> {
     let mut failed = Vec::new();
-    for &jobs in &args.jobs {
+    let runs = args
+        .jobs
+        .iter()
+        .map(|&n| (n, Placement::OneAgent))
+        .chain(args.every_agent.iter().map(|&n| (n, Placement::EveryAgent)));
+    let total = args.jobs.len() + args.every_agent.len();
+    for (jobs, placement) in runs {
         let lag = FireLagArgs {
             jobs,
             seconds: args.seconds,
@@ -47,21 +58,59 @@ pub async fn run(launcher: &Launcher, args: &ClusterLagArgs, report: &mut Report
             create_concurrency: 64,
             retained: None,
         };
-        if let Err(err) = run_one(launcher, &lag, report).await {
-            report.note(format!("cluster fire lag, {jobs} shell jobs failed: {err:#}"));
+        if let Err(err) = run_one(launcher, &lag, placement, report).await {
+            report.note(format!("cluster fire lag, {jobs} shell jobs {} failed: {err:#}", placement.describe()));
             failed.push(jobs);
         }
     }
-    if failed.len() == args.jobs.len() {
+    if failed.len() == total {
         anyhow::bail!("every run failed");
     }
     Ok(())
 }
 
-async fn run_one(launcher: &Launcher, args: &FireLagArgs, report: &mut Report) -> anyhow::Result<()> {
+/// Where each slot of the jobs runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Placement {
+    /// `pool: agents:1`: once, on one of the agents.
+    OneAgent,
+    /// `pool: agents`: once on every agent (the leader commits one copy per agent first).
+    EveryAgent,
+}
+
+impl Placement {
+    fn describe(self) -> &'static str {
+        match self {
+            Placement::OneAgent => "on the agents",
+            Placement::EveryAgent => "on every agent",
+        }
+    }
+
+    fn copies(self) -> u64 {
+        match self {
+            Placement::OneAgent => 1,
+            Placement::EveryAgent => AGENTS as u64,
+        }
+    }
+
+    fn tag_value(self) -> String {
+        match self {
+            Placement::OneAgent => format!("{}:1", POOL_TAG.1),
+            Placement::EveryAgent => POOL_TAG.1.to_string(),
+        }
+    }
+}
+
+async fn run_one(
+    launcher: &Launcher,
+    args: &FireLagArgs,
+    placement: Placement,
+    report: &mut Report,
+) -> anyhow::Result<()> {
     let scenario = format!(
-        "cluster fire lag, {SERVERS} servers + {AGENTS} agents, {} shell jobs on the agents, {} s",
+        "cluster fire lag, {SERVERS} servers + {AGENTS} agents, {} shell jobs {}, {} s",
         thousands(args.jobs as f64),
+        placement.describe(),
         args.seconds
     );
     println!("== {scenario} window");
@@ -82,7 +131,7 @@ async fn run_one(launcher: &Launcher, args: &FireLagArgs, report: &mut Report) -
         format!("{:.1} s, leader {leader}", started.elapsed().as_secs_f64()),
     );
     let api = cluster.leader_api(FORM_BUDGET).await?;
-    let tags = BTreeMap::from([(POOL_TAG.0.to_string(), POOL_TAG.1.to_string())]);
+    let tags = BTreeMap::from([(POOL_TAG.0.to_string(), placement.tag_value())]);
     let body = JobBody { sink: None, retained, tags };
     let created = fire_lag::create_jobs(&api, args, &body).await?;
     report.row(&scenario, "jobs created on the leader (64 concurrent POST /v1/jobs)", created.describe());
@@ -103,7 +152,7 @@ async fn run_one(launcher: &Launcher, args: &FireLagArgs, report: &mut Report) -
         &scenario,
         args,
         &slots,
-        created.names.len() as u64 * window.seconds,
+        created.names.len() as u64 * window.seconds * placement.copies(),
         window.seconds,
     );
     report.row(&scenario, "slots run, by node", by_node(&slots, &cluster.agent_names));

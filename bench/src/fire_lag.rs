@@ -530,13 +530,15 @@ impl Slots {
     }
 
     fn add_job(&mut self, executions: &[Execution], window: Window) {
-        let mut by_slot: BTreeMap<(i128, u32), Vec<&Execution>> = BTreeMap::new();
+        // A job on several nodes runs one copy of each slot per node, named in its id (`<id>@<node>`).
+        let mut by_slot: BTreeMap<(i128, u32, Option<&str>), Vec<&Execution>> = BTreeMap::new();
         for e in executions.iter().filter(|e| window.contains(e.scheduled_at)) {
             *self.statuses.entry(e.status.clone()).or_default() += 1;
             *self.triggers.entry(e.trigger.clone()).or_default() += 1;
-            by_slot.entry((e.scheduled_at.as_nanosecond(), e.attempt)).or_default().push(e);
+            let copy = e.id.split_once('@').map(|(_, target)| target);
+            by_slot.entry((e.scheduled_at.as_nanosecond(), e.attempt, copy)).or_default().push(e);
         }
-        for ((_, attempt), group) in by_slot {
+        for ((_, attempt, _), group) in by_slot {
             self.duplicates += group.len() as u64 - 1;
             if attempt > 1 {
                 self.retries += 1;

@@ -219,7 +219,8 @@ async fn run_all(kairos: &Launcher, args: &AllArgs, quiet: &Quiet, report: &mut 
     if let Err(err) = failover::run(kairos, &failover, report).await {
         report.note(format!("failover failed: {err:#}"));
     }
-    let cluster_lag = ClusterLagArgs { jobs: vec![100, 1_000], seconds: args.seconds, warmup: 2 };
+    let cluster_lag =
+        ClusterLagArgs { jobs: vec![100, 1_000], seconds: args.seconds, warmup: 2, every_agent: vec![100] };
     quiet.wait(report, "cluster fire lag").await;
     if let Err(err) = cluster_lag::run(kairos, &cluster_lag, report).await {
         report.note(format!("cluster fire lag failed: {err:#}"));
