@@ -36,19 +36,18 @@ pub struct ClusterLagArgs {
     #[arg(long, default_value_t = 2)]
     pub warmup: u64,
     /// Numbers of jobs tagged to run on every agent (Dkron's tags without a count: one copy of each slot per
-    /// agent), one run each; empty for none.
+    /// agent), one run each; `0` for none.
     #[arg(long, value_delimiter = ',', default_values_t = [100])]
     pub every_agent: Vec<usize>,
 }
 
 pub async fn run(launcher: &Launcher, args: &ClusterLagArgs, report: &mut Report) -> anyhow::Result<()> {
     let mut failed = Vec::new();
-    let runs = args
-        .jobs
-        .iter()
-        .map(|&n| (n, Placement::OneAgent))
-        .chain(args.every_agent.iter().map(|&n| (n, Placement::EveryAgent)));
-    let total = args.jobs.len() + args.every_agent.len();
+    let runs: Vec<(usize, Placement)> = (args.jobs.iter().map(|&n| (n, Placement::OneAgent)))
+        .chain(args.every_agent.iter().map(|&n| (n, Placement::EveryAgent)))
+        .filter(|(n, _)| *n > 0)
+        .collect();
+    let total = runs.len();
     for (jobs, placement) in runs {
         let lag = FireLagArgs {
             jobs,
