@@ -258,8 +258,17 @@ fn duration(flag: &str, value: Option<String>, default: &str) -> anyhow::Result<
     kairos_schedule::parse_duration(&text).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
 }
 
+/// The host name, with any character a node name may not hold (see `resolve`) replaced by '-', so the default
+/// always starts.
 fn default_node_name() -> String {
-    hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "kairos".into())
+    let host = hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
+    node_name_from_host(&host)
+}
+
+fn node_name_from_host(host: &str) -> String {
+    let name: String =
+        host.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' }).collect();
+    if name.is_empty() { "kairos".into() } else { name }
 }
 
 fn search_config_file() -> Option<PathBuf> {
@@ -356,6 +365,14 @@ mod tests {
         assert!(bad.resolve().unwrap_err().to_string().starts_with("--retry-join"));
         let bad = AgentArgs { raft_multiplier: Some(0), ..AgentArgs::default() };
         assert!(bad.resolve().unwrap_err().to_string().starts_with("--raft-multiplier"));
+    }
+
+    #[test]
+    fn the_default_node_name_is_the_host_name_made_safe() {
+        assert_eq!(node_name_from_host("web-1.example.com"), "web-1.example.com");
+        assert_eq!(node_name_from_host("büro pc@home"), "b-ro-pc-home");
+        assert_eq!(node_name_from_host(""), "kairos");
+        assert_eq!(default_node_name(), node_name_from_host(&hostname::get().unwrap().into_string().unwrap()));
     }
 
     #[test]
