@@ -67,7 +67,7 @@ impl AgentNode {
         let router = crate::cluster::agent_router(side);
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(async move {
-            if let Err(err) = axum::serve(rpc_listener, router).await {
+            if let Err(err) = crate::listener::serve(rpc_listener, router, crate::listener::RPC_LIMITS).await {
                 warn!("rpc listener stopped: {err}");
             }
         }));

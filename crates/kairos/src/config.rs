@@ -87,6 +87,10 @@ pub struct AgentArgs {
     /// Serve the web UI at /ui/ (default true; `--ui=false` turns it off).
     #[arg(long, env = "KAIROS_UI", num_args = 0..=1, default_missing_value = "true")]
     pub ui: Option<bool>,
+    /// Web origins (`scheme://host[:port]`) whose pages may call the API from a browser, for a UI served elsewhere;
+    /// comma-separated or repeated (default: none; the built-in UI needs none).
+    #[arg(long, env = "KAIROS_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
     /// Read configuration from this file instead of searching /etc/kairos, $HOME/.kairos and ./config.
     #[arg(long, env = "KAIROS_CONFIG")]
     pub config: Option<PathBuf>,
@@ -119,6 +123,7 @@ struct FileConfig {
     execution_lease: Option<String>,
     kill_grace: Option<String>,
     ui: Option<bool>,
+    cors_allowed_origins: Option<Vec<String>>,
 }
 
 /// The resolved configuration of one node.
@@ -148,6 +153,8 @@ pub struct Config {
     pub kill_grace: Duration,
     /// Serve the web UI at `/ui/`.
     pub ui: bool,
+    /// Browser origins allowed to make cross-origin API calls (exact `scheme://host[:port]`, no trailing slash).
+    pub cors_allowed_origins: Vec<String>,
     /// The file the configuration was read from, if any.
     pub config_file: Option<PathBuf>,
 }
@@ -201,7 +208,13 @@ impl AgentArgs {
             "--retry-join",
             if self.retry_join.is_empty() { file.retry_join.unwrap_or_default() } else { self.retry_join },
         )?;
+        let cors_allowed_origins = origins(if self.cors_allowed_origins.is_empty() {
+            file.cors_allowed_origins.unwrap_or_default()
+        } else {
+            self.cors_allowed_origins
+        })?;
         Ok(Config {
+            cors_allowed_origins,
             join,
             retry_join,
             retry_max: self.retry_max.or(file.retry_max).unwrap_or(0),
@@ -249,6 +262,29 @@ fn seeds(flag: &str, addrs: Vec<String>) -> anyhow::Result<Vec<String>> {
                 _ if addr.starts_with('[') || addr.contains("::") => bail!("{flag}: '{addr}' needs a port"),
                 _ => Ok(format!("{addr}:8946")),
             }
+        })
+        .collect()
+}
+
+/// `--cors-allowed-origins`: each an origin as browsers send it in the `Origin` header (`https://ops.example.com`,
+/// `http://localhost:3000`), so it can be compared exactly.
+fn origins(values: Vec<String>) -> anyhow::Result<Vec<String>> {
+    let flag = "--cors-allowed-origins";
+    values
+        .into_iter()
+        .map(|value| value.trim().to_string())
+        .filter(|value| !value.is_empty())
+        .map(|origin| {
+            let Some((scheme, rest)) = origin.split_once("://") else {
+                bail!("{flag}: '{origin}' is not an origin like https://ops.example.com (scheme://host[:port])");
+            };
+            if !matches!(scheme, "http" | "https") {
+                bail!("{flag}: '{origin}' has scheme '{scheme}'; use http or https");
+            }
+            if rest.is_empty() || rest.contains(['/', '?', '#', '*']) {
+                bail!("{flag}: '{origin}' must be scheme://host[:port] exactly, without a path or wildcard");
+            }
+            Ok(origin.to_ascii_lowercase())
         })
         .collect()
 }

@@ -9,6 +9,7 @@
 //! - [`dispatch`]: the leader's placement of runs on nodes, fencing, takeover and leases;
 //! - [`agent_node`]: a node without `--server`, which only runs what it is sent;
 //! - [`cluster`]: RPC between nodes (Raft, forwarded writes, orders, reports);
+//! - [`listener`]: serving both listeners with a connection limit and header deadlines;
 //! - [`cli`]: `kairos leave` and `kairos raft …`, which talk to a node's RPC address;
 //! - [`api`]: the HTTP `/v1` API;
 //! - [`ui`]: the web UI at `/ui/`, rendered by the server over the same state.
@@ -20,6 +21,7 @@ mod cluster;
 mod config;
 mod dispatch;
 mod gossip;
+mod listener;
 mod node;
 mod scheduler;
 mod ui;

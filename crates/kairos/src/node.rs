@@ -168,13 +168,13 @@ impl Node {
                 },
             }));
         tasks.push(tokio::spawn(async move {
-            if let Err(err) = axum::serve(rpc_listener, rpc_router).await {
+            if let Err(err) = crate::listener::serve(rpc_listener, rpc_router, crate::listener::RPC_LIMITS).await {
                 warn!("rpc listener stopped: {err}");
             }
         }));
         let api = crate::api::router(node.clone());
         tasks.push(tokio::spawn(async move {
-            if let Err(err) = axum::serve(http_listener, api).await {
+            if let Err(err) = crate::listener::serve(http_listener, api, crate::listener::API_LIMITS).await {
                 warn!("http listener stopped: {err}");
             }
         }));
@@ -630,7 +630,7 @@ pub async fn drain_worker(worker: &Worker, config: &Config) {
 pub fn rpc_client() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .no_proxy()
-        .pool_idle_timeout(Duration::from_secs(300))
+        .pool_idle_timeout(crate::listener::RPC_POOL_IDLE)
         .tcp_nodelay(true)
         .build()
         .context("building the RPC client")

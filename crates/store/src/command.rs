@@ -18,6 +18,11 @@ pub enum Command {
     PutJob {
         job: Box<Job>,
         now: Timestamp,
+        /// Apply only if the stored job still has this [`JobRecord::version`](crate::JobRecord::version) (0: only
+        /// if no such job exists); otherwise refuse with a conflict. A read-modify-write (toggle, patch) sends the
+        /// version it read, so a change or delete that landed in between is never silently overwritten.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect_version: Option<u64>,
     },
     /// Create or replace many jobs at once (`POST /v1/restore`).
     RestoreJobs {
@@ -126,6 +131,9 @@ pub struct Response {
     /// Running executions that must be cancelled (`concurrency: replace`).
     pub to_cancel: Vec<ExecRef>,
     pub paused: Option<bool>,
+    /// The job's schedule cursor after a put, so the proposer can answer `next` from its own write.
+    #[serde(default)]
+    pub cursor: Option<Timestamp>,
 }
 
 impl Response {

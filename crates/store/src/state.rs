@@ -29,6 +29,8 @@ pub const ACTIVE: TableDefinition<&[u8], ()> = TableDefinition::new("active");
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 const META_PAUSED: &str = "paused";
+/// The last job version handed out ([`JobRecord::version`]).
+const META_JOB_VERSION: &str = "job_version";
 
 /// Manual and child runs take the current millisecond as their slot; if it is taken, the next free one.
 const FREE_SLOT_PROBES_MAX: i64 = 1000;
@@ -43,6 +45,10 @@ pub struct JobRecord {
     pub active: u32,
     /// Executions stored (any status).
     pub stored: u64,
+    /// Changes with every put of the job's definition, never repeats across deletes and re-creations (it is drawn
+    /// from one counter of the whole state), so a writer can ask to apply only over the version it read.
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// Something a node may need to react to after a batch is applied.
@@ -144,7 +150,7 @@ impl<'txn> Applier<'txn> {
 
     pub fn apply(&mut self, command: &Command) -> Result<Response, redb::Error> {
         match command {
-            Command::PutJob { job, now } => self.put_job(job, *now),
+            Command::PutJob { job, now, expect_version } => self.put_job(job, *now, *expect_version),
             Command::RestoreJobs { jobs, now } => self.restore(jobs, *now),
             Command::DeleteJob { name } => self.delete_job(name),
             Command::SetPaused { paused } => {
@@ -183,11 +189,22 @@ impl<'txn> Applier<'txn> {
         self.cache.insert(record.job.name.clone(), Some(record));
     }
 
-    fn put_job(&mut self, job: &Job, now: Timestamp) -> Result<Response, redb::Error> {
+    fn put_job(&mut self, job: &Job, now: Timestamp, expect_version: Option<u64>) -> Result<Response, redb::Error> {
+        let previous = self.record(&job.name)?;
+        if let Some(expected) = expect_version {
+            let actual = previous.as_ref().map_or(0, |p| p.version);
+            if actual != expected {
+                let what = if actual == 0 { "was deleted" } else { "was changed" };
+                return Ok(Response::refused(Refusal::Conflict(format!(
+                    "job '{}' {what} by another request while this one was applied; read it again and retry",
+                    job.name
+                ))));
+            }
+        }
         if let Some(refusal) = self.check_parent(job)? {
             return Ok(Response::refused(refusal));
         }
-        let previous = self.record(&job.name)?;
+        let version = self.next_job_version()?;
         let mut stored = job.clone();
         let record = match previous {
             Some(prev) => {
@@ -204,20 +221,30 @@ impl<'txn> Applier<'txn> {
                 if prev.job.parent_job != job.parent_job {
                     self.unlink_child(&prev.job.parent_job, &job.name)?;
                 }
-                JobRecord { job: stored, cursor, active: prev.active, stored: prev.stored }
+                JobRecord { job: stored, cursor, active: prev.active, stored: prev.stored, version }
             }
             None => {
                 stored.created_at = Some(now);
                 stored.updated_at = Some(now);
                 stored.dependent_jobs = Vec::new();
-                JobRecord { job: stored, cursor: Some(now), active: 0, stored: 0 }
+                JobRecord { job: stored, cursor: Some(now), active: 0, stored: 0, version }
             }
         };
         self.link_child(&record.job.parent_job, &record.job.name)?;
-        let job = record.job.clone();
+        let (job, cursor) = (record.job.clone(), record.cursor);
         self.store(record);
         self.events.push(Event::JobChanged(job.name.clone()));
-        Ok(Response { job: Some(job), ..Response::default() })
+        Ok(Response { job: Some(job), cursor, ..Response::default() })
+    }
+
+    fn next_job_version(&mut self) -> Result<u64, redb::Error> {
+        let last = match self.meta.get(META_JOB_VERSION)? {
+            Some(bytes) => decode::<u64>(bytes.value())?,
+            None => 0,
+        };
+        let next = last + 1;
+        self.meta.insert(META_JOB_VERSION, encode(&next).as_slice())?;
+        Ok(next)
     }
 
     /// A parent must exist and must not descend from the child (no cycles).
@@ -273,7 +300,7 @@ impl<'txn> Applier<'txn> {
         let saved = (self.cache.clone(), self.events.len());
         let mut last = Response::default();
         for job in jobs {
-            last = self.put_job(job, now)?;
+            last = self.put_job(job, now, None)?;
             if last.refusal.is_some() {
                 self.cache = saved.0;
                 self.events.truncate(saved.1);

@@ -55,7 +55,10 @@ fn put_job_entry(index: u64, name: &str) -> EntryOf<TypeConfig> {
     job.schedule = "* * * * * *".into();
     job.executor = "shell".into();
     let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-    EntryOf::<TypeConfig>::new_normal(log_id::<TypeConfig>(1, 1, index), Command::PutJob { job: Box::new(job), now })
+    EntryOf::<TypeConfig>::new_normal(
+        log_id::<TypeConfig>(1, 1, index),
+        Command::PutJob { job: Box::new(job), now, expect_version: None },
+    )
 }
 
 fn first_entries() -> Vec<EntryOf<TypeConfig>> {

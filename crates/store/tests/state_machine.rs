@@ -114,7 +114,7 @@ fn child_of(name: &str, parent: &str) -> Job {
 }
 
 fn put(job: Job, now: Timestamp) -> Command {
-    Command::PutJob { job: Box::new(job), now }
+    Command::PutJob { job: Box::new(job), now, expect_version: None }
 }
 
 fn fire(name: &str, slot: Timestamp, trigger: Trigger) -> Command {
@@ -268,6 +268,34 @@ fn disabling_a_job_keeps_its_cursor() {
     disabled.disabled = true;
     state.put(disabled, at(30));
     assert_eq!(state.record("backup").cursor, Some(at(0)));
+}
+
+#[test]
+fn a_put_expecting_a_version_applies_only_over_that_version() {
+    let state = State::new();
+    let guarded =
+        |job: Job, expect: u64| Command::PutJob { job: Box::new(job), now: at(1), expect_version: Some(expect) };
+    // 0 means "only if absent": the first create applies, a second one conflicts.
+    assert!(state.apply(guarded(job("a"), 0)).0.refusal.is_none());
+    let v1 = state.record("a").version;
+    assert!(v1 > 0);
+    assert!(matches!(state.apply(guarded(job("a"), 0)).0.refusal, Some(Refusal::Conflict(_))));
+    // A write over the version read applies and moves the version on; a write over the stale one conflicts.
+    let mut disabled = job("a");
+    disabled.disabled = true;
+    let (response, _) = state.apply(guarded(disabled.clone(), v1));
+    assert!(response.refusal.is_none(), "{response:?}");
+    assert_eq!(response.cursor, state.record("a").cursor, "the put answers the cursor it left");
+    let v2 = state.record("a").version;
+    assert!(v2 > v1);
+    let (response, _) = state.apply(guarded(job("a"), v1));
+    assert!(matches!(response.refusal, Some(Refusal::Conflict(_))), "{response:?}");
+    assert!(state.record("a").job.disabled, "the conflicting write changed nothing");
+    // Deleted and re-created, the job never gets an old version back (no ABA).
+    state.apply(Command::DeleteJob { name: "a".into() });
+    assert!(matches!(state.apply(guarded(job("a"), v2)).0.refusal, Some(Refusal::Conflict(_))));
+    state.put(job("a"), at(2));
+    assert!(state.record("a").version > v2);
 }
 
 #[test]

@@ -2,12 +2,12 @@
 
 use std::cmp::Ordering;
 
-use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Path, Query, RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use kairos_model::{Job, JobInput, Timestamp, Trigger};
 use kairos_store::{Command, Fire, JobRecord};
 
+use super::guard::{JsonBody, is_json, not_json, read_body};
 use super::{ApiError, ApiResult, AppState, Params, descending, page_bounds, reply, reply_list};
 use crate::node::Node;
 use crate::scheduler::next_fire;
@@ -36,20 +36,50 @@ fn check(job: &Job) -> Result<(), ApiError> {
     kairos_agent::validate(&job.executor, &job.executor_config).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
-async fn save(node: &Node, job: Job, params: &Params, location: String) -> ApiResult {
+/// How often a read-modify-write (toggle, patch) re-reads and retries when another write changed the job between
+/// its read and its apply. Each conflict means some other write succeeded, so a few attempts are plenty.
+const CONFLICT_ATTEMPTS_MAX: u32 = 5;
+
+/// Store a validated job and answer it from what its own Raft entry applied, never from a later read (a delete
+/// that lands right after must not turn an acknowledged write into an error). `expect_version`: see
+/// [`Command::PutJob`].
+async fn store(node: &Node, job: Job, expect_version: Option<u64>) -> Result<Job, ApiError> {
     check(&job)?;
     let now = Timestamp::now();
-    let response = node.submit(Command::PutJob { job: Box::new(job), now }).await?;
-    let job = response.job.ok_or_else(|| ApiError::internal("put job answered no job"))?;
+    let response = node.submit(Command::PutJob { job: Box::new(job), now, expect_version }).await?;
+    let job = response.job.ok_or_else(|| ApiError::internal("a put applied without answering the job"))?;
+    let record = JobRecord { job, cursor: response.cursor, active: 0, stored: 0, version: 0 };
+    Ok(view(record, now))
+}
+
+async fn save(node: &Node, job: Job, params: &Params, location: String) -> ApiResult {
+    let job = store(node, job, None).await?;
     if params.contains_key("runoncreate") {
         node.submit(Command::Fire { fires: vec![manual_fire(&job.name)] }).await?;
     }
-    let record = node.state.job(&job.name)?.ok_or_else(|| ApiError::internal("job vanished after put"))?;
-    let mut response = reply(StatusCode::CREATED, &view(record, now), params);
+    let mut response = reply(StatusCode::CREATED, &job, params);
     if let Ok(location) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
+}
+
+/// Read a job, change it, and store it over the version read; on a conflict, read again and retry.
+async fn read_modify_write(
+    node: &Node,
+    name: &str,
+    change: impl Fn(Option<Job>) -> Result<Job, ApiError>,
+) -> Result<Job, ApiError> {
+    let mut attempt = 1;
+    loop {
+        let record = node.state.job(name)?;
+        let version = record.as_ref().map_or(0, |r| r.version);
+        let job = change(record.map(|r| r.job))?;
+        match store(node, job, Some(version)).await {
+            Err(err) if err.status == StatusCode::CONFLICT && attempt < CONFLICT_ATTEMPTS_MAX => attempt += 1,
+            other => return other,
+        }
+    }
 }
 
 fn manual_fire(job: &str) -> Fire {
@@ -57,7 +87,11 @@ fn manual_fire(job: &str) -> Fire {
 }
 
 /// `POST /v1/jobs`: create, or replace an existing job with the body (absent fields take their defaults).
-pub async fn create_or_update(State(node): State<AppState>, Query(params): Query<Params>, body: Bytes) -> ApiResult {
+pub async fn create_or_update(
+    State(node): State<AppState>,
+    Query(params): Query<Params>,
+    JsonBody(body): JsonBody,
+) -> ApiResult {
     refuse_if_paused(&node)?;
     let job = Job::from_input(JobInput::from_json(&body)?)?;
     let location = format!("/v1/jobs/{}", job.name);
@@ -69,7 +103,7 @@ pub async fn put(
     State(node): State<AppState>,
     Path(name): Path<String>,
     Query(params): Query<Params>,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> ApiResult {
     refuse_if_paused(&node)?;
     let mut input = JobInput::from_json(&body)?;
@@ -84,20 +118,27 @@ pub async fn put(
 }
 
 /// `PATCH /v1/jobs`: change only the fields present in the body; creates the job when it does not exist.
-pub async fn patch(State(node): State<AppState>, Query(params): Query<Params>, body: Bytes) -> ApiResult {
+pub async fn patch(State(node): State<AppState>, Query(params): Query<Params>, JsonBody(body): JsonBody) -> ApiResult {
     refuse_if_paused(&node)?;
     let input = JobInput::from_json(&body)?;
     let name = input.name.clone().unwrap_or_default();
     kairos_model::job::validate_name(&name)?;
-    let job = match node.state.job(&name)? {
-        Some(record) => {
-            let mut job = record.job;
-            job.apply(input)?;
-            job
+    let job = read_modify_write(&node, &name, |stored| match stored {
+        Some(mut job) => {
+            job.apply(input.clone())?;
+            Ok(job)
         }
-        None => Job::from_input(input)?,
-    };
-    save(&node, job, &params, format!("/v1/jobs/{name}")).await
+        None => Ok(Job::from_input(input.clone())?),
+    })
+    .await?;
+    if params.contains_key("runoncreate") {
+        node.submit(Command::Fire { fires: vec![manual_fire(&job.name)] }).await?;
+    }
+    let mut response = reply(StatusCode::CREATED, &job, &params);
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/jobs/{name}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
 }
 
 pub async fn show(State(node): State<AppState>, Path(name): Path<String>, Query(params): Query<Params>) -> ApiResult {
@@ -123,35 +164,41 @@ pub async fn run(State(node): State<AppState>, Path(name): Path<String>, Query(p
 }
 
 pub async fn toggle(State(node): State<AppState>, Path(name): Path<String>, Query(params): Query<Params>) -> ApiResult {
-    let record = node.state.job(&name)?.ok_or_else(|| job_not_found(&name))?;
-    let mut job = record.job;
-    job.disabled = !job.disabled;
-    let now = Timestamp::now();
-    let response = node.submit(Command::PutJob { job: Box::new(job), now }).await?;
-    let job = response.job.ok_or_else(|| ApiError::internal("toggle answered no job"))?;
-    let record = node.state.job(&job.name)?.ok_or_else(|| job_not_found(&name))?;
-    Ok(reply(StatusCode::OK, &view(record, now), &params))
+    let job = read_modify_write(&node, &name, |stored| {
+        let mut job = stored.ok_or_else(|| job_not_found(&name))?;
+        job.disabled = !job.disabled;
+        Ok(job)
+    })
+    .await?;
+    Ok(reply(StatusCode::OK, &job, &params))
 }
 
-/// `POST /v1/restore`: a JSON array of jobs, as a multipart `file` field (Dkron) or as the raw body.
-/// Every job is validated (parents may come from the same file) before any is stored.
+/// `POST /v1/restore`: a JSON array of jobs, as a multipart `file` field (Dkron) or as a JSON body.
+/// Every job is validated (parents may come from the same file) before any is stored. The answer is Dkron's: a
+/// JSON string holding a JSON array of `"success create <name>"` lines (all of them, since nothing is stored
+/// unless every job is valid).
 pub async fn restore(State(node): State<AppState>, Query(params): Query<Params>, request: Request) -> ApiResult {
     let is_multipart = request
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("multipart/form-data"));
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
     let body = if is_multipart {
         let mut form = Multipart::from_request(request, &()).await.map_err(|e| ApiError::bad_request(e.body_text()))?;
         let mut file = None;
         while let Some(field) = form.next_field().await.map_err(|e| ApiError::bad_request(e.body_text()))? {
             if field.name() == Some("file") {
-                file = Some(field.bytes().await.map_err(|e| ApiError::bad_request(e.body_text()))?);
+                file = Some(
+                    field.bytes().await.map_err(|e| ApiError::new(e.status(), format!("file: {}", e.body_text())))?,
+                );
             }
         }
-        file.ok_or_else(|| ApiError::bad_request("file: the multipart form has no 'file' field"))?
+        // Dkron answers 404 when the form has no file part.
+        file.ok_or_else(|| ApiError::not_found("file: the multipart form has no 'file' part"))?
+    } else if is_json(request.headers()) {
+        read_body(request, &()).await?
     } else {
-        Bytes::from_request(request, &()).await.map_err(|e| ApiError::bad_request(e.to_string()))?
+        return Err(not_json(request.headers(), ", or as the 'file' part of a multipart/form-data form"));
     };
     let inputs: Vec<serde_json::Value> = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("body: not a JSON array of jobs: {e}")))?;
@@ -166,7 +213,9 @@ pub async fn restore(State(node): State<AppState>, Query(params): Query<Params>,
     let jobs = parents_first(jobs, &node)?;
     let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
     node.submit(Command::RestoreJobs { jobs, now: Timestamp::now() }).await?;
-    Ok(reply(StatusCode::OK, &serde_json::json!({ "restored": names }), &params))
+    let lines: Vec<String> = names.iter().map(|name| format!("success create {name}")).collect();
+    let encoded = serde_json::to_string(&lines).map_err(ApiError::internal)?;
+    Ok(reply(StatusCode::OK, &encoded, &params))
 }
 
 /// Order jobs so every parent comes before its children; a parent must be in the file or already stored.
@@ -201,7 +250,7 @@ fn parents_first(mut pending: Vec<Job>, node: &Node) -> Result<Vec<Job>, ApiErro
 /// unless the list is sorted by it.
 pub async fn list(State(node): State<AppState>, Query(params): Query<Params>, RawQuery(raw): RawQuery) -> ApiResult {
     let filter = JobFilter::parse(&params, raw.as_deref().unwrap_or(""))?;
-    let sort = params.get("_sort").map(String::as_str).unwrap_or("name");
+    let sort = params.get("_sort").map(String::as_str).filter(|s| !s.is_empty()).unwrap_or("name");
     let key = sort_key(sort)?;
     let desc = descending(&params, false)?;
     let now = Timestamp::now();

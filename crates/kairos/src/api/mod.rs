@@ -8,6 +8,7 @@
 //! against, so the two cannot drift apart.
 
 pub mod executions;
+pub mod guard;
 pub mod jobs;
 pub mod openapi;
 pub mod stats;
@@ -27,6 +28,9 @@ use serde::Serialize;
 use crate::node::Node;
 
 pub type AppState = Arc<Node>;
+
+/// Largest request body accepted (a job, or a restore file of many jobs).
+pub const BODY_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// One documented route: its path (OpenAPI syntax), the methods it answers, and the handlers.
 pub struct Route {
@@ -49,6 +53,7 @@ pub fn routes() -> Vec<Route> {
         route("/v1/busy", &["get"], get(system::busy)),
         route("/v1/pause", &["get", "post"], get(system::pause_status).post(system::pause)),
         route("/v1/unpause", &["post"], post(system::unpause)),
+        route("/v1/leave", &["post"], post(system::leave)),
         route("/v1/restore", &["post"], post(jobs::restore)),
         route("/v1/schedule/preview", &["get"], get(system::preview)),
         route("/v1/stats", &["get"], get(stats::serve)),
@@ -68,6 +73,9 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
+/// The API (and the UI, unless turned off) with its edge layers: errors as JSON, CORS for allowed origins, refusal
+/// of forged cross-site writes, `?consistent` reads, and the body size limit. Every route also answers with a
+/// trailing slash (`/v1/`, `/v1/jobs/`), as Dkron does.
 pub fn router(node: AppState) -> Router {
     let mut router = Router::new();
     for route in routes() {
@@ -75,15 +83,23 @@ pub fn router(node: AppState) -> Router {
         let handler = route.handler.fallback(move || async move {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("method not allowed here; allowed: {allowed}"))
         });
-        router = router.route(route.path, handler);
+        router = router.route(&format!("{}/", route.path), handler.clone()).route(route.path, handler);
     }
     if node.config.ui {
         router = router.merge(crate::ui::router());
     }
-    router
+    let allowed = Arc::new(guard::AllowedOrigins(node.config.cors_allowed_origins.clone()));
+    let cors = guard::cors(&allowed);
+    let router = router
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(node.clone(), linearizable_reads))
-        .with_state(node)
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(axum::middleware::from_fn_with_state(allowed, guard::cross_site));
+    let router = match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.layer(axum::middleware::from_fn(guard::errors)).with_state(node)
 }
 
 /// `?consistent` on any read: answer only after this server's state caught up with everything the leader had
@@ -159,7 +175,9 @@ impl From<Refusal> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.message });
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        response.extensions_mut().insert(guard::Cause(self.message));
+        response
     }
 }
 
@@ -193,6 +211,7 @@ pub fn page_bounds(params: &Params, total: usize) -> Result<(usize, usize), ApiE
     let index = |key: &str, default: usize| -> Result<usize, ApiError> {
         match params.get(key) {
             None => Ok(default),
+            Some(text) if text.is_empty() => Ok(default),
             Some(text) => text
                 .parse::<usize>()
                 .map_err(|_| ApiError::bad_request(format!("{key}: '{text}' is not a non-negative integer"))),
@@ -203,12 +222,13 @@ pub fn page_bounds(params: &Params, total: usize) -> Result<(usize, usize), ApiE
     Ok((start, end))
 }
 
-/// `_order`: ASC or DESC (any case); `default_desc` when absent.
+/// `_order`: ASC or DESC (any case); `default_desc` when absent or empty.
 pub fn descending(params: &Params, default_desc: bool) -> Result<bool, ApiError> {
-    match params.get("_order").map(|o| o.to_ascii_uppercase()) {
+    // An empty value means the default, as in Dkron (its handlers read `DefaultQuery`).
+    match params.get("_order").map(String::as_str).filter(|o| !o.is_empty()) {
         None => Ok(default_desc),
-        Some(o) if o == "ASC" => Ok(false),
-        Some(o) if o == "DESC" => Ok(true),
+        Some(o) if o.eq_ignore_ascii_case("ASC") => Ok(false),
+        Some(o) if o.eq_ignore_ascii_case("DESC") => Ok(true),
         Some(o) => Err(ApiError::bad_request(format!("_order: '{o}' is not ASC or DESC"))),
     }
 }

@@ -19,7 +19,10 @@ fn error_responses(codes: &[&str]) -> Value {
         let description = match *code {
             "400" => "Invalid input; the error names the field and the problem",
             "404" => "Unknown job or execution",
+            "403" => "A browser page of another origin may not change anything (see --cors-allowed-origins)",
             "409" => "Conflict (e.g. the job has dependent jobs, or the execution already finished)",
+            "413" => "The body is larger than the limit",
+            "415" => "The body is not sent as application/json",
             "502" => "The node that ran the execution could not be reached",
             "503" => "New job submissions are paused, or no leader is elected yet (retry)",
             _ => "Error",
@@ -116,8 +119,10 @@ fn paths() -> Value {
         "/v1/restore": {"post": {
             "summary": "Create or replace jobs from a JSON array (multipart field `file`, or the raw body); all are validated first",
             "requestBody": {"content": {"multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}}, "application/json": {"schema": {"type": "array", "items": job_ref()}}}},
-            "responses": with_errors(json!({"200": ok("Restored names", json!({"type": "object"}))}), &["400"]),
+            "responses": with_errors(json!({"200": ok("Dkron's answer: a JSON string holding a JSON array of 'success create <name>' lines", json!({"type": "string"}))}), &["400", "403", "404", "413", "415"]),
         }},
+        "/v1/leave": {"post": {"summary": "This node leaves the cluster and exits (as `kairos leave`); answers the members as they were",
+            "responses": with_errors(json!({"200": ok("Members", json!({"type": "array", "items": {"$ref": "#/components/schemas/Member"}}))}), &["403"])}},
         "/v1/schedule/preview": {"get": {
             "summary": "Next fire instants of a schedule, in UTC and in its zone",
             "parameters": [
@@ -136,21 +141,21 @@ fn paths() -> Value {
                     "responses": with_errors(json!({"200": ok("Jobs", json!({"type": "array", "items": job_ref()}))}), &["400"])},
             "post": {"summary": "Create or replace a job", "requestBody": job_body(),
                      "parameters": [param("runoncreate", "query", "Run the job right after saving it", str_schema.clone())],
-                     "responses": with_errors(json!({"201": ok("The stored job", job_ref())}), &["400", "503"])},
+                     "responses": with_errors(json!({"201": ok("The stored job", job_ref())}), &["400", "403", "413", "415", "503"])},
             "patch": {"summary": "Change the fields present in the body (creates the job if missing)", "requestBody": job_body(),
-                      "responses": with_errors(json!({"201": ok("The stored job", job_ref())}), &["400", "503"])},
+                      "responses": with_errors(json!({"201": ok("The stored job", job_ref())}), &["400", "403", "409", "413", "415", "503"])},
         },
         "/v1/jobs/{job}": {
             "get": {"summary": "Show a job", "parameters": [job_param()], "responses": with_errors(json!({"200": ok("The job", job_ref())}), &["404"])},
             "put": {"summary": "Create or replace the named job", "parameters": [job_param()], "requestBody": job_body(),
-                    "responses": with_errors(json!({"201": ok("The stored job", job_ref())}), &["400", "503"])},
+                    "responses": with_errors(json!({"201": ok("The stored job", job_ref())}), &["400", "403", "413", "415", "503"])},
             "post": run.clone(),
             "delete": {"summary": "Delete a job and its executions", "parameters": [job_param()],
                        "responses": with_errors(json!({"200": ok("The deleted job", job_ref())}), &["404", "409"])},
         },
         "/v1/jobs/{job}/run": {"post": run},
         "/v1/jobs/{job}/toggle": {"post": {"summary": "Enable or disable a job", "parameters": [job_param()],
-            "responses": with_errors(json!({"200": ok("The job", job_ref())}), &["404"])}},
+            "responses": with_errors(json!({"200": ok("The job", job_ref())}), &["404", "409"])}},
         "/v1/jobs/{job}/executions": {
             "get": {"summary": "List executions (newest first by default)", "parameters": list_exec_params,
                     "responses": with_errors(json!({"200": ok("Executions", json!({"type": "array", "items": exec_ref()}))}), &["400", "404"])},

@@ -54,6 +54,15 @@ pub async fn busy(State(node): State<AppState>, Query(params): Query<Params>) ->
     Ok(reply_list(&active, active.len(), &params))
 }
 
+/// `POST /v1/leave`: this node leaves the cluster as `kairos leave` makes it (a leader hands leadership over
+/// first) and then exits. Answers the members as they were, as Dkron does, before leaving begins.
+pub async fn leave(State(node): State<AppState>, Query(params): Query<Params>) -> ApiResult {
+    let members = node.members_json().await;
+    let leaving = node.clone();
+    tokio::spawn(async move { leaving.leave().await });
+    Ok(reply_list(&members, members.len(), &params))
+}
+
 pub async fn pause_status(State(node): State<AppState>, Query(params): Query<Params>) -> ApiResult {
     Ok(reply(StatusCode::OK, &json!({ "paused": node.state.paused()? }), &params))
 }
