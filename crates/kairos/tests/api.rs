@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Instant;
 
 use common::*;
@@ -509,6 +510,233 @@ async fn bad_paging_sorting_and_filter_parameters_answer_400() {
     server.get("/v1/jobs/known/executions?output_size_limit=lots").await.expect_error(400, "output_size_limit");
 }
 
+/// One request of the concurrent-writes test, with when it was sent and answered.
+struct Acked {
+    sent: Instant,
+    answered: Instant,
+    /// What the request leaves behind if it was the last one applied: `Some(Some(name))` a job with that display
+    /// name, `Some(None)` no job, `None` nothing to say (runs and toggles change neither).
+    leaves: Option<Option<String>>,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_writes_and_deletes_of_one_job_never_answer_5xx_and_the_last_write_wins() {
+    let server = Arc::new(Server::fresh(&[]).await);
+    let clients = 20;
+    let until = Instant::now() + secs(3);
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let server = server.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut n = 0u32;
+            while Instant::now() < until {
+                n += 1;
+                let label = format!("c{client}-{n}");
+                let job = with(shell_job("race", "@manually", "true"), json!({"displayname": label}));
+                let sent = Instant::now();
+                let (reply, leaves) = match (client + n) % 5 {
+                    0 | 1 => (server.put("/v1/jobs/race", &job).await, Some(Some(label.clone()))),
+                    2 => (server.post("/v1/jobs", &job).await, Some(Some(label.clone()))),
+                    3 => (server.delete("/v1/jobs/race").await, Some(None)),
+                    _ if n.is_multiple_of(2) => (server.post_empty("/v1/jobs/race/toggle").await, None),
+                    _ => (server.post_empty("/v1/jobs/race/run").await, None),
+                };
+                let answered = Instant::now();
+                assert!(reply.status < 500, "a server error under concurrent writes: {} {}", reply.status, reply.text);
+                match reply.status {
+                    201 => assert_eq!(reply.json["displayname"], json!(label), "a write answers its own result"),
+                    200 | 202 | 404 => {}
+                    // A toggle reads, flips and writes over the version it read; when other writes keep winning
+                    // in between it gives up with a conflict rather than overwrite them.
+                    409 if leaves.is_none() => {}
+                    other => panic!("unexpected status {other}: {}", reply.text),
+                }
+                let leaves = match reply.status {
+                    // A delete of a missing job and a refused request leave the state as it was.
+                    404 | 409 => None,
+                    _ => leaves,
+                };
+                acked.push(Acked { sent, answered, leaves });
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for task in tasks {
+        acked.extend(task.await.expect("client task"));
+    }
+    assert!(acked.len() >= clients as usize * 5, "each client got several answers: {}", acked.len());
+    // Among the acknowledged writes (creates, replaces, deletes that found the job), the one applied last cannot
+    // have been answered before another write was sent (that one was applied after it): the final state must be
+    // what one of the writes still in flight when the last write was sent left behind.
+    let writes: Vec<&Acked> = acked.iter().filter(|a| a.leaves.is_some()).collect();
+    let last_sent = writes.iter().map(|a| a.sent).max().expect("acknowledged writes");
+    let candidates: Vec<&Option<String>> =
+        writes.iter().filter(|a| a.answered >= last_sent).filter_map(|a| a.leaves.as_ref()).collect();
+    let reply = server.get("/v1/jobs/race").await;
+    let final_state = match reply.status {
+        200 => Some(reply.json["displayname"].as_str().expect("displayname").to_string()),
+        404 => None,
+        other => panic!("reading the job back: {other} {}", reply.text),
+    };
+    assert!(
+        candidates.contains(&&final_state),
+        "the final state {final_state:?} is none of the last acknowledged writes {candidates:?}"
+    );
+    assert!(!server.log().contains("job vanished"), "{}", server.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_web_page_of_another_site_cannot_create_run_or_delete_jobs() {
+    let ui = "http://ui.example:3000";
+    let server = Server::fresh(&["--cors-allowed-origins", ui]).await;
+    let job = shell_job("csrf", "@manually", "touch should-not-exist").to_string().into_bytes();
+    let post = async |headers: &[(&str, &str)]| {
+        server.request_with("POST", "/v1/jobs?runoncreate=true", headers, Some(job.clone())).await
+    };
+
+    // "Simple" requests, which a browser sends to any site without asking first: refused before anything runs.
+    for content_type in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
+        post(&[("content-type", content_type)]).await.expect_error(415, "Content-Type");
+    }
+    post(&[]).await.expect_error(415, "Content-Type");
+    // JSON from a page of another origin (or another port of this host) needs CORS, which it is not given.
+    let evil = [("content-type", "application/json"), ("origin", "https://evil.example")];
+    post(&evil).await.expect_error(403, "origin");
+    let port =
+        [("content-type", "application/json"), ("origin", "http://127.0.0.1:1"), ("sec-fetch-site", "same-site")];
+    post(&port).await.expect_error(403, "origin");
+    assert!(!server.job_exists("csrf").await, "a refused request created the job");
+
+    // Bodyless state changes are refused the same way.
+    server.create_job(&shell_job("target", "@manually", "true")).await;
+    for (method, path) in
+        [("POST", "/v1/jobs/target/run"), ("POST", "/v1/jobs/target/toggle"), ("DELETE", "/v1/jobs/target")]
+    {
+        let reply = server.request_with(method, path, &[("origin", "https://evil.example")], None).await;
+        reply.expect_error(403, "origin");
+        let reply = server.request_with(method, path, &[("sec-fetch-site", "cross-site")], None).await;
+        reply.expect_error(403, "origin");
+    }
+    assert!(server.executions("target").await.is_empty(), "a refused run ran");
+    assert_eq!(server.job("target").await["disabled"], json!(false), "a refused toggle toggled");
+
+    // Reads stay open to any page, but without CORS headers its script cannot see the answer.
+    let read = server.request_with("GET", "/v1/jobs", &[("origin", "https://evil.example")], None).await;
+    read.expect(200);
+    assert!(read.headers.get("access-control-allow-origin").is_none(), "{:?}", read.headers);
+
+    // The UI's own requests are same-origin, and an allowed origin gets CORS.
+    let own = server.url("");
+    let own = own.trim_end_matches('/');
+    post(&[("content-type", "application/json"), ("origin", own), ("sec-fetch-site", "same-origin")]).await.expect(201);
+    server.delete("/v1/jobs/csrf").await.expect(200);
+    let preflight = server
+        .request_with(
+            "OPTIONS",
+            "/v1/jobs",
+            &[
+                ("origin", ui),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "content-type"),
+            ],
+            None,
+        )
+        .await;
+    assert!(preflight.status < 300, "preflight: {} {}", preflight.status, preflight.text);
+    assert_eq!(preflight.headers.get("access-control-allow-origin").map(|v| v.to_str().unwrap()), Some(ui));
+    let created = post(&[("content-type", "application/json"), ("origin", ui), ("sec-fetch-site", "cross-site")]).await;
+    created.expect(201);
+    assert_eq!(created.headers.get("access-control-allow-origin").map(|v| v.to_str().unwrap()), Some(ui));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn framework_errors_are_json_and_name_what_is_wrong() {
+    let server = Server::fresh(&[]).await;
+    let huge = format!("{{\"name\": \"big\", \"displayname\": \"{}\"}}", "x".repeat(9 * 1024 * 1024));
+    let reply =
+        server.request_with("POST", "/v1/jobs", &[("content-type", "application/json")], Some(huge.into())).await;
+    reply.expect_error(413, "body");
+    assert!(reply.headers["content-type"].to_str().unwrap().starts_with("application/json"));
+    let reply = server.get("/v1/jobs/%FF%FE").await;
+    assert!(reply.status == 400 || reply.status == 404, "{} {}", reply.status, reply.text);
+    assert!(!reply.error().is_empty(), "not a JSON error: {}", reply.text);
+    let reply = server.get("/v1/jobs/%FF/executions").await;
+    assert!(reply.status == 400 || reply.status == 404, "{} {}", reply.status, reply.text);
+    assert!(!reply.error().is_empty(), "not a JSON error: {}", reply.text);
+    // Empty sort and order values mean the defaults on every list, as in Dkron; a bad order is quoted as sent.
+    server.create_job(&shell_job("sorted", "@manually", "true")).await;
+    server.get("/v1/jobs?_sort=&_order=").await.expect(200);
+    server.get("/v1/jobs/sorted/executions?_sort=&_order=").await.expect(200);
+    let reply = server.get("/v1/jobs?_order=foo").await;
+    reply.expect_error(400, "_order");
+    assert!(reply.error().contains("'foo'"), "{}", reply.error());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_route_answers_with_a_trailing_slash_too() {
+    let server = Server::fresh(&[]).await;
+    server.create_job(&shell_job("slash", "@manually", "true")).await;
+    for path in [
+        "/v1/",
+        "/v1/jobs/",
+        "/v1/members/",
+        "/v1/leader/",
+        "/v1/isleader/",
+        "/v1/busy/",
+        "/v1/jobs/slash/",
+        "/v1/jobs/slash/executions/",
+        "/v1/pause/",
+        "/v1/stats/",
+        "/health/",
+        "/v1/openapi.json/",
+    ] {
+        server.get(path).await.expect(200);
+    }
+    server.post("/v1/jobs/", &shell_job("slash2", "@manually", "true")).await.expect(201);
+    server.post_empty("/v1/jobs/slash2/run/").await.expect(202);
+    server.delete("/v1/jobs/slash2/").await.expect(200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn post_v1_leave_answers_the_members_and_the_node_exits() {
+    let mut server = Server::fresh(&[]).await;
+    let reply = server.post_empty("/v1/leave").await;
+    reply.expect(200);
+    let members = reply.items();
+    assert_eq!(members.len(), 1, "{members:?}");
+    assert_eq!(members[0]["Name"], json!(server.node_name));
+    let status = server.wait_exit().await;
+    assert!(status.success(), "leave exits 0: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_answers_as_dkron_does() {
+    let server = Server::fresh(&[]).await;
+    let file = json!([shell_job("r-one", "@daily", "true"), shell_job("r-two", "@daily", "true")]).to_string();
+    let boundary = "kairos-test-boundary";
+    let form = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"jobs.json\"\r\n\
+         Content-Type: application/json\r\n\r\n{file}\r\n--{boundary}--\r\n"
+    );
+    let content_type = format!("multipart/form-data; boundary={boundary}");
+    let reply = server.request_with("POST", "/v1/restore", &[("content-type", &content_type)], Some(form.into())).await;
+    reply.expect(200);
+    // Dkron answers a JSON string that holds a JSON array of result lines.
+    let lines: Vec<String> =
+        serde_json::from_str(reply.json.as_str().expect("a JSON string")).expect("an array inside");
+    assert_eq!(lines, ["success create r-one", "success create r-two"]);
+    // A form without a file part: 404 as in Dkron, with a message that says what is missing.
+    let empty =
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nx\r\n--{boundary}--\r\n");
+    let reply =
+        server.request_with("POST", "/v1/restore", &[("content-type", &content_type)], Some(empty.into())).await;
+    reply.expect_error(404, "file");
+    let reply = server.request_with("POST", "/v1/restore", &[("content-type", "text/plain")], Some(file.into())).await;
+    reply.expect_error(415, "Content-Type");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn pause_refuses_new_jobs_until_unpause_and_survives_a_restart() {
     let mut server = Server::fresh(&[]).await;
@@ -665,6 +893,7 @@ async fn every_route_in_the_openapi_document_is_served() {
         "POST /v1/pause",
         "POST /v1/unpause",
         "POST /v1/restore",
+        "POST /v1/leave",
         "GET /v1/schedule/preview",
         "GET /v1/jobs",
         "POST /v1/jobs",
@@ -692,6 +921,8 @@ async fn every_route_in_the_openapi_document_is_served() {
             (method.to_string(), path)
         })
         .collect();
+    // Leaving would stop the server: its own test covers it.
+    requests.retain(|(method, path)| !(method == "POST" && path == "/v1/leave"));
     requests.sort_by_key(|(method, path)| (method == "DELETE", method == "DELETE" && !path.contains("executions")));
     let job_body = shell_job("doc-job", "@manually", "echo documented").to_string();
     for (method, path) in requests {

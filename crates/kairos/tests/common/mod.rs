@@ -365,7 +365,8 @@ impl Server {
         self.append_log("=== killed with SIGKILL ===\n");
     }
 
-    async fn wait_exit(&mut self) -> ExitStatus {
+    /// Wait for the process to exit on its own (or after a signal); its exit status.
+    pub async fn wait_exit(&mut self) -> ExitStatus {
         let deadline = Instant::now() + EXIT_DEADLINE;
         loop {
             let child = self.child.as_mut().expect("server is running");
@@ -409,6 +410,33 @@ impl Server {
             Some(reply) => reply,
             None => panic!("{method} {path}: no answer from the server\n--- server log ---\n{}", self.log()),
         }
+    }
+
+    /// Send a request with exactly these headers and raw body bytes (no Content-Type unless given).
+    pub async fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = self.http.request(method.clone(), self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: no answer: {e}\n--- server log ---\n{}", self.log()));
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap_or_default();
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply { status, headers, text, json }
     }
 
     pub async fn get(&self, path: &str) -> Reply {
