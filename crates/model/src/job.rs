@@ -2,9 +2,8 @@
 //!
 //! [`Job`] is the record the store keeps and the API returns; its JSON is Dkron's job, field for field, plus our
 //! additions (`catch_up`, `catch_up_window`, `retry_backoff`, `retry_backoff_max`, `executions_retained`,
-//! `created_at`, `updated_at`). [`JobInput`] is what a client may send: every field optional, unknown fields
-//! rejected (a typo must not silently become a no-op), read-only fields accepted and ignored so a client can send
-//! back a job exactly as it read it.
+//! `created_at`, `updated_at`). What a client may send is a [`JobInput`] (see `input`); [`Job::from_input`] and
+//! [`Job::apply`] turn it into a job and validate every field.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,7 +12,7 @@ use kairos_schedule::jiff::Timestamp;
 use kairos_schedule::{Schedule, parse_duration};
 use serde::{Deserialize, Serialize};
 
-use crate::FieldError;
+use crate::{FieldError, JobInput};
 
 /// Longest accepted job name; names are keys in the store and parts of file paths.
 pub const NAME_LEN_MAX: usize = 200;
@@ -112,65 +111,6 @@ pub struct Job {
     pub executions_retained: Option<u32>,
     pub created_at: Option<Timestamp>,
     pub updated_at: Option<Timestamp>,
-}
-
-/// What a client may send for a job. Every field is optional so the same type serves create (defaults fill the
-/// gaps) and patch (present fields override). Unknown fields are an error.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JobInput {
-    pub name: Option<String>,
-    pub displayname: Option<String>,
-    pub schedule: Option<String>,
-    pub timezone: Option<String>,
-    pub owner: Option<String>,
-    pub owner_email: Option<String>,
-    pub disabled: Option<bool>,
-    pub tags: Option<BTreeMap<String, String>>,
-    pub metadata: Option<BTreeMap<String, String>>,
-    pub retries: Option<u32>,
-    pub parent_job: Option<String>,
-    pub processors: Option<BTreeMap<String, serde_json::Value>>,
-    pub concurrency: Option<String>,
-    pub executor: Option<String>,
-    pub executor_config: Option<BTreeMap<String, String>>,
-    pub ephemeral: Option<bool>,
-    pub starts_at: Option<Timestamp>,
-    pub expires_at: Option<Timestamp>,
-    pub catch_up: Option<String>,
-    pub catch_up_window: Option<String>,
-    pub retry_backoff: Option<String>,
-    pub retry_backoff_max: Option<String>,
-    pub executions_retained: Option<u32>,
-    // Read-only fields: accepted so a job read from the API can be sent back unchanged, then ignored.
-    pub id: Option<serde_json::Value>,
-    pub success_count: Option<serde_json::Value>,
-    pub error_count: Option<serde_json::Value>,
-    pub last_success: Option<serde_json::Value>,
-    pub last_error: Option<serde_json::Value>,
-    pub dependent_jobs: Option<serde_json::Value>,
-    pub status: Option<serde_json::Value>,
-    pub next: Option<serde_json::Value>,
-    pub created_at: Option<serde_json::Value>,
-    pub updated_at: Option<serde_json::Value>,
-}
-
-impl JobInput {
-    /// Parse a JSON body, turning serde's message into a [`FieldError`] that names the field when it can.
-    pub fn from_json(body: &[u8]) -> Result<JobInput, FieldError> {
-        serde_json::from_slice(body).map_err(json_error)
-    }
-}
-
-/// Map a serde_json error to a field error: unknown fields and wrong types name the field.
-pub fn json_error(err: serde_json::Error) -> FieldError {
-    let text = err.to_string();
-    if let Some(rest) = text.strip_prefix("unknown field `")
-        && let Some((field, _)) = rest.split_once('`')
-    {
-        return FieldError::new(field, "unknown field (neither Dkron nor Kairos knows it)");
-    }
-    FieldError::new("body", format!("invalid JSON: {text}"))
 }
 
 impl Job {
@@ -513,7 +453,7 @@ mod tests {
                 r#"{"name":"a","schedule":"@daily","executor":"shell","starts_at":"2026-01-02T00:00:00Z","expires_at":"2026-01-01T00:00:00Z"}"#,
                 "expires_at",
             ),
-            (r#"{"name":"a","schedule":"@daily","executor":"shell","retries":"x"}"#, "body"),
+            (r#"{"name":"a","schedule":"@daily","executor":"shell","retries":"x"}"#, "retries"),
         ];
         for (json, field) in cases {
             let err = input(json).expect_err(json);
