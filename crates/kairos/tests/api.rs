@@ -792,3 +792,38 @@ async fn a_wrongly_typed_field_is_refused_naming_it_and_nothing_is_created() {
     );
     assert_eq!(server.job_names().await, Vec::<String>::new(), "a refused request creates nothing");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_that_could_never_run_is_refused_at_creation() {
+    let server = Server::fresh(&[]).await;
+    let cases = [
+        (
+            json!({"executor_config": {"command": "echo a\0b", "shell": "true"}}),
+            "executor_config.command: contains a NUL byte",
+        ),
+        (json!({"executor_config": {"command": "true", "cwd": "/tmp\0"}}), "executor_config.cwd: contains a NUL byte"),
+        (json!({"executor_config": {"command": "true", "env": "A=\0"}}), "executor_config.env: "),
+        (json!({"schedule": "* * * * * * 1999"}), "schedule: '* * * * * * 1999' has no fire time after now ("),
+        (json!({"schedule": "0 0 30 2 *"}), "schedule: field 3 (day-of-month) value '30' never occurs"),
+        (
+            json!({"schedule": "@at 9999-12-31T23:59:59Z"}),
+            "schedule: @at timestamp '9999-12-31T23:59:59Z' is after the latest supported instant",
+        ),
+        (json!({"timezone": "Mars/Base"}), "timezone: unknown time zone 'Mars/Base'; use an IANA name"),
+        (
+            json!({"schedule": "CRON_TZ=Mars/Base 0 0 * * *"}),
+            "schedule: unknown time zone 'Mars/Base' in the schedule's",
+        ),
+        (json!({"catch_up_window": "soon"}), "catch_up_window: 'soon' is not a duration"),
+    ];
+    for (change, wanted) in cases {
+        let job = with(shell_job("never", "@daily", "true"), change);
+        let reply = server.post("/v1/jobs", &job).await;
+        reply.expect(400);
+        assert!(reply.error().starts_with(wanted), "{job}:\n  wanted {wanted:?}\n     got {:?}", reply.error());
+    }
+    assert_eq!(server.job_names().await, Vec::<String>::new());
+    // A past `@at` is still accepted: it is what every one-shot job becomes after its run.
+    let once = server.create_job(&shell_job("once", "@at 2001-01-01T00:00:00Z", "true")).await;
+    assert!(once["next"].is_null(), "{once}");
+}
