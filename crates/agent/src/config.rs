@@ -14,7 +14,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 
 use crate::words;
-use kairos_schedule::{ScheduleError, parse_duration};
+use kairos_schedule::parse_duration;
 
 /// Executors this agent can run, in the order error messages list them.
 pub const EXECUTORS: [&str; 2] = ["shell", "http"];
@@ -76,6 +76,7 @@ impl ShellConfig {
         if text.trim().is_empty() {
             return Err(ConfigError::key("command", "must not be empty"));
         }
+        refuse_nul(config, "command", "no command line")?;
         let command = if parse_bool(config, "shell")? {
             Command::Shell(text.to_owned())
         } else {
@@ -85,6 +86,7 @@ impl ShellConfig {
             }
             Command::Direct(argv)
         };
+        refuse_nul(config, "cwd", "no path")?;
         let cwd = Some(get(config, "cwd")).filter(|c| !c.is_empty()).map(PathBuf::from);
         Ok(ShellConfig { command, env: parse_env(get(config, "env"))?, cwd, timeout: parse_timeout(config, None)? })
     }
@@ -150,6 +152,16 @@ fn get<'a>(config: &'a BTreeMap<String, String>, key: &str) -> &'a str {
     config.get(key).map_or("", String::as_str)
 }
 
+/// Refuses a NUL byte in a value the operating system takes as a C string (`holder` says which kind, for the
+/// message). Such a job would be accepted and then fail at every run (spawn refuses the argument, a `cwd`
+/// reads as missing), so it is refused when the job is submitted.
+fn refuse_nul(config: &BTreeMap<String, String>, key: &str, holder: &str) -> Result<(), ConfigError> {
+    if get(config, key).contains('\0') {
+        return Err(ConfigError::key(key, format!("contains a NUL byte, which {holder} can hold")));
+    }
+    Ok(())
+}
+
 /// Go's `strconv.ParseBool`, which Dkron uses, so "1" and "True" keep working; empty means false.
 fn parse_bool(config: &BTreeMap<String, String>, key: &str) -> Result<bool, ConfigError> {
     match get(config, key) {
@@ -166,13 +178,8 @@ fn parse_timeout(
     match get(config, "timeout") {
         "" => Ok(default),
         text => {
-            let timeout = parse_duration(text).map_err(|e| match e {
-                // The field is named already; keep just the value and the problem.
-                ScheduleError::Duration { value, problem } => {
-                    ConfigError::key("timeout", format!("'{value}' {problem}"))
-                }
-                other => ConfigError::key("timeout", other.to_string()),
-            })?;
+            // The field is named already; keep just the value and the problem.
+            let timeout = parse_duration(text).map_err(|e| ConfigError::key("timeout", e.problem()))?;
             Ok(Some(timeout).filter(|t| !t.is_zero()))
         }
     }
@@ -185,8 +192,15 @@ fn parse_env(text: &str) -> Result<Vec<(String, String)>, ConfigError> {
         let Some((key, value)) = pair.split_once('=') else {
             return Err(ConfigError::key("env", format!("'{pair}' is not a KEY=value pair")));
         };
-        if key.is_empty() || key.contains('\0') || value.contains('\0') {
-            return Err(ConfigError::key("env", format!("'{pair}' is not a valid KEY=value pair")));
+        if key.is_empty() {
+            return Err(ConfigError::key("env", format!("'{pair}' is not a valid KEY=value pair (the key is empty)")));
+        }
+        if pair.contains('\0') {
+            let shown = pair.escape_debug();
+            return Err(ConfigError::key(
+                "env",
+                format!("'{shown}' contains a NUL byte, which no environment variable can hold"),
+            ));
         }
         env.push((key.to_owned(), value.to_owned()));
     }
@@ -206,6 +220,11 @@ fn parse_method(text: &str) -> Result<Method, ConfigError> {
 fn parse_url(text: &str) -> Result<Url, ConfigError> {
     if text.is_empty() {
         return Err(ConfigError::key("url", "must not be empty"));
+    }
+    // The URL parser would quietly percent-encode a NUL in the path or drop it from the query, so the request
+    // would go somewhere the job does not say.
+    if text.contains('\0') {
+        return Err(ConfigError::key("url", "contains a NUL byte, which no URL can hold"));
     }
     let url = Url::parse(text).map_err(|e| ConfigError::key("url", format!("'{text}': {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -258,6 +277,9 @@ fn parse_expect_codes(text: &str) -> Result<Vec<u16>, ConfigError> {
 }
 
 fn parse_tls(config: &BTreeMap<String, String>) -> Result<TlsOptions, ConfigError> {
+    for key in ["tlsRootCAsFile", "tlsCertificateFile", "tlsCertificateKeyFile"] {
+        refuse_nul(config, key, "no path")?;
+    }
     let path = |key| Some(get(config, key)).filter(|p| !p.is_empty()).map(PathBuf::from);
     let tls = TlsOptions {
         no_verify_peer: parse_bool(config, "tlsNoVerifyPeer")?,
@@ -337,6 +359,37 @@ mod tests {
         for ((key, value), field, fragment) in cases {
             assert_rejected("shell", &[("command", "echo"), (key, value)], field, fragment);
         }
+    }
+
+    #[test]
+    fn a_nul_byte_that_would_fail_every_run_is_refused_at_submission() {
+        for shell in ["true", "false"] {
+            let pairs = [("command", "echo a\0b"), ("shell", shell)];
+            assert_rejected("shell", &pairs, "executor_config.command", "contains a NUL byte");
+        }
+        let cases = [
+            (("cwd", "/tmp\0x"), "executor_config.cwd", "contains a NUL byte, which no path can hold"),
+            (("env", "A=1\0"), "executor_config.env", "'A=1\\0' contains a NUL byte"),
+            (("env", "A\0B=1"), "executor_config.env", "contains a NUL byte"),
+        ];
+        for ((key, value), field, fragment) in cases {
+            assert_rejected("shell", &[("command", "echo"), (key, value)], field, fragment);
+        }
+        let url = ("url", "http://127.0.0.1/");
+        let cases = [
+            (("url", "http://h/a\0b"), "executor_config.url", "contains a NUL byte"),
+            (("headers", r#"["X-A: a\u0000b"]"#), "executor_config.headers", "header 'x-a' has an invalid value"),
+            (("headers", r#"["X-\u0000: b"]"#), "executor_config.headers", "not a valid header name"),
+            (("tlsRootCAsFile", "/ca\0.pem"), "executor_config.tlsRootCAsFile", "no path"),
+            (("tlsCertificateFile", "/c\0.pem"), "executor_config.tlsCertificateFile", "no path"),
+            (("tlsCertificateKeyFile", "/k\0.pem"), "executor_config.tlsCertificateKeyFile", "no path"),
+        ];
+        for ((key, value), field, fragment) in cases {
+            let pairs = [url, (key, value)];
+            // The url case replaces the good url: a map keeps the last value of a key.
+            assert_rejected("http", &pairs, field, fragment);
+        }
+        assert_eq!(check("http", &[url, ("body", "binary\0body")]), Ok(()), "a body is bytes, NUL included");
     }
 
     #[test]

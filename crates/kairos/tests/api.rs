@@ -374,7 +374,7 @@ async fn every_bad_request_is_refused_naming_the_field_and_changes_nothing() {
         ),
         bad_job("a parent that does not exist", json!({"parent_job": "ghost"}), "parent_job"),
         bad_job("its own parent", json!({"parent_job": "keep"}), "parent_job"),
-        bad_job("a wrongly typed field", json!({"retries": "three"}), "body"),
+        bad_job("a wrongly typed field", json!({"retries": "three"}), "retries"),
         Bad {
             what: "invalid JSON",
             method: "POST",
@@ -955,4 +955,106 @@ async fn restore_stores_every_job_of_a_file_parents_first() {
     server.post("/v1/restore", &file).await.expect(200);
     assert_eq!(server.job_names().await, ["restored-child", "restored-parent"]);
     assert_eq!(server.job("restored-parent").await["dependent_jobs"], json!(["restored-child"]));
+}
+
+/// Every field a client may write, each with a value of the wrong JSON type, and the path the error must name
+/// (members of `executor_config`, `tags` and `metadata` are named by their path).
+fn wrongly_typed_fields() -> Vec<(&'static str, Value)> {
+    vec![
+        ("name", json!({"name": 3})),
+        ("displayname", json!({"displayname": ["x"]})),
+        ("schedule", json!({"schedule": 5})),
+        ("timezone", json!({"timezone": true})),
+        ("owner", json!({"owner": {}})),
+        ("owner_email", json!({"owner_email": 1.5})),
+        ("disabled", json!({"disabled": "yes"})),
+        ("tags", json!({"tags": ["role"]})),
+        ("metadata", json!({"metadata": "team=infra"})),
+        ("retries", json!({"retries": "3"})),
+        ("parent_job", json!({"parent_job": false})),
+        ("processors", json!({"processors": []})),
+        ("concurrency", json!({"concurrency": 1})),
+        ("executor", json!({"executor": ["shell"]})),
+        ("executor_config", json!({"executor_config": "echo hi"})),
+        ("ephemeral", json!({"ephemeral": "true"})),
+        ("starts_at", json!({"starts_at": 1767225600})),
+        ("expires_at", json!({"expires_at": ["2030-01-01T00:00:00Z"]})),
+        ("catch_up", json!({"catch_up": true})),
+        ("catch_up_window", json!({"catch_up_window": 3600})),
+        ("retry_backoff", json!({"retry_backoff": 1})),
+        ("retry_backoff_max", json!({"retry_backoff_max": false})),
+        ("executions_retained", json!({"executions_retained": "10"})),
+        ("executor_config.command", json!({"executor_config": {"command": ["echo", "hi"]}})),
+        ("executor_config.timeout", json!({"executor_config": {"command": "true", "timeout": 30}})),
+        ("tags.role", json!({"tags": {"role": 2}})),
+        ("metadata.team", json!({"metadata": {"team": null}})),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrongly_typed_field_is_refused_naming_it_and_nothing_is_created() {
+    let server = Server::fresh(&[]).await;
+    let mut failures = Vec::new();
+    let mut check = |what: String, reply: &Reply, field: &str| {
+        let is_json = reply.headers.get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        if reply.status != 400 || !is_json || !reply.error().starts_with(&format!("{field}: ")) {
+            failures.push(format!(
+                "{what}: expected 400 and a JSON error naming '{field}', got {} {}",
+                reply.status, reply.text
+            ));
+        }
+    };
+    for (field, wrong) in wrongly_typed_fields() {
+        let job = with(shell_job("typed", "@daily", "true"), wrong);
+        check(format!("POST {job}"), &server.post("/v1/jobs", &job).await, field);
+        check(format!("PUT {job}"), &server.put("/v1/jobs/typed", &job).await, field);
+        check(format!("PATCH {job}"), &server.patch("/v1/jobs", &job).await, field);
+        let file = json!([shell_job("fine", "@daily", "true"), job]);
+        check(format!("restore {file}"), &server.post("/v1/restore", &file).await, &format!("[1].{field}"));
+    }
+    for body in ["[]", "\"x\"", "null", "3", "", "{\"name\": "] {
+        check(format!("POST {body:?}"), &server.request("POST", "/v1/jobs", Some(body.to_string())).await, "body");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} requests were not refused as they should be:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_eq!(server.job_names().await, Vec::<String>::new(), "a refused request creates nothing");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_that_could_never_run_is_refused_at_creation() {
+    let server = Server::fresh(&[]).await;
+    let cases = [
+        (
+            json!({"executor_config": {"command": "echo a\0b", "shell": "true"}}),
+            "executor_config.command: contains a NUL byte",
+        ),
+        (json!({"executor_config": {"command": "true", "cwd": "/tmp\0"}}), "executor_config.cwd: contains a NUL byte"),
+        (json!({"executor_config": {"command": "true", "env": "A=\0"}}), "executor_config.env: "),
+        (json!({"schedule": "* * * * * * 1999"}), "schedule: '* * * * * * 1999' has no fire time after now ("),
+        (json!({"schedule": "0 0 30 2 *"}), "schedule: field 3 (day-of-month) value '30' never occurs"),
+        (
+            json!({"schedule": "@at 9999-12-31T23:59:59Z"}),
+            "schedule: @at timestamp '9999-12-31T23:59:59Z' is after the latest supported instant",
+        ),
+        (json!({"timezone": "Mars/Base"}), "timezone: unknown time zone 'Mars/Base'; use an IANA name"),
+        (
+            json!({"schedule": "CRON_TZ=Mars/Base 0 0 * * *"}),
+            "schedule: unknown time zone 'Mars/Base' in the schedule's",
+        ),
+        (json!({"catch_up_window": "soon"}), "catch_up_window: 'soon' is not a duration"),
+    ];
+    for (change, wanted) in cases {
+        let job = with(shell_job("never", "@daily", "true"), change);
+        let reply = server.post("/v1/jobs", &job).await;
+        reply.expect(400);
+        assert!(reply.error().starts_with(wanted), "{job}:\n  wanted {wanted:?}\n     got {:?}", reply.error());
+    }
+    assert_eq!(server.job_names().await, Vec::<String>::new());
+    // A past `@at` is still accepted: it is what every one-shot job becomes after its run.
+    let once = server.create_job(&shell_job("once", "@at 2001-01-01T00:00:00Z", "true")).await;
+    assert!(once["next"].is_null(), "{once}");
 }

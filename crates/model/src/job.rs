@@ -2,18 +2,17 @@
 //!
 //! [`Job`] is the record the store keeps and the API returns; its JSON is Dkron's job, field for field, plus our
 //! additions (`catch_up`, `catch_up_window`, `retry_backoff`, `retry_backoff_max`, `executions_retained`,
-//! `created_at`, `updated_at`). [`JobInput`] is what a client may send: every field optional, unknown fields
-//! rejected (a typo must not silently become a no-op), read-only fields accepted and ignored so a client can send
-//! back a job exactly as it read it.
+//! `created_at`, `updated_at`). What a client may send is a [`JobInput`] (see `input`); [`Job::from_input`] and
+//! [`Job::apply`] turn it into a job and validate every field, each error naming its field exactly once.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kairos_schedule::jiff::Timestamp;
-use kairos_schedule::{Schedule, parse_duration};
+use kairos_schedule::{Schedule, ScheduleError, parse_duration};
 use serde::{Deserialize, Serialize};
 
-use crate::FieldError;
+use crate::{FieldError, JobInput};
 
 /// Longest accepted job name; names are keys in the store and parts of file paths.
 pub const NAME_LEN_MAX: usize = 200;
@@ -114,65 +113,6 @@ pub struct Job {
     pub updated_at: Option<Timestamp>,
 }
 
-/// What a client may send for a job. Every field is optional so the same type serves create (defaults fill the
-/// gaps) and patch (present fields override). Unknown fields are an error.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JobInput {
-    pub name: Option<String>,
-    pub displayname: Option<String>,
-    pub schedule: Option<String>,
-    pub timezone: Option<String>,
-    pub owner: Option<String>,
-    pub owner_email: Option<String>,
-    pub disabled: Option<bool>,
-    pub tags: Option<BTreeMap<String, String>>,
-    pub metadata: Option<BTreeMap<String, String>>,
-    pub retries: Option<u32>,
-    pub parent_job: Option<String>,
-    pub processors: Option<BTreeMap<String, serde_json::Value>>,
-    pub concurrency: Option<String>,
-    pub executor: Option<String>,
-    pub executor_config: Option<BTreeMap<String, String>>,
-    pub ephemeral: Option<bool>,
-    pub starts_at: Option<Timestamp>,
-    pub expires_at: Option<Timestamp>,
-    pub catch_up: Option<String>,
-    pub catch_up_window: Option<String>,
-    pub retry_backoff: Option<String>,
-    pub retry_backoff_max: Option<String>,
-    pub executions_retained: Option<u32>,
-    // Read-only fields: accepted so a job read from the API can be sent back unchanged, then ignored.
-    pub id: Option<serde_json::Value>,
-    pub success_count: Option<serde_json::Value>,
-    pub error_count: Option<serde_json::Value>,
-    pub last_success: Option<serde_json::Value>,
-    pub last_error: Option<serde_json::Value>,
-    pub dependent_jobs: Option<serde_json::Value>,
-    pub status: Option<serde_json::Value>,
-    pub next: Option<serde_json::Value>,
-    pub created_at: Option<serde_json::Value>,
-    pub updated_at: Option<serde_json::Value>,
-}
-
-impl JobInput {
-    /// Parse a JSON body, turning serde's message into a [`FieldError`] that names the field when it can.
-    pub fn from_json(body: &[u8]) -> Result<JobInput, FieldError> {
-        serde_json::from_slice(body).map_err(json_error)
-    }
-}
-
-/// Map a serde_json error to a field error: unknown fields and wrong types name the field.
-pub fn json_error(err: serde_json::Error) -> FieldError {
-    let text = err.to_string();
-    if let Some(rest) = text.strip_prefix("unknown field `")
-        && let Some((field, _)) = rest.split_once('`')
-    {
-        return FieldError::new(field, "unknown field (neither Dkron nor Kairos knows it)");
-    }
-    FieldError::new("body", format!("invalid JSON: {text}"))
-}
-
 impl Job {
     /// A job with every field at its default; `name` still has to be set and validated.
     pub fn empty(name: &str) -> Job {
@@ -222,8 +162,25 @@ impl Job {
         Ok(job)
     }
 
-    /// Overwrite the fields present in `input` (PATCH semantics) and validate the result. The name cannot change.
+    /// Overwrite the fields present in `input` (PATCH semantics) and validate the result. The name cannot change,
+    /// and a schedule the input sends must fire again after now.
     pub fn apply(&mut self, input: JobInput) -> Result<(), FieldError> {
+        self.apply_at(input, Timestamp::now())
+    }
+
+    /// [`Job::apply`] with the clock read by the caller. A schedule the client sends must fire after `now`;
+    /// a stored schedule the input leaves alone is not judged again (see [`Job::check_fires_after`]).
+    fn apply_at(&mut self, input: JobInput, now: Timestamp) -> Result<(), FieldError> {
+        let schedule_sent = input.schedule.is_some();
+        self.merge(input)?;
+        self.validate()?;
+        if schedule_sent {
+            self.check_fires_after(now)?;
+        }
+        Ok(())
+    }
+
+    fn merge(&mut self, input: JobInput) -> Result<(), FieldError> {
         if let Some(name) = &input.name
             && name != &self.name
         {
@@ -261,7 +218,30 @@ impl Job {
         if input.executions_retained.is_some() {
             self.executions_retained = input.executions_retained;
         }
-        self.validate()
+        Ok(())
+    }
+
+    /// Refuses a schedule that has no fire time after `now`, like one that has none at all (`0 0 30 2 *`, which
+    /// the schedule parser refuses): `* * * * * * 1999` or a year list that has run out would store a job
+    /// that never runs, and that is always a mistake when the schedule is being written.
+    ///
+    /// Two schedules are exempt by design. `@manually` never fires by itself: that is its point. An `@at` in
+    /// the past is accepted as before: a one-shot job is kept after its run for inspection, and a client that
+    /// reads it and sends it back (read-modify-write, as Dkron's clients do) or restores a backup that holds
+    /// it must not be refused; its `next` is `null`, which says plainly that it will not run again. The check
+    /// only applies to a schedule the client sends, so a stored job whose years ran out can still be patched
+    /// (disabled, re-owned) without touching it.
+    fn check_fires_after(&self, now: Timestamp) -> Result<(), FieldError> {
+        let Some(schedule) = self.parsed_schedule()? else {
+            return Ok(());
+        };
+        if schedule.is_manual() || schedule.is_one_shot() || schedule.next_after(now).is_some() {
+            return Ok(());
+        }
+        Err(FieldError::new(
+            "schedule",
+            format!("'{}' has no fire time after now ({now}), so the job would never run", self.schedule),
+        ))
     }
 
     /// Check every field a client controls. Executor configs are checked by the agent's executors, which
@@ -275,7 +255,7 @@ impl Job {
             validate_name(&self.parent_job).map_err(|e| FieldError::new("parent_job", e.message))?;
         }
         if !self.timezone.is_empty() {
-            kairos_schedule::parse_timezone(&self.timezone).map_err(|e| FieldError::new("timezone", e.to_string()))?;
+            kairos_schedule::parse_timezone(&self.timezone).map_err(schedule_error)?;
         }
         if self.schedule.is_empty() {
             if self.parent_job.is_empty() {
@@ -362,9 +342,7 @@ impl Job {
             return Ok(None);
         }
         let tz = (!self.timezone.is_empty()).then_some(self.timezone.as_str());
-        Schedule::parse(&self.schedule, tz, &self.name)
-            .map(Some)
-            .map_err(|e| FieldError::new("schedule", e.to_string()))
+        Schedule::parse(&self.schedule, tz, &self.name).map(Some).map_err(schedule_error)
     }
 
     pub fn catch_up_window(&self) -> Duration {
@@ -395,7 +373,13 @@ fn set<T>(slot: &mut T, value: Option<T>) {
 }
 
 fn duration_field(field: &str, text: &str) -> Result<Duration, FieldError> {
-    parse_duration(text).map_err(|e| FieldError::new(field, e.to_string()))
+    parse_duration(text).map_err(|e| FieldError::new(field, e.problem()))
+}
+
+/// A schedule or time zone error as a field error. The schedule crate's messages start with their field
+/// (`schedule: …`); the field error is built from the parts, so it names the field once, not `schedule: schedule:`.
+fn schedule_error(error: ScheduleError) -> FieldError {
+    FieldError::new(error.field(), error.problem())
 }
 
 /// Job names are store keys, URL segments and directory names: lowercase letters, digits, `_` and `-`.
@@ -513,12 +497,109 @@ mod tests {
                 r#"{"name":"a","schedule":"@daily","executor":"shell","starts_at":"2026-01-02T00:00:00Z","expires_at":"2026-01-01T00:00:00Z"}"#,
                 "expires_at",
             ),
-            (r#"{"name":"a","schedule":"@daily","executor":"shell","retries":"x"}"#, "body"),
+            (r#"{"name":"a","schedule":"@daily","executor":"shell","retries":"x"}"#, "retries"),
+            (r#"{"name":"a","schedule":"* * * * * * 1999","executor":"shell"}"#, "schedule"),
         ];
         for (json, field) in cases {
             let err = input(json).expect_err(json);
             assert_eq!(err.field, field, "{json}: {err}");
         }
+    }
+
+    /// A job with `extra` members added to a valid shell job, or the full error text.
+    fn job_with(extra: &str) -> Result<Job, String> {
+        input(&format!(r#"{{"name":"a","executor":"shell",{extra}}}"#)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn schedule_timezone_and_duration_errors_name_their_field_once() {
+        let cases = [
+            (
+                r#""schedule":"@daily","timezone":"Mars/Base""#,
+                "timezone: unknown time zone 'Mars/Base'; use an IANA name such as 'Europe/Berlin', \
+                 'America/New_York' or 'UTC'",
+            ),
+            (
+                r#""schedule":"@daily","timezone":"Local""#,
+                "timezone: 'Local' means each server's own zone, so servers could disagree on when a job fires; \
+                 use an IANA name such as 'Europe/Berlin' or 'UTC'",
+            ),
+            (r#""schedule":"61 * * * * *""#, "schedule: field 1 (seconds) value '61' is out of range 0-59"),
+            (r#""schedule":"@every 1s 2s""#, "schedule: @every duration '1s 2s' "),
+            (
+                r#""schedule":"CRON_TZ=Mars/Base 0 * * * *""#,
+                "schedule: unknown time zone 'Mars/Base' in the schedule's",
+            ),
+            (r#""schedule":"@daily","catch_up_window":"soon""#, "catch_up_window: 'soon' is not a duration"),
+            (r#""schedule":"@daily","retry_backoff":"-1s""#, "retry_backoff: '-1s' is negative"),
+            (r#""schedule":"@daily","retry_backoff_max":"1x""#, "retry_backoff_max: '1x' "),
+        ];
+        for (extra, wanted) in cases {
+            let message = job_with(extra).expect_err(extra);
+            assert!(message.starts_with(wanted), "{extra}:\n  wanted {wanted:?}\n     got {message:?}");
+            let field = wanted.split(':').next().unwrap_or_default();
+            for name in ["schedule", "timezone", "duration", field] {
+                let doubled = format!("{field}: {name}:");
+                assert!(!message.contains(&doubled), "{extra}: {message}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_schedule_that_never_fires_again_is_refused_like_one_that_never_fires() {
+        let past_year = job_with(r#""schedule":"* * * * * * 1999""#).unwrap_err();
+        assert!(past_year.starts_with("schedule: '* * * * * * 1999' has no fire time after now ("), "{past_year}");
+        assert!(past_year.ends_with("), so the job would never run"), "{past_year}");
+        let never = job_with(r#""schedule":"0 0 30 2 *""#).unwrap_err();
+        assert!(never.starts_with("schedule: field 3 (day-of-month) value '30' never occurs"), "{never}");
+    }
+
+    #[test]
+    fn whether_a_schedule_fires_again_is_judged_at_the_time_it_is_sent() {
+        let sent = |now: &str| {
+            let input = JobInput {
+                schedule: Some("0 0 12 1 1 * 2030".into()),
+                executor: Some("shell".into()),
+                ..Default::default()
+            };
+            Job::empty("a").apply_at(input, now.parse().unwrap())
+        };
+        assert_eq!(sent("2029-06-01T00:00:00Z"), Ok(()));
+        assert_eq!(sent("2030-01-01T11:59:59Z"), Ok(()));
+        let err = sent("2030-01-01T12:00:00Z").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "schedule: '0 0 12 1 1 * 2030' has no fire time after now (2030-01-01T12:00:00Z), so the job would \
+             never run"
+        );
+        // A stored job whose years ran out can still be changed without sending its schedule again.
+        let mut job = Job::empty("a");
+        job.schedule = "0 0 12 1 1 * 2030".into();
+        job.executor = "shell".into();
+        let disable = JobInput { disabled: Some(true), ..Default::default() };
+        assert_eq!(job.apply_at(disable, "2031-01-01T00:00:00Z".parse().unwrap()), Ok(()));
+        assert!(job.disabled);
+    }
+
+    #[test]
+    fn a_past_at_and_manually_are_accepted_as_they_never_fire_by_design() {
+        for schedule in ["@at 2001-01-01T00:00:00Z", "@manually"] {
+            let job = job_with(&format!(r#""schedule":"{schedule}""#)).expect(schedule);
+            let parsed = job.parsed_schedule().unwrap().unwrap();
+            assert_eq!(parsed.next_after(Timestamp::now()), None, "{schedule}");
+        }
+    }
+
+    #[test]
+    fn an_at_beyond_the_last_representable_instant_says_so() {
+        assert_eq!(
+            job_with(r#""schedule":"@at 9999-12-31T23:59:59Z""#).unwrap_err(),
+            "schedule: @at timestamp '9999-12-31T23:59:59Z' is after the latest supported instant, \
+             9999-12-30T22:00:00Z"
+        );
+        let last = job_with(r#""schedule":"@at 9999-12-30T22:00:00Z""#).unwrap();
+        let next = last.parsed_schedule().unwrap().unwrap().next_after(Timestamp::now());
+        assert_eq!(next.map(|t| t.to_string()), Some("9999-12-30T22:00:00Z".to_string()));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The Kairos data model: jobs and executions as the API shows them (Dkron's JSON, field for field, plus our
 //! additions), and the validation that turns what a client sent into a job the store may accept.
 //!
-//! - [`job`]: the [`Job`] record, its policies ([`Concurrency`], [`CatchUp`]) and the strict input form
-//!   [`JobInput`] that rejects unknown fields.
+//! - [`job`]: the [`Job`] record, its policies ([`Concurrency`], [`CatchUp`]) and its validation.
+//! - [`input`]: [`JobInput`], what a client may send, read from JSON field by field so that a wrong type or an
+//!   unknown field is refused naming the field.
 //! - [`execution`]: the [`Execution`] record and its [`ExecutionStatus`] life cycle.
 //! - [`error`]: [`FieldError`], a user-facing error that names the offending field.
 //!
@@ -10,11 +11,13 @@
 
 pub mod error;
 pub mod execution;
+pub mod input;
 pub mod job;
 
 pub use error::FieldError;
 pub use execution::{
     Execution, ExecutionStatus, TARGET_SEPARATOR, Trigger, attempt_of, execution_id, slot_prefix, target_of,
 };
-pub use job::{CatchUp, Concurrency, Job, JobInput, Targets, tag_value};
+pub use input::JobInput;
+pub use job::{CatchUp, Concurrency, Job, Targets, tag_value};
 pub use kairos_schedule::jiff::Timestamp;

@@ -92,10 +92,19 @@ fn parse_at(word: &str, argument: &str) -> Result<Plan, ScheduleError> {
     if argument.is_empty() {
         return Err(needs_argument(word, "an RFC 3339 time, e.g. '@at 2026-12-31T23:59:00Z'"));
     }
-    argument
-        .parse::<Timestamp>()
-        .map(Plan::At)
-        .map_err(|error| ScheduleError::At { value: argument.to_string(), reason: error.to_string() })
+    argument.parse::<Timestamp>().map(Plan::At).map_err(|error| at_error(argument, &error))
+}
+
+/// Why `argument` is no `@at` instant. A time that is well formed, time and offset included, and still no
+/// instant lies outside the range jiff represents; saying "not an RFC 3339 time" about `9999-12-31T23:59:59Z`
+/// would send the user looking for a typo that is not there.
+fn at_error(argument: &str, error: &jiff::Error) -> ScheduleError {
+    match jiff::fmt::temporal::Pieces::parse(argument) {
+        Ok(pieces) if pieces.time().is_some() && pieces.offset().is_some() => {
+            ScheduleError::AtOutOfRange { value: argument.to_string(), too_late: pieces.date().year() > 0 }
+        }
+        _ => ScheduleError::At { value: argument.to_string(), reason: error.to_string() },
+    }
 }
 
 #[cfg(test)]
@@ -114,6 +123,22 @@ mod tests {
         assert!(matches!(parse_descriptor("@every", 0), Err(ScheduleError::DescriptorArgument { .. })));
         assert!(matches!(parse_descriptor("@every 99ms", 0), Err(ScheduleError::Every { .. })));
         assert!(matches!(parse_descriptor("@at tomorrow", 0), Err(ScheduleError::At { .. })));
+        assert!(matches!(parse_descriptor("@at 2026-01-01T00:00:00", 0), Err(ScheduleError::At { .. })));
         assert!(matches!(parse_descriptor("@reboot", 0), Err(ScheduleError::UnknownDescriptor(_))));
+    }
+
+    #[test]
+    fn an_at_time_past_the_representable_range_says_so() {
+        let last = "9999-12-30T22:00:00Z";
+        assert!(matches!(parse_descriptor(&format!("@at {last}"), 0), Ok(Plan::At(t)) if t.to_string() == last));
+        for beyond in ["9999-12-30T22:00:01Z", "9999-12-31T23:59:59Z", "9999-12-31T00:00:00-23:59"] {
+            let message = parse_descriptor(&format!("@at {beyond}"), 0).unwrap_err().to_string();
+            assert_eq!(
+                message,
+                format!("schedule: @at timestamp '{beyond}' is after the latest supported instant, {last}")
+            );
+        }
+        let message = parse_descriptor("@at -009999-01-01T00:00:00Z", 0).unwrap_err().to_string();
+        assert!(message.contains("is before the earliest supported instant, -009999-01-02T01:59:59Z"), "{message}");
     }
 }

@@ -44,6 +44,12 @@ const CASES: &[(&str, Option<&str>, &str)] = &[
     ("@at", None, "descriptor '@at' needs an RFC 3339 time"),
     ("@at 2026-13-01T00:00:00Z", None, "@at timestamp '2026-13-01T00:00:00Z' is not an RFC 3339 time"),
     ("@at 2026-01-01T00:00:00", None, "@at timestamp '2026-01-01T00:00:00' is not an RFC 3339 time"),
+    ("@at 2026-01-01Z", None, "@at timestamp '2026-01-01Z' is not an RFC 3339 time"),
+    (
+        "@at 9999-12-31T23:59:59Z",
+        None,
+        "@at timestamp '9999-12-31T23:59:59Z' is after the latest supported instant, 9999-12-30T22:00:00Z",
+    ),
     ("0 0 * * * *", Some("Mars/Base"), "timezone: unknown time zone 'Mars/Base'"),
     ("0 0 * * * *", Some("Local"), "timezone: 'Local'"),
     ("CRON_TZ=Mars/Base 0 0 * * *", None, "unknown time zone 'Mars/Base' in the schedule's CRON_TZ=/TZ= prefix"),
@@ -78,4 +84,32 @@ fn invalid_time_zones_and_durations_name_the_input() {
         let message = parse_duration(bad).unwrap_err().to_string();
         assert!(message.starts_with(&format!("duration: '{bad}'")), "{message}");
     }
+}
+
+#[test]
+fn each_message_names_its_field_exactly_once() {
+    for &(expr, zone, _) in CASES {
+        let error = Schedule::parse(expr, zone, "job").unwrap_err();
+        let (field, problem) = (error.field(), error.problem());
+        assert_eq!(error.to_string(), format!("{field}: {problem}"), "{expr:?}");
+        for name in ["schedule:", "timezone:", "duration:"] {
+            assert!(!problem.starts_with(name), "{expr:?}: the problem repeats a field name: {problem:?}");
+        }
+    }
+    let duration = parse_duration("soon").unwrap_err();
+    assert_eq!((duration.field(), duration.problem().starts_with("'soon' is not a duration")), ("duration", true));
+}
+
+#[test]
+fn a_zone_is_blamed_on_the_field_that_named_it() {
+    let from_field = Schedule::parse("0 0 * * * *", Some("Mars/Base"), "job").unwrap_err();
+    assert_eq!(from_field.field(), "timezone");
+    let from_prefix = Schedule::parse("CRON_TZ=Mars/Base 0 0 * * * *", None, "job").unwrap_err();
+    assert_eq!(
+        from_prefix.to_string(),
+        "schedule: unknown time zone 'Mars/Base' in the schedule's CRON_TZ=/TZ= prefix; use an IANA name such as \
+         'Europe/Berlin', 'America/New_York' or 'UTC'"
+    );
+    let local_prefix = Schedule::parse("TZ=Local 0 0 * * * *", None, "job").unwrap_err();
+    assert!(local_prefix.to_string().starts_with("schedule: 'Local' in the schedule's"), "{local_prefix}");
 }

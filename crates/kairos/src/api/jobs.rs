@@ -204,8 +204,7 @@ pub async fn restore(State(node): State<AppState>, Query(params): Query<Params>,
         .map_err(|e| ApiError::bad_request(format!("body: not a JSON array of jobs: {e}")))?;
     let mut jobs = Vec::with_capacity(inputs.len());
     for (i, value) in inputs.into_iter().enumerate() {
-        let input: JobInput = serde_json::from_value(value)
-            .map_err(|e| ApiError::bad_request(format!("[{i}].{}", kairos_model::job::json_error(e))))?;
+        let input = JobInput::from_value(value).map_err(|e| ApiError::bad_request(format!("[{i}].{e}")))?;
         let job = Job::from_input(input).map_err(|e| ApiError::bad_request(format!("[{i}].{e}")))?;
         check(&job).map_err(|e| ApiError::bad_request(format!("[{i}].{}", e.message)))?;
         jobs.push(job);
