@@ -654,11 +654,21 @@ async fn a_web_page_of_another_site_cannot_create_run_or_delete_jobs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn framework_errors_are_json_and_name_what_is_wrong() {
     let server = Server::fresh(&[]).await;
-    let huge = format!("{{\"name\": \"big\", \"displayname\": \"{}\"}}", "x".repeat(9 * 1024 * 1024));
-    let reply =
-        server.request_with("POST", "/v1/jobs", &[("content-type", "application/json")], Some(huge.into())).await;
-    reply.expect_error(413, "body");
-    assert!(reply.headers["content-type"].to_str().unwrap().starts_with("application/json"));
+    // A body announced over the limit is refused from its header alone. Sent by hand, because a client that
+    // pushes all 9 MiB may see the connection closed under it before it reads the answer.
+    let addr = server.url("").trim_start_matches("http://").trim_end_matches('/').to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let head = format!(
+        "POST /v1/jobs HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{{\"name\": ",
+        9 * 1024 * 1024
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes()).await.expect("send");
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer).await.expect("read the answer");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("content-type: application/json"), "{answer}");
+    assert!(answer.contains(r#"{"error":"body: larger than the 8 MiB limit"}"#), "{answer}");
     let reply = server.get("/v1/jobs/%FF%FE").await;
     assert!(reply.status == 400 || reply.status == 404, "{} {}", reply.status, reply.text);
     assert!(!reply.error().is_empty(), "not a JSON error: {}", reply.text);

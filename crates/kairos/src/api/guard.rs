@@ -13,6 +13,7 @@
 //! built-in UI is served by this same listener, so its requests are same-origin.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
@@ -132,17 +133,42 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     }
 }
 
-/// The whole body, within the router's size limit.
+/// How long a client may take to send a whole request body. Without it, a client announcing a large body and
+/// then sending nothing would hold its connection (and a handler) forever: the header deadline ends when the body
+/// begins.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The whole body, within the size limit ([`super::BODY_BYTES_MAX`]) and [`BODY_READ_TIMEOUT`]. A body announced
+/// larger than the limit is refused before any of it is read.
 pub async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, ApiError> {
-    Bytes::from_request(request, state).await.map_err(|rejection| {
-        let status = rejection.status();
-        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            format!("body: larger than the {} MiB limit", super::BODY_BYTES_MAX / (1024 * 1024))
-        } else {
-            format!("body: {}", rejection.body_text())
-        };
-        ApiError::new(status, message)
-    })
+    refuse_announced_too_large(request.headers())?;
+    let read = Bytes::from_request(request, state);
+    match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(too_large()),
+        Ok(Err(rejection)) => Err(ApiError::new(rejection.status(), format!("body: {}", rejection.body_text()))),
+        Err(_) => Err(body_too_slow()),
+    }
+}
+
+/// Refuse a body whose `Content-Length` is over the limit without reading any of it.
+pub fn refuse_announced_too_large(headers: &HeaderMap) -> Result<(), ApiError> {
+    let announced = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|bytes| bytes > super::BODY_BYTES_MAX as u64) {
+        return Err(too_large());
+    }
+    Ok(())
+}
+
+pub fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("body: larger than the {} MiB limit", super::BODY_BYTES_MAX / (1024 * 1024)),
+    )
+}
+
+pub fn body_too_slow() -> ApiError {
+    ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("body: not received within {} s", BODY_READ_TIMEOUT.as_secs()))
 }
 
 /// What an error answer was caused by, kept on the response so [`errors`] can log it.
@@ -189,7 +215,7 @@ pub async fn errors(request: Request, next: Next) -> Response {
 /// Name the part of the request a framework rejection is about, as the API's own errors do.
 fn plain_error_message(status: StatusCode, text: &str) -> String {
     if status == StatusCode::PAYLOAD_TOO_LARGE {
-        return format!("body: larger than the {} MiB limit", super::BODY_BYTES_MAX / (1024 * 1024));
+        return too_large().message;
     }
     let lower = text.to_ascii_lowercase();
     let part = if lower.contains("path") {

@@ -184,17 +184,9 @@ pub async fn restore(State(node): State<AppState>, Query(params): Query<Params>,
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
     let body = if is_multipart {
-        let mut form = Multipart::from_request(request, &()).await.map_err(|e| ApiError::bad_request(e.body_text()))?;
-        let mut file = None;
-        while let Some(field) = form.next_field().await.map_err(|e| ApiError::bad_request(e.body_text()))? {
-            if field.name() == Some("file") {
-                file = Some(
-                    field.bytes().await.map_err(|e| ApiError::new(e.status(), format!("file: {}", e.body_text())))?,
-                );
-            }
-        }
-        // Dkron answers 404 when the form has no file part.
-        file.ok_or_else(|| ApiError::not_found("file: the multipart form has no 'file' part"))?
+        super::guard::refuse_announced_too_large(request.headers())?;
+        let too_slow = super::guard::BODY_READ_TIMEOUT;
+        tokio::time::timeout(too_slow, multipart_file(request)).await.map_err(|_| super::guard::body_too_slow())??
     } else if is_json(request.headers()) {
         read_body(request, &()).await?
     } else {
@@ -215,6 +207,19 @@ pub async fn restore(State(node): State<AppState>, Query(params): Query<Params>,
     let lines: Vec<String> = names.iter().map(|name| format!("success create {name}")).collect();
     let encoded = serde_json::to_string(&lines).map_err(ApiError::internal)?;
     Ok(reply(StatusCode::OK, &encoded, &params))
+}
+
+/// The `file` part of Dkron's multipart restore form; 404 when there is none, as in Dkron.
+async fn multipart_file(request: Request) -> Result<axum::body::Bytes, ApiError> {
+    let mut form = Multipart::from_request(request, &()).await.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let mut file = None;
+    while let Some(field) = form.next_field().await.map_err(|e| ApiError::new(e.status(), e.body_text()))? {
+        if field.name() == Some("file") {
+            file =
+                Some(field.bytes().await.map_err(|e| ApiError::new(e.status(), format!("file: {}", e.body_text())))?);
+        }
+    }
+    file.ok_or_else(|| ApiError::not_found("file: the multipart form has no 'file' part"))
 }
 
 /// Order jobs so every parent comes before its children; a parent must be in the file or already stored.
