@@ -168,7 +168,7 @@ async fn toggle_flips_disabled_and_delete_removes_the_job() {
     let reply = server.post_empty("/v1/jobs/flip/toggle").await;
     assert_eq!(reply.expect(200).json["disabled"], true);
     assert_eq!(server.job("flip").await["disabled"], true);
-    assert!(server.job("flip").await["next"].is_null(), "a disabled job has no next fire");
+    assert_eq!(server.job("flip").await["next"], GO_ZERO_TIME, "a disabled job has no next fire (Go's zero time)");
     let reply = server.post_empty("/v1/jobs/flip/toggle").await;
     assert_eq!(reply.expect(200).json["disabled"], false);
     assert_eq!(server.job("flip").await["disabled"], false);
@@ -724,4 +724,27 @@ async fn restore_stores_every_job_of_a_file_parents_first() {
     server.post("/v1/restore", &file).await.expect(200);
     assert_eq!(server.job_names().await, ["restored-child", "restored-parent"]);
     assert_eq!(server.job("restored-parent").await["dependent_jobs"], json!(["restored-child"]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unset_go_time_fields_are_gos_zero_time_and_nullable_ones_null() {
+    let server = Server::fresh(&[]).await;
+    let job = server.create_job(&shell_job("zero", "@manually", "sleep 30")).await;
+    assert_eq!(job["next"], GO_ZERO_TIME, "a time.Time in Dkron");
+    assert_eq!((&job["last_success"], &job["last_error"]), (&Value::Null, &Value::Null), "NullableTime in Dkron");
+    server.run("zero").await;
+    let running = wait_until("the run is running", secs(20), async || {
+        let items = server.get("/v1/jobs/zero/executions").await.expect(200).items();
+        items.into_iter().find(|e| e["status"] == "running")
+    })
+    .await;
+    // Dkron's UI tells a running execution by this very value.
+    assert_eq!(running["finished_at"], GO_ZERO_TIME, "{running:#}");
+    assert!(running["started_at"].as_str().is_some_and(|s| s != GO_ZERO_TIME), "{running:#}");
+    let busy = server.get("/v1/busy").await.expect(200).items();
+    assert_eq!(busy[0]["finished_at"], GO_ZERO_TIME);
+    let id = running["id"].as_str().unwrap();
+    let shown = server.get(&format!("/v1/jobs/zero/executions/{id}")).await.expect(200).json.clone();
+    assert_eq!(shown["finished_at"], GO_ZERO_TIME);
+    server.post_empty(&format!("/v1/jobs/zero/executions/{id}/cancel")).await.expect(202);
 }

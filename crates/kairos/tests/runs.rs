@@ -346,7 +346,7 @@ async fn an_at_schedule_fires_exactly_once_at_its_instant() {
     assert!(execs[0].started_at.unwrap() >= at, "not before its instant");
     tokio::time::sleep(secs(2)).await;
     assert_eq!(server.executions("once").await.len(), 1, "@at fires once");
-    assert!(server.job("once").await["next"].is_null());
+    assert_eq!(server.job("once").await["next"], GO_ZERO_TIME, "no next fire: Go's zero time, as in Dkron");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -170,6 +170,8 @@ fn paths() -> Value {
 fn schemas() -> Value {
     let s = json!({"type": "string"});
     let t = json!({"type": "string", "format": "date-time", "nullable": true});
+    // Dkron's `time.Time` fields: never null (see `api::dkron_time`).
+    let zt = json!({"type": "string", "format": "date-time", "description": "0001-01-01T00:00:00Z (Go's zero time, as in Dkron) when there is none"});
     let map = json!({"type": "object", "additionalProperties": {"type": "string"}});
     json!({
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string", "description": "Names the field and the problem"}}},
@@ -185,7 +187,7 @@ fn schemas() -> Value {
             "concurrency": {"type": "string", "enum": ["allow", "forbid", "replace"]},
             "executor": {"type": "string", "enum": ["shell", "http"]}, "executor_config": map,
             "status": {"type": "string", "readOnly": true, "enum": ["", "success", "failed", "running"]},
-            "next": t, "ephemeral": {"type": "boolean"}, "starts_at": t, "expires_at": t,
+            "next": zt, "ephemeral": {"type": "boolean"}, "starts_at": t, "expires_at": t,
             "catch_up": {"type": "string", "enum": ["skip", "latest", "all"], "description": "Slots missed while no scheduler ran"},
             "catch_up_window": {"type": "string", "description": "Duration, default 1h"},
             "retry_backoff": {"type": "string", "description": "Duration, default 1s, doubling with jitter"},
@@ -194,7 +196,7 @@ fn schemas() -> Value {
             "created_at": t, "updated_at": t,
         }},
         "Execution": {"type": "object", "properties": {
-            "id": s, "job_name": s, "started_at": t, "finished_at": t, "success": {"type": "boolean"},
+            "id": s, "job_name": s, "started_at": zt, "finished_at": zt, "success": {"type": "boolean"},
             "output": s, "output_truncated": {"type": "boolean"}, "node_name": s, "group": {"type": "integer"},
             "attempt": {"type": "integer"}, "scheduled_at": {"type": "string", "format": "date-time"},
             "status": {"type": "string", "enum": ["pending", "running", "succeeded", "failed", "lost", "cancelled", "skipped"]},

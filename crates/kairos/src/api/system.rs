@@ -51,6 +51,7 @@ pub async fn is_leader(State(node): State<AppState>, Query(params): Query<Params
 pub async fn busy(State(node): State<AppState>, Query(params): Query<Params>) -> ApiResult {
     let mut active = node.state.active()?;
     active.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.scheduled_at.cmp(&b.scheduled_at)));
+    let active: Vec<_> = active.into_iter().map(super::dkron_execution).collect();
     Ok(reply_list(&active, active.len(), &params))
 }
 

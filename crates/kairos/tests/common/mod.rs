@@ -99,13 +99,24 @@ impl Reply {
     }
 }
 
+/// Go's zero time, which Dkron's API (and ours) shows in a `time.Time` field that holds no instant.
+pub const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
+/// A Dkron `time.Time` field: [`GO_ZERO_TIME`] (or, leniently, `null`) reads as `None`.
+pub fn dkron_time<'de, D: serde::Deserializer<'de>>(from: D) -> Result<Option<Timestamp>, D::Error> {
+    let instant = Option::<Timestamp>::deserialize(from)?;
+    Ok(instant.filter(|t| t.to_string() != GO_ZERO_TIME))
+}
+
 /// An execution as the API shows it (the wire contract: field names and value spellings).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Exec {
     pub id: String,
     pub job_name: String,
     pub scheduled_at: Timestamp,
+    #[serde(deserialize_with = "dkron_time")]
     pub started_at: Option<Timestamp>,
+    #[serde(deserialize_with = "dkron_time")]
     pub finished_at: Option<Timestamp>,
     pub status: String,
     pub exit_code: Option<i32>,
