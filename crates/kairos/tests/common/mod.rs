@@ -287,17 +287,15 @@ impl Server {
 
     fn command(&self) -> Command {
         let mut command = Command::new(KAIROS_BIN);
-        command
-            .arg("agent")
-            .arg("--server")
-            .args(["--bootstrap-expect", "1"])
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(["--http-addr", "127.0.0.1:0"])
-            .args(["--bind-addr", "127.0.0.1:0"])
-            .args(["--rpc-port", "0"])
-            .args(["--node-name", &self.node_name])
-            .args(["--log-level", "info"]);
+        command.arg("agent").arg("--server").args(["--bootstrap-expect", "1"]).arg("--data-dir").arg(&self.data_dir);
+        // Loopback addresses unless the test gives its own.
+        let given = |flag: &str| self.args.iter().any(|a| a == flag);
+        for (flag, default) in [("--http-addr", "127.0.0.1:0"), ("--bind-addr", "127.0.0.1:0")] {
+            if !given(flag) {
+                command.args([flag, default]);
+            }
+        }
+        command.args(["--rpc-port", "0"]).args(["--node-name", &self.node_name]).args(["--log-level", "info"]);
         finish_command(&mut command, &self.args, &self.data_dir);
         command
     }
