@@ -93,7 +93,8 @@ pub struct Membership {
     handle: ChitchatHandle,
     live: watch::Receiver<BTreeMap<ChitchatId, chitchat::NodeState>>,
     name: String,
-    /// The tags this node publishes.
+    rpc_addr: SocketAddr,
+    /// The tags this node publishes now (they change on a configuration reload).
     tags: Mutex<BTreeMap<String, String>>,
 }
 
@@ -149,12 +150,24 @@ impl Membership {
             .await
             .with_context(|| format!("--bind-addr: cannot listen for gossip on {bind}"))?;
         let live = handle.chitchat().lock().await.live_nodes_watcher();
-        Ok(Membership { handle, live, name: config.node_name.clone(), tags: Mutex::new(tags) })
+        Ok(Membership { handle, live, name: config.node_name.clone(), rpc_addr, tags: Mutex::new(tags) })
     }
 
     /// The tags this node publishes.
     pub fn tags(&self) -> BTreeMap<String, String> {
         self.tags.lock().expect("tags lock").clone()
+    }
+
+    /// Publish this node's tags anew from `config` (after a reload); answers them. Placement on the leader sees
+    /// them once gossip carried them there (a few rounds).
+    pub async fn publish_tags(&self, config: &Config) -> BTreeMap<String, String> {
+        let tags = node_tags(config, self.rpc_addr);
+        warn_overridden(config, &tags);
+        let text = serde_json::to_string(&tags).expect("a map of strings always serializes");
+        let chitchat = self.handle.chitchat();
+        chitchat.lock().await.self_node_state().set(KEY_TAGS, text);
+        *self.tags.lock().expect("tags lock") = tags.clone();
+        tags
     }
 
     /// What Dkron shows as `serf` in `GET /v1` (serf's `Stats()`, every value a string): how many members are

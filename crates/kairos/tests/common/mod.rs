@@ -288,14 +288,17 @@ impl Server {
     fn command(&self) -> Command {
         let mut command = Command::new(KAIROS_BIN);
         command.arg("agent").arg("--server").args(["--bootstrap-expect", "1"]).arg("--data-dir").arg(&self.data_dir);
-        // Loopback addresses unless the test gives its own.
+        // Loopback addresses unless the test gives its own; the log level unless the test's config file may set it
+        // (a flag would win over the file).
         let given = |flag: &str| self.args.iter().any(|a| a == flag);
-        for (flag, default) in [("--http-addr", "127.0.0.1:0"), ("--bind-addr", "127.0.0.1:0")] {
-            if !given(flag) {
+        for (flag, default) in [("--http-addr", "127.0.0.1:0"), ("--bind-addr", "127.0.0.1:0"), ("--log-level", "info")]
+        {
+            let set_by_test = given(flag) || (flag == "--log-level" && given("--config"));
+            if !set_by_test {
                 command.args([flag, default]);
             }
         }
-        command.args(["--rpc-port", "0"]).args(["--node-name", &self.node_name]).args(["--log-level", "info"]);
+        command.args(["--rpc-port", "0"]).args(["--node-name", &self.node_name]);
         finish_command(&mut command, &self.args, &self.data_dir);
         command
     }
@@ -355,6 +358,14 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.base, path)
+    }
+
+    /// Send SIGHUP (reload the configuration) without waiting for anything.
+    pub fn sighup(&self) {
+        // SAFETY: kill(2) with a pid and a signal has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.pid(), libc::SIGHUP);
+        }
     }
 
     /// Send SIGTERM and wait for the process to exit; returns its exit status.
