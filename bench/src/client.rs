@@ -25,13 +25,22 @@ pub struct Execution {
     #[serde(default)]
     pub node_name: String,
     pub scheduled_at: Timestamp,
+    #[serde(deserialize_with = "dkron_time")]
     pub started_at: Option<Timestamp>,
+    #[serde(deserialize_with = "dkron_time")]
     pub finished_at: Option<Timestamp>,
     pub status: String,
     #[serde(default)]
     pub output: String,
     pub attempt: u32,
     pub trigger: String,
+}
+
+/// A Dkron `time.Time` field: `0001-01-01T00:00:00Z` (Go's zero time, which the API shows for "none") reads as
+/// `None`.
+fn dkron_time<'de, D: serde::Deserializer<'de>>(from: D) -> Result<Option<Timestamp>, D::Error> {
+    let instant = Option::<Timestamp>::deserialize(from)?;
+    Ok(instant.filter(|t| t.as_second() != -62_135_596_800))
 }
 
 /// A node as `GET /v1/members` and `GET /v1/leader` show it (serf's field names): only what the harness reads.

@@ -20,6 +20,7 @@ use crate::worker::{Reporter, Worker};
 pub struct AgentNode {
     pub config: Config,
     pub worker: Worker,
+    pub membership: Arc<Membership>,
     stopping: CancellationToken,
     /// Cancelled when the process should exit by itself (after `kairos leave`).
     pub exit: CancellationToken,
@@ -80,7 +81,7 @@ impl AgentNode {
         await_join(&config, &membership).await?;
         info!(node = %config.node_name, rpc = %rpc_addr, gossip = %membership.gossip_addr(), "agent started");
         eprintln!("kairos: RPC listening on {rpc_addr}");
-        Ok(AgentNode { config, worker, stopping, exit, tasks })
+        Ok(AgentNode { config, worker, membership, stopping, exit, tasks })
     }
 
     /// Let running executions finish (bounded), report them, leave gossip.

@@ -7,8 +7,9 @@
 //! `--config`.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -199,6 +200,12 @@ impl AgentArgs {
         if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
             bail!("--log-level: '{log_level}' is not one of error, warn, info, debug, trace");
         }
+        let advertise_addr = self.advertise_addr.or(file.advertise_addr);
+        if let Some(text) = &advertise_addr
+            && advertise_host(text).is_none()
+        {
+            bail!("--advertise-addr: '{text}' is not an IP address (optionally with a port)");
+        }
         let raft_multiplier = self.raft_multiplier.or(file.raft_multiplier).unwrap_or(1);
         if !(1..=10).contains(&raft_multiplier) {
             bail!("--raft-multiplier: {raft_multiplier} is not between 1 and 10");
@@ -226,7 +233,7 @@ impl AgentArgs {
             data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("kairos.data")),
             http_addr: parse_listen_addr("--http-addr", &http_addr)?,
             bind_addr: self.bind_addr.or(file.bind_addr).unwrap_or_else(|| "0.0.0.0:8946".into()),
-            advertise_addr: self.advertise_addr.or(file.advertise_addr),
+            advertise_addr,
             rpc_port: self.rpc_port.or(file.rpc_port).unwrap_or(6868),
             tags,
             log_level,
@@ -245,6 +252,70 @@ impl AgentArgs {
             config_file,
         })
     }
+}
+
+impl Config {
+    /// The IP other nodes and users reach this node at: the `--advertise-addr`'s; else the `--bind-addr` host's
+    /// when it names one; else (bound to every interface) the address of the interface that routes outward, as
+    /// Dkron picks the host's private IP; loopback when there is none. The gossip and RPC listeners bind the
+    /// `--bind-addr` host, so this IP reaches both.
+    pub fn advertise_ip(&self) -> IpAddr {
+        let bind = bind_ip(&self.bind_addr);
+        choose_advertise_ip(self.advertise_addr.as_deref(), bind, || outward_ip(bind.is_ipv6()))
+    }
+}
+
+/// The HTTP API's address as other nodes and users reach it (`http_addr` in `/v1/members`): the bound one, or,
+/// when bound to every interface (`--http-addr :8080`), the node's advertise IP with the bound port.
+pub fn public_http_addr(bound: SocketAddr, advertise_ip: IpAddr) -> SocketAddr {
+    if bound.ip().is_unspecified() { SocketAddr::new(advertise_ip, bound.port()) } else { bound }
+}
+
+fn choose_advertise_ip(advertise: Option<&str>, bind: IpAddr, outward: impl FnOnce() -> Option<IpAddr>) -> IpAddr {
+    if let Some(ip) = advertise.and_then(advertise_host) {
+        return ip;
+    }
+    if !bind.is_unspecified() {
+        return bind;
+    }
+    outward().unwrap_or(if bind.is_ipv6() { IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]) } else { [127, 0, 0, 1].into() })
+}
+
+/// The IP of an `--advertise-addr` (`10.0.0.1`, `10.0.0.1:8946`, `[fd00::1]:8946`, `fd00::1`).
+fn advertise_host(text: &str) -> Option<IpAddr> {
+    if let Ok(ip) = text.parse() {
+        return Some(ip);
+    }
+    let host = text.rsplit_once(':').map_or(text, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']').parse().ok()
+}
+
+/// The host part of `--bind-addr` as an IP (`:8946` and an unresolvable host mean every interface).
+fn bind_ip(text: &str) -> IpAddr {
+    let host = text.rsplit_once(':').map_or(text, |(host, _)| host).trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return [0, 0, 0, 0].into();
+    }
+    host.parse()
+        .ok()
+        .or_else(|| (host, 0).to_socket_addrs().ok()?.next().map(|a| a.ip()))
+        .unwrap_or([0, 0, 0, 0].into())
+}
+
+/// The source address the host would use to reach the outside world. Connecting a UDP socket sends nothing; it
+/// only picks the route (to a documentation address, RFC 5737 / RFC 3849). Looked up once per process, so every
+/// listener advertises the same IP.
+fn outward_ip(ipv6: bool) -> Option<IpAddr> {
+    static V4: OnceLock<Option<IpAddr>> = OnceLock::new();
+    static V6: OnceLock<Option<IpAddr>> = OnceLock::new();
+    let (cell, local, remote) =
+        if ipv6 { (&V6, "[::]:0", "[2001:db8::1]:9") } else { (&V4, "0.0.0.0:0", "192.0.2.1:9") };
+    *cell.get_or_init(|| {
+        let socket = UdpSocket::bind(local).ok()?;
+        socket.connect(remote).ok()?;
+        let ip = socket.local_addr().ok()?.ip();
+        (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
+    })
 }
 
 /// Gossip seed addresses: `host:port`, or a bare host meaning the default gossip port 8946.
@@ -409,6 +480,47 @@ mod tests {
         assert_eq!(node_name_from_host("büro pc@home"), "b-ro-pc-home");
         assert_eq!(node_name_from_host(""), "kairos");
         assert_eq!(default_node_name(), node_name_from_host(&hostname::get().unwrap().into_string().unwrap()));
+    }
+
+    #[test]
+    fn the_advertise_ip_is_the_given_one_else_the_bound_one_else_the_outward_one() {
+        let outward = || Some(IpAddr::from([10, 1, 2, 3]));
+        let none = || None;
+        let v4 = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(choose_advertise_ip(Some("192.168.0.9"), v4("0.0.0.0"), outward), v4("192.168.0.9"));
+        assert_eq!(choose_advertise_ip(Some("192.168.0.9:7946"), v4("127.0.0.1"), outward), v4("192.168.0.9"));
+        assert_eq!(choose_advertise_ip(Some("[fd00::1]:7946"), v4("0.0.0.0"), outward), v4("fd00::1"));
+        assert_eq!(choose_advertise_ip(None, v4("172.16.0.4"), outward), v4("172.16.0.4"));
+        assert_eq!(choose_advertise_ip(None, v4("0.0.0.0"), outward), v4("10.1.2.3"));
+        assert_eq!(choose_advertise_ip(None, v4("0.0.0.0"), none), v4("127.0.0.1"));
+        assert_eq!(choose_advertise_ip(None, v4("::"), none), v4("::1"));
+        assert_eq!(bind_ip(":8946"), v4("0.0.0.0"));
+        assert_eq!(bind_ip("127.0.0.1:0"), v4("127.0.0.1"));
+        assert_eq!(bind_ip("[::1]:8946"), v4("::1"));
+        let bad = AgentArgs { advertise_addr: Some("not an ip".into()), ..AgentArgs::default() };
+        assert!(bad.resolve().unwrap_err().to_string().starts_with("--advertise-addr"));
+    }
+
+    #[test]
+    fn an_api_bound_to_every_interface_is_shown_at_the_advertise_ip() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let advertise: IpAddr = [10, 0, 0, 7].into();
+        assert_eq!(public_http_addr(addr("0.0.0.0:8080"), advertise), addr("10.0.0.7:8080"));
+        assert_eq!(public_http_addr(addr("[::]:8080"), advertise), addr("10.0.0.7:8080"));
+        assert_eq!(public_http_addr(addr("127.0.0.1:8080"), advertise), addr("127.0.0.1:8080"), "bound to one IP");
+        assert_eq!(public_http_addr(addr("192.168.1.4:80"), advertise), addr("192.168.1.4:80"));
+        let config = AgentArgs {
+            http_addr: Some(":0".into()),
+            bind_addr: Some("172.16.0.4:8946".into()),
+            ..AgentArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        let bound = SocketAddr::new(config.http_addr.ip(), 41234);
+        assert_eq!(public_http_addr(bound, config.advertise_ip()), addr("172.16.0.4:41234"), "the gossip bind IP");
+        let with_advertise =
+            AgentArgs { advertise_addr: Some("192.168.7.7".into()), ..AgentArgs::default() }.resolve().unwrap();
+        assert_eq!(with_advertise.advertise_ip(), IpAddr::from([192, 168, 7, 7]));
     }
 
     #[test]

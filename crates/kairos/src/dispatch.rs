@@ -299,7 +299,7 @@ fn eligible_members(node: &Node) -> Vec<Member> {
             http_addr: String::new(),
             gossip_addr: node.membership.gossip_addr(),
             generation: 0,
-            tags: node.config.tags.clone(),
+            tags: node.member_tags(),
             status: crate::gossip::Status::Alive,
             raft_initialized: true,
         });

@@ -3,9 +3,14 @@
 //! Every node publishes a few keys: its role, Raft id (servers), RPC and HTTP addresses, tags, and whether it
 //! left. Chitchat's phi-accrual failure detector tells live nodes from failed ones. Raft membership (servers
 //! only) is decided by the leader from this view (see `node::membership_loop`); dispatch picks agents from it.
+//!
+//! The tags are Dkron's ([`node_tags`]): the built-in ones a Dkron node publishes (`role=dkron`, `server`, `dc`,
+//! `region`, `version`, `rpc_addr`, `port`) with the user's `--tag`s, so jobs written for Dkron place the same
+//! way ([`tags_match`]), and `/v1/members` shows the tags placement matches against.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -26,6 +31,19 @@ const KEY_INITIALIZED: &str = "raft_initialized";
 
 /// How often a node gossips with a few peers.
 const GOSSIP_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The `role` tag every Dkron node has; every Kairos node satisfies it, whatever its own `role` tag says.
+pub const DKRON_ROLE: &str = "dkron";
+/// Tags that state facts about a node (as in Dkron, the user's `--tag`s cannot override them): `dc` and `region`
+/// come from `--datacenter` and `--region`, `server` is there on servers only, `expect` is `--bootstrap-expect`,
+/// `rpc_addr` and `port` are where its RPC listener is reached. Dkron also reserves `bootstrap` (its `-bootstrap`
+/// flag, which Kairos does not have).
+const FACT_TAGS: [&str; 8] = ["dc", "region", "version", "server", "expect", "bootstrap", "rpc_addr", "port"];
+/// What `/v1/members` shows in serf's protocol version fields: chitchat's wire protocol (`ProtocolMin/Max/Cur`;
+/// `chitchat::ProtocolVersion::V0`) and the layout of the keys Kairos publishes in it (`DelegateMin/Max/Cur`).
+/// Every member of a cluster speaks these (a node that did not could not gossip with the others).
+pub const GOSSIP_PROTOCOL_VERSION: u8 = 0;
+pub const GOSSIP_KEYS_VERSION: u8 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -75,6 +93,9 @@ pub struct Membership {
     handle: ChitchatHandle,
     live: watch::Receiver<BTreeMap<ChitchatId, chitchat::NodeState>>,
     name: String,
+    rpc_addr: SocketAddr,
+    /// The tags this node publishes now (they change on a configuration reload).
+    tags: Mutex<BTreeMap<String, String>>,
 }
 
 impl Membership {
@@ -87,15 +108,7 @@ impl Membership {
         http_addr: Option<SocketAddr>,
     ) -> anyhow::Result<Membership> {
         let bind = resolve_bind(&config.bind_addr)?;
-        let advertise = match &config.advertise_addr {
-            Some(text) => {
-                let host = text.rsplit_once(':').map_or(text.as_str(), |(h, _)| h);
-                let ip = host.parse().with_context(|| format!("--advertise-addr: '{text}' is not an IP address"))?;
-                SocketAddr::new(ip, bind.port())
-            }
-            None if bind.ip().is_unspecified() => SocketAddr::new([127, 0, 0, 1].into(), bind.port()),
-            None => bind,
-        };
+        let advertise = SocketAddr::new(config.advertise_ip(), bind.port());
         // The generation tells a restarted node from its previous life.
         let generation = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let chitchat_id = ChitchatId::new(config.node_name.clone(), generation, advertise);
@@ -120,11 +133,12 @@ impl Membership {
             extra_liveness_predicate: None,
             protocol_version: chitchat::ProtocolVersion::V0,
         };
-        let tags = serde_json::to_string(&config.tags)?;
+        let tags = node_tags(config, rpc_addr);
+        warn_overridden(config, &tags);
         let mut keys = vec![
             (KEY_ROLE.to_string(), if config.server { "server" } else { "agent" }.to_string()),
             (KEY_RPC.to_string(), rpc_addr.to_string()),
-            (KEY_TAGS.to_string(), tags),
+            (KEY_TAGS.to_string(), serde_json::to_string(&tags)?),
         ];
         if let Some(id) = raft_id {
             keys.push((KEY_RAFT_ID.to_string(), id.to_string()));
@@ -136,7 +150,46 @@ impl Membership {
             .await
             .with_context(|| format!("--bind-addr: cannot listen for gossip on {bind}"))?;
         let live = handle.chitchat().lock().await.live_nodes_watcher();
-        Ok(Membership { handle, live, name: config.node_name.clone() })
+        Ok(Membership { handle, live, name: config.node_name.clone(), rpc_addr, tags: Mutex::new(tags) })
+    }
+
+    /// The tags this node publishes.
+    pub fn tags(&self) -> BTreeMap<String, String> {
+        self.tags.lock().expect("tags lock").clone()
+    }
+
+    /// Publish this node's tags anew from `config` (after a reload); answers them. Placement on the leader sees
+    /// them once gossip carried them there (a few rounds).
+    pub async fn publish_tags(&self, config: &Config) -> BTreeMap<String, String> {
+        let tags = node_tags(config, self.rpc_addr);
+        warn_overridden(config, &tags);
+        let text = serde_json::to_string(&tags).expect("a map of strings always serializes");
+        let chitchat = self.handle.chitchat();
+        chitchat.lock().await.self_node_state().set(KEY_TAGS, text);
+        *self.tags.lock().expect("tags lock") = tags.clone();
+        tags
+    }
+
+    /// What Dkron shows as `serf` in `GET /v1` (serf's `Stats()`, every value a string): how many members are
+    /// known, failed and left. Chitchat has no health score (0 is serf's healthy), no Lamport clocks and no
+    /// broadcast queues (0), and gossip is not encrypted.
+    pub async fn serf_stats(&self) -> BTreeMap<&'static str, String> {
+        let members = self.all().await;
+        let count = |status: Status| members.iter().filter(|m| m.status == status).count().to_string();
+        let zero = || "0".to_string();
+        BTreeMap::from([
+            ("members", members.len().to_string()),
+            ("failed", count(Status::Failed)),
+            ("left", count(Status::Left)),
+            ("health_score", zero()),
+            ("member_time", zero()),
+            ("event_time", zero()),
+            ("query_time", zero()),
+            ("intent_queue", zero()),
+            ("event_queue", zero()),
+            ("query_queue", zero()),
+            ("encrypted", "false".to_string()),
+        ])
     }
 
     pub fn self_name(&self) -> &str {
@@ -235,12 +288,56 @@ fn resolve_bind(text: &str) -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// Whether a node's tags satisfy a job's: every key must be present with the value (Dkron's `value:count`
-/// form counts only the value part here).
-pub fn tags_match(job_tags: &BTreeMap<String, String>, node_tags: &BTreeMap<String, String>) -> bool {
-    job_tags
+/// The tags a node publishes, as a Dkron node does: `role=dkron`, then the user's `--tag`s (which may set
+/// `role`: a `--tag role=web` node shows and matches `role: web`), then the [`FACT_TAGS`], which replace any user
+/// tag of the same key.
+pub fn node_tags(config: &Config, rpc_addr: SocketAddr) -> BTreeMap<String, String> {
+    let mut tags = BTreeMap::from([("role".to_string(), DKRON_ROLE.to_string())]);
+    tags.extend(
+        config.tags.iter().filter(|(key, _)| !FACT_TAGS.contains(&key.as_str())).map(|(k, v)| (k.clone(), v.clone())),
+    );
+    tags.insert("dc".into(), config.datacenter.clone());
+    tags.insert("region".into(), config.region.clone());
+    tags.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+    if config.server {
+        tags.insert("server".into(), "true".into());
+    }
+    if config.bootstrap_expect > 0 {
+        tags.insert("expect".into(), config.bootstrap_expect.to_string());
+    }
+    tags.insert("rpc_addr".into(), rpc_addr.to_string());
+    tags.insert("port".into(), rpc_addr.port().to_string());
+    tags
+}
+
+fn warn_overridden(config: &Config, published: &BTreeMap<String, String>) {
+    let overridden = overridden_tags(config, published);
+    if !overridden.is_empty() {
+        tracing::warn!(
+            "tags {overridden:?} are not published: {FACT_TAGS:?} describe the node (use --datacenter and --region)"
+        );
+    }
+}
+
+/// The user's tags that [`node_tags`] replaced by a different value (worth a warning: such a tag is not what
+/// placement sees).
+pub fn overridden_tags(config: &Config, published: &BTreeMap<String, String>) -> Vec<String> {
+    config
+        .tags
         .iter()
-        .all(|(key, wanted)| node_tags.get(key).is_some_and(|have| have == kairos_model::tag_value(wanted).0))
+        .filter(|(key, value)| FACT_TAGS.contains(&key.as_str()) && published.get(*key) != Some(*value))
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect()
+}
+
+/// Whether a node's tags satisfy a job's: every key must be present with the value (Dkron's `value:count`
+/// form counts only the value part here). Every node satisfies `role: dkron`, Dkron's built-in role, even one
+/// with a `role` tag of its own, so jobs written for Dkron (`"role": "dkron:1"`) place on Kairos.
+pub fn tags_match(job_tags: &BTreeMap<String, String>, node_tags: &BTreeMap<String, String>) -> bool {
+    job_tags.iter().all(|(key, wanted)| {
+        let wanted = kairos_model::tag_value(wanted).0;
+        node_tags.get(key).is_some_and(|have| have == wanted) || (key == "role" && wanted == DKRON_ROLE)
+    })
 }
 
 #[cfg(test)]
@@ -260,5 +357,71 @@ mod tests {
         assert!(!tags_match(&tags(&[("pool", "b")]), &node));
         assert!(!tags_match(&tags(&[("pool", "a"), ("gpu", "yes")]), &node));
         assert!(!tags_match(&tags(&[("zone", "eu:x")]), &node));
+    }
+
+    fn config(server: bool, user: &[(&str, &str)]) -> Config {
+        let args = crate::config::AgentArgs {
+            server: Some(server),
+            bootstrap_expect: Some(3),
+            node_name: Some("n1".into()),
+            datacenter: Some("eu-1".into()),
+            region: Some("europe".into()),
+            tags: user.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            ..Default::default()
+        };
+        args.resolve().unwrap()
+    }
+
+    const RPC: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 7)), 6868);
+
+    #[test]
+    fn nodes_publish_dkrons_built_in_tags_beside_their_own() {
+        let server = node_tags(&config(true, &[("pool", "batch")]), RPC);
+        let version = env!("CARGO_PKG_VERSION");
+        let expected = tags(&[
+            ("dc", "eu-1"),
+            ("expect", "3"),
+            ("pool", "batch"),
+            ("port", "6868"),
+            ("region", "europe"),
+            ("role", "dkron"),
+            ("rpc_addr", "10.0.0.7:6868"),
+            ("server", "true"),
+            ("version", version),
+        ]);
+        assert_eq!(server, expected);
+        let agent = node_tags(&config(false, &[]), RPC);
+        assert_eq!(agent.get("server"), None, "as in Dkron, only servers have the server tag");
+        assert_eq!(agent.get("role").map(String::as_str), Some("dkron"));
+    }
+
+    #[test]
+    fn a_users_role_is_shown_and_matched_but_facts_are_not_overridden() {
+        let user = config(false, &[("role", "web"), ("server", "true"), ("dc", "elsewhere"), ("region", "europe")]);
+        let published = node_tags(&user, RPC);
+        assert_eq!(published.get("role").map(String::as_str), Some("web"));
+        assert_eq!(published.get("server"), None, "an agent cannot claim to be a server");
+        assert_eq!(published.get("dc").map(String::as_str), Some("eu-1"), "dc comes from --datacenter");
+        assert_eq!(overridden_tags(&user, &published), ["dc=elsewhere", "server=true"], "region was equal");
+        assert!(tags_match(&tags(&[("role", "web")]), &published));
+        assert!(tags_match(&tags(&[("role", "dkron:1")]), &published), "every node is a Dkron node");
+        assert!(!tags_match(&tags(&[("role", "db")]), &published));
+        assert!(!tags_match(&tags(&[("server", "true")]), &published));
+    }
+
+    #[test]
+    fn jobs_written_for_dkron_match_kairos_nodes() {
+        let server = node_tags(&config(true, &[]), RPC);
+        for job in [
+            tags(&[("role", "dkron:1")]),
+            tags(&[("role", "dkron")]),
+            tags(&[("server", "true")]),
+            tags(&[("server", "true:1"), ("dc", "eu-1"), ("region", "europe")]),
+            tags(&[("version", env!("CARGO_PKG_VERSION"))]),
+        ] {
+            assert!(tags_match(&job, &server), "{job:?} should match {server:?}");
+        }
+        assert!(!tags_match(&tags(&[("role", "kairos")]), &server));
+        assert!(!tags_match(&tags(&[("dc", "us-1")]), &server));
     }
 }

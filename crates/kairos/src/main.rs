@@ -11,6 +11,7 @@
 //! - [`cluster`]: RPC between nodes (Raft, forwarded writes, orders, reports);
 //! - [`listener`]: serving both listeners with a connection limit and header deadlines;
 //! - [`cli`]: `kairos leave` and `kairos raft …`, which talk to a node's RPC address;
+//! - [`reload`]: `SIGHUP` reads the configuration again and applies what can change while running;
 //! - [`api`]: the HTTP `/v1` API;
 //! - [`ui`]: the web UI at `/ui/`, rendered by the server over the same state.
 
@@ -23,6 +24,7 @@ mod dispatch;
 mod gossip;
 mod listener;
 mod node;
+mod reload;
 mod scheduler;
 mod ui;
 mod worker;
@@ -30,9 +32,10 @@ mod worker;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 #[derive(Parser)]
 #[command(name = "kairos", about = "Kairos: a distributed, fault-tolerant job scheduler", version)]
@@ -63,8 +66,8 @@ fn main() -> ExitCode {
         }
         Commands::Leave(args) => cli::leave(&args),
         Commands::Raft(command) => cli::raft(command),
-        Commands::Agent(args) => match args.resolve() {
-            Ok(config) => run_agent(config),
+        Commands::Agent(args) => match args.clone().resolve() {
+            Ok(config) => run_agent(config, *args),
             Err(err) => {
                 eprintln!("kairos: {err:#}");
                 ExitCode::from(2)
@@ -73,15 +76,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(level: &str) {
-    let filter = EnvFilter::try_from_env("KAIROS_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},openraft=warn,hyper=warn,reqwest=warn")));
+/// Log to stderr at `level` (or as `KAIROS_LOG` says); the answer changes the level later (a reload).
+fn init_logging(level: &str) -> reload::LogFilter {
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(reload::log_filter(level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    let output = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    tracing_subscriber::registry().with(filter).with(output).init();
+    handle
 }
 
-fn run_agent(config: config::Config) -> ExitCode {
-    init_logging(&config.log_level);
+/// Run a node until it is told to stop. `args` are its flags and environment, read again with the config file
+/// on `SIGHUP`.
+fn run_agent(config: config::Config, args: config::AgentArgs) -> ExitCode {
+    let log = init_logging(&config.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -90,6 +97,15 @@ fn run_agent(config: config::Config) -> ExitCode {
         }
     };
     let code = runtime.block_on(async move {
+        // SIGHUP's default action ends the process: take it over before anyone can have a reason to send it.
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(err) => {
+                eprintln!("kairos: cannot install signal handlers: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let running_config = config.clone();
         if !config.server {
             let agent = match agent_node::AgentNode::start(config).await {
                 Ok(agent) => agent,
@@ -100,7 +116,9 @@ fn run_agent(config: config::Config) -> ExitCode {
                 }
             };
             let exit = agent.exit.clone();
-            if let Err(code) = wait_for_stop(exit).await {
+            let mut reloader =
+                reload::Reloader::new(args, running_config, log, agent.membership.clone(), agent.worker.clone());
+            if let Err(code) = wait_for_stop(exit, &mut hangups, &mut reloader).await {
                 return code;
             }
             agent.shutdown().await;
@@ -117,7 +135,10 @@ fn run_agent(config: config::Config) -> ExitCode {
         };
         // Tests and scripts read this line to learn the bound port; keep its wording.
         eprintln!("kairos: HTTP API listening on http://{}", running.http_addr);
-        if let Err(code) = wait_for_stop(running.node.exit.clone()).await {
+        let node = &running.node;
+        let mut reloader =
+            reload::Reloader::new(args, running_config, log, node.membership.clone(), node.worker.clone());
+        if let Err(code) = wait_for_stop(node.exit.clone(), &mut hangups, &mut reloader).await {
             return code;
         }
         running.shutdown().await;
@@ -131,16 +152,33 @@ fn run_agent(config: config::Config) -> ExitCode {
 }
 
 /// Wait for SIGTERM/SIGINT or for the node to ask to exit (after leaving); a second signal exits at once.
-async fn wait_for_stop(exit: tokio_util::sync::CancellationToken) -> Result<(), ExitCode> {
-    tokio::select! {
-        signal = wait_for_signal() => {
-            if let Err(err) = signal {
-                eprintln!("kairos: cannot install signal handlers: {err}");
-                return Err(ExitCode::FAILURE);
+/// Meanwhile every SIGHUP reloads the configuration.
+async fn wait_for_stop(
+    exit: tokio_util::sync::CancellationToken,
+    hangups: &mut Signal,
+    reloader: &mut reload::Reloader,
+) -> Result<(), ExitCode> {
+    let stop = wait_for_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            signal = &mut stop => {
+                if let Err(err) = signal {
+                    eprintln!("kairos: cannot install signal handlers: {err}");
+                    return Err(ExitCode::FAILURE);
+                }
+                info!("signal received: stopping (a second signal exits at once)");
+                break;
             }
-            info!("signal received: stopping (a second signal exits at once)");
+            _ = exit.cancelled() => {
+                info!("left the cluster: stopping");
+                break;
+            }
+            _ = hangups.recv() => {
+                info!("SIGHUP: reloading the configuration");
+                reloader.reload().await;
+            }
         }
-        _ = exit.cancelled() => info!("left the cluster: stopping"),
     }
     tokio::spawn(async {
         if wait_for_signal().await.is_ok() {

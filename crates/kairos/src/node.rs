@@ -125,7 +125,7 @@ impl Node {
             let members = BTreeMap::from([(id, BasicNode::new(rpc_addr.to_string()))]);
             raft.initialize(members).await.context("bootstrapping the single-server cluster")?;
         }
-        let public_http = advertised(http_addr, &config);
+        let public_http = crate::config::public_http_addr(http_addr, config.advertise_ip());
         let membership = Arc::new(Membership::start(&config, Some(id), rpc_addr, Some(public_http)).await?);
 
         let outputs = OutputStore::open(config.data_dir.join("outputs"))?;
@@ -474,8 +474,9 @@ impl Node {
         reply.json().await.ok()
     }
 
+    /// The tags this node publishes (and placement matches against).
     pub fn member_tags(&self) -> BTreeMap<String, String> {
-        member_tags(&self.config, self.config.server, &self.rpc_addr.to_string())
+        self.membership.tags()
     }
 
     /// Every node gossip knows, as Dkron's API shows members (serf's field names).
@@ -483,13 +484,13 @@ impl Node {
         let leader = self.metrics().current_leader;
         let mut members = self.membership.all().await;
         members.sort_by(|a, b| (!a.server, &a.name).cmp(&(!b.server, &b.name)));
-        members.iter().map(|m| member_json(&self.config, m, leader)).collect()
+        members.iter().map(|m| member_json(m, leader)).collect()
     }
 
     pub fn leader_json(&self) -> Option<serde_json::Value> {
         let leader = self.metrics().current_leader?;
         let member = self.membership.alive().into_iter().find(|m| m.raft_id == Some(leader))?;
-        Some(member_json(&self.config, &member, Some(leader)))
+        Some(member_json(&member, Some(leader)))
     }
 
     pub fn raft_summary(&self) -> serde_json::Value {
@@ -646,34 +647,28 @@ pub struct Peer {
     pub voter: bool,
 }
 
-pub fn member_tags(config: &Config, server: bool, rpc_addr: &str) -> BTreeMap<String, String> {
-    let mut tags = config.tags.clone();
-    tags.insert("role".into(), "kairos".into());
-    tags.insert("server".into(), server.to_string());
-    tags.insert("dc".into(), config.datacenter.clone());
-    tags.insert("region".into(), config.region.clone());
-    tags.insert("rpc_addr".into(), rpc_addr.to_string());
-    tags.insert("version".into(), env!("CARGO_PKG_VERSION").into());
-    tags
-}
-
-fn member_json(config: &Config, member: &Member, leader: Option<u64>) -> serde_json::Value {
-    let (addr, port) = member.rpc_addr.rsplit_once(':').unwrap_or((member.rpc_addr.as_str(), "0"));
-    let mut tags = member.tags.clone();
-    tags.insert("role".into(), "kairos".into());
-    tags.insert("server".into(), member.server.to_string());
-    tags.insert("rpc_addr".into(), member.rpc_addr.clone());
-    tags.entry("dc".into()).or_insert_with(|| config.datacenter.clone());
+/// A member as Dkron shows it: serf's `Member` (`Name`; `Addr` and `Port` of its gossip address; the `Tags` it
+/// publishes, which placement matches; `Status` as serf's number; the protocol versions) and Dkron's `id` and
+/// `statusText`. Ours beside them: `leader`, `server`, and its RPC, HTTP and gossip addresses.
+fn member_json(member: &Member, leader: Option<u64>) -> serde_json::Value {
+    use crate::gossip::{GOSSIP_KEYS_VERSION, GOSSIP_PROTOCOL_VERSION};
     json!({
         "id": member.raft_id.map(|id| id.to_string()).unwrap_or_else(|| member.name.clone()),
         "Name": member.name,
-        "Addr": addr,
-        "Port": port.parse::<u16>().unwrap_or(0),
-        "Tags": tags,
+        "Addr": member.gossip_addr.ip().to_string(),
+        "Port": member.gossip_addr.port(),
+        "Tags": member.tags,
         "Status": member.status.serf_code(),
+        "ProtocolMin": GOSSIP_PROTOCOL_VERSION,
+        "ProtocolMax": GOSSIP_PROTOCOL_VERSION,
+        "ProtocolCur": GOSSIP_PROTOCOL_VERSION,
+        "DelegateMin": GOSSIP_KEYS_VERSION,
+        "DelegateMax": GOSSIP_KEYS_VERSION,
+        "DelegateCur": GOSSIP_KEYS_VERSION,
         "statusText": member.status.as_str(),
         "leader": member.raft_id.is_some() && member.raft_id == leader,
         "server": member.server,
+        "rpc_addr": member.rpc_addr,
         "http_addr": member.http_addr,
         "gossip_addr": member.gossip_addr.to_string(),
     })
@@ -839,15 +834,10 @@ pub fn rpc_bind_addr(config: &Config) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("--bind-addr: '{}' is not host:port", config.bind_addr))
 }
 
-/// The address peers use: the advertise address's host if given, else the bound one (0.0.0.0 → 127.0.0.1).
+/// The address peers use for a listener on the `--bind-addr` host (RPC): the node's advertise IP
+/// ([`Config::advertise_ip`]) with the bound port.
 pub fn advertised(bound: SocketAddr, config: &Config) -> SocketAddr {
-    let host = config
-        .advertise_addr
-        .as_deref()
-        .and_then(|a| a.rsplit_once(':').map_or(Some(a), |(h, _)| Some(h)))
-        .and_then(|h| h.parse().ok());
-    let ip = host.unwrap_or(if bound.ip().is_unspecified() { [127, 0, 0, 1].into() } else { bound.ip() });
-    SocketAddr::new(ip, bound.port())
+    SocketAddr::new(config.advertise_ip(), bound.port())
 }
 
 impl Running {

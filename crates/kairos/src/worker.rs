@@ -114,7 +114,8 @@ pub struct Worker {
     outputs: OutputStore,
     retained_default: u32,
     node_name: String,
-    output_max_bytes: u64,
+    /// The output cap the orders this node prepares (as leader) carry; changes on a configuration reload.
+    output_max_bytes: Arc<AtomicU64>,
     pub lease: Duration,
     running: Arc<Mutex<HashMap<ExecRef, RunningExec>>>,
     /// Orders waiting for their instant, by execution; the launcher's heap holds (instant, seq).
@@ -153,7 +154,7 @@ impl Worker {
             outputs,
             retained_default: config.executions_retained,
             node_name: config.node_name.clone(),
-            output_max_bytes: config.output_max_bytes,
+            output_max_bytes: Arc::new(AtomicU64::new(config.output_max_bytes)),
             lease: config.execution_lease,
             running: Arc::new(Mutex::new(HashMap::new())),
             waiting: Arc::new(Mutex::new(HashMap::new())),
@@ -168,6 +169,11 @@ impl Worker {
             in_flight: Arc::new(AtomicUsize::new(0)),
         };
         (worker, WorkerChannels { reports, dropped, timer })
+    }
+
+    /// `--output-max-bytes` for the runs this node orders from now on (a reload).
+    pub fn set_output_max_bytes(&self, bytes: u64) {
+        self.output_max_bytes.store(bytes, Ordering::Relaxed);
     }
 
     pub fn set_fence(&self, fence: Fence) {
@@ -255,7 +261,7 @@ impl Worker {
     /// Get a run ready: everything that can be done before its instant is done here, on the leader.
     pub fn prepare(&self, exec: &Execution, job: &Job, term: u64, at: Option<Timestamp>) -> Order {
         let mut spec = RunSpec::new(&exec.job_name, &exec.id, &job.executor, job.executor_config.clone());
-        spec.output_limit_bytes = self.output_max_bytes;
+        spec.output_limit_bytes = self.output_max_bytes.load(Ordering::Relaxed);
         spec.extra_env = vec![
             ("KAIROS_EXECUTION_ID".into(), exec.id.clone()),
             ("KAIROS_SCHEDULED_AT".into(), exec.scheduled_at.to_string()),

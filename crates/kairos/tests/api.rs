@@ -169,7 +169,7 @@ async fn toggle_flips_disabled_and_delete_removes_the_job() {
     let reply = server.post_empty("/v1/jobs/flip/toggle").await;
     assert_eq!(reply.expect(200).json["disabled"], true);
     assert_eq!(server.job("flip").await["disabled"], true);
-    assert!(server.job("flip").await["next"].is_null(), "a disabled job has no next fire");
+    assert_eq!(server.job("flip").await["next"], GO_ZERO_TIME, "a disabled job has no next fire (Go's zero time)");
     let reply = server.post_empty("/v1/jobs/flip/toggle").await;
     assert_eq!(reply.expect(200).json["disabled"], false);
     assert_eq!(server.job("flip").await["disabled"], false);
@@ -1066,5 +1066,111 @@ async fn a_job_that_could_never_run_is_refused_at_creation() {
     assert_eq!(server.job_names().await, Vec::<String>::new());
     // A past `@at` is still accepted: it is what every one-shot job becomes after its run.
     let once = server.create_job(&shell_job("once", "@at 2001-01-01T00:00:00Z", "true")).await;
-    assert!(once["next"].is_null(), "{once}");
+    assert_eq!(once["next"], GO_ZERO_TIME, "{once}");
+}
+
+/// Every value of a JSON object is a string (Dkron's `GET /v1` is a `map[string]map[string]string`).
+fn all_strings(object: &Value) -> bool {
+    object.as_object().is_some_and(|o| !o.is_empty() && o.values().all(Value::is_string))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_summary_and_members_keep_dkrons_shape_with_ours_beside() {
+    let server = Server::fresh(&["--datacenter", "eu-1", "--tag", "pool=batch"]).await;
+
+    let index = server.get("/v1").await.expect(200).json.clone();
+    assert_eq!(index["agent"]["name"], server.node_name.as_str());
+    assert!(all_strings(&index["agent"]) && all_strings(&index["serf"]) && all_strings(&index["tags"]), "{index:#}");
+    let serf = &index["serf"];
+    assert_eq!((&serf["members"], &serf["failed"], &serf["left"]), (&json!("1"), &json!("0"), &json!("0")), "{serf}");
+    for key in ["health_score", "member_time", "event_time", "query_time", "intent_queue", "event_queue", "encrypted"] {
+        assert!(serf[key].is_string(), "serf.{key} is missing: {serf}");
+    }
+    let tags = &index["tags"];
+    for (key, value) in [("role", "dkron"), ("server", "true"), ("dc", "eu-1"), ("region", "global"), ("pool", "batch")]
+    {
+        assert_eq!(tags[key], value, "tag {key}: {tags}");
+    }
+    assert_eq!(tags["version"], index["agent"]["version"]);
+    assert!(index["raft"]["term"].as_u64().is_some_and(|t| t >= 1), "ours stays beside them: {index:#}");
+
+    let members = server.get("/v1/members").await.expect(200).items();
+    let me = &members[0];
+    assert_eq!(&me["Tags"], tags, "a member shows the tags the node publishes");
+    for key in ["ProtocolMin", "ProtocolMax", "ProtocolCur", "DelegateMin", "DelegateMax", "DelegateCur", "Status"] {
+        assert!(me[key].is_u64(), "{key} is missing: {me:#}");
+    }
+    assert_eq!((&me["Status"], &me["statusText"]), (&json!(1), &json!("alive")));
+    // Port is the gossip (UDP) port, as serf's: something holds it, and it is not the RPC port (the `port` tag).
+    let (addr, port) = (me["Addr"].as_str().unwrap(), me["Port"].as_u64().unwrap() as u16);
+    assert_eq!((addr, me["gossip_addr"].as_str()), ("127.0.0.1", Some(format!("{addr}:{port}").as_str())));
+    assert_ne!(tags["port"], port.to_string(), "{me:#}");
+    assert_eq!(tags["rpc_addr"], format!("127.0.0.1:{}", tags["port"].as_str().unwrap()));
+    let taken = std::net::UdpSocket::bind(("127.0.0.1", port)).map(|_| ()).unwrap_err().kind();
+    assert_eq!(taken, std::io::ErrorKind::AddrInUse, "gossip listens on {port}");
+    assert_eq!(me["http_addr"].as_str().map(|a| format!("http://{a}/x")), Some(server.url("/x")));
+    assert_eq!(server.get("/v1/leader").await.expect(200).json["Tags"], *tags);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_bound_to_every_interface_is_shown_at_the_advertise_address() {
+    let every = ["--http-addr", "0.0.0.0:0", "--bind-addr", "0.0.0.0:0", "--advertise-addr", "127.0.0.2"];
+    let server = Server::fresh(&every).await;
+    let port = server.url("").rsplit_once(':').unwrap().1.to_string();
+    let members = server.get("/v1/members").await.expect(200).items();
+    let http_addr = members[0]["http_addr"].as_str().unwrap().to_string();
+    assert_eq!(http_addr, format!("127.0.0.2:{port}"), "not 0.0.0.0 nor 127.0.0.1: {:#}", members[0]);
+    assert_eq!(members[0]["Addr"], "127.0.0.2");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let health = http.get(format!("http://{http_addr}/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "others reach the API at the address shown");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_written_for_dkrons_built_in_tags_run_on_a_kairos_server() {
+    let server = Server::fresh(&[]).await;
+    for (name, tags) in [("on-dkron", json!({"role": "dkron:1"})), ("on-server", json!({"server": "true"}))] {
+        server.create_job(&with(shell_job(name, "@manually", "echo placed"), json!({"tags": tags}))).await;
+        server.run(name).await;
+        let execs = server.wait_executions(name, "one run", secs(20), |e| e.len() == 1 && e[0].is_final()).await;
+        assert_eq!(execs[0].status, "succeeded", "{name}: {execs:?}");
+        assert_eq!(execs[0].node_name, server.node_name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nodes_own_role_tag_is_shown_and_placed_as_it_is_matched() {
+    let server = Server::fresh(&["--tag", "role=web"]).await;
+    let members = server.get("/v1/members").await.expect(200).items();
+    assert_eq!(members[0]["Tags"]["role"], "web", "{:#}", members[0]);
+    assert_eq!(server.get("/v1/leader").await.expect(200).json["Tags"]["role"], "web");
+    for (name, role) in [("web-job", "web"), ("dkron-job", "dkron:1")] {
+        server.create_job(&with(shell_job(name, "@manually", "echo placed"), json!({"tags": {"role": role}}))).await;
+        server.run(name).await;
+        let execs = server.wait_executions(name, "one run", secs(20), |e| e.len() == 1 && e[0].is_final()).await;
+        assert_eq!(execs[0].status, "succeeded", "{name}: {execs:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unset_go_time_fields_are_gos_zero_time_and_nullable_ones_null() {
+    let server = Server::fresh(&[]).await;
+    let job = server.create_job(&shell_job("zero", "@manually", "sleep 30")).await;
+    assert_eq!(job["next"], GO_ZERO_TIME, "a time.Time in Dkron");
+    assert_eq!((&job["last_success"], &job["last_error"]), (&Value::Null, &Value::Null), "NullableTime in Dkron");
+    server.run("zero").await;
+    let running = wait_until("the run is running", secs(20), async || {
+        let items = server.get("/v1/jobs/zero/executions").await.expect(200).items();
+        items.into_iter().find(|e| e["status"] == "running")
+    })
+    .await;
+    // Dkron's UI tells a running execution by this very value.
+    assert_eq!(running["finished_at"], GO_ZERO_TIME, "{running:#}");
+    assert!(running["started_at"].as_str().is_some_and(|s| s != GO_ZERO_TIME), "{running:#}");
+    let busy = server.get("/v1/busy").await.expect(200).items();
+    assert_eq!(busy[0]["finished_at"], GO_ZERO_TIME);
+    let id = running["id"].as_str().unwrap();
+    let shown = server.get(&format!("/v1/jobs/zero/executions/{id}")).await.expect(200).json.clone();
+    assert_eq!(shown["finished_at"], GO_ZERO_TIME);
+    server.post_empty(&format!("/v1/jobs/zero/executions/{id}/cancel")).await.expect(202);
 }

@@ -232,11 +232,15 @@ async fn cluster_forms_and_runs_jobs_where_tags_say() {
                 .unwrap_or_else(|| panic!("{} does not list {}: {members:#?}", server.name(), node.name()));
             let seen_by = server.name();
             assert_eq!(member.status, 1, "{member:?} seen by {seen_by}");
-            let role = if node.is_server() { "true" } else { "false" };
-            assert_eq!(member.tags.get("server").map(String::as_str), Some(role), "{member:?} seen by {seen_by}");
-            assert_eq!(member.tags.get("role").map(String::as_str), Some("kairos"), "{member:?} seen by {seen_by}");
+            // Dkron's built-in tags: only servers have `server`; every node is `role: dkron`; the RPC address
+            // is in `rpc_addr` and `port`, while Addr:Port is the gossip address (serf's).
+            let server = node.is_server().then_some("true");
+            assert_eq!(member.tags.get("server").map(String::as_str), server, "{member:?} seen by {seen_by}");
+            assert_eq!(member.tags.get("role").map(String::as_str), Some("dkron"), "{member:?} seen by {seen_by}");
             assert_eq!(member.tags.get("rpc_addr").map(String::as_str), Some(node.rpc_addr()), "{member:?}");
-            assert_eq!(format!("{}:{}", member.addr, member.port), node.rpc_addr(), "{member:?} seen by {seen_by}");
+            let rpc_port = node.rpc_addr().rsplit_once(':').map(|(_, port)| port);
+            assert_eq!(member.tags.get("port").map(String::as_str), rpc_port, "{member:?}");
+            assert_eq!(format!("{}:{}", member.addr, member.port), node.gossip_addr(), "{member:?} seen by {seen_by}");
             assert_eq!(member.leader, j == leader, "{member:?} seen by {seen_by}");
         }
         let pool = |name: &str| members.iter().find(|m| m.name == name).and_then(|m| m.tags.get("pool").cloned());

@@ -346,7 +346,7 @@ async fn an_at_schedule_fires_exactly_once_at_its_instant() {
     assert!(execs[0].started_at.unwrap() >= at, "not before its instant");
     tokio::time::sleep(secs(2)).await;
     assert_eq!(server.executions("once").await.len(), 1, "@at fires once");
-    assert!(server.job("once").await["next"].is_null());
+    assert_eq!(server.job("once").await["next"], GO_ZERO_TIME, "no next fire: Go's zero time, as in Dkron");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -623,4 +623,77 @@ async fn tags_choose_where_a_job_runs_and_unmatched_tags_fail_visibly() {
     let record = server.get(&format!("/v1/jobs/nowhere/executions/{}", failed.id)).await;
     let error = record.json["error"].as_str().unwrap_or_default();
     assert!(error.contains("no live node matches") && error.contains("us"), "error: {error:?}");
+}
+
+/// The tags a server shows in `/v1/members`, once they satisfy `wanted`.
+async fn wait_for_tags(server: &Server, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+    wait_until(what, secs(20), async || {
+        let members = server.get("/v1/members").await.expect(200).items();
+        let tags = members[0]["Tags"].clone();
+        wanted(&tags).then_some(tags)
+    })
+    .await
+}
+
+/// Wait until the server's log holds `line`.
+async fn wait_for_log(server: &Server, line: &str) {
+    wait_until(&format!("the log says {line:?}"), secs(20), async || server.log().contains(line).then_some(())).await;
+}
+
+/// SIGHUP reads the config file again, as Dkron's does: a changed tag is published at once (and placement uses
+/// it), the log level changes, and a key that needs a restart is named in the log and keeps its running value.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_applies_new_tags_from_the_config_file_and_names_what_needs_a_restart() {
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("kairos.yml");
+    std::fs::write(&file, "tags:\n  pool: old\n").unwrap();
+    let server = Server::fresh(&["--config", file.to_str().unwrap()]).await;
+    wait_for_tags(&server, "the file's tag is published", |t| t["pool"] == "old").await;
+
+    std::fs::write(&file, "log-level: debug\nexecutions-retained: 7\ntags:\n  pool: new\n  team: ops\n").unwrap();
+    server.sighup();
+    let tags = wait_for_tags(&server, "the new tags are published", |t| t["pool"] == "new").await;
+    assert_eq!((&tags["team"], &tags["role"], &tags["server"]), (&json!("ops"), &json!("dkron"), &json!("true")));
+    wait_for_log(&server, "take effect after a restart: executions-retained: 100 → 7").await;
+    assert!(server.log().contains(r#"log-level: "info" → "debug""#), "{}", server.log());
+    assert!(!server.log().contains(" DEBUG "), "nothing was logged at debug level before");
+
+    let job = json!({"tags": {"pool": "new", "team": "ops"}});
+    server.create_job(&with(shell_job("on-new", "@every 1s", "echo placed"), job)).await;
+    let execs = server.wait_executions("on-new", "a run", secs(20), |e| e.iter().any(|e| e.is_final())).await;
+    let done = execs.iter().find(|e| e.is_final()).unwrap();
+    assert_eq!(done.status, "succeeded", "{}", summary(&execs));
+    wait_for_log(&server, "DEBUG kairos::scheduler: scheduler: fired").await;
+}
+
+/// A config file that does not parse, or holds an invalid value, changes nothing on SIGHUP: the node keeps
+/// running with its tags, says why in its log, and a later good file still applies.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_with_a_broken_config_file_keeps_the_node_running_as_it_was() {
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("kairos.yml");
+    std::fs::write(&file, "tags:\n  pool: kept\n").unwrap();
+    let server = Server::fresh(&["--config", file.to_str().unwrap()]).await;
+    wait_for_tags(&server, "the file's tag is published", |t| t["pool"] == "kept").await;
+
+    for broken in ["tags: [pool: lost\n", "retry-interval: soon\ntags:\n  pool: lost\n"] {
+        std::fs::write(&file, broken).unwrap();
+        let before = server.log().matches("configuration not reloaded").count();
+        server.sighup();
+        wait_until("the reload is refused", secs(20), async || {
+            (server.log().matches("configuration not reloaded").count() > before).then_some(())
+        })
+        .await;
+        assert!(process_alive(server.pid()), "the node must survive a broken file");
+        let tags = wait_for_tags(&server, "the old tags stay", |_| true).await;
+        assert_eq!(tags["pool"], "kept", "{broken:?} changed the tags: {tags}");
+    }
+    server.create_job(&with(shell_job("on-kept", "@manually", "echo placed"), json!({"tags": {"pool": "kept"}}))).await;
+    server.run("on-kept").await;
+    let execs = server.wait_executions("on-kept", "one run", secs(20), |e| e.len() == 1 && e[0].is_final()).await;
+    assert_eq!(execs[0].status, "succeeded", "{}", summary(&execs));
+
+    std::fs::write(&file, "tags:\n  pool: fixed\n").unwrap();
+    server.sighup();
+    wait_for_tags(&server, "a good file applies again", |t| t["pool"] == "fixed").await;
 }

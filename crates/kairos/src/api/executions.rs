@@ -31,7 +31,7 @@ fn limit_output(mut execution: Execution, limit: Option<usize>) -> ApiExecution 
         execution.output = execution.output[cut..].to_string();
         truncated = true;
     }
-    ApiExecution { execution, output_truncated: truncated }
+    ApiExecution { execution: super::dkron_execution(execution), output_truncated: truncated }
 }
 
 fn output_limit(params: &Params) -> Result<Option<usize>, ApiError> {
@@ -135,7 +135,7 @@ pub async fn delete_all(
     Query(params): Query<Params>,
 ) -> ApiResult {
     let response = node.submit(Command::DeleteExecutions { job: job.clone() }).await?;
-    Ok(reply(StatusCode::OK, &response.job, &params))
+    Ok(reply(StatusCode::OK, &response.job.map(super::dkron_job), &params))
 }
 
 /// `POST /v1/jobs/{job}/executions/{id}/cancel`: stop a pending or running execution. Answers 202; the
@@ -155,7 +155,7 @@ pub async fn cancel(
     }
     node.cancel(&execution).await?;
     let execution = node.state.execution(&job, &id)?.unwrap_or(execution);
-    Ok(reply(StatusCode::ACCEPTED, &execution, &params))
+    Ok(reply(StatusCode::ACCEPTED, &super::dkron_execution(execution), &params))
 }
 
 /// The full stored output of an execution: from this node's output store if it ran here, else fetched from the

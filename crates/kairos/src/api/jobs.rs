@@ -17,7 +17,7 @@ pub fn view(record: JobRecord, now: Timestamp) -> Job {
     let next = next_fire(&record, now);
     let mut job = record.job;
     job.next = next;
-    job
+    super::dkron_job(job)
 }
 
 fn refuse_if_paused(node: &Node) -> Result<(), ApiError> {
@@ -153,7 +153,7 @@ pub fn job_not_found(name: &str) -> ApiError {
 pub async fn delete(State(node): State<AppState>, Path(name): Path<String>, Query(params): Query<Params>) -> ApiResult {
     let response = node.submit(Command::DeleteJob { name: name.clone() }).await?;
     let job = response.job.ok_or_else(|| job_not_found(&name))?;
-    Ok(reply(StatusCode::OK, &job, &params))
+    Ok(reply(StatusCode::OK, &super::dkron_job(job), &params))
 }
 
 /// `POST /v1/jobs/{job}` and `/run`: decide a manual run now and answer 202 without waiting for it.

@@ -232,3 +232,53 @@ pub fn descending(params: &Params, default_desc: bool) -> Result<bool, ApiError>
         Some(o) => Err(ApiError::bad_request(format!("_order: '{o}' is not ASC or DESC"))),
     }
 }
+
+/// Go's zero `time.Time`, `0001-01-01T00:00:00Z`: what Dkron's API shows in a `time.Time` field that holds no
+/// instant.
+pub const GO_ZERO_TIME: kairos_model::Timestamp = kairos_model::Timestamp::constant(-62_135_596_800, 0);
+
+/// Dkron's `time.Time` fields are never `null`: a job's `next`, an execution's `started_at` and `finished_at`
+/// carry [`GO_ZERO_TIME`] for "none", and clients test for it (Dkron's UI tells a running execution by
+/// `finished_at == "0001-01-01T00:00:00Z"`; a script may parse every `started_at`). Only at this edge: the stored
+/// records keep `None`. (`last_success`, `last_error`, `starts_at` and `expires_at` are Dkron `NullableTime`s,
+/// which Dkron itself shows as `null`; they stay `null` here too.)
+pub fn dkron_time(instant: Option<kairos_model::Timestamp>) -> Option<kairos_model::Timestamp> {
+    Some(instant.unwrap_or(GO_ZERO_TIME))
+}
+
+/// An execution as Dkron's API shows it (see [`dkron_time`]).
+pub fn dkron_execution(mut execution: kairos_model::Execution) -> kairos_model::Execution {
+    execution.started_at = dkron_time(execution.started_at);
+    execution.finished_at = dkron_time(execution.finished_at);
+    execution
+}
+
+/// A job as Dkron's API shows it (see [`dkron_time`]).
+pub fn dkron_job(mut job: kairos_model::Job) -> kairos_model::Job {
+    job.next = dkron_time(job.next);
+    job
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unset_dkron_times_are_gos_zero_time() {
+        assert_eq!(GO_ZERO_TIME.to_string(), "0001-01-01T00:00:00Z");
+        let mut job = kairos_model::Job::empty("j");
+        job.next = None;
+        let json = serde_json::to_value(dkron_job(job)).unwrap();
+        assert_eq!(json["next"], "0001-01-01T00:00:00Z");
+        assert_eq!(json["last_success"], serde_json::Value::Null, "a NullableTime in Dkron: null there too");
+        let at: kairos_model::Timestamp = "2026-03-01T10:00:00Z".parse().unwrap();
+        let mut execution = kairos_model::Execution::decided("j", at, kairos_model::Trigger::Manual);
+        execution.started_at = Some(at);
+        let json = serde_json::to_value(dkron_execution(execution)).unwrap();
+        assert_eq!(
+            (json["started_at"].as_str(), json["finished_at"].as_str()),
+            (Some("2026-03-01T10:00:00Z"), Some("0001-01-01T00:00:00Z"))
+        );
+        assert_eq!(json["not_before"], serde_json::Value::Null, "ours: null when unset");
+    }
+}

@@ -80,6 +80,11 @@ fn job_body() -> Value {
     json!({"required": true, "content": {"application/json": {"schema": job_ref()}}})
 }
 
+/// An object of string values (Dkron's maps).
+fn strings() -> Value {
+    json!({"type": "object", "additionalProperties": {"type": "string"}})
+}
+
 fn paths() -> Value {
     let str_schema = json!({"type": "string"});
     let list_jobs_params: Vec<Value> = [
@@ -106,7 +111,7 @@ fn paths() -> Value {
     });
     json!({
         "/health": {"get": {"summary": "Liveness", "responses": {"200": ok("OK", json!({"type": "object"}))}}},
-        "/v1": {"get": {"summary": "Agent summary (name, version, tags, raft)", "responses": {"200": ok("Summary", json!({"type": "object"}))}}},
+        "/v1": {"get": {"summary": "Agent summary (Dkron's agent, serf and tags; ours: raft)", "responses": {"200": ok("Summary", json!({"type": "object", "properties": {"agent": strings(), "serf": strings(), "tags": strings(), "raft": {"type": "object"}}}))}}},
         "/v1/members": {"get": {"summary": "Cluster members", "responses": {"200": ok("Members", json!({"type": "array", "items": {"$ref": "#/components/schemas/Member"}}))}}},
         "/v1/leader": {"get": {"summary": "The leader member", "responses": with_errors(json!({"200": ok("Leader", json!({"$ref": "#/components/schemas/Member"}))}), &["404"])}},
         "/v1/isleader": {"get": {"summary": "200 on the leader, 404 elsewhere", "responses": {"200": ok("Leader", str_schema.clone()), "404": ok("Follower", str_schema.clone())}}},
@@ -175,7 +180,9 @@ fn paths() -> Value {
 fn schemas() -> Value {
     let s = json!({"type": "string"});
     let t = json!({"type": "string", "format": "date-time", "nullable": true});
-    let map = json!({"type": "object", "additionalProperties": {"type": "string"}});
+    // Dkron's `time.Time` fields: never null (see `api::dkron_time`).
+    let zt = json!({"type": "string", "format": "date-time", "description": "0001-01-01T00:00:00Z (Go's zero time, as in Dkron) when there is none"});
+    let map = strings();
     json!({
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string", "description": "Names the field and the problem"}}},
         "Job": {"type": "object", "required": ["name", "executor"], "additionalProperties": false, "properties": {
@@ -190,7 +197,7 @@ fn schemas() -> Value {
             "concurrency": {"type": "string", "enum": ["allow", "forbid", "replace"]},
             "executor": {"type": "string", "enum": ["shell", "http"]}, "executor_config": map,
             "status": {"type": "string", "readOnly": true, "enum": ["", "success", "failed", "running"]},
-            "next": t, "ephemeral": {"type": "boolean"}, "starts_at": t, "expires_at": t,
+            "next": zt, "ephemeral": {"type": "boolean"}, "starts_at": t, "expires_at": t,
             "catch_up": {"type": "string", "enum": ["skip", "latest", "all"], "description": "Slots missed while no scheduler ran"},
             "catch_up_window": {"type": "string", "description": "Duration, default 1h"},
             "retry_backoff": {"type": "string", "description": "Duration, default 1s, doubling with jitter"},
@@ -199,7 +206,7 @@ fn schemas() -> Value {
             "created_at": t, "updated_at": t,
         }},
         "Execution": {"type": "object", "properties": {
-            "id": s, "job_name": s, "started_at": t, "finished_at": t, "success": {"type": "boolean"},
+            "id": s, "job_name": s, "started_at": zt, "finished_at": zt, "success": {"type": "boolean"},
             "output": s, "output_truncated": {"type": "boolean"}, "node_name": s, "group": {"type": "integer"},
             "attempt": {"type": "integer"}, "scheduled_at": {"type": "string", "format": "date-time"},
             "status": {"type": "string", "enum": ["pending", "running", "succeeded", "failed", "lost", "cancelled", "skipped"]},
@@ -208,7 +215,13 @@ fn schemas() -> Value {
             "error": {"type": "string", "nullable": true}, "not_before": t, "lease_until": t, "output_bytes": {"type": "integer"},
         }},
         "Member": {"type": "object", "properties": {
-            "Name": s, "Addr": s, "Port": {"type": "integer"}, "Tags": map, "Status": {"type": "integer"}, "statusText": s,
+            "id": s, "Name": s, "Addr": {"type": "string", "description": "IP of its gossip address"},
+            "Port": {"type": "integer", "description": "Port of its gossip address"}, "Tags": map,
+            "Status": {"type": "integer", "description": "serf's: 1 alive, 3 left, 4 failed"}, "statusText": s,
+            "ProtocolMin": {"type": "integer"}, "ProtocolMax": {"type": "integer"}, "ProtocolCur": {"type": "integer"},
+            "DelegateMin": {"type": "integer"}, "DelegateMax": {"type": "integer"}, "DelegateCur": {"type": "integer"},
+            "leader": {"type": "boolean"}, "server": {"type": "boolean"}, "rpc_addr": s,
+            "http_addr": {"type": "string", "description": "Where its HTTP API is reached (servers)"}, "gossip_addr": s,
         }},
         "Stats": super::stats::openapi_schema(),
         "Preview": {"type": "object", "properties": {

@@ -17,10 +17,11 @@ pub async fn health(State(node): State<AppState>, Query(params): Query<Params>) 
     Ok(reply(StatusCode::OK, &json!({ "status": "ok", "node": node.config.node_name, "leader": leader }), &params))
 }
 
-/// `GET /v1`: Dkron's agent summary.
+/// `GET /v1`: Dkron's agent summary (`agent`, `serf` and `tags`, every value a string), and ours: `raft`.
 pub async fn index(State(node): State<AppState>, Query(params): Query<Params>) -> ApiResult {
     let body = json!({
         "agent": { "name": node.config.node_name, "version": env!("CARGO_PKG_VERSION") },
+        "serf": node.membership.serf_stats().await,
         "tags": node.member_tags(),
         "raft": node.raft_summary(),
     });
@@ -51,6 +52,7 @@ pub async fn is_leader(State(node): State<AppState>, Query(params): Query<Params
 pub async fn busy(State(node): State<AppState>, Query(params): Query<Params>) -> ApiResult {
     let mut active = node.state.active()?;
     active.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.scheduled_at.cmp(&b.scheduled_at)));
+    let active: Vec<_> = active.into_iter().map(super::dkron_execution).collect();
     Ok(reply_list(&active, active.len(), &params))
 }
 

@@ -99,13 +99,24 @@ impl Reply {
     }
 }
 
+/// Go's zero time, which Dkron's API (and ours) shows in a `time.Time` field that holds no instant.
+pub const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
+/// A Dkron `time.Time` field: [`GO_ZERO_TIME`] (or, leniently, `null`) reads as `None`.
+pub fn dkron_time<'de, D: serde::Deserializer<'de>>(from: D) -> Result<Option<Timestamp>, D::Error> {
+    let instant = Option::<Timestamp>::deserialize(from)?;
+    Ok(instant.filter(|t| t.to_string() != GO_ZERO_TIME))
+}
+
 /// An execution as the API shows it (the wire contract: field names and value spellings).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Exec {
     pub id: String,
     pub job_name: String,
     pub scheduled_at: Timestamp,
+    #[serde(deserialize_with = "dkron_time")]
     pub started_at: Option<Timestamp>,
+    #[serde(deserialize_with = "dkron_time")]
     pub finished_at: Option<Timestamp>,
     pub status: String,
     pub exit_code: Option<i32>,
@@ -276,17 +287,18 @@ impl Server {
 
     fn command(&self) -> Command {
         let mut command = Command::new(KAIROS_BIN);
-        command
-            .arg("agent")
-            .arg("--server")
-            .args(["--bootstrap-expect", "1"])
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(["--http-addr", "127.0.0.1:0"])
-            .args(["--bind-addr", "127.0.0.1:0"])
-            .args(["--rpc-port", "0"])
-            .args(["--node-name", &self.node_name])
-            .args(["--log-level", "info"]);
+        command.arg("agent").arg("--server").args(["--bootstrap-expect", "1"]).arg("--data-dir").arg(&self.data_dir);
+        // Loopback addresses unless the test gives its own; the log level unless the test's config file may set it
+        // (a flag would win over the file).
+        let given = |flag: &str| self.args.iter().any(|a| a == flag);
+        for (flag, default) in [("--http-addr", "127.0.0.1:0"), ("--bind-addr", "127.0.0.1:0"), ("--log-level", "info")]
+        {
+            let set_by_test = given(flag) || (flag == "--log-level" && given("--config"));
+            if !set_by_test {
+                command.args([flag, default]);
+            }
+        }
+        command.args(["--rpc-port", "0"]).args(["--node-name", &self.node_name]);
         finish_command(&mut command, &self.args, &self.data_dir);
         command
     }
@@ -346,6 +358,14 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.base, path)
+    }
+
+    /// Send SIGHUP (reload the configuration) without waiting for anything.
+    pub fn sighup(&self) {
+        // SAFETY: kill(2) with a pid and a signal has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.pid(), libc::SIGHUP);
+        }
     }
 
     /// Send SIGTERM and wait for the process to exit; returns its exit status.
