@@ -7,6 +7,8 @@
 //! and in a side-effect file every run appends its `KAIROS_EXECUTION_ID` and node to (no id twice, no run without a
 //! record, no `succeeded` record without a run on the node it names).
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails at the line that broke, which is what a test should do
+
 mod cluster_common;
 mod common;
 

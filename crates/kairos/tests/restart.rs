@@ -2,6 +2,8 @@
 //! turns runs that died with the process `lost` (retried if retries remain); SIGTERM lets runs finish and exits 0;
 //! slots missed while the server was down follow each job's `catch_up` policy.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails at the line that broke, which is what a test should do
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -2,6 +2,8 @@
 //! their concurrency, retry, chaining, ephemeral, `@at` and disabled rules, can be cancelled (the whole process
 //! group goes), keep bounded output and a bounded history, and the http executor checks what it is told to.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails at the line that broke, which is what a test should do
+
 mod common;
 
 use std::path::Path;

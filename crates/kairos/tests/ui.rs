@@ -6,6 +6,8 @@
 //!
 //! `KAIROS_UI_SCREENSHOTS=1` makes `screenshots_of_the_main_pages` write its PNGs to `docs/`.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails at the line that broke, which is what a test should do
+
 mod ui_common;
 
 use std::path::PathBuf;

@@ -1,5 +1,7 @@
 //! Invalid schedules, zones and durations: each is refused with a message that names what is wrong and where.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails at the line that broke, which is what a test should do
+
 use kairos_schedule::{Schedule, parse_duration, parse_timezone};
 
 /// (schedule, time zone, text the message must contain).

@@ -2,6 +2,8 @@
 //! fires strictly increase, none repeats, each fire is the first one after any instant just before it, and no
 //! input string, however odd, makes parsing or evaluation panic.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails at the line that broke, which is what a test should do
+
 use std::time::Duration;
 
 use kairos_schedule::jiff::{SignedDuration, Timestamp};

@@ -2,6 +2,8 @@
 //! [`StateMachine`], plus the property openraft cannot check for us: everything it was told is durable is still
 //! there after the files are closed and opened again.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails at the line that broke, which is what a test should do
+
 use std::path::{Path, PathBuf};
 
 use futures::stream;

@@ -3,6 +3,8 @@
 //! [`StateReader`]. A property test at the end drives random fires, starts and finishes and checks the
 //! bookkeeping invariants (`active`, `stored`, one execution per slot) after every batch.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails at the line that broke, which is what a test should do
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
