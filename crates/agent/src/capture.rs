@@ -26,6 +26,10 @@ pub(crate) struct Capture {
     pending: Arc<Mutex<Vec<u8>>>,
     /// Set when the file could not be created or written: stop trying, keep counting.
     store_failed: bool,
+    /// Why the store refused more of this output (its budget or the disk's free-space floor), said in the tail.
+    refused: Option<String>,
+    /// Whether an output file was created (it may have stopped growing since): it joins the store's age order.
+    created: bool,
     limit_bytes: u64,
     stored_bytes: u64,
     total_bytes: u64,
@@ -50,6 +54,8 @@ impl Capture {
             file: None,
             pending,
             store_failed: false,
+            refused: None,
+            created: false,
             limit_bytes: spec.output_limit_bytes,
             stored_bytes: 0,
             total_bytes: 0,
@@ -71,6 +77,12 @@ impl Capture {
 
     /// Appends the truncation marker if the cap was hit and returns the tail and the total size.
     fn finish(mut self) -> Captured {
+        if let Some(reason) = self.refused.take() {
+            // The stored file (if any) stops short: the record's tail is what remains, and it says why.
+            let marker = format!("\n[kairos: output not stored in full: {reason}]\n");
+            self.keep_tail(marker.as_bytes());
+            self.total_bytes += marker.len() as u64;
+        }
         let omitted = self.total_bytes - self.stored_bytes;
         if omitted > 0 {
             // The tail cannot stand for a truncated output: make sure it is stored, with the marker.
@@ -79,6 +91,9 @@ impl Capture {
             }
             let marker = format!("\n[kairos: output truncated, {omitted} bytes omitted]\n");
             self.write_file(marker.as_bytes());
+        }
+        if self.created {
+            self.store.finished(&self.job_name, &self.execution_id);
         }
         let cut = self.total_bytes > self.tail.len() as u64;
         Captured { tail: tail_text(self.tail.make_contiguous(), cut), total_bytes: self.total_bytes }
@@ -119,6 +134,9 @@ impl Capture {
             }
             self.open_file();
         }
+        if self.file.is_some() && !self.charge(bytes.len()) {
+            return;
+        }
         if let Some(file) = &mut self.file
             && let Err(e) = file.write_all(bytes)
         {
@@ -129,13 +147,36 @@ impl Capture {
         }
     }
 
+    /// Take room in the store for `bytes` more; when refused, stop storing (the file keeps what it has) and
+    /// remember why.
+    fn charge(&mut self, bytes: usize) -> bool {
+        match self.store.charge(&self.job_name, &self.execution_id, bytes as u64) {
+            Ok(()) => true,
+            Err(refused) => {
+                tracing::warn!(job = %self.job_name, execution = %self.execution_id, "output no longer stored: {}", refused.0);
+                self.refused = Some(refused.0);
+                self.store_failed = true;
+                false
+            }
+        }
+    }
+
     /// Creates the output file and moves what was held in memory into it. If the store cannot take it, the run
     /// still goes ahead: its outcome and tail matter more than the full output.
     fn open_file(&mut self) {
         let pending = std::mem::take(&mut *self.pending.lock().expect("pending output lock"));
         match self.store.create(&self.job_name, &self.execution_id) {
+            Ok(_) if !self.charge(pending.len()) => {
+                // Nothing of it could be kept: no file rather than an empty one.
+                if let Err(e) = self.store.delete(&self.job_name, &self.execution_id) {
+                    tracing::warn!("cannot remove an output file that was refused room: {e}");
+                }
+            }
             Ok(mut file) => match file.write_all(&pending) {
-                Ok(()) => self.file = Some(file),
+                Ok(()) => {
+                    self.file = Some(file);
+                    self.created = true;
+                }
                 Err(e) => {
                     tracing::warn!("output store write failed, output not stored: {e}");
                     self.store_failed = true;

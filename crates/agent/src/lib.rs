@@ -27,6 +27,6 @@ mod spec;
 mod words;
 
 pub use config::{ConfigError, EXECUTORS, validate};
-pub use output::OutputStore;
+pub use output::{DISK_FREE_BYTES_MIN_DEFAULT, Limits as OutputLimits, OutputStore, STORE_BYTES_MAX_DEFAULT};
 pub use runner::{Runner, install_crypto_provider};
 pub use spec::{OUTPUT_LIMIT_BYTES_DEFAULT, Outcome, RunSpec, RunStatus, TAIL_BYTES};

@@ -43,7 +43,7 @@ impl AgentNode {
             .with_context(|| format!("--rpc-port: cannot listen on port {}", config.rpc_port))?;
         let rpc_addr = advertised(rpc_listener.local_addr()?, &config);
         let membership = Arc::new(Membership::start(&config, None, rpc_addr, None).await?);
-        let outputs = OutputStore::open(config.data_dir.join("outputs"))?;
+        let outputs = OutputStore::open_with(config.data_dir.join("outputs"), config.output_limits)?;
         let (worker, channels) = Worker::new(&config, outputs.clone());
         let stopping = CancellationToken::new();
         let exit = CancellationToken::new();

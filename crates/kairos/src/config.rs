@@ -76,6 +76,13 @@ pub struct AgentArgs {
     /// Cap on the stored output of one execution, in bytes (default 1048576).
     #[arg(long, env = "KAIROS_OUTPUT_MAX_BYTES")]
     pub output_max_bytes: Option<u64>,
+    /// Bytes all stored outputs of this node may take together; the oldest go first (default 2 GiB).
+    #[arg(long, env = "KAIROS_OUTPUT_STORE_MAX_BYTES")]
+    pub output_store_max_bytes: Option<u64>,
+    /// Free space to keep on the data directory's filesystem: outputs stop being stored before it is reached, so
+    /// the Raft log and the state always have room (default 268435456, 256 MiB).
+    #[arg(long, env = "KAIROS_DISK_FREE_MIN_BYTES")]
+    pub disk_free_min_bytes: Option<u64>,
     /// Finished executions kept per job unless the job says otherwise (default 100).
     #[arg(long, env = "KAIROS_EXECUTIONS_RETAINED")]
     pub executions_retained: Option<u32>,
@@ -120,6 +127,8 @@ struct FileConfig {
     region: Option<String>,
     shutdown_grace: Option<String>,
     output_max_bytes: Option<u64>,
+    output_store_max_bytes: Option<u64>,
+    disk_free_min_bytes: Option<u64>,
     executions_retained: Option<u32>,
     execution_lease: Option<String>,
     kill_grace: Option<String>,
@@ -149,6 +158,8 @@ pub struct Config {
     pub region: String,
     pub shutdown_grace: Duration,
     pub output_max_bytes: u64,
+    /// The node's output store: its byte budget and the disk's free-space floor.
+    pub output_limits: kairos_agent::OutputLimits,
     pub executions_retained: u32,
     pub execution_lease: Duration,
     pub kill_grace: Duration,
@@ -241,6 +252,16 @@ impl AgentArgs {
             region: self.region.or(file.region).unwrap_or_else(|| "global".into()),
             shutdown_grace: duration("--shutdown-grace", self.shutdown_grace.or(file.shutdown_grace), "30s")?,
             output_max_bytes: self.output_max_bytes.or(file.output_max_bytes).unwrap_or(1024 * 1024),
+            output_limits: kairos_agent::OutputLimits {
+                store_bytes_max: self
+                    .output_store_max_bytes
+                    .or(file.output_store_max_bytes)
+                    .unwrap_or(kairos_agent::STORE_BYTES_MAX_DEFAULT),
+                disk_free_bytes_min: self
+                    .disk_free_min_bytes
+                    .or(file.disk_free_min_bytes)
+                    .unwrap_or(kairos_agent::DISK_FREE_BYTES_MIN_DEFAULT),
+            },
             executions_retained: self
                 .executions_retained
                 .or(file.executions_retained)

@@ -10,6 +10,7 @@
 //! - [`agent_node`]: a node without `--server`, which only runs what it is sent;
 //! - [`cluster`]: RPC between nodes (Raft, forwarded writes, orders, reports);
 //! - [`listener`]: serving both listeners with a connection limit and header deadlines;
+//! - [`storage`]: a server whose storage fails stops and exits non-zero instead of lingering as a zombie;
 //! - [`cli`]: `kairos leave` and `kairos raft …`, which talk to a node's RPC address;
 //! - [`reload`]: `SIGHUP` reads the configuration again and applies what can change while running;
 //! - [`api`]: the HTTP `/v1` API;
@@ -26,6 +27,7 @@ mod listener;
 mod node;
 mod reload;
 mod scheduler;
+mod storage;
 mod ui;
 mod worker;
 
@@ -141,7 +143,12 @@ fn run_agent(config: config::Config, args: config::AgentArgs) -> ExitCode {
         if let Err(code) = wait_for_stop(node.exit.clone(), &mut hangups, &mut reloader).await {
             return code;
         }
+        let fatal = node.fatal.get().cloned();
         running.shutdown().await;
+        if let Some(reason) = fatal {
+            error!("stopped: {reason}");
+            return ExitCode::from(storage::STORAGE_FAILED_EXIT);
+        }
         info!("stopped");
         ExitCode::SUCCESS
     });

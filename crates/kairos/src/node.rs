@@ -62,8 +62,10 @@ pub struct Node {
     /// restart (a leaving server may still look alive for a moment).
     removed: Mutex<HashMap<u64, u64>>,
     stopping: CancellationToken,
-    /// Cancelled when the process should exit by itself (after `kairos leave`).
+    /// Cancelled when the process should exit by itself (after `kairos leave`, or when storage failed).
     pub exit: CancellationToken,
+    /// Why this node's storage failed, once it has (see [`crate::storage`]); the process then exits non-zero.
+    pub fatal: std::sync::OnceLock<String>,
     weak: std::sync::Weak<Node>,
 }
 
@@ -128,7 +130,7 @@ impl Node {
         let public_http = crate::config::public_http_addr(http_addr, config.advertise_ip());
         let membership = Arc::new(Membership::start(&config, Some(id), rpc_addr, Some(public_http)).await?);
 
-        let outputs = OutputStore::open(config.data_dir.join("outputs"))?;
+        let outputs = OutputStore::open_with(config.data_dir.join("outputs"), config.output_limits)?;
         let (worker, channels) = Worker::new(&config, outputs.clone());
         let (changes_tx, changes_rx) = tokio::sync::mpsc::unbounded_channel();
         let node = Arc::new_cyclic(|weak| Node {
@@ -150,6 +152,7 @@ impl Node {
             removed: Mutex::new(HashMap::new()),
             stopping: CancellationToken::new(),
             exit: CancellationToken::new(),
+            fatal: std::sync::OnceLock::new(),
         });
         worker.set_fence(local_fence(raft.clone(), Duration::from_millis(100 * multiplier)));
 
@@ -187,6 +190,7 @@ impl Node {
         tasks.push(tokio::spawn(crate::worker::report_loop(worker.clone(), reporter.clone(), channels.reports)));
         tasks.push(tokio::spawn(crate::worker::renew_loop(worker.clone(), reporter, node.stopping.clone())));
         tasks.push(tokio::spawn(membership_loop(node.clone())));
+        tasks.push(tokio::spawn(crate::storage::watch(node.clone())));
         match &config.config_file {
             Some(file) => info!("configuration read from {}", file.display()),
             None => info!("no configuration file found; using flags, environment and defaults"),
@@ -320,6 +324,9 @@ impl Node {
                         StatusCode::SERVICE_UNAVAILABLE,
                         format!("this node did not accept the write as leader ({err}); retry"),
                     ));
+                }
+                if let openraft::error::RaftError::Fatal(fatal) = &err {
+                    return Err(ApiError::new(StatusCode::INSUFFICIENT_STORAGE, format!("storage failed: {fatal}")));
                 }
                 return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("raft: {err}")));
             }

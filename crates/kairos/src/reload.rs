@@ -68,6 +68,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
         region,
         shutdown_grace,
         output_max_bytes,
+        output_limits,
         executions_retained,
         execution_lease,
         kill_grace,
@@ -95,6 +96,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
     note(false, "retry-interval", &r.retry_interval, retry_interval);
     note(false, "raft-multiplier", &r.raft_multiplier, raft_multiplier);
     note(false, "shutdown-grace", &r.shutdown_grace, shutdown_grace);
+    note(false, "output-store-max-bytes / disk-free-min-bytes", &r.output_limits, output_limits);
     note(false, "executions-retained", &r.executions_retained, executions_retained);
     note(false, "execution-lease", &r.execution_lease, execution_lease);
     note(false, "kill-grace", &r.kill_grace, kill_grace);

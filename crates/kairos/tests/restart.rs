@@ -224,3 +224,116 @@ async fn missed_slots_follow_each_jobs_catch_up_policy_after_a_restart() {
     assert!(all.iter().filter(|s| s.1 == "catch_up").count() >= 2, "all: {all:?}");
     assert!(all.iter().any(|s| s.0 < killed) && all.iter().any(|s| s.0 > restarted));
 }
+
+/// A small tmpfs mounted for one test (the suite runs as root, as CI does), unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(megabytes: u32) -> SmallDisk {
+        let dir = tempfile::Builder::new().prefix("kairos-disk-").tempdir().expect("mount point");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "this test mounts a small tmpfs and needs root (as CI has): mount exited {status}");
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Fill the filesystem to the last byte with one file.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut file = std::fs::File::create(&path).expect("filler");
+        let block = vec![0u8; 64 * 1024];
+        while file.write_all(&block).is_ok() {}
+        let _ = file.write_all(&[0u8; 1]);
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outputs_stay_within_their_budget_and_a_full_disk_stops_the_server_cleanly_without_losing_anything() {
+    let disk = SmallDisk::mount(48);
+    let data_dir = disk.path().join("data");
+    let budget = 6_000_000u64;
+    let args = ["--output-store-max-bytes", "6000000", "--disk-free-min-bytes", "4000000"];
+    let mut server = Server::start(&data_dir, &args).await;
+    // 4 jobs every second, 300 kB of output each: 1.2 MB a second, far past the 6 MB budget within the test.
+    let command = "head -c 300000 /dev/zero | tr '\\0' x";
+    for i in 0..4 {
+        let job = with(
+            shell_job(&format!("loud-{i}"), "* * * * * *", command),
+            json!({"executor_config": {"command": command, "shell": "true"}}),
+        );
+        server.create_job(&job).await;
+    }
+    wait_until("40 runs of the loud jobs finished", secs(60), async || {
+        let mut finished = 0;
+        for i in 0..4 {
+            finished += server.executions(&format!("loud-{i}")).await.iter().filter(|e| e.is_final()).count();
+        }
+        (finished >= 40).then_some(())
+    })
+    .await;
+    let outputs = dir_bytes(&data_dir.join("outputs"));
+    assert!(outputs <= budget, "outputs take {outputs} bytes, over the {budget}-byte budget");
+    for i in 0..4 {
+        let execs = server.executions(&format!("loud-{i}")).await;
+        assert!(execs.iter().filter(|e| e.is_final()).all(|e| e.status == "succeeded"), "{}", summary(&execs));
+    }
+    let before = job_definitions(&server).await;
+    let mut finished_before = BTreeSet::new();
+    for i in 0..4 {
+        for e in server.executions(&format!("loud-{i}")).await.iter().filter(|e| e.is_final()) {
+            finished_before.insert(essence(e));
+        }
+    }
+
+    // Now exhaust the disk from outside: the next Raft write fails, and the server says why and exits 75.
+    let filler = disk.fill();
+    let status = server.wait_exit().await;
+    assert_eq!(status.code(), Some(75), "a server whose storage failed exits 75\n{}", server.log());
+    let log = server.log();
+    assert!(log.contains("storage failed"), "the log says what failed:\n{log}");
+    assert!(log.contains("free space on the filesystem of the data directory"), "the log says what to do:\n{log}");
+
+    // Space back, started again: every job and every finished execution is there, nothing stays running.
+    std::fs::remove_file(filler).expect("remove the filler");
+    server.restart().await;
+    assert_eq!(job_definitions(&server).await.keys().collect::<Vec<_>>(), before.keys().collect::<Vec<_>>());
+    let mut finished_after = BTreeSet::new();
+    for i in 0..4 {
+        let name = format!("loud-{i}");
+        let execs = server.executions(&name).await;
+        finished_after.extend(execs.iter().filter(|e| e.is_final()).map(essence));
+    }
+    let lost: Vec<&String> = finished_before.difference(&finished_after).collect();
+    // Retention keeps the newest 100 per job; far fewer ran here, so every finished record must still be there.
+    assert!(lost.is_empty(), "finished executions lost across the disk-full episode: {lost:?}");
+    server.get("/health").await.expect(200);
+}

@@ -12,7 +12,12 @@ use super::{ApiError, ApiResult, AppState, Params, reply, reply_list};
 /// Upper bound on preview length, so one request cannot ask for unbounded work.
 const PREVIEW_COUNT_MAX: usize = 1000;
 
+/// `GET /health`: 200 while the node works; 503 with the reason once its storage failed (it is then exiting).
 pub async fn health(State(node): State<AppState>, Query(params): Query<Params>) -> ApiResult {
+    if let Some(reason) = node.fatal.get() {
+        let body = json!({ "status": "unhealthy", "node": node.config.node_name, "error": reason });
+        return Ok(reply(StatusCode::SERVICE_UNAVAILABLE, &body, &params));
+    }
     let leader = node.leader_name();
     Ok(reply(StatusCode::OK, &json!({ "status": "ok", "node": node.config.node_name, "leader": leader }), &params))
 }
