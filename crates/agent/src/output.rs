@@ -317,7 +317,7 @@ fn free_bytes(dir: &Path) -> Option<u64> {
         }
         stat.assume_init()
     };
-    Some(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// Names become path components, so anything that could leave the store's directory is refused.
