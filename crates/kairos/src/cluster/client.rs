@@ -314,3 +314,130 @@ fn rejected_with_status((status, message): (u16, String)) -> RpcError {
         message,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::extract::{Path, Query};
+    use axum::routing::{get, post};
+    use axum::{Json, Router};
+    use futures::StreamExt;
+    use std::collections::HashMap;
+
+    /// Serve `router` on a fresh local port as the RPC listener does; its address.
+    async fn serve(router: Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(crate::listener::serve(listener, router, crate::listener::RPC_LIMITS));
+        addr
+    }
+
+    fn a_command() -> Command {
+        Command::SetPaused { paused: true }
+    }
+
+    #[tokio::test]
+    async fn a_refusal_by_the_remote_node_carries_its_status_and_message() {
+        let router = Router::new()
+            .route(paths::SUBMIT, post(|| async { Json(Forwarded { result: Err((409, "job 'x' changed".into())) }) }))
+            .route(paths::REPORT, post(|| async { Json(Err::<Response, String>("no leader; retry".into())) }));
+        let addr = serve(router).await;
+        let rpc = RpcClient::new().unwrap();
+
+        let err = rpc.submit(&addr, &a_command()).await.unwrap_err();
+        assert!(
+            matches!(&err, RpcError::Rejected { status: Some(StatusCode::CONFLICT), message } if message == "job 'x' changed"),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), "job 'x' changed", "the message reads as the remote wrote it");
+
+        let err = rpc.report(&addr, &a_command()).await.unwrap_err();
+        assert!(
+            matches!(&err, RpcError::Rejected { status: None, message } if message == "no leader; retry"),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_error_status_carries_the_status_and_the_answer_body() {
+        let router =
+            Router::new().route(paths::LEAVE, post(|| async { (StatusCode::SERVICE_UNAVAILABLE, "draining") }));
+        let addr = serve(router).await;
+        let rpc = RpcClient::new().unwrap();
+
+        let err = rpc.leave(&addr).await.unwrap_err();
+        assert!(
+            matches!(&err, RpcError::Status { status: StatusCode::SERVICE_UNAVAILABLE, message } if message == "draining"),
+            "{err:?}"
+        );
+        // A route the node does not serve (an agent asked a server's route).
+        let err = rpc.peers(&addr).await.unwrap_err();
+        assert!(matches!(err, RpcError::Status { status: StatusCode::NOT_FOUND, .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_answer_is_a_bad_answer() {
+        let router = Router::new().route(paths::READ_INDEX, post(|| async { "not json" }));
+        let addr = serve(router).await;
+        let err = RpcClient::new().unwrap().read_index(&addr).await.unwrap_err();
+        assert!(matches!(err, RpcError::BadAnswer { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_unreachable_and_refused() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        let err = RpcClient::new().unwrap().sync(&closed, 7).await.unwrap_err();
+        assert!(matches!(err, RpcError::Unreachable { refused: true, .. }), "{err:?}");
+        assert!(!RpcClient::new().unwrap().answers(&closed).await);
+    }
+
+    #[tokio::test]
+    async fn a_node_that_never_answers_times_out_and_is_not_refused() {
+        // The kernel completes the handshake, but nobody reads the request (like a paused process).
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap().to_string();
+        let started = std::time::Instant::now();
+        let err = RpcClient::new().unwrap().sync(&addr, 7).await.unwrap_err();
+        assert!(matches!(err, RpcError::Timeout { .. }), "{err:?}");
+        assert!(started.elapsed() >= SYNC_TIMEOUT, "gave up after {:?}", started.elapsed());
+        drop(silent);
+    }
+
+    #[tokio::test]
+    async fn typed_calls_reach_the_route_of_the_shared_path() {
+        let output = |Path((job, id)): Path<(String, String)>, Query(q): Query<HashMap<String, String>>| async move {
+            format!("{job}/{id} follow={}", q.get("follow").map_or("none", String::as_str))
+        };
+        let router = Router::new()
+            .route(paths::OUTPUT, get(output))
+            .route(
+                paths::SYNC,
+                post(|Json(term): Json<u64>| async move {
+                    Json(Holding {
+                        running: vec![ExecRef { job: "t".into(), id: term.to_string() }],
+                        ..Default::default()
+                    })
+                }),
+            )
+            .route(paths::RUN, post(|Json(orders): Json<Vec<Order>>| async move { Json(vec![true; orders.len()]) }))
+            .route(
+                paths::CANCEL,
+                post(|Json((_, reason)): Json<(ExecRef, String)>| async move {
+                    Json(if reason == "stop" { Cancelled::Running } else { Cancelled::NotHere })
+                }),
+            );
+        let addr = serve(router).await;
+        let rpc = RpcClient::new().unwrap();
+        let exec = ExecRef { job: "backup".into(), id: "1700000000000-1".into() };
+
+        let text = rpc.output(&addr, &exec, OUTPUT_TIMEOUT).await.unwrap();
+        assert_eq!(text, "backup/1700000000000-1 follow=false");
+        let streamed: Vec<_> = rpc.follow_output(&addr, &exec).await.unwrap().collect().await;
+        let streamed: Vec<u8> = streamed.into_iter().flat_map(|chunk| chunk.unwrap().to_vec()).collect();
+        assert_eq!(String::from_utf8(streamed).unwrap(), "backup/1700000000000-1 follow=true");
+        assert_eq!(rpc.sync(&addr, 9).await.unwrap().running, vec![ExecRef { job: "t".into(), id: "9".into() }]);
+        assert_eq!(rpc.run(&addr, &[]).await.unwrap(), Vec::<bool>::new());
+        assert_eq!(rpc.cancel(&addr, &exec, "stop", CANCEL_TIMEOUT).await.unwrap(), Cancelled::Running);
+        assert!(rpc.answers(&addr).await);
+    }
+}
