@@ -74,7 +74,7 @@ fn raft_error(err: RpcError) -> RPCError<C> {
 }
 
 /// The remote Raft's own error: openraft backs off as from an unreachable node.
-fn remote_raft<T>(answer: Result<Result<T, RaftError<C>>, RpcError>) -> Result<T, RPCError<C>> {
+fn remote_raft<T>(answer: Result<client::RaftAnswer<T>, RpcError>) -> Result<T, RPCError<C>> {
     answer.map_err(raft_error)?.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
 }
 
