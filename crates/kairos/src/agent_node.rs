@@ -12,6 +12,7 @@ use kairos_store::{Command, Response};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::cluster::{RpcClient, RpcError};
 use crate::config::Config;
 use crate::gossip::Membership;
 use crate::node::{advertised, drain_worker, rpc_bind_addr};
@@ -47,9 +48,9 @@ impl AgentNode {
         let (worker, channels) = Worker::new(&config, outputs.clone());
         let stopping = CancellationToken::new();
         let exit = CancellationToken::new();
-        let http = crate::node::rpc_client()?;
+        let rpc = RpcClient::new()?;
         let reporter: Arc<dyn Reporter> =
-            Arc::new(RemoteReporter { membership: membership.clone(), http, next: AtomicUsize::new(0) });
+            Arc::new(RemoteReporter { membership: membership.clone(), rpc, next: AtomicUsize::new(0) });
         let side = crate::cluster::AgentSide {
             worker: worker.clone(),
             outputs,
@@ -120,7 +121,7 @@ pub async fn await_join(config: &Config, membership: &Membership) -> anyhow::Res
 /// the next one.
 struct RemoteReporter {
     membership: Arc<Membership>,
-    http: reqwest::Client,
+    rpc: RpcClient,
     next: AtomicUsize,
 }
 
@@ -136,18 +137,10 @@ impl Reporter for RemoteReporter {
             let mut last_error = String::new();
             for i in 0..servers.len() {
                 let addr = &servers[(start + i) % servers.len()];
-                let sent = self
-                    .http
-                    .post(format!("http://{addr}/cluster/report"))
-                    .json(&command)
-                    .timeout(Duration::from_secs(30))
-                    .send()
-                    .await;
-                match sent {
-                    Ok(reply) => match reply.json::<Result<Response, String>>().await {
-                        Ok(result) => return result,
-                        Err(err) => last_error = format!("{addr}: {err}"),
-                    },
+                match self.rpc.report(addr, &command).await {
+                    Ok(response) => return Ok(response),
+                    // The server handled it and refused: another server would refuse it too.
+                    Err(RpcError::Rejected { message, .. }) => return Err(message),
                     Err(err) => last_error = format!("{addr}: {err}"),
                 }
                 self.next.store(start + i + 1, Ordering::Relaxed);

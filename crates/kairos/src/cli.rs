@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
+use crate::cluster::{RpcClient, RpcError, client};
 use crate::node::Peer;
 
 #[derive(Debug, Clone, Args)]
@@ -37,9 +38,13 @@ fn block_on<T>(future: impl Future<Output = Result<T, String>>) -> Result<T, Str
     runtime.block_on(future)
 }
 
-fn client() -> Result<reqwest::Client, String> {
-    kairos_agent::install_crypto_provider();
-    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().map_err(|e| e.to_string())
+fn rpc_client() -> Result<RpcClient, String> {
+    RpcClient::new().map_err(|e| format!("{e:#}"))
+}
+
+/// What to print when the node at `addr` could not be asked at all.
+fn unreachable(addr: &str, err: RpcError) -> String {
+    format!("--rpc-addr: cannot reach {addr}: {err}")
 }
 
 fn finish(result: Result<(), String>) -> ExitCode {
@@ -55,17 +60,17 @@ fn finish(result: Result<(), String>) -> ExitCode {
 /// Ask the node to leave, then wait until it stopped answering (it exits by itself once it left).
 pub fn leave(args: &RpcArgs) -> ExitCode {
     finish(block_on(async {
-        let http = client()?;
-        let url = format!("http://{}/agent/leave", args.rpc_addr);
-        let reply =
-            http.post(&url).send().await.map_err(|e| format!("--rpc-addr: cannot reach {}: {e}", args.rpc_addr))?;
-        if !reply.status().is_success() {
-            return Err(format!("{} refused to leave: HTTP {}", args.rpc_addr, reply.status()));
+        let rpc = rpc_client()?;
+        match rpc.leave(&args.rpc_addr).await {
+            Ok(()) => {}
+            Err(RpcError::Status { status, .. }) => {
+                return Err(format!("{} refused to leave: HTTP {status}", args.rpc_addr));
+            }
+            Err(err) => return Err(unreachable(&args.rpc_addr, err)),
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let probe = http.post(format!("http://{}/agent/sync", args.rpc_addr)).json(&0u64).send().await;
-            if probe.is_err() {
+            if !rpc.answers(&args.rpc_addr).await {
                 println!("{} left the cluster", args.rpc_addr);
                 return Ok(());
             }
@@ -80,29 +85,26 @@ pub fn leave(args: &RpcArgs) -> ExitCode {
 pub fn raft(command: RaftCommand) -> ExitCode {
     match command {
         RaftCommand::ListPeers(args) => finish(block_on(async {
-            let http = client()?;
-            let reply = http
-                .get(format!("http://{}/cluster/peers", args.rpc_addr))
-                .send()
-                .await
-                .map_err(|e| format!("--rpc-addr: cannot reach {}: {e}", args.rpc_addr))?;
-            if !reply.status().is_success() {
-                return Err(format!("{} is not a server (HTTP {})", args.rpc_addr, reply.status()));
-            }
-            let peers: Vec<Peer> = reply.json().await.map_err(|e| format!("bad answer: {e}"))?;
+            let peers = match rpc_client()?.peers(&args.rpc_addr).await {
+                Ok(peers) => peers,
+                Err(RpcError::Status { status, .. }) => {
+                    return Err(format!("{} is not a server (HTTP {status})", args.rpc_addr));
+                }
+                Err(err @ RpcError::BadAnswer { .. }) => return Err(format!("bad answer: {err}")),
+                Err(err) => return Err(unreachable(&args.rpc_addr, err)),
+            };
             print!("{}", peers_table(&peers));
             Ok(())
         })),
         RaftCommand::RemovePeer { peer_id, rpc } => finish(block_on(async {
-            let http = client()?;
-            let reply = http
-                .post(format!("http://{}/cluster/remove-peer", rpc.rpc_addr))
-                .json(&peer_id)
-                .send()
-                .await
-                .map_err(|e| format!("--rpc-addr: cannot reach {}: {e}", rpc.rpc_addr))?;
-            let result: Result<(), (u16, String)> = reply.json().await.map_err(|e| format!("bad answer: {e}"))?;
-            result.map_err(|(_, message)| message)?;
+            match rpc_client()?.remove_peer(&rpc.rpc_addr, peer_id, client::OPERATOR_TIMEOUT).await {
+                Ok(()) => {}
+                Err(RpcError::Rejected { message, .. }) => return Err(message),
+                Err(err @ (RpcError::Status { .. } | RpcError::BadAnswer { .. })) => {
+                    return Err(format!("bad answer: {err}"));
+                }
+                Err(err) => return Err(unreachable(&rpc.rpc_addr, err)),
+            }
             println!("removed peer {peer_id}");
             Ok(())
         })),

@@ -25,6 +25,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tracing::{info, warn};
 
 use crate::api::ApiError;
+use crate::cluster::{RpcError, client};
 use crate::gossip::{Member, tags_match};
 use crate::node::{Node, term_of};
 use crate::scheduler::time_until;
@@ -35,10 +36,6 @@ use crate::worker::{Cancelled, Holding, Order};
 const DECIDE_AHEAD_MAX: Duration = Duration::from_secs(2);
 /// How often the leader re-checks pending executions and leases even without events.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
-/// How long a new leader waits for each node's answer to its sync.
-const SYNC_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long an order may take to reach a node.
-const ORDER_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a node an order could not reach is avoided.
 const UNREACHABLE_FOR: Duration = Duration::from_secs(10);
 /// How long a due run may wait for a live node that matches its job's tags before it fails (nodes that are
@@ -150,15 +147,11 @@ pub fn stop_run(node: &Node, exec_ref: &ExecRef, reason: &str) {
     let target = node.claims.lock().expect("claims lock").node_of(exec_ref).map(str::to_string);
     let Some(target) = target.filter(|t| *t != node.config.node_name) else { return };
     let Some(member) = node.membership.alive().into_iter().find(|m| m.name == target) else { return };
-    let (rpc, http, exec_ref, reason) = (member.rpc_addr, node.rpc.clone(), exec_ref.clone(), reason.to_string());
+    let (addr, rpc, exec_ref, reason) = (member.rpc_addr, node.rpc.clone(), exec_ref.clone(), reason.to_string());
     tokio::spawn(async move {
-        let sent = http
-            .post(format!("http://{rpc}/agent/cancel"))
-            .json(&(&exec_ref, &reason))
-            .timeout(ORDER_TIMEOUT)
-            .send()
-            .await;
-        if let Err(err) = sent {
+        let sent = rpc.cancel(&addr, &exec_ref, &reason, client::CANCEL_STOP_TIMEOUT).await;
+        // Only a failure to deliver is worth a warning: any answer came from the node itself.
+        if let Err(err @ (RpcError::Unreachable { .. } | RpcError::Timeout { .. } | RpcError::Broken { .. })) = sent {
             warn!("cannot cancel {}/{} on {target}: {err}", exec_ref.job, exec_ref.id);
         }
     });
@@ -347,30 +340,29 @@ fn place<'m>(
 
 /// Send orders to a node; on failure release their claims so the sweep places them again (elsewhere).
 fn send_orders(node: &Node, name: String, rpc_addr: String, orders: Vec<Order>) {
-    let http = node.rpc.clone();
+    let rpc = node.rpc.clone();
     let node_ptr = NodeHandle::of(node);
     tokio::spawn(async move {
         let refs: Vec<ExecRef> = orders.iter().map(|o| o.exec.clone()).collect();
-        let sent = http.post(format!("http://{rpc_addr}/agent/run")).json(&orders).timeout(ORDER_TIMEOUT).send().await;
+        let sent = rpc.run(&rpc_addr, &orders).await;
         // Some(answers): delivered; None: certainly not delivered (refused connection, error status); a timeout
         // or a broken connection leaves it unknown whether the node got the orders: their claims are kept until
         // the orders have expired (see `sweep`), so a node that was only slow cannot run them a second time.
         // `gone`: the connection was refused, so no process listens there any more.
         let (accepted, uncertain, gone): (Option<Vec<bool>>, bool, bool) = match sent {
-            Ok(reply) if reply.status().is_success() => match reply.json().await {
-                Ok(answers) => (Some(answers), false, false),
-                Err(err) => {
-                    warn!("orders to {name}: unreadable answer ({err})");
-                    (None, true, false)
-                }
-            },
-            Ok(reply) => {
-                warn!("orders to {name} refused: HTTP {}", reply.status());
+            Ok(answers) => (Some(answers), false, false),
+            Err(err @ RpcError::BadAnswer { .. }) => {
+                warn!("orders to {name}: unreadable answer ({err})");
+                (None, true, false)
+            }
+            Err(RpcError::Status { status, .. }) => {
+                warn!("orders to {name} refused: HTTP {status}");
                 (None, false, false)
             }
             Err(err) => {
                 warn!("cannot send orders to {name}: {err}");
-                (None, !refused(&err), refused(&err))
+                let refused = matches!(err, RpcError::Unreachable { refused: true, .. });
+                (None, !refused, refused)
             }
         };
         let Some(node) = node_ptr.upgrade() else { return };
@@ -399,21 +391,6 @@ fn send_orders(node: &Node, name: String, rpc_addr: String, orders: Vec<Order>) 
             node.dispatch_wake.notify_one();
         }
     });
-}
-
-/// Whether a request failed because the connection was refused: nothing listens there, so the node's process is
-/// gone (a paused or partitioned node times out instead, and may still hold what it was sent).
-pub fn refused(err: &reqwest::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(current) = source {
-        if let Some(io) = current.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::ConnectionRefused
-        {
-            return true;
-        }
-        source = current.source();
-    }
-    false
 }
 
 /// A weak handle to the node for tasks that outlive a call.
@@ -485,14 +462,9 @@ async fn sync_member(node: &Node, member: &Member, term: u64) -> Answer {
     if member.name == node.config.node_name {
         return Answer::Holds(node.worker.sync(term));
     }
-    let sent =
-        node.rpc.post(format!("http://{}/agent/sync", member.rpc_addr)).json(&term).timeout(SYNC_TIMEOUT).send().await;
-    match sent {
-        Ok(reply) => match reply.json::<Holding>().await {
-            Ok(holding) => Answer::Holds(holding),
-            Err(_) => Answer::Silent,
-        },
-        Err(err) if refused(&err) => Answer::Gone,
+    match node.rpc.sync(&member.rpc_addr, term).await {
+        Ok(holding) => Answer::Holds(holding),
+        Err(RpcError::Unreachable { refused: true, .. }) => Answer::Gone,
         Err(_) => Answer::Silent,
     }
 }
@@ -877,20 +849,6 @@ mod tests {
             let picked = place(&mut members, &job(&[("role", "web:2")]), &retry, &claims, "leader");
             assert_eq!(picked.map(|m| m.name.clone()).as_deref(), Some("d"));
         }
-    }
-
-    #[tokio::test]
-    async fn a_refused_connection_is_told_from_a_timeout() {
-        kairos_agent::install_crypto_provider();
-        let http = reqwest::Client::builder().no_proxy().build().unwrap();
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let err = http.get(format!("http://{closed}/")).send().await.unwrap_err();
-        assert!(refused(&err), "{err:?}");
-        // A listener that never answers (like a paused process): the request times out, which is not "gone".
-        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/", silent.local_addr().unwrap());
-        let err = http.get(url).timeout(Duration::from_millis(200)).send().await.unwrap_err();
-        assert!(err.is_timeout() && !refused(&err), "{err:?}");
     }
 
     #[test]

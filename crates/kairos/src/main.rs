@@ -8,7 +8,8 @@
 //! - [`gossip`]: cluster membership (chitchat);
 //! - [`dispatch`]: the leader's placement of runs on nodes, fencing, takeover and leases;
 //! - [`agent_node`]: a node without `--server`, which only runs what it is sent;
-//! - [`cluster`]: RPC between nodes (Raft, forwarded writes, orders, reports);
+//! - [`cluster`]: RPC between nodes (Raft, forwarded writes, orders, reports): the routes, their paths, and the
+//!   one typed client every node-to-node call goes through;
 //! - [`listener`]: serving both listeners with a connection limit and header deadlines;
 //! - [`storage`]: a server whose storage fails stops and exits non-zero instead of lingering as a zombie;
 //! - [`cli`]: `kairos leave` and `kairos raft …`, which talk to a node's RPC address;

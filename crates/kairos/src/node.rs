@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api::ApiError;
+use crate::cluster::{RpcClient, RpcError};
 use crate::config::Config;
 use crate::dispatch::Claims;
 use crate::gossip::{Member, Membership, Status};
@@ -50,7 +51,7 @@ pub struct Node {
     pub rpc_addr: SocketAddr,
     pub membership: Arc<Membership>,
     /// Node-to-node RPC client (connections are pooled and kept alive).
-    pub rpc: reqwest::Client,
+    pub rpc: RpcClient,
     pub(crate) claims: Mutex<Claims>,
     pub(crate) dispatch_wake: Notify,
     /// The term this node leads in (0 when it does not lead).
@@ -119,8 +120,8 @@ impl Node {
             ..Default::default()
         }
         .validate()?;
-        let rpc = rpc_client()?;
-        let network = crate::cluster::Network { http: rpc.clone() };
+        let rpc = RpcClient::new()?;
+        let network = crate::cluster::Network { rpc: rpc.clone() };
         let raft = Raft::new(id, Arc::new(raft_config), network, log, machine).await?;
         let joining = !config.join.is_empty() || !config.retry_join.is_empty();
         if !raft.is_initialized().await? && config.bootstrap_expect <= 1 && (config.bootstrap_expect == 1 || !joining) {
@@ -347,17 +348,7 @@ impl Node {
     /// Send a write to the leader at `addr`, then wait until this node has applied it (read-your-writes).
     async fn forward(&self, addr: &str, command: &Command) -> Result<Response, ApiError> {
         let unavailable = |what: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, what);
-        let reply = self
-            .rpc
-            .post(format!("http://{addr}/cluster/submit"))
-            .json(command)
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .map_err(|e| unavailable(format!("cannot reach the leader at {addr}: {e}")))?;
-        let forwarded: Forwarded =
-            reply.json().await.map_err(|e| unavailable(format!("bad answer from the leader at {addr}: {e}")))?;
-        match forwarded.result {
+        match self.rpc.submit(addr, command).await {
             Ok((response, index)) => {
                 let applied = self
                     .raft
@@ -369,9 +360,13 @@ impl Node {
                 }
                 Ok(response)
             }
-            Err((status, message)) => {
-                Err(ApiError::new(StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), message))
+            Err(RpcError::Rejected { status, message }) => {
+                Err(ApiError::new(status.unwrap_or(StatusCode::SERVICE_UNAVAILABLE), message))
             }
+            Err(err @ (RpcError::Status { .. } | RpcError::BadAnswer { .. })) => {
+                Err(unavailable(format!("bad answer from the leader at {addr}: {err}")))
+            }
+            Err(err) => Err(unavailable(format!("cannot reach the leader at {addr}: {err}"))),
         }
     }
 
@@ -386,16 +381,14 @@ impl Node {
                 .current_leader
                 .and_then(|l| metrics.membership_config.membership().get_node(&l).map(|n| n.addr.clone()))
                 .ok_or_else(|| unavailable("no leader is elected yet; retry".into()))?;
-            let reply = self
-                .rpc
-                .post(format!("http://{addr}/cluster/read-index"))
-                .timeout(Duration::from_secs(5))
-                .send()
-                .await
-                .map_err(|e| unavailable(format!("cannot reach the leader at {addr}: {e}")))?;
-            let result: Result<u64, (u16, String)> =
-                reply.json().await.map_err(|e| unavailable(format!("bad answer from the leader: {e}")))?;
-            result.map_err(|(_, message)| unavailable(message))?
+            match self.rpc.read_index(&addr).await {
+                Ok(index) => index,
+                Err(RpcError::Rejected { message, .. }) => return Err(unavailable(message)),
+                Err(err @ (RpcError::Status { .. } | RpcError::BadAnswer { .. })) => {
+                    return Err(unavailable(format!("bad answer from the leader: {err}")));
+                }
+                Err(err) => return Err(unavailable(format!("cannot reach the leader at {addr}: {err}"))),
+            }
         };
         self.raft
             .wait(Some(Duration::from_secs(5)))
@@ -470,15 +463,7 @@ impl Node {
     }
 
     pub async fn remote_cancel(&self, rpc_addr: &str, exec: &ExecRef, reason: &str) -> Option<Cancelled> {
-        let reply = self
-            .rpc
-            .post(format!("http://{rpc_addr}/agent/cancel"))
-            .json(&(exec, reason))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .ok()?;
-        reply.json().await.ok()
+        self.rpc.cancel(rpc_addr, exec, reason, crate::cluster::client::CANCEL_TIMEOUT).await.ok()
     }
 
     /// The tags this node publishes (and placement matches against).
@@ -541,19 +526,17 @@ impl Node {
                 .current_leader
                 .and_then(|l| metrics.membership_config.membership().get_node(&l).map(|n| n.addr.clone()))
                 .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no leader is elected yet; retry"))?;
-            let reply = self
-                .rpc
-                .post(format!("http://{addr}/cluster/remove-peer"))
-                .json(&peer)
-                .timeout(Duration::from_secs(30))
-                .send()
-                .await
-                .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("leader unreachable: {e}")))?;
-            let result: Result<(), (u16, String)> = reply
-                .json()
-                .await
-                .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("bad answer: {e}")))?;
-            return result.map_err(|(s, m)| ApiError::new(StatusCode::from_u16(s).unwrap_or(StatusCode::CONFLICT), m));
+            let forwarded =
+                self.rpc.remove_peer(&addr, peer, crate::cluster::client::REMOVE_PEER_FORWARD_TIMEOUT).await;
+            return forwarded.map_err(|err| match err {
+                RpcError::Rejected { status, message } => {
+                    ApiError::new(status.unwrap_or(StatusCode::CONFLICT), message)
+                }
+                err @ (RpcError::Status { .. } | RpcError::BadAnswer { .. }) => {
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("bad answer: {err}"))
+                }
+                err => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("leader unreachable: {err}")),
+            });
         }
         if peer == self.id {
             return Err(ApiError::new(
@@ -632,16 +615,6 @@ pub async fn drain_worker(worker: &Worker, config: &Config) {
         }
     }
     worker.flush_reports().await;
-}
-
-/// The node-to-node HTTP client: no proxy, connections kept alive (orders and reports reuse them).
-pub fn rpc_client() -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .no_proxy()
-        .pool_idle_timeout(crate::listener::RPC_POOL_IDLE)
-        .tcp_nodelay(true)
-        .build()
-        .context("building the RPC client")
 }
 
 /// One row of `kairos raft list-peers`.

@@ -5,8 +5,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kairos_model::{Execution, ExecutionStatus};
-use kairos_store::Command;
+use kairos_store::{Command, ExecRef};
 use serde::Serialize;
+
+use crate::cluster::{RpcError, client};
 
 use super::jobs::require_job;
 use super::{ApiError, ApiResult, AppState, Params, descending, page_bounds, reply, reply_list};
@@ -167,11 +169,8 @@ async fn full_output(node: &AppState, execution: &Execution) -> Result<Option<St
     let Some(member) = node.membership.alive().into_iter().find(|m| m.name == execution.node_name) else {
         return Ok(None);
     };
-    let url = format!("http://{}/agent/output/{}/{}", member.rpc_addr, execution.job_name, execution.id);
-    match node.rpc.get(url).timeout(std::time::Duration::from_secs(5)).send().await {
-        Ok(reply) if reply.status().is_success() => Ok(reply.text().await.ok()),
-        _ => Ok(None),
-    }
+    let exec = ExecRef { job: execution.job_name.clone(), id: execution.id.clone() };
+    Ok(node.rpc.output(&member.rpc_addr, &exec, client::OUTPUT_FOR_RECORD_TIMEOUT).await.ok())
 }
 
 /// `GET /v1/jobs/{job}/executions/{id}/output[?follow=true]`: the full output as text, from whichever node ran
@@ -215,18 +214,18 @@ pub async fn output(
         }
         return Ok((text_plain, execution.output).into_response());
     };
-    let url = format!("http://{}/agent/output/{job}/{id}?follow={follow}", member.rpc_addr);
-    let mut request = node.rpc.get(url);
+    let exec = ExecRef { job, id };
     if !follow {
-        request = request.timeout(std::time::Duration::from_secs(10));
+        return match node.rpc.output(&member.rpc_addr, &exec, client::OUTPUT_TIMEOUT).await {
+            Ok(text) => Ok((text_plain, text).into_response()),
+            Err(RpcError::Status { .. }) => Ok((text_plain, execution.output).into_response()),
+            Err(err) => Err(ApiError::new(StatusCode::BAD_GATEWAY, format!("node '{}': {err}", member.name))),
+        };
     }
-    match request.send().await {
-        Ok(reply) if reply.status().is_success() => {
-            Ok((text_plain, Body::from_stream(reply.bytes_stream())).into_response())
-        }
-        Ok(_) if !follow => Ok((text_plain, execution.output).into_response()),
-        Ok(reply) => {
-            Err(ApiError::new(StatusCode::BAD_GATEWAY, format!("node '{}' answered {}", member.name, reply.status())))
+    match node.rpc.follow_output(&member.rpc_addr, &exec).await {
+        Ok(stream) => Ok((text_plain, Body::from_stream(stream)).into_response()),
+        Err(RpcError::Status { status, .. }) => {
+            Err(ApiError::new(StatusCode::BAD_GATEWAY, format!("node '{}' answered {status}", member.name)))
         }
         Err(err) => Err(ApiError::new(StatusCode::BAD_GATEWAY, format!("node '{}': {err}", member.name))),
     }

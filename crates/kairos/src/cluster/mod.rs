@@ -5,8 +5,12 @@
 //! - every node ([`agent_router`]): orders from the leader (`/agent/run`, fenced by term), cancel, the new
 //!   leader's sync, the local output of a run, and `kairos leave`.
 //!
-//! Every openraft request and response type is serde-able, so each RPC is one POST of JSON. A connection error
-//! is reported as `Unreachable` (openraft backs off), anything else as a network error (retried sooner).
+//! The routes' paths are in [`paths`]; the calling side of every route is [`client::RpcClient`]. Every openraft
+//! request and response type is serde-able, so each RPC is one POST of JSON. A connection error is reported to
+//! openraft as `Unreachable` (openraft backs off), anything else as a network error (retried sooner).
+
+pub mod client;
+pub mod paths;
 
 use std::future::Future;
 use std::io::Cursor;
@@ -31,8 +35,8 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, OptionalSend};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+
+pub use client::{RpcClient, RpcError};
 
 use crate::node::{Forwarded, Node, Peer};
 use crate::worker::{Cancelled, Holding, Order, Worker};
@@ -40,14 +44,14 @@ use kairos_store::Response;
 
 type C = TypeConfig;
 
-/// Makes one [`Connection`] per peer; all share one HTTP client (connection pooling).
+/// Makes one [`Connection`] per peer; all share one RPC client (connection pooling).
 #[derive(Clone)]
 pub struct Network {
-    pub http: reqwest::Client,
+    pub rpc: RpcClient,
 }
 
 pub struct Connection {
-    http: reqwest::Client,
+    rpc: RpcClient,
     addr: String,
 }
 
@@ -55,32 +59,23 @@ impl RaftNetworkFactory<C> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, _target: u64, node: &BasicNode) -> Connection {
-        Connection { http: self.http.clone(), addr: node.addr.clone() }
+        Connection { rpc: self.rpc.clone(), addr: node.addr.clone() }
     }
 }
 
-impl Connection {
-    async fn post<Req: Serialize, Resp: DeserializeOwned>(
-        &self,
-        path: &str,
-        request: &Req,
-        option: &RPCOption,
-    ) -> Result<Resp, RPCError<C>> {
-        let url = format!("http://{}/raft/{path}", self.addr);
-        let response = self.http.post(&url).json(request).timeout(option.soft_ttl()).send().await.map_err(|e| {
-            if e.is_connect() {
-                RPCError::Unreachable(Unreachable::new(&e))
-            } else {
-                RPCError::Network(NetworkError::new(&e))
-            }
-        })?;
-        if !response.status().is_success() {
-            return Err(RPCError::Network(NetworkError::from_string(format!("HTTP {}", response.status()))));
-        }
-        let result: Result<Resp, RaftError<C>> =
-            response.json().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
+/// A failed call as openraft wants it: no connection is `Unreachable` (openraft backs off), anything else a
+/// network error (retried sooner).
+fn raft_error(err: RpcError) -> RPCError<C> {
+    match err {
+        RpcError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&err)),
+        RpcError::Status { status, .. } => RPCError::Network(NetworkError::from_string(format!("HTTP {status}"))),
+        other => RPCError::Network(NetworkError::new(&other)),
     }
+}
+
+/// The remote Raft's own error: openraft backs off as from an unreachable node.
+fn remote_raft<T>(answer: Result<client::RaftAnswer<T>, RpcError>) -> Result<T, RPCError<C>> {
+    answer.map_err(raft_error)?.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
 }
 
 impl RaftNetworkV2<C> for Connection {
@@ -91,11 +86,11 @@ impl RaftNetworkV2<C> for Connection {
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        self.post("append", &rpc, &option).await
+        remote_raft(self.rpc.raft_append(&self.addr, &rpc, option.soft_ttl()).await)
     }
 
     async fn vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
-        self.post("vote", &rpc, &option).await
+        remote_raft(self.rpc.raft_vote(&self.addr, &rpc, option.soft_ttl()).await)
     }
 
     async fn full_snapshot(
@@ -105,10 +100,11 @@ impl RaftNetworkV2<C> for Connection {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
-        let request = (vote, snapshot.meta, snapshot.snapshot.into_inner());
+        let data = snapshot.snapshot.into_inner();
+        let sent = self.rpc.raft_snapshot(&self.addr, &vote, &snapshot.meta, &data, option.soft_ttl());
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
-            result = self.post::<_, SnapshotResponse<C>>("snapshot", &request, &option) => Ok(result?),
+            answer = sent => Ok(remote_raft(answer)?),
         }
     }
 
@@ -117,17 +113,17 @@ impl RaftNetworkV2<C> for Connection {
         request: TransferLeaderRequest<C>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<C>, RPCError<C>> {
-        self.post("transfer-leader", &request, &option).await
+        remote_raft(self.rpc.raft_transfer_leader(&self.addr, &request, option.soft_ttl()).await)
     }
 }
 
 /// The receiving side of the Raft RPCs.
 pub fn rpc_router(raft: Raft) -> Router {
     Router::new()
-        .route("/raft/append", post(append))
-        .route("/raft/vote", post(vote))
-        .route("/raft/snapshot", post(snapshot))
-        .route("/raft/transfer-leader", post(transfer_leader))
+        .route(paths::RAFT_APPEND, post(append))
+        .route(paths::RAFT_VOTE, post(vote))
+        .route(paths::RAFT_SNAPSHOT, post(snapshot))
+        .route(paths::RAFT_TRANSFER_LEADER, post(transfer_leader))
         .with_state(raft)
 }
 
@@ -163,11 +159,11 @@ async fn transfer_leader(
 /// Routes only servers answer.
 pub fn server_router(node: Arc<Node>) -> Router {
     Router::new()
-        .route("/cluster/submit", post(submit))
-        .route("/cluster/report", post(report))
-        .route("/cluster/read-index", post(read_index))
-        .route("/cluster/peers", get(peers))
-        .route("/cluster/remove-peer", post(remove_peer))
+        .route(paths::SUBMIT, post(submit))
+        .route(paths::REPORT, post(report))
+        .route(paths::READ_INDEX, post(read_index))
+        .route(paths::PEERS, get(peers))
+        .route(paths::REMOVE_PEER, post(remove_peer))
         .with_state(node)
 }
 
@@ -205,11 +201,11 @@ pub struct AgentSide {
 /// Routes every node answers (servers run jobs too).
 pub fn agent_router(side: AgentSide) -> Router {
     Router::new()
-        .route("/agent/run", post(run))
-        .route("/agent/cancel", post(cancel))
-        .route("/agent/sync", post(sync))
-        .route("/agent/output/{job}/{id}", get(output))
-        .route("/agent/leave", post(leave))
+        .route(paths::RUN, post(run))
+        .route(paths::CANCEL, post(cancel))
+        .route(paths::SYNC, post(sync))
+        .route(paths::OUTPUT, get(output))
+        .route(paths::LEAVE, post(leave))
         .with_state(side)
 }
 
