@@ -467,6 +467,11 @@ impl Server {
         self.request("POST", path, Some(body.to_string())).await
     }
 
+    /// POST a JSON body; `None` when the server did not answer (it may be exiting).
+    pub async fn try_post(&self, path: &str, body: &Value) -> Option<Reply> {
+        self.try_request(reqwest::Method::POST, path, Some(body.to_string())).await
+    }
+
     pub async fn post_empty(&self, path: &str) -> Reply {
         self.request("POST", path, None).await
     }
