@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::log::Log;
@@ -96,17 +96,30 @@ pub struct Process {
     child: Child,
     pid: i32,
     log: Log,
-    announced: mpsc::Receiver<Announce>,
-    listening: Listening,
-    /// Disconnected once both pipes are drained.
-    drained: mpsc::Receiver<()>,
+    /// What the drains have seen, shared with their threads.
+    pipes: Arc<Pipes>,
     exit: Option<ExitStatus>,
     spawned_at: Instant,
 }
 
-enum Announce {
-    Http(String),
-    Rpc(String),
+/// The drains' view of the output: the addresses announced so far, and how many pipes are still open.
+#[derive(Default)]
+struct Pipes {
+    state: Mutex<PipesState>,
+    closed: Condvar,
+}
+
+#[derive(Default)]
+struct PipesState {
+    listening: Listening,
+    open: usize,
+}
+
+impl Pipes {
+    fn state(&self) -> std::sync::MutexGuard<'_, PipesState> {
+        // A drain never panics while holding the lock; if one did, what it recorded is still right.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Process {
@@ -115,22 +128,11 @@ impl Process {
         let spawned_at = Instant::now();
         let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
         let pid = i32::try_from(child.id()).expect("a pid fits in pid_t");
-        let (announce, announced) = mpsc::channel();
-        let (drain_done, drained) = mpsc::channel();
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        drain(stderr, log.clone(), announce.clone(), drain_done.clone());
-        drain(stdout, log.clone(), announce, drain_done);
-        Ok(Process {
-            child,
-            pid,
-            log: log.clone(),
-            announced,
-            listening: Listening::default(),
-            drained,
-            exit: None,
-            spawned_at,
-        })
+        let pipes = Arc::new(Pipes::default());
+        pipes.state().open = 2;
+        drain(child.stderr.take().expect("stderr is piped"), log.clone(), pipes.clone());
+        drain(child.stdout.take().expect("stdout is piped"), log.clone(), pipes.clone());
+        Ok(Process { child, pid, log: log.clone(), pipes, exit: None, spawned_at })
     }
 
     pub fn pid(&self) -> i32 {
@@ -146,14 +148,8 @@ impl Process {
     }
 
     /// The addresses announced so far.
-    pub fn listening(&mut self) -> &Listening {
-        while let Ok(announce) = self.announced.try_recv() {
-            match announce {
-                Announce::Http(addr) => self.listening.http = Some(addr),
-                Announce::Rpc(addr) => self.listening.rpc = Some(addr),
-            }
-        }
-        &self.listening
+    pub fn listening(&self) -> Listening {
+        self.pipes.state().listening.clone()
     }
 
     /// Wait until the process has announced every one of `listeners`; fails if it exits first or stays silent
@@ -165,7 +161,7 @@ impl Process {
             }
             let listening = self.listening();
             let missing: Vec<Listener> = listeners.iter().copied().filter(|l| !listening.has(*l)).collect();
-            if missing.is_empty() { Ok(Ok(listening.clone())) } else { Err(format!("{missing:?}")) }
+            if missing.is_empty() { Ok(Ok(listening)) } else { Err(format!("{missing:?}")) }
         })
         .await;
         match waited {
@@ -184,7 +180,7 @@ impl Process {
     }
 
     /// Send `signal`; nothing once the process is reaped (its pid may belong to another process by then).
-    pub fn signal(&mut self, signal: Signal) {
+    pub fn signal(&self, signal: Signal) {
         if self.exit.is_none() {
             send(self.pid, signal.number());
         }
@@ -241,7 +237,8 @@ impl Process {
     fn reaped(&mut self, status: ExitStatus) {
         self.exit = Some(status);
         // Its last lines may still be in the pipes: give the drains a moment so the log is complete.
-        let _ = self.drained.recv_timeout(DRAIN_WAIT);
+        let state = self.pipes.state();
+        let _waited = self.pipes.closed.wait_timeout_while(state, DRAIN_WAIT, |state| state.open > 0);
     }
 }
 
@@ -264,28 +261,33 @@ fn send(pid: i32, signal: libc::c_int) {
     }
 }
 
-/// Copy a pipe into `log` on a thread of its own, line by line, reporting the listening lines it sees; the
-/// thread ends (dropping `done`) when the pipe closes.
-fn drain(pipe: impl Read + Send + 'static, log: Log, announce: mpsc::Sender<Announce>, done: mpsc::Sender<()>) {
+/// Copy a pipe into `log` on a thread of its own, line by line, recording the listening lines it sees, until
+/// the pipe closes.
+fn drain(pipe: impl Read + Send + 'static, log: Log, pipes: Arc<Pipes>) {
     std::thread::spawn(move || {
-        let _done = done;
-        let mut reader = BufReader::new(pipe);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            let text = String::from_utf8_lossy(&line);
-            if let Some(addr) = addr_after(&text, HTTP_LISTENING) {
-                let _ = announce.send(Announce::Http(addr));
-            } else if let Some(addr) = addr_after(&text, RPC_LISTENING) {
-                let _ = announce.send(Announce::Rpc(addr));
-            }
-            log.append(&text);
-        }
+        copy_lines(pipe, &log, &pipes);
+        pipes.state().open -= 1;
+        pipes.closed.notify_all();
     });
+}
+
+fn copy_lines(pipe: impl Read, log: &Log, pipes: &Pipes) {
+    let mut reader = BufReader::new(pipe);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let text = String::from_utf8_lossy(&line);
+        if let Some(addr) = addr_after(&text, HTTP_LISTENING) {
+            pipes.state().listening.http = Some(addr);
+        } else if let Some(addr) = addr_after(&text, RPC_LISTENING) {
+            pipes.state().listening.rpc = Some(addr);
+        }
+        log.append(&text);
+    }
 }
 
 /// The `host:port` printed after `marker` in a log line (an optional `http://` and any path dropped).
@@ -360,7 +362,7 @@ mod tests {
     fn a_panic_kills_and_reaps_the_process() {
         let dir = tempfile::tempdir().unwrap();
         let binary = script(dir.path(), "exec sleep 60");
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = std::sync::mpsc::channel();
         let panicked = std::thread::spawn(move || {
             let process = Process::spawn(&mut kairos_command(&binary), &Log::memory()).unwrap();
             tx.send(process.pid()).unwrap();
