@@ -1,19 +1,22 @@
-//! The harness's one HTTP client: a pooled reqwest client bound to one server's base URL (always loopback),
-//! with a timeout on every request and helpers for the few calls the scenarios make.
+//! The harness's one HTTP client: the test kit's client bound to one server's base URL (always loopback), with a
+//! timeout on every request and helpers for the few calls the scenarios make, which answer errors instead of
+//! failing a test.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use jiff::Timestamp;
+use kairos_testkit::{Client, Reply};
 use serde::Deserialize;
 
 /// No single request may take longer (a 5,000-job restore on a slow disk included).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a status probe may take.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct Api {
-    http: reqwest::Client,
-    base: String,
+    client: Client,
 }
 
 /// An execution as the API lists it: only the fields the harness reads.
@@ -52,17 +55,12 @@ pub struct Member {
     pub status: String,
 }
 
-/// reqwest is built without a default TLS provider; plain HTTP still needs one installed.
-pub fn install_crypto_provider() {
-    let _already_installed = rustls::crypto::ring::default_provider().install_default();
-}
-
 impl Api {
     pub fn new(base: &str) -> anyhow::Result<Api> {
         if !base.starts_with("http://127.0.0.1:") {
             bail!("refusing to talk to '{base}': the harness only talks to 127.0.0.1");
         }
-        install_crypto_provider();
+        kairos_testkit::install_crypto_provider();
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(REQUEST_TIMEOUT)
@@ -70,87 +68,63 @@ impl Api {
             .pool_max_idle_per_host(256)
             .build()
             .context("building the HTTP client")?;
-        Ok(Api { http, base: base.to_string() })
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        Ok(Api { client: Client::with_http(http, base) })
     }
 
     /// The status code of a GET, or an error when no answer came.
     pub async fn status(&self, path: &str) -> anyhow::Result<u16> {
-        let response = self.http.get(self.url(path)).timeout(Duration::from_secs(5)).send().await?;
-        Ok(response.status().as_u16())
+        Ok(self.client.try_request("GET", path, None, Some(STATUS_TIMEOUT)).await?.status)
     }
 
     /// POST a JSON body; the time it took, or an error carrying the status and the server's message.
     pub async fn post_json(&self, path: &str, body: String) -> anyhow::Result<Duration> {
         let start = Instant::now();
-        let response = self
-            .http
-            .post(self.url(path))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .with_context(|| format!("POST {path}"))?;
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        if !status.is_success() {
-            bail!("POST {path}: {status}: {}", text.chars().take(300).collect::<String>());
-        }
+        self.send("POST", path, Some(body), None).await?;
         Ok(start.elapsed())
     }
 
     /// GET a JSON answer within `timeout`; an error unless the server answers 200.
     pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str, timeout: Duration) -> anyhow::Result<T> {
-        let response =
-            self.http.get(self.url(path)).timeout(timeout).send().await.with_context(|| format!("GET {path}"))?;
-        let status = response.status();
-        if !status.is_success() {
-            let text = response.text().await.unwrap_or_default();
-            bail!("GET {path}: {status}: {}", text.chars().take(300).collect::<String>());
-        }
-        response.json().await.with_context(|| format!("GET {path}: unexpected JSON"))
+        let reply = self.send("GET", path, None, Some(timeout)).await?;
+        serde_json::from_str(&reply.text).with_context(|| format!("GET {path}: unexpected JSON"))
     }
 
     /// PATCH a JSON body; an error carrying the status and the server's message unless it succeeds.
     pub async fn patch_json(&self, path: &str, body: String) -> anyhow::Result<()> {
-        let response = self
-            .http
-            .patch(self.url(path))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .with_context(|| format!("PATCH {path}"))?;
-        let status = response.status();
-        if !status.is_success() {
-            let text = response.text().await.unwrap_or_default();
-            bail!("PATCH {path}: {status}: {}", text.chars().take(300).collect::<String>());
-        }
+        self.send("PATCH", path, Some(body), None).await?;
         Ok(())
     }
 
     /// `GET /v1/jobs?_end=1`: the `X-Total-Count` header, when the server answers 200.
     pub async fn job_count(&self, timeout: Duration) -> anyhow::Result<u64> {
-        let response = self.http.get(self.url("/v1/jobs?_end=1")).timeout(timeout).send().await?;
-        if response.status() != 200 {
-            bail!("GET /v1/jobs: {}", response.status());
+        let reply = self.client.try_request("GET", "/v1/jobs?_end=1", None, Some(timeout)).await?;
+        if reply.status != 200 {
+            bail!("GET /v1/jobs: {}", reply.status);
         }
-        let header = response.headers().get("x-total-count").context("GET /v1/jobs: no X-Total-Count header")?;
-        let count = header.to_str()?.parse()?;
-        Ok(count)
+        let count = reply.total_count().context("GET /v1/jobs: no X-Total-Count header")?;
+        Ok(count as u64)
     }
 
     /// Up to `limit` executions of a job, newest first.
     pub async fn executions(&self, job: &str, limit: u32) -> anyhow::Result<Vec<Execution>> {
         let path = format!("/v1/jobs/{job}/executions?_start=0&_end={limit}");
-        let response = self.http.get(self.url(&path)).send().await.with_context(|| format!("GET {path}"))?;
-        let status = response.status();
-        if !status.is_success() {
-            bail!("GET {path}: {status}");
+        let reply = self.send("GET", &path, None, None).await?;
+        serde_json::from_str(&reply.text).with_context(|| format!("GET {path}: not a list of executions"))
+    }
+
+    /// One JSON request; an error carrying the status and the start of the server's message unless it is a 2xx.
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+        timeout: Option<Duration>,
+    ) -> anyhow::Result<Reply> {
+        let reply =
+            self.client.try_request(method, path, body, timeout).await.with_context(|| format!("{method} {path}"))?;
+        if !(200..300).contains(&reply.status) {
+            bail!("{method} {path}: {}: {}", reply.status, reply.text.chars().take(300).collect::<String>());
         }
-        response.json().await.with_context(|| format!("GET {path}: not a list of executions"))
+        Ok(reply)
     }
 }

@@ -9,9 +9,10 @@
 
 use std::net::{TcpListener, UdpSocket};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
+use kairos_testkit::poll_until;
 
 use crate::client::{Api, Member};
 use crate::server::{Agent, Launcher, Launching, Server, Stopped, problem_kinds};
@@ -90,16 +91,11 @@ impl Cluster {
     /// answers the leader's name.
     pub async fn wait_ready(&self, budget: Duration) -> anyhow::Result<String> {
         let expected = self.servers.iter().flatten().count() + self.agents.len();
-        let deadline = Instant::now() + budget;
-        let mut seen = String::from("nothing yet");
-        while Instant::now() < deadline {
-            match self.readiness(expected).await {
-                Ok(leader) => return Ok(leader),
-                Err(err) => seen = format!("{err:#}"),
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
-        bail!("the cluster was not ready within {budget:?}; last seen: {seen}\n{}", self.log_tails(10))
+        let ready = async || self.readiness(expected).await.map_err(|err| format!("{err:#}"));
+        poll_until(budget, POLL_INTERVAL, ready).await.map_err(|timed_out| {
+            let seen = timed_out.seen.unwrap_or_else(|| "nothing yet".to_string());
+            anyhow!("the cluster was not ready within {budget:?}; last seen: {seen}\n{}", self.log_tails(10))
+        })
     }
 
     async fn readiness(&self, expected: usize) -> anyhow::Result<String> {
@@ -153,26 +149,20 @@ impl Cluster {
 
     /// The leader's API, waiting (bounded) until the servers name one that runs.
     pub async fn leader_api(&self, budget: Duration) -> anyhow::Result<Api> {
-        let deadline = Instant::now() + budget;
-        loop {
-            let err = match self.leader().await {
-                Ok((index, name)) => match self.server(index) {
-                    Some(server) => return Ok(server.api.clone()),
-                    None => anyhow::anyhow!("the servers name '{name}' as the leader, which does not run"),
-                },
-                Err(err) => err,
-            };
-            if Instant::now() >= deadline {
-                return Err(err);
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
+        let running_leader = async || match self.leader().await {
+            Ok((index, name)) => match self.server(index) {
+                Some(server) => Ok(server.api.clone()),
+                None => Err(format!("the servers name '{name}' as the leader, which does not run")),
+            },
+            Err(err) => Err(format!("{err:#}")),
+        };
+        poll_until(budget, POLL_INTERVAL, running_leader).await.map_err(|timed_out| anyhow!("{timed_out}"))
     }
 
     /// `kill -9` a server and reap it.
     pub fn kill9_server(&mut self, index: usize) -> anyhow::Result<()> {
         let mut server = self.servers.get_mut(index).and_then(Option::take).context("no such live server")?;
-        server.process.kill9()?;
+        server.process.kill9();
         Ok(())
     }
 
@@ -187,7 +177,7 @@ impl Cluster {
     pub async fn stop(mut self) -> Vec<(String, anyhow::Result<Stopped>)> {
         let mut stopped = Vec::new();
         for (name, agent) in self.agent_names.iter().zip(&mut self.agents) {
-            stopped.push((name.clone(), agent.process.stop().await));
+            stopped.push((name.clone(), Ok(crate::server::stop(&mut agent.process).await)));
         }
         for (name, server) in self.server_names.iter().zip(&mut self.servers) {
             if let Some(server) = server.take() {

@@ -1,16 +1,17 @@
-//! Real `kairos agent` processes: found next to this binary, started on free loopback ports with their stderr in a
-//! log file, watched until they listen (and, alone, until they lead), stopped with SIGTERM (SIGKILL if they do not
-//! exit in time) or killed outright.
+//! Real `kairos agent` processes: found next to this binary, started on free loopback ports with their output in
+//! a log file, watched until they listen (and, alone, until they lead), stopped with SIGTERM (SIGKILL if they do
+//! not exit in time) or killed outright.
 //!
-//! A [`Server`] (HTTP API) and an [`Agent`] (agent-only node, no API) each own a [`Process`]; dropping a process
-//! that is still running kills it (SIGKILL) and reaps it, so an error or a panic in a scenario never leaves a
-//! process behind.
+//! A [`Server`] (HTTP API) and an [`Agent`] (agent-only node, no API) each own a test-kit [`Process`]; dropping a
+//! process that is still running kills it (SIGKILL) and reaps it, so an error or a panic in a scenario never
+//! leaves a process behind.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use kairos_testkit::{Listener, Log, Process, kairos_command, poll_until};
 
 use crate::client::Api;
 
@@ -19,9 +20,6 @@ const LISTEN_WAIT_MAX: Duration = Duration::from_secs(600);
 /// How long SIGTERM may take before SIGKILL (the server's own grace for running executions is 30 s).
 const STOP_WAIT_MAX: Duration = Duration::from_secs(60);
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
-const LISTENING: &str = "HTTP API listening on http://";
-/// What an agent-only node prints once its node-to-node listener is up (it has no HTTP API).
-const RPC_LISTENING: &str = "RPC listening on ";
 
 /// The `kairos` binary: `--kairos PATH`, else the one built next to this executable.
 pub fn locate_kairos(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
@@ -115,107 +113,45 @@ pub struct ServerSpec {
     pub flags: Vec<String>,
 }
 
-/// One spawned `kairos` process. Dropping it while it runs kills it (SIGKILL) and reaps it.
-pub struct Process {
-    child: Child,
-    pub pid: u32,
-    log_path: PathBuf,
-    /// When the process was spawned.
-    pub spawned_at: Instant,
+/// Spawn `kairos agent --data-dir … <flags>` with its output in the spec's log file; does not wait for anything.
+pub fn spawn(spec: &ServerSpec) -> anyhow::Result<Process> {
+    std::fs::create_dir_all(&spec.data_dir).with_context(|| format!("creating {}", spec.data_dir.display()))?;
+    let log = Log::file(&spec.log_path).with_context(|| format!("creating {}", spec.log_path.display()))?;
+    let mut command = kairos_command(&spec.binary);
+    command
+        .args(["agent", "--data-dir"])
+        .arg(&spec.data_dir)
+        .args(&spec.flags)
+        // Run where no ./config/kairos.yml can be picked up.
+        .current_dir(spec.data_dir.parent().unwrap_or(&spec.data_dir));
+    if let Some(filter) = &spec.log_filter {
+        command.env("KAIROS_LOG", filter);
+    }
+    Process::spawn(&mut command, &log).with_context(|| format!("starting {}", spec.binary.display()))
 }
 
-impl Process {
-    /// Spawn `kairos agent --data-dir … <flags>` with stderr in the spec's log file; does not wait for anything.
-    pub fn spawn(spec: &ServerSpec) -> anyhow::Result<Process> {
-        std::fs::create_dir_all(&spec.data_dir).with_context(|| format!("creating {}", spec.data_dir.display()))?;
-        let log =
-            std::fs::File::create(&spec.log_path).with_context(|| format!("creating {}", spec.log_path.display()))?;
-        let mut command = Command::new(&spec.binary);
-        command
-            .args(["agent", "--data-dir"])
-            .arg(&spec.data_dir)
-            .args(&spec.flags)
-            // Run where no ./config/kairos.yml can be picked up, with none of our KAIROS_* settings.
-            .current_dir(spec.data_dir.parent().unwrap_or(&spec.data_dir))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("KAIROS_") {
-                command.env_remove(key);
-            }
-        }
-        if let Some(filter) = &spec.log_filter {
-            command.env("KAIROS_LOG", filter);
-        }
-        let spawned_at = Instant::now();
-        let child = command.spawn().with_context(|| format!("starting {}", spec.binary.display()))?;
-        Ok(Process { pid: child.id(), child, log_path: spec.log_path.clone(), spawned_at })
+/// Wait (bounded) until the process announces `listener`; answers the (loopback) address.
+async fn wait_listening(process: &mut Process, listener: Listener) -> anyhow::Result<String> {
+    let listening = match process.wait_listening(&[listener], LISTEN_WAIT_MAX).await {
+        Ok(listening) => listening,
+        Err(error) => bail!("{error}:\n{}", process.log().tail(20)),
+    };
+    let addr = match listener {
+        Listener::Http => listening.http,
+        Listener::Rpc => listening.rpc,
+    };
+    let addr = addr.context("the awaited address is announced")?;
+    if !addr.starts_with("127.0.0.1:") {
+        bail!("kairos listens on '{addr}', not on loopback");
     }
-
-    /// Wait (bounded) until the process prints a line containing `marker`; answers what follows it on the line
-    /// (a loopback address).
-    async fn wait_line(&mut self, marker: &str) -> anyhow::Result<String> {
-        let deadline = Instant::now() + LISTEN_WAIT_MAX;
-        while Instant::now() < deadline {
-            let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-            if let Some(addr) = log.lines().find_map(|l| l.split_once(marker)) {
-                let addr = addr.1.trim().to_string();
-                if !addr.starts_with("127.0.0.1:") {
-                    bail!("kairos listens on '{addr}', not on loopback");
-                }
-                return Ok(addr);
-            }
-            if let Some(status) = self.child.try_wait()? {
-                bail!("kairos exited ({status}) before listening:\n{}", self.log_tail(20));
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
-        bail!("kairos did not print '{marker}' within {LISTEN_WAIT_MAX:?}:\n{}", self.log_tail(20))
-    }
-
-    /// `kill -9` and reap: the process is gone when this returns.
-    pub fn kill9(&mut self) -> anyhow::Result<ExitStatus> {
-        if let Some(status) = self.child.try_wait()? {
-            return Ok(status);
-        }
-        signal(self.pid, libc::SIGKILL);
-        Ok(self.child.wait()?)
-    }
-
-    /// SIGTERM, wait (bounded), SIGKILL if still alive.
-    pub async fn stop(&mut self) -> anyhow::Result<Stopped> {
-        let start = Instant::now();
-        if let Some(status) = self.child.try_wait()? {
-            return Ok(Stopped { took: Duration::ZERO, status, killed: false });
-        }
-        signal(self.pid, libc::SIGTERM);
-        let mut killed = false;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(Stopped { took: start.elapsed(), status, killed });
-            }
-            if !killed && start.elapsed() > STOP_WAIT_MAX {
-                signal(self.pid, libc::SIGKILL);
-                killed = true;
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
-    }
-
-    /// The last `lines` lines the process wrote to stderr.
-    pub fn log_tail(&self, lines: usize) -> String {
-        log_tail(&self.log_path, lines)
-    }
+    Ok(addr)
 }
 
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            signal(self.pid, libc::SIGKILL);
-            let _ = self.child.wait();
-        }
-    }
+/// SIGTERM, wait (bounded), SIGKILL if still alive.
+pub async fn stop(process: &mut Process) -> Stopped {
+    let start = Instant::now();
+    let (status, killed) = process.stop(STOP_WAIT_MAX).await;
+    Stopped { took: start.elapsed(), status, killed }
 }
 
 /// A spawned process that has not yet printed its listening line (see [`Launching::server`], [`Launching::agent`]).
@@ -227,21 +163,21 @@ pub struct Launching {
 
 impl Launching {
     pub fn spawn(spec: &ServerSpec) -> anyhow::Result<Launching> {
-        Ok(Launching { process: Process::spawn(spec)? })
+        Ok(Launching { process: spawn(spec)? })
     }
 
     /// Wait until the server's HTTP API listens.
     pub async fn server(mut self) -> anyhow::Result<Server> {
-        let addr = self.process.wait_line(LISTENING).await?;
+        let addr = wait_listening(&mut self.process, Listener::Http).await?;
         let api = Api::new(&format!("http://{addr}"))?;
-        let (pid, spawned_at) = (self.process.pid, self.process.spawned_at);
+        let (pid, spawned_at) = (pid(&self.process), self.process.spawned_at());
         Ok(Server { process: self.process, pid, api, spawned_at, listening_at: Instant::now() })
     }
 
     /// Wait until the agent-only node's RPC listener is up.
     pub async fn agent(mut self) -> anyhow::Result<Agent> {
-        self.process.wait_line(RPC_LISTENING).await?;
-        Ok(Agent { pid: self.process.pid, process: self.process })
+        wait_listening(&mut self.process, Listener::Rpc).await?;
+        Ok(Agent { pid: pid(&self.process), process: self.process })
     }
 }
 
@@ -278,35 +214,27 @@ impl Server {
 
     /// Wait (bounded) until `GET /v1/isleader` answers 200.
     pub async fn wait_leader(&self, budget: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + budget;
-        while Instant::now() < deadline {
-            if self.api.status("/v1/isleader").await.ok() == Some(200) {
-                return Ok(());
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
+        let leads = async || (self.api.status("/v1/isleader").await.ok() == Some(200)).then_some(());
+        if poll_until(budget, POLL_INTERVAL, leads).await.is_err() {
+            bail!("kairos did not become leader within {budget:?}:\n{}", self.log_tail(20))
         }
-        bail!("kairos did not become leader within {budget:?}:\n{}", self.log_tail(20))
+        Ok(())
     }
 
     /// SIGTERM, wait (bounded), SIGKILL if still alive.
     pub async fn stop(mut self) -> anyhow::Result<Stopped> {
-        self.process.stop().await
+        Ok(stop(&mut self.process).await)
     }
 
-    /// The last `lines` lines the server wrote to stderr.
+    /// The last `lines` lines the server wrote.
     pub fn log_tail(&self, lines: usize) -> String {
-        self.process.log_tail(lines)
+        self.process.log().tail(lines)
     }
 }
 
-fn signal(pid: u32, signal: libc::c_int) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return;
-    };
-    // SAFETY: kill(2) on a child we spawned and have not yet reaped, so the pid cannot have been reused.
-    unsafe {
-        libc::kill(pid, signal);
-    }
+/// The pid as /proc and the meters name it.
+fn pid(process: &Process) -> u32 {
+    u32::try_from(process.pid()).expect("a child's pid is positive")
 }
 
 pub fn log_tail(path: &Path, lines: usize) -> String {
@@ -384,32 +312,6 @@ pub fn problem_kind(line: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A stand-in for `kairos`: ignores its arguments and sleeps.
-    fn sleeper(dir: &Path) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
-        let path = dir.join("kairos");
-        std::fs::write(&path, "#!/bin/sh\nexec sleep 60\n").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        path
-    }
-
-    #[test]
-    fn a_panic_kills_and_reaps_the_process() {
-        let dir = tempfile::tempdir().unwrap();
-        let launcher = Launcher { binary: sleeper(dir.path()), log_dir: None, log_filter: None };
-        let spec = launcher.node_spec(dir.path(), "node", Vec::new());
-        let (tx, rx) = std::sync::mpsc::channel();
-        let panicked = std::thread::spawn(move || {
-            let process = Process::spawn(&spec).unwrap();
-            tx.send(process.pid).unwrap();
-            panic!("a scenario fails");
-        })
-        .join();
-        assert!(panicked.is_err());
-        let pid = rx.recv().unwrap();
-        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "process {pid} outlived the panic");
-    }
 
     #[test]
     fn problem_kinds_ignore_timestamps_numbers_and_error_chains() {

@@ -207,7 +207,7 @@ async fn cluster_forms_and_runs_jobs_where_tags_say() {
 
     for i in cluster.live_servers() {
         let server = cluster.server(i);
-        let job = wait_for(&format!("{} serves the tagged job, disabled", server.name()), secs(10), async || {
+        let job = wait_until(&format!("{} serves the tagged job, disabled", server.name()), secs(10), async || {
             let reply = server.try_request("GET", "/v1/jobs/tagged", None, secs(5)).await;
             match reply {
                 Some(r) if r.status == 200 && r.json["disabled"] == true => Ok(r.json),
@@ -220,7 +220,7 @@ async fn cluster_forms_and_runs_jobs_where_tags_say() {
 
     for i in cluster.live_servers() {
         let server = cluster.server(i);
-        let members = wait_for(&format!("{} lists five nodes alive", server.name()), FORM_DEADLINE, async || {
+        let members = wait_until(&format!("{} lists five nodes alive", server.name()), FORM_DEADLINE, async || {
             let members = server.members().await.ok_or_else(|| "no answer to /v1/members".to_string())?;
             let alive = members.iter().filter(|m| m.status_text == "alive").count();
             if members.len() == 5 && alive == 5 { Ok(members) } else { Err(format!("{members:#?}")) }
@@ -316,7 +316,7 @@ async fn paused_leader_makes_no_duplicates() {
 
     let now_leading = cluster.wait_leader().await;
     cluster.note(&format!("leader after the pause: {}", cluster.node_name(now_leading)));
-    wait_for("every job fired after the old leader woke up", secs(20), async || {
+    wait_until("every job fired after the old leader woke up", secs(20), async || {
         for name in &names {
             let execs = cluster.try_executions(name).await?;
             if !execs.iter().any(|e| e.is_final() && e.scheduled_at > resumed) {
@@ -388,7 +388,7 @@ async fn agent_killed_mid_run_is_lost_and_retried_elsewhere() {
     assert_eq!(retry.scheduled_at, first.scheduled_at, "a retry is of the same slot: {retry:?}");
 
     let dead = cluster.node_name(victim).to_string();
-    wait_for(&format!("a server lists {dead} failed"), secs(30), async || {
+    wait_until(&format!("a server lists {dead} failed"), secs(30), async || {
         let members = cluster.any_api().members().await.ok_or_else(|| "no answer".to_string())?;
         let member = members.iter().find(|m| m.name == dead).ok_or_else(|| format!("{dead} is not listed"))?;
         if (member.status, member.status_text.as_str()) == (4, "failed") { Ok(()) } else { Err(format!("{member:?}")) }
@@ -448,7 +448,7 @@ async fn leader_leave_moves_leadership_without_losing_slots() {
     let gone = cluster.node_name(leader).to_string();
     for i in cluster.live_servers() {
         let server = cluster.server(i);
-        wait_for(&format!("{} lists {gone} as left", server.name()), FORM_DEADLINE, async || {
+        wait_until(&format!("{} lists {gone} as left", server.name()), FORM_DEADLINE, async || {
             let members = server.members().await.ok_or_else(|| "no answer".to_string())?;
             match members.iter().find(|m| m.name == gone) {
                 None => Ok(()),
@@ -459,7 +459,7 @@ async fn leader_leave_moves_leadership_without_losing_slots() {
         .await;
     }
     let remaining: Vec<String> = cluster.live_servers().iter().map(|&i| cluster.node_name(i).to_string()).collect();
-    let peers = wait_for("the Raft configuration has the two remaining servers", secs(20), async || {
+    let peers = wait_until("the Raft configuration has the two remaining servers", secs(20), async || {
         let peers = cluster.raft_peers(new_leader).await;
         let mut names: Vec<String> = peers.iter().map(|p| p.node.clone()).collect();
         names.sort();
@@ -552,7 +552,7 @@ async fn expect_everywhere(cluster: &Cluster, recorded: &Snapshot, when: &str) {
     for i in cluster.live_servers() {
         let server = cluster.server(i);
         let what = format!("{} serves every recorded job and execution {when}", server.name());
-        wait_for(&what, secs(30), async || {
+        wait_until(&what, secs(30), async || {
             let seen = snapshot(server, &jobs).await?;
             if &seen == recorded { Ok(()) } else { Err(differences(recorded, &seen)) }
         })
@@ -632,7 +632,7 @@ async fn wait_peers_are_the_live_servers(cluster: &Cluster, when: &str) -> usize
     let mut expected: Vec<String> = cluster.live_servers().iter().map(|&i| cluster.node_name(i).to_string()).collect();
     expected.sort();
     let what = format!("every live server lists the voters {expected:?} under the leader {when}");
-    let leader = wait_for(&what, FORM_DEADLINE, async || {
+    let leader = wait_until(&what, FORM_DEADLINE, async || {
         let leader = cluster.leader().await?;
         for i in cluster.live_servers() {
             let (names, peers) = voters_under_one_leader(cluster, i).await?;
@@ -688,7 +688,7 @@ async fn joining_and_removing_servers() {
     assert_eq!(cluster.live_servers().len(), 4);
 
     let server = cluster.server(joined);
-    let served = wait_for(&format!("{newcomer} serves the jobs created before it joined"), secs(30), async || {
+    let served = wait_until(&format!("{newcomer} serves the jobs created before it joined"), secs(30), async || {
         let reply = server.try_request("GET", "/v1/jobs", None, secs(5)).await.ok_or("no answer")?;
         if reply.status != 200 {
             return Err(format!("{} {}", reply.status, reply.text));
@@ -914,7 +914,7 @@ async fn a_server_back_on_a_new_address_is_found_again() {
     cluster.restart_on_new_rpc_port(mover).await;
     let new_addr = cluster.rpc_addr(mover).to_string();
     assert_ne!(old_addr, new_addr, "the harness gave {name} a new RPC port");
-    wait_for(&format!("the Raft configuration names {name} at {new_addr}"), secs(30), async || {
+    wait_until(&format!("the Raft configuration names {name} at {new_addr}"), secs(30), async || {
         let peers = cluster.raft_peers(leader).await;
         match peers.iter().find(|p| p.node == name) {
             Some(peer) if peer.address == new_addr && peer.voter => Ok(()),

@@ -13,7 +13,7 @@ mod ui_common;
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
-use ui_common::{Browser, Server, serial, wait_until};
+use ui_common::{Browser, DEADLINE, Server, serial, wait_until};
 
 fn execution_statuses(executions: &Value) -> Vec<String> {
     executions
@@ -72,15 +72,15 @@ async fn editor_shows_the_api_error_next_to_the_field_then_the_new_job_fires_liv
 
     // The job fires; its execution appears on the open page without a reload.
     let link = browser.find("#job-live tr[data-status='succeeded'] a").await;
-    browser.assert_only_requests(&server.base).await;
+    browser.assert_only_requests(server.base()).await;
     link.click().await.expect("open the execution");
-    wait_until("the execution page opens", async || {
+    wait_until("the execution page opens", DEADLINE, async || {
         browser.path().await.starts_with("/ui/jobs/hello-ui/executions/").then_some(())
     })
     .await;
     browser.wait_text("#output", "the output is shown", |t| t.contains("hello from the ui")).await;
     browser.wait_text("#exec-status", "the status is shown", |t| t == "succeeded").await;
-    browser.assert_only_requests(&server.base).await;
+    browser.assert_only_requests(server.base()).await;
     let (_, job) = server.api("GET", "/v1/jobs/hello-ui", None).await;
     assert_eq!(job["displayname"], "Hello from JSON");
     browser.stop().await;
@@ -115,7 +115,7 @@ async fn a_running_execution_is_followed_live_and_cancelled() {
     browser.wait_text("#follow-state", "following stops", |t| t == "finished: cancelled").await;
     let (_, executions) = server.api("GET", "/v1/jobs/sleeper/executions", None).await;
     assert_eq!(execution_statuses(&executions), ["cancelled"]);
-    browser.assert_only_requests(&server.base).await;
+    browser.assert_only_requests(server.base()).await;
     browser.stop().await;
 }
 
@@ -207,7 +207,7 @@ async fn every_page_loads_from_the_server_alone() {
         .await;
     let (status, _) = server.api("POST", "/v1/jobs/solo/run", None).await;
     assert_eq!(status, 202);
-    let id = wait_until("the manual run finishes", async || {
+    let id = wait_until("the manual run finishes", DEADLINE, async || {
         let (_, executions) = server.api("GET", "/v1/jobs/solo/executions", None).await;
         let first = executions.as_array()?.first()?.clone();
         (first["status"] == "succeeded").then(|| first["id"].as_str().map(String::from)).flatten()
@@ -215,7 +215,7 @@ async fn every_page_loads_from_the_server_alone() {
     .await;
     let browser = Browser::start().await;
 
-    browser.goto(&server.base).await;
+    browser.goto(server.base()).await;
     browser.wait_path("/ui/").await;
     let pages = [
         "/ui/".to_string(),
@@ -231,11 +231,11 @@ async fn every_page_loads_from_the_server_alone() {
     for page in pages {
         browser.goto(&server.url(&page)).await;
         browser.find("main h1").await;
-        wait_until("the page has loaded", async || {
+        wait_until("the page has loaded", DEADLINE, async || {
             (browser.script("return document.readyState;").await == "complete").then_some(())
         })
         .await;
-        browser.assert_only_requests(&server.base).await;
+        browser.assert_only_requests(server.base()).await;
         let errors = browser.script("return document.querySelectorAll('#flash.error').length;").await;
         assert_eq!(errors, 0, "{page} shows an error");
     }
@@ -250,7 +250,7 @@ async fn the_ui_is_served_at_ui_and_can_be_turned_off() {
     let root = no_redirects.get(server.url("/")).send().await.unwrap();
     assert_eq!(root.status().as_u16(), 303);
     assert_eq!(root.headers()["location"], "/ui/");
-    let page = server.http.get(server.url("/ui/")).send().await.unwrap();
+    let page = server.client.http().get(server.url("/ui/")).send().await.unwrap();
     assert_eq!(page.status().as_u16(), 200);
     assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     let policy = page.headers()["content-security-policy"].to_str().unwrap().to_string();
@@ -303,7 +303,7 @@ async fn seed(server: &Server) {
         let (status, _) = server.api("POST", &format!("/v1/jobs/{name}/run"), None).await;
         assert_eq!(status, 202);
     }
-    wait_until("the jobs have some history", async || {
+    wait_until("the jobs have some history", DEADLINE, async || {
         let (_, executions) = server.api("GET", "/v1/jobs/heartbeat/executions", None).await;
         let (_, flaky) = server.api("GET", "/v1/jobs/flaky-sync/executions?status=failed", None).await;
         (executions.as_array()?.len() >= 10 && !flaky.as_array()?.is_empty()).then_some(())
@@ -345,7 +345,7 @@ async fn screenshots_of_the_main_pages() {
         if page.contains("long-export") {
             browser.wait_text("#output", "output streams in", |t| t.lines().count() >= 3).await;
         }
-        browser.assert_only_requests(&server.base).await;
+        browser.assert_only_requests(server.base()).await;
         let png = browser.screenshot().await;
         assert!(png.starts_with(b"\x89PNG"), "{file} is not a PNG");
         if write {

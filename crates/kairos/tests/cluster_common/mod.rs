@@ -17,23 +17,24 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use kairos_testkit::{Client, LaunchError, Listener, Listening, Log, Process, Signal, kairos_command};
 use serde::Deserialize;
 use tempfile::TempDir;
 
 use crate::common::{
-    Exec, KAIROS_BIN, Reply, Timestamp, Value, addr_after, drain_lines, finish_command, kill_leftover, millis,
-    process_alive,
+    Exec, KAIROS_BIN, Reply, Timestamp, Value, finish_command, kill_leftover, process_alive, wait_until,
 };
 
 /// How long the nodes of one (re)start may take, together, to print their listening lines.
 pub const NODE_START_DEADLINE: Duration = Duration::from_secs(30);
+/// How long dropped nodes may take, together, to stop their runs after SIGTERM before they are killed.
+const DROP_GRACE: Duration = Duration::from_secs(10);
 /// How long a cluster may take to elect a leader known to every live server and to see every live node alive.
 pub const FORM_DEADLINE: Duration = Duration::from_secs(60);
 /// How long a stopped (or leaving) node may take to exit.
@@ -48,28 +49,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one `kairos` CLI command may run.
 const CLI_DEADLINE: Duration = Duration::from_secs(30);
-/// Poll interval of the waits.
-const POLL: Duration = Duration::from_millis(100);
-/// The lines (on stderr) that announce the bound addresses.
-const HTTP_LISTENING: &str = "kairos: HTTP API listening on http://";
-const RPC_LISTENING: &str = "kairos: RPC listening on ";
 /// Lines of each node's log printed when a test fails.
 const LOG_LINES_ON_FAILURE: usize = 200;
-
-/// Poll `probe` until it answers `Ok`, or fail after `within`, naming what was awaited and the last `Err` seen.
-pub async fn wait_for<T>(what: &str, within: Duration, mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        match probe().await {
-            Ok(value) => return value,
-            Err(seen) if Instant::now() >= deadline => {
-                panic!("timed out after {within:?} waiting until {what}\nlast seen: {seen}")
-            }
-            Err(_) => {}
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
 
 /// One line per execution, oldest slot first, with its id and the node that ran it, for failure messages.
 pub fn runs(execs: &[Exec]) -> String {
@@ -196,13 +177,8 @@ pub struct CliOutput {
 
 /// Run the `kairos` binary with `args` (no `KAIROS_*` environment), failing the test if it takes too long.
 pub async fn cli(args: &[&str]) -> CliOutput {
-    let mut command = tokio::process::Command::new(KAIROS_BIN);
-    command.args(args).stdin(Stdio::null()).kill_on_drop(true).env("NO_COLOR", "1");
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("KAIROS_") {
-            command.env_remove(&key);
-        }
-    }
+    let mut command = tokio::process::Command::from(kairos_command(Path::new(KAIROS_BIN)));
+    command.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let output = tokio::time::timeout(CLI_DEADLINE, command.output())
         .await
         .unwrap_or_else(|_| panic!("`kairos {}` did not finish within {CLI_DEADLINE:?}", args.join(" ")))
@@ -261,18 +237,6 @@ fn free_gossip_ports(count: usize, taken: &[u16]) -> Vec<u16> {
     held.into_iter().map(|(port, _, _)| port).collect()
 }
 
-fn signal(pid: i32, signal: i32) {
-    // SAFETY: kill(2) with a pid and a signal has no memory-safety preconditions.
-    unsafe {
-        libc::kill(pid, signal);
-    }
-}
-
-enum Announce {
-    Http(String),
-    Rpc(String),
-}
-
 /// One `kairos agent` process (server or agent-only), its data directory and its log across restarts.
 pub struct Node {
     name: String,
@@ -285,13 +249,14 @@ pub struct Node {
     extra: Vec<String>,
     /// 0 until the first launch bound a port; restarts reuse it.
     rpc_port: u16,
-    child: Option<Child>,
+    process: Option<Process>,
     paused: bool,
-    http_addr: Option<String>,
-    rpc_addr: Option<String>,
-    announce: Option<mpsc::Receiver<Announce>>,
-    log: Arc<Mutex<String>>,
+    /// What the last launch announced.
+    listening: Listening,
+    log: Log,
+    /// The cluster's connection pool; `api` is bound to the last launch's HTTP address.
     http: reqwest::Client,
+    api: Option<Client>,
 }
 
 impl Node {
@@ -305,15 +270,19 @@ impl Node {
 
     /// Running and not paused: it answers.
     pub fn is_live(&self) -> bool {
-        self.child.is_some() && !self.paused
+        self.process.is_some() && !self.paused
     }
 
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.process.is_some()
+    }
+
+    fn process(&mut self) -> &mut Process {
+        self.process.as_mut().unwrap_or_else(|| panic!("{} is not running", self.name))
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.as_ref().unwrap_or_else(|| panic!("{} is not running", self.name)).id() as i32
+        self.process.as_ref().unwrap_or_else(|| panic!("{} is not running", self.name)).pid()
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -326,13 +295,12 @@ impl Node {
 
     /// The node-to-node RPC address it announced (last launch).
     pub fn rpc_addr(&self) -> &str {
-        self.rpc_addr.as_deref().unwrap_or_else(|| panic!("{} has not announced its RPC address", self.name))
+        self.listening.rpc.as_deref().unwrap_or_else(|| panic!("{} has not announced its RPC address", self.name))
     }
 
     /// `http://host:port` of its API (servers only; last launch).
     pub fn http_base(&self) -> String {
-        let addr = self.http_addr.as_deref().unwrap_or_else(|| panic!("{} has no HTTP API address", self.name));
-        format!("http://{addr}")
+        self.api().base().to_string()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -341,15 +309,20 @@ impl Node {
 
     /// Everything the node printed so far, across restarts, with the harness's markers.
     pub fn log(&self) -> String {
-        self.log.lock().expect("log lock").clone()
+        self.log.text()
     }
 
     fn mark(&self, text: &str) {
-        self.log.lock().expect("log lock").push_str(&format!("=== {} {text} ===\n", Timestamp::now()));
+        self.log.append(&format!("=== {} {text} ===\n", Timestamp::now()));
+    }
+
+    /// The API client of the last launch (servers only).
+    pub fn api(&self) -> &Client {
+        self.api.as_ref().unwrap_or_else(|| panic!("{} has no HTTP API address", self.name))
     }
 
     fn command(&self) -> Command {
-        let mut command = Command::new(KAIROS_BIN);
+        let mut command = kairos_command(Path::new(KAIROS_BIN));
         command.arg("agent");
         if self.server {
             command.args(["--server", "--bootstrap-expect", &self.bootstrap_expect.to_string()]);
@@ -370,7 +343,7 @@ impl Node {
     }
 
     fn spawn(&mut self) {
-        assert!(self.child.is_none(), "{} is already running", self.name);
+        assert!(self.process.is_none(), "{} is already running", self.name);
         std::fs::create_dir_all(&self.data_dir).expect("data dir");
         self.mark(&format!(
             "starting {} ({}, gossip {}, rpc port {})",
@@ -379,43 +352,33 @@ impl Node {
             self.gossip_addr(),
             self.rpc_port
         ));
-        let mut child = self.command().spawn().expect("spawn kairos");
-        let (tx, rx) = mpsc::channel();
-        drain(child.stderr.take().expect("stderr"), self.log.clone(), Some(tx));
-        drain(child.stdout.take().expect("stdout"), self.log.clone(), None);
-        self.child = Some(child);
+        self.process = Some(Process::spawn(&mut self.command(), &self.log).expect("spawn kairos"));
         self.paused = false;
-        self.http_addr = None;
-        self.rpc_addr = None;
-        self.announce = Some(rx);
+        self.listening = Listening::default();
+        self.api = None;
     }
 
-    /// Whether the node has printed every listening line it owes (RPC, and HTTP for a server); fails the test
-    /// if it exited first.
-    fn poll_listening(&mut self) -> bool {
-        if let Some(rx) = &self.announce {
-            while let Ok(announce) = rx.try_recv() {
-                match announce {
-                    Announce::Http(addr) => self.http_addr = Some(addr),
-                    Announce::Rpc(addr) => self.rpc_addr = Some(addr),
-                }
+    /// Wait until the node has printed every listening line it owes (RPC, and HTTP for a server); fails the
+    /// test if it exits first.
+    async fn wait_listening(&mut self, within: Duration) {
+        let owed: &[Listener] = if self.server { &[Listener::Rpc, Listener::Http] } else { &[Listener::Rpc] };
+        match self.process().wait_listening(owed, within).await {
+            Ok(listening) => self.listening = listening,
+            Err(LaunchError::Exited(status)) => {
+                self.process = None;
+                self.mark(&format!("exited: {status}"));
+                panic!("{} exited ({status}) before it printed its listening lines", self.name);
             }
+            Err(silent) => panic!("{}: {silent}", self.name),
         }
-        if self.rpc_addr.is_some() && (!self.server || self.http_addr.is_some()) {
-            self.announce = None;
-            if self.rpc_port == 0 {
-                let addr = self.rpc_addr();
-                let port = addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok());
-                self.rpc_port = port.unwrap_or_else(|| panic!("{}: RPC address {addr:?} has no port", self.name));
-            }
-            return true;
+        if let Some(http) = &self.listening.http {
+            self.api = Some(Client::with_http(self.http.clone(), &format!("http://{http}")));
         }
-        if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-            self.child = None;
-            self.mark(&format!("exited: {status}"));
-            panic!("{} exited ({status}) before it printed its listening lines", self.name);
+        if self.rpc_port == 0 {
+            let addr = self.rpc_addr();
+            let port = addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok());
+            self.rpc_port = port.unwrap_or_else(|| panic!("{}: RPC address {addr:?} has no port", self.name));
         }
-        false
     }
 
     // --- HTTP (servers) ---
@@ -428,18 +391,8 @@ impl Node {
         body: Option<&Value>,
         timeout: Duration,
     ) -> Option<Reply> {
-        let base = self.http_addr.as_ref()?;
-        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut request = self.http.request(method, format!("http://{base}{path}")).timeout(timeout);
-        if let Some(body) = body {
-            request = request.header("content-type", "application/json").body(body.to_string());
-        }
-        let response = request.send().await.ok()?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let text = response.text().await.ok()?;
-        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Some(Reply { status, headers, text, json })
+        let api = self.api.as_ref()?;
+        api.try_request(method, path, body.map(Value::to_string), Some(timeout)).await.ok()
     }
 
     /// One request; fails the test when the node does not answer.
@@ -525,7 +478,7 @@ impl Cluster {
     /// `key=value` tags), all joining the servers' gossip addresses, with `extra_args` on every node; returns once
     /// every node printed its listening lines (call [`Cluster::wait_formed`] next).
     pub async fn start(servers: usize, agents: &[(&str, &[&str])], extra_args: &[&str]) -> Cluster {
-        kairos_agent::install_crypto_provider();
+        kairos_testkit::install_crypto_provider();
         let root = tempfile::Builder::new().prefix("kairos-cluster-").tempdir().expect("temporary dir");
         let http = reqwest::Client::builder().no_proxy().timeout(REQUEST_TIMEOUT).build().expect("http client");
         let ports = free_gossip_ports(servers + agents.len(), &[]);
@@ -543,13 +496,12 @@ impl Cluster {
                 retry_join: retry_join.clone(),
                 extra: args,
                 rpc_port: 0,
-                child: None,
+                process: None,
                 paused: false,
-                http_addr: None,
-                rpc_addr: None,
-                announce: None,
-                log: Arc::new(Mutex::new(String::new())),
+                listening: Listening::default(),
+                log: Log::memory(),
                 http: http.clone(),
+                api: None,
             }
         };
         let mut nodes: Vec<Node> = (0..servers).map(|i| node(format!("s{}", i + 1), true, ports[i], &[])).collect();
@@ -567,21 +519,10 @@ impl Cluster {
         for &i in indices {
             self.nodes[i].spawn();
         }
+        // Spawned together, waited for in turn: a server may announce itself only once its peers are up.
         let deadline = Instant::now() + NODE_START_DEADLINE;
-        loop {
-            let mut waiting = Vec::new();
-            for &i in indices {
-                if !self.nodes[i].poll_listening() {
-                    waiting.push(self.nodes[i].name.clone());
-                }
-            }
-            if waiting.is_empty() {
-                break;
-            }
-            if Instant::now() >= deadline {
-                panic!("{} did not print their listening lines within {NODE_START_DEADLINE:?}", waiting.join(", "));
-            }
-            tokio::time::sleep(millis(20)).await;
+        for &i in indices {
+            self.nodes[i].wait_listening(deadline.saturating_duration_since(Instant::now())).await;
         }
         let started: Vec<String> = indices.iter().map(|&i| self.describe(i)).collect();
         self.note(&format!("listening: {}", started.join("; ")));
@@ -589,7 +530,7 @@ impl Cluster {
 
     fn describe(&self, i: usize) -> String {
         let node = &self.nodes[i];
-        match &node.http_addr {
+        match &node.listening.http {
             Some(http) if node.server => format!("{} rpc {} http {http}", node.name, node.rpc_addr()),
             _ => format!("{} rpc {}", node.name, node.rpc_addr()),
         }
@@ -677,13 +618,12 @@ impl Cluster {
             retry_join: self.nodes.iter().filter(|n| n.server).map(Node::gossip_addr).collect(),
             extra,
             rpc_port: 0,
-            child: None,
+            process: None,
             paused: false,
-            http_addr: None,
-            rpc_addr: None,
-            announce: None,
-            log: Arc::new(Mutex::new(String::new())),
+            listening: Listening::default(),
+            log: Log::memory(),
             http: template.http.clone(),
+            api: None,
         };
         assert!(!node.data_dir.exists(), "{} must start with an empty data directory", node.name);
         self.note(&format!("adding server {} (retry-join {})", node.name, node.retry_join.join(", ")));
@@ -698,9 +638,8 @@ impl Cluster {
     /// SIGKILL: the node gets no chance to flush, hand over or clean up; its runs are orphaned.
     pub async fn kill9(&mut self, i: usize) {
         let node = &mut self.nodes[i];
-        let mut child = node.child.take().unwrap_or_else(|| panic!("{} is not running", node.name));
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reap kairos");
+        node.process().kill9();
+        node.process = None;
         node.paused = false;
         node.mark("killed with SIGKILL");
         let name = node.name.clone();
@@ -709,14 +648,14 @@ impl Cluster {
 
     /// SIGSTOP: the process freezes (its runs, in their own process groups, go on); it answers nothing.
     pub fn sigstop(&mut self, i: usize) {
-        signal(self.nodes[i].pid(), libc::SIGSTOP);
+        self.nodes[i].process().signal(Signal::Stop);
         self.nodes[i].paused = true;
         self.nodes[i].mark("paused with SIGSTOP");
         self.note(&format!("paused {} with SIGSTOP", self.nodes[i].name));
     }
 
     pub fn sigcont(&mut self, i: usize) {
-        signal(self.nodes[i].pid(), libc::SIGCONT);
+        self.nodes[i].process().signal(Signal::Cont);
         self.nodes[i].paused = false;
         self.nodes[i].mark("resumed with SIGCONT");
         self.note(&format!("resumed {} with SIGCONT", self.nodes[i].name));
@@ -732,10 +671,10 @@ impl Cluster {
         for &i in indices {
             let node = &mut self.nodes[i];
             if node.paused {
-                signal(node.pid(), libc::SIGCONT);
+                node.process().signal(Signal::Cont);
                 node.paused = false;
             }
-            signal(node.pid(), libc::SIGTERM);
+            node.process().signal(Signal::Term);
             node.mark("sent SIGTERM");
         }
         let names: Vec<&str> = indices.iter().map(|&i| self.node_name(i)).collect();
@@ -749,22 +688,15 @@ impl Cluster {
 
     /// Wait for a node's process to exit by itself (after a signal or `kairos leave`); returns its exit status.
     pub async fn wait_exit(&mut self, i: usize, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            let node = &mut self.nodes[i];
-            let child = node.child.as_mut().unwrap_or_else(|| panic!("{} is not running", node.name));
-            if let Some(status) = child.try_wait().expect("wait for kairos") {
-                node.child = None;
-                node.mark(&format!("exited: {status}"));
-                let name = node.name.clone();
-                self.note(&format!("{name} exited: {status}"));
-                return status;
-            }
-            if Instant::now() >= deadline {
-                panic!("{} did not exit within {within:?}", node.name);
-            }
-            tokio::time::sleep(millis(20)).await;
-        }
+        let node = &mut self.nodes[i];
+        let Ok(status) = node.process().wait_exit(within).await else {
+            panic!("{} did not exit within {within:?}", node.name);
+        };
+        node.process = None;
+        node.mark(&format!("exited: {status}"));
+        let name = node.name.clone();
+        self.note(&format!("{name} exited: {status}"));
+        status
     }
 
     /// Start a stopped node again: same flags, data directory, gossip port and RPC port.
@@ -775,16 +707,15 @@ impl Cluster {
     /// Start a stopped node again on the same data dir and gossip port but a new, free RPC port (as a host
     /// that came back with another address would).
     pub async fn restart_on_new_rpc_port(&mut self, i: usize) {
-        assert!(self.nodes[i].child.is_none(), "restart needs {} stopped first", self.nodes[i].name);
+        assert!(self.nodes[i].process.is_none(), "restart needs {} stopped first", self.nodes[i].name);
         self.nodes[i].rpc_port = 0;
-        self.nodes[i].rpc_addr = None;
         self.launch(&[i]).await;
     }
 
     /// Start the stopped nodes at `indices` again, all at once.
     pub async fn restart_all(&mut self, indices: &[usize]) {
         for &i in indices {
-            assert!(self.nodes[i].child.is_none(), "restart needs {} stopped first", self.nodes[i].name);
+            assert!(self.nodes[i].process.is_none(), "restart needs {} stopped first", self.nodes[i].name);
         }
         self.launch(indices).await;
     }
@@ -833,14 +764,14 @@ impl Cluster {
 
     /// Wait until a leader is elected and known to every live server; returns its index.
     pub async fn wait_leader(&self) -> usize {
-        wait_for("a leader is elected and known to every live server", FORM_DEADLINE, async || self.leader().await)
+        wait_until("a leader is elected and known to every live server", FORM_DEADLINE, async || self.leader().await)
             .await
     }
 
     /// Wait until a leader is known to every live server and some server lists every live node `alive` in
     /// `/v1/members`; returns the leader's index.
     pub async fn wait_formed(&self) -> usize {
-        let leader = wait_for("the cluster is formed", FORM_DEADLINE, async || {
+        let leader = wait_until("the cluster is formed", FORM_DEADLINE, async || {
             let leader = self.leader().await?;
             let expected: Vec<&str> = self.live_nodes().iter().map(|&i| self.node_name(i)).collect();
             let mut seen = Vec::new();
@@ -911,31 +842,28 @@ impl Cluster {
         body: Option<&Value>,
         ok: &[u16],
     ) -> Reply {
-        let deadline = Instant::now() + WRITE_DEADLINE;
-        let mut last = String::from("no live server");
+        let what = format!("{method} {path} is accepted (expected {ok:?})");
         let mut turn = 0;
-        loop {
+        wait_until(&what, WRITE_DEADLINE, async || {
             let targets: Vec<usize> = match only {
                 Some(i) => [i].into_iter().filter(|&i| self.nodes[i].is_live()).collect(),
                 None => self.live_servers(),
             };
             turn += 1;
-            if !targets.is_empty() {
-                let node = &self.nodes[targets[turn % targets.len()]];
-                match node.try_request(method, path, body, WRITE_TIMEOUT).await {
-                    Some(reply) if ok.contains(&reply.status) => return reply,
-                    Some(reply) if reply.status >= 500 || reply.status == 404 => {
-                        last = format!("{} answered {} {}", node.name, reply.status, reply.text)
-                    }
-                    Some(reply) => panic!("{method} {path} on {}: {} {}", node.name, reply.status, reply.text),
-                    None => last = format!("{} did not answer", node.name),
+            let Some(&target) = targets.get(turn % targets.len().max(1)) else {
+                return Err("no live server".to_string());
+            };
+            let node = &self.nodes[target];
+            match node.try_request(method, path, body, WRITE_TIMEOUT).await {
+                Some(reply) if ok.contains(&reply.status) => Ok(reply),
+                Some(reply) if reply.status >= 500 || reply.status == 404 => {
+                    Err(format!("{} answered {} {}", node.name, reply.status, reply.text))
                 }
+                Some(reply) => panic!("{method} {path} on {}: {} {}", node.name, reply.status, reply.text),
+                None => Err(format!("{} did not answer", node.name)),
             }
-            if Instant::now() >= deadline {
-                panic!("{method} {path} was not accepted (expected {ok:?}) within {WRITE_DEADLINE:?}; last: {last}");
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        })
+        .await
     }
 
     pub async fn write(&self, method: &str, path: &str, body: Option<&Value>, ok: &[u16]) -> Reply {
@@ -975,7 +903,7 @@ impl Cluster {
 
     /// A job's executions from a live server, waiting out transient failures.
     pub async fn executions(&self, job: &str) -> Vec<Exec> {
-        wait_for(&format!("a live server lists the executions of {job}"), WRITE_DEADLINE, async || {
+        wait_until(&format!("a live server lists the executions of {job}"), WRITE_DEADLINE, async || {
             self.try_executions(job).await
         })
         .await
@@ -989,7 +917,7 @@ impl Cluster {
         within: Duration,
         done: impl Fn(&[Exec]) -> bool,
     ) -> Vec<Exec> {
-        wait_for(&format!("{job}: {what}"), within, async || {
+        wait_until(&format!("{job}: {what}"), within, async || {
             let execs = self.try_executions(job).await?;
             if done(&execs) { Ok(execs) } else { Err(format!("executions:\n{}", runs(&execs))) }
         })
@@ -998,7 +926,7 @@ impl Cluster {
 
     /// Wait until every job in `jobs` has at least one finished execution.
     pub async fn wait_each_fired(&self, jobs: &[String], within: Duration) {
-        wait_for("every job has a finished execution", within, async || {
+        wait_until("every job has a finished execution", within, async || {
             for job in jobs {
                 let execs = self.try_executions(job).await?;
                 if !execs.iter().any(Exec::is_final) {
@@ -1014,7 +942,7 @@ impl Cluster {
     /// Wait until the leader shows no active execution of any job in `jobs`; returns every job's executions as
     /// the leader has them then.
     pub async fn wait_quiet(&self, jobs: &[String], within: Duration) -> BTreeMap<String, Vec<Exec>> {
-        let history = wait_for("no execution is active on the leader", within, async || {
+        let history = wait_until("no execution is active on the leader", within, async || {
             let leader = self.leader().await?;
             let mut history = BTreeMap::new();
             for job in jobs {
@@ -1034,24 +962,20 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        // SIGTERM first so nodes stop their runs (their process groups) instead of orphaning them.
+        // SIGTERM first so nodes stop their runs (their process groups) instead of orphaning them; a process still
+        // there at the deadline is killed when dropped.
         for node in &mut self.nodes {
-            if let Some(child) = &node.child {
-                let pid = child.id() as i32;
+            if let Some(process) = &node.process {
                 if node.paused {
-                    signal(pid, libc::SIGCONT);
+                    process.signal(Signal::Cont);
                 }
-                signal(pid, libc::SIGTERM);
+                process.signal(Signal::Term);
             }
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + DROP_GRACE;
         for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                    std::thread::sleep(millis(20));
-                }
-                let _ = child.kill();
-                let _ = child.wait();
+            if let Some(mut process) = node.process.take() {
+                process.wait_exit_blocking(deadline);
             }
         }
         if std::thread::panicking() {
@@ -1065,7 +989,7 @@ impl Drop for Cluster {
                 let _ = std::fs::write(dir.join("events.log"), &events);
             }
             for node in &self.nodes {
-                let log = node.log.lock().map(|l| l.clone()).unwrap_or_default();
+                let log = node.log.text();
                 if let Some(dir) = &kept {
                     let _ = std::fs::write(dir.join(format!("{}.log", node.name)), &log);
                 }
@@ -1081,16 +1005,4 @@ impl Drop for Cluster {
             }
         }
     }
-}
-
-/// Copy a pipe into the shared log, line by line, so the pipe never fills up; report the listening addresses.
-fn drain(pipe: impl Read + Send + 'static, log: Arc<Mutex<String>>, announce: Option<mpsc::Sender<Announce>>) {
-    drain_lines(pipe, log, move |line| {
-        let Some(tx) = &announce else { return };
-        if let Some(addr) = addr_after(line, HTTP_LISTENING) {
-            let _ = tx.send(Announce::Http(addr));
-        } else if let Some(addr) = addr_after(line, RPC_LISTENING) {
-            let _ = tx.send(Announce::Rpc(addr));
-        }
-    });
 }

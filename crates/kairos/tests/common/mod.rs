@@ -8,13 +8,13 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 pub use jiff::Timestamp;
+pub use kairos_testkit::{Client, Log, Reply, wait_until};
+use kairos_testkit::{Listener, Process, Signal, kairos_command};
 use serde::Deserialize;
 pub use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -26,10 +26,10 @@ pub const KAIROS_BIN: &str = env!("CARGO_BIN_EXE_kairos");
 pub const START_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a stopped server may take to exit before the harness gives up.
 pub const EXIT_DEADLINE: Duration = Duration::from_secs(30);
-/// The line (on stderr) that announces the bound HTTP address.
-const LISTENING: &str = "HTTP API listening on http://";
-/// Poll interval of [`wait_until`].
-const POLL: Duration = Duration::from_millis(100);
+/// How long a dropped server may take to stop its runs after SIGTERM before it is killed.
+const DROP_GRACE: Duration = Duration::from_secs(8);
+/// Per-request timeout of the API client.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lines of the server log printed when a test fails.
 const LOG_LINES_ON_FAILURE: usize = 300;
 
@@ -39,64 +39,6 @@ pub fn secs(n: u64) -> Duration {
 
 pub fn millis(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-/// Poll `probe` until it returns `Some`, or fail the test after `within`, naming `what` was awaited.
-pub async fn wait_until<T>(what: &str, within: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {within:?} waiting until {what}");
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// One answer of the API: status, headers, raw text and, when the body is JSON, the parsed value.
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: reqwest::header::HeaderMap,
-    pub text: String,
-    pub json: Value,
-}
-
-impl Reply {
-    /// The `error` message of an error answer (empty if there is none).
-    pub fn error(&self) -> &str {
-        self.json["error"].as_str().unwrap_or("")
-    }
-
-    /// Dkron's `X-Total-Count` header.
-    pub fn total_count(&self) -> Option<usize> {
-        self.headers.get("x-total-count")?.to_str().ok()?.parse().ok()
-    }
-
-    pub fn items(&self) -> Vec<Value> {
-        self.json.as_array().cloned().unwrap_or_else(|| panic!("expected a JSON array, got {}", self.text))
-    }
-
-    /// Assert the status, showing the body when it differs.
-    #[track_caller]
-    pub fn expect(&self, status: u16) -> &Reply {
-        assert_eq!(self.status, status, "unexpected status; body: {}", self.text);
-        self
-    }
-
-    /// Assert a 4xx answer whose `error` names `field` first (`{"error": "field: problem"}`).
-    #[track_caller]
-    pub fn expect_error(&self, status: u16, field: &str) -> &Reply {
-        assert_eq!(self.status, status, "unexpected status; body: {}", self.text);
-        let error = self.error();
-        assert!(
-            error.starts_with(&format!("{field}:")) || error.starts_with(&format!("{field} ")),
-            "the error should name '{field}' first, got {error:?}"
-        );
-        self
-    }
 }
 
 /// Go's zero time, which Dkron's API (and ours) shows in a `time.Time` field that holds no instant.
@@ -218,26 +160,13 @@ pub fn kill_leftover(pid: i32) {
 }
 
 /// The common end of every test node's command line: the test's own flags (after a short `--shutdown-grace`
-/// unless they set one), nothing from the machine's `KAIROS_*` environment, the data dir as working directory,
-/// and piped output.
+/// unless they set one) and the data dir as working directory.
 pub fn finish_command(command: &mut Command, args: &[String], data_dir: &Path) {
     // Stopping a test server should not wait long for its runs, unless the test says otherwise.
     if !args.iter().any(|a| a.starts_with("--shutdown-grace")) {
         command.args(["--shutdown-grace", "2s"]);
     }
-    command.args(args);
-    // No configuration may leak in from the machine running the tests.
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("KAIROS_") {
-            command.env_remove(&key);
-        }
-    }
-    command
-        .env("NO_COLOR", "1")
-        .current_dir(data_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    command.args(args).current_dir(data_dir);
 }
 
 /// A `kairos agent --server` process on 127.0.0.1 with free ports, and its data directory.
@@ -247,10 +176,10 @@ pub struct Server {
     _temp: Option<TempDir>,
     args: Vec<String>,
     pub node_name: String,
-    child: Option<Child>,
-    base: String,
-    log: Arc<Mutex<String>>,
-    http: reqwest::Client,
+    process: Option<Process>,
+    /// Bound to the HTTP address of the last launch.
+    api: Option<Client>,
+    log: Log,
 }
 
 impl Server {
@@ -265,17 +194,14 @@ impl Server {
     /// Start a server on `data_dir` with `extra_args` after the standard single-node flags, and wait until
     /// its API answers and it is the leader.
     pub async fn start(data_dir: &Path, extra_args: &[&str]) -> Server {
-        kairos_agent::install_crypto_provider();
-        let http = reqwest::Client::builder().no_proxy().timeout(secs(30)).build().expect("http client");
         let mut server = Server {
             data_dir: data_dir.to_path_buf(),
             _temp: None,
             args: extra_args.iter().map(|a| a.to_string()).collect(),
             node_name: format!("node-{}", std::process::id()),
-            child: None,
-            base: String::new(),
-            log: Arc::new(Mutex::new(String::new())),
-            http,
+            process: None,
+            api: None,
+            log: Log::memory(),
         };
         server.launch().await;
         server
@@ -286,7 +212,7 @@ impl Server {
     }
 
     fn command(&self) -> Command {
-        let mut command = Command::new(KAIROS_BIN);
+        let mut command = kairos_command(Path::new(KAIROS_BIN));
         command.arg("agent").arg("--server").args(["--bootstrap-expect", "1"]).arg("--data-dir").arg(&self.data_dir);
         // Loopback addresses unless the test gives its own; the log level unless the test's config file may set it
         // (a flag would win over the file).
@@ -305,131 +231,88 @@ impl Server {
 
     async fn launch(&mut self) {
         std::fs::create_dir_all(&self.data_dir).expect("data dir");
-        self.append_log(&format!("=== starting kairos on {} ===\n", self.data_dir.display()));
-        let mut child = self.command().spawn().expect("spawn kairos");
-        let (addr_tx, addr_rx) = mpsc::channel();
-        drain(child.stderr.take().expect("stderr"), self.log.clone(), Some(addr_tx));
-        drain(child.stdout.take().expect("stdout"), self.log.clone(), None);
-        self.child = Some(child);
-        let deadline = Instant::now() + START_DEADLINE;
-        let addr = loop {
-            match addr_rx.try_recv() {
-                Ok(addr) => break addr,
-                Err(mpsc::TryRecvError::Disconnected) => self.fail("kairos closed stderr before it was listening"),
-                Err(mpsc::TryRecvError::Empty) => {}
+        self.log.append(&format!("=== starting kairos on {} ===\n", self.data_dir.display()));
+        let mut process = Process::spawn(&mut self.command(), &self.log).expect("spawn kairos");
+        let listening = match process.wait_listening(&[Listener::Http], START_DEADLINE).await {
+            Ok(listening) => listening,
+            Err(error) => {
+                drop(process);
+                panic!("{error}\n--- server log ---\n{}", self.log());
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                self.fail(&format!("kairos exited ({status}) before it was listening"));
-            }
-            if Instant::now() >= deadline {
-                self.fail("kairos did not print its listening line within the deadline");
-            }
-            tokio::time::sleep(millis(20)).await;
         };
-        self.base = addr;
-        let this = &*self;
+        let base = format!("http://{}", listening.http.expect("waited for the HTTP address"));
+        self.api = Some(Client::new(&base, REQUEST_TIMEOUT).with_log(self.log.clone()));
+        self.process = Some(process);
+        let api = self.api();
         wait_until("the node is leader", START_DEADLINE, async || {
-            let reply = this.try_request(reqwest::Method::GET, "/v1/isleader", None).await?;
+            let reply = api.try_request("GET", "/v1/isleader", None, None).await.ok()?;
             (reply.status == 200).then_some(())
         })
         .await;
     }
 
-    fn fail(&mut self, why: &str) -> ! {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("{why}\n--- server log ---\n{}", self.log());
-    }
-
-    fn append_log(&self, text: &str) {
-        self.log.lock().expect("log lock").push_str(text);
-    }
-
     /// Everything the server printed so far, across restarts.
     pub fn log(&self) -> String {
-        self.log.lock().expect("log lock").clone()
+        self.log.text()
+    }
+
+    fn process(&mut self) -> &mut Process {
+        self.process.as_mut().expect("server is running")
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.as_ref().expect("server is running").id() as i32
+        self.process.as_ref().expect("server is running").pid()
+    }
+
+    /// The API client of the last launch.
+    pub fn api(&self) -> &Client {
+        self.api.as_ref().expect("the server has been launched")
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.base, path)
+        self.api().url(path)
     }
 
     /// Send SIGHUP (reload the configuration) without waiting for anything.
     pub fn sighup(&self) {
-        // SAFETY: kill(2) with a pid and a signal has no memory-safety preconditions.
-        unsafe {
-            libc::kill(self.pid(), libc::SIGHUP);
-        }
+        self.process.as_ref().expect("server is running").signal(Signal::Hup);
     }
 
     /// Send SIGTERM and wait for the process to exit; returns its exit status.
     pub async fn sigterm(&mut self) -> ExitStatus {
-        // SAFETY: kill(2) with a pid and a signal has no memory-safety preconditions.
-        unsafe {
-            libc::kill(self.pid(), libc::SIGTERM);
-        }
+        self.process().signal(Signal::Term);
         self.wait_exit().await
     }
 
     /// SIGKILL: the process gets no chance to flush or clean up.
     pub async fn kill9(&mut self) {
-        let mut child = self.child.take().expect("server is running");
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reap kairos");
-        self.append_log("=== killed with SIGKILL ===\n");
+        self.process().kill9();
+        self.process = None;
+        self.log.append("=== killed with SIGKILL ===\n");
     }
 
     /// Wait for the process to exit on its own (or after a signal); its exit status.
     pub async fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + EXIT_DEADLINE;
-        loop {
-            let child = self.child.as_mut().expect("server is running");
-            if let Some(status) = child.try_wait().expect("wait for kairos") {
-                self.child = None;
-                self.append_log(&format!("=== exited: {status} ===\n"));
-                return status;
-            }
-            if Instant::now() >= deadline {
-                self.fail("kairos did not exit within the deadline after SIGTERM");
-            }
-            tokio::time::sleep(millis(20)).await;
-        }
+        let Ok(status) = self.process().wait_exit(EXIT_DEADLINE).await else {
+            self.process = None;
+            panic!("kairos did not exit within {EXIT_DEADLINE:?} after SIGTERM\n--- server log ---\n{}", self.log());
+        };
+        self.process = None;
+        self.log.append(&format!("=== exited: {status} ===\n"));
+        status
     }
 
     /// Start the server again on the same data directory with the same flags (after a stop or a kill).
     pub async fn restart(&mut self) {
-        assert!(self.child.is_none(), "restart() needs a stopped server: call sigterm() or kill9() first");
+        assert!(self.process.is_none(), "restart() needs a stopped server: call sigterm() or kill9() first");
         self.launch().await;
     }
 
     // --- HTTP ---
 
-    async fn try_request(&self, method: reqwest::Method, path: &str, body: Option<String>) -> Option<Reply> {
-        let mut request = self.http.request(method, self.url(path));
-        if let Some(body) = body {
-            request = request.header("content-type", "application/json").body(body);
-        }
-        let response = request.send().await.ok()?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let text = response.text().await.ok()?;
-        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Some(Reply { status, headers, text, json })
-    }
-
     /// Send a request; `body` is sent verbatim as JSON (so tests can send invalid JSON too).
     pub async fn request(&self, method: &str, path: &str, body: Option<String>) -> Reply {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        match self.try_request(method.clone(), path, body).await {
-            Some(reply) => reply,
-            None => panic!("{method} {path}: no answer from the server\n--- server log ---\n{}", self.log()),
-        }
+        self.api().request(method, path, body).await
     }
 
     /// Send a request with exactly these headers and raw body bytes (no Content-Type unless given).
@@ -440,31 +323,15 @@ impl Server {
         headers: &[(&str, &str)],
         body: Option<Vec<u8>>,
     ) -> Reply {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut request = self.http.request(method.clone(), self.url(path));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        if let Some(body) = body {
-            request = request.body(body);
-        }
-        let response = request
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{method} {path}: no answer: {e}\n--- server log ---\n{}", self.log()));
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap_or_default();
-        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply { status, headers, text, json }
+        self.api().request_with(method, path, headers, body).await
     }
 
     pub async fn get(&self, path: &str) -> Reply {
-        self.request("GET", path, None).await
+        self.api().get(path).await
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Reply {
-        self.request("POST", path, Some(body.to_string())).await
+        self.api().post(path, body).await
     }
 
     /// POST a JSON body; `None` when the server did not answer (it may be exiting).
@@ -473,19 +340,19 @@ impl Server {
     }
 
     pub async fn post_empty(&self, path: &str) -> Reply {
-        self.request("POST", path, None).await
+        self.api().post_empty(path).await
     }
 
     pub async fn put(&self, path: &str, body: &Value) -> Reply {
-        self.request("PUT", path, Some(body.to_string())).await
+        self.api().put(path, body).await
     }
 
     pub async fn patch(&self, path: &str, body: &Value) -> Reply {
-        self.request("PATCH", path, Some(body.to_string())).await
+        self.api().patch(path, body).await
     }
 
     pub async fn delete(&self, path: &str) -> Reply {
-        self.request("DELETE", path, None).await
+        self.api().delete(path).await
     }
 
     // --- Jobs and executions ---
@@ -554,65 +421,14 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SIGTERM first so the server stops its runs (their process groups) instead of orphaning them.
-            // SAFETY: kill(2) with a pid and a signal has no memory-safety preconditions.
-            unsafe {
-                libc::kill(child.id() as i32, libc::SIGTERM);
-            }
-            let deadline = Instant::now() + secs(8);
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                std::thread::sleep(millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut process) = self.process.take() {
+            // SIGTERM first so the server stops its runs (their process groups) instead of orphaning them; the
+            // process is killed when dropped if it is still there.
+            process.signal(Signal::Term);
+            process.wait_exit_blocking(Instant::now() + DROP_GRACE);
         }
         if std::thread::panicking() {
-            let log = self.log();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(LOG_LINES_ON_FAILURE)..];
-            eprintln!("--- server log ({} lines, last {} shown) ---", lines.len(), tail.len());
-            for line in tail {
-                eprintln!("{line}");
-            }
+            self.log.print_tail("server log", LOG_LINES_ON_FAILURE);
         }
     }
-}
-
-/// Copy a pipe into the shared log, line by line, so the pipe never fills up; report the listening address.
-fn drain(pipe: impl Read + Send + 'static, log: Arc<Mutex<String>>, addr: Option<mpsc::Sender<String>>) {
-    drain_lines(pipe, log, move |line| {
-        if let (Some(tx), Some(host_port)) = (&addr, addr_after(line, LISTENING)) {
-            let _ = tx.send(host_port);
-        }
-    });
-}
-
-/// Copy a pipe into `log` on a thread of its own (so the pipe never fills up), showing `on_line` each line first.
-pub fn drain_lines(
-    pipe: impl Read + Send + 'static,
-    log: Arc<Mutex<String>>,
-    mut on_line: impl FnMut(&str) + Send + 'static,
-) {
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(pipe);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            let text = String::from_utf8_lossy(&line);
-            on_line(&text);
-            log.lock().expect("log lock").push_str(&text);
-        }
-    });
-}
-
-/// The `host:port` printed after `marker` in a log line (an optional `http://` and any path dropped).
-pub fn addr_after(line: &str, marker: &str) -> Option<String> {
-    let at = line.find(marker)?;
-    let rest = line[at + marker.len()..].trim_start_matches("http://");
-    Some(rest.chars().take_while(|c| !c.is_whitespace() && *c != '/').collect())
 }

@@ -6,23 +6,23 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
+pub use kairos_testkit::wait_until;
+use kairos_testkit::{Listener, Log, Process, kairos_command};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
 pub const KAIROS_BIN: &str = env!("CARGO_BIN_EXE_kairos");
 /// How long anything the tests wait for may take.
 pub const DEADLINE: Duration = Duration::from_secs(30);
-const POLL: Duration = Duration::from_millis(100);
-const LISTENING: &str = "HTTP API listening on http://";
+/// Lines of the server log printed when a test fails.
+const LOG_LINES_ON_FAILURE: usize = 300;
 
 /// One browser test at a time (each test has its own runtime, so the lock is tokio's, which any runtime can wait
 /// on).
@@ -31,87 +31,55 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
-/// Poll `probe` until it answers `Some`, or fail naming what was awaited.
-pub async fn wait_until<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {DEADLINE:?} waiting until {what}");
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
 /// A `kairos agent --server` process with its own data directory; killed when dropped.
 pub struct Server {
-    child: Child,
-    pub base: String,
-    pub http: reqwest::Client,
-    log: Arc<Mutex<Vec<String>>>,
+    process: Process,
+    pub client: kairos_testkit::Client,
+    log: Log,
     _dir: TempDir,
 }
 
 impl Server {
     pub async fn start(extra: &[&str]) -> Server {
-        // reqwest is built without a default TLS provider (the project uses ring); plain HTTP still needs one.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("temp dir");
-        let data = dir.path().join("data");
-        let mut child = Command::new(KAIROS_BIN)
+        let mut command = kairos_command(Path::new(KAIROS_BIN));
+        command
             .args(["agent", "--server", "--bootstrap-expect", "1", "--http-addr", "127.0.0.1:0", "--rpc-port", "0"])
             .args(["--bind-addr", "127.0.0.1:0"])
             .arg("--data-dir")
-            .arg(&data)
+            .arg(dir.path().join("data"))
             .args(extra)
             .env("KAIROS_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start kairos");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().expect("stderr");
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split(LISTENING).nth(1) {
-                    let _ = tx.send(rest.trim().to_string());
-                }
-                lines.lock().unwrap_or_else(|p| p.into_inner()).push(line);
-            }
-        });
-        let addr = rx.recv_timeout(DEADLINE).unwrap_or_else(|_| {
-            let log = log.lock().unwrap_or_else(|p| p.into_inner()).join("\n");
-            panic!("kairos did not print its listening line within {DEADLINE:?}; log:\n{log}")
-        });
-        let server = Server { child, base: format!("http://{addr}"), http: reqwest::Client::new(), log, _dir: dir };
-        wait_until("the server is leader", async || {
-            let reply = server.http.get(server.url("/v1/isleader")).send().await.ok()?;
-            (reply.status() == 200).then_some(())
+            .current_dir(dir.path());
+        let log = Log::memory();
+        let mut process = Process::spawn(&mut command, &log).expect("start kairos");
+        let listening = process.wait_listening(&[Listener::Http], DEADLINE).await;
+        let listening = listening.unwrap_or_else(|e| panic!("{e}; log:\n{}", log.text()));
+        let base = format!("http://{}", listening.http.expect("waited for the HTTP address"));
+        let client = kairos_testkit::Client::new(&base, DEADLINE).with_log(log.clone());
+        let server = Server { process, client, log, _dir: dir };
+        wait_until("the server is leader", DEADLINE, async || {
+            let reply = server.client.try_request("GET", "/v1/isleader", None, None).await.ok()?;
+            (reply.status == 200).then_some(())
         })
         .await;
         server
     }
 
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+    /// `http://host:port` of the API and the UI.
+    pub fn base(&self) -> &str {
+        self.client.base()
     }
 
-    /// A JSON request; answers the status and the body.
+    pub fn url(&self, path: &str) -> String {
+        self.client.url(path)
+    }
+
+    /// A JSON request; answers the status and the body (as a JSON string when it is not JSON).
     pub async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut request = self.http.request(method, self.url(path));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let reply = request.send().await.expect("request to kairos");
-        let status = reply.status().as_u16();
-        let text = reply.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        let reply = self.client.request(method, path, body.map(|b| b.to_string())).await;
+        let body = serde_json::from_str(&reply.text).unwrap_or(Value::String(reply.text));
+        (reply.status, body)
     }
 
     pub async fn create_job(&self, job: Value) -> Value {
@@ -121,16 +89,15 @@ impl Server {
     }
 
     pub fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
+        self.log.text()
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill9();
         if std::thread::panicking() {
-            eprintln!("---- kairos log ----\n{}\n--------------------", self.log());
+            self.log.print_tail("kairos log", LOG_LINES_ON_FAILURE);
         }
     }
 }
@@ -197,12 +164,15 @@ impl Browser {
 
     /// The first element matching `css`, once it exists.
     pub async fn find(&self, css: &str) -> fantoccini::elements::Element {
-        wait_until(&format!("'{css}' is on the page"), async || self.client.find(Locator::Css(css)).await.ok()).await
+        wait_until(&format!("'{css}' is on the page"), DEADLINE, async || {
+            self.client.find(Locator::Css(css)).await.ok()
+        })
+        .await
     }
 
     /// The first element matching `css` once it is displayed.
     pub async fn visible(&self, css: &str) -> fantoccini::elements::Element {
-        wait_until(&format!("'{css}' is displayed"), async || {
+        wait_until(&format!("'{css}' is displayed"), DEADLINE, async || {
             let element = self.client.find(Locator::Css(css)).await.ok()?;
             element.is_displayed().await.ok()?.then_some(element)
         })
@@ -215,7 +185,7 @@ impl Browser {
 
     /// Wait until the text of `css` satisfies `ok`; answers that text.
     pub async fn wait_text(&self, css: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
-        wait_until(what, async || {
+        wait_until(what, DEADLINE, async || {
             let element = self.client.find(Locator::Css(css)).await.ok()?;
             let text = element.text().await.ok()?;
             ok(&text).then_some(text)
@@ -237,7 +207,8 @@ impl Browser {
 
     /// Accept the confirmation dialog that the last action opened; answers its text.
     pub async fn accept_confirm(&self) -> String {
-        let text = wait_until("a confirmation dialog opens", async || self.client.get_alert_text().await.ok()).await;
+        let text =
+            wait_until("a confirmation dialog opens", DEADLINE, async || self.client.get_alert_text().await.ok()).await;
         self.client.accept_alert().await.expect("accept the dialog");
         text
     }
@@ -247,7 +218,8 @@ impl Browser {
     }
 
     pub async fn wait_path(&self, path: &str) {
-        wait_until(&format!("the browser is at {path}"), async || (self.path().await == path).then_some(())).await;
+        wait_until(&format!("the browser is at {path}"), DEADLINE, async || (self.path().await == path).then_some(()))
+            .await;
     }
 
     pub async fn script(&self, js: &str) -> Value {

@@ -1,0 +1,20 @@
+//! The test kit: what the end-to-end tests (`crates/kairos/tests`) and the benchmark (`bench`) share to drive
+//! real `kairos` processes.
+//!
+//! - [`process`]: start the `kairos` binary (whose path the caller gives: Cargo tells integration tests, the
+//!   benchmark finds its own), capture its output in a [`Log`], read the addresses it announces, signal it, wait
+//!   for it to exit; a [`Process`] is killed and reaped when dropped.
+//! - [`client`]: the one HTTP client of the API, answering a [`Reply`] with the assertions tests make on it.
+//! - [`wait`]: the one polling helper, [`wait_until`], which fails naming what it waited for (and
+//!   [`poll_until`], which answers an error instead, for callers that must not panic).
+//! - [`log`]: a process's output across restarts, in memory or in a file.
+
+pub mod client;
+pub mod log;
+pub mod process;
+pub mod wait;
+
+pub use client::{Client, Reply, install_crypto_provider};
+pub use log::Log;
+pub use process::{LaunchError, Listener, Listening, Process, Signal, kairos_command};
+pub use wait::{Probe, TimedOut, poll_until, wait_until};
