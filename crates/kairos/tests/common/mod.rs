@@ -336,7 +336,7 @@ impl Server {
 
     /// POST a JSON body; `None` when the server did not answer (it may be exiting).
     pub async fn try_post(&self, path: &str, body: &Value) -> Option<Reply> {
-        self.try_request(reqwest::Method::POST, path, Some(body.to_string())).await
+        self.api().try_request("POST", path, Some(body.to_string()), None).await.ok()
     }
 
     pub async fn post_empty(&self, path: &str) -> Reply {
