@@ -18,11 +18,16 @@ use crate::node::Node;
 /// `EX_TEMPFAIL` (sysexits.h): a temporary failure; retrying later (after the disk is fixed) may work.
 pub const STORAGE_FAILED_EXIT: u8 = 75;
 
-/// Watch Raft's running state; on a fatal error record why, stop running work, and ask the process to exit.
+/// Watch Raft's running state; on a fatal error (storage, or a panic of Raft's core) record why, stop running
+/// work, and ask the process to exit.
 pub async fn watch(node: Arc<Node>) {
     let mut metrics = node.raft.metrics();
     loop {
         let fatal = metrics.borrow_and_update().running_state.clone().err();
+        // A normal stop (shutdown, leave) also ends Raft's core: that is not a failure.
+        if matches!(fatal, Some(openraft::error::Fatal::Stopped)) {
+            return;
+        }
         if let Some(fatal) = fatal {
             let reason = format!("storage failed: {fatal}");
             let hint = if reason.contains("No space left") || reason.contains("os error 28") {
