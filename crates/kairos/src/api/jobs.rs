@@ -54,11 +54,16 @@ async fn store(node: &Node, job: Job, expect_version: Option<u64>) -> Result<Job
 
 async fn save(node: &Node, job: Job, params: &Params, location: String) -> ApiResult {
     let job = store(node, job, None).await?;
+    created(node, job, params, &location).await
+}
+
+/// The answer to a stored job: 201 with the job and its `Location`, after deciding a run if `?runoncreate`.
+async fn created(node: &Node, job: Job, params: &Params, location: &str) -> ApiResult {
     if params.contains_key("runoncreate") {
         node.submit(Command::Fire { fires: vec![manual_fire(&job.name)] }).await?;
     }
     let mut response = reply(StatusCode::CREATED, &job, params);
-    if let Ok(location) = HeaderValue::from_str(&location) {
+    if let Ok(location) = HeaderValue::from_str(location) {
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
@@ -131,14 +136,7 @@ pub async fn patch(State(node): State<AppState>, Query(params): Query<Params>, J
         None => Ok(Job::from_input(input.clone())?),
     })
     .await?;
-    if params.contains_key("runoncreate") {
-        node.submit(Command::Fire { fires: vec![manual_fire(&job.name)] }).await?;
-    }
-    let mut response = reply(StatusCode::CREATED, &job, &params);
-    if let Ok(location) = HeaderValue::from_str(&format!("/v1/jobs/{name}")) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    Ok(response)
+    created(&node, job, &params, &format!("/v1/jobs/{name}")).await
 }
 
 pub async fn show(State(node): State<AppState>, Path(name): Path<String>, Query(params): Query<Params>) -> ApiResult {
