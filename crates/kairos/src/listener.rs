@@ -19,6 +19,8 @@ use tracing::{debug, warn};
 /// How much one listener lets its clients hold.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Which listener, for the log.
+    pub name: &'static str,
     /// Connections served at once; more wait to be accepted.
     pub connections_max: usize,
     /// From the moment a connection is ready for a request until its whole header has arrived. An idle
@@ -28,12 +30,14 @@ pub struct Limits {
 
 /// The public API and UI: browsers and scripts. 30 s is hyper's own default header deadline and longer than any
 /// sane client needs to send a header; a browser reconnects transparently when an idle connection is closed.
-pub const API_LIMITS: Limits = Limits { connections_max: 1024, header_read_timeout: Duration::from_secs(30) };
+pub const API_LIMITS: Limits =
+    Limits { name: "api", connections_max: 1024, header_read_timeout: Duration::from_secs(30) };
 
 /// Node-to-node RPC: every server and agent of the cluster keeps a few pooled connections to each node it talks to
 /// (50 agents and 5 servers use well under 1024). The header deadline must exceed the RPC client's pool idle
 /// timeout ([`RPC_POOL_IDLE`]), so a client never reuses a connection the server is just closing.
-pub const RPC_LIMITS: Limits = Limits { connections_max: 1024, header_read_timeout: Duration::from_secs(60) };
+pub const RPC_LIMITS: Limits =
+    Limits { name: "rpc", connections_max: 1024, header_read_timeout: Duration::from_secs(60) };
 
 /// How long the RPC client keeps an idle pooled connection: shorter than [`RPC_LIMITS`]'s header deadline.
 pub const RPC_POOL_IDLE: Duration = Duration::from_secs(45);
@@ -46,10 +50,15 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits) -> std
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
     let mut warned_full = false;
+    let mut accept_failing = false;
     loop {
         // Take a slot first, so a full listener stops accepting instead of accepting and dropping.
         if slots.available_permits() == 0 && !warned_full {
-            warn!(limit = limits.connections_max, "connection limit reached; new connections wait to be accepted");
+            warn!(
+                listener = limits.name,
+                limit = limits.connections_max,
+                "connection limit reached; new connections wait to be accepted"
+            );
             warned_full = true;
         }
         let slot = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
@@ -63,12 +72,21 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits) -> std
                 continue;
             }
             Err(err) => {
-                // Out of file descriptors and the like: wait a little instead of spinning, then try again.
-                warn!("accept failed: {err}; retrying in 100 ms");
+                // Out of file descriptors and the like: wait a little instead of spinning, then try again; say
+                // so once, not ten times a second. (Linux fails accept with EMFILE even when no connection is
+                // waiting, so this also shows while the node is merely out of descriptors.)
+                if !accept_failing {
+                    warn!(listener = limits.name, "accept failed: {err}; retrying every 100 ms until it works again");
+                    accept_failing = true;
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        if accept_failing {
+            warn!(listener = limits.name, "accepting connections again");
+            accept_failing = false;
+        }
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
         let connection = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
@@ -112,7 +130,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_half_sent_header_is_cut_off_at_the_deadline() {
-        let addr = start(Limits { connections_max: 8, header_read_timeout: Duration::from_millis(300) }).await;
+        let addr =
+            start(Limits { name: "test", connections_max: 8, header_read_timeout: Duration::from_millis(300) }).await;
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
         let answer = read_to_close(&mut stream).await;
@@ -122,7 +141,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_keep_alive_connection_is_closed_after_the_deadline() {
-        let addr = start(Limits { connections_max: 8, header_read_timeout: Duration::from_millis(300) }).await;
+        let addr =
+            start(Limits { name: "test", connections_max: 8, header_read_timeout: Duration::from_millis(300) }).await;
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
         let answer = read_to_close(&mut stream).await;
@@ -131,7 +151,8 @@ mod tests {
 
     #[tokio::test]
     async fn connections_past_the_limit_wait_until_a_slot_frees() {
-        let addr = start(Limits { connections_max: 1, header_read_timeout: Duration::from_secs(30) }).await;
+        let addr =
+            start(Limits { name: "test", connections_max: 1, header_read_timeout: Duration::from_secs(30) }).await;
         let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
         first.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
         let mut buf = [0u8; 12];

@@ -929,3 +929,67 @@ async fn a_server_back_on_a_new_address_is_found_again() {
     let run = run_to_success(&cluster, mover, "after-move").await;
     assert!(run.output.contains("moved"), "{run:?}");
 }
+
+/// The leader's disk fills up: its next write that needs the disk fails, it answers `507 storage failed`, exits 75
+/// instead of lingering as a leader that cannot write, and another server leads at once and takes writes. Once
+/// space is back and it restarts, it rejoins and serves every acknowledged job.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_whose_disk_fills_exits_and_another_leads_then_it_rejoins_with_everything() {
+    let mut cluster = Cluster::prepare(3, &[], &[]);
+    let disks: Vec<kairos_testkit::SmallDisk> =
+        (0..3).map(|i| kairos_testkit::SmallDisk::mount(cluster.server(i).data_dir(), 128)).collect();
+    cluster.launch_all().await;
+    let leader = cluster.wait_formed().await;
+    let mut acknowledged: Vec<String> = Vec::new();
+    for i in 0..5 {
+        let name = format!("kept-{i}");
+        cluster.create_job(&shell_job(&name, "@manually", "true")).await;
+        acknowledged.push(name);
+    }
+
+    let filler = disks[leader].fill();
+    cluster.note(&format!("filled {}'s disk", cluster.node_name(leader)));
+    // The Raft files may have free pages inside: write large definitions to the leader until one needs the disk.
+    let big = "x".repeat(60_000);
+    let mut refused = None;
+    for i in 0..500 {
+        let name = format!("big-{i}");
+        let job = with(shell_job(&name, "@manually", "true"), json!({"displayname": big}));
+        match cluster.server(leader).try_request("POST", "/v1/jobs", Some(&job), secs(10)).await {
+            Some(reply) if reply.status == 201 => acknowledged.push(name),
+            answer => {
+                refused = Some(answer);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("writes kept succeeding on a full disk");
+    cluster.note(&format!("{} large writes acknowledged on the full disk, then {refused:?}", acknowledged.len() - 5));
+    if let Some(reply) = &refused {
+        assert_eq!(reply.status, 507, "the real cause, not 'no leader': {}", reply.text);
+        assert!(reply.error().starts_with("storage failed"), "{}", reply.text);
+    }
+    let status = cluster.wait_exit(leader, secs(30)).await;
+    assert_eq!(status.code(), Some(75), "a server whose storage failed exits 75");
+
+    let new_leader = cluster.wait_leader().await;
+    assert_ne!(new_leader, leader);
+    cluster.create_job(&shell_job("after", "@manually", "true")).await;
+    acknowledged.push("after".into());
+
+    std::fs::remove_file(filler).expect("remove the filler");
+    cluster.restart(leader).await;
+    cluster.wait_formed().await;
+    let back = cluster.server(leader);
+    wait_until("the restarted server serves every acknowledged job", secs(30), async || {
+        let reply = back.try_request("GET", "/v1/jobs?consistent", None, secs(5)).await.ok_or("no answer")?;
+        let names: BTreeSet<String> =
+            reply.items().iter().filter_map(|j| j["name"].as_str().map(str::to_string)).collect();
+        let missing: Vec<&String> = acknowledged.iter().filter(|n| !names.contains(*n)).collect();
+        if missing.is_empty() { Ok(()) } else { Err(format!("missing {missing:?}")) }
+    })
+    .await;
+    // The processes go before their filesystems.
+    drop(cluster);
+    drop(disks);
+}

@@ -225,60 +225,10 @@ async fn missed_slots_follow_each_jobs_catch_up_policy_after_a_restart() {
     assert!(all.iter().any(|s| s.0 < killed) && all.iter().any(|s| s.0 > restarted));
 }
 
-/// A small tmpfs mounted for one test (the suite runs as root, as CI does), unmounted when dropped.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(megabytes: u32) -> SmallDisk {
-        let dir = tempfile::Builder::new().prefix("kairos-disk-").tempdir().expect("mount point");
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "this test mounts a small tmpfs and needs root (as CI has): mount exited {status}");
-        SmallDisk { dir }
-    }
-
-    fn path(&self) -> &std::path::Path {
-        self.dir.path()
-    }
-
-    /// Fill the filesystem to the last byte with one file.
-    fn fill(&self) -> std::path::PathBuf {
-        use std::io::Write;
-        let path = self.path().join("filler");
-        let mut file = std::fs::File::create(&path).expect("filler");
-        let block = vec![0u8; 64 * 1024];
-        while file.write_all(&block).is_ok() {}
-        let _ = file.write_all(&[0u8; 1]);
-        path
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
-    }
-}
-
-fn dir_bytes(dir: &std::path::Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn outputs_stay_within_their_budget_and_a_full_disk_stops_the_server_cleanly_without_losing_anything() {
-    let disk = SmallDisk::mount(48);
+    let mount_point = tempfile::Builder::new().prefix("kairos-disk-").tempdir().expect("mount point");
+    let disk = kairos_testkit::SmallDisk::mount(mount_point.path(), 48);
     let data_dir = disk.path().join("data");
     let budget = 6_000_000u64;
     let args = ["--output-store-max-bytes", "6000000", "--disk-free-min-bytes", "4000000"];
@@ -300,7 +250,7 @@ async fn outputs_stay_within_their_budget_and_a_full_disk_stops_the_server_clean
         (finished >= 40).then_some(())
     })
     .await;
-    let outputs = dir_bytes(&data_dir.join("outputs"));
+    let outputs = kairos_testkit::dir_bytes(&data_dir.join("outputs"));
     assert!(outputs <= budget, "outputs take {outputs} bytes, over the {budget}-byte budget");
     for i in 0..4 {
         let execs = server.executions(&format!("loud-{i}")).await;

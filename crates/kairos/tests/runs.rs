@@ -702,3 +702,72 @@ async fn sighup_with_a_broken_config_file_keeps_the_node_running_as_it_was() {
     server.sighup();
     wait_for_tags(&server, "a good file applies again", |t| t["pool"] == "fixed").await;
 }
+
+/// Set the soft open-file limit of a running process (util-linux `prlimit`); the hard limit stays, so it can be
+/// raised again.
+fn set_open_files_limit(pid: i32, limit: u64) {
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--nofile={limit}:")])
+        .status()
+        .expect("run prlimit (util-linux)");
+    assert!(status.success(), "prlimit exited {status}");
+}
+
+fn open_files(pid: i32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0)
+}
+
+/// Out of file descriptors, a node neither crashes nor hangs: runs that cannot start fail saying why, the
+/// listener keeps retrying instead of dying, and once descriptors are free again everything works as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn out_of_file_descriptors_runs_fail_with_the_reason_and_the_node_recovers() {
+    use std::io::{Read, Write};
+    let server = Server::fresh(&[]).await;
+    server.create_job(&shell_job("starved", "* * * * * *", "true")).await;
+    server
+        .wait_executions("starved", "a first run succeeded", secs(20), |e| e.iter().any(|x| x.status == "succeeded"))
+        .await;
+    let pid = server.pid();
+    // Leave no descriptor free: every new pipe, file and socket fails with EMFILE.
+    set_open_files_limit(pid, open_files(pid));
+    let addr = server.url("").trim_start_matches("http://").trim_end_matches('/').to_string();
+    // A client that connects meanwhile waits (or is served, if a descriptor came free) but is never dropped.
+    let mut waiting = std::net::TcpStream::connect(&addr).expect("connect");
+    waiting.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+    // Slots keep falling due every second meanwhile: let two of them come while the node is starved.
+    let starved_from = Timestamp::now();
+    wait_until("the node refused a connection and two slots fell due while starved", secs(20), async || {
+        let two_slots = Timestamp::now() > starved_from + SignedDuration::from_millis(2500);
+        (two_slots && server.log().contains("accept failed: Too many open files")).then_some(())
+    })
+    .await;
+
+    set_open_files_limit(pid, 4096);
+    let mut answer = String::new();
+    waiting.set_read_timeout(Some(secs(20))).expect("read timeout");
+    waiting.read_to_string(&mut answer).expect("the waiting connection is served once descriptors are back");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let recovered_at = Timestamp::now();
+    let execs = server
+        .wait_executions("starved", "runs succeed again", secs(20), |e| {
+            e.iter().any(|x| x.status == "succeeded" && x.scheduled_at > recovered_at)
+        })
+        .await;
+    let failed: Vec<&Exec> = execs.iter().filter(|e| e.status == "failed").collect();
+    assert!(!failed.is_empty(), "runs due while starved failed: {}", summary(&execs));
+    for run in failed {
+        let error = run.error.as_deref().unwrap_or("");
+        assert!(error.contains("Too many open files"), "a failed run names the cause: {error:?}");
+    }
+    // A new connection is accepted again, and the listener says so.
+    let mut fresh = std::net::TcpStream::connect(&addr).expect("connect");
+    fresh.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+    let mut answer = String::new();
+    fresh.set_read_timeout(Some(secs(20))).expect("read timeout");
+    fresh.read_to_string(&mut answer).expect("a new connection is served");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    wait_until("the listener says it accepts again", secs(10), async || {
+        server.log().contains("accepting connections again").then_some(())
+    })
+    .await;
+}

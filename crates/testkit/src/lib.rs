@@ -8,13 +8,16 @@
 //! - [`wait`]: the one polling helper, [`wait_until`], which fails naming what it waited for (and
 //!   [`poll_until`], which answers an error instead, for callers that must not panic).
 //! - [`log`]: a process's output across restarts, in memory or in a file.
+//! - [`disk`]: a small tmpfs of the test's own, to run a node out of disk space.
 
 pub mod client;
+pub mod disk;
 pub mod log;
 pub mod process;
 pub mod wait;
 
 pub use client::{Client, Reply, install_crypto_provider};
+pub use disk::{SmallDisk, dir_bytes};
 pub use log::Log;
 pub use process::{LaunchError, Listener, Listening, Process, Signal, kairos_command};
 pub use wait::{Probe, TimedOut, poll_until, wait_until};

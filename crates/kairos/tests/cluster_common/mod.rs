@@ -478,6 +478,14 @@ impl Cluster {
     /// `key=value` tags), all joining the servers' gossip addresses, with `extra_args` on every node; returns once
     /// every node printed its listening lines (call [`Cluster::wait_formed`] next).
     pub async fn start(servers: usize, agents: &[(&str, &[&str])], extra_args: &[&str]) -> Cluster {
+        let mut cluster = Cluster::prepare(servers, agents, extra_args);
+        cluster.launch_all().await;
+        cluster
+    }
+
+    /// The nodes [`Cluster::start`] starts, not started yet: their data directories ([`Node::data_dir`]) can be
+    /// prepared first (a small filesystem mounted there, say). Start them with [`Cluster::launch_all`].
+    pub fn prepare(servers: usize, agents: &[(&str, &[&str])], extra_args: &[&str]) -> Cluster {
         kairos_testkit::install_crypto_provider();
         let root = tempfile::Builder::new().prefix("kairos-cluster-").tempdir().expect("temporary dir");
         let http = reqwest::Client::builder().no_proxy().timeout(REQUEST_TIMEOUT).build().expect("http client");
@@ -508,10 +516,13 @@ impl Cluster {
         for (j, (name, tags)) in agents.iter().enumerate() {
             nodes.push(node(name.to_string(), false, ports[servers + j], tags));
         }
-        let mut cluster = Cluster { nodes, events: Mutex::new(Vec::new()), root };
-        let all: Vec<usize> = (0..cluster.nodes.len()).collect();
-        cluster.launch(&all).await;
-        cluster
+        Cluster { nodes, events: Mutex::new(Vec::new()), root }
+    }
+
+    /// Start every node of a [`Cluster::prepare`]d cluster; returns once each printed its listening lines.
+    pub async fn launch_all(&mut self) {
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        self.launch(&all).await;
     }
 
     /// Spawn the nodes at `indices`, then wait until each has printed its listening lines.
