@@ -56,6 +56,50 @@ pub struct Order {
     /// How many output files of this job the node keeps (the job's retention): older ones are deleted after a
     /// run, so an agent's disk stays bounded like the state is.
     pub keep_outputs: u32,
+    /// The sender's clock when the order was sent (stamped by the RPC client). The receiver moves `at` and
+    /// `expires_at` by the difference to its own clock, so a node whose clock is fast or slow still starts the run
+    /// at the leader's instant (see [`Order::on_local_clock`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<Timestamp>,
+}
+
+/// Beyond this difference between a sender's clock and ours (network delay included), say so in the log.
+pub const CLOCK_SKEW_WARN: Duration = Duration::from_millis(500);
+/// At most one clock warning per this many seconds: orders arrive every second.
+const CLOCK_SKEW_WARN_EVERY_S: i64 = 60;
+
+/// Log (rate-limited) when the shift applied to an order ([`Order::on_local_clock`]) says our clock is off.
+pub fn note_clock_shift(shift: jiff::SignedDuration) {
+    static LAST_WARNED_S: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
+    if shift.unsigned_abs() <= CLOCK_SKEW_WARN {
+        return;
+    }
+    let now_s = Timestamp::now().as_second();
+    let last = LAST_WARNED_S.load(Ordering::Relaxed);
+    if last.checked_add(CLOCK_SKEW_WARN_EVERY_S).is_some_and(|next| now_s < next) {
+        return;
+    }
+    LAST_WARNED_S.store(now_s, Ordering::Relaxed);
+    warn!(
+        "this node's clock is {shift:#} off the leader's (network delay included): orders are moved to this clock, \
+         so runs still start at the leader's instants, but check NTP"
+    );
+}
+
+impl Order {
+    /// The order with its instants moved from the sender's clock to this node's: both are shifted by how far
+    /// our clock is from the sender's at receipt. That difference includes the network delay, so the run starts
+    /// that much late, never early, whatever either clock says. Answers the shift applied.
+    pub fn on_local_clock(mut self, now: Timestamp) -> (Order, jiff::SignedDuration) {
+        let Some(sent_at) = self.sent_at.take() else {
+            return (self, jiff::SignedDuration::ZERO);
+        };
+        let shift = now.duration_since(sent_at);
+        let moved = |t: Timestamp| t.checked_add(shift).unwrap_or(t);
+        self.at = self.at.map(moved);
+        self.expires_at = moved(self.expires_at);
+        (self, shift)
+    }
 }
 
 /// What a fence says about launching an order now.
@@ -270,7 +314,7 @@ impl Worker {
         let expires_at = at.unwrap_or_else(Timestamp::now).max(Timestamp::now()) + self.lease;
         let keep_outputs = job.executions_retained.unwrap_or(self.retained_default).max(1);
         let exec = ExecRef { job: exec.job_name.clone(), id: exec.id.clone() };
-        Order { exec, spec, term, at, expires_at, keep_outputs }
+        Order { exec, spec, term, at, expires_at, keep_outputs, sent_at: None }
     }
 
     /// Take an order: refused (false) if its term is older than one seen; launched at its instant otherwise.
@@ -584,6 +628,28 @@ mod tests {
         let outputs = OutputStore::open(dir.path().join("outputs")).unwrap();
         let (worker, channels) = Worker::new(&config, outputs);
         (worker, channels, dir)
+    }
+
+    #[tokio::test]
+    async fn an_order_moves_to_the_receivers_clock_by_the_difference_at_receipt() {
+        let (worker, _channels, _dir) = worker();
+        let slot: Timestamp = "2026-11-22T00:00:10Z".parse().unwrap();
+        let mut sent = order(&worker, "e1", 1, Some(slot));
+        let expires = sent.expires_at;
+        sent.sent_at = Some("2026-11-22T00:00:09.500Z".parse().unwrap());
+        // Received when our clock says 5 s and 3 ms later than the sender's did: 5 s fast, 3 ms on the wire.
+        let (local, shift) = sent.on_local_clock("2026-11-22T00:00:14.503Z".parse().unwrap());
+        assert_eq!(shift, jiff::SignedDuration::from_millis(5003));
+        assert_eq!(
+            local.at,
+            Some("2026-11-22T00:00:15.003Z".parse().unwrap()),
+            "starts when our clock says slot + 5 s"
+        );
+        assert_eq!(local.expires_at, expires.checked_add(shift).unwrap());
+        assert_eq!(local.sent_at, None, "moved once");
+        // An order from a leader that does not stamp its orders is taken as it is.
+        let unstamped = order(&worker, "e2", 1, Some(slot));
+        assert_eq!(unstamped.clone().on_local_clock(Timestamp::now()).0.at, Some(slot));
     }
 
     fn order(worker: &Worker, id: &str, term: u64, at: Option<Timestamp>) -> Order {

@@ -993,3 +993,55 @@ async fn a_leader_whose_disk_fills_exits_and_another_leads_then_it_rejoins_with_
     drop(cluster);
     drop(disks);
 }
+
+/// Debian's libfaketime, preloaded into a node to shift its clock (package `faketime`, which scripts/test installs).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// Two agents, one with its clock 5 s fast and one 5 s slow (libfaketime), each run a job every second: no run
+/// starts before its slot on the real clock (the one the leader keeps), and none starts seconds late. The true start
+/// is written by the run itself with a clock outside the fake (`date` run without the preload).
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_with_fast_or_slow_clocks_start_runs_at_the_leaders_instants() {
+    assert!(Path::new(LIBFAKETIME).exists(), "this test needs Debian's faketime (apt-get install faketime)");
+    let mut cluster = Cluster::prepare(1, &[("fast", &["clock=fast"]), ("slow", &["clock=slow"])], &[]);
+    for (i, shift) in [(1, "+5s"), (2, "-5s")] {
+        cluster.set_env(i, "LD_PRELOAD", LIBFAKETIME);
+        cluster.set_env(i, "FAKETIME", shift);
+        cluster.set_env(i, "FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    }
+    cluster.launch_all().await;
+    cluster.wait_formed().await;
+    let dir = cluster.scratch("starts");
+    for clock in ["fast", "slow"] {
+        let file = dir.join(format!("{clock}.log"));
+        // The real time of the start, in ns, from a `date` that escapes the fake.
+        let command = format!(
+            "echo \"$KAIROS_SCHEDULED_AT $(env -u LD_PRELOAD -u FAKETIME date +%s%N)\" >> '{}'",
+            file.display()
+        );
+        let job = with(shell_job(&format!("on-{clock}"), "* * * * * *", &command), json!({"tags": {"clock": clock}}));
+        cluster.create_job(&job).await;
+    }
+    let lines = |clock: &str| -> Vec<(Timestamp, i128)> {
+        let text = std::fs::read_to_string(dir.join(format!("{clock}.log"))).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| {
+                let (slot, ns) = line.split_once(' ')?;
+                Some((slot.parse().ok()?, ns.trim().parse().ok()?))
+            })
+            .collect()
+    };
+    wait_until("five runs on each skewed agent", secs(30), async || {
+        (lines("fast").len() >= 5 && lines("slow").len() >= 5).then_some(())
+    })
+    .await;
+    for clock in ["fast", "slow"] {
+        for (slot, started_ns) in lines(clock) {
+            let lag_ms = (started_ns - slot.as_nanosecond()) / 1_000_000;
+            assert!(lag_ms >= 0, "a run on the {clock} agent started {}ms before its slot {slot}", -lag_ms);
+            assert!(lag_ms < 1_000, "a run on the {clock} agent started {lag_ms}ms after its slot {slot}");
+        }
+    }
+    let log = cluster.node(1).log();
+    assert!(log.contains("clock is") && log.contains("off the leader's"), "the fast agent warns:\n{log}");
+}

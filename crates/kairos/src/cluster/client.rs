@@ -255,7 +255,16 @@ impl RpcClient {
 
     /// Orders for one node: one answer per order (false: refused, its term is older than one the node saw).
     pub async fn run(&self, addr: &str, orders: &[Order]) -> Result<Vec<bool>, RpcError> {
-        self.post(addr, paths::RUN, orders, ORDER_TIMEOUT).await
+        /// An order stamped with this node's clock as it leaves ([`Order::sent_at`]).
+        #[derive(Serialize)]
+        struct Stamped<'a> {
+            #[serde(flatten)]
+            order: &'a Order,
+            sent_at: jiff::Timestamp,
+        }
+        let sent_at = jiff::Timestamp::now();
+        let stamped: Vec<Stamped> = orders.iter().map(|order| Stamped { order, sent_at }).collect();
+        self.post(addr, paths::RUN, &stamped, ORDER_TIMEOUT).await
     }
 
     /// Cancel a run on the node at `addr`; `timeout`: [`CANCEL_TIMEOUT`] or [`CANCEL_STOP_TIMEOUT`].

@@ -211,7 +211,16 @@ pub fn agent_router(side: AgentSide) -> Router {
 
 /// Orders from the leader: one answer per order (false: refused, its term is older than one seen).
 async fn run(State(side): State<AgentSide>, Json(orders): Json<Vec<Order>>) -> Json<Vec<bool>> {
-    Json(orders.into_iter().map(|order| side.worker.accept(order)).collect())
+    let now = jiff::Timestamp::now();
+    let accepted = orders
+        .into_iter()
+        .map(|order| {
+            let (order, shift) = order.on_local_clock(now);
+            crate::worker::note_clock_shift(shift);
+            side.worker.accept(order)
+        })
+        .collect();
+    Json(accepted)
 }
 
 async fn cancel(State(side): State<AgentSide>, Json((exec, reason)): Json<(ExecRef, String)>) -> Json<Cancelled> {

@@ -247,6 +247,8 @@ pub struct Node {
     retry_join: Vec<String>,
     /// The node's `--tag` flags and the cluster's extra arguments, after the standard flags.
     extra: Vec<String>,
+    /// Environment variables of this node's process (e.g. a faked clock), set with [`Cluster::set_env`].
+    env: Vec<(String, String)>,
     /// 0 until the first launch bound a port; restarts reuse it.
     rpc_port: u16,
     process: Option<Process>,
@@ -339,6 +341,7 @@ impl Node {
         }
         command.args(["--log-level", "info"]);
         finish_command(&mut command, &self.extra, &self.data_dir);
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         command
     }
 
@@ -503,6 +506,7 @@ impl Cluster {
                 gossip_port,
                 retry_join: retry_join.clone(),
                 extra: args,
+                env: Vec::new(),
                 rpc_port: 0,
                 process: None,
                 paused: false,
@@ -517,6 +521,11 @@ impl Cluster {
             nodes.push(node(name.to_string(), false, ports[servers + j], tags));
         }
         Cluster { nodes, events: Mutex::new(Vec::new()), root }
+    }
+
+    /// Set an environment variable for node `i`'s process from its next launch on.
+    pub fn set_env(&mut self, i: usize, key: &str, value: &str) {
+        self.nodes[i].env.push((key.to_string(), value.to_string()));
     }
 
     /// Start every node of a [`Cluster::prepare`]d cluster; returns once each printed its listening lines.
@@ -628,6 +637,7 @@ impl Cluster {
             gossip_port,
             retry_join: self.nodes.iter().filter(|n| n.server).map(Node::gossip_addr).collect(),
             extra,
+            env: Vec::new(),
             rpc_port: 0,
             process: None,
             paused: false,
