@@ -117,11 +117,6 @@ impl OutputStore {
         Ok(OutputStore { dir: Arc::new(dir), live: LiveOutputs::default(), limits, ledger })
     }
 
-    /// The limits this store keeps.
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
     /// Bytes all stored outputs take now.
     pub fn used_bytes(&self) -> u64 {
         self.ledger.lock().expect("output ledger lock").used_bytes
