@@ -19,11 +19,13 @@
 
 mod agent_node;
 mod api;
+mod applied;
 mod cli;
 mod cluster;
 mod config;
 mod dispatch;
 mod gossip;
+mod leadership;
 mod listener;
 mod node;
 mod reload;

@@ -11,7 +11,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,21 +24,23 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers, Instant as _, ReadPolicy, ServerState};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api::ApiError;
 use crate::cluster::{RpcClient, RpcError};
 use crate::config::Config;
-use crate::dispatch::Claims;
+use crate::dispatch::Dispatcher;
 use crate::gossip::{Member, Membership, Status};
+use crate::leadership::Duties;
 use crate::worker::{Cancelled, Reporter, Verdict, Worker};
 
 /// How often the membership duties run (publishing, bootstrapping, adding servers).
 const MEMBERSHIP_INTERVAL: Duration = Duration::from_millis(300);
 /// How long a write waits for a leader to be known.
 const LEADER_WAIT: Duration = Duration::from_secs(5);
+/// Longest wait for a leader duty's write to commit (then the duty retries).
+pub const LEADER_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Node {
     pub config: Config,
@@ -52,13 +53,10 @@ pub struct Node {
     pub membership: Arc<Membership>,
     /// Node-to-node RPC client (connections are pooled and kept alive).
     pub rpc: RpcClient,
-    pub(crate) claims: Mutex<Claims>,
-    pub(crate) dispatch_wake: Notify,
-    /// The term this node leads in (0 when it does not lead).
-    pub(crate) leader_term: AtomicU64,
-    pub(crate) takeover: Mutex<crate::dispatch::Takeover>,
-    /// Nodes an order could not reach recently, with when; avoided for a while.
-    pub(crate) unreachable: Mutex<HashMap<String, Instant>>,
+    /// The leader's dispatcher (idle with term 0 unless this node leads).
+    pub dispatcher: Dispatcher,
+    /// What the leader duties are doing (see [`crate::leadership`]).
+    pub duties: Duties,
     /// Servers this leader removed from Raft, with the gossip generation they had: not added back unless they
     /// restart (a leaving server may still look alive for a moment).
     removed: Mutex<HashMap<u64, u64>>,
@@ -145,11 +143,8 @@ impl Node {
             rpc_addr,
             membership,
             rpc,
-            claims: Mutex::new(Claims::default()),
-            dispatch_wake: Notify::new(),
-            leader_term: AtomicU64::new(0),
-            takeover: Mutex::new(Default::default()),
-            unreachable: Mutex::new(HashMap::new()),
+            dispatcher: Dispatcher::default(),
+            duties: Duties::default(),
             removed: Mutex::new(HashMap::new()),
             stopping: CancellationToken::new(),
             exit: CancellationToken::new(),
@@ -183,9 +178,8 @@ impl Node {
             }
         }));
         let reporter: Arc<dyn Reporter> = Arc::new(LocalReporter(node.clone()));
-        tasks.push(tokio::spawn(crate::dispatch::events_loop(node.clone(), events_rx, changes_tx)));
-        tasks.push(tokio::spawn(crate::scheduler::run(node.clone(), changes_rx)));
-        tasks.push(tokio::spawn(crate::dispatch::dispatch_loop(node.clone())));
+        tasks.push(tokio::spawn(crate::applied::events_loop(node.clone(), events_rx, changes_tx)));
+        tasks.push(tokio::spawn(crate::leadership::run(node.clone(), changes_rx)));
         tasks.push(tokio::spawn(crate::dispatch::dropped_loop(node.clone(), channels.dropped)));
         tasks.push(tokio::spawn(crate::worker::launch_loop(worker.clone(), channels.timer, node.stopping.clone())));
         tasks.push(tokio::spawn(crate::worker::report_loop(worker.clone(), reporter.clone(), channels.reports)));
@@ -235,42 +229,6 @@ impl Node {
         self.stopping.cancelled().await
     }
 
-    pub(crate) fn stopping_token(&self) -> &CancellationToken {
-        &self.stopping
-    }
-
-    /// Wait until this node leads; false if the node stops first.
-    pub async fn wait_for_leadership(&self) -> bool {
-        let mut metrics = self.raft.metrics();
-        loop {
-            if self.is_stopping() {
-                return false;
-            }
-            if metrics.borrow_watched().state == ServerState::Leader {
-                return true;
-            }
-            tokio::select! {
-                _ = self.stopping.cancelled() => return false,
-                changed = metrics.changed() => if changed.is_err() { return false },
-            }
-        }
-    }
-
-    /// A future that completes when this node stops leading.
-    pub fn leadership_lost(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        let mut metrics = self.raft.metrics();
-        Box::pin(async move {
-            loop {
-                if metrics.borrow_watched().state != ServerState::Leader {
-                    return;
-                }
-                if metrics.changed().await.is_err() {
-                    return;
-                }
-            }
-        })
-    }
-
     /// On a multi-server leader: wait (bounded) until a quorum acknowledged this leader, which openraft requires
     /// before it accepts writes (right after an election it would refuse them).
     pub async fn wait_writable(&self) {
@@ -310,6 +268,24 @@ impl Node {
                 return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no leader is elected yet; retry"));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A leader duty's write: refused unless this node still leads in `term` (a duty of an earlier term must
+    /// not write in a later one, nor forward to another leader), and bounded by [`LEADER_WRITE_TIMEOUT`] so no
+    /// duty waits for good on a write Raft cannot commit.
+    pub async fn submit_as_leader(&self, term: u64, command: Command) -> Result<Response, ApiError> {
+        let metrics = self.metrics();
+        if metrics.state != ServerState::Leader || metrics.current_term != term {
+            let message = format!("this node no longer leads in term {term}");
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message));
+        }
+        match tokio::time::timeout(LEADER_WRITE_TIMEOUT, self.submit_local(command)).await {
+            Ok(written) => written.map(|(response, _)| response),
+            Err(_) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the write was not committed within {LEADER_WRITE_TIMEOUT:?}"),
+            )),
         }
     }
 
@@ -827,8 +803,4 @@ impl Running {
             task.abort();
         }
     }
-}
-
-pub(crate) fn term_of(node: &Node) -> u64 {
-    node.leader_term.load(Ordering::SeqCst)
 }

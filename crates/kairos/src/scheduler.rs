@@ -246,33 +246,27 @@ impl Armed {
     }
 }
 
-/// Run the scheduler for as long as the node runs; it is active only while the node leads.
-pub async fn run(node: Arc<Node>, mut changes: UnboundedReceiver<String>) {
+/// The scheduler as a leader duty of `term` (see [`crate::leadership`]): rebuilds the timer from the stored jobs,
+/// then fires slots as they fall due. Runs until the duty is dropped; a failed write rebuilds the timer.
+pub async fn duty(node: &Node, term: u64, changes: &mut UnboundedReceiver<String>) {
     loop {
-        if !node.wait_for_leadership().await {
-            return; // shutting down
-        }
-        node.wait_writable().await;
-        info!("scheduler: this node leads; rebuilding the timer from the stored jobs");
+        info!("scheduler: leading in term {term}; rebuilding the timer from the stored jobs");
         let mut armed = Armed::default();
         while changes.try_recv().is_ok() {} // everything is reloaded below
-        if let Err(err) = rebuild(&node, &mut armed).await {
-            warn!("scheduler: rebuild failed: {err}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        }
-        let result = lead(&node, &mut armed, &mut changes).await;
-        if node.is_stopping() {
-            return;
-        }
+        let result = match rebuild(node, term, &mut armed).await {
+            Ok(()) => lead(node, term, &mut armed, changes).await,
+            Err(err) => Err(err),
+        };
         if let Err(err) = result {
-            warn!("scheduler: stopped leading: {err}");
+            warn!("scheduler: {err}; rebuilding the timer");
+            node.duties.failed(format!("scheduler: {err}"));
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }
 
 /// Arm every stored job, streaming the records (a million jobs must not sit in memory at once).
-async fn rebuild(node: &Node, armed: &mut Armed) -> anyhow::Result<()> {
+async fn rebuild(node: &Node, term: u64, armed: &mut Armed) -> anyhow::Result<()> {
     let now = Timestamp::now();
     let mut commands = Vec::new();
     let mut fires = Vec::new();
@@ -284,23 +278,28 @@ async fn rebuild(node: &Node, armed: &mut Armed) -> anyhow::Result<()> {
         })
     })?;
     info!("scheduler: {} jobs armed, {} slots to decide now", armed.timer.entries.len(), fires.len());
-    propose(node, fires, commands).await
+    propose(node, term, fires, commands).await
 }
 
-async fn propose(node: &Node, fires: Vec<Fire>, commands: Vec<Command>) -> anyhow::Result<()> {
+async fn propose(node: &Node, term: u64, fires: Vec<Fire>, commands: Vec<Command>) -> anyhow::Result<()> {
     for command in commands {
-        node.submit(command).await.map_err(|e| anyhow::anyhow!(e.message))?;
+        node.submit_as_leader(term, command).await.map_err(|e| anyhow::anyhow!(e.message))?;
     }
     let mut fires = fires;
     fires.sort_by_key(|f| f.scheduled_at);
     for chunk in fires.chunks(BATCH_ITEMS_MAX) {
-        node.submit(Command::Fire { fires: chunk.to_vec() }).await.map_err(|e| anyhow::anyhow!(e.message))?;
+        let fire = Command::Fire { fires: chunk.to_vec() };
+        node.submit_as_leader(term, fire).await.map_err(|e| anyhow::anyhow!(e.message))?;
     }
     Ok(())
 }
 
-async fn lead(node: &Node, armed: &mut Armed, changes: &mut UnboundedReceiver<String>) -> anyhow::Result<()> {
-    let mut leadership = node.leadership_lost();
+async fn lead(
+    node: &Node,
+    term: u64,
+    armed: &mut Armed,
+    changes: &mut UnboundedReceiver<String>,
+) -> anyhow::Result<()> {
     loop {
         let wake = armed.timer.earliest().map(|at| {
             let wait = time_until(at);
@@ -308,8 +307,6 @@ async fn lead(node: &Node, armed: &mut Armed, changes: &mut UnboundedReceiver<St
         });
         let sleep_until = wake.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
-            _ = node.stopping() => return Ok(()),
-            _ = &mut leadership => anyhow::bail!("leadership lost"),
             Some(first) = changes.recv() => {
                 let mut names = vec![first];
                 while let Ok(name) = changes.try_recv() {
@@ -317,14 +314,14 @@ async fn lead(node: &Node, armed: &mut Armed, changes: &mut UnboundedReceiver<St
                 }
                 names.sort();
                 names.dedup();
-                reload(node, armed, names).await?;
+                reload(node, term, armed, names).await?;
             }
             _ = tokio::time::sleep_until(sleep_until) => {
                 let fires = armed.take_due(Timestamp::now());
                 if !fires.is_empty() {
                     let count = fires.len();
                     let started = std::time::Instant::now();
-                    propose(node, fires, Vec::new()).await?;
+                    propose(node, term, fires, Vec::new()).await?;
                     debug!("scheduler: fired {count} slots, committed and dispatched in {:?}", started.elapsed());
                 }
             }
@@ -332,7 +329,7 @@ async fn lead(node: &Node, armed: &mut Armed, changes: &mut UnboundedReceiver<St
     }
 }
 
-async fn reload(node: &Node, armed: &mut Armed, names: Vec<String>) -> anyhow::Result<()> {
+async fn reload(node: &Node, term: u64, armed: &mut Armed, names: Vec<String>) -> anyhow::Result<()> {
     let now = Timestamp::now();
     let mut fires = Vec::new();
     let mut commands = Vec::new();
@@ -342,7 +339,7 @@ async fn reload(node: &Node, armed: &mut Armed, names: Vec<String>) -> anyhow::R
             None => armed.forget(&name),
         }
     }
-    propose(node, fires, commands).await
+    propose(node, term, fires, commands).await
 }
 
 #[cfg(test)]

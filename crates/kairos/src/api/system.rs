@@ -12,14 +12,22 @@ use super::{ApiError, ApiResult, AppState, Params, reply, reply_list};
 /// Upper bound on preview length, so one request cannot ask for unbounded work.
 const PREVIEW_COUNT_MAX: usize = 1000;
 
-/// `GET /health`: 200 while the node works; 503 with the reason once its storage failed (it is then exiting).
+/// `GET /health`: 200 while the node works; 503 with the reason once its storage failed (it is then exiting), or
+/// while it leads but its leader duties do not run (see [`crate::leadership`]).
 pub async fn health(State(node): State<AppState>, Query(params): Query<Params>) -> ApiResult {
     if let Some(reason) = node.fatal.get() {
         let body = json!({ "status": "unhealthy", "node": node.config.node_name, "error": reason });
         return Ok(reply(StatusCode::SERVICE_UNAVAILABLE, &body, &params));
     }
     let leader = node.leader_name();
-    Ok(reply(StatusCode::OK, &json!({ "status": "ok", "node": node.config.node_name, "leader": leader }), &params))
+    let duties = node.duties.json();
+    if let Some(reason) = node.duties.stalled(node.is_leader()) {
+        let body = json!({ "status": "unhealthy", "node": node.config.node_name, "leader": leader, "error": reason,
+                           "leader_duties": duties });
+        return Ok(reply(StatusCode::SERVICE_UNAVAILABLE, &body, &params));
+    }
+    let body = json!({ "status": "ok", "node": node.config.node_name, "leader": leader, "leader_duties": duties });
+    Ok(reply(StatusCode::OK, &body, &params))
 }
 
 /// `GET /v1`: Dkron's agent summary (`agent`, `serf` and `tags`, every value a string), and ours: `raft`.

@@ -1,0 +1,123 @@
+//! Claims: every pending execution the leader hands out is claimed once, with the node it went to, so a stale
+//! read can never dispatch it twice. The claim count per node is its load ("least busy" placement).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use kairos_model::Execution;
+use kairos_store::ExecRef;
+
+/// Executions this leader has handed out, with when and to which node.
+#[derive(Default)]
+pub struct Claims {
+    by_exec: HashMap<ExecRef, (Instant, String)>,
+    load: HashMap<String, usize>,
+    /// Executions whose expansion into copies (one per target node) is being committed.
+    pub(super) expanding: HashSet<ExecRef>,
+}
+
+impl Claims {
+    pub(super) fn contains(&self, exec: &ExecRef) -> bool {
+        self.by_exec.contains_key(exec)
+    }
+
+    /// Claim `exec` for `node` at `at`; false (and nothing changes) if it is claimed already.
+    pub(super) fn claim(&mut self, exec: ExecRef, node: &str, at: Instant) -> bool {
+        if self.by_exec.contains_key(&exec) {
+            return false;
+        }
+        *self.load.entry(node.to_string()).or_default() += 1;
+        self.by_exec.insert(exec, (at, node.to_string()));
+        self.check();
+        true
+    }
+
+    pub(super) fn release(&mut self, exec: &ExecRef) {
+        if let Some((_, node)) = self.by_exec.remove(exec)
+            && let Some(load) = self.load.get_mut(&node)
+        {
+            *load = load.saturating_sub(1);
+        }
+        self.check();
+    }
+
+    /// Keep the claims `keep` answers true for (execution, claimed at, node), release the others.
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(&ExecRef, &Instant, &str) -> bool) {
+        let dropped: Vec<ExecRef> =
+            self.by_exec.iter().filter(|(r, (at, node))| !keep(r, at, node)).map(|(r, _)| r.clone()).collect();
+        for exec in dropped {
+            self.release(&exec);
+        }
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.by_exec.clear();
+        self.load.clear();
+        self.expanding.clear();
+    }
+
+    /// How many claimed executions went to `node`.
+    pub(super) fn load(&self, node: &str) -> usize {
+        self.load.get(node).copied().unwrap_or(0)
+    }
+
+    /// The nodes this leader sent other executions of the same slot of the same job to.
+    pub(super) fn slot_nodes(&self, exec: &Execution) -> Vec<&str> {
+        let slot = slot_of(&exec.id);
+        self.by_exec
+            .iter()
+            .filter(|(r, _)| r.job == exec.job_name && r.id != exec.id && slot_of(&r.id) == slot)
+            .map(|(_, (_, node))| node.as_str())
+            .collect()
+    }
+
+    pub(super) fn node_of(&self, exec: &ExecRef) -> Option<&str> {
+        self.by_exec.get(exec).map(|(_, node)| node.as_str())
+    }
+
+    /// The invariant placement relies on: the load per node sums to the claims (checked in debug builds).
+    fn check(&self) {
+        debug_assert_eq!(self.load.values().sum::<usize>(), self.by_exec.len(), "load per node must sum to the claims");
+    }
+}
+
+/// The slot part of an execution id (its scheduled millisecond), shared by every attempt and copy of the slot.
+fn slot_of(id: &str) -> &str {
+    id.split_once('-').map_or(id, |(slot, _)| slot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn exec_ref(n: u32) -> ExecRef {
+        ExecRef { job: "j".into(), id: n.to_string() }
+    }
+
+    #[test]
+    fn a_claim_is_taken_once_and_counted_once() {
+        let now = Instant::now();
+        let mut claims = Claims::default();
+        assert!(claims.claim(exec_ref(1), "a", now));
+        assert!(!claims.claim(exec_ref(1), "b", now), "a second claim of the same execution is refused");
+        assert_eq!((claims.load("a"), claims.load("b")), (1, 0));
+        claims.retain(|_, _, node| node != "a");
+        assert!(!claims.contains(&exec_ref(1)));
+        assert_eq!(claims.load("a"), 0);
+    }
+
+    #[test]
+    fn releasing_twice_or_an_unknown_claim_keeps_the_load_right() {
+        let now = Instant::now();
+        let mut claims = Claims::default();
+        claims.claim(exec_ref(1), "a", now);
+        claims.claim(exec_ref(2), "a", now);
+        claims.release(&exec_ref(1));
+        claims.release(&exec_ref(1));
+        claims.release(&exec_ref(9));
+        assert_eq!(claims.load("a"), 1);
+        assert_eq!(claims.node_of(&exec_ref(2)), Some("a"));
+        claims.clear();
+        assert_eq!(claims.load("a"), 0);
+    }
+}

@@ -1,0 +1,340 @@
+//! The leader's dispatcher: it places committed runs on nodes, fences them with its term, and settles what a
+//! previous leader left behind. One [`Dispatcher`] per node holds its state; it is armed with a term by the
+//! takeover and disarmed when leadership is revoked (see [`crate::leadership`]).
+//!
+//! - `claims`: every pending execution the leader hands out is claimed once (with the node it went to), so a
+//!   stale read can never dispatch it twice; the claim count per node is its load ("least busy").
+//! - `placement`: which live, reachable node with matching tags runs a run (or which nodes, for jobs that run on
+//!   several: the leader first commits one copy per target node, `<id>@<node>`, then places each copy).
+//! - orders (here): runs decided ahead of their slot travel early with their instant and start on the agent's own
+//!   timer; every order carries the leader's term, and nodes refuse older terms.
+//! - `takeover`: a new leader syncs every live node before it dispatches what the old one left.
+//! - `sweep`: the periodic pass that dispatches due runs, expires leases and fails runs no node can take.
+
+mod claims;
+mod placement;
+mod sweep;
+mod takeover;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kairos_model::{Execution, ExecutionStatus, Job, Targets, Timestamp};
+use kairos_store::{Command, ExecRef, Expansion, Response};
+use tokio::sync::Notify;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tracing::warn;
+
+pub use claims::Claims;
+pub use sweep::duty;
+pub use takeover::{Takeover, take_over};
+
+use crate::cluster::{RpcError, client};
+use crate::gossip::Member;
+use crate::node::Node;
+use crate::worker::{Cancelled, Order};
+
+/// The scheduler decides slots this far ahead at most (see [`crate::scheduler::DECIDE_AHEAD`]); runs decided
+/// further ahead than this are left to the sweep.
+const DECIDE_AHEAD_MAX: Duration = Duration::from_secs(2);
+
+/// What each node answered at the takeover: the executions it runs, holds or has not reported yet.
+pub type Synced = HashMap<String, HashSet<ExecRef>>;
+
+/// The dispatcher's state on one node. Its term is 0 unless this node leads and has taken over.
+#[derive(Default)]
+pub struct Dispatcher {
+    claims: Mutex<Claims>,
+    takeover: Mutex<Takeover>,
+    /// Nodes an order could not reach recently, with when; avoided for [`placement::UNREACHABLE_FOR`].
+    unreachable: Mutex<HashMap<String, Instant>>,
+    /// Wakes the sweep before its interval (a claim was released, a run was decided for later).
+    wake: Notify,
+    term: AtomicU64,
+}
+
+impl Dispatcher {
+    /// The term this node dispatches in; 0 while it does not lead (or has not taken over yet).
+    pub fn term(&self) -> u64 {
+        self.term.load(Ordering::SeqCst)
+    }
+
+    /// Forget everything of an earlier term (the start of a takeover).
+    fn reset(&self) {
+        self.claims.lock().expect("claims lock").clear();
+        *self.takeover.lock().expect("takeover lock") = Takeover::default();
+    }
+
+    /// Dispatch in `term` from now on (the takeover's sync is done).
+    fn arm(&self, term: u64) {
+        self.term.store(term, Ordering::SeqCst);
+    }
+
+    /// Stop dispatching: leadership was lost or changed term. Runs already sent keep running on their nodes.
+    pub fn revoke(&self) {
+        self.term.store(0, Ordering::SeqCst);
+        self.reset();
+    }
+
+    /// Wake the sweep now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// An order could not reach `name`: avoid it for a while.
+    fn mark_unreachable(&self, name: &str, at: Instant) {
+        self.unreachable.lock().expect("unreachable lock").insert(name.to_string(), at);
+    }
+
+    /// `name`'s process is gone: avoid it, and what it was sent but never started is free to go elsewhere.
+    fn node_gone(&self, name: &str, at: Instant) {
+        self.mark_unreachable(name, at);
+        self.claims.lock().expect("claims lock").retain(|_, _, target| target != name);
+    }
+
+    /// A node dropped an order (its fence refused it): if this node still leads, place it anew.
+    pub fn dropped(&self, exec: &ExecRef) {
+        self.claims.lock().expect("claims lock").release(exec);
+        self.wake();
+    }
+}
+
+/// Dispatch what a committed command created, cancel what it replaced. Runs decided ahead of their instant
+/// travel now and start at the instant.
+pub fn after_commit(node: &Node, response: &Response) {
+    for exec_ref in &response.to_cancel {
+        stop_run(node, exec_ref, "cancelled: replaced by a newer execution (concurrency: replace)");
+    }
+    if !node.is_leader() {
+        return;
+    }
+    let now = Timestamp::now();
+    let mut ready = Vec::new();
+    let mut later = false;
+    for exec in response.executions.iter().filter(|e| e.status == ExecutionStatus::Pending) {
+        match exec.not_before {
+            Some(at) if at > now && at.duration_since(now).unsigned_abs() <= DECIDE_AHEAD_MAX => {
+                ready.push((exec, Some(at)));
+            }
+            Some(at) if at > now => later = true,
+            _ => ready.push((exec, None)),
+        }
+    }
+    // What cannot be placed now waits for the sweep (a node with the right tags may still appear).
+    dispatch(node, ready);
+    if later {
+        node.dispatcher.wake();
+    }
+}
+
+/// Stop a run wherever this node knows it is: this worker, or the node the leader sent it to.
+pub fn stop_run(node: &Node, exec_ref: &ExecRef, reason: &str) {
+    if node.worker.cancel(exec_ref, reason) != Cancelled::NotHere {
+        return;
+    }
+    let target = node.dispatcher.claims.lock().expect("claims lock").node_of(exec_ref).map(str::to_string);
+    let Some(target) = target.filter(|t| *t != node.config.node_name) else { return };
+    let Some(member) = node.membership.alive().into_iter().find(|m| m.name == target) else { return };
+    let (addr, rpc, exec_ref, reason) = (member.rpc_addr, node.rpc.clone(), exec_ref.clone(), reason.to_string());
+    tokio::spawn(async move {
+        let sent = rpc.cancel(&addr, &exec_ref, &reason, client::CANCEL_STOP_TIMEOUT).await;
+        // Only a failure to deliver is worth a warning: any answer came from the node itself.
+        if let Err(err @ (RpcError::Unreachable { .. } | RpcError::Timeout { .. } | RpcError::Broken { .. })) = sent {
+            warn!("cannot cancel {}/{} on {target}: {err}", exec_ref.job, exec_ref.id);
+        }
+    });
+}
+
+/// Claim, place and send runs (with their start instant, if early). Runs of a job that runs on several nodes
+/// are first expanded into one copy per target node (a commit; the copies are dispatched when it applies).
+/// Runs that cannot be placed now (no live node matches the job's tags, or a copy's node is not alive) stay
+/// pending and unclaimed and are answered; the sweep tries again, and fails them after [`PLACE_GRACE`].
+pub fn dispatch<'e>(node: &Node, runs: Vec<(&'e Execution, Option<Timestamp>)>) -> Vec<&'e Execution> {
+    let mut unplaced = Vec::new();
+    if runs.is_empty() || node.is_stopping() {
+        return unplaced;
+    }
+    let term = node.dispatcher.term();
+    if term == 0 {
+        return unplaced; // leadership not settled yet: the takeover's first sweep dispatches
+    }
+    let members = eligible_members(node);
+    let mut local = Vec::new();
+    let mut remote: BTreeMap<String, (String, Vec<Order>)> = BTreeMap::new();
+    let mut definitions: HashMap<String, Option<Arc<Job>>> = HashMap::new();
+    let mut expansions = Vec::new();
+    {
+        let takeover = node.dispatcher.takeover.lock().expect("takeover lock");
+        let mut claims = node.dispatcher.claims.lock().expect("claims lock");
+        for (exec, at) in runs {
+            let exec_ref = ExecRef { job: exec.job_name.clone(), id: exec.id.clone() };
+            if claims.contains(&exec_ref) || takeover.holds(&exec_ref) {
+                continue;
+            }
+            let job = definitions.entry(exec.job_name.clone()).or_insert_with(|| {
+                node.state.definition(&exec.job_name).unwrap_or_else(|err| {
+                    warn!("dispatch: cannot read job {}: {err}", exec.job_name);
+                    None
+                })
+            });
+            let Some(job) = job.as_ref() else { continue };
+            if !exec.is_copy() && job.targets() != Targets::One {
+                if claims.expanding.contains(&exec_ref) {
+                    continue;
+                }
+                if let Some(targets) = placement::choose_targets(&members, job, &claims, &node.config.node_name) {
+                    claims.expanding.insert(exec_ref.clone());
+                    expansions.push(Expansion { exec: exec_ref, targets });
+                    continue;
+                }
+            }
+            let Some(target) = placement::place(&members, job, exec, &claims, &node.config.node_name) else {
+                unplaced.push(exec);
+                continue;
+            };
+            claims.claim(exec_ref, &target.name, Instant::now());
+            let order = node.worker.prepare(exec, job, term, at);
+            if target.name == node.config.node_name {
+                local.push(order);
+            } else {
+                remote
+                    .entry(target.name.clone())
+                    .or_insert_with(|| (target.rpc_addr.clone(), Vec::new()))
+                    .1
+                    .push(order);
+            }
+        }
+    }
+    for order in local {
+        let exec = order.exec.clone();
+        if !node.worker.accept(order) {
+            node.dispatcher.claims.lock().expect("claims lock").release(&exec);
+        }
+    }
+    for (name, (rpc_addr, orders)) in remote {
+        send_orders(node, name, rpc_addr, orders);
+    }
+    if !expansions.is_empty() {
+        expand(node, term, expansions);
+    }
+    unplaced
+}
+
+/// Commit the expansion of runs into copies, then dispatch the copies.
+fn expand(node: &Node, term: u64, expansions: Vec<Expansion>) {
+    let node_ptr = NodeHandle::of(node);
+    tokio::spawn(async move {
+        let Some(node) = node_ptr.upgrade() else { return };
+        let refs: Vec<ExecRef> = expansions.iter().map(|e| e.exec.clone()).collect();
+        let committed = node.submit_as_leader(term, Command::Expand { expansions }).await;
+        {
+            let mut claims = node.dispatcher.claims.lock().expect("claims lock");
+            for exec in &refs {
+                claims.expanding.remove(exec);
+            }
+        }
+        match committed {
+            Ok(response) => after_commit(&node, &response),
+            // The originals are still pending: the next sweep tries again.
+            Err(err) => warn!("cannot expand {} run(s) into copies per node: {}", refs.len(), err.message),
+        }
+    });
+}
+
+/// Send orders to a node; on failure release their claims so the sweep places them again (elsewhere).
+fn send_orders(node: &Node, name: String, rpc_addr: String, orders: Vec<Order>) {
+    let rpc = node.rpc.clone();
+    let node_ptr = NodeHandle::of(node);
+    tokio::spawn(async move {
+        let refs: Vec<ExecRef> = orders.iter().map(|o| o.exec.clone()).collect();
+        let sent = rpc.run(&rpc_addr, &orders).await;
+        // Some(answers): delivered; None: certainly not delivered (refused connection, error status); a timeout
+        // or a broken connection leaves it unknown whether the node got the orders: their claims are kept until
+        // the orders have expired (see `sweep`), so a node that was only slow cannot run them a second time.
+        // `gone`: the connection was refused, so no process listens there any more.
+        let (accepted, uncertain, gone): (Option<Vec<bool>>, bool, bool) = match sent {
+            Ok(answers) => (Some(answers), false, false),
+            Err(err @ RpcError::BadAnswer { .. }) => {
+                warn!("orders to {name}: unreadable answer ({err})");
+                (None, true, false)
+            }
+            Err(RpcError::Status { status, .. }) => {
+                warn!("orders to {name} refused: HTTP {status}");
+                (None, false, false)
+            }
+            Err(err) => {
+                warn!("cannot send orders to {name}: {err}");
+                let refused = matches!(err, RpcError::Unreachable { refused: true, .. });
+                (None, !refused, refused)
+            }
+        };
+        let Some(node) = node_ptr.upgrade() else { return };
+        if gone {
+            // Its process is gone: orders it accepted earlier and has not started will never start there.
+            node.dispatcher.node_gone(&name, Instant::now());
+        } else if accepted.is_none() {
+            node.dispatcher.mark_unreachable(&name, Instant::now());
+        }
+        if uncertain {
+            return;
+        }
+        let mut released = false;
+        {
+            let mut claims = node.dispatcher.claims.lock().expect("claims lock");
+            for (i, exec) in refs.iter().enumerate() {
+                let ok = accepted.as_ref().and_then(|a| a.get(i).copied()).unwrap_or(false);
+                if !ok {
+                    claims.release(exec);
+                    released = true;
+                }
+            }
+        }
+        if released {
+            node.dispatcher.wake();
+        }
+    });
+}
+
+/// A weak handle to the node for tasks that outlive a call.
+struct NodeHandle(std::sync::Weak<Node>);
+
+impl NodeHandle {
+    fn of(node: &Node) -> NodeHandle {
+        NodeHandle(node.self_weak())
+    }
+
+    fn upgrade(&self) -> Option<Arc<Node>> {
+        self.0.upgrade()
+    }
+}
+
+/// Orders the fence dropped (their leader no longer leads): if this node leads again, place them anew.
+pub async fn dropped_loop(node: Arc<Node>, mut dropped: UnboundedReceiver<ExecRef>) {
+    while let Some(exec) = dropped.recv().await {
+        node.dispatcher.dropped(&exec);
+    }
+}
+
+/// Live nodes that take runs (servers and agents, not left) and that orders could reach lately, in name order.
+fn eligible_members(node: &Node) -> Vec<Member> {
+    let mut members = node.membership.alive();
+    if !members.iter().any(|m| m.name == node.config.node_name) {
+        // Gossip has not listed this node yet (it just started): it can still run jobs.
+        members.push(Member {
+            name: node.config.node_name.clone(),
+            server: true,
+            raft_id: Some(node.id),
+            rpc_addr: node.rpc_addr.to_string(),
+            http_addr: String::new(),
+            gossip_addr: node.membership.gossip_addr(),
+            generation: 0,
+            tags: node.member_tags(),
+            status: crate::gossip::Status::Alive,
+            raft_initialized: true,
+        });
+    }
+    let unreachable = node.dispatcher.unreachable.lock().expect("unreachable lock");
+    placement::reachable(members, &unreachable, Instant::now())
+}

@@ -1,0 +1,229 @@
+//! Placement: which live node runs a run. Eligible nodes are the live members whose tags match the job's and that
+//! answered over RPC lately. A job without tags (or with a count of 1) runs on exactly one of them, the least
+//! busy, avoiding the node a failed attempt ran on where there is another, and the leader where there is
+//! another. A job whose tags have no count runs on every matching node, `value:N` on N of them.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use kairos_model::{Execution, Job, Targets};
+
+use super::claims::Claims;
+use crate::gossip::{Member, tags_match};
+
+/// How long a node an order could not reach is avoided.
+pub const UNREACHABLE_FOR: Duration = Duration::from_secs(10);
+
+/// The members an order can reach: those not marked unreachable within [`UNREACHABLE_FOR`] before `now`. When
+/// every member is marked, all of them (one may have come back; a failed send marks it again).
+pub fn reachable(members: Vec<Member>, unreachable: &HashMap<String, Instant>, now: Instant) -> Vec<Member> {
+    let fresh = |m: &Member| {
+        unreachable.get(&m.name).is_none_or(|since| now.saturating_duration_since(*since) > UNREACHABLE_FOR)
+    };
+    if members.iter().any(fresh) { members.into_iter().filter(fresh).collect() } else { members }
+}
+
+/// The nodes a run of a job that runs on several nodes goes to: every live matching node, or the job's count of
+/// them, least busy first and the leader last. `None` if no live node matches.
+pub fn choose_targets(members: &[Member], job: &Job, claims: &Claims, leader: &str) -> Option<Vec<String>> {
+    let eligible: Vec<&Member> = members.iter().filter(|m| tags_match(&job.tags, &m.tags)).collect();
+    if eligible.is_empty() {
+        return None;
+    }
+    let wanted = match job.targets() {
+        Targets::All => eligible.len(),
+        Targets::Count(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        Targets::One => 1,
+    };
+    let mut ranked: Vec<(bool, usize, u32, &str)> =
+        eligible.iter().map(|m| (m.name == leader, claims.load(&m.name), rand::random(), m.name.as_str())).collect();
+    ranked.sort_unstable();
+    let mut chosen: Vec<String> = ranked.into_iter().take(wanted).map(|(.., name)| name.to_string()).collect();
+    chosen.sort();
+    Some(chosen)
+}
+
+/// The least busy eligible node for a run, avoiding its previous attempt's node where there is another, and the
+/// leader itself (`leader`) where there is another: a run the leader starts itself is the one a leader crash can
+/// leave unreported, and the leader has scheduling to do.
+pub fn place<'m>(
+    members: &'m [Member],
+    job: &Job,
+    exec: &Execution,
+    claims: &Claims,
+    leader: &str,
+) -> Option<&'m Member> {
+    let eligible: Vec<&Member> = members
+        .iter()
+        .filter(|m| tags_match(&job.tags, &m.tags))
+        .filter(|m| exec.target.as_ref().is_none_or(|target| m.name == *target))
+        .collect();
+    // A retry avoids the node that failed it, and a copy the nodes that run the slot's other copies.
+    let mut avoid: Vec<&str> = exec.previous_node.as_deref().into_iter().collect();
+    if exec.is_copy() && exec.target.is_none() {
+        avoid.extend(claims.slot_nodes(exec));
+    }
+    let preferred: Vec<&Member> = eligible.iter().copied().filter(|m| !avoid.contains(&m.name.as_str())).collect();
+    let pool = if preferred.is_empty() { eligible } else { preferred };
+    let others: Vec<&Member> = pool.iter().copied().filter(|m| m.name != leader).collect();
+    let pool = if others.is_empty() { pool } else { others };
+    let least = pool.iter().map(|m| claims.load(&m.name)).min()?;
+    let ties: Vec<&Member> = pool.into_iter().filter(|m| claims.load(&m.name) == least).collect();
+    Some(ties[rand::random_range(0..ties.len())])
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use kairos_model::Trigger;
+    use kairos_store::ExecRef;
+
+    use super::*;
+
+    pub fn member(name: &str, tags: &[(&str, &str)]) -> Member {
+        Member {
+            name: name.into(),
+            server: false,
+            raft_id: None,
+            rpc_addr: format!("{name}:6868"),
+            http_addr: String::new(),
+            gossip_addr: ([127, 0, 0, 1], 8946).into(),
+            generation: 1,
+            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            status: crate::gossip::Status::Alive,
+            raft_initialized: false,
+        }
+    }
+
+    fn job(tags: &[(&str, &str)]) -> Job {
+        let mut job = Job::empty("j");
+        job.tags = tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        job
+    }
+
+    fn exec() -> Execution {
+        Execution::decided("j", "2026-11-22T00:00:00Z".parse().unwrap(), Trigger::Schedule)
+    }
+
+    fn exec_ref(n: u32) -> ExecRef {
+        ExecRef { job: "j".into(), id: n.to_string() }
+    }
+
+    fn name(member: Option<&Member>) -> Option<&str> {
+        member.map(|m| m.name.as_str())
+    }
+
+    #[test]
+    fn the_least_busy_matching_node_is_chosen() {
+        let now = Instant::now();
+        let members = vec![member("a", &[("pool", "x")]), member("b", &[("pool", "x")]), member("c", &[])];
+        let mut claims = Claims::default();
+        claims.claim(exec_ref(1), "a", now);
+        claims.claim(exec_ref(2), "a", now);
+        claims.claim(exec_ref(3), "b", now);
+        let job = job(&[("pool", "x")]);
+        assert_eq!(name(place(&members, &job, &exec(), &claims, "leader")), Some("b"), "b runs 1, a runs 2");
+        claims.release(&exec_ref(1));
+        claims.release(&exec_ref(2));
+        assert_eq!(name(place(&members, &job, &exec(), &claims, "leader")), Some("a"));
+    }
+
+    #[test]
+    fn a_job_without_tags_can_run_anywhere_and_unmatched_tags_nowhere() {
+        let members = vec![member("a", &[("zone", "eu")]), member("b", &[])];
+        let claims = Claims::default();
+        assert!(place(&members, &job(&[]), &exec(), &claims, "leader").is_some());
+        assert!(place(&members, &job(&[("zone", "us")]), &exec(), &claims, "leader").is_none());
+    }
+
+    #[test]
+    fn a_retry_avoids_the_node_of_the_failed_attempt_unless_it_is_the_only_one() {
+        let members = vec![member("a", &[]), member("b", &[])];
+        let mut claims = Claims::default();
+        claims.claim(exec_ref(1), "b", Instant::now()); // b is busier, but a failed the previous attempt
+        let mut retry = exec();
+        retry.previous_node = Some("a".into());
+        for _ in 0..20 {
+            assert_eq!(name(place(&members, &job(&[]), &retry, &claims, "leader")), Some("b"));
+        }
+        let alone = vec![member("a", &[])];
+        assert_eq!(name(place(&alone, &job(&[]), &retry, &claims, "leader")), Some("a"));
+    }
+
+    #[test]
+    fn the_leader_runs_jobs_only_when_no_other_node_is_eligible() {
+        let members = vec![member("leader", &[("gpu", "yes")]), member("b", &[])];
+        let mut claims = Claims::default();
+        claims.claim(exec_ref(1), "b", Instant::now());
+        claims.claim(exec_ref(2), "b", Instant::now());
+        assert_eq!(name(place(&members, &job(&[]), &exec(), &claims, "leader")), Some("b"), "b is not the leader");
+        let gpu = job(&[("gpu", "yes")]);
+        assert_eq!(name(place(&members, &gpu, &exec(), &claims, "leader")), Some("leader"), "only the leader matches");
+    }
+
+    #[test]
+    fn tags_without_a_count_target_every_matching_node_and_a_count_that_many() {
+        let members = vec![
+            member("leader", &[("role", "web")]),
+            member("w1", &[("role", "web")]),
+            member("w2", &[("role", "web")]),
+            member("db", &[("role", "db")]),
+        ];
+        let mut claims = Claims::default();
+        let all = choose_targets(&members, &job(&[("role", "web")]), &claims, "leader").unwrap();
+        assert_eq!(all, ["leader", "w1", "w2"], "every web node, the leader included");
+        claims.claim(exec_ref(1), "w1", Instant::now());
+        for _ in 0..20 {
+            let two = choose_targets(&members, &job(&[("role", "web:2")]), &claims, "leader").unwrap();
+            assert_eq!(two, ["w1", "w2"], "the leader comes last, even after the busier w1");
+        }
+        let mut more = members.clone();
+        more.push(member("w3", &[("role", "web")]));
+        for _ in 0..20 {
+            let two = choose_targets(&more, &job(&[("role", "web:2")]), &claims, "leader").unwrap();
+            assert_eq!(two, ["w2", "w3"], "w1 is busy: the two idle web nodes");
+        }
+        let many = choose_targets(&members, &job(&[("role", "web:9")]), &claims, "leader").unwrap();
+        assert_eq!(many.len(), 3, "a count above the matching nodes means all of them");
+        assert_eq!(choose_targets(&members, &job(&[("role", "cache")]), &claims, "leader"), None);
+    }
+
+    #[test]
+    fn a_copy_runs_only_on_its_node_and_an_unpinned_retry_avoids_its_siblings() {
+        let mut members = vec![member("a", &[("role", "web")]), member("b", &[("role", "web")]), member("c", &[])];
+        let claims = Claims::default();
+        let copies = exec().copies(&["a".to_string(), "b".to_string()]);
+        let web = job(&[("role", "web")]);
+        for _ in 0..20 {
+            assert_eq!(name(place(&members, &web, &copies[1], &claims, "leader")), Some("b"));
+        }
+        let mut gone = copies[0].clone();
+        gone.target = Some("z".into());
+        assert!(place(&members, &web, &gone, &claims, "leader").is_none(), "its node is not alive");
+
+        // "role: web:2" with a third web node: the retry of the copy that failed on a leaves a and the node that
+        // runs the other copy (b), so it goes to d.
+        members.push(member("d", &[("role", "web")]));
+        let mut claims = Claims::default();
+        claims.claim(ExecRef { job: "j".into(), id: copies[1].id.clone() }, "b", Instant::now());
+        let mut failed = copies[0].clone();
+        failed.node_name = "a".into();
+        let mut retry = failed.retry(exec().scheduled_at);
+        retry.target = None;
+        for _ in 0..20 {
+            assert_eq!(name(place(&members, &job(&[("role", "web:2")]), &retry, &claims, "leader")), Some("d"));
+        }
+    }
+
+    #[test]
+    fn a_node_an_order_could_not_reach_is_avoided_for_a_while() {
+        let start = Instant::now();
+        let members = vec![member("a", &[]), member("b", &[])];
+        let marked = HashMap::from([("a".to_string(), start)]);
+        let names = |m: Vec<Member>| m.into_iter().map(|m| m.name).collect::<Vec<_>>();
+        assert_eq!(names(reachable(members.clone(), &marked, start + Duration::from_secs(1))), ["b"]);
+        let later = start + UNREACHABLE_FOR + Duration::from_millis(1);
+        assert_eq!(names(reachable(members.clone(), &marked, later)), ["a", "b"], "a gets another chance");
+        let all = HashMap::from([("a".to_string(), start), ("b".to_string(), start)]);
+        assert_eq!(names(reachable(members, &all, start)), ["a", "b"], "none answered: try them all");
+    }
+}

@@ -1,0 +1,221 @@
+//! Takeover: a new leader first asks every live node what it runs, holds or has not reported yet (which also
+//! raises their term, fencing the old leader). Only then does it dispatch pending executions of the old leader;
+//! while a node does not answer (paused? cut off?), the old leader's pending runs wait for it, at most one
+//! lease. Running executions that no node owns any more turn `lost` at the first sweep; the rest is left to
+//! leases.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use kairos_model::ExecutionStatus;
+use kairos_store::ExecRef;
+use tracing::{info, warn};
+
+use super::Synced;
+use crate::cluster::RpcError;
+use crate::gossip::Member;
+use crate::node::Node;
+use crate::worker::Holding;
+
+/// What a new leader learned from its sync, while some nodes have not answered yet.
+#[derive(Default)]
+pub struct Takeover {
+    /// Nodes that did not answer (but are not known dead), with the deadline after which they are presumed dead.
+    unknown: HashMap<String, Instant>,
+    /// Pending executions of the previous leader, not dispatched while `unknown` is not empty.
+    suspects: HashSet<ExecRef>,
+}
+
+impl Takeover {
+    /// After the first sync: `silent` nodes did not answer; until they do (or `deadline`), the previous leader's
+    /// `pending` runs are held back, since a silent node may have been sent them already.
+    pub fn begin(silent: &[String], pending: Vec<ExecRef>, deadline: Instant) -> Takeover {
+        if silent.is_empty() {
+            return Takeover::default();
+        }
+        Takeover {
+            unknown: silent.iter().map(|n| (n.clone(), deadline)).collect(),
+            suspects: pending.into_iter().collect(),
+        }
+    }
+
+    /// Whether a run is held back (a silent node may run it).
+    pub fn holds(&self, exec: &ExecRef) -> bool {
+        self.suspects.contains(exec)
+    }
+
+    pub fn silent(&self) -> Vec<String> {
+        self.unknown.keys().cloned().collect()
+    }
+
+    /// Forget silent nodes that answered, are no longer alive, or whose deadline passed. Answers true when this
+    /// released the held runs.
+    pub fn settle(&mut self, answered: &HashSet<String>, alive: &HashSet<String>, now: Instant) -> bool {
+        self.unknown.retain(|name, deadline| !answered.contains(name) && *deadline > now && alive.contains(name));
+        if self.unknown.is_empty() && !self.suspects.is_empty() {
+            self.suspects.clear();
+            return true;
+        }
+        false
+    }
+}
+
+/// One node's answer to a sync.
+enum Answer {
+    Holds(Holding),
+    /// The node's process is gone (connection refused): it holds nothing.
+    Gone,
+    /// No answer (paused, partitioned, overloaded): it may hold runs.
+    Silent,
+}
+
+async fn sync_member(node: &Node, member: &Member, term: u64) -> Answer {
+    if member.name == node.config.node_name {
+        return Answer::Holds(node.worker.sync(term));
+    }
+    match node.rpc.sync(&member.rpc_addr, term).await {
+        Ok(holding) => Answer::Holds(holding),
+        Err(RpcError::Unreachable { refused: true, .. }) => Answer::Gone,
+        Err(_) => Answer::Silent,
+    }
+}
+
+/// Ask nodes what they hold; claim it. Answers what the nodes that answered run, and the names of the silent ones.
+async fn sync_nodes(node: &Node, members: &[Member], term: u64) -> (Synced, Vec<String>) {
+    let answers = futures::future::join_all(members.iter().map(|m| sync_member(node, m, term))).await;
+    let mut held = HashMap::new();
+    let mut silent = Vec::new();
+    let dispatcher = &node.dispatcher;
+    let now = Instant::now();
+    for (member, answer) in members.iter().zip(answers) {
+        match answer {
+            Answer::Holds(holding) => {
+                let mut refs = HashSet::new();
+                let mut claims = dispatcher.claims.lock().expect("claims lock");
+                for exec in holding.running.into_iter().chain(holding.unreported).chain(holding.scheduled) {
+                    claims.claim(exec.clone(), &member.name, now);
+                    refs.insert(exec);
+                }
+                held.insert(member.name.clone(), refs);
+            }
+            Answer::Gone => {
+                // Its process is gone, though gossip may call it alive for a few seconds more: place nothing there,
+                // and what it was sent but never started is free to go elsewhere.
+                dispatcher.node_gone(&member.name, now);
+                held.insert(member.name.clone(), HashSet::new());
+            }
+            Answer::Silent => silent.push(member.name.clone()),
+        }
+    }
+    (held, silent)
+}
+
+/// Take over as the leader of `term`: sync every live node, hold the previous leader's pending runs while a
+/// node is silent, then arm the dispatcher with the term. Answers what each node that answered runs, for the
+/// first sweep (a running execution no node owns any more is lost).
+pub async fn take_over(node: &Node, term: u64) -> Synced {
+    let dispatcher = &node.dispatcher;
+    node.worker.observe_term(term);
+    dispatcher.reset();
+    let members = node.membership.alive();
+    let (held, silent) = sync_nodes(node, &members, term).await;
+    let pending_now: Vec<ExecRef> = match node.state.active() {
+        Ok(active) => active
+            .iter()
+            .filter(|e| e.status == ExecutionStatus::Pending)
+            .map(|e| ExecRef { job: e.job_name.clone(), id: e.id.clone() })
+            .collect(),
+        Err(err) => {
+            warn!("takeover: cannot read active executions: {err}");
+            Vec::new()
+        }
+    };
+    {
+        // Lock order everywhere: takeover, then claims.
+        let pending: Vec<ExecRef> = {
+            let claims = dispatcher.claims.lock().expect("claims lock");
+            pending_now.into_iter().filter(|r| !claims.contains(r)).collect()
+        };
+        let takeover = Takeover::begin(&silent, pending, Instant::now() + node.worker.lease);
+        if !silent.is_empty() {
+            warn!(
+                "took over in term {term}; {} node(s) did not answer ({}): holding {} pending run(s) of the \
+                 previous leader until they do, at most {:?}",
+                silent.len(),
+                silent.join(", "),
+                takeover.suspects.len(),
+                node.worker.lease
+            );
+        }
+        *dispatcher.takeover.lock().expect("takeover lock") = takeover;
+    }
+    dispatcher.arm(term);
+    info!("leading in term {term}: {} node(s) synced", held.len());
+    held
+}
+
+/// Ask the nodes that were silent at the takeover again; release the previous leader's pending runs once all
+/// answered, died, or their time is up.
+pub async fn resolve_silent(node: &Node, term: u64) {
+    let unknown = node.dispatcher.takeover.lock().expect("takeover lock").silent();
+    if unknown.is_empty() {
+        return;
+    }
+    let alive = node.membership.alive();
+    let asked: Vec<Member> = alive.iter().filter(|m| unknown.contains(&m.name)).cloned().collect();
+    let (held, _) = sync_nodes(node, &asked, term).await;
+    let answered: HashSet<String> = held.into_keys().collect();
+    let alive: HashSet<String> = alive.into_iter().map(|m| m.name).collect();
+    let mut takeover = node.dispatcher.takeover.lock().expect("takeover lock");
+    if takeover.settle(&answered, &alive, Instant::now()) {
+        info!("every node answered (or is presumed dead): dispatching the previous leader's pending runs");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn exec_ref(n: u32) -> ExecRef {
+        ExecRef { job: "j".into(), id: n.to_string() }
+    }
+
+    fn names(names: &[&str]) -> HashSet<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn nothing_is_held_when_every_node_answered() {
+        let takeover = Takeover::begin(&[], vec![exec_ref(1)], Instant::now());
+        assert!(!takeover.holds(&exec_ref(1)));
+    }
+
+    #[test]
+    fn the_previous_leaders_runs_wait_until_every_silent_node_answered() {
+        let start = Instant::now();
+        let silent = ["a".to_string(), "b".to_string()];
+        let mut takeover = Takeover::begin(&silent, vec![exec_ref(1)], start + Duration::from_secs(10));
+        assert!(takeover.holds(&exec_ref(1)));
+        let alive = names(&["a", "b", "c"]);
+        assert!(!takeover.settle(&names(&["a"]), &alive, start + Duration::from_secs(1)), "b is still silent");
+        assert!(takeover.holds(&exec_ref(1)));
+        assert_eq!(takeover.silent(), ["b"]);
+        assert!(takeover.settle(&names(&["b"]), &alive, start + Duration::from_secs(2)));
+        assert!(!takeover.holds(&exec_ref(1)));
+        assert!(!takeover.settle(&names(&[]), &alive, start + Duration::from_secs(3)), "released only once");
+    }
+
+    #[test]
+    fn a_silent_node_that_dies_or_stays_silent_past_the_deadline_releases_the_runs() {
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(10);
+        let mut dies = Takeover::begin(&["a".to_string()], vec![exec_ref(1)], deadline);
+        assert!(dies.settle(&names(&[]), &names(&["b"]), start), "a is no longer alive");
+
+        let mut silent = Takeover::begin(&["a".to_string()], vec![exec_ref(1)], deadline);
+        assert!(!silent.settle(&names(&[]), &names(&["a"]), deadline - Duration::from_millis(1)));
+        assert!(silent.settle(&names(&[]), &names(&["a"]), deadline), "its time is up at the deadline");
+    }
+}

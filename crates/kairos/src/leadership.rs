@@ -1,0 +1,224 @@
+//! Leader duties, turned on and off in one place (as Nomad's `establishLeadership`/`revokeLeadership`).
+//!
+//! [`run`] watches Raft on every server. When this node becomes leader in term T it *establishes*:
+//! 1. it waits until a quorum acknowledged it (openraft accepts writes only then) and applies everything committed
+//!    so far (a read barrier), so that a run the previous leader finished is not seen as pending;
+//! 2. it starts the scheduler ([`crate::scheduler::duty`]), and in parallel the dispatcher's takeover (sync every
+//!    live node, which raises their term and so fences the previous leader), then the dispatcher's sweep
+//!    ([`crate::dispatch::duty`]). Until the takeover is done the dispatcher has no term and dispatches nothing;
+//!    what the scheduler fires meanwhile waits for the first sweep.
+//!
+//! When the node stops leading, **or leads again in another term** (a flap can be faster than one look at Raft's
+//! metrics, and orders of the old term would be refused by every node), it *revokes*: the duties are dropped
+//! wherever they are, the dispatcher forgets its claims and its term, and the loop waits to lead again. A duty
+//! never ends by itself while its term lasts: one that fails retries inside, and every write a duty makes is
+//! bounded in time ([`crate::node::Node::submit_as_leader`]), so no await can hold a duty for good.
+//!
+//! Where fencing happens (so a deposed leader never starts a run twice):
+//! - orders carry the leader's term, and a node refuses orders older than the newest term it has seen
+//!   ([`crate::worker`]); the takeover's sync raises every node's term before the new leader dispatches;
+//! - a server launches an order of its own term only while its leader lease holds (`local_fence` in
+//!   [`crate::node`]);
+//! - runs of the previous leader wait while a node it may have sent them to is silent ([`crate::dispatch`]'s
+//!   takeover), and an order expires unstarted one lease after its instant, after which it can be placed again.
+//!
+//! The duties' state (follower, establishing, leading, with the term and since when, and the last sweep) is in
+//! `/health`, which turns unhealthy when this node leads but its duties have not run for [`STALLED_AFTER`].
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kairos_model::Timestamp;
+use openraft::ServerState;
+use openraft::async_runtime::WatchReceiver;
+use serde_json::json;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tracing::{error, info, warn};
+
+use crate::node::Node;
+
+/// A leader whose duties have not been running (or whose sweep has not completed) for this long is unhealthy.
+pub const STALLED_AFTER: Duration = Duration::from_secs(10);
+
+/// What this node's leader duties are doing, for `/health` and the logs.
+#[derive(Default)]
+pub struct Duties {
+    state: Mutex<State>,
+}
+
+#[derive(Clone)]
+struct State {
+    phase: Phase,
+    term: u64,
+    since: Timestamp,
+    since_instant: Instant,
+    last_sweep: Option<Instant>,
+    last_error: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Follower,
+    Establishing,
+    Leading,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Follower => "follower",
+            Phase::Establishing => "establishing",
+            Phase::Leading => "leading",
+        }
+    }
+}
+
+impl Default for State {
+    fn default() -> State {
+        State {
+            phase: Phase::Follower,
+            term: 0,
+            since: Timestamp::now(),
+            since_instant: Instant::now(),
+            last_sweep: None,
+            last_error: None,
+        }
+    }
+}
+
+impl Duties {
+    fn set(&self, phase: Phase, term: u64) {
+        let mut state = self.state.lock().expect("duties lock");
+        *state = State { phase, term, ..State::default() };
+    }
+
+    /// The dispatcher's sweep completed a pass.
+    pub fn swept(&self) {
+        self.state.lock().expect("duties lock").last_sweep = Some(Instant::now());
+    }
+
+    /// A duty met an error it retries after; shown until the next phase.
+    pub fn failed(&self, error: String) {
+        self.state.lock().expect("duties lock").last_error = Some(error);
+    }
+
+    /// Why this node, which leads, does not do its duties; `None` when it does them (or does not lead).
+    pub fn stalled(&self, leads: bool) -> Option<String> {
+        let state = self.state.lock().expect("duties lock").clone();
+        if !leads {
+            return None;
+        }
+        let error = state.last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default();
+        match state.phase {
+            Phase::Leading => {
+                let since = state.last_sweep.unwrap_or(state.since_instant);
+                (since.elapsed() > STALLED_AFTER).then(|| {
+                    format!(
+                        "this node leads but its dispatcher has not completed a pass for {:?}{error}",
+                        since.elapsed()
+                    )
+                })
+            }
+            Phase::Establishing | Phase::Follower => (state.since_instant.elapsed() > STALLED_AFTER).then(|| {
+                format!(
+                    "this node leads but its leader duties have not started ({} for {:?}){error}",
+                    state.phase.as_str(),
+                    state.since_instant.elapsed()
+                )
+            }),
+        }
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        let state = self.state.lock().expect("duties lock").clone();
+        json!({
+            "phase": state.phase.as_str(),
+            "term": state.term,
+            "since": state.since.to_string(),
+            "last_sweep_ms_ago": state.last_sweep.map(|at| at.elapsed().as_millis() as u64),
+            "last_error": state.last_error,
+        })
+    }
+}
+
+/// Turn leader duties on and off for as long as the node runs.
+pub async fn run(node: Arc<Node>, mut changes: UnboundedReceiver<String>) {
+    while let Some(term) = wait_to_lead(&node).await {
+        lead(&node, term, &mut changes).await;
+        node.dispatcher.revoke();
+        node.duties.set(Phase::Follower, 0);
+        if node.is_stopping() {
+            return;
+        }
+        info!("leader duties of term {term} stopped");
+    }
+}
+
+/// Wait until this node leads; answers the term. `None` if the node stops first.
+async fn wait_to_lead(node: &Node) -> Option<u64> {
+    let mut metrics = node.raft.metrics();
+    loop {
+        {
+            let now = metrics.borrow_watched();
+            if now.state == ServerState::Leader {
+                return Some(now.current_term);
+            }
+        }
+        tokio::select! {
+            _ = node.stopping() => return None,
+            changed = metrics.changed() => if changed.is_err() { return None },
+        }
+    }
+}
+
+/// Completes when this node no longer leads in `term`.
+async fn lost(node: &Node, term: u64) {
+    let mut metrics = node.raft.metrics();
+    loop {
+        {
+            let now = metrics.borrow_watched();
+            if now.state != ServerState::Leader || now.current_term != term {
+                return;
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Establish and run the duties of `term` until this node no longer leads in it (or stops).
+async fn lead(node: &Node, term: u64, changes: &mut UnboundedReceiver<String>) {
+    node.duties.set(Phase::Establishing, term);
+    info!("leading in term {term}: establishing leader duties");
+    let duties = async {
+        establish(node, term).await;
+        let dispatcher = async {
+            let synced = crate::dispatch::take_over(node, term).await;
+            node.duties.set(Phase::Leading, term);
+            info!("leader duties of term {term} running: scheduler and dispatcher");
+            crate::dispatch::duty(node, term, synced).await;
+        };
+        tokio::join!(crate::scheduler::duty(node, term, changes), dispatcher);
+    };
+    tokio::select! {
+        _ = lost(node, term) => {}
+        _ = node.stopping() => {}
+        _ = duties => error!("leader duties of term {term} ended by themselves; establishing them again"),
+    }
+}
+
+/// Wait until writes are accepted and everything committed is applied here.
+async fn establish(node: &Node, term: u64) {
+    node.wait_writable().await;
+    loop {
+        match node.leader_read_index().await {
+            Ok(_) => return,
+            Err(err) => {
+                warn!("leading in term {term}: {}; trying again", err.message);
+                node.duties.failed(err.message);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
