@@ -20,7 +20,7 @@
 //! - a server launches an order of its own term only while its leader lease holds (`local_fence` in
 //!   [`crate::node`]);
 //! - runs of the previous leader wait while a node it may have sent them to is silent ([`crate::dispatch`]'s
-//!   takeover), and an order expires unstarted one lease after its instant, after which it can be placed again.
+//!   takeover), and an order expires unstarted `START_DEADLINE` after its instant, after which it can be placed again.
 //!
 //! The duties' state (follower, establishing, leading, with the term and since when, and the last sweep) is in
 //! `/health`, which turns unhealthy when this node leads but its duties have not run for [`STALLED_AFTER`].

@@ -39,6 +39,10 @@ use crate::worker::{Cancelled, Reporter, Verdict, Worker};
 const MEMBERSHIP_INTERVAL: Duration = Duration::from_millis(300);
 /// How long a write waits for a leader to be known.
 const LEADER_WAIT: Duration = Duration::from_secs(5);
+/// Raft timings (milliseconds), each multiplied by `--raft-multiplier`.
+const HEARTBEAT_MS: u64 = 50;
+const ELECTION_TIMEOUT_MIN_MS: u64 = 250;
+const ELECTION_TIMEOUT_MAX_MS: u64 = 350;
 /// Longest wait for a leader duty's write to commit (then the duty retries).
 pub const LEADER_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -109,12 +113,19 @@ impl Node {
             // A follower may vote for a new leader once the old leader's lease (election_timeout_max since its
             // last heartbeat) ran out, and starts an election after its own timeout (min..max): with these values a
             // dead leader is replaced within about 0.5-0.7 s (measured by the failover benchmark).
-            heartbeat_interval: 50 * multiplier,
-            election_timeout_min: 250 * multiplier,
-            election_timeout_max: 350 * multiplier,
+            heartbeat_interval: HEARTBEAT_MS * multiplier,
+            election_timeout_min: ELECTION_TIMEOUT_MIN_MS * multiplier,
+            election_timeout_max: ELECTION_TIMEOUT_MAX_MS * multiplier,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
             max_in_snapshot_log_to_keep: 1_000,
             purge_batch_size: 256,
+            // A server that was cut off asks first whether it could win before it raises its term, so coming back
+            // it does not unseat a leader that kept a quorum (issue 15).
+            enable_pre_vote: Some(true),
+            // CheckQuorum's quiet phase: a leader that has not heard from a quorum for its lease stops sending
+            // heartbeats for a while, so followers that still hear it (a leader that can send but not receive)
+            // time out and elect a leader that can lead (openraft issue #2080). The shortest value openraft allows.
+            quorum_loss_probe_interval: Some((ELECTION_TIMEOUT_MAX_MS + ELECTION_TIMEOUT_MAX_MS) * multiplier),
             ..Default::default()
         }
         .validate()?;
@@ -208,14 +219,42 @@ impl Node {
         self.raft.metrics().borrow_watched().state == ServerState::Leader
     }
 
+    /// The leader this node presents to clients (`/v1/leader`, `/v1/members`, `/v1/isleader`, `/health`, the UI):
+    /// Raft's current leader, except this node itself while it leads without having heard from a quorum for
+    /// longer than a leader lease (etcd's CheckQuorum). Such a leader is cut off: the others have likely elected
+    /// another, and openraft refuses its writes anyway, so it must not mislead clients and load balancers.
+    pub fn presented_leader(&self) -> Option<u64> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let leader = metrics.current_leader?;
+        if leader == self.id && metrics.state == ServerState::Leader && self.quorum_silence(&metrics).is_some() {
+            return None;
+        }
+        Some(leader)
+    }
+
+    /// On a leader of several voters: how long since a quorum last acknowledged it, when that is longer than its
+    /// lease (`None` while the lease holds).
+    pub fn quorum_silence(&self, metrics: &openraft::RaftMetrics<kairos_store::TypeConfig>) -> Option<Duration> {
+        metrics.membership_config.membership().voter_ids().nth(1)?;
+        // openraft's leader lease is election_timeout_max: past it, the followers may elect another leader.
+        let lease = Duration::from_millis(ELECTION_TIMEOUT_MAX_MS * u64::from(self.config.raft_multiplier));
+        let since = metrics.last_quorum_acked.as_ref().map(|acked| acked.elapsed())?;
+        (since > lease).then_some(since)
+    }
+
+    /// Whether this node leads and presents itself as leader (see [`Node::presented_leader`]).
+    pub fn leads_with_quorum(&self) -> bool {
+        self.is_leader() && self.presented_leader() == Some(self.id)
+    }
+
     /// The current leader as gossip knows it.
     pub fn leader_member(&self) -> Option<Member> {
-        let leader = self.raft.metrics().borrow_watched().current_leader?;
+        let leader = self.presented_leader()?;
         self.membership.alive().into_iter().find(|m| m.raft_id == Some(leader))
     }
 
     pub fn leader_name(&self) -> Option<String> {
-        if self.is_leader() {
+        if self.leads_with_quorum() {
             return Some(self.config.node_name.clone());
         }
         self.leader_member().map(|m| m.name)
@@ -449,14 +488,14 @@ impl Node {
 
     /// Every node gossip knows, as Dkron's API shows members (serf's field names).
     pub async fn members_json(&self) -> Vec<serde_json::Value> {
-        let leader = self.metrics().current_leader;
+        let leader = self.presented_leader();
         let mut members = self.membership.all().await;
         members.sort_by(|a, b| (!a.server, &a.name).cmp(&(!b.server, &b.name)));
         members.iter().map(|m| member_json(m, leader)).collect()
     }
 
     pub fn leader_json(&self) -> Option<serde_json::Value> {
-        let leader = self.metrics().current_leader?;
+        let leader = self.presented_leader()?;
         let member = self.membership.alive().into_iter().find(|m| m.raft_id == Some(leader))?;
         Some(member_json(&member, Some(leader)))
     }

@@ -33,6 +33,10 @@ const REPORT_LINGER: Duration = Duration::from_millis(5);
 const RECENT_OUTPUTS: usize = 1024;
 /// How often a launch the fence holds back is asked about again.
 const FENCE_RETRY: Duration = Duration::from_millis(50);
+/// How long after its instant an order may still start. Past it the node refuses the order, so the leader can
+/// place the run on another node soon after (see the dispatcher's sweep) with no risk of a second run, instead of
+/// waiting for a node that is cut off or paused.
+pub const START_DEADLINE: Duration = Duration::from_secs(3);
 
 /// What the worker tells the leader.
 #[derive(Debug)]
@@ -50,8 +54,9 @@ pub struct Order {
     pub term: u64,
     /// Start at this instant (the slot), or at once.
     pub at: Option<Timestamp>,
-    /// An order that arrives after this instant is refused: its leader may have given up on delivering it (a
-    /// node paused while the order sat in its socket) and placed the run elsewhere.
+    /// An order that has not started by this instant (its start instant plus [`START_DEADLINE`]) is refused, on
+    /// arrival or at launch: its leader may have given up on it (a node paused or cut off while the order sat in
+    /// its socket) and placed the run elsewhere.
     pub expires_at: Timestamp,
     /// How many output files of this job the node keeps (the job's retention): older ones are deleted after a
     /// run, so an agent's disk stays bounded like the state is.
@@ -129,6 +134,13 @@ pub struct Holding {
     pub unreported: Vec<ExecRef>,
     /// Accepted orders still waiting for their instant (of the new term).
     pub scheduled: Vec<ExecRef>,
+}
+
+impl Holding {
+    /// Every execution the node holds, whatever its stage.
+    pub fn all(self) -> impl Iterator<Item = ExecRef> {
+        self.running.into_iter().chain(self.unreported).chain(self.scheduled)
+    }
 }
 
 /// How a cancel request ended on this worker.
@@ -311,7 +323,7 @@ impl Worker {
             ("KAIROS_SCHEDULED_AT".into(), exec.scheduled_at.to_string()),
             ("KAIROS_ATTEMPT".into(), exec.attempt.to_string()),
         ];
-        let expires_at = at.unwrap_or_else(Timestamp::now).max(Timestamp::now()) + self.lease;
+        let expires_at = at.unwrap_or_else(Timestamp::now).max(Timestamp::now()) + START_DEADLINE;
         let keep_outputs = job.executions_retained.unwrap_or(self.retained_default).max(1);
         let exec = ExecRef { job: exec.job_name.clone(), id: exec.id.clone() };
         Order { exec, spec, term, at, expires_at, keep_outputs, sent_at: None }
@@ -365,7 +377,7 @@ impl Worker {
                 by_term.entry(order.term).or_default().push(order);
             }
             for (term, orders) in by_term {
-                let deadline = tokio::time::Instant::now() + worker.lease;
+                let deadline = tokio::time::Instant::now() + START_DEADLINE;
                 let verdict = loop {
                     match fence(term).await {
                         Verdict::Wait if tokio::time::Instant::now() < deadline => {
@@ -395,6 +407,15 @@ impl Worker {
         if self.max_term.load(Ordering::SeqCst) > term {
             return orders;
         }
+        // Past its start deadline the leader may have placed the run elsewhere: never start it here then.
+        let now = Timestamp::now();
+        let (orders, expired): (Vec<Order>, Vec<Order>) = orders.into_iter().partition(|o| o.expires_at >= now);
+        for order in &expired {
+            warn!(
+                "not starting {}/{}: its start deadline passed at {}",
+                order.exec.job, order.exec.id, order.expires_at
+            );
+        }
         for order in orders {
             if running.contains_key(&order.exec) {
                 continue;
@@ -404,7 +425,7 @@ impl Worker {
             let worker = self.clone();
             tokio::spawn(async move { worker.run(order).await });
         }
-        Vec::new()
+        expired
     }
 
     async fn run(&self, order: Order) {

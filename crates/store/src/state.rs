@@ -557,8 +557,14 @@ impl<'txn> Applier<'txn> {
             let Some(mut exec) = self.execution(&key)? else {
                 continue;
             };
+            if exec.status == ExecutionStatus::Running && exec.node_name == start.node {
+                // The same start again (a report retried through another server after a timeout): still accepted,
+                // so the node keeps running it.
+                response.executions.push(exec);
+                continue;
+            }
             if exec.status != ExecutionStatus::Pending {
-                continue; // cancelled or already started: the caller must not (keep) run(ning) it
+                continue; // cancelled or started elsewhere: the caller must not (keep) run(ning) it
             }
             exec.status = ExecutionStatus::Running;
             exec.started_at = Some(start.started_at);

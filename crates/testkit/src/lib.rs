@@ -9,15 +9,18 @@
 //!   [`poll_until`], which answers an error instead, for callers that must not panic).
 //! - [`log`]: a process's output across restarts, in memory or in a file.
 //! - [`disk`]: a small tmpfs of the test's own, to run a node out of disk space.
+//! - [`netns`]: a network of the test's own (namespaces on a bridge), to cut nodes off for real.
 
 pub mod client;
 pub mod disk;
 pub mod log;
+pub mod netns;
 pub mod process;
 pub mod wait;
 
 pub use client::{Client, Reply, install_crypto_provider};
 pub use disk::{SmallDisk, dir_bytes};
 pub use log::Log;
-pub use process::{LaunchError, Listener, Listening, Process, Signal, kairos_command};
+pub use netns::{Cut, Network};
+pub use process::{LaunchError, Listener, Listening, Process, Signal, clean_kairos_env, kairos_command};
 pub use wait::{Probe, TimedOut, poll_until, wait_until};

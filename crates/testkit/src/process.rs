@@ -27,13 +27,19 @@ const DRAIN_WAIT: Duration = Duration::from_millis(500);
 /// whoever runs the tests), no colours, and no stdin; the caller adds the arguments and the working directory.
 pub fn kairos_command(binary: &Path) -> Command {
     let mut command = Command::new(binary);
+    clean_kairos_env(&mut command);
+    command
+}
+
+/// What [`kairos_command`] does to its command, for a command that runs `kairos` through another program (e.g.
+/// `ip netns exec`).
+pub fn clean_kairos_env(command: &mut Command) {
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("KAIROS_") {
             command.env_remove(&key);
         }
     }
     command.env("NO_COLOR", "1").stdin(Stdio::null());
-    command
 }
 
 /// The addresses (`host:port`) a process has announced so far.

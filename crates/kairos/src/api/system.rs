@@ -49,12 +49,23 @@ pub async fn members(State(node): State<AppState>, Query(params): Query<Params>)
 pub async fn leader(State(node): State<AppState>, Query(params): Query<Params>) -> ApiResult {
     match node.leader_json() {
         Some(leader) => Ok(reply(StatusCode::OK, &leader, &params)),
+        None if node.is_leader() => {
+            let silence = node.quorum_silence(&node.metrics()).unwrap_or_default();
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "this server has not heard from a quorum of servers for {} ms: it may be cut off, and another \
+                     server may lead; ask another server",
+                    silence.as_millis()
+                ),
+            ))
+        }
         None => Err(ApiError::not_found("no leader is known yet")),
     }
 }
 
 pub async fn is_leader(State(node): State<AppState>, Query(params): Query<Params>) -> ApiResult {
-    if node.is_leader() {
+    if node.leads_with_quorum() {
         Ok(reply(StatusCode::OK, &"I am a leader", &params))
     } else {
         Ok(reply(StatusCode::NOT_FOUND, &"I am a follower", &params))

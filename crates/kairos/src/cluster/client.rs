@@ -37,8 +37,11 @@ pub type RaftAnswer<T> = Result<T, RaftError<C>>;
 
 /// A follower forwards a write and waits for the leader's commit: long enough for an election in between.
 pub const SUBMIT_TIMEOUT: Duration = Duration::from_secs(30);
-/// An agent's report is a commit on the leader (maybe forwarded by the server it reached), like a submit.
-pub const REPORT_TIMEOUT: Duration = Duration::from_secs(30);
+/// An agent's report is a commit on the leader (maybe forwarded by the server it reached). Short, unlike a
+/// submit: an agent tries the next server after it, so a server that is cut off or stuck does not hold its reports
+/// (the leader waits for a start it was not told of before it places a run again). Reports are idempotent, so a
+/// report that did commit and is sent again changes nothing.
+pub const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A read barrier asks the leader for an index; a read should not hang longer than a user waits for a page.
 pub const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(5);
 /// A follower forwarding `remove-peer` to the leader: a membership change commits like a write.
@@ -194,6 +197,15 @@ impl RpcClient {
         timeout: Duration,
     ) -> Result<RaftAnswer<VoteResponse<C>>, RpcError> {
         self.post(addr, paths::RAFT_VOTE, request, timeout).await
+    }
+
+    pub async fn raft_pre_vote(
+        &self,
+        addr: &str,
+        request: &VoteRequest<C>,
+        timeout: Duration,
+    ) -> Result<RaftAnswer<VoteResponse<C>>, RpcError> {
+        self.post(addr, paths::RAFT_PRE_VOTE, request, timeout).await
     }
 
     /// A whole snapshot in one request: `(vote, meta, data)`.

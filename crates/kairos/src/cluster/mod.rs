@@ -93,6 +93,10 @@ impl RaftNetworkV2<C> for Connection {
         remote_raft(self.rpc.raft_vote(&self.addr, &rpc, option.soft_ttl()).await)
     }
 
+    async fn pre_vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
+        remote_raft(self.rpc.raft_pre_vote(&self.addr, &rpc, option.soft_ttl()).await)
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: VoteOf<C>,
@@ -122,6 +126,7 @@ pub fn rpc_router(raft: Raft) -> Router {
     Router::new()
         .route(paths::RAFT_APPEND, post(append))
         .route(paths::RAFT_VOTE, post(vote))
+        .route(paths::RAFT_PRE_VOTE, post(pre_vote))
         .route(paths::RAFT_SNAPSHOT, post(snapshot))
         .route(paths::RAFT_TRANSFER_LEADER, post(transfer_leader))
         .with_state(raft)
@@ -139,6 +144,15 @@ async fn vote(
     Json(request): Json<VoteRequest<C>>,
 ) -> Json<Result<VoteResponse<C>, RaftError<C>>> {
     Json(raft.vote(request).await)
+}
+
+/// Pre-Vote: would this server vote for the candidate? Nothing is persisted and no term changes, so a server
+/// that cannot reach a quorum (cut off, then healed) learns it would lose without disturbing the leader.
+async fn pre_vote(
+    State(raft): State<Raft>,
+    Json(request): Json<VoteRequest<C>>,
+) -> Json<Result<VoteResponse<C>, RaftError<C>>> {
+    Json(raft.pre_vote(request).await)
 }
 
 async fn snapshot(

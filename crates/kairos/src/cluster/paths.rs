@@ -5,6 +5,7 @@
 /// Raft (openraft's RPCs), answered by servers.
 pub const RAFT_APPEND: &str = "/raft/append";
 pub const RAFT_VOTE: &str = "/raft/vote";
+pub const RAFT_PRE_VOTE: &str = "/raft/pre-vote";
 pub const RAFT_SNAPSHOT: &str = "/raft/snapshot";
 pub const RAFT_TRANSFER_LEADER: &str = "/raft/transfer-leader";
 

@@ -50,6 +50,11 @@ impl Claims {
         }
     }
 
+    /// Every claim: execution, when it was claimed, node.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&ExecRef, &Instant, &str)> {
+        self.by_exec.iter().map(|(exec, (at, node))| (exec, at, node.as_str()))
+    }
+
     pub(super) fn clear(&mut self) {
         self.by_exec.clear();
         self.load.clear();

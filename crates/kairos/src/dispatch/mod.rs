@@ -34,11 +34,17 @@ pub use takeover::{Takeover, take_over};
 use crate::cluster::{RpcError, client};
 use crate::gossip::Member;
 use crate::node::Node;
-use crate::worker::{Cancelled, Order};
+use crate::worker::{Cancelled, Order, START_DEADLINE};
 
 /// The scheduler decides slots this far ahead at most (see [`crate::scheduler::DECIDE_AHEAD`]); runs decided
 /// further ahead than this are left to the sweep.
 const DECIDE_AHEAD_MAX: Duration = Duration::from_secs(2);
+
+/// After this long since it was sent, an order that has not started never will: it expires
+/// [`START_DEADLINE`] after its instant, which is at most [`DECIDE_AHEAD_MAX`] after it was sent; the last second
+/// covers the difference between this clock and the node's (orders already correct for it with `sent_at`). A run
+/// still pending then can be placed again without risk of a second run.
+pub const ORDER_STALE_AFTER: Duration = Duration::from_secs(START_DEADLINE.as_secs() + DECIDE_AHEAD_MAX.as_secs() + 1);
 
 /// What each node answered at the takeover: the executions it runs, holds or has not reported yet.
 pub type Synced = HashMap<String, HashSet<ExecRef>>;

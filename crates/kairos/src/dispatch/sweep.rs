@@ -5,7 +5,7 @@
 //!
 //! [`decide`] and [`release_stale`] are pure (the clock is an argument); [`duty`] is the loop around them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use kairos_model::{Execution, ExecutionStatus, Timestamp};
@@ -13,8 +13,9 @@ use kairos_store::{Command, ExecRef, Finish};
 use tracing::warn;
 
 use super::claims::Claims;
-use super::{DECIDE_AHEAD_MAX, Synced, dispatch, takeover};
+use super::{ORDER_STALE_AFTER, Synced, dispatch, takeover};
 use crate::api::ApiError;
+use crate::gossip::Member;
 use crate::node::{Node, retry_instant};
 use crate::scheduler::time_until;
 
@@ -71,27 +72,66 @@ pub fn placement_expired(exec: &Execution, now: Timestamp) -> bool {
     since <= now && now.duration_since(since).unsigned_abs() >= PLACE_GRACE
 }
 
-/// Release the claims that no longer hold: of executions that finished (absent from `active`, read at `taken`),
-/// and of orders sent to another node more than `stale_after` ago that never started (the node died or lost them;
-/// past their expiry it cannot start them any more, so they can be placed again without risk of a second run).
-pub fn release_stale(
-    claims: &mut Claims,
+/// Release the claims of executions that are no longer active (finished), except those claimed after `taken`,
+/// when `active` was read.
+pub fn release_finished(claims: &mut Claims, active: &[Execution], taken: Instant) {
+    let refs: HashSet<ExecRef> = active.iter().map(|e| ExecRef { job: e.job_name.clone(), id: e.id.clone() }).collect();
+    claims.retain(|exec, at, _| refs.contains(exec) || *at > taken);
+}
+
+/// Claims of runs still pending that were sent to another node more than `stale_after` before `now`, with the
+/// node and the claim's age. Their orders have expired, so the node will not start them any more; but it may have
+/// started one in time and its report may still be on its way, so the node is asked before the run is placed again.
+pub fn stale_claims(
+    claims: &Claims,
     active: &[Execution],
-    taken: Instant,
     now: Instant,
     leader: &str,
     stale_after: Duration,
-) {
-    let by_ref: HashMap<ExecRef, &Execution> =
-        active.iter().map(|e| (ExecRef { job: e.job_name.clone(), id: e.id.clone() }, e)).collect();
-    claims.retain(|exec, at, target| match by_ref.get(exec) {
-        // Claimed after the snapshot was read: keep.
-        None => *at > taken,
-        Some(e) if e.status == ExecutionStatus::Pending => {
-            target == leader || now.saturating_duration_since(*at) < stale_after
+) -> Vec<(ExecRef, String, Duration)> {
+    let pending: HashSet<ExecRef> = active
+        .iter()
+        .filter(|e| e.status == ExecutionStatus::Pending)
+        .map(|e| ExecRef { job: e.job_name.clone(), id: e.id.clone() })
+        .collect();
+    claims
+        .iter()
+        .filter(|(exec, _, node)| *node != leader && pending.contains(*exec))
+        .map(|(exec, at, node)| (exec.clone(), node.to_string(), now.saturating_duration_since(*at)))
+        .filter(|(_, _, age)| *age >= stale_after)
+        .collect()
+}
+
+/// What a node answered when asked about its stale claims.
+pub enum Asked {
+    /// What it runs, holds or has not reported yet.
+    Holds(HashSet<ExecRef>),
+    /// Its process is gone (connection refused).
+    Gone,
+    /// No answer (cut off, paused, overloaded).
+    Silent,
+}
+
+/// Decide stale claims from their nodes' answers: a claim its node does not hold (or whose node is gone) is
+/// released, so the run is placed again (the node refuses the expired order if it still comes); a claim its node
+/// holds stays (its report is on its way); a claim whose node is silent stays until it is `give_up` old, then the
+/// run is recorded lost (the node may have started it; the job's retries apply). Answers (released, lost).
+pub fn settle_stale(
+    stale: Vec<(ExecRef, String, Duration)>,
+    answers: &HashMap<String, Asked>,
+    give_up: Duration,
+) -> (Vec<ExecRef>, Vec<(ExecRef, String)>) {
+    let mut released = Vec::new();
+    let mut lost = Vec::new();
+    for (exec, node, age) in stale {
+        match answers.get(&node).unwrap_or(&Asked::Silent) {
+            Asked::Holds(held) if held.contains(&exec) => {}
+            Asked::Holds(_) | Asked::Gone => released.push(exec),
+            Asked::Silent if age >= give_up => lost.push((exec, node)),
+            Asked::Silent => {}
         }
-        Some(_) => true,
-    });
+    }
+    (released, lost)
 }
 
 /// The sweep as a leader duty of `term`: runs until the duty is dropped (leadership revoked).
@@ -121,13 +161,8 @@ async fn sweep(node: &Node, synced: Option<Synced>, term: u64) -> Result<Option<
     let now = Timestamp::now();
     let taken = Instant::now();
     let active = node.state.active()?;
-    // An order expires one lease after its instant (at most DECIDE_AHEAD_MAX after its dispatch): past that, a
-    // node cannot start it any more, so a run still pending can safely be placed again.
-    let stale_after = node.worker.lease + DECIDE_AHEAD_MAX + Duration::from_secs(1);
-    {
-        let mut claims = node.dispatcher.claims.lock().expect("claims lock");
-        release_stale(&mut claims, &active, taken, Instant::now(), &node.config.node_name, stale_after);
-    }
+    release_finished(&mut node.dispatcher.claims.lock().expect("claims lock"), &active, taken);
+    let lost_orders = settle_stale_claims(node, term, &active).await;
     let decisions = decide(&active, synced.as_ref(), now);
     let unplaced = dispatch(node, decisions.due.into_iter().map(|e| (e, None)).collect());
     let mut results: Vec<Finish> = unplaced
@@ -151,10 +186,73 @@ async fn sweep(node: &Node, synced: Option<Synced>, term: u64) -> Result<Option<
             only_if_lease_expired: !disowned,
         });
     }
+    for (exec_ref, target) in lost_orders {
+        let Some(exec) = active.iter().find(|e| e.job_name == exec_ref.job && e.id == exec_ref.id) else { continue };
+        let reason = format!(
+            "lost: its order went to node '{target}', which has not answered since (cut off or paused?) and may have \
+             started it"
+        );
+        warn!("execution {}/{} {reason}", exec.job_name, exec.id);
+        results.push(Finish {
+            exec: exec_ref,
+            status: ExecutionStatus::Lost,
+            exit_code: None,
+            error: Some(reason),
+            output_tail: String::new(),
+            output_bytes: 0,
+            node: target,
+            started_at: None,
+            finished_at: now,
+            retry_at: retry_instant(node, &exec.job_name, exec.attempt, now),
+            only_if_lease_expired: false,
+        });
+    }
     if !results.is_empty() {
         node.submit_as_leader(term, Command::Finish { results }).await?;
     }
     Ok(decisions.next_retry)
+}
+
+/// Ask the nodes of stale claims (see [`stale_claims`]) what they hold; release the claims they do not hold,
+/// answer those to record as lost.
+async fn settle_stale_claims(node: &Node, term: u64, active: &[Execution]) -> Vec<(ExecRef, String)> {
+    let stale = {
+        let claims = node.dispatcher.claims.lock().expect("claims lock");
+        stale_claims(&claims, active, Instant::now(), &node.config.node_name, ORDER_STALE_AFTER)
+    };
+    if stale.is_empty() {
+        return Vec::new();
+    }
+    let names: HashSet<&str> = stale.iter().map(|(_, name, _)| name.as_str()).collect();
+    let members: Vec<Member> =
+        node.membership.all().await.into_iter().filter(|m| names.contains(m.name.as_str())).collect();
+    let asked = futures::future::join_all(members.iter().map(|m| takeover::sync_member(node, m, term))).await;
+    let answers: HashMap<String, Asked> = members
+        .iter()
+        .zip(asked)
+        .map(|(member, answer)| {
+            let asked = match answer {
+                takeover::Answer::Holds(holding) => Asked::Holds(holding.all().collect()),
+                takeover::Answer::Gone => Asked::Gone,
+                takeover::Answer::Silent => Asked::Silent,
+            };
+            (member.name.clone(), asked)
+        })
+        .collect();
+    let (released, lost) = settle_stale(stale, &answers, ORDER_STALE_AFTER + node.worker.lease);
+    if !released.is_empty() {
+        let mut claims = node.dispatcher.claims.lock().expect("claims lock");
+        for exec in &released {
+            claims.release(exec);
+        }
+    }
+    {
+        let mut claims = node.dispatcher.claims.lock().expect("claims lock");
+        for (exec, _) in &lost {
+            claims.release(exec);
+        }
+    }
+    lost
 }
 
 /// The failure of a run no live node could take within [`PLACE_GRACE`].
@@ -260,13 +358,13 @@ mod tests {
     }
 
     #[test]
-    fn claims_of_orders_that_expired_unstarted_are_released_and_others_kept() {
+    fn claims_of_finished_runs_go_and_expired_orders_are_stale_only_on_other_nodes() {
         let start = Instant::now();
         let stale_after = Duration::from_secs(20);
-        let active = [pending("sent", "2026-01-01T00:00:00Z"), pending("local", "2026-01-01T00:00:00Z")];
         let mut running_one = running("run", "b", "2026-01-01T01:00:00Z");
         running_one.job_name = "j".into();
-        let active: Vec<Execution> = active.into_iter().chain([running_one]).collect();
+        let active =
+            vec![pending("sent", "2026-01-01T00:00:00Z"), pending("local", "2026-01-01T00:00:00Z"), running_one];
         let r = |id: &str| ExecRef { job: "j".into(), id: id.into() };
         let mut claims = Claims::default();
         claims.claim(r("sent"), "b", start);
@@ -276,16 +374,46 @@ mod tests {
         let taken = start + Duration::from_millis(10);
         claims.claim(r("new"), "b", taken + Duration::from_millis(1));
 
-        release_stale(&mut claims, &active, taken, start + Duration::from_secs(5), "leader", stale_after);
+        release_finished(&mut claims, &active, taken);
         let held = |c: &Claims| ["sent", "local", "run", "finished", "new"].map(|id| c.contains(&r(id)));
         assert_eq!(held(&claims), [true, true, true, false, true], "a finished run's claim goes at once");
+        assert_eq!(claims.load("b"), 3);
 
-        release_stale(&mut claims, &active, taken, start + stale_after, "leader", stale_after);
-        assert_eq!(
-            held(&claims),
-            [false, true, true, false, true],
-            "the unstarted order expired; the leader's own stays"
+        assert!(stale_claims(&claims, &active, start + Duration::from_secs(5), "leader", stale_after).is_empty());
+        let stale = stale_claims(&claims, &active, start + stale_after, "leader", stale_after);
+        let ids: Vec<&str> =
+            stale.iter().map(|(e, node, _)| (e.id.as_str(), node.as_str())).map(|(id, _)| id).collect();
+        assert_eq!(ids, ["sent"], "a pending run sent to another node; not the leader's own, not a running one");
+    }
+
+    #[test]
+    fn a_stale_claim_is_released_only_when_its_node_says_it_does_not_have_it() {
+        let r = |id: &str| ExecRef { job: "j".into(), id: id.into() };
+        let give_up = Duration::from_secs(9);
+        let stale = |id: &str, node: &str, age: u64| (r(id), node.to_string(), Duration::from_secs(age));
+        let answers = HashMap::from([
+            ("answers".to_string(), Asked::Holds(HashSet::from([r("started")]))),
+            ("gone".to_string(), Asked::Gone),
+            ("silent".to_string(), Asked::Silent),
+        ]);
+        let (released, lost) = settle_stale(
+            vec![
+                stale("never-got-it", "answers", 6),
+                stale("started", "answers", 6),
+                stale("on-gone", "gone", 6),
+                stale("on-silent", "silent", 6),
+                stale("on-silent-long", "silent", 9),
+                stale("on-unknown", "unknown", 6),
+            ],
+            &answers,
+            give_up,
         );
-        assert_eq!(claims.load("b"), 2);
+        let ids = |refs: Vec<ExecRef>| refs.into_iter().map(|e| e.id).collect::<Vec<_>>();
+        assert_eq!(ids(released), ["never-got-it", "on-gone"], "the node does not hold them: place them again");
+        assert_eq!(
+            lost.into_iter().map(|(e, node)| (e.id, node)).collect::<Vec<_>>(),
+            [("on-silent-long".to_string(), "silent".to_string())],
+            "a silent node may have started it: after a lease it is recorded lost, never placed twice"
+        );
     }
 }

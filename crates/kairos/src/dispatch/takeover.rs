@@ -1,7 +1,7 @@
 //! Takeover: a new leader first asks every live node what it runs, holds or has not reported yet (which also
 //! raises their term, fencing the old leader). Only then does it dispatch pending executions of the old leader;
-//! while a node does not answer (paused? cut off?), the old leader's pending runs wait for it, at most one
-//! lease. Running executions that no node owns any more turn `lost` at the first sweep; the rest is left to
+//! while a node does not answer (paused? cut off?), the old leader's pending runs wait for it, at most until
+//! any order it may hold has expired ([`ORDER_STALE_AFTER`]). Running executions that no node owns any more turn `lost` at the first sweep; the rest is left to
 //! leases.
 
 use std::collections::{HashMap, HashSet};
@@ -11,7 +11,7 @@ use kairos_model::ExecutionStatus;
 use kairos_store::ExecRef;
 use tracing::{info, warn};
 
-use super::Synced;
+use super::{ORDER_STALE_AFTER, Synced};
 use crate::cluster::RpcError;
 use crate::gossip::Member;
 use crate::node::Node;
@@ -61,7 +61,7 @@ impl Takeover {
 }
 
 /// One node's answer to a sync.
-enum Answer {
+pub(super) enum Answer {
     Holds(Holding),
     /// The node's process is gone (connection refused): it holds nothing.
     Gone,
@@ -69,7 +69,7 @@ enum Answer {
     Silent,
 }
 
-async fn sync_member(node: &Node, member: &Member, term: u64) -> Answer {
+pub(super) async fn sync_member(node: &Node, member: &Member, term: u64) -> Answer {
     if member.name == node.config.node_name {
         return Answer::Holds(node.worker.sync(term));
     }
@@ -92,7 +92,7 @@ async fn sync_nodes(node: &Node, members: &[Member], term: u64) -> (Synced, Vec<
             Answer::Holds(holding) => {
                 let mut refs = HashSet::new();
                 let mut claims = dispatcher.claims.lock().expect("claims lock");
-                for exec in holding.running.into_iter().chain(holding.unreported).chain(holding.scheduled) {
+                for exec in holding.all() {
                     claims.claim(exec.clone(), &member.name, now);
                     refs.insert(exec);
                 }
@@ -136,7 +136,7 @@ pub async fn take_over(node: &Node, term: u64) -> Synced {
             let claims = dispatcher.claims.lock().expect("claims lock");
             pending_now.into_iter().filter(|r| !claims.contains(r)).collect()
         };
-        let takeover = Takeover::begin(&silent, pending, Instant::now() + node.worker.lease);
+        let takeover = Takeover::begin(&silent, pending, Instant::now() + ORDER_STALE_AFTER);
         if !silent.is_empty() {
             warn!(
                 "took over in term {term}; {} node(s) did not answer ({}): holding {} pending run(s) of the \
@@ -144,7 +144,7 @@ pub async fn take_over(node: &Node, term: u64) -> Synced {
                 silent.len(),
                 silent.join(", "),
                 takeover.suspects.len(),
-                node.worker.lease
+                ORDER_STALE_AFTER
             );
         }
         *dispatcher.takeover.lock().expect("takeover lock") = takeover;

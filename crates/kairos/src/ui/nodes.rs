@@ -13,7 +13,7 @@ use crate::api::AppState;
 pub async fn page(State(node): State<AppState>) -> UiResult {
     let metrics = node.raft.metrics().borrow_watched().clone();
     let members = node.members_json().await;
-    let leader_id = metrics.current_leader;
+    let leader_id = node.presented_leader();
     let voters: Vec<u64> = metrics.membership_config.voter_ids().collect();
     let text = |v: &serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
     let body = html! {

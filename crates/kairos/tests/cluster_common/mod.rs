@@ -16,14 +16,20 @@
 
 #![allow(dead_code)]
 
+mod tickers;
+
+pub use tickers::*;
+
 use std::collections::BTreeMap;
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kairos_testkit::{Client, LaunchError, Listener, Listening, Log, Process, Signal, kairos_command};
+use kairos_testkit::{
+    Client, Cut, LaunchError, Listener, Listening, Log, Network, Process, Signal, clean_kairos_env, kairos_command,
+};
 use serde::Deserialize;
 use tempfile::TempDir;
 
@@ -249,6 +255,10 @@ pub struct Node {
     extra: Vec<String>,
     /// Environment variables of this node's process (e.g. a faked clock), set with [`Cluster::set_env`].
     env: Vec<(String, String)>,
+    /// The address the node binds and advertises: 127.0.0.1, or its host's on a test network.
+    host: String,
+    /// The test network and this node's host on it (see [`Cluster::prepare_on_network`]).
+    network: Option<(Arc<Network>, usize)>,
     /// 0 until the first launch bound a port; restarts reuse it.
     rpc_port: u16,
     process: Option<Process>,
@@ -292,7 +302,7 @@ impl Node {
     }
 
     pub fn gossip_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.gossip_port)
+        format!("{}:{}", self.host, self.gossip_port)
     }
 
     /// The node-to-node RPC address it announced (last launch).
@@ -324,11 +334,18 @@ impl Node {
     }
 
     fn command(&self) -> Command {
-        let mut command = kairos_command(Path::new(KAIROS_BIN));
+        let mut command = match &self.network {
+            Some((network, host)) => {
+                let mut command = network.command(*host, Path::new(KAIROS_BIN));
+                clean_kairos_env(&mut command);
+                command
+            }
+            None => kairos_command(Path::new(KAIROS_BIN)),
+        };
         command.arg("agent");
         if self.server {
             command.args(["--server", "--bootstrap-expect", &self.bootstrap_expect.to_string()]);
-            command.args(["--http-addr", "127.0.0.1:0"]);
+            command.args(["--http-addr", &format!("{}:0", self.host)]);
         }
         command
             .arg("--data-dir")
@@ -474,6 +491,9 @@ pub struct Cluster {
     nodes: Vec<Node>,
     events: Mutex<Vec<String>>,
     root: TempDir,
+    /// The nodes' network namespaces, when started with [`Cluster::start_on_network`]; deleted after the nodes
+    /// stopped (it is dropped after them).
+    network: Option<Arc<Network>>,
 }
 
 impl Cluster {
@@ -489,13 +509,36 @@ impl Cluster {
     /// The nodes [`Cluster::start`] starts, not started yet: their data directories ([`Node::data_dir`]) can be
     /// prepared first (a small filesystem mounted there, say). Start them with [`Cluster::launch_all`].
     pub fn prepare(servers: usize, agents: &[(&str, &[&str])], extra_args: &[&str]) -> Cluster {
+        Cluster::prepare_with(servers, agents, extra_args, None)
+    }
+
+    /// A cluster whose nodes each run in a network namespace of their own (see [`kairos_testkit::netns`]), so
+    /// that [`Cluster::cut`] can cut one off for real; started like [`Cluster::start`]. Needs root.
+    pub async fn start_on_network(servers: usize, agents: &[(&str, &[&str])], extra_args: &[&str]) -> Cluster {
+        let network = Arc::new(Network::create(servers + agents.len()));
+        let mut cluster = Cluster::prepare_with(servers, agents, extra_args, Some(network));
+        cluster.launch_all().await;
+        cluster
+    }
+
+    fn prepare_with(
+        servers: usize,
+        agents: &[(&str, &[&str])],
+        extra_args: &[&str],
+        network: Option<Arc<Network>>,
+    ) -> Cluster {
         kairos_testkit::install_crypto_provider();
         let root = tempfile::Builder::new().prefix("kairos-cluster-").tempdir().expect("temporary dir");
         let http = reqwest::Client::builder().no_proxy().timeout(REQUEST_TIMEOUT).build().expect("http client");
-        let ports = free_gossip_ports(servers + agents.len(), &[]);
-        let retry_join: Vec<String> = ports[..servers].iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let count = servers + agents.len();
+        // On a test network every node has its own address, so all can use one gossip port.
+        let (hosts, ports): (Vec<String>, Vec<u16>) = match &network {
+            Some(network) => ((0..count).map(|i| network.ip(i)).collect(), vec![7946; count]),
+            None => (vec!["127.0.0.1".to_string(); count], free_gossip_ports(count, &[])),
+        };
+        let retry_join: Vec<String> = (0..servers).map(|i| format!("{}:{}", hosts[i], ports[i])).collect();
         let extra: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
-        let node = |name: String, server: bool, gossip_port: u16, tags: &[&str]| {
+        let node = |name: String, server: bool, index: usize, tags: &[&str]| {
             let mut args: Vec<String> = tags.iter().flat_map(|t| ["--tag".to_string(), t.to_string()]).collect();
             args.extend(extra.iter().cloned());
             Node {
@@ -503,7 +546,9 @@ impl Cluster {
                 name,
                 server,
                 bootstrap_expect: servers,
-                gossip_port,
+                gossip_port: ports[index],
+                host: hosts[index].clone(),
+                network: network.as_ref().map(|n| (n.clone(), index)),
                 retry_join: retry_join.clone(),
                 extra: args,
                 env: Vec::new(),
@@ -516,11 +561,24 @@ impl Cluster {
                 api: None,
             }
         };
-        let mut nodes: Vec<Node> = (0..servers).map(|i| node(format!("s{}", i + 1), true, ports[i], &[])).collect();
+        let mut nodes: Vec<Node> = (0..servers).map(|i| node(format!("s{}", i + 1), true, i, &[])).collect();
         for (j, (name, tags)) in agents.iter().enumerate() {
-            nodes.push(node(name.to_string(), false, ports[servers + j], tags));
+            nodes.push(node(name.to_string(), false, servers + j, tags));
         }
-        Cluster { nodes, events: Mutex::new(Vec::new()), root }
+        Cluster { nodes, events: Mutex::new(Vec::new()), root, network }
+    }
+
+    /// Cut node `i` off from the other nodes (not from the test), as `cut` says; [`Cluster::heal`] undoes it.
+    pub fn cut(&self, i: usize, cut: Cut) {
+        let network = self.network.as_ref().expect("a cluster started with start_on_network");
+        network.cut(i, cut);
+        self.note(&format!("cut {} ({cut:?})", self.node_name(i)));
+    }
+
+    pub fn heal(&self, i: usize) {
+        let network = self.network.as_ref().expect("a cluster started with start_on_network");
+        network.heal(i);
+        self.note(&format!("healed {}", self.node_name(i)));
     }
 
     /// Set an environment variable for node `i`'s process from its next launch on.
@@ -622,6 +680,7 @@ impl Cluster {
     /// `extra_args`; named after the last server (`s4` after `s1`…`s3`). Returns its index once it printed its
     /// listening lines: the leader adds it to Raft by itself (wait for that with [`Cluster::raft_peers`]).
     pub async fn add_server(&mut self, extra_args: &[&str]) -> usize {
+        assert!(self.network.is_none(), "add_server: not supported on a test network");
         let first = self.nodes.iter().position(|n| n.server).expect("a cluster with a server");
         let template = &self.nodes[first];
         let taken: Vec<u16> = self.nodes.iter().map(|n| n.gossip_port).collect();
@@ -638,6 +697,8 @@ impl Cluster {
             retry_join: self.nodes.iter().filter(|n| n.server).map(Node::gossip_addr).collect(),
             extra,
             env: Vec::new(),
+            host: "127.0.0.1".to_string(),
+            network: None,
             rpc_port: 0,
             process: None,
             paused: false,
@@ -746,7 +807,12 @@ impl Cluster {
     /// The leader: the one live server answering `/v1/isleader` 200, named by every live server's `/v1/leader`.
     /// `Err` says what is missing.
     pub async fn leader(&self) -> Result<usize, String> {
-        let live = self.live_servers();
+        self.leader_among(&self.live_servers()).await
+    }
+
+    /// The one server of `live` that says it leads and that every server of `live` names as leader.
+    pub async fn leader_among(&self, live: &[usize]) -> Result<usize, String> {
+        let live = live.to_vec();
         let mut claims = Vec::new();
         for &i in &live {
             let reply = self.nodes[i].try_request("GET", "/v1/isleader", None, PROBE_TIMEOUT).await;
@@ -777,6 +843,12 @@ impl Cluster {
             }
         }
         Ok(leader)
+    }
+
+    /// Node `i`'s Raft term (`GET /v1`, `raft.term`); `None` when it does not answer.
+    pub async fn raft_term(&self, i: usize) -> Option<u64> {
+        let reply = self.nodes[i].try_request("GET", "/v1", None, PROBE_TIMEOUT).await?;
+        reply.json["raft"]["term"].as_u64()
     }
 
     pub async fn leader_index(&self) -> Option<usize> {
