@@ -157,3 +157,25 @@ async fn a_follower_cut_off_rejoins_without_unseating_the_leader_and_its_runs_mo
     assert_eq!(cluster.raft_term(leader).await, Some(term), "no election may happen: the term must not change");
     finish(&cluster, &tickers, cut_at, healed_at, "follower cut (both ways)").await;
 }
+
+/// Whoever leads is cut off both ways for 3 s, then healed for 3 s, five times over: leadership moves at every
+/// cut, and the duties of each new term must start, whatever happened to the previous ones (the stall of issue 15:
+/// a dispatcher that stayed in an old term after a quick change had every order refused). Slots keep running
+/// once, and the cluster settles with one leader.
+#[tokio::test(flavor = "multi_thread")]
+async fn leaders_cut_and_healed_every_3_s_lose_and_repeat_no_slot() {
+    let (cluster, tickers) = start().await;
+    let from = Timestamp::now();
+    for round in 0..5 {
+        let leader = cluster.wait_leader().await;
+        cluster.note(&format!("round {round}: cutting the leader {}", cluster.node_name(leader)));
+        cluster.cut(leader, Cut::Both);
+        tokio::time::sleep(secs(3)).await;
+        cluster.heal(leader);
+        tokio::time::sleep(secs(3)).await;
+    }
+    let to = Timestamp::now();
+    cluster.wait_leader().await;
+    tokio::time::sleep(secs(2)).await;
+    finish(&cluster, &tickers, from, to, "leader cut and healed every 3 s").await;
+}
