@@ -32,7 +32,7 @@ use crate::report::{Report, at_most};
 use crate::server::{Launcher, describe_kinds, sort_kinds};
 use crate::stats::{ms, summarize, thousands};
 
-/// The scheduler decides a slot this long before its instant (`kairos::scheduler::DECIDE_AHEAD`), so a slot more
+/// The scheduler decides a slot this long before its instant (`kairos_server::scheduler::DECIDE_AHEAD`), so a slot more
 /// than this after the kill cannot have been decided by the killed leader.
 const DECIDE_AHEAD: SignedDuration = SignedDuration::from_millis(500);
 /// How long a fresh cluster may take to elect a leader and see every node alive.

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use crate::cluster::{RpcClient, RpcError, client};
-use crate::node::Peer;
+use kairos_server::cluster::{RpcClient, RpcError, client};
+use kairos_server::node::Peer;
 
 #[derive(Debug, Clone, Args)]
 pub struct RpcArgs {

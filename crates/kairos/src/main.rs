@@ -1,38 +1,12 @@
 //! `kairos`: a distributed job scheduler with a Dkron-compatible CLI and API.
 //!
-//! The binary's parts, in the order a run goes through them:
-//! - [`config`]: flags, `KAIROS_*` environment and config file, merged;
-//! - [`node`]: opens the stores, starts Raft, the listeners and the leader's duties;
-//! - [`scheduler`]: the leader's timer that decides which slots fire;
-//! - [`worker`]: runs executions locally and reports them in batches;
-//! - [`gossip`]: cluster membership (chitchat);
-//! - [`dispatch`]: the leader's placement of runs on nodes, fencing, takeover and leases;
-//! - [`agent_node`]: a node without `--server`, which only runs what it is sent;
-//! - [`cluster`]: RPC between nodes (Raft, forwarded writes, orders, reports): the routes, their paths, and the
-//!   one typed client every node-to-node call goes through;
-//! - [`listener`]: serving both listeners with a connection limit and header deadlines;
-//! - [`storage`]: a server whose storage fails stops and exits non-zero instead of lingering as a zombie;
-//! - [`cli`]: `kairos leave` and `kairos raft …`, which talk to a node's RPC address;
-//! - [`reload`]: `SIGHUP` reads the configuration again and applies what can change while running;
-//! - [`api`]: the HTTP `/v1` API;
-//! - [`ui`]: the web UI at `/ui/`, rendered by the server over the same state.
+//! The binary: the command line (`kairos agent`, `kairos leave`, `kairos raft …`) and the process around a node
+//! (logging, signals, exit codes). The node itself is `kairos_server`; its HTTP API and UI are `kairos_http`.
+//! - [`cli`]: `kairos leave` and `kairos raft …`, which talk to a node's RPC address.
 
-mod agent_node;
-mod api;
-mod applied;
 mod cli;
-mod cluster;
-mod config;
-mod dispatch;
-mod gossip;
-mod leadership;
-mod listener;
-mod node;
-mod reload;
-mod scheduler;
-mod storage;
-mod ui;
-mod worker;
+
+use kairos_server::{agent_node, config, node, reload, storage};
 
 use std::process::ExitCode;
 
@@ -130,7 +104,7 @@ fn run_agent(config: config::Config, args: config::AgentArgs) -> ExitCode {
             info!("stopped");
             return ExitCode::SUCCESS;
         }
-        let running = match node::Node::start(config).await {
+        let running = match node::Node::start(config, kairos_http::router).await {
             Ok(running) => running,
             Err(err) => {
                 error!("{err:#}");

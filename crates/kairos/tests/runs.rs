@@ -668,7 +668,7 @@ async fn sighup_applies_new_tags_from_the_config_file_and_names_what_needs_a_res
     let execs = server.wait_executions("on-new", "a run", secs(20), |e| e.iter().any(|e| e.is_final())).await;
     let done = execs.iter().find(|e| e.is_final()).unwrap();
     assert_eq!(done.status, "succeeded", "{}", summary(&execs));
-    wait_for_log(&server, "DEBUG kairos::scheduler: scheduler: fired").await;
+    wait_for_log(&server, "DEBUG kairos_server::scheduler: scheduler: fired").await;
 }
 
 /// A config file that does not parse, or holds an invalid value, changes nothing on SIGHUP: the node keeps

@@ -159,6 +159,11 @@ fn component_nanos(number: &str, unit_nanos: u128) -> Option<u128> {
     Some(whole.saturating_mul(unit_nanos).saturating_add(fraction_nanos))
 }
 
+/// How long until `at`; zero once it has passed (a late timer must fire at once, not wait as long again).
+pub fn time_until(at: jiff::Timestamp) -> std::time::Duration {
+    std::time::Duration::try_from(jiff::Timestamp::now().duration_until(at)).unwrap_or(std::time::Duration::ZERO)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

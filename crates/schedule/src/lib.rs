@@ -51,7 +51,7 @@ mod timezone;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
-pub use duration::{format_duration, parse_duration};
+pub use duration::{format_duration, parse_duration, time_until};
 pub use error::ScheduleError;
 pub use jiff;
 pub use timezone::parse_timezone;

@@ -9,8 +9,8 @@ use kairos_store::{Command, Fire, JobRecord};
 
 use super::guard::{JsonBody, is_json, not_json, read_body};
 use super::{ApiError, ApiResult, AppState, Params, descending, page_bounds, reply, reply_list};
-use crate::node::Node;
-use crate::scheduler::next_fire;
+use kairos_server::node::Node;
+use kairos_server::scheduler::next_fire;
 
 /// The job as the API shows it: the stored job with `next` derived from its schedule and cursor.
 pub fn view(record: JobRecord, now: Timestamp) -> Job {

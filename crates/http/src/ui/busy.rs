@@ -10,7 +10,7 @@ use super::layout::{Nav, node_page};
 use super::{UiResult, format};
 use crate::api::ApiError;
 use crate::api::AppState;
-use crate::node::Node;
+use kairos_server::node::Node;
 
 /// Most executions listed (the count says how many there are).
 const SHOWN_MAX: usize = 200;

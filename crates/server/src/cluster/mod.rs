@@ -182,7 +182,7 @@ pub fn server_router(node: Arc<Node>) -> Router {
 }
 
 async fn submit(State(node): State<Arc<Node>>, Json(command): Json<Command>) -> Json<Forwarded> {
-    let result = node.submit_local(command).await.map_err(|e| (e.status.as_u16(), e.message));
+    let result = node.submit_local(command).await.map_err(|e| e.wire());
     Json(Forwarded { result })
 }
 
@@ -192,7 +192,7 @@ async fn report(State(node): State<Arc<Node>>, Json(command): Json<Command>) -> 
 }
 
 async fn read_index(State(node): State<Arc<Node>>) -> Json<Result<u64, (u16, String)>> {
-    Json(node.leader_read_index().await.map_err(|e| (e.status.as_u16(), e.message)))
+    Json(node.leader_read_index().await.map_err(|e| e.wire()))
 }
 
 async fn peers(State(node): State<Arc<Node>>) -> Json<Vec<Peer>> {
@@ -200,7 +200,7 @@ async fn peers(State(node): State<Arc<Node>>) -> Json<Vec<Peer>> {
 }
 
 async fn remove_peer(State(node): State<Arc<Node>>, Json(peer): Json<u64>) -> Json<Result<(), (u16, String)>> {
-    Json(node.remove_peer(peer).await.map_err(|e| (e.status.as_u16(), e.message)))
+    Json(node.remove_peer(peer).await.map_err(|e| e.wire()))
 }
 
 /// What the agent routes need from the node they run on.

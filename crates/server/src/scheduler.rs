@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kairos_model::{CatchUp, Timestamp, Trigger};
-use kairos_schedule::Schedule;
+use kairos_schedule::{Schedule, time_until};
 use kairos_store::{BATCH_ITEMS_MAX, Command, Fire, JobRecord};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{debug, info, warn};
@@ -31,11 +31,6 @@ pub const DECIDE_AHEAD: Duration = Duration::from_millis(500);
 pub const LATE_GRACE: Duration = Duration::from_secs(2);
 /// Most slots one job may catch up at once under `catch_up: all`: the most recent ones win.
 pub const CATCH_UP_SLOTS_MAX: usize = 10_000;
-
-/// How long until `at`; zero once it has passed (a late timer must fire at once, not wait as long again).
-pub fn time_until(at: Timestamp) -> Duration {
-    Duration::try_from(Timestamp::now().duration_until(at)).unwrap_or(Duration::ZERO)
-}
 
 /// The next instant the job will fire, for display (`next` in the API): `None` if it will not fire by itself.
 pub fn next_fire(record: &JobRecord, now: Timestamp) -> Option<Timestamp> {
@@ -246,7 +241,7 @@ impl Armed {
     }
 }
 
-/// The scheduler as a leader duty of `term` (see [`crate::leadership`]): rebuilds the timer from the stored jobs,
+/// The scheduler as a leader duty of `term` (see `leadership`): rebuilds the timer from the stored jobs,
 /// then fires slots as they fall due. Runs until the duty is dropped; a failed write rebuilds the timer.
 pub async fn duty(node: &Node, term: u64, changes: &mut UnboundedReceiver<String>) {
     loop {

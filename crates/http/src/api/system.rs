@@ -13,7 +13,7 @@ use super::{ApiError, ApiResult, AppState, Params, reply, reply_list};
 const PREVIEW_COUNT_MAX: usize = 1000;
 
 /// `GET /health`: 200 while the node works; 503 with the reason once its storage failed (it is then exiting), or
-/// while it leads but its leader duties do not run (see [`crate::leadership`]).
+/// while it leads but its leader duties do not run (see `kairos_server::leadership`).
 pub async fn health(State(node): State<AppState>, Query(params): Query<Params>) -> ApiResult {
     if let Some(reason) = node.fatal.get() {
         let body = json!({ "status": "unhealthy", "node": node.config.node_name, "error": reason });

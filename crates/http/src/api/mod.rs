@@ -25,7 +25,8 @@ use kairos_model::FieldError;
 use kairos_store::Refusal;
 use serde::Serialize;
 
-use crate::node::Node;
+use kairos_server::node::Node;
+use kairos_server::{Failure, WriteError};
 
 pub type AppState = Arc<Node>;
 
@@ -116,7 +117,7 @@ async fn linearizable_reads(
         && request.method() == axum::http::Method::GET
         && let Err(err) = node.read_barrier().await
     {
-        return err.into_response();
+        return ApiError::from(err).into_response();
     }
     next.run(request).await
 }
@@ -159,6 +160,20 @@ impl From<FieldError> for ApiError {
 impl From<redb::Error> for ApiError {
     fn from(err: redb::Error) -> ApiError {
         ApiError::internal(format!("store: {err}"))
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(err: WriteError) -> ApiError {
+        let status = match err.failure {
+            Failure::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::StorageFailed => StatusCode::INSUFFICIENT_STORAGE,
+            Failure::NotFound => StatusCode::NOT_FOUND,
+            Failure::Conflict => StatusCode::CONFLICT,
+            Failure::Invalid => StatusCode::BAD_REQUEST,
+            Failure::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, err.message)
     }
 }
 

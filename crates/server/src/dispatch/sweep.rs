@@ -14,10 +14,10 @@ use tracing::warn;
 
 use super::claims::Claims;
 use super::{ORDER_STALE_AFTER, Synced, dispatch, takeover};
-use crate::api::ApiError;
+use crate::error::WriteError;
 use crate::gossip::Member;
 use crate::node::{Node, retry_instant};
-use crate::scheduler::time_until;
+use kairos_schedule::time_until;
 
 /// How often the leader re-checks pending executions and leases even without events.
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
@@ -156,7 +156,7 @@ pub async fn duty(node: &Node, term: u64, synced: Synced) {
 }
 
 /// One pass over the active executions; answers the earliest future retry instant, to wake for it.
-async fn sweep(node: &Node, synced: Option<Synced>, term: u64) -> Result<Option<Timestamp>, ApiError> {
+async fn sweep(node: &Node, synced: Option<Synced>, term: u64) -> Result<Option<Timestamp>, WriteError> {
     takeover::resolve_silent(node, term).await;
     let now = Timestamp::now();
     let taken = Instant::now();

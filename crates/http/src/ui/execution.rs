@@ -10,7 +10,7 @@ use maud::{Markup, html};
 use super::layout::{Nav, node_page};
 use super::{UiError, UiResult, format};
 use crate::api::AppState;
-use crate::node::Node;
+use kairos_server::node::Node;
 
 /// The output as the page shows it: the full stored output when this node has it, else the replicated tail.
 pub fn output(node: &Node, exec: &Execution) -> (String, bool) {

@@ -13,8 +13,8 @@ use maud::{Markup, html};
 use super::layout::{Nav, node_page};
 use super::{UiError, UiResult, format};
 use crate::api::{ApiError, AppState};
-use crate::node::Node;
-use crate::scheduler::next_fire;
+use kairos_server::node::Node;
+use kairos_server::scheduler::next_fire;
 
 const EXECUTIONS_PER_PAGE: usize = 20;
 const PREVIEW_COUNT: usize = 10;

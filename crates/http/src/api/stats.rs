@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiResult, AppState, Params, reply};
-use crate::node::Node;
+use kairos_server::node::Node;
 
 /// Length of the window, in one-minute buckets.
 pub const WINDOW_MINUTES: usize = 60;

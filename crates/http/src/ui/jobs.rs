@@ -17,7 +17,7 @@ use super::layout::{Nav, node_page};
 use super::{UiResult, format};
 use crate::api::jobs::JobFilter;
 use crate::api::{ApiError, AppState};
-use crate::scheduler::next_fire;
+use kairos_server::scheduler::next_fire;
 
 pub const PAGE_SIZES: [usize; 4] = [25, 50, 100, 200];
 const PAGE_SIZE_DEFAULT: usize = 50;

@@ -8,7 +8,7 @@ use kairos_model::{Execution, ExecutionStatus};
 use kairos_store::{Command, ExecRef};
 use serde::Serialize;
 
-use crate::cluster::{RpcError, client};
+use kairos_server::cluster::{RpcError, client};
 
 use super::jobs::require_job;
 use super::{ApiError, ApiResult, AppState, Params, descending, page_bounds, reply, reply_list};
@@ -198,7 +198,7 @@ pub async fn output(
     let local = execution.node_name.is_empty() || execution.node_name == node.config.node_name;
     if local {
         if follow {
-            let stream = crate::cluster::follow_output(node.worker.clone(), node.outputs.clone(), job, id);
+            let stream = kairos_server::cluster::follow_output(node.worker.clone(), node.outputs.clone(), job, id);
             return Ok((text_plain, Body::from_stream(stream)).into_response());
         }
         let text = node.outputs.read(&job, &id).map_err(ApiError::internal)?.unwrap_or(execution.output);

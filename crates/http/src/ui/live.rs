@@ -19,7 +19,7 @@ use kairos_model::Timestamp;
 
 use super::job::ExecQuery;
 use crate::api::AppState;
-use crate::node::Node;
+use kairos_server::node::Node;
 
 const FRAGMENT_EVERY: Duration = Duration::from_secs(1);
 const DASHBOARD_EVERY: Duration = Duration::from_secs(5);

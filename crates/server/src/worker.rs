@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::config::Config;
-use crate::scheduler::time_until;
+use kairos_schedule::time_until;
 
 /// How long the reporter waits after the first report of a batch for more to join it.
 const REPORT_LINGER: Duration = Duration::from_millis(5);

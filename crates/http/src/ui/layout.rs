@@ -4,7 +4,7 @@
 use maud::{DOCTYPE, Markup, html};
 
 use super::assets;
-use crate::node::Node;
+use kairos_server::node::Node;
 
 /// Which navigation entry a page belongs to.
 #[derive(Clone, Copy, PartialEq, Eq)]

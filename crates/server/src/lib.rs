@@ -1,0 +1,43 @@
+//! A Kairos node: everything but HTTP and the command line.
+//!
+//! What each part owns, in the order a run goes through them:
+//! - [`config`]: the merged configuration (flags, `KAIROS_*` environment, config file); [`reload`] applies what
+//!   `SIGHUP` may change while running;
+//! - [`node`]: a server: opens the stores, starts Raft (openraft over [`cluster`]), gossip ([`gossip`]), the
+//!   listeners ([`listener`]) and the worker, and shuts them down; writes go through [`Node::submit`], which
+//!   forwards to the leader when following, and fail with a [`WriteError`];
+//! - [`leadership`]: turns the leader duties on when this node wins an election and off when it loses, in one
+//!   place, and says where fencing happens;
+//! - [`scheduler`] (a leader duty): the timer over every job's next slot; it proposes `Fire` commands;
+//! - [`dispatch`] (a leader duty): places what a committed `Fire` created on nodes (claims, placement), sends
+//!   orders stamped with its term, syncs every node when it takes over, and sweeps: due retries, lease expiry,
+//!   runs no node can take;
+//! - [`worker`]: on every node, takes orders (refusing older terms and expired orders), starts runs at their
+//!   instant through `kairos_agent`, renews their leases and reports starts and finishes in batches;
+//! - [`applied`]: what follows from applied entries on every server (wake the scheduler, delete outputs, stop
+//!   cancelled runs);
+//! - [`agent_node`]: a node without `--server`: gossip, the worker and the agent's RPC routes only;
+//! - [`storage`]: a server whose storage fails stops and exits non-zero instead of lingering as a zombie.
+//!
+//! The life of one run: the scheduler's timer fires → `Fire` is committed through Raft → the dispatcher claims
+//! the new pending execution, places it and sends the order → the worker on that node starts it at its instant
+//! and reports `Start` → renewals keep its lease → `Finish` is committed; the sweep turns a run whose lease ran out
+//! `lost`. The HTTP API and UI (`kairos-http`) read the state and submit commands through [`Node`].
+
+pub mod agent_node;
+pub mod applied;
+pub mod cluster;
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod gossip;
+pub mod leadership;
+pub mod listener;
+pub mod node;
+pub mod reload;
+pub mod scheduler;
+pub mod storage;
+pub mod worker;
+
+pub use error::{Failure, WriteError};
+pub use node::Node;

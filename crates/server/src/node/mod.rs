@@ -1,0 +1,328 @@
+//! A running Kairos server: the Raft instance and its stores, gossip membership, the local worker, and the
+//! listeners. The leader's duties live in [`crate::dispatch`] (claiming, placing and fencing runs, leases) and
+//! [`crate::scheduler`] (deciding slots).
+//!
+//! [`Node::start`] opens the data directory and starts openraft. With `--bootstrap-expect 1` (or 0 and no one to
+//! join) a fresh node bootstraps a single-voter cluster at once; with N > 1 the servers find each other by
+//! gossip and the one with the lowest Raft id bootstraps all N as voters. A server that appears later (or
+//! comes back with an empty data directory) is added by the leader, first as a learner, then as a voter.
+//! Writes reaching a follower are forwarded to the leader over RPC ([`Node::submit`]).
+
+mod present;
+mod raft_members;
+mod writes;
+
+pub use raft_members::Peer;
+pub use writes::{Forwarded, retry_instant};
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::future::BoxFuture;
+use kairos_agent::OutputStore;
+use kairos_store::{Command, LogStore, Raft, Response, StateMachine, StateReader};
+use openraft::async_runtime::WatchReceiver;
+use openraft::{BasicNode, Instant as _, ReadPolicy, ServerState};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cluster::RpcClient;
+use crate::config::Config;
+use crate::dispatch::Dispatcher;
+use crate::gossip::Membership;
+use crate::leadership::Duties;
+use crate::worker::{Reporter, Verdict, Worker};
+
+/// How often the membership duties run (publishing, bootstrapping, adding servers).
+const MEMBERSHIP_INTERVAL: Duration = Duration::from_millis(300);
+/// How long a write waits for a leader to be known.
+const LEADER_WAIT: Duration = Duration::from_secs(5);
+/// Raft timings (milliseconds), each multiplied by `--raft-multiplier`.
+const HEARTBEAT_MS: u64 = 50;
+const ELECTION_TIMEOUT_MIN_MS: u64 = 250;
+const ELECTION_TIMEOUT_MAX_MS: u64 = 350;
+/// Longest wait for a leader duty's write to commit (then the duty retries).
+pub const LEADER_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Node {
+    pub config: Config,
+    pub id: u64,
+    pub raft: Raft,
+    pub state: StateReader,
+    pub outputs: OutputStore,
+    pub worker: Worker,
+    pub rpc_addr: SocketAddr,
+    pub membership: Arc<Membership>,
+    /// Node-to-node RPC client (connections are pooled and kept alive).
+    pub rpc: RpcClient,
+    /// The leader's dispatcher (idle with term 0 unless this node leads).
+    pub dispatcher: Dispatcher,
+    /// What the leader duties are doing (see [`crate::leadership`]).
+    pub duties: Duties,
+    /// Servers this leader removed from Raft, with the gossip generation they had: not added back unless they
+    /// restart (a leaving server may still look alive for a moment).
+    removed: Mutex<HashMap<u64, u64>>,
+    stopping: CancellationToken,
+    /// Cancelled when the process should exit by itself (after `kairos leave`, or when storage failed).
+    pub exit: CancellationToken,
+    /// Why this node's storage failed, once it has (see [`crate::storage`]); the process then exits non-zero.
+    pub fatal: std::sync::OnceLock<String>,
+    weak: std::sync::Weak<Node>,
+}
+
+/// Everything `main` needs to run and stop a node.
+pub struct Running {
+    pub node: Arc<Node>,
+    pub http_addr: SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    /// Start a server; `api` builds the router of its HTTP listener (the API and UI of `kairos-http`).
+    pub async fn start(config: Config, api: impl FnOnce(Arc<Node>) -> axum::Router) -> anyhow::Result<Running> {
+        kairos_agent::install_crypto_provider();
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("--data-dir: cannot create '{}'", config.data_dir.display()))?;
+        let id = node_id(&config.data_dir)?;
+        let raft_dir = config.data_dir.join("raft");
+        std::fs::create_dir_all(&raft_dir)?;
+        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        let log = LogStore::open(&raft_dir.join("log.redb")).context("opening the Raft log")?;
+        let machine = StateMachine::open(&raft_dir.join("state.redb"), config.executions_retained, Some(events_tx))
+            .context("opening the state")?;
+        let state = machine.reader();
+
+        let rpc_listener = tokio::net::TcpListener::bind(rpc_bind_addr(&config)?)
+            .await
+            .with_context(|| format!("--rpc-port: cannot listen on port {}", config.rpc_port))?;
+        let rpc_addr = advertised(rpc_listener.local_addr()?, &config);
+        let http_listener = tokio::net::TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("--http-addr: cannot listen on {}", config.http_addr))?;
+        let http_addr = http_listener.local_addr()?;
+        let multiplier = u64::from(config.raft_multiplier);
+        let raft_config = openraft::Config {
+            cluster_name: "kairos".into(),
+            // A follower may vote for a new leader once the old leader's lease (election_timeout_max since its
+            // last heartbeat) ran out, and starts an election after its own timeout (min..max): with these values a
+            // dead leader is replaced within about 0.5-0.7 s (measured by the failover benchmark).
+            heartbeat_interval: HEARTBEAT_MS * multiplier,
+            election_timeout_min: ELECTION_TIMEOUT_MIN_MS * multiplier,
+            election_timeout_max: ELECTION_TIMEOUT_MAX_MS * multiplier,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
+            max_in_snapshot_log_to_keep: 1_000,
+            purge_batch_size: 256,
+            // A server that was cut off asks first whether it could win before it raises its term, so coming back
+            // it does not unseat a leader that kept a quorum (issue 15).
+            enable_pre_vote: Some(true),
+            // CheckQuorum's quiet phase: a leader that has not heard from a quorum for its lease stops sending
+            // heartbeats for a while, so followers that still hear it (a leader that can send but not receive)
+            // time out and elect a leader that can lead (openraft issue #2080). The shortest value openraft allows.
+            quorum_loss_probe_interval: Some((ELECTION_TIMEOUT_MAX_MS + ELECTION_TIMEOUT_MAX_MS) * multiplier),
+            ..Default::default()
+        }
+        .validate()?;
+        let rpc = RpcClient::new()?;
+        let network = crate::cluster::Network { rpc: rpc.clone() };
+        let raft = Raft::new(id, Arc::new(raft_config), network, log, machine).await?;
+        let joining = !config.join.is_empty() || !config.retry_join.is_empty();
+        if !raft.is_initialized().await? && config.bootstrap_expect <= 1 && (config.bootstrap_expect == 1 || !joining) {
+            let members = BTreeMap::from([(id, BasicNode::new(rpc_addr.to_string()))]);
+            raft.initialize(members).await.context("bootstrapping the single-server cluster")?;
+        }
+        let public_http = crate::config::public_http_addr(http_addr, config.advertise_ip());
+        let membership = Arc::new(Membership::start(&config, Some(id), rpc_addr, Some(public_http)).await?);
+
+        let outputs = OutputStore::open_with(config.data_dir.join("outputs"), config.output_limits)?;
+        let (worker, channels) = Worker::new(&config, outputs.clone());
+        let (changes_tx, changes_rx) = tokio::sync::mpsc::unbounded_channel();
+        let node = Arc::new_cyclic(|weak| Node {
+            weak: weak.clone(),
+            config: config.clone(),
+            id,
+            raft: raft.clone(),
+            state,
+            outputs,
+            worker: worker.clone(),
+            rpc_addr,
+            membership,
+            rpc,
+            dispatcher: Dispatcher::default(),
+            duties: Duties::default(),
+            removed: Mutex::new(HashMap::new()),
+            stopping: CancellationToken::new(),
+            exit: CancellationToken::new(),
+            fatal: std::sync::OnceLock::new(),
+        });
+        worker.set_fence(local_fence(raft.clone(), Duration::from_millis(100 * multiplier)));
+
+        let mut tasks = Vec::new();
+        let rpc_router = crate::cluster::rpc_router(raft.clone())
+            .merge(crate::cluster::server_router(node.clone()))
+            .merge(crate::cluster::agent_router(crate::cluster::AgentSide {
+                worker: worker.clone(),
+                outputs: node.outputs.clone(),
+                leave: {
+                    let node = node.clone();
+                    Arc::new(move || {
+                        let node = node.clone();
+                        Box::pin(async move { node.leave().await })
+                    })
+                },
+            }));
+        tasks.push(tokio::spawn(async move {
+            if let Err(err) = crate::listener::serve(rpc_listener, rpc_router, crate::listener::RPC_LIMITS).await {
+                warn!("rpc listener stopped: {err}");
+            }
+        }));
+        let api = api(node.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(err) = crate::listener::serve(http_listener, api, crate::listener::API_LIMITS).await {
+                warn!("http listener stopped: {err}");
+            }
+        }));
+        let reporter: Arc<dyn Reporter> = Arc::new(LocalReporter(node.clone()));
+        tasks.push(tokio::spawn(crate::applied::events_loop(node.clone(), events_rx, changes_tx)));
+        tasks.push(tokio::spawn(crate::leadership::run(node.clone(), changes_rx)));
+        tasks.push(tokio::spawn(crate::dispatch::dropped_loop(node.clone(), channels.dropped)));
+        tasks.push(tokio::spawn(crate::worker::launch_loop(worker.clone(), channels.timer, node.stopping.clone())));
+        tasks.push(tokio::spawn(crate::worker::report_loop(worker.clone(), reporter.clone(), channels.reports)));
+        tasks.push(tokio::spawn(crate::worker::renew_loop(worker.clone(), reporter, node.stopping.clone())));
+        tasks.push(tokio::spawn(raft_members::membership_loop(node.clone())));
+        tasks.push(tokio::spawn(crate::storage::watch(node.clone())));
+        match &config.config_file {
+            Some(file) => info!("configuration read from {}", file.display()),
+            None => info!("no configuration file found; using flags, environment and defaults"),
+        }
+        crate::agent_node::await_join(&config, &node.membership).await?;
+        info!(node = %config.node_name, id, rpc = %rpc_addr, gossip = %node.membership.gossip_addr(), "server started");
+        eprintln!("kairos: RPC listening on {rpc_addr}");
+        Ok(Running { node, http_addr, tasks })
+    }
+
+    pub(crate) fn self_weak(&self) -> std::sync::Weak<Node> {
+        self.weak.clone()
+    }
+
+    pub fn metrics(&self) -> openraft::RaftMetrics<kairos_store::TypeConfig> {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.is_cancelled()
+    }
+
+    pub async fn stopping(&self) {
+        self.stopping.cancelled().await
+    }
+
+    /// Stop in order: no new fires, let running executions finish (bounded), report them, stop Raft.
+    pub async fn shutdown(&self) {
+        self.stopping.cancel();
+        info!("shutting down: waiting up to {:?} for running executions", self.config.shutdown_grace);
+        drain_worker(&self.worker, &self.config).await;
+        if let Err(err) = self.raft.shutdown().await {
+            warn!("raft shutdown: {err}");
+        }
+    }
+}
+
+/// Let running executions finish (bounded by the shutdown grace), cancel the rest, and flush their reports.
+pub async fn drain_worker(worker: &Worker, config: &Config) {
+    let deadline = tokio::time::Instant::now() + config.shutdown_grace;
+    while worker.running_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worker.cancel_all("cancelled: the node shut down");
+    if worker.running_count() > 0 {
+        warn!("shutting down: cancelling {} executions still running", worker.running_count());
+        let deadline = tokio::time::Instant::now() + config.kill_grace + Duration::from_secs(2);
+        while worker.running_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    worker.flush_reports().await;
+}
+
+/// Reports of this server's own worker go straight into Raft (forwarded to the leader when following).
+struct LocalReporter(Arc<Node>);
+
+impl Reporter for LocalReporter {
+    fn submit(&self, command: Command) -> BoxFuture<'_, Result<Response, String>> {
+        Box::pin(async move { self.0.submit_report(command).await.map_err(|e| e.message) })
+    }
+}
+
+/// The fence a server's worker asks before launching: orders of an older term than this server's Raft knows
+/// are dropped, and an order this node gave as leader launches only while its leader lease holds (a leader
+/// that was paused or cut off learns it was deposed before it runs anything).
+fn local_fence(raft: Raft, fresh: Duration) -> crate::worker::Fence {
+    Arc::new(move |term| {
+        let raft = raft.clone();
+        Box::pin(async move {
+            let metrics = raft.metrics().borrow_watched().clone();
+            if metrics.current_term > term {
+                return Verdict::Drop;
+            }
+            let leads = metrics.state == ServerState::Leader && metrics.current_term == term;
+            if !leads {
+                // An order of the current term from another leader: the worker's own term check covers it.
+                return Verdict::Launch;
+            }
+            // A single voter cannot be deposed by anyone; a quorum ack fresher than the shortest election
+            // timeout proves no other leader can exist yet. Otherwise ask Raft to confirm the lease.
+            if metrics.membership_config.membership().voter_ids().nth(1).is_none() {
+                return Verdict::Launch;
+            }
+            if metrics.last_quorum_acked.as_ref().is_some_and(|acked| acked.elapsed() < fresh) {
+                return Verdict::Launch;
+            }
+            match raft.ensure_linearizable(ReadPolicy::LeaseRead).await {
+                Ok(_) => Verdict::Launch,
+                Err(_) => Verdict::Wait,
+            }
+        })
+    })
+}
+
+/// The node's Raft id: random on first start, then kept in the data directory.
+fn node_id(data_dir: &Path) -> anyhow::Result<u64> {
+    let path = data_dir.join("node-id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return text.trim().parse().with_context(|| format!("corrupt node id in '{}'", path.display()));
+    }
+    let id = rand::random::<u64>() >> 1;
+    std::fs::write(&path, id.to_string())?;
+    Ok(id)
+}
+
+pub fn rpc_bind_addr(config: &Config) -> anyhow::Result<SocketAddr> {
+    let host = config.bind_addr.rsplit_once(':').map_or(config.bind_addr.as_str(), |(h, _)| h);
+    let host = if host.is_empty() { "0.0.0.0" } else { host };
+    format!("{host}:{}", config.rpc_port)
+        .parse()
+        .with_context(|| format!("--bind-addr: '{}' is not host:port", config.bind_addr))
+}
+
+/// The address peers use for a listener on the `--bind-addr` host (RPC): the node's advertise IP
+/// ([`Config::advertise_ip`]) with the bound port.
+pub fn advertised(bound: SocketAddr, config: &Config) -> SocketAddr {
+    SocketAddr::new(config.advertise_ip(), bound.port())
+}
+
+impl Running {
+    pub async fn shutdown(self) {
+        self.node.shutdown().await;
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
