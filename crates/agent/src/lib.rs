@@ -10,6 +10,9 @@
 //! - `runner`: the [`Runner`], which dispatches a run to its executor;
 //! - `shell` and `process_group`: the shell executor and how it stops whole process groups;
 //! - `http` and `http_clients`: the http executor and the clients and regexes it shares;
+//! - `nats`, `rabbitmq`, `redis_exec`, `sql`: the broker and PostgreSQL executors, built on `remote` (racing
+//!   the remote operation against timeout and cancel), `connections` (connections kept across runs, bounded)
+//!   and `redact` (no password in outputs, errors or logs);
 //! - `output` and `capture`: the [`OutputStore`] and the capture that feeds it as output arrives;
 //! - `words`: splitting command lines the way Dkron does for `shell = false`.
 //!
@@ -20,10 +23,17 @@ mod config;
 mod http;
 mod http_clients;
 mod output;
+mod nats;
 mod process_group;
+mod rabbitmq;
+mod redact;
+mod redis_exec;
+mod remote;
+mod connections;
 mod runner;
 mod shell;
 mod spec;
+mod sql;
 mod words;
 
 pub use config::{ConfigError, EXECUTORS, validate};
