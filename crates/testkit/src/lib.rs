@@ -9,15 +9,19 @@
 //!   [`poll_until`], which answers an error instead, for callers that must not panic).
 //! - [`log`]: a process's output across restarts, in memory or in a file.
 //! - [`disk`]: a small tmpfs of the test's own, to run a node out of disk space.
+//! - [`services`]: real `nats-server`, `redis-server`, `rabbitmq-server` and PostgreSQL instances on free
+//!   loopback ports in temporary directories, for the executors' tests; killed and removed when dropped.
 
 pub mod client;
 pub mod disk;
 pub mod log;
 pub mod process;
+pub mod services;
 pub mod wait;
 
 pub use client::{Client, Reply, install_crypto_provider};
 pub use disk::{SmallDisk, dir_bytes};
 pub use log::Log;
+pub use services::{Service, free_port};
 pub use process::{LaunchError, Listener, Listening, Process, Signal, kairos_command};
 pub use wait::{Probe, TimedOut, poll_until, wait_until};

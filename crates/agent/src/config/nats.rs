@@ -184,7 +184,7 @@ mod tests {
         let error = validate_err(&[("url", "nats://u:hunter2@h:99999"), ("subject", "a")]);
         assert!(!error.contains("hunter2"), "{error}");
         let config =
-            NatsConfig::parse(&map(&[("url", "nats://u:hunter2@h:4222"), ("subject", "a"), ("password", "pw")]))
+            NatsConfig::parse(&map(&[("url", "nats://u:hunter2@h:4222"), ("subject", "a"), ("userName", "u2"), ("password", "pw")]))
                 .unwrap();
         assert_eq!(config.secrets.scrub("hunter2 pw"), "*** ***");
         assert_eq!(config.timeout, Some(BROKER_TIMEOUT_DEFAULT));
