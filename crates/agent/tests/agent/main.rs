@@ -6,6 +6,7 @@
 
 mod http;
 mod nats;
+mod redis;
 mod shell;
 mod store;
 mod support;
