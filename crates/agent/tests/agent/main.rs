@@ -8,5 +8,6 @@ mod http;
 mod nats;
 mod redis;
 mod shell;
+mod sql;
 mod store;
 mod support;
