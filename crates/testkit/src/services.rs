@@ -24,6 +24,7 @@ use crate::wait::poll_until;
 pub const NATS_SERVER: &str = "/usr/sbin/nats-server";
 pub const REDIS_SERVER: &str = "/usr/bin/redis-server";
 pub const RABBITMQ_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+pub const RABBITMQCTL: &str = "/usr/lib/rabbitmq/bin/rabbitmqctl";
 pub const EPMD: &str = "/usr/bin/epmd";
 /// PostgreSQL's server programs (Debian's postgresql-15).
 pub const POSTGRES_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -51,6 +52,8 @@ pub struct Service {
     /// Helpers first, the server last: killed in reverse.
     processes: Vec<Process>,
     log: Log,
+    /// The environment the server's own control programs need to reach it (`rabbitmqctl`).
+    env: Vec<(String, String)>,
     dir: TempDir,
 }
 
@@ -83,8 +86,18 @@ impl Service {
         self.log.append(&format!("=== {} killed ===\n", self.name));
     }
 
+    /// Runs `rabbitmqctl` against this broker (a [`rabbitmq`] service) and answers its stdout; panics when it
+    /// fails.
+    pub fn rabbitmqctl(&self, args: &[&str]) -> String {
+        let output = Command::new(RABBITMQCTL).args(args).envs(self.env.iter().map(|(k, v)| (k, v))).output();
+        let output = output.expect("run rabbitmqctl");
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        assert!(output.status.success(), "rabbitmqctl {args:?} failed: {}{}", text(&output.stdout), text(&output.stderr));
+        text(&output.stdout)
+    }
+
     fn start(name: &'static str, port: u16, dir: TempDir, log: &Log) -> Service {
-        Service { name, port, processes: Vec::new(), log: log.clone(), dir }
+        Service { name, port, processes: Vec::new(), log: log.clone(), env: Vec::new(), dir }
     }
 
     /// Spawns `command` in a process group of its own, as one of this service's processes.
@@ -184,20 +197,23 @@ pub async fn rabbitmq() -> Service {
     // An epmd of its own, in the foreground, so it dies with the test rather than linger as a daemon.
     service.spawn(Command::new(EPMD).args(["-port", &epmd_port.to_string()]));
     service.wait_ready(START_WITHIN, async |_| greeting(epmd_port, None, "").await).await;
+    service.env = vec![
+        ("HOME".to_owned(), base.display().to_string()),
+        ("ERL_EPMD_PORT".to_owned(), epmd_port.to_string()),
+        ("RABBITMQ_NODENAME".to_owned(), format!("kairos-test-{port}@localhost")),
+        ("RABBITMQ_CONF_ENV_FILE".to_owned(), base.join("rabbitmq-env.conf").display().to_string()),
+    ];
     let mut command = Command::new(RABBITMQ_SERVER);
     command
-        .env("HOME", &base)
-        .env("ERL_EPMD_PORT", epmd_port.to_string())
+        .envs(service.env.iter().map(|(k, v)| (k, v)))
         .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
         .env("RABBITMQ_NODE_PORT", port.to_string())
         .env("RABBITMQ_DIST_PORT", dist_port.to_string())
-        .env("RABBITMQ_NODENAME", format!("kairos-test-{port}@localhost"))
         .env("RABBITMQ_MNESIA_BASE", base.join("mnesia"))
         .env("RABBITMQ_LOG_BASE", base.join("log"))
         .env("RABBITMQ_LOGS", "-")
         .env("RABBITMQ_CONFIG_FILE", base.join("rabbitmq"))
-        .env("RABBITMQ_ENABLED_PLUGINS_FILE", base.join("enabled_plugins"))
-        .env("RABBITMQ_CONF_ENV_FILE", base.join("rabbitmq-env.conf"));
+        .env("RABBITMQ_ENABLED_PLUGINS_FILE", base.join("enabled_plugins"));
     service.spawn(&mut command);
     // The AMQP 0-9-1 protocol header; a ready broker answers with a Connection.Start method frame (type 1).
     service.wait_ready(START_WITHIN_RABBITMQ, async |port| greeting(port, Some(b"AMQP\x00\x00\x09\x01"), "\x01").await).await;

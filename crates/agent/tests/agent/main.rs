@@ -6,6 +6,7 @@
 
 mod http;
 mod nats;
+mod rabbitmq;
 mod redis;
 mod shell;
 mod sql;
