@@ -365,7 +365,12 @@ pub(crate) mod tests {
 
     #[test]
     fn unknown_executor_is_named_with_the_known_ones() {
-        assert_rejected("docker", &[], "executor", "unknown executor 'docker'; known: shell, http, nats, rabbitmq, redis, sql");
+        assert_rejected(
+            "docker",
+            &[],
+            "executor",
+            "unknown executor 'docker'; known: shell, http, nats, rabbitmq, redis, sql",
+        );
     }
 
     #[test]

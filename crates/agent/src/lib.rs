@@ -20,16 +20,16 @@
 
 mod capture;
 mod config;
+mod connections;
 mod http;
 mod http_clients;
-mod output;
 mod nats;
+mod output;
 mod process_group;
 mod rabbitmq;
 mod redact;
 mod redis_exec;
 mod remote;
-mod connections;
 mod runner;
 mod shell;
 mod spec;

@@ -67,7 +67,13 @@ async fn exchange(connections: &RabbitConnections, config: &RabbitConfig, captur
     let publishing = format!("publishing to {}", destination(config));
     let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
     let confirm = channel
-        .basic_publish(config.exchange.clone().into(), config.queue.clone().into(), options, &config.body, properties(config))
+        .basic_publish(
+            config.exchange.clone().into(),
+            config.queue.clone().into(),
+            options,
+            &config.body,
+            properties(config),
+        )
         .await
         .map_err(|e| failed(&publishing, e))?;
     match confirm.await.map_err(|e| failed(&publishing, e))? {

@@ -82,7 +82,8 @@ async fn exchange(connections: &RedisConnections, config: &RedisConfig, capture:
 }
 
 async fn connect(config: &RedisConfig) -> Result<MultiplexedConnection, String> {
-    let cannot = |e: RedisError| format!("cannot connect to redis at {}: {}", display_url(&config.url), error_chain(&e));
+    let cannot =
+        |e: RedisError| format!("cannot connect to redis at {}: {}", display_url(&config.url), error_chain(&e));
     let client = Client::open(config.url.as_str()).map_err(cannot)?;
     // The job's timeout bounds the whole run; the client's own defaults would cut a slow server off first.
     let no_limits: Option<Duration> = None;

@@ -108,12 +108,10 @@ async fn execute(client: &Client, config: &SqlConfig, capture: &mut Capture) -> 
                 capture.write(format!("{}\n", names.join("\t")).as_bytes());
                 block.has_rows = true;
             }
-            SimpleQueryMessage::Row(row) => {
-                if block.shown < config.preview_rows {
-                    let cells: Vec<String> = (0..row.len()).map(|i| cell(row.try_get(i).ok().flatten())).collect();
-                    capture.write(format!("{}\n", cells.join("\t")).as_bytes());
-                    block.shown += 1;
-                }
+            SimpleQueryMessage::Row(row) if block.shown < config.preview_rows => {
+                let cells: Vec<String> = (0..row.len()).map(|i| cell(row.try_get(i).ok().flatten())).collect();
+                capture.write(format!("{}\n", cells.join("\t")).as_bytes());
+                block.shown += 1;
             }
             SimpleQueryMessage::CommandComplete(rows) => {
                 capture.write(block.summary(rows).as_bytes());

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::routing::{any, get};
 use common::*;
+use futures::StreamExt;
 use jiff::SignedDuration;
 
 fn ms(d: SignedDuration) -> i64 {
@@ -770,4 +771,51 @@ async fn out_of_file_descriptors_runs_fail_with_the_reason_and_the_node_recovers
         server.log().contains("accepting connections again").then_some(())
     })
     .await;
+}
+
+/// A NATS job firing every second: a subscriber receives exactly one message per executed slot, with the
+/// configured body and header, and each run's output says what it published.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nats_job_publishes_exactly_one_message_per_slot() {
+    let nats = kairos_testkit::services::nats(None).await;
+    let observer = async_nats::connect(nats.addr()).await.unwrap();
+    let mut received = observer.subscribe("kairos.tick").await.unwrap();
+    observer.flush().await.unwrap();
+    let server = Server::fresh(&[]).await;
+    server
+        .create_job(&json!({
+            "name": "tick", "schedule": "* * * * * *", "executor": "nats",
+            "executor_config": {"url": format!("nats://{}", nats.addr()), "subject": "kairos.tick",
+                                "message": "it is time", "headers": "[\"Source: kairos\"]"}
+        }))
+        .await;
+    server.wait_executions("tick", "five succeeded runs", secs(30), |e| count(e, "succeeded") >= 5).await;
+    server.post_empty("/v1/jobs/tick/toggle").await.expect(200);
+    let execs = server.wait_executions("tick", "every run finished", secs(30), |e| e.iter().all(Exec::is_final)).await;
+
+    // Everything the runs published is on the subscriber's connection before what the test publishes now.
+    observer.publish("kairos.tick", "sentinel".into()).await.unwrap();
+    let mut messages = 0;
+    loop {
+        let message = tokio::time::timeout(secs(10), received.next()).await.unwrap().unwrap();
+        if &message.payload[..] == b"sentinel" {
+            break;
+        }
+        assert_eq!(&message.payload[..], b"it is time");
+        let headers = message.headers.unwrap();
+        assert_eq!(headers.get("Source").map(|v| v.as_str()), Some("kairos"));
+        messages += 1;
+    }
+    let succeeded: Vec<&Exec> = execs.iter().filter(|e| e.status == "succeeded").collect();
+    // A slot decided before the toggle may be withdrawn; one that started must have succeeded.
+    for exec in &execs {
+        assert!(exec.status == "succeeded" || exec.started_at.is_none(), "{exec:?}\n{}", summary(&execs));
+    }
+    assert_eq!(messages, succeeded.len(), "one message per executed slot:\n{}", summary(&execs));
+    let mut slots: Vec<Timestamp> = succeeded.iter().map(|e| e.scheduled_at).collect();
+    slots.dedup();
+    assert_eq!(slots.len(), succeeded.len(), "no slot ran twice:\n{}", summary(&execs));
+    for exec in succeeded {
+        assert_eq!(exec.output, "published 10 bytes to 'kairos.tick'\n", "{exec:?}");
+    }
 }

@@ -22,6 +22,6 @@ pub mod wait;
 pub use client::{Client, Reply, install_crypto_provider};
 pub use disk::{SmallDisk, dir_bytes};
 pub use log::Log;
-pub use services::{Service, free_port};
 pub use process::{LaunchError, Listener, Listening, Process, Signal, kairos_command};
+pub use services::{Service, free_port};
 pub use wait::{Probe, TimedOut, poll_until, wait_until};

@@ -92,7 +92,12 @@ impl Service {
         let output = Command::new(RABBITMQCTL).args(args).envs(self.env.iter().map(|(k, v)| (k, v))).output();
         let output = output.expect("run rabbitmqctl");
         let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-        assert!(output.status.success(), "rabbitmqctl {args:?} failed: {}{}", text(&output.stdout), text(&output.stderr));
+        assert!(
+            output.status.success(),
+            "rabbitmqctl {args:?} failed: {}{}",
+            text(&output.stdout),
+            text(&output.stderr)
+        );
         text(&output.stdout)
     }
 
@@ -216,7 +221,9 @@ pub async fn rabbitmq() -> Service {
         .env("RABBITMQ_ENABLED_PLUGINS_FILE", base.join("enabled_plugins"));
     service.spawn(&mut command);
     // The AMQP 0-9-1 protocol header; a ready broker answers with a Connection.Start method frame (type 1).
-    service.wait_ready(START_WITHIN_RABBITMQ, async |port| greeting(port, Some(b"AMQP\x00\x00\x09\x01"), "\x01").await).await;
+    service
+        .wait_ready(START_WITHIN_RABBITMQ, async |port| greeting(port, Some(b"AMQP\x00\x00\x09\x01"), "\x01").await)
+        .await;
     service
 }
 

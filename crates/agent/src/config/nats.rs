@@ -183,9 +183,13 @@ mod tests {
     fn a_password_in_the_url_is_never_quoted_and_is_a_secret() {
         let error = validate_err(&[("url", "nats://u:hunter2@h:99999"), ("subject", "a")]);
         assert!(!error.contains("hunter2"), "{error}");
-        let config =
-            NatsConfig::parse(&map(&[("url", "nats://u:hunter2@h:4222"), ("subject", "a"), ("userName", "u2"), ("password", "pw")]))
-                .unwrap();
+        let config = NatsConfig::parse(&map(&[
+            ("url", "nats://u:hunter2@h:4222"),
+            ("subject", "a"),
+            ("userName", "u2"),
+            ("password", "pw"),
+        ]))
+        .unwrap();
         assert_eq!(config.secrets.scrub("hunter2 pw"), "*** ***");
         assert_eq!(config.timeout, Some(BROKER_TIMEOUT_DEFAULT));
         assert!(!config.request);

@@ -111,9 +111,8 @@ fn parse_command(text: &str) -> Result<RedisCommand, ConfigError> {
 
 /// A JSON object of string values, e.g. `{"event": "tick", "source": "kairos"}`.
 fn parse_fields(text: &str) -> Result<Vec<(String, String)>, ConfigError> {
-    let fields: BTreeMap<String, String> = serde_json::from_str(text).map_err(|_| {
-        ConfigError::key("fields", r#"must be a JSON object of strings, e.g. {"event": "tick"}"#)
-    })?;
+    let fields: BTreeMap<String, String> = serde_json::from_str(text)
+        .map_err(|_| ConfigError::key("fields", r#"must be a JSON object of strings, e.g. {"event": "tick"}"#))?;
     if fields.is_empty() {
         return Err(ConfigError::key("fields", "must hold at least one field"));
     }
@@ -147,7 +146,8 @@ mod tests {
         let url = ("url", "redis://h");
         assert_rejected("redis", &[("command", "LPUSH"), ("key", "k")], "executor_config.url", "required");
         assert_rejected("redis", &[url, ("key", "k")], "executor_config.command", "required");
-        let cases: [(&[(&str, &str)], &str, &str); 10] = [
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: [Case; 10] = [
             (&[("url", "rediss://h"), ("command", "LPUSH"), ("key", "k")], "url", "not supported yet"),
             (&[("url", "http://h"), ("command", "LPUSH"), ("key", "k")], "url", "redis://"),
             (&[url, ("command", "SET"), ("key", "k")], "command", "'SET' is not one of PUBLISH"),
@@ -157,7 +157,11 @@ mod tests {
             (&[url, ("command", "RPUSH"), ("key", "k"), ("fields", "{}")], "fields", "only XADD"),
             (&[url, ("command", "XADD"), ("key", "k"), ("fields", "[1]")], "fields", "JSON object of strings"),
             (&[url, ("command", "XADD"), ("key", "k"), ("fields", r#"{"a": 1}"#)], "fields", "JSON object"),
-            (&[url, ("command", "XADD"), ("key", "k"), ("fields", r#"{"a":"1"}"#), ("message", "m")], "message", "not both"),
+            (
+                &[url, ("command", "XADD"), ("key", "k"), ("fields", r#"{"a":"1"}"#), ("message", "m")],
+                "message",
+                "not both",
+            ),
         ];
         for (pairs, key, fragment) in cases {
             assert_rejected("redis", pairs, &format!("executor_config.{key}"), fragment);

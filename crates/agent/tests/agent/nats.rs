@@ -141,7 +141,8 @@ async fn wrong_credentials_fail_without_the_password_showing() {
 
     // The password in the URL instead of the keys, masked the same way.
     let in_url = format!("nats://app:wrong-secret@{}", server.addr());
-    let outcome = agent().runner.run(spec("nats", &[("url", &in_url), ("subject", "a")]), CancellationToken::new()).await;
+    let outcome =
+        agent().runner.run(spec("nats", &[("url", &in_url), ("subject", "a")]), CancellationToken::new()).await;
     assert_eq!(outcome.status, RunStatus::Failed, "{outcome:?}");
     assert!(!format!("{outcome:?}").contains("wrong-secret"), "{outcome:?}");
 

@@ -38,7 +38,8 @@ async fn lpush_rpush_and_xadd_store_what_the_job_says() {
     let list: Vec<String> = observer.lrange("jobs", 0, -1).await.unwrap();
     assert_eq!(list, ["b", "a", "c"]);
 
-    let fields = [("url", url.as_str()), ("command", "XADD"), ("key", "events"), ("fields", r#"{"event": "tick", "n": "1"}"#)];
+    let fields =
+        [("url", url.as_str()), ("command", "XADD"), ("key", "events"), ("fields", r#"{"event": "tick", "n": "1"}"#)];
     let with_fields = run(&agent, &fields).await;
     let message = [("url", url.as_str()), ("command", "xadd"), ("key", "events"), ("message", "plain")];
     let with_message = run(&agent, &message).await;
@@ -105,7 +106,8 @@ async fn an_unreachable_server_is_a_clear_error() {
 
 /// Makes the server hold every client's commands for a minute (`CLIENT PAUSE ... ALL`), as a stuck server would.
 async fn pause(url: &str) {
-    let () = redis::cmd("CLIENT").arg("PAUSE").arg(60_000).arg("ALL").query_async(&mut connection(url).await).await.unwrap();
+    let () =
+        redis::cmd("CLIENT").arg("PAUSE").arg(60_000).arg("ALL").query_async(&mut connection(url).await).await.unwrap();
 }
 
 #[tokio::test]

@@ -118,26 +118,39 @@ async fn cancel_cancels_the_statement_on_the_server() {
         let spec = spec("sql", &[("url", &url(&server)), ("statement", statement)]);
         async move { runner.run(spec, cancel).await }
     });
-    wait_until("the statement runs on the server", PATIENCE, async || running(&observer, "cancel-marker").await.then_some(())).await;
+    wait_until("the statement runs on the server", PATIENCE, async || {
+        running(&observer, "cancel-marker").await.then_some(())
+    })
+    .await;
     let cancelled_at = Instant::now();
     cancel.cancel();
     let outcome = run.await.unwrap();
     assert_eq!(outcome.status, RunStatus::Cancelled, "{outcome:?}");
     assert_eq!(outcome.error.as_deref(), Some("cancelled; the statement was cancelled on the server"));
     assert!(cancelled_at.elapsed() < Duration::from_secs(5));
-    wait_until("the statement is gone from the server", PATIENCE, async || (!running(&observer, "cancel-marker").await).then_some(())).await;
+    wait_until("the statement is gone from the server", PATIENCE, async || {
+        (!running(&observer, "cancel-marker").await).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_timeout_cancels_the_statement_on_the_server() {
     let server = services::postgres(USER, PASSWORD).await;
     let observer = client(&server).await;
-    let pairs = [("url", url(&server)), ("statement", "SELECT pg_sleep(30) -- timeout-marker".to_owned()), ("timeout", "1s".to_owned())];
+    let pairs = [
+        ("url", url(&server)),
+        ("statement", "SELECT pg_sleep(30) -- timeout-marker".to_owned()),
+        ("timeout", "1s".to_owned()),
+    ];
     let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let started = Instant::now();
     let outcome = run(&agent(), &pairs).await;
     assert_eq!(outcome.status, RunStatus::TimedOut, "{outcome:?}");
     assert_eq!(outcome.error.as_deref(), Some("timed out after 1s; the statement was cancelled on the server"));
     assert!(started.elapsed() < Duration::from_secs(10));
-    wait_until("the statement is gone from the server", PATIENCE, async || (!running(&observer, "timeout-marker").await).then_some(())).await;
+    wait_until("the statement is gone from the server", PATIENCE, async || {
+        (!running(&observer, "timeout-marker").await).then_some(())
+    })
+    .await;
 }
