@@ -14,7 +14,7 @@ mod rabbitmq;
 mod redis;
 mod sql;
 
-pub(crate) use nats::NatsConfig;
+pub(crate) use nats::{NatsConfig, NatsCredentials};
 pub(crate) use rabbitmq::RabbitConfig;
 pub(crate) use redis::{Payload as RedisPayload, RedisCommand, RedisConfig};
 pub(crate) use sql::SqlConfig;

@@ -10,7 +10,7 @@ use async_nats::{Client, ConnectOptions, Request};
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::Capture;
-use crate::config::NatsConfig;
+use crate::config::{NatsConfig, NatsCredentials};
 use crate::connections::Shared;
 use crate::http::error_chain;
 use crate::redact::display_url;
@@ -69,8 +69,12 @@ async fn exchange(clients: &NatsClients, config: &NatsConfig, capture: &mut Capt
 
 async fn connect(config: &NatsConfig) -> Result<Client, String> {
     let mut options = ConnectOptions::new().name("kairos");
-    if let Some((user, password)) = &config.credentials {
-        options = options.user_and_password(user.clone(), password.clone());
+    match &config.credentials {
+        Some(NatsCredentials::UserPassword(user, password)) => {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        Some(NatsCredentials::Token(token)) => options = options.token(token.clone()),
+        None => {}
     }
     options.connect(config.addrs.clone()).await.map_err(|e| {
         let servers: Vec<String> = config.servers.iter().map(display_url).collect();
@@ -81,6 +85,5 @@ async fn connect(config: &NatsConfig) -> Result<Client, String> {
 /// Servers and credentials: runs that differ in either must not share a client.
 fn cache_key(config: &NatsConfig) -> String {
     let servers: Vec<&str> = config.servers.iter().map(|u| u.as_str()).collect();
-    let (user, password) = config.credentials.clone().unwrap_or_default();
-    format!("{}\n{user}\n{password}", servers.join(","))
+    format!("{}\n{:?}", servers.join(","), config.credentials)
 }

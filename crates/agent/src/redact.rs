@@ -54,7 +54,8 @@ pub(crate) fn display_url(url: &Url) -> String {
     shown.to_string()
 }
 
-fn percent_decode(text: &str) -> Option<String> {
+/// `text` with its `%XX` escapes decoded; `None` when they do not make UTF-8.
+pub(crate) fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -819,3 +819,75 @@ async fn a_nats_job_publishes_exactly_one_message_per_slot() {
         assert_eq!(exec.output, "published 10 bytes to 'kairos.tick'\n", "{exec:?}");
     }
 }
+
+/// Brokers and a database that refuse the jobs' credentials fail the runs with their reasons, and no password
+/// shows in the executions or in the server's log, even at debug level (where client libraries log their
+/// connection settings).
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_logins_fail_the_runs_without_a_password_showing_anywhere() {
+    use kairos_testkit::services;
+    let (nats, redis, postgres, rabbitmq) = tokio::join!(
+        services::nats(Some(("app", "right-secret"))),
+        services::redis(Some("right-secret")),
+        services::postgres("app", "right-secret"),
+        services::rabbitmq(),
+    );
+    let server = Server::fresh(&["--log-level", "debug"]).await;
+    let jobs = [
+        (
+            "nats",
+            json!({"url": format!("nats://app:nats-url-secret@{}", nats.addr()), "subject": "a",
+                         "userName": "app", "password": "nats-key-secret"}),
+            "authorization violation",
+        ),
+        (
+            "nats",
+            json!({"url": format!("nats://app:nats-url-secret@{}", nats.addr()), "subject": "a"}),
+            "authorization violation",
+        ),
+        (
+            "redis",
+            json!({"url": format!("redis://:redis-secret@{}/0", redis.addr()), "command": "LPUSH",
+                          "key": "k", "message": "m"}),
+            "Password authentication failed",
+        ),
+        (
+            "sql",
+            json!({"url": format!("postgres://app:pg-secret@{}/postgres", postgres.addr()),
+                        "statement": "SELECT 1"}),
+            "28P01",
+        ),
+        (
+            "sql",
+            json!({"url": format!("host=127.0.0.1 port={} user=app password=pg-kv-secret dbname=postgres",
+                                        postgres.port()), "statement": "SELECT 1"}),
+            "28P01",
+        ),
+        (
+            "rabbitmq",
+            json!({"url": format!("amqp://guest:amqp-secret@{}/%2f", rabbitmq.addr()),
+                             "queue.name": "q"}),
+            "cannot connect to RabbitMQ",
+        ),
+    ];
+    for (i, (executor, config, _)) in jobs.iter().enumerate() {
+        let name = format!("login-{i}");
+        server
+            .create_job(
+                &json!({"name": name, "schedule": "@manually", "executor": executor, "executor_config": config}),
+            )
+            .await;
+        server.run(&name).await;
+    }
+    for (i, (executor, _, reason)) in jobs.iter().enumerate() {
+        let name = format!("login-{i}");
+        let exec = finished_run(&server, &name).await;
+        assert_eq!(exec.status, "failed", "{executor}: {exec:?}");
+        assert!(exec.error.as_deref().unwrap_or_default().contains(reason), "{executor}: {exec:?}");
+        let executions = server.get(&format!("/v1/jobs/{name}/executions")).await.text;
+        assert!(!executions.contains("secret"), "{executor}: a password in the executions: {executions}");
+    }
+    let log = server.log();
+    let leaking: Vec<&str> = log.lines().filter(|l| l.contains("-secret")).collect();
+    assert!(leaking.is_empty(), "passwords in the server log:\n{}", leaking.join("\n"));
+}

@@ -157,7 +157,11 @@ fn temp_dir(name: &str) -> TempDir {
 
 /// `nats-server` on a free port; with `credentials`, clients must log in with that user and password.
 pub async fn nats(credentials: Option<(&str, &str)>) -> Service {
-    let port = free_port();
+    nats_on(free_port(), credentials).await
+}
+
+/// [`nats`] on a given port: a server started again where a killed one was.
+pub async fn nats_on(port: u16, credentials: Option<(&str, &str)>) -> Service {
     let log = Log::memory();
     let mut service = Service::start("nats-server", port, temp_dir("nats"), &log);
     let mut command = Command::new(NATS_SERVER);

@@ -14,18 +14,25 @@ use crate::redact::Secrets;
 /// Bytes of one subject; the server's own limit is far higher, but a subject this long is a mistake.
 const SUBJECT_BYTES_MAX: usize = 1024;
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NatsCredentials {
+    UserPassword(String, String),
+    /// `nats://token@host`: a user name without a password is a token.
+    Token(String),
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct NatsConfig {
     /// One server or a comma-separated list of them, each `nats://` or `tls://`.
     pub servers: Vec<Url>,
-    /// The same servers, as the client takes them.
+    /// The same servers, as the client takes them: without credentials, which the client would log.
     pub addrs: Vec<ServerAddr>,
     pub subject: String,
     pub message: String,
     /// Sent with the message; `None` when there are none (a message with empty headers is a different message).
     pub headers: Option<HeaderMap>,
-    /// `userName` and `password`; `None` when the job sets neither (the URL may still carry them).
-    pub credentials: Option<(String, String)>,
+    /// `userName` and `password`, else those of the (first) URL that has them.
+    pub credentials: Option<NatsCredentials>,
     /// Request-reply: wait for one reply and make it the output.
     pub request: bool,
     /// `None` runs without a limit (Dkron's "0").
@@ -46,10 +53,25 @@ impl NatsConfig {
         secrets.add(password);
         for server in &servers {
             secrets.add_url_password(server);
+            if server.password().is_none() {
+                // A token.
+                secrets.add(server.username());
+            }
         }
+        let credentials = if user.is_empty() {
+            servers.iter().find_map(url_credentials)
+        } else {
+            Some(NatsCredentials::UserPassword(user.to_owned(), password.to_owned()))
+        };
         let addrs = servers
             .iter()
-            .map(|url| ServerAddr::from_url(url.clone()))
+            .map(|url| {
+                let mut bare = url.clone();
+                // Cannot fail: nats:// and tls:// URLs have a host, so they can have credentials.
+                let _ = bare.set_username("");
+                let _ = bare.set_password(None);
+                ServerAddr::from_url(bare)
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ConfigError::key("url", format!("not a NATS server address: {e}")))?;
         Ok(NatsConfig {
@@ -58,11 +80,20 @@ impl NatsConfig {
             subject,
             message: get(config, "message").to_owned(),
             headers: parse_nats_headers(get(config, "headers"))?,
-            credentials: (!user.is_empty()).then(|| (user.to_owned(), password.to_owned())),
+            credentials,
             request: parse_bool(config, "request")?,
             timeout: parse_timeout(config, Some(BROKER_TIMEOUT_DEFAULT))?,
             secrets,
         })
+    }
+}
+
+fn url_credentials(url: &Url) -> Option<NatsCredentials> {
+    let decode = |text: &str| crate::redact::percent_decode(text).unwrap_or_else(|| text.to_owned());
+    match (url.username(), url.password()) {
+        ("", None) => None,
+        (token, None) => Some(NatsCredentials::Token(decode(token))),
+        (user, Some(password)) => Some(NatsCredentials::UserPassword(decode(user), decode(password))),
     }
 }
 
@@ -193,6 +224,20 @@ mod tests {
         assert_eq!(config.secrets.scrub("hunter2 pw"), "*** ***");
         assert_eq!(config.timeout, Some(BROKER_TIMEOUT_DEFAULT));
         assert!(!config.request);
+    }
+
+    #[test]
+    fn credentials_come_from_the_keys_else_from_the_url_and_never_reach_the_client_addresses() {
+        let parse = |pairs: &[(&str, &str)]| NatsConfig::parse(&map(pairs)).unwrap();
+        let from_url = parse(&[("url", "nats://u:p%40ss@h:4222"), ("subject", "a")]);
+        assert_eq!(from_url.credentials, Some(NatsCredentials::UserPassword("u".into(), "p@ss".into())));
+        assert!(!format!("{:?}", from_url.addrs).contains("p%40ss"), "{:?}", from_url.addrs);
+        let token = parse(&[("url", "nats://s3cr3t@h:4222"), ("subject", "a")]);
+        assert_eq!(token.credentials, Some(NatsCredentials::Token("s3cr3t".into())));
+        assert_eq!(token.secrets.scrub("s3cr3t"), "***");
+        let keys = parse(&[("url", "nats://u:p@h:4222"), ("subject", "a"), ("userName", "k"), ("password", "kp")]);
+        assert_eq!(keys.credentials, Some(NatsCredentials::UserPassword("k".into(), "kp".into())));
+        assert_eq!(parse(&[("url", "nats://h:4222"), ("subject", "a")]).credentials, None);
     }
 
     fn validate_err(pairs: &[(&str, &str)]) -> String {

@@ -4,10 +4,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kairos_agent::RunStatus;
-use kairos_testkit::{free_port, services};
+use kairos_testkit::{free_port, services, wait_until};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{agent, spec};
+use crate::support::{PATIENCE, agent, spec};
 
 /// A plain client of the test's own, flushed so that its subscriptions are in place on the server.
 async fn client(server: &kairos_testkit::Service) -> async_nats::Client {
@@ -149,4 +149,29 @@ async fn wrong_credentials_fail_without_the_password_showing() {
     let right = [("url", url.as_str()), ("subject", "a"), ("userName", "app"), ("password", "right-secret")];
     let outcome = agent().runner.run(spec("nats", &right), CancellationToken::new()).await;
     assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+}
+
+#[tokio::test]
+async fn a_server_that_went_away_is_a_clear_error_and_its_return_is_noticed() {
+    let mut server = services::nats(None).await;
+    let url = format!("nats://{}", server.addr());
+    // A short timeout bounds a run that still tries the old connection.
+    let pairs = [("url", url.as_str()), ("subject", "jobs.tick"), ("message", "m"), ("timeout", "2s")];
+    let agent = agent();
+    let outcome = agent.runner.run(spec("nats", &pairs), CancellationToken::new()).await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+
+    server.kill();
+    // The kept client notices the closed connection; until it has, a run may still try it (and time out).
+    let failed = wait_until("a run fails for the server being down", PATIENCE, async || {
+        let outcome = agent.runner.run(spec("nats", &pairs), CancellationToken::new()).await;
+        (outcome.status == RunStatus::Failed).then_some(outcome)
+    })
+    .await;
+    let error = failed.error.unwrap();
+    assert!(error.starts_with(&format!("cannot connect to NATS at {url}")), "{error}");
+
+    let _back = services::nats_on(server.port(), None).await;
+    let outcome = agent.runner.run(spec("nats", &pairs), CancellationToken::new()).await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "the next run connects again: {outcome:?}");
 }
