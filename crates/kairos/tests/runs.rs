@@ -820,11 +820,11 @@ async fn a_nats_job_publishes_exactly_one_message_per_slot() {
     }
 }
 
-/// Brokers and a database that refuse the jobs' credentials fail the runs with their reasons, and no password
-/// shows in the executions or in the server's log, even at debug level (where client libraries log their
-/// connection settings).
+/// Logins to brokers and a database, refused and accepted: a refused one fails the run with the server's reason,
+/// an accepted one succeeds, and no password shows in the executions or in the server's log, even at debug level
+/// (where client libraries log their connection settings).
 #[tokio::test(flavor = "multi_thread")]
-async fn refused_logins_fail_the_runs_without_a_password_showing_anywhere() {
+async fn logins_refused_or_accepted_never_show_a_password() {
     use kairos_testkit::services;
     let (nats, redis, postgres, rabbitmq) = tokio::join!(
         services::nats(Some(("app", "right-secret"))),
@@ -832,45 +832,66 @@ async fn refused_logins_fail_the_runs_without_a_password_showing_anywhere() {
         services::postgres("app", "right-secret"),
         services::rabbitmq(),
     );
+    rabbitmq.rabbitmqctl(&["add_user", "app", "right-secret"]);
+    rabbitmq.rabbitmqctl(&["set_permissions", "-p", "/", "app", ".*", ".*", ".*"]);
     let server = Server::fresh(&["--log-level", "debug"]).await;
-    let jobs = [
+    let (nats, redis, pg, amqp) = (nats.addr(), redis.addr(), postgres.addr(), rabbitmq.addr());
+    let pg_kv = |password: &str| {
+        format!("host=127.0.0.1 port={} user=app password={password} dbname=postgres", postgres.port())
+    };
+    // (executor, config, Ok(output fragment) or Err(error fragment))
+    let logins: [(&str, Value, Result<&str, &str>); 12] = [
         (
             "nats",
-            json!({"url": format!("nats://app:nats-url-secret@{}", nats.addr()), "subject": "a",
-                         "userName": "app", "password": "nats-key-secret"}),
-            "authorization violation",
+            json!({"url": format!("nats://{nats}"), "subject": "a", "userName": "app", "password": "nats-secret"}),
+            Err("authorization violation"),
         ),
         (
             "nats",
-            json!({"url": format!("nats://app:nats-url-secret@{}", nats.addr()), "subject": "a"}),
-            "authorization violation",
+            json!({"url": format!("nats://app:nats-url-secret@{nats}"), "subject": "a"}),
+            Err("authorization violation"),
+        ),
+        (
+            "nats",
+            json!({"url": format!("nats://{nats}"), "subject": "a", "userName": "app", "password": "right-secret"}),
+            Ok("published 0 bytes"),
+        ),
+        ("nats", json!({"url": format!("nats://app:right-secret@{nats}"), "subject": "a"}), Ok("published 0 bytes")),
+        (
+            "redis",
+            json!({"url": format!("redis://:redis-secret@{redis}/0"), "command": "LPUSH", "key": "k"}),
+            Err("Password authentication failed"),
         ),
         (
             "redis",
-            json!({"url": format!("redis://:redis-secret@{}/0", redis.addr()), "command": "LPUSH",
-                          "key": "k", "message": "m"}),
-            "Password authentication failed",
+            json!({"url": format!("redis://:right-secret@{redis}/0"), "command": "LPUSH", "key": "k"}),
+            Ok("pushed to list 'k'"),
         ),
         (
             "sql",
-            json!({"url": format!("postgres://app:pg-secret@{}/postgres", postgres.addr()),
-                        "statement": "SELECT 1"}),
-            "28P01",
+            json!({"url": format!("postgres://app:pg-secret@{pg}/postgres"), "statement": "SELECT 1"}),
+            Err("28P01"),
         ),
+        ("sql", json!({"url": pg_kv("pg-kv-secret"), "statement": "SELECT 1"}), Err("28P01")),
         (
             "sql",
-            json!({"url": format!("host=127.0.0.1 port={} user=app password=pg-kv-secret dbname=postgres",
-                                        postgres.port()), "statement": "SELECT 1"}),
-            "28P01",
+            json!({"url": format!("postgres://app:right-secret@{pg}/postgres"), "statement": "SELECT 1"}),
+            Ok("(1 rows)"),
+        ),
+        ("sql", json!({"url": pg_kv("right-secret"), "statement": "SELECT 1"}), Ok("(1 rows)")),
+        (
+            "rabbitmq",
+            json!({"url": format!("amqp://app:amqp-secret@{amqp}/%2f"), "queue.name": "q"}),
+            Err("cannot connect to RabbitMQ"),
         ),
         (
             "rabbitmq",
-            json!({"url": format!("amqp://guest:amqp-secret@{}/%2f", rabbitmq.addr()),
-                             "queue.name": "q"}),
-            "cannot connect to RabbitMQ",
+            json!({"url": format!("amqp://app:right-secret@{amqp}/%2f"), "queue.name": "q",
+                            "queue.create": "true"}),
+            Ok("the broker confirmed it"),
         ),
     ];
-    for (i, (executor, config, _)) in jobs.iter().enumerate() {
+    for (i, (executor, config, _)) in logins.iter().enumerate() {
         let name = format!("login-{i}");
         server
             .create_job(
@@ -879,13 +900,15 @@ async fn refused_logins_fail_the_runs_without_a_password_showing_anywhere() {
             .await;
         server.run(&name).await;
     }
-    for (i, (executor, _, reason)) in jobs.iter().enumerate() {
-        let name = format!("login-{i}");
-        let exec = finished_run(&server, &name).await;
-        assert_eq!(exec.status, "failed", "{executor}: {exec:?}");
-        assert!(exec.error.as_deref().unwrap_or_default().contains(reason), "{executor}: {exec:?}");
-        let executions = server.get(&format!("/v1/jobs/{name}/executions")).await.text;
-        assert!(!executions.contains("secret"), "{executor}: a password in the executions: {executions}");
+    for (i, (executor, config, expected)) in logins.iter().enumerate() {
+        let exec = finished_run(&server, &format!("login-{i}")).await;
+        let error = exec.error.as_deref().unwrap_or_default();
+        match expected {
+            Ok(output) => assert!(exec.status == "succeeded" && exec.output.contains(output), "{config}: {exec:?}"),
+            Err(reason) => assert!(exec.status == "failed" && error.contains(reason), "{config}: {exec:?}"),
+        }
+        let executions = server.get(&format!("/v1/jobs/login-{i}/executions")).await.text;
+        assert!(!executions.contains("-secret"), "{executor}: a password in the executions: {executions}");
     }
     let log = server.log();
     let leaking: Vec<&str> = log.lines().filter(|l| l.contains("-secret")).collect();
