@@ -6,7 +6,8 @@
 //!
 //! The major parts, one file each:
 //! - `spec`: what to run ([`RunSpec`]) and how it ended ([`Outcome`]);
-//! - `config`: Dkron-compatible executor configs parsed into typed values, and [`validate`];
+//! - `config` (a submodule per broker and database executor): Dkron-compatible executor configs parsed into
+//!   typed values, and [`validate`];
 //! - `runner`: the [`Runner`], which dispatches a run to its executor;
 //! - `shell` and `process_group`: the shell executor and how it stops whole process groups;
 //! - `http` and `http_clients`: the http executor and the clients and regexes it shares;
