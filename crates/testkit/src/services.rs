@@ -45,6 +45,23 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("bound address").port()
 }
 
+/// How many TCP connections this machine's clients opened to `port` and still hold, or closed within the last
+/// minute (a client that closes keeps its end in TIME_WAIT that long), as the kernel lists them
+/// (`/proc/net/tcp`): what shows that a client reuses one connection rather than opening one per request.
+pub fn connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            // sl, local address, remote address (hex ip:port), state, ...: the client's end has the server's
+            // port as its remote port.
+            let remote = line.split_whitespace().nth(2).and_then(|a| a.rsplit_once(':'));
+            remote.and_then(|(_, p)| u16::from_str_radix(p, 16).ok()) == Some(port)
+        })
+        .count()
+}
+
 /// A running server (and its helpers), killed with its process groups and its directory removed when dropped.
 pub struct Service {
     name: &'static str,

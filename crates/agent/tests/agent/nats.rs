@@ -21,6 +21,8 @@ async fn a_publish_reaches_a_subscriber_exactly_once_with_body_and_headers() {
     let mut received = observer.subscribe("jobs.tick").await.unwrap();
     observer.flush().await.unwrap();
     let agent = agent();
+    // The test's client, and any the server's readiness probe left in TIME_WAIT.
+    let connections_before = services::connections_to(server.port());
     let url = format!("nats://{}", server.addr());
     let pairs = [
         ("url", url.as_str()),
@@ -38,6 +40,11 @@ async fn a_publish_reaches_a_subscriber_exactly_once_with_body_and_headers() {
         let trace: Vec<&str> = headers.get_all("Trace-Id").map(|v| v.as_str()).collect();
         assert_eq!(trace, ["42", "43"]);
     }
+    assert_eq!(
+        services::connections_to(server.port()),
+        connections_before + 1,
+        "the test's client and one kept by the runner, none opened and closed per run"
+    );
     // Exactly once: the next message after the runs is one the test sends now.
     observer.publish("jobs.tick", "sentinel".into()).await.unwrap();
     assert_eq!(&received.next().await.unwrap().payload[..], b"sentinel");

@@ -36,6 +36,8 @@ async fn a_confirmed_message_arrives_once_and_an_unroutable_one_fails() {
     let url = url(&server);
     let agent = agent();
     let (_connection, observer) = channel(&server).await;
+    // The test's connection, and any the server's readiness probe left in TIME_WAIT.
+    let connections_before = services::connections_to(server.port());
     let publish = [
         ("url", url.as_str()),
         ("queue.name", "jobs"),
@@ -61,6 +63,12 @@ async fn a_confirmed_message_arrives_once_and_an_unroutable_one_fails() {
         assert_eq!(properties.message_id().as_ref().map(|s| s.as_str()), Some("m-1"));
         assert!(take(&observer, "jobs").await.is_none(), "exactly one message per run");
     }
+
+    assert_eq!(
+        services::connections_to(server.port()),
+        connections_before + 1,
+        "the test's connection and one kept by the runner, none opened and closed per run"
+    );
 
     // base64Body, into a queue the test declared itself.
     observer.queue_declare("raw".into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();

@@ -28,13 +28,15 @@ async fn lpush_rpush_and_xadd_store_what_the_job_says() {
     let server = services::redis(None).await;
     let url = url(&server);
     let agent = agent();
+    let mut observer = connection(&url).await;
+    // The test's connection, and any the server's readiness probe left in TIME_WAIT.
+    let connections_before = services::connections_to(server.port());
     for (command, message, length) in [("LPUSH", "a", 1), ("LPUSH", "b", 2), ("RPUSH", "c", 3)] {
         let pairs = [("url", url.as_str()), ("command", command), ("key", "jobs"), ("message", message)];
         let outcome = run(&agent, &pairs).await;
         assert_eq!(outcome.status, RunStatus::Succeeded, "{command}: {outcome:?}");
         assert_eq!(outcome.output_tail, format!("pushed to list 'jobs', which now holds {length} items\n"));
     }
-    let mut observer = connection(&url).await;
     let list: Vec<String> = observer.lrange("jobs", 0, -1).await.unwrap();
     assert_eq!(list, ["b", "a", "c"]);
 
@@ -49,6 +51,11 @@ async fn lpush_rpush_and_xadd_store_what_the_job_says() {
         assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
         assert_eq!(outcome.output_tail, format!("added entry {} to stream 'events'\n", entry.id));
     }
+    assert_eq!(
+        services::connections_to(server.port()),
+        connections_before + 1,
+        "the test's connection and one kept by the runner, none opened and closed per run"
+    );
     let field = |entry: &redis::streams::StreamId, name: &str| entry.get::<String>(name);
     assert_eq!(field(&entries.ids[0], "event").as_deref(), Some("tick"));
     assert_eq!(field(&entries.ids[0], "n").as_deref(), Some("1"));
