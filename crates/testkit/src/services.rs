@@ -193,7 +193,11 @@ pub async fn nats_on(port: u16, credentials: Option<(&str, &str)>) -> Service {
 
 /// `redis-server` on a free port, persisting nothing; with `password`, clients must AUTH.
 pub async fn redis(password: Option<&str>) -> Service {
-    let port = free_port();
+    redis_on(free_port(), password).await
+}
+
+/// [`redis`] on a given port: a server started again where a killed one was.
+pub async fn redis_on(port: u16, password: Option<&str>) -> Service {
     let log = Log::memory();
     let dir = temp_dir("redis");
     let mut command = Command::new(REDIS_SERVER);

@@ -141,3 +141,27 @@ async fn a_stuck_server_times_out_and_a_cancel_ends_the_run() {
     assert_eq!(outcome.status, RunStatus::Cancelled, "{outcome:?}");
     assert!(cancelled_at.elapsed() < Duration::from_secs(2));
 }
+
+#[tokio::test]
+async fn a_server_that_went_away_fails_runs_clearly_until_it_is_back() {
+    let mut server = services::redis(None).await;
+    let url = url(&server);
+    let pairs = [("url", url.as_str()), ("command", "RPUSH"), ("key", "k"), ("message", "m"), ("timeout", "2s")];
+    let agent = agent();
+    assert_eq!(run(&agent, &pairs).await.status, RunStatus::Succeeded);
+
+    server.kill();
+    // The kept connection is broken: the run that finds out fails naming the command, and forgets it.
+    let outcome = run(&agent, &pairs).await;
+    assert_eq!(outcome.status, RunStatus::Failed, "{outcome:?}");
+    let error = outcome.error.unwrap();
+    let clear = error.starts_with("RPUSH to 'k' failed") || error.starts_with("cannot connect to redis at");
+    assert!(clear, "{error}");
+    let outcome = run(&agent, &pairs).await;
+    let error = outcome.error.unwrap();
+    assert!(error.starts_with(&format!("cannot connect to redis at {url}")) && error.contains("refused"), "{error}");
+
+    let _back = services::redis_on(server.port(), None).await;
+    let outcome = run(&agent, &pairs).await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "the next run connects again: {outcome:?}");
+}
