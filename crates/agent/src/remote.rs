@@ -22,6 +22,17 @@ pub(crate) enum Ended<T> {
     Cancelled,
 }
 
+impl<T> Ended<T> {
+    /// The same ending with what the operation answered turned by `f`.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Ended<U> {
+        match self {
+            Ended::Done(done) => Ended::Done(f(done)),
+            Ended::TimedOut => Ended::TimedOut,
+            Ended::Cancelled => Ended::Cancelled,
+        }
+    }
+}
+
 /// Runs `work` until it ends, `timeout` passes, or `cancel` fires; cancellation wins a tie, then the timeout.
 pub(crate) async fn race<T>(
     work: impl Future<Output = T>,

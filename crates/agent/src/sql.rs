@@ -31,6 +31,10 @@ pub(crate) type SqlConnections = Idle<Client>;
 /// How long the cancel request may take; past this the run ends anyway and says the cancel is unconfirmed.
 const CANCEL_WAIT: Duration = Duration::from_secs(5);
 
+/// How long resetting a connection after a run may take; past this the connection is dropped, not kept. The
+/// reset runs after the job's own statement, outside its timeout, so it needs a bound of its own.
+const RESET_WAIT: Duration = Duration::from_secs(5);
+
 pub(crate) async fn run(
     connections: &SqlConnections,
     config: SqlConfig,
@@ -39,9 +43,7 @@ pub(crate) async fn run(
 ) -> Outcome {
     let client = match race(checkout(connections, &config), config.timeout, cancel).await {
         Ended::Done(Ok(client)) => client,
-        Ended::Done(Err(reason)) => return remote::finish(capture, Ended::Done(Err(reason)), None, &config.secrets),
-        Ended::TimedOut => return remote::finish(capture, Ended::TimedOut, config.timeout, &config.secrets),
-        Ended::Cancelled => return remote::finish(capture, Ended::Cancelled, None, &config.secrets),
+        other => return remote::finish(capture, other.map(|r| r.map(drop)), config.timeout, &config.secrets),
     };
     let ended = race(execute(&client, &config, &mut capture), config.timeout, cancel).await;
     let (status, error) = match ended {
@@ -49,7 +51,7 @@ pub(crate) async fn run(
             give_back(connections, &config, client).await;
             return capture.into_outcome(RunStatus::Succeeded, None, None);
         }
-        Ended::Done(Err(reason)) => return remote::finish(capture, Ended::Done(Err(reason)), None, &config.secrets),
+        failed @ Ended::Done(Err(_)) => return remote::finish(capture, failed, None, &config.secrets),
         Ended::TimedOut => (RunStatus::TimedOut, remote::timed_out(config.timeout)),
         Ended::Cancelled => (RunStatus::Cancelled, "cancelled".to_owned()),
     };
@@ -82,7 +84,7 @@ async fn give_back(connections: &SqlConnections, config: &SqlConfig, client: Cli
         client.batch_execute("ROLLBACK").await?;
         client.batch_execute("DISCARD ALL").await
     };
-    if reset.await.is_ok() {
+    if let Ok(Ok(())) = tokio::time::timeout(RESET_WAIT, reset).await {
         connections.give_back(&config.url, client);
     }
 }
