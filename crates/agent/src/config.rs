@@ -4,6 +4,20 @@
 //! and the runner parses the same map again right before each run (a run may come from a job stored by an
 //! older version), so both go through the one parser here and can never disagree. Unknown keys are
 //! ignored, as Dkron does.
+//!
+//! The shell and http configs live here; each broker and database executor has its config in a submodule of
+//! its own (`config/nats.rs`, `config/rabbitmq.rs`, `config/redis.rs`, `config/sql.rs`), built from the same
+//! helpers.
+
+mod nats;
+mod rabbitmq;
+mod redis;
+mod sql;
+
+pub(crate) use nats::{NatsConfig, NatsCredentials};
+pub(crate) use rabbitmq::RabbitConfig;
+pub(crate) use redis::{Payload as RedisPayload, RedisCommand, RedisConfig};
+pub(crate) use sql::SqlConfig;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,10 +31,14 @@ use crate::words;
 use kairos_schedule::parse_duration;
 
 /// Executors this agent can run, in the order error messages list them.
-pub const EXECUTORS: [&str; 2] = ["shell", "http"];
+pub const EXECUTORS: [&str; 6] = ["shell", "http", "nats", "rabbitmq", "redis", "sql"];
 
 /// Dkron's http executor default request timeout.
 const HTTP_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+
+/// Default timeout of the broker executors (nats, rabbitmq, redis), the http executor's: a publish takes
+/// milliseconds, so a broker that does not answer for this long is not going to.
+const BROKER_TIMEOUT_DEFAULT: Duration = HTTP_TIMEOUT_DEFAULT;
 
 /// A config problem, naming the job field at fault (`executor_config.command`) and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,6 +59,10 @@ pub fn validate(executor: &str, config: &BTreeMap<String, String>) -> Result<(),
     match executor {
         "shell" => ShellConfig::parse(config).map(drop),
         "http" => HttpConfig::parse(config, Regex::new).map(drop),
+        "nats" => NatsConfig::parse(config).map(drop),
+        "rabbitmq" => RabbitConfig::parse(config).map(drop),
+        "redis" => RedisConfig::parse(config).map(drop),
+        "sql" => SqlConfig::parse(config).map(drop),
         other => Err(unknown_executor(other)),
     }
 }
@@ -150,6 +172,29 @@ impl HttpConfig {
 
 fn get<'a>(config: &'a BTreeMap<String, String>, key: &str) -> &'a str {
     config.get(key).map_or("", String::as_str)
+}
+
+/// The value of `key`, which must be there and not blank.
+fn required<'a>(config: &'a BTreeMap<String, String>, key: &str) -> Result<&'a str, ConfigError> {
+    match get(config, key) {
+        text if text.trim().is_empty() => Err(ConfigError::key(key, "required")),
+        text => Ok(text),
+    }
+}
+
+/// A connection URL that must parse and use one of `schemes`. The text is never repeated in a message: it
+/// may hold a password.
+fn parse_service_url(config: &BTreeMap<String, String>, key: &str, schemes: &[&str]) -> Result<Url, ConfigError> {
+    let text = required(config, key)?;
+    let url = Url::parse(text.trim()).map_err(|e| ConfigError::key(key, format!("not a URL: {e}")))?;
+    if !schemes.contains(&url.scheme()) {
+        let expected = schemes.iter().map(|s| format!("{s}://")).collect::<Vec<_>>().join(" or ");
+        return Err(ConfigError::key(key, format!("must start with {expected}, not {}://", url.scheme())));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(ConfigError::key(key, "has no host"));
+    }
+    Ok(url)
 }
 
 /// Refuses a NUL byte in a value the operating system takes as a C string (`holder` says which kind, for the
@@ -295,19 +340,20 @@ fn parse_tls(config: &BTreeMap<String, String>) -> Result<TlsOptions, ConfigErro
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pub(crate) fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     /// `Ok` for accepted configs, else the offending field and a fragment of the message.
-    fn check(executor: &str, pairs: &[(&str, &str)]) -> Result<(), (String, String)> {
+    pub(crate) fn check(executor: &str, pairs: &[(&str, &str)]) -> Result<(), (String, String)> {
         validate(executor, &map(pairs)).map_err(|e| (e.field, e.message))
     }
 
-    fn assert_rejected(executor: &str, pairs: &[(&str, &str)], field: &str, fragment: &str) {
+    #[track_caller]
+    pub(crate) fn assert_rejected(executor: &str, pairs: &[(&str, &str)], field: &str, fragment: &str) {
         match check(executor, pairs) {
             Ok(()) => panic!("{pairs:?} should be rejected"),
             Err((f, m)) => {
@@ -319,7 +365,12 @@ mod tests {
 
     #[test]
     fn unknown_executor_is_named_with_the_known_ones() {
-        assert_rejected("docker", &[], "executor", "unknown executor 'docker'; known: shell, http");
+        assert_rejected(
+            "docker",
+            &[],
+            "executor",
+            "unknown executor 'docker'; known: shell, http, nats, rabbitmq, redis, sql",
+        );
     }
 
     #[test]

@@ -6,10 +6,14 @@
 //!
 //! The major parts, one file each:
 //! - `spec`: what to run ([`RunSpec`]) and how it ended ([`Outcome`]);
-//! - `config`: Dkron-compatible executor configs parsed into typed values, and [`validate`];
+//! - `config` (a submodule per broker and database executor): Dkron-compatible executor configs parsed into
+//!   typed values, and [`validate`];
 //! - `runner`: the [`Runner`], which dispatches a run to its executor;
 //! - `shell` and `process_group`: the shell executor and how it stops whole process groups;
 //! - `http` and `http_clients`: the http executor and the clients and regexes it shares;
+//! - `nats`, `rabbitmq`, `redis_exec`, `sql`: the broker and PostgreSQL executors, built on `remote` (racing
+//!   the remote operation against timeout and cancel), `connections` (connections kept across runs, bounded)
+//!   and `redact` (no password in outputs, errors or logs);
 //! - `output` and `capture`: the [`OutputStore`] and the capture that feeds it as output arrives;
 //! - `words`: splitting command lines the way Dkron does for `shell = false`.
 //!
@@ -17,13 +21,20 @@
 
 mod capture;
 mod config;
+mod connections;
 mod http;
 mod http_clients;
+mod nats;
 mod output;
 mod process_group;
+mod rabbitmq;
+mod redact;
+mod redis_exec;
+mod remote;
 mod runner;
 mod shell;
 mod spec;
+mod sql;
 mod words;
 
 pub use config::{ConfigError, EXECUTORS, validate};

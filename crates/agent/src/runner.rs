@@ -1,7 +1,8 @@
 //! The [`Runner`]: takes a [`RunSpec`], picks its executor, and returns the [`Outcome`].
 //!
-//! It owns what runs share: the output store, the kill grace period, the HTTP clients and the regex
-//! cache. It is a cheap handle, so the dispatcher clones it into each run's task.
+//! It owns what runs share: the output store, the kill grace period, the HTTP clients, the regex cache and
+//! the connections to brokers and databases kept across runs. It is a cheap handle, so the dispatcher clones it
+//! into each run's task.
 
 use std::sync::{Arc, Once};
 use std::time::Duration;
@@ -9,11 +10,16 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::Capture;
-use crate::config::{HttpConfig, ShellConfig, unknown_executor};
+use crate::config::{HttpConfig, NatsConfig, RabbitConfig, RedisConfig, ShellConfig, SqlConfig, unknown_executor};
+use crate::connections::{Idle, Shared};
 use crate::http_clients::{HttpClients, RegexCache};
+use crate::nats::NatsClients;
 use crate::output::OutputStore;
+use crate::rabbitmq::RabbitConnections;
+use crate::redis_exec::RedisConnections;
 use crate::spec::{Outcome, RunSpec, RunStatus};
-use crate::{http, shell};
+use crate::sql::SqlConnections;
+use crate::{http, nats, rabbitmq, redis_exec, shell, sql};
 
 /// Installs rustls' ring crypto provider for the process. Idempotent; a provider that is already
 /// installed (by us or by the embedding binary) is kept.
@@ -36,6 +42,10 @@ struct Inner {
     kill_grace: Duration,
     http_clients: HttpClients,
     regexes: RegexCache,
+    nats: NatsClients,
+    rabbitmq: RabbitConnections,
+    redis: RedisConnections,
+    sql: SqlConnections,
 }
 
 impl Runner {
@@ -47,6 +57,10 @@ impl Runner {
                 kill_grace,
                 http_clients: HttpClients::new(),
                 regexes: RegexCache::new(),
+                nats: Shared::new(),
+                rabbitmq: Shared::new(),
+                redis: Shared::new(),
+                sql: Idle::new(),
             }),
         }
     }
@@ -57,7 +71,8 @@ impl Runner {
     }
 
     /// Runs `spec` to completion. Cancelling `cancel` stops it (shell: the process group is terminated;
-    /// http: the request is dropped) and the outcome is `Cancelled`.
+    /// http and the brokers: the operation is abandoned; sql: the statement is cancelled on the server) and the
+    /// outcome is `Cancelled`.
     pub async fn run(&self, spec: RunSpec, cancel: CancellationToken) -> Outcome {
         let inner = &*self.inner;
         let capture = Capture::open(&inner.outputs, &spec);
@@ -73,6 +88,22 @@ impl Runner {
             },
             "http" => match HttpConfig::parse(&spec.config, |p| inner.regexes.get(p)) {
                 Ok(config) => http::run(&inner.http_clients, &spec, config, capture, &cancel).await,
+                Err(e) => capture.not_started(e.to_string()),
+            },
+            "nats" => match NatsConfig::parse(&spec.config) {
+                Ok(config) => nats::run(&inner.nats, config, capture, &cancel).await,
+                Err(e) => capture.not_started(e.to_string()),
+            },
+            "rabbitmq" => match RabbitConfig::parse(&spec.config) {
+                Ok(config) => rabbitmq::run(&inner.rabbitmq, config, capture, &cancel).await,
+                Err(e) => capture.not_started(e.to_string()),
+            },
+            "redis" => match RedisConfig::parse(&spec.config) {
+                Ok(config) => redis_exec::run(&inner.redis, config, capture, &cancel).await,
+                Err(e) => capture.not_started(e.to_string()),
+            },
+            "sql" => match SqlConfig::parse(&spec.config) {
+                Ok(config) => sql::run(&inner.sql, config, capture, &cancel).await,
                 Err(e) => capture.not_started(e.to_string()),
             },
             other => capture.not_started(unknown_executor(other).to_string()),

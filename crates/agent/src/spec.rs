@@ -16,7 +16,7 @@ pub const TAIL_BYTES: usize = 4096;
 pub struct RunSpec {
     pub job_name: String,
     pub execution_id: String,
-    /// `"shell"` or `"http"`.
+    /// One of [`EXECUTORS`](crate::EXECUTORS): `"shell"`, `"http"`, `"nats"`, …
     pub executor: String,
     /// Dkron's `executor_config`: a flat string map whose keys depend on the executor.
     pub config: BTreeMap<String, String>,

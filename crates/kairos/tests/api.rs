@@ -315,6 +315,7 @@ async fn every_bad_request_is_refused_naming_the_field_and_changes_nothing() {
     let before = stable_jobs(&server).await;
 
     let http = |config: Value| json!({"executor": "http", "executor_config": config});
+    let executor = |name: &str, config: Value| json!({"executor": name, "executor_config": config});
     let cases = [
         bad_job("an unknown field", json!({"schedul": "@hourly"}), "schedul"),
         bad_job("a name with capitals", json!({"name": "Keep"}), "name"),
@@ -357,6 +358,26 @@ async fn every_bad_request_is_refused_naming_the_field_and_changes_nothing() {
             "bad headers",
             http(json!({"url": "http://127.0.0.1:9/", "headers": "X: y"})),
             "executor_config.headers",
+        ),
+        bad_job(
+            "a nats job without subject",
+            executor("nats", json!({"url": "nats://127.0.0.1:4222"})),
+            "executor_config.subject",
+        ),
+        bad_job(
+            "a rabbitmq job with a bad delivery mode",
+            executor("rabbitmq", json!({"url": "amqp://127.0.0.1", "queue.name": "q", "message.delivery_mode": "9"})),
+            "executor_config.message.delivery_mode",
+        ),
+        bad_job(
+            "a redis job with an unknown command",
+            executor("redis", json!({"url": "redis://127.0.0.1", "command": "DEL", "key": "k"})),
+            "executor_config.command",
+        ),
+        bad_job(
+            "a sql job without statement",
+            executor("sql", json!({"url": "postgres://127.0.0.1/db"})),
+            "executor_config.statement",
         ),
         bad_job("an unknown concurrency", json!({"concurrency": "sometimes"}), "concurrency"),
         bad_job("an unknown catch_up", json!({"catch_up": "maybe"}), "catch_up"),

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::routing::{any, get};
 use common::*;
+use futures::StreamExt;
 use jiff::SignedDuration;
 
 fn ms(d: SignedDuration) -> i64 {
@@ -770,4 +771,146 @@ async fn out_of_file_descriptors_runs_fail_with_the_reason_and_the_node_recovers
         server.log().contains("accepting connections again").then_some(())
     })
     .await;
+}
+
+/// A NATS job firing every second: a subscriber receives exactly one message per executed slot, with the
+/// configured body and header, and each run's output says what it published.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nats_job_publishes_exactly_one_message_per_slot() {
+    let nats = kairos_testkit::services::nats(None).await;
+    let observer = async_nats::connect(nats.addr()).await.unwrap();
+    let mut received = observer.subscribe("kairos.tick").await.unwrap();
+    observer.flush().await.unwrap();
+    let server = Server::fresh(&[]).await;
+    server
+        .create_job(&json!({
+            "name": "tick", "schedule": "* * * * * *", "executor": "nats",
+            "executor_config": {"url": format!("nats://{}", nats.addr()), "subject": "kairos.tick",
+                                "message": "it is time", "headers": "[\"Source: kairos\"]"}
+        }))
+        .await;
+    server.wait_executions("tick", "five succeeded runs", secs(30), |e| count(e, "succeeded") >= 5).await;
+    server.post_empty("/v1/jobs/tick/toggle").await.expect(200);
+    let execs = server.wait_executions("tick", "every run finished", secs(30), |e| e.iter().all(Exec::is_final)).await;
+
+    // Everything the runs published is on the subscriber's connection before what the test publishes now.
+    observer.publish("kairos.tick", "sentinel".into()).await.unwrap();
+    let mut messages = 0;
+    loop {
+        let message = tokio::time::timeout(secs(10), received.next()).await.unwrap().unwrap();
+        if &message.payload[..] == b"sentinel" {
+            break;
+        }
+        assert_eq!(&message.payload[..], b"it is time");
+        let headers = message.headers.unwrap();
+        assert_eq!(headers.get("Source").map(|v| v.as_str()), Some("kairos"));
+        messages += 1;
+    }
+    let succeeded: Vec<&Exec> = execs.iter().filter(|e| e.status == "succeeded").collect();
+    // A slot decided before the toggle may be withdrawn; one that started must have succeeded.
+    for exec in &execs {
+        assert!(exec.status == "succeeded" || exec.started_at.is_none(), "{exec:?}\n{}", summary(&execs));
+    }
+    assert_eq!(messages, succeeded.len(), "one message per executed slot:\n{}", summary(&execs));
+    let mut slots: Vec<Timestamp> = succeeded.iter().map(|e| e.scheduled_at).collect();
+    slots.dedup();
+    assert_eq!(slots.len(), succeeded.len(), "no slot ran twice:\n{}", summary(&execs));
+    for exec in succeeded {
+        assert_eq!(exec.output, "published 10 bytes to 'kairos.tick'\n", "{exec:?}");
+    }
+}
+
+/// Logins to brokers and a database, refused and accepted: a refused one fails the run with the server's reason,
+/// an accepted one succeeds, and no password shows in the executions or in the server's log, even at debug level
+/// (where client libraries log their connection settings).
+#[tokio::test(flavor = "multi_thread")]
+async fn logins_refused_or_accepted_never_show_a_password() {
+    use kairos_testkit::services;
+    let (nats, redis, postgres, rabbitmq) = tokio::join!(
+        services::nats(Some(("app", "right-secret"))),
+        services::redis(Some("right-secret")),
+        services::postgres("app", "right-secret"),
+        services::rabbitmq(),
+    );
+    rabbitmq.rabbitmqctl(&["add_user", "app", "right-secret"]);
+    rabbitmq.rabbitmqctl(&["set_permissions", "-p", "/", "app", ".*", ".*", ".*"]);
+    let server = Server::fresh(&["--log-level", "debug"]).await;
+    let (nats, redis, pg, amqp) = (nats.addr(), redis.addr(), postgres.addr(), rabbitmq.addr());
+    let pg_kv = |password: &str| {
+        format!("host=127.0.0.1 port={} user=app password={password} dbname=postgres", postgres.port())
+    };
+    // (executor, config, Ok(output fragment) or Err(error fragment))
+    let logins: [(&str, Value, Result<&str, &str>); 12] = [
+        (
+            "nats",
+            json!({"url": format!("nats://{nats}"), "subject": "a", "userName": "app", "password": "nats-secret"}),
+            Err("authorization violation"),
+        ),
+        (
+            "nats",
+            json!({"url": format!("nats://app:nats-url-secret@{nats}"), "subject": "a"}),
+            Err("authorization violation"),
+        ),
+        (
+            "nats",
+            json!({"url": format!("nats://{nats}"), "subject": "a", "userName": "app", "password": "right-secret"}),
+            Ok("published 0 bytes"),
+        ),
+        ("nats", json!({"url": format!("nats://app:right-secret@{nats}"), "subject": "a"}), Ok("published 0 bytes")),
+        (
+            "redis",
+            json!({"url": format!("redis://:redis-secret@{redis}/0"), "command": "LPUSH", "key": "k"}),
+            Err("Password authentication failed"),
+        ),
+        (
+            "redis",
+            json!({"url": format!("redis://:right-secret@{redis}/0"), "command": "LPUSH", "key": "k"}),
+            Ok("pushed to list 'k'"),
+        ),
+        (
+            "sql",
+            json!({"url": format!("postgres://app:pg-secret@{pg}/postgres"), "statement": "SELECT 1"}),
+            Err("28P01"),
+        ),
+        ("sql", json!({"url": pg_kv("pg-kv-secret"), "statement": "SELECT 1"}), Err("28P01")),
+        (
+            "sql",
+            json!({"url": format!("postgres://app:right-secret@{pg}/postgres"), "statement": "SELECT 1"}),
+            Ok("(1 rows)"),
+        ),
+        ("sql", json!({"url": pg_kv("right-secret"), "statement": "SELECT 1"}), Ok("(1 rows)")),
+        (
+            "rabbitmq",
+            json!({"url": format!("amqp://app:amqp-secret@{amqp}/%2f"), "queue.name": "q"}),
+            Err("cannot connect to RabbitMQ"),
+        ),
+        (
+            "rabbitmq",
+            json!({"url": format!("amqp://app:right-secret@{amqp}/%2f"), "queue.name": "q",
+                            "queue.create": "true"}),
+            Ok("the broker confirmed it"),
+        ),
+    ];
+    for (i, (executor, config, _)) in logins.iter().enumerate() {
+        let name = format!("login-{i}");
+        server
+            .create_job(
+                &json!({"name": name, "schedule": "@manually", "executor": executor, "executor_config": config}),
+            )
+            .await;
+        server.run(&name).await;
+    }
+    for (i, (executor, config, expected)) in logins.iter().enumerate() {
+        let exec = finished_run(&server, &format!("login-{i}")).await;
+        let error = exec.error.as_deref().unwrap_or_default();
+        match expected {
+            Ok(output) => assert!(exec.status == "succeeded" && exec.output.contains(output), "{config}: {exec:?}"),
+            Err(reason) => assert!(exec.status == "failed" && error.contains(reason), "{config}: {exec:?}"),
+        }
+        let executions = server.get(&format!("/v1/jobs/login-{i}/executions")).await.text;
+        assert!(!executions.contains("-secret"), "{executor}: a password in the executions: {executions}");
+    }
+    let log = server.log();
+    let leaking: Vec<&str> = log.lines().filter(|l| l.contains("-secret")).collect();
+    assert!(leaking.is_empty(), "passwords in the server log:\n{}", leaking.join("\n"));
 }

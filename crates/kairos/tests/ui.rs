@@ -242,6 +242,30 @@ async fn every_page_loads_from_the_server_alone() {
     browser.stop().await;
 }
 
+/// The editor has inputs for shell and http only; a job of another executor (here nats) keeps every key of its
+/// config, `timeout` included, when it is saved from the editor unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_editor_keeps_every_key_of_an_executor_without_inputs() {
+    let _one_browser = serial().await;
+    let server = Server::start(&[]).await;
+    let config = json!({"url": "nats://127.0.0.1:4222", "subject": "jobs.tick", "message": "hi", "timeout": "5s"});
+    server
+        .create_job(
+            json!({"name": "publisher", "schedule": "@every 1h", "executor": "nats", "executor_config": config}),
+        )
+        .await;
+    let browser = Browser::start().await;
+    browser.goto(&server.url("/ui/jobs/publisher/edit")).await;
+    browser.find("main h1").await;
+    browser.fill("#f-displayname", "Publisher").await;
+    browser.click("#save").await;
+    browser.wait_path("/ui/jobs/publisher").await;
+    let (_, job) = server.api("GET", "/v1/jobs/publisher", None).await;
+    assert_eq!(job["displayname"], "Publisher", "the edit was saved");
+    assert_eq!((&job["executor"], &job["executor_config"]), (&json!("nats"), &config));
+    browser.stop().await;
+}
+
 /// No browser needed: where the UI is served, and that `--ui=false` turns it off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ui_is_served_at_ui_and_can_be_turned_off() {

@@ -265,7 +265,7 @@ impl Job {
             self.parsed_schedule()?;
         }
         if self.executor.is_empty() {
-            return Err(FieldError::new("executor", "required (shell or http)"));
+            return Err(FieldError::new("executor", "required (shell, http, nats, rabbitmq, redis or sql)"));
         }
         if self.retries > RETRIES_MAX {
             return Err(FieldError::new("retries", format!("must be at most {RETRIES_MAX}")));

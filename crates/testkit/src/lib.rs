@@ -10,12 +10,15 @@
 //! - [`log`]: a process's output across restarts, in memory or in a file.
 //! - [`disk`]: a small tmpfs of the test's own, to run a node out of disk space.
 //! - [`netns`]: a network of the test's own (namespaces on a bridge), to cut nodes off for real.
+//! - [`services`]: real `nats-server`, `redis-server`, `rabbitmq-server` and PostgreSQL instances on free
+//!   loopback ports in temporary directories, for the executors' tests; killed and removed when dropped.
 
 pub mod client;
 pub mod disk;
 pub mod log;
 pub mod netns;
 pub mod process;
+pub mod services;
 pub mod wait;
 
 pub use client::{Client, Reply, install_crypto_provider};
@@ -23,4 +26,5 @@ pub use disk::{SmallDisk, dir_bytes};
 pub use log::Log;
 pub use netns::{Cut, Network};
 pub use process::{LaunchError, Listener, Listening, Process, Signal, clean_kairos_env, kairos_command};
+pub use services::{Service, free_port};
 pub use wait::{Probe, TimedOut, poll_until, wait_until};

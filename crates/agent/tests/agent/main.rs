@@ -5,6 +5,10 @@
 #![allow(clippy::unwrap_used)] // a test that unwraps fails at the line that broke, which is what a test should do
 
 mod http;
+mod nats;
+mod rabbitmq;
+mod redis;
 mod shell;
+mod sql;
 mod store;
 mod support;

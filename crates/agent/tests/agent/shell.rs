@@ -237,7 +237,10 @@ async fn invalid_configs_and_unknown_executors_fail_with_the_field_named() {
     assert_eq!(outcome.status, RunStatus::Failed);
     assert_eq!(outcome.error.as_deref(), Some("executor_config.command: must not be empty"));
     let outcome = agent.runner.run(spec("docker", &[]), CancellationToken::new()).await;
-    assert_eq!(outcome.error.as_deref(), Some("executor: unknown executor 'docker'; known: shell, http"));
+    assert_eq!(
+        outcome.error.as_deref(),
+        Some("executor: unknown executor 'docker'; known: shell, http, nats, rabbitmq, redis, sql")
+    );
 }
 
 #[tokio::test]
