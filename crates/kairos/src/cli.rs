@@ -1,6 +1,8 @@
-//! Operator commands that talk to a running node's RPC address: `kairos leave`, `kairos raft list-peers`,
-//! `kairos raft remove-peer`.
+//! Operator commands: `kairos leave`, `kairos raft list-peers` and `kairos raft remove-peer` talk to a running
+//! node's RPC address (over TLS when given the TLS flags); `kairos tls ca create` and `kairos tls cert create`
+//! make a CA and certificates for users without a PKI.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -14,6 +16,84 @@ pub struct RpcArgs {
     /// RPC address (host:port) of the node to talk to.
     #[arg(long, env = "KAIROS_RPC_ADDR", default_value = "127.0.0.1:6868")]
     pub rpc_addr: String,
+    /// For a cluster with TLS: a certificate (PEM) signed by the cluster's CA, presented to the node.
+    #[arg(long, env = "KAIROS_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// The private key of --cert-file.
+    #[arg(long, env = "KAIROS_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// The cluster's CA (PEM): the node's certificate must be signed by it.
+    #[arg(long, env = "KAIROS_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Certificate authorities.
+    #[command(subcommand)]
+    Ca(TlsCaCommand),
+    /// Certificates signed by the CA.
+    #[command(subcommand)]
+    Cert(TlsCertCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TlsCaCommand {
+    /// Create a CA: kairos-agent-ca.pem and kairos-agent-ca-key.pem in the current directory.
+    Create {
+        /// Days the CA is valid.
+        #[arg(long, default_value_t = 1825)]
+        days: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TlsCertCommand {
+    /// Create a certificate signed by the CA: kairos-agent-{server,client}-N.pem and -N-key.pem.
+    Create {
+        /// A node's certificate (server and client usage; names localhost and 127.0.0.1).
+        #[arg(long, conflicts_with = "client", required_unless_present = "client")]
+        server: bool,
+        /// A client's certificate (for operators and tools under mutual TLS).
+        #[arg(long)]
+        client: bool,
+        /// A DNS name the certificate is for; repeatable.
+        #[arg(long = "dns")]
+        dns: Vec<String>,
+        /// An IP address the certificate is for (a node's advertise address); repeatable.
+        #[arg(long = "ip")]
+        ips: Vec<std::net::IpAddr>,
+        /// The CA certificate.
+        #[arg(long, default_value = "kairos-agent-ca.pem")]
+        ca: PathBuf,
+        /// The CA's private key.
+        #[arg(long, default_value = "kairos-agent-ca-key.pem")]
+        key: PathBuf,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+}
+
+/// `kairos tls …`: files are written to the current directory and never overwritten.
+pub fn tls(command: TlsCommand) -> ExitCode {
+    use kairos_server::tls::{CertKind, create_ca, create_cert};
+    let here = std::path::Path::new(".");
+    let created = match command {
+        TlsCommand::Ca(TlsCaCommand::Create { days }) => create_ca(here, days),
+        TlsCommand::Cert(TlsCertCommand::Create { server, client: _, dns, ips, ca, key, days }) => {
+            let kind = if server { CertKind::Server } else { CertKind::Client };
+            create_cert(&ca, &key, kind, &dns, &ips, here, days)
+        }
+    };
+    match created {
+        Ok((cert, key)) => {
+            println!("==> Saved {}", cert.display());
+            println!("==> Saved {}", key.display());
+            ExitCode::SUCCESS
+        }
+        Err(err) => finish(Err(format!("{err:#}"))),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -38,8 +118,16 @@ fn block_on<T>(future: impl Future<Output = Result<T, String>>) -> Result<T, Str
     runtime.block_on(future)
 }
 
-fn rpc_client() -> Result<RpcClient, String> {
-    RpcClient::new().map_err(|e| format!("{e:#}"))
+fn rpc_client(args: &RpcArgs) -> Result<RpcClient, String> {
+    let files = kairos_server::tls::TlsFiles::from_flags(
+        args.cert_file.clone(),
+        args.key_file.clone(),
+        args.trusted_ca_file.clone(),
+        false,
+    )
+    .map_err(|e| format!("{e:#}"))?;
+    let tls = files.as_ref().map(kairos_server::tls::Tls::load).transpose().map_err(|e| format!("{e:#}"))?;
+    RpcClient::with_tls(tls.as_ref()).map_err(|e| format!("{e:#}"))
 }
 
 /// What to print when the node at `addr` could not be asked at all.
@@ -60,7 +148,7 @@ fn finish(result: Result<(), String>) -> ExitCode {
 /// Ask the node to leave, then wait until it stopped answering (it exits by itself once it left).
 pub fn leave(args: &RpcArgs) -> ExitCode {
     finish(block_on(async {
-        let rpc = rpc_client()?;
+        let rpc = rpc_client(args)?;
         match rpc.leave(&args.rpc_addr).await {
             Ok(()) => {}
             Err(RpcError::Status { status, .. }) => {
@@ -85,7 +173,7 @@ pub fn leave(args: &RpcArgs) -> ExitCode {
 pub fn raft(command: RaftCommand) -> ExitCode {
     match command {
         RaftCommand::ListPeers(args) => finish(block_on(async {
-            let peers = match rpc_client()?.peers(&args.rpc_addr).await {
+            let peers = match rpc_client(&args)?.peers(&args.rpc_addr).await {
                 Ok(peers) => peers,
                 Err(RpcError::Status { status, .. }) => {
                     return Err(format!("{} is not a server (HTTP {status})", args.rpc_addr));
@@ -97,7 +185,7 @@ pub fn raft(command: RaftCommand) -> ExitCode {
             Ok(())
         })),
         RaftCommand::RemovePeer { peer_id, rpc } => finish(block_on(async {
-            match rpc_client()?.remove_peer(&rpc.rpc_addr, peer_id, client::OPERATOR_TIMEOUT).await {
+            match rpc_client(&rpc)?.remove_peer(&rpc.rpc_addr, peer_id, client::OPERATOR_TIMEOUT).await {
                 Ok(()) => {}
                 Err(RpcError::Rejected { message, .. }) => return Err(message),
                 Err(err @ (RpcError::Status { .. } | RpcError::BadAnswer { .. })) => {

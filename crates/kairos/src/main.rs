@@ -32,6 +32,9 @@ enum Commands {
     /// Inspect or change the Raft configuration of the servers.
     #[command(subcommand)]
     Raft(cli::RaftCommand),
+    /// Create a CA and certificates for TLS (for users without a PKI).
+    #[command(subcommand)]
+    Tls(cli::TlsCommand),
     /// Print the version.
     Version,
 }
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         }
         Commands::Leave(args) => cli::leave(&args),
         Commands::Raft(command) => cli::raft(command),
+        Commands::Tls(command) => cli::tls(command),
         Commands::Agent(args) => match args.clone().resolve() {
             Ok(config) => run_agent(config, *args),
             Err(err) => {
@@ -113,7 +117,8 @@ fn run_agent(config: config::Config, args: config::AgentArgs) -> ExitCode {
             }
         };
         // Tests and scripts read this line to learn the bound port; keep its wording.
-        eprintln!("kairos: HTTP API listening on http://{}", running.http_addr);
+        let scheme = if running.node.config.tls.is_some() { "https" } else { "http" };
+        eprintln!("kairos: HTTP API listening on {scheme}://{}", running.http_addr);
         let node = &running.node;
         let mut reloader =
             reload::Reloader::new(args, running_config, log, node.membership.clone(), node.worker.clone());

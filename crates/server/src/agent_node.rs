@@ -48,7 +48,8 @@ impl AgentNode {
         let (worker, channels) = Worker::new(&config, outputs.clone());
         let stopping = CancellationToken::new();
         let exit = CancellationToken::new();
-        let rpc = RpcClient::new()?;
+        let tls = config.tls.as_ref().map(crate::tls::Tls::load).transpose()?;
+        let rpc = RpcClient::with_tls(tls.as_ref())?;
         let reporter: Arc<dyn Reporter> =
             Arc::new(RemoteReporter { membership: membership.clone(), rpc, next: AtomicUsize::new(0) });
         let side = crate::cluster::AgentSide {
@@ -68,8 +69,9 @@ impl AgentNode {
         };
         let router = crate::cluster::agent_router(side);
         let mut tasks = Vec::new();
+        let rpc_tls = tls.map(|tls| tls.server);
         tasks.push(tokio::spawn(async move {
-            if let Err(err) = crate::listener::serve(rpc_listener, router, crate::listener::RPC_LIMITS).await {
+            if let Err(err) = crate::listener::serve(rpc_listener, router, crate::listener::RPC_LIMITS, rpc_tls).await {
                 warn!("rpc listener stopped: {err}");
             }
         }));

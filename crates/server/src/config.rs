@@ -99,6 +99,18 @@ pub struct AgentArgs {
     /// comma-separated or repeated (default: none; the built-in UI needs none).
     #[arg(long, env = "KAIROS_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub cors_allowed_origins: Vec<String>,
+    /// This node's TLS certificate (PEM): with it the HTTP API is HTTPS and all node-to-node traffic is TLS.
+    #[arg(long, env = "KAIROS_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// The private key of --cert-file (PEM).
+    #[arg(long, env = "KAIROS_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// The CA (PEM) that signs every node's certificate; nodes verify each other against it.
+    #[arg(long, env = "KAIROS_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Mutual TLS: the API and RPC listeners accept only clients with a certificate signed by --trusted-ca-file.
+    #[arg(long, env = "KAIROS_CLIENT_CERT_AUTH", num_args = 0..=1, default_missing_value = "true")]
+    pub client_cert_auth: Option<bool>,
     /// Read configuration from this file instead of searching /etc/kairos, $HOME/.kairos and ./config.
     #[arg(long, env = "KAIROS_CONFIG")]
     pub config: Option<PathBuf>,
@@ -134,6 +146,10 @@ struct FileConfig {
     kill_grace: Option<String>,
     ui: Option<bool>,
     cors_allowed_origins: Option<Vec<String>>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    trusted_ca_file: Option<PathBuf>,
+    client_cert_auth: Option<bool>,
 }
 
 /// The resolved configuration of one node.
@@ -167,6 +183,8 @@ pub struct Config {
     pub ui: bool,
     /// Browser origins allowed to make cross-origin API calls (exact `scheme://host[:port]`, no trailing slash).
     pub cors_allowed_origins: Vec<String>,
+    /// TLS files (`--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`), when TLS is on.
+    pub tls: Option<crate::tls::TlsFiles>,
     /// The file the configuration was read from, if any.
     pub config_file: Option<PathBuf>,
 }
@@ -231,7 +249,14 @@ impl AgentArgs {
         } else {
             self.cors_allowed_origins
         })?;
+        let tls = crate::tls::TlsFiles::from_flags(
+            self.cert_file.or(file.cert_file),
+            self.key_file.or(file.key_file),
+            self.trusted_ca_file.or(file.trusted_ca_file),
+            self.client_cert_auth.or(file.client_cert_auth).unwrap_or(false),
+        )?;
         Ok(Config {
+            tls,
             cors_allowed_origins,
             join,
             retry_join,

@@ -17,7 +17,8 @@
 //! - [`applied`]: what follows from applied entries on every server (wake the scheduler, delete outputs, stop
 //!   cancelled runs);
 //! - [`agent_node`]: a node without `--server`: gossip, the worker and the agent's RPC routes only;
-//! - [`storage`]: a server whose storage fails stops and exits non-zero instead of lingering as a zombie.
+//! - [`storage`]: a server whose storage fails stops and exits non-zero instead of lingering as a zombie;
+//! - [`tls`]: TLS on both listeners and every node-to-node call, and the certificates `kairos tls` creates.
 //!
 //! The life of one run: the scheduler's timer fires → `Fire` is committed through Raft → the dispatcher claims
 //! the new pending execution, places it and sends the order → the worker on that node starts it at its instant
@@ -37,6 +38,7 @@ pub mod node;
 pub mod reload;
 pub mod scheduler;
 pub mod storage;
+pub mod tls;
 pub mod worker;
 
 pub use error::{Failure, WriteError};

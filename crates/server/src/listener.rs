@@ -43,7 +43,13 @@ pub const RPC_LIMITS: Limits =
 pub const RPC_POOL_IDLE: Duration = Duration::from_secs(45);
 
 /// Serve `router` on `listener` until the listener fails; each connection runs in its own task.
-pub async fn serve(listener: TcpListener, router: Router, limits: Limits) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<()> {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     assert!(limits.connections_max > 0, "a listener that admits no connection serves nothing");
     assert!(limits.header_read_timeout > Duration::ZERO, "a zero header deadline closes every connection");
     let slots = Arc::new(Semaphore::new(limits.connections_max));
@@ -89,9 +95,27 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits) -> std
         }
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
-        let connection = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+        let builder = builder.clone();
+        let tls = tls.clone();
+        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
+            let served = match tls {
+                // The handshake is bounded like a request's header: a client that stalls in it holds a slot no
+                // longer. A plain client (or one without the certificate mutual TLS asks for) fails here.
+                Some(tls) => match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => builder.serve_connection(TokioIo::new(stream), service).with_upgrades().await,
+                    Ok(Err(err)) => {
+                        debug!(%peer, "TLS handshake failed: {err}");
+                        Ok(())
+                    }
+                    Err(_) => {
+                        debug!(%peer, "TLS handshake timed out");
+                        Ok(())
+                    }
+                },
+                None => builder.serve_connection(TokioIo::new(stream), service).with_upgrades().await,
+            };
+            if let Err(err) = served {
                 debug!(%peer, "connection ended: {err}");
             }
             drop(slot);
@@ -114,7 +138,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let router = Router::new().route("/", axum::routing::get(|| async { "ok" }));
-        tokio::spawn(serve(listener, router, limits));
+        tokio::spawn(serve(listener, router, limits, None));
         addr
     }
 

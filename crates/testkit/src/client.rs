@@ -47,7 +47,7 @@ impl Client {
 
     /// A client for `base` over an existing reqwest client (its pool and timeouts).
     pub fn with_http(http: reqwest::Client, base: &str) -> Client {
-        assert!(base.starts_with("http://"), "a base URL, not {base:?}");
+        assert!(base.starts_with("http://") || base.starts_with("https://"), "a base URL, not {base:?}");
         Client { http, base: base.trim_end_matches('/').to_string(), log: None }
     }
 

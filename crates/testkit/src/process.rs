@@ -13,7 +13,7 @@ use crate::log::Log;
 use crate::wait::{TimedOut, poll_until};
 
 /// The line that announces the bound HTTP API address (servers only).
-pub const HTTP_LISTENING: &str = "HTTP API listening on http://";
+pub const HTTP_LISTENING: &str = "HTTP API listening on ";
 /// The line that announces the bound node-to-node RPC address (every node).
 pub const RPC_LISTENING: &str = "RPC listening on ";
 /// Poll interval while waiting for a listening line or an exit: process start-up and shutdown are measured in
@@ -296,10 +296,11 @@ fn copy_lines(pipe: impl Read, log: &Log, pipes: &Pipes) {
     }
 }
 
-/// The `host:port` printed after `marker` in a log line (an optional `http://` and any path dropped).
+/// The `host:port` printed after `marker` in a log line (an optional `http://` or `https://` and any path dropped).
 pub fn addr_after(line: &str, marker: &str) -> Option<String> {
     let at = line.find(marker)?;
-    let rest = line[at + marker.len()..].trim_start_matches("http://");
+    let rest = &line[at + marker.len()..];
+    let rest = rest.strip_prefix("https://").or_else(|| rest.strip_prefix("http://")).unwrap_or(rest);
     Some(rest.chars().take_while(|c| !c.is_whitespace() && *c != '/').collect())
 }
 

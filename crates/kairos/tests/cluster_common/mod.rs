@@ -18,6 +18,7 @@
 
 mod tickers;
 
+#[allow(unused_imports)] // not every test binary uses the tickers
 pub use tickers::*;
 
 use std::collections::BTreeMap;
@@ -257,8 +258,10 @@ pub struct Node {
     env: Vec<(String, String)>,
     /// The address the node binds and advertises: 127.0.0.1, or its host's on a test network.
     host: String,
-    /// The test network and this node's host on it (see [`Cluster::prepare_on_network`]).
+    /// The test network and this node's host on it (see [`Cluster::start_on_network`]).
     network: Option<(Arc<Network>, usize)>,
+    /// `http`, or `https` for a cluster started with [`Cluster::start_tls`].
+    scheme: &'static str,
     /// 0 until the first launch bound a port; restarts reuse it.
     rpc_port: u16,
     process: Option<Process>,
@@ -392,7 +395,7 @@ impl Node {
             Err(silent) => panic!("{}: {silent}", self.name),
         }
         if let Some(http) = &self.listening.http {
-            self.api = Some(Client::with_http(self.http.clone(), &format!("http://{http}")));
+            self.api = Some(Client::with_http(self.http.clone(), &format!("{}://{http}", self.scheme)));
         }
         if self.rpc_port == 0 {
             let addr = self.rpc_addr();
@@ -509,14 +512,28 @@ impl Cluster {
     /// The nodes [`Cluster::start`] starts, not started yet: their data directories ([`Node::data_dir`]) can be
     /// prepared first (a small filesystem mounted there, say). Start them with [`Cluster::launch_all`].
     pub fn prepare(servers: usize, agents: &[(&str, &[&str])], extra_args: &[&str]) -> Cluster {
-        Cluster::prepare_with(servers, agents, extra_args, None)
+        Cluster::prepare_with(servers, agents, extra_args, None, None)
     }
 
     /// A cluster whose nodes each run in a network namespace of their own (see [`kairos_testkit::netns`]), so
     /// that [`Cluster::cut`] can cut one off for real; started like [`Cluster::start`]. Needs root.
     pub async fn start_on_network(servers: usize, agents: &[(&str, &[&str])], extra_args: &[&str]) -> Cluster {
         let network = Arc::new(Network::create(servers + agents.len()));
-        let mut cluster = Cluster::prepare_with(servers, agents, extra_args, Some(network));
+        let mut cluster = Cluster::prepare_with(servers, agents, extra_args, Some(network), None);
+        cluster.launch_all().await;
+        cluster
+    }
+
+    /// A cluster whose nodes serve TLS (the TLS flags are among `extra_args`); the harness talks to their APIs
+    /// over HTTPS with `http`, a client that trusts the cluster's CA (and presents a certificate if the nodes ask
+    /// for one).
+    pub async fn start_tls(
+        servers: usize,
+        agents: &[(&str, &[&str])],
+        extra_args: &[&str],
+        http: reqwest::Client,
+    ) -> Cluster {
+        let mut cluster = Cluster::prepare_with(servers, agents, extra_args, None, Some(http));
         cluster.launch_all().await;
         cluster
     }
@@ -526,10 +543,14 @@ impl Cluster {
         agents: &[(&str, &[&str])],
         extra_args: &[&str],
         network: Option<Arc<Network>>,
+        tls_client: Option<reqwest::Client>,
     ) -> Cluster {
         kairos_testkit::install_crypto_provider();
         let root = tempfile::Builder::new().prefix("kairos-cluster-").tempdir().expect("temporary dir");
-        let http = reqwest::Client::builder().no_proxy().timeout(REQUEST_TIMEOUT).build().expect("http client");
+        let scheme = if tls_client.is_some() { "https" } else { "http" };
+        let http = tls_client.unwrap_or_else(|| {
+            reqwest::Client::builder().no_proxy().timeout(REQUEST_TIMEOUT).build().expect("http client")
+        });
         let count = servers + agents.len();
         // On a test network every node has its own address, so all can use one gossip port.
         let (hosts, ports): (Vec<String>, Vec<u16>) = match &network {
@@ -549,6 +570,7 @@ impl Cluster {
                 gossip_port: ports[index],
                 host: hosts[index].clone(),
                 network: network.as_ref().map(|n| (n.clone(), index)),
+                scheme,
                 retry_join: retry_join.clone(),
                 extra: args,
                 env: Vec::new(),
@@ -699,6 +721,7 @@ impl Cluster {
             env: Vec::new(),
             host: "127.0.0.1".to_string(),
             network: None,
+            scheme: template.scheme,
             rpc_port: 0,
             process: None,
             paused: false,

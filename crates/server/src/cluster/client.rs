@@ -128,24 +128,33 @@ fn refused(err: &reqwest::Error) -> bool {
 #[derive(Clone)]
 pub struct RpcClient {
     http: reqwest::Client,
+    /// `http`, or `https` when the cluster runs TLS.
+    scheme: &'static str,
 }
 
 impl RpcClient {
+    /// A client of a cluster without TLS.
     pub fn new() -> anyhow::Result<RpcClient> {
+        RpcClient::with_tls(None)
+    }
+
+    /// A client of a cluster with TLS (see [`crate::tls`]): `https://`, the cluster's CA as the only root, and this
+    /// node's certificate presented to listeners that ask for one (mutual TLS).
+    pub fn with_tls(tls: Option<&crate::tls::Tls>) -> anyhow::Result<RpcClient> {
         kairos_agent::install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .pool_idle_timeout(crate::listener::RPC_POOL_IDLE)
-            .tcp_nodelay(true)
-            .build()
-            .context("building the RPC client")?;
-        Ok(RpcClient { http })
+        let mut builder =
+            reqwest::Client::builder().no_proxy().pool_idle_timeout(crate::listener::RPC_POOL_IDLE).tcp_nodelay(true);
+        if let Some(tls) = tls {
+            builder = builder.tls_backend_preconfigured(tls.client.clone());
+        }
+        let http = builder.build().context("building the RPC client")?;
+        Ok(RpcClient { http, scheme: if tls.is_some() { "https" } else { "http" } })
     }
 
     /// The one place a node's URL is built.
-    fn url(addr: &str, path: &str) -> String {
+    fn url(&self, addr: &str, path: &str) -> String {
         debug_assert!(path.starts_with('/'), "route paths are absolute: {path}");
-        format!("http://{addr}{path}")
+        format!("{}://{addr}{path}", self.scheme)
     }
 
     /// Send, and turn a failure to send or an error status into an [`RpcError`].
@@ -170,12 +179,12 @@ impl RpcClient {
         body: &Req,
         timeout: Duration,
     ) -> Result<Resp, RpcError> {
-        let response = Self::send(self.http.post(Self::url(addr, path)).json(body).timeout(timeout)).await?;
+        let response = Self::send(self.http.post(self.url(addr, path)).json(body).timeout(timeout)).await?;
         response.json().await.map_err(RpcError::from_reqwest)
     }
 
     async fn get<Resp: DeserializeOwned>(&self, addr: &str, path: &str, timeout: Duration) -> Result<Resp, RpcError> {
-        let response = Self::send(self.http.get(Self::url(addr, path)).timeout(timeout)).await?;
+        let response = Self::send(self.http.get(self.url(addr, path)).timeout(timeout)).await?;
         response.json().await.map_err(RpcError::from_reqwest)
     }
 
@@ -246,7 +255,7 @@ impl RpcClient {
     /// The index every linearizable read must see, from the leader.
     pub async fn read_index(&self, addr: &str) -> Result<u64, RpcError> {
         let response =
-            Self::send(self.http.post(Self::url(addr, paths::READ_INDEX)).timeout(READ_INDEX_TIMEOUT)).await?;
+            Self::send(self.http.post(self.url(addr, paths::READ_INDEX)).timeout(READ_INDEX_TIMEOUT)).await?;
         let result: Result<u64, (u16, String)> = response.json().await.map_err(RpcError::from_reqwest)?;
         result.map_err(rejected_with_status)
     }
@@ -298,14 +307,14 @@ impl RpcClient {
     /// Whether a node still answers at `addr` (any answer counts), asked with a sync at term 0, which raises no
     /// term. `kairos leave` waits with it until the node is gone.
     pub async fn answers(&self, addr: &str) -> bool {
-        let request = self.http.post(Self::url(addr, paths::SYNC)).json(&0u64).timeout(OPERATOR_TIMEOUT);
+        let request = self.http.post(self.url(addr, paths::SYNC)).json(&0u64).timeout(OPERATOR_TIMEOUT);
         request.send().await.is_ok()
     }
 
     /// The full output of a run kept on the node at `addr`; `timeout`: [`OUTPUT_FOR_RECORD_TIMEOUT`] or
     /// [`OUTPUT_TIMEOUT`]. A node that does not have it answers 404 ([`RpcError::Status`]).
     pub async fn output(&self, addr: &str, exec: &ExecRef, timeout: Duration) -> Result<String, RpcError> {
-        let request = self.http.get(Self::url(addr, &paths::output(&exec.job, &exec.id))).query(&[("follow", false)]);
+        let request = self.http.get(self.url(addr, &paths::output(&exec.job, &exec.id))).query(&[("follow", false)]);
         let response = Self::send(request.timeout(timeout)).await?;
         response.text().await.map_err(RpcError::from_reqwest)
     }
@@ -317,13 +326,13 @@ impl RpcClient {
         addr: &str,
         exec: &ExecRef,
     ) -> Result<impl Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static, RpcError> {
-        let request = self.http.get(Self::url(addr, &paths::output(&exec.job, &exec.id))).query(&[("follow", true)]);
+        let request = self.http.get(self.url(addr, &paths::output(&exec.job, &exec.id))).query(&[("follow", true)]);
         Ok(Self::send(request).await?.bytes_stream())
     }
 
     /// Ask the node at `addr` to leave the cluster (it answers at once and leaves in the background).
     pub async fn leave(&self, addr: &str) -> Result<(), RpcError> {
-        Self::send(self.http.post(Self::url(addr, paths::LEAVE)).timeout(OPERATOR_TIMEOUT)).await.map(drop)
+        Self::send(self.http.post(self.url(addr, paths::LEAVE)).timeout(OPERATOR_TIMEOUT)).await.map(drop)
     }
 }
 
@@ -349,7 +358,7 @@ mod tests {
     async fn serve(router: Router) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        tokio::spawn(crate::listener::serve(listener, router, crate::listener::RPC_LIMITS));
+        tokio::spawn(crate::listener::serve(listener, router, crate::listener::RPC_LIMITS, None));
         addr
     }
 

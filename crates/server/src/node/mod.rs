@@ -126,7 +126,8 @@ impl Node {
             ..Default::default()
         }
         .validate()?;
-        let rpc = RpcClient::new()?;
+        let tls = config.tls.as_ref().map(crate::tls::Tls::load).transpose()?;
+        let rpc = RpcClient::with_tls(tls.as_ref())?;
         let network = crate::cluster::Network { rpc: rpc.clone() };
         let raft = Raft::new(id, Arc::new(raft_config), network, log, machine).await?;
         let joining = !config.join.is_empty() || !config.retry_join.is_empty();
@@ -161,6 +162,7 @@ impl Node {
         worker.set_fence(local_fence(raft.clone(), Duration::from_millis(100 * multiplier)));
 
         let mut tasks = Vec::new();
+        let (rpc_tls, api_tls) = (tls.as_ref().map(|t| t.server.clone()), tls.as_ref().map(|t| t.server.clone()));
         let rpc_router = crate::cluster::rpc_router(raft.clone())
             .merge(crate::cluster::server_router(node.clone()))
             .merge(crate::cluster::agent_router(crate::cluster::AgentSide {
@@ -175,13 +177,15 @@ impl Node {
                 },
             }));
         tasks.push(tokio::spawn(async move {
-            if let Err(err) = crate::listener::serve(rpc_listener, rpc_router, crate::listener::RPC_LIMITS).await {
+            if let Err(err) =
+                crate::listener::serve(rpc_listener, rpc_router, crate::listener::RPC_LIMITS, rpc_tls).await
+            {
                 warn!("rpc listener stopped: {err}");
             }
         }));
         let api = api(node.clone());
         tasks.push(tokio::spawn(async move {
-            if let Err(err) = crate::listener::serve(http_listener, api, crate::listener::API_LIMITS).await {
+            if let Err(err) = crate::listener::serve(http_listener, api, crate::listener::API_LIMITS, api_tls).await {
                 warn!("http listener stopped: {err}");
             }
         }));
