@@ -32,6 +32,8 @@ enum Commands {
     /// Inspect or change the Raft configuration of the servers.
     #[command(subcommand)]
     Raft(cli::RaftCommand),
+    /// Print a new random key for --encrypt (gossip encryption).
+    Keygen,
     /// Create a CA and certificates for TLS (for users without a PKI).
     #[command(subcommand)]
     Tls(cli::TlsCommand),
@@ -49,6 +51,16 @@ fn main() -> ExitCode {
         Commands::Leave(args) => cli::leave(&args),
         Commands::Raft(command) => cli::raft(command),
         Commands::Tls(command) => cli::tls(command),
+        Commands::Keygen => match kairos_server::gossip_key::keygen() {
+            Ok(key) => {
+                println!("{key}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("kairos: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
         Commands::Agent(args) => match args.clone().resolve() {
             Ok(config) => run_agent(config, *args),
             Err(err) => {

@@ -1,3 +1,6 @@
+//! Encrypted gossip: with `--encrypt`, only nodes with the same key join; the others' messages are refused and
+//! logged.
+//!
 //! TLS for real: certificates made by `kairos tls`, a three-server cluster with mutual TLS on both listeners that
 //! forms, runs jobs and fails over, and clients that must be refused (plain HTTP, no client certificate, a
 //! certificate from another CA, curl without the CA) next to the ones that must get through (curl with the CA
@@ -139,12 +142,16 @@ fn a_node_refuses_to_start_with_tls_files_that_do_not_fit() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_cluster_with_mutual_tls_forms_fails_over_and_refuses_strangers() {
+async fn a_cluster_with_mutual_tls_and_encrypted_gossip_forms_fails_over_and_refuses_strangers() {
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(&dir.path().join("pki"));
     let other = make_pki(&dir.path().join("other"));
     let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (ok, key) = kairos_in(dir.path(), &["keygen"]);
+    assert!(ok, "kairos keygen: {key}");
     let flags = [
+        "--encrypt".to_string(),
+        key.trim().to_string(),
         "--cert-file".to_string(),
         s(&pki.server.0),
         "--key-file".to_string(),
@@ -214,4 +221,46 @@ async fn a_cluster_with_mutual_tls_forms_fails_over_and_refuses_strangers() {
             e.iter().filter(|x| x.status == "succeeded").count() >= 2
         })
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn encrypted_gossip_admits_only_nodes_with_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let keygen = || {
+        let (ok, key) = kairos_in(dir.path(), &["keygen"]);
+        assert!(ok, "kairos keygen: {key}");
+        key.trim().to_string()
+    };
+    let (key, other) = (keygen(), keygen());
+    assert_ne!(key, other);
+    let mut cluster = Cluster::prepare(1, &[("good", &[]), ("wrong-key", &[]), ("no-key", &[])], &[]);
+    cluster.set_env(0, "KAIROS_ENCRYPT", &key);
+    cluster.set_env(1, "KAIROS_ENCRYPT", &key);
+    cluster.set_env(2, "KAIROS_ENCRYPT", &other);
+    cluster.launch_all().await;
+    let server = cluster.server(0);
+    wait_until("the node with the key joins", secs(30), async || {
+        let members = server.members().await.ok_or("no answer")?;
+        let alive = |name: &str| members.iter().any(|m| m.name == name && m.status_text == "alive");
+        if alive("good") { Ok(()) } else { Err(format!("{members:?}")) }
+    })
+    .await;
+    // Observable refusals: the server says it dropped what the two others sent (they retry joining every few
+    // hundred milliseconds), so by then they had their chance to join.
+    wait_until("the server refuses the other nodes' gossip", secs(30), async || {
+        let log = server.log();
+        let refused = log.lines().filter(|l| l.contains("does not open with this node's --encrypt key")).count();
+        if refused >= 2 { Ok(()) } else { Err(format!("{refused} refusals logged")) }
+    })
+    .await;
+    let members = server.members().await.unwrap();
+    let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+    assert!(
+        !names.contains(&"wrong-key") && !names.contains(&"no-key"),
+        "only nodes with the key are members: {names:?}"
+    );
+    // The key never shows in the logs.
+    for i in 0..cluster.len() {
+        assert!(!cluster.node(i).log().contains(&key) && !cluster.node(i).log().contains(&other));
+    }
 }

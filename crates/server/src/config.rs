@@ -99,6 +99,9 @@ pub struct AgentArgs {
     /// comma-separated or repeated (default: none; the built-in UI needs none).
     #[arg(long, env = "KAIROS_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub cors_allowed_origins: Vec<String>,
+    /// Key (base64, from `kairos keygen`) that encrypts and authenticates gossip; every node needs the same one.
+    #[arg(long, env = "KAIROS_ENCRYPT")]
+    pub encrypt: Option<String>,
     /// This node's TLS certificate (PEM): with it the HTTP API is HTTPS and all node-to-node traffic is TLS.
     #[arg(long, env = "KAIROS_CERT_FILE")]
     pub cert_file: Option<PathBuf>,
@@ -146,6 +149,7 @@ struct FileConfig {
     kill_grace: Option<String>,
     ui: Option<bool>,
     cors_allowed_origins: Option<Vec<String>>,
+    encrypt: Option<String>,
     cert_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
     trusted_ca_file: Option<PathBuf>,
@@ -183,6 +187,8 @@ pub struct Config {
     pub ui: bool,
     /// Browser origins allowed to make cross-origin API calls (exact `scheme://host[:port]`, no trailing slash).
     pub cors_allowed_origins: Vec<String>,
+    /// The gossip key (`--encrypt`), when gossip is encrypted.
+    pub encrypt: Option<crate::gossip_key::GossipKey>,
     /// TLS files (`--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`), when TLS is on.
     pub tls: Option<crate::tls::TlsFiles>,
     /// The file the configuration was read from, if any.
@@ -255,7 +261,9 @@ impl AgentArgs {
             self.trusted_ca_file.or(file.trusted_ca_file),
             self.client_cert_auth.or(file.client_cert_auth).unwrap_or(false),
         )?;
+        let encrypt = self.encrypt.or(file.encrypt).map(|k| crate::gossip_key::GossipKey::parse(&k)).transpose()?;
         Ok(Config {
+            encrypt,
             tls,
             cors_allowed_origins,
             join,

@@ -146,9 +146,13 @@ impl Membership {
         if let Some(http) = http_addr {
             keys.push((KEY_HTTP.to_string(), http.to_string()));
         }
-        let handle = spawn_chitchat(chitchat_config, keys, &UdpTransport)
-            .await
-            .with_context(|| format!("--bind-addr: cannot listen for gossip on {bind}"))?;
+        let handle = match &config.encrypt {
+            Some(key) => {
+                spawn_chitchat(chitchat_config, keys, &crate::gossip_key::EncryptedTransport { key: key.clone() }).await
+            }
+            None => spawn_chitchat(chitchat_config, keys, &UdpTransport).await,
+        }
+        .with_context(|| format!("--bind-addr: cannot listen for gossip on {bind}"))?;
         let live = handle.chitchat().lock().await.live_nodes_watcher();
         Ok(Membership { handle, live, name: config.node_name.clone(), rpc_addr, tags: Mutex::new(tags) })
     }

@@ -32,6 +32,7 @@ pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod gossip;
+pub mod gossip_key;
 pub mod leadership;
 pub mod listener;
 pub mod node;

@@ -75,6 +75,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
         ui,
         cors_allowed_origins,
         tls,
+        encrypt,
         config_file: _,
     } = read;
     let r = running;
@@ -104,6 +105,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
     note(false, "ui", &r.ui, ui);
     note(false, "cors-allowed-origins", &r.cors_allowed_origins, cors_allowed_origins);
     note(false, "cert-file / key-file / trusted-ca-file / client-cert-auth", &r.tls, tls);
+    note(false, "encrypt", &r.encrypt, encrypt);
     changes
 }
 
