@@ -67,7 +67,10 @@ impl AgentNode {
                 })
             },
         };
-        let router = crate::cluster::agent_router(side);
+        let mut router = crate::cluster::agent_router(side);
+        if config.enable_prometheus {
+            router = router.merge(crate::cluster::metrics_router());
+        }
         let mut tasks = Vec::new();
         let rpc_tls = tls.map(|tls| tls.server);
         tasks.push(tokio::spawn(async move {

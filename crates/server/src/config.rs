@@ -99,6 +99,9 @@ pub struct AgentArgs {
     /// comma-separated or repeated (default: none; the built-in UI needs none).
     #[arg(long, env = "KAIROS_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub cors_allowed_origins: Vec<String>,
+    /// Serve Prometheus metrics at /metrics (the HTTP API on servers, the RPC listener on agent-only nodes).
+    #[arg(long, env = "KAIROS_ENABLE_PROMETHEUS", num_args = 0..=1, default_missing_value = "true")]
+    pub enable_prometheus: Option<bool>,
     /// Key (base64, from `kairos keygen`) that encrypts and authenticates gossip; every node needs the same one.
     #[arg(long, env = "KAIROS_ENCRYPT")]
     pub encrypt: Option<String>,
@@ -150,6 +153,7 @@ struct FileConfig {
     ui: Option<bool>,
     cors_allowed_origins: Option<Vec<String>>,
     encrypt: Option<String>,
+    enable_prometheus: Option<bool>,
     cert_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
     trusted_ca_file: Option<PathBuf>,
@@ -187,6 +191,8 @@ pub struct Config {
     pub ui: bool,
     /// Browser origins allowed to make cross-origin API calls (exact `scheme://host[:port]`, no trailing slash).
     pub cors_allowed_origins: Vec<String>,
+    /// Serve `GET /metrics` (see [`crate::metrics`]).
+    pub enable_prometheus: bool,
     /// The gossip key (`--encrypt`), when gossip is encrypted.
     pub encrypt: Option<crate::gossip_key::GossipKey>,
     /// TLS files (`--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`), when TLS is on.
@@ -263,6 +269,7 @@ impl AgentArgs {
         )?;
         let encrypt = self.encrypt.or(file.encrypt).map(|k| crate::gossip_key::GossipKey::parse(&k)).transpose()?;
         Ok(Config {
+            enable_prometheus: self.enable_prometheus.or(file.enable_prometheus).unwrap_or(false),
             encrypt,
             tls,
             cors_allowed_origins,

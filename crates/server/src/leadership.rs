@@ -190,6 +190,7 @@ async fn lost(node: &Node, term: u64) {
 /// Establish and run the duties of `term` until this node no longer leads in it (or stops).
 async fn lead(node: &Node, term: u64, changes: &mut UnboundedReceiver<String>) {
     node.duties.set(Phase::Establishing, term);
+    crate::metrics::metrics().leadership_acquired.inc();
     info!("leading in term {term}: establishing leader duties");
     let duties = async {
         establish(node, term).await;

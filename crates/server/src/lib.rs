@@ -35,6 +35,7 @@ pub mod gossip;
 pub mod gossip_key;
 pub mod leadership;
 pub mod listener;
+pub mod metrics;
 pub mod node;
 pub mod reload;
 pub mod scheduler;

@@ -76,6 +76,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
         cors_allowed_origins,
         tls,
         encrypt,
+        enable_prometheus,
         config_file: _,
     } = read;
     let r = running;
@@ -106,6 +107,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
     note(false, "cors-allowed-origins", &r.cors_allowed_origins, cors_allowed_origins);
     note(false, "cert-file / key-file / trusted-ca-file / client-cert-auth", &r.tls, tls);
     note(false, "encrypt", &r.encrypt, encrypt);
+    note(false, "enable-prometheus", &r.enable_prometheus, enable_prometheus);
     changes
 }
 

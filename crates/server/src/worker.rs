@@ -437,6 +437,9 @@ impl Worker {
             (run.token.clone(), run.reason.clone())
         };
         let started_at = Timestamp::now();
+        let executor = spec.executor.clone();
+        crate::metrics::observe_start(&executor, &spec.extra_env, started_at);
+        crate::metrics::metrics().runs_running.inc();
         self.report(Report::Start(Start {
             exec: exec_ref.clone(),
             node: self.node_name.clone(),
@@ -449,6 +452,12 @@ impl Worker {
             RunStatus::Failed | RunStatus::TimedOut => ExecutionStatus::Failed,
             RunStatus::Cancelled => ExecutionStatus::Cancelled,
         };
+        let metrics = crate::metrics::metrics();
+        metrics.runs_running.dec();
+        metrics
+            .runs_finished
+            .get_or_create(&crate::metrics::RunLabels { executor, status: status.as_str().to_string() })
+            .inc();
         let cancel_reason = reason.lock().expect("reason lock").clone();
         let error = match status {
             ExecutionStatus::Cancelled => cancel_reason.or(outcome.error),

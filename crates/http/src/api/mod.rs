@@ -89,6 +89,11 @@ pub fn router(node: AppState) -> Router {
     if node.config.ui {
         router = router.merge(crate::ui::router());
     }
+    if node.config.enable_prometheus {
+        router = router.route("/metrics", axum::routing::get(metrics));
+    }
+    // Counted per route template (bounded), only for requests that matched a route.
+    let router = router.route_layer(axum::middleware::from_fn(record_request));
     let allowed = Arc::new(guard::AllowedOrigins(node.config.cors_allowed_origins.clone()));
     let cors = guard::cors(&allowed);
     let router = router
@@ -101,6 +106,30 @@ pub fn router(node: AppState) -> Router {
         None => router,
     };
     router.layer(axum::middleware::from_fn(guard::errors)).with_state(node)
+}
+
+/// `GET /metrics` (`--enable-prometheus`): this server's metrics in the Prometheus text format.
+async fn metrics(axum::extract::State(node): axum::extract::State<AppState>) -> Response {
+    let text = node.metrics_text().await;
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+/// Count a request and time it, by its route template (`/v1/jobs/{job}`, never the path itself).
+async fn record_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use kairos_server::metrics::{RequestLabels, RouteLabel, metrics};
+    let route = request.extensions().get::<axum::extract::MatchedPath>().map_or("other", |p| p.as_str()).to_string();
+    let method = match request.method().as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m,
+        _ => "other", // a client's invented method must not add series
+    }
+    .to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let m = metrics();
+    m.http_duration.get_or_create(&RouteLabel { route: route.clone() }).observe(started.elapsed().as_secs_f64());
+    let code = response.status().as_u16().to_string();
+    m.http_requests.get_or_create(&RequestLabels { route, method, code }).inc();
+    response
 }
 
 /// `?consistent` on any read: answer only after this server's state caught up with everything the leader had

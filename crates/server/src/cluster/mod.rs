@@ -212,6 +212,11 @@ pub struct AgentSide {
     pub leave: Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>,
 }
 
+/// `GET /metrics` on an agent-only node's RPC listener (`--enable-prometheus`; servers serve it on the HTTP API).
+pub fn metrics_router() -> Router {
+    Router::new().route(paths::METRICS, get(|| async { crate::metrics::metrics().render() }))
+}
+
 /// Routes every node answers (servers run jobs too).
 pub fn agent_router(side: AgentSide) -> Router {
     Router::new()

@@ -36,3 +36,6 @@ pub const LEAVE: &str = "/agent/leave";
 pub fn output(job: &str, id: &str) -> String {
     OUTPUT.replace("{job}", job).replace("{id}", id)
 }
+
+/// Prometheus metrics of an agent-only node (`--enable-prometheus`).
+pub const METRICS: &str = "/metrics";

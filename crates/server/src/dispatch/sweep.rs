@@ -170,6 +170,9 @@ async fn sweep(node: &Node, synced: Option<Synced>, term: u64) -> Result<Option<
         .filter(|exec| placement_expired(exec, now))
         .map(|exec| unplaceable(node, exec, now))
         .collect();
+    let metrics = crate::metrics::metrics();
+    metrics.placement_failures.inc_by(results.len() as u64);
+    metrics.executions_lost.inc_by((decisions.lost.len() + lost_orders.len()) as u64);
     for (exec, reason, disowned) in decisions.lost {
         warn!("execution {}/{} {reason}", exec.job_name, exec.id);
         results.push(Finish {

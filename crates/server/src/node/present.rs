@@ -111,3 +111,34 @@ fn member_json(member: &Member, leader: Option<u64>) -> serde_json::Value {
         "gossip_addr": member.gossip_addr.to_string(),
     })
 }
+
+impl Node {
+    /// The Prometheus exposition (see [`crate::metrics`]), with the gauges read from this server now.
+    pub async fn metrics_text(&self) -> String {
+        use crate::metrics::{StatusLabel, metrics};
+        let m = metrics();
+        let raft = self.metrics();
+        m.raft_leader.set(i64::from(raft.state == ServerState::Leader));
+        m.raft_term.set(i64::try_from(raft.current_term).unwrap_or(i64::MAX));
+        m.raft_last_log_index.set(raft.last_log_index.map_or(0, |i| i64::try_from(i).unwrap_or(i64::MAX)));
+        m.raft_last_applied_index.set(raft.last_applied.map_or(0, |l| i64::try_from(l.index).unwrap_or(i64::MAX)));
+        let mut by_status: BTreeMap<&str, i64> = BTreeMap::from([("alive", 0), ("failed", 0), ("left", 0)]);
+        for member in self.membership.all().await {
+            *by_status.entry(member.status.as_str()).or_default() += 1;
+        }
+        for (status, count) in by_status {
+            m.gossip_members.get_or_create(&StatusLabel { status: status.to_string() }).set(count);
+        }
+        if let Ok(active) = self.state.active() {
+            let pending = active.iter().filter(|e| e.status == kairos_model::ExecutionStatus::Pending).count();
+            let gauge =
+                |status: &str| m.executions_active.get_or_create(&StatusLabel { status: status.to_string() }).clone();
+            gauge("pending").set(i64::try_from(pending).unwrap_or(i64::MAX));
+            gauge("running").set(i64::try_from(active.len() - pending).unwrap_or(i64::MAX));
+        }
+        if let Ok(jobs) = self.state.job_count() {
+            m.jobs.set(i64::try_from(jobs).unwrap_or(i64::MAX));
+        }
+        m.render()
+    }
+}
