@@ -1006,3 +1006,45 @@ async fn prometheus_metrics_count_what_ran_where_it_ran() {
     let timed = value(&server, "kairos_http_request_duration_seconds", &[("route", "/v1/jobs")]);
     assert!(timed >= 1.0, "the job's creation is timed by route template");
 }
+
+/// `--executors`: each node publishes the executors it runs, and placement matches it. An http job runs only on the
+/// agent that runs http; a job whose executor no node runs fails after the placement grace, naming the executor.
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_run_only_on_nodes_that_run_their_executor() {
+    let mut cluster = Cluster::prepare(1, &[("shell-only", &[]), ("http-too", &[])], &[]);
+    cluster.set_env(0, "KAIROS_EXECUTORS", "shell");
+    cluster.set_env(1, "KAIROS_EXECUTORS", "shell");
+    cluster.set_env(2, "KAIROS_EXECUTORS", "shell,http");
+    cluster.launch_all().await;
+    cluster.wait_formed().await;
+    let members = cluster.server(0).get("/v1/members").await;
+    let published: Vec<(String, Value)> =
+        members.items().iter().map(|m| (m["Name"].as_str().unwrap().to_string(), m["executors"].clone())).collect();
+    assert!(published.contains(&("http-too".to_string(), json!(["shell", "http"]))), "{published:?}");
+
+    let url = cluster.server(0).url("/health");
+    let http_job = json!({"name": "ping", "schedule": "@every 1s", "executor": "http",
+                          "executor_config": {"url": url, "method": "GET", "expectCode": "200"}});
+    cluster.create_job(&http_job).await;
+    cluster
+        .wait_executions("ping", "five runs succeeded", secs(30), |e| {
+            e.iter().filter(|x| x.status == "succeeded").count() >= 5
+        })
+        .await;
+    cluster.disable_all(&["ping".to_string()]).await;
+    let history = cluster.wait_quiet(&["ping".to_string()], secs(30)).await;
+    let elsewhere: Vec<&Exec> = history["ping"].iter().filter(|e| e.node_name != "http-too").collect();
+    assert!(elsewhere.is_empty(), "http runs on a node without http: {}", runs(&history["ping"]));
+
+    let nats_job = json!({"name": "publish", "schedule": "@manually", "executor": "nats",
+                          "executor_config": {"url": "nats://127.0.0.1:4222", "subject": "s", "message": "m"}});
+    cluster.create_job(&nats_job).await;
+    cluster.run("publish").await;
+    let failed = cluster
+        .wait_executions("publish", "the run failed for want of a node", secs(30), |e| {
+            e.iter().any(|x| x.status == "failed")
+        })
+        .await;
+    let error = failed[0].error.clone().unwrap_or_default();
+    assert!(error.contains("runs the 'nats' executor"), "{error}");
+}

@@ -99,6 +99,10 @@ pub struct AgentArgs {
     /// comma-separated or repeated (default: none; the built-in UI needs none).
     #[arg(long, env = "KAIROS_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub cors_allowed_origins: Vec<String>,
+    /// The executors this node runs, comma-separated (default: all of them: shell, http, nats, rabbitmq, redis,
+    /// sql); jobs of other executors are placed elsewhere.
+    #[arg(long, env = "KAIROS_EXECUTORS", value_delimiter = ',')]
+    pub executors: Vec<String>,
     /// Serve Prometheus metrics at /metrics (the HTTP API on servers, the RPC listener on agent-only nodes).
     #[arg(long, env = "KAIROS_ENABLE_PROMETHEUS", num_args = 0..=1, default_missing_value = "true")]
     pub enable_prometheus: Option<bool>,
@@ -154,6 +158,7 @@ struct FileConfig {
     cors_allowed_origins: Option<Vec<String>>,
     encrypt: Option<String>,
     enable_prometheus: Option<bool>,
+    executors: Option<Vec<String>>,
     cert_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
     trusted_ca_file: Option<PathBuf>,
@@ -193,6 +198,8 @@ pub struct Config {
     pub cors_allowed_origins: Vec<String>,
     /// Serve `GET /metrics` (see [`crate::metrics`]).
     pub enable_prometheus: bool,
+    /// The executors this node runs (published in gossip; placement matches it).
+    pub executors: Vec<String>,
     /// The gossip key (`--encrypt`), when gossip is encrypted.
     pub encrypt: Option<crate::gossip_key::GossipKey>,
     /// TLS files (`--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`), when TLS is on.
@@ -268,7 +275,17 @@ impl AgentArgs {
             self.client_cert_auth.or(file.client_cert_auth).unwrap_or(false),
         )?;
         let encrypt = self.encrypt.or(file.encrypt).map(|k| crate::gossip_key::GossipKey::parse(&k)).transpose()?;
+        let executors = if self.executors.is_empty() { file.executors.unwrap_or_default() } else { self.executors };
+        let executors: Vec<String> = if executors.is_empty() {
+            kairos_agent::EXECUTORS.iter().map(|e| e.to_string()).collect()
+        } else {
+            executors.into_iter().map(|e| e.trim().to_string()).collect()
+        };
+        if let Some(unknown) = executors.iter().find(|e| !kairos_agent::EXECUTORS.contains(&e.as_str())) {
+            bail!("--executors: unknown executor '{unknown}'; known: {}", kairos_agent::EXECUTORS.join(", "));
+        }
         Ok(Config {
+            executors,
             enable_prometheus: self.enable_prometheus.or(file.enable_prometheus).unwrap_or(false),
             encrypt,
             tls,

@@ -28,6 +28,8 @@ const KEY_HTTP: &str = "http";
 const KEY_TAGS: &str = "tags";
 const KEY_LEFT: &str = "left";
 const KEY_INITIALIZED: &str = "raft_initialized";
+/// The executors a node runs (comma-separated); absent on nodes of earlier versions, which run them all.
+const KEY_EXECUTORS: &str = "executors";
 
 /// How often a node gossips with a few peers.
 const GOSSIP_INTERVAL: Duration = Duration::from_millis(200);
@@ -87,6 +89,15 @@ pub struct Member {
     pub status: Status,
     /// A server that reports it belongs to an initialized Raft cluster.
     pub raft_initialized: bool,
+    /// The executors it runs (`--executors`); `None`: it did not say (an earlier version), so any.
+    pub executors: Option<Vec<String>>,
+}
+
+impl Member {
+    /// Whether this node runs jobs of `executor`.
+    pub fn runs(&self, executor: &str) -> bool {
+        self.executors.as_ref().is_none_or(|list| list.iter().any(|e| e == executor))
+    }
 }
 
 pub struct Membership {
@@ -139,6 +150,7 @@ impl Membership {
             (KEY_ROLE.to_string(), if config.server { "server" } else { "agent" }.to_string()),
             (KEY_RPC.to_string(), rpc_addr.to_string()),
             (KEY_TAGS.to_string(), serde_json::to_string(&tags)?),
+            (KEY_EXECUTORS.to_string(), config.executors.join(",")),
         ];
         if let Some(id) = raft_id {
             keys.push((KEY_RAFT_ID.to_string(), id.to_string()));
@@ -273,6 +285,9 @@ fn member_of(id: &ChitchatId, state: &chitchat::NodeState, status: Status) -> Op
         tags: state.get(KEY_TAGS).and_then(|t| serde_json::from_str(t).ok()).unwrap_or_default(),
         status,
         raft_initialized: state.get(KEY_INITIALIZED).is_some(),
+        executors: state
+            .get(KEY_EXECUTORS)
+            .map(|list| list.split(',').filter(|e| !e.is_empty()).map(str::to_string).collect()),
     })
 }
 

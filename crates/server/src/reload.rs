@@ -77,6 +77,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
         tls,
         encrypt,
         enable_prometheus,
+        executors,
         config_file: _,
     } = read;
     let r = running;
@@ -108,6 +109,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
     note(false, "cert-file / key-file / trusted-ca-file / client-cert-auth", &r.tls, tls);
     note(false, "encrypt", &r.encrypt, encrypt);
     note(false, "enable-prometheus", &r.enable_prometheus, enable_prometheus);
+    note(false, "executors", &r.executors, executors);
     changes
 }
 

@@ -173,6 +173,8 @@ pub struct Worker {
     /// The output cap the orders this node prepares (as leader) carry; changes on a configuration reload.
     output_max_bytes: Arc<AtomicU64>,
     pub lease: Duration,
+    /// The executors this node runs (`--executors`): orders of others are refused.
+    executors: Arc<Vec<String>>,
     running: Arc<Mutex<HashMap<ExecRef, RunningExec>>>,
     /// Orders waiting for their instant, by execution; the launcher's heap holds (instant, seq).
     waiting: Arc<Mutex<HashMap<ExecRef, Waiting>>>,
@@ -212,6 +214,7 @@ impl Worker {
             node_name: config.node_name.clone(),
             output_max_bytes: Arc::new(AtomicU64::new(config.output_max_bytes)),
             lease: config.execution_lease,
+            executors: Arc::new(config.executors.clone()),
             running: Arc::new(Mutex::new(HashMap::new())),
             waiting: Arc::new(Mutex::new(HashMap::new())),
             timer: timer_tx,
@@ -331,6 +334,13 @@ impl Worker {
 
     /// Take an order: refused (false) if its term is older than one seen; launched at its instant otherwise.
     pub fn accept(&self, order: Order) -> bool {
+        if !self.executors.contains(&order.spec.executor) {
+            warn!(
+                "refusing {}/{}: this node does not run the '{}' executor (--executors)",
+                order.exec.job, order.exec.id, order.spec.executor
+            );
+            return false;
+        }
         if order.expires_at < Timestamp::now() {
             warn!("refusing {}/{}: the order expired at {}", order.exec.job, order.exec.id, order.expires_at);
             return false;

@@ -339,6 +339,7 @@ fn eligible_members(node: &Node) -> Vec<Member> {
             tags: node.member_tags(),
             status: crate::gossip::Status::Alive,
             raft_initialized: true,
+            executors: Some(node.config.executors.clone()),
         });
     }
     let unreachable = node.dispatcher.unreachable.lock().expect("unreachable lock");

@@ -1,5 +1,5 @@
-//! Placement: which live node runs a run. Eligible nodes are the live members whose tags match the job's and that
-//! answered over RPC lately. A job without tags (or with a count of 1) runs on exactly one of them, the least
+//! Placement: which live node runs a run. Eligible nodes are the live members whose tags match the job's, that run
+//! the job's executor (`--executors`) and that answered over RPC lately. A job without tags (or with a count of 1) runs on exactly one of them, the least
 //! busy, avoiding the node a failed attempt ran on where there is another, and the leader where there is
 //! another. A job whose tags have no count runs on every matching node, `value:N` on N of them.
 
@@ -26,7 +26,8 @@ pub fn reachable(members: Vec<Member>, unreachable: &HashMap<String, Instant>, n
 /// The nodes a run of a job that runs on several nodes goes to: every live matching node, or the job's count of
 /// them, least busy first and the leader last. `None` if no live node matches.
 pub fn choose_targets(members: &[Member], job: &Job, claims: &Claims, leader: &str) -> Option<Vec<String>> {
-    let eligible: Vec<&Member> = members.iter().filter(|m| tags_match(&job.tags, &m.tags)).collect();
+    let eligible: Vec<&Member> =
+        members.iter().filter(|m| tags_match(&job.tags, &m.tags) && m.runs(&job.executor)).collect();
     if eligible.is_empty() {
         return None;
     }
@@ -55,7 +56,7 @@ pub fn place<'m>(
 ) -> Option<&'m Member> {
     let eligible: Vec<&Member> = members
         .iter()
-        .filter(|m| tags_match(&job.tags, &m.tags))
+        .filter(|m| tags_match(&job.tags, &m.tags) && m.runs(&job.executor))
         .filter(|m| exec.target.as_ref().is_none_or(|target| m.name == *target))
         .collect();
     // A retry avoids the node that failed it, and a copy the nodes that run the slot's other copies.
@@ -91,6 +92,7 @@ pub(super) mod tests {
             tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             status: crate::gossip::Status::Alive,
             raft_initialized: false,
+            executors: None,
         }
     }
 

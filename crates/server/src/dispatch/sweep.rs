@@ -260,8 +260,16 @@ async fn settle_stale_claims(node: &Node, term: u64, active: &[Execution]) -> Ve
 
 /// The failure of a run no live node could take within [`PLACE_GRACE`].
 fn unplaceable(node: &Node, exec: &Execution, now: Timestamp) -> Finish {
-    let tags = node.state.definition(&exec.job_name).ok().flatten().map(|j| j.tags.clone()).unwrap_or_default();
+    let job = node.state.definition(&exec.job_name).ok().flatten();
+    let tags = job.as_ref().map(|j| j.tags.clone()).unwrap_or_default();
+    let executor = job.as_ref().map(|j| j.executor.clone()).unwrap_or_default();
+    let matching: Vec<crate::gossip::Member> =
+        node.membership.alive().into_iter().filter(|m| crate::gossip::tags_match(&tags, &m.tags)).collect();
     let error = match &exec.target {
+        None if !matching.is_empty() && !matching.iter().any(|m| m.runs(&executor)) => format!(
+            "no live node that matches the job's tags {tags:?} runs the '{executor}' executor (see --executors; \
+             waited {PLACE_GRACE:?})"
+        ),
         Some(target) => format!(
             "its node '{target}' is not alive or no longer matches the job's tags {tags:?} (waited {PLACE_GRACE:?})"
         ),

@@ -106,6 +106,7 @@ fn member_json(member: &Member, leader: Option<u64>) -> serde_json::Value {
         "statusText": member.status.as_str(),
         "leader": member.raft_id.is_some() && member.raft_id == leader,
         "server": member.server,
+        "executors": member.executors,
         "rpc_addr": member.rpc_addr,
         "http_addr": member.http_addr,
         "gossip_addr": member.gossip_addr.to_string(),
