@@ -951,6 +951,58 @@ async fn agents_with_fast_or_slow_clocks_start_runs_at_the_leaders_instants() {
     }
     let log = cluster.node(1).log();
     assert!(log.contains("clock is") && log.contains("off the leader's"), "the fast agent warns:\n{log}");
+    // Each node's measured offset from the leader (leader − node) is in /v1/members, within its error bound.
+    wait_until("the skewed agents' offsets are measured", secs(30), async || {
+        let members = cluster.server(0).get("/v1/members").await.items();
+        let offset = |name: &str| {
+            let m = members.iter().find(|m| m["Name"] == name)?;
+            Some((m["clock_offset_ms"].as_i64()?, m["clock_error_ms"].as_i64()?))
+        };
+        match (offset("fast"), offset("slow"), offset("s1")) {
+            (Some((fast, fe)), Some((slow, se)), Some((leader, _)))
+                if (fast + 5000).abs() <= fe + 200 && (slow - 5000).abs() <= se + 200 && leader == 0 =>
+            {
+                Ok(())
+            }
+            other => Err(format!("(fast, slow, leader) = {other:?}")),
+        }
+    })
+    .await;
+}
+
+/// `--clock-offset-max`: a node whose clock is certainly further off the leader's gets no runs; a job only it could
+/// run fails after the placement grace, and the error names the clocks.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_whose_clock_is_too_far_off_gets_no_runs() {
+    assert!(Path::new(LIBFAKETIME).exists(), "this test needs Debian's faketime (apt-get install faketime)");
+    let mut cluster = Cluster::prepare(1, &[("fast", &["clock=fast"])], &["--clock-offset-max", "2s"]);
+    cluster.set_env(1, "LD_PRELOAD", LIBFAKETIME);
+    cluster.set_env(1, "FAKETIME", "+5s");
+    cluster.set_env(1, "FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    cluster.launch_all().await;
+    cluster.wait_formed().await;
+    wait_until("the fast agent's offset is measured", secs(30), async || {
+        let members = cluster.server(0).get("/v1/members").await.items();
+        let fast = members
+            .iter()
+            .find(|m| m["Name"] == "fast")
+            .and_then(|m| Some((m["clock_offset_ms"].as_i64()?, m["clock_error_ms"].as_i64()?)));
+        fast.filter(|(o, e)| *o < -4000 && *e < 1000).ok_or(format!("{fast:?}"))
+    })
+    .await;
+    let ran = cluster.scratch("skewed").join("ran");
+    let command = format!("touch '{}'", ran.display());
+    let job = with(shell_job("skewed", "@manually", &command), json!({"tags": {"clock": "fast"}}));
+    cluster.create_job(&job).await;
+    cluster.run("skewed").await;
+    let execs = cluster
+        .wait_executions("skewed", "the run failed for want of a node", secs(40), |e| {
+            e.iter().any(|x| x.status == "failed")
+        })
+        .await;
+    let error = execs[0].error.clone().unwrap_or_default();
+    assert!(error.contains("off the leader's") && error.contains("--clock-offset-max"), "{error}");
+    assert!(!ran.exists(), "the fast agent must not have run it");
 }
 
 /// `--enable-prometheus`: the agent that ran a job every second reports each run's start lag and outcome at its

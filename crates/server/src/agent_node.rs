@@ -50,6 +50,7 @@ impl AgentNode {
         let exit = CancellationToken::new();
         let tls = config.tls.as_ref().map(crate::tls::Tls::load).transpose()?;
         let rpc = RpcClient::with_tls(tls.as_ref())?;
+        let clock_rpc = rpc.clone();
         let reporter: Arc<dyn Reporter> =
             Arc::new(RemoteReporter { membership: membership.clone(), rpc, next: AtomicUsize::new(0) });
         let side = crate::cluster::AgentSide {
@@ -81,6 +82,21 @@ impl AgentNode {
         tasks.push(tokio::spawn(crate::worker::launch_loop(worker.clone(), channels.timer, stopping.clone())));
         tasks.push(tokio::spawn(crate::worker::report_loop(worker.clone(), reporter.clone(), channels.reports)));
         tasks.push(tokio::spawn(crate::worker::renew_loop(worker.clone(), reporter, stopping.clone())));
+        // An agent does not know the leader: it asks any server, which adds its own offset from the leader.
+        let clock_source = {
+            let membership = membership.clone();
+            move || match membership.alive().into_iter().find(|m| m.server) {
+                Some(server) => crate::clock::Source::Ask(server.rpc_addr),
+                None => crate::clock::Source::Nobody,
+            }
+        };
+        tasks.push(tokio::spawn(crate::clock::measure_loop(
+            worker.clock.clone(),
+            membership.clone(),
+            clock_rpc,
+            clock_source,
+            stopping.clone(),
+        )));
         // Nothing drops orders on an agent (no fence), but the channel must be drained.
         let mut dropped = channels.dropped;
         tasks.push(tokio::spawn(async move { while dropped.recv().await.is_some() {} }));

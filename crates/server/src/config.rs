@@ -99,6 +99,10 @@ pub struct AgentArgs {
     /// comma-separated or repeated (default: none; the built-in UI needs none).
     #[arg(long, env = "KAIROS_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub cors_allowed_origins: Vec<String>,
+    /// Most a node's clock may be off the leader's (beyond the measurement's error) and still get runs; 0: no
+    /// limit (default 10s). Runs start on the leader's instants anyway; this bounds the times nodes record.
+    #[arg(long, env = "KAIROS_CLOCK_OFFSET_MAX")]
+    pub clock_offset_max: Option<String>,
     /// The executors this node runs, comma-separated (default: all of them: shell, http, nats, rabbitmq, redis,
     /// sql); jobs of other executors are placed elsewhere.
     #[arg(long, env = "KAIROS_EXECUTORS", value_delimiter = ',')]
@@ -159,6 +163,7 @@ struct FileConfig {
     encrypt: Option<String>,
     enable_prometheus: Option<bool>,
     executors: Option<Vec<String>>,
+    clock_offset_max: Option<String>,
     cert_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
     trusted_ca_file: Option<PathBuf>,
@@ -200,6 +205,8 @@ pub struct Config {
     pub enable_prometheus: bool,
     /// The executors this node runs (published in gossip; placement matches it).
     pub executors: Vec<String>,
+    /// `--clock-offset-max` (zero: no limit).
+    pub clock_offset_max: Duration,
     /// The gossip key (`--encrypt`), when gossip is encrypted.
     pub encrypt: Option<crate::gossip_key::GossipKey>,
     /// TLS files (`--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`), when TLS is on.
@@ -285,6 +292,7 @@ impl AgentArgs {
             bail!("--executors: unknown executor '{unknown}'; known: {}", kairos_agent::EXECUTORS.join(", "));
         }
         Ok(Config {
+            clock_offset_max: duration("--clock-offset-max", self.clock_offset_max.or(file.clock_offset_max), "10s")?,
             executors,
             enable_prometheus: self.enable_prometheus.or(file.enable_prometheus).unwrap_or(false),
             encrypt,

@@ -30,6 +30,8 @@ const KEY_LEFT: &str = "left";
 const KEY_INITIALIZED: &str = "raft_initialized";
 /// The executors a node runs (comma-separated); absent on nodes of earlier versions, which run them all.
 const KEY_EXECUTORS: &str = "executors";
+/// The node's clock offset from the leader: `offset_ms,error_ms` (see [`crate::clock`]).
+const KEY_CLOCK: &str = "clock";
 
 /// How often a node gossips with a few peers.
 const GOSSIP_INTERVAL: Duration = Duration::from_millis(200);
@@ -91,6 +93,8 @@ pub struct Member {
     pub raft_initialized: bool,
     /// The executors it runs (`--executors`); `None`: it did not say (an earlier version), so any.
     pub executors: Option<Vec<String>>,
+    /// Its clock's offset from the leader's, once measured.
+    pub clock: Option<crate::clock::Offset>,
 }
 
 impl Member {
@@ -257,6 +261,16 @@ impl Membership {
         }
     }
 
+    /// Publish this node's clock offset from the leader.
+    pub async fn set_clock(&self, offset: crate::clock::Offset) {
+        let text = format!("{},{}", offset.offset_ms, offset.error_ms);
+        let chitchat = self.handle.chitchat();
+        let mut chitchat = chitchat.lock().await;
+        if chitchat.self_node_state().get(KEY_CLOCK) != Some(text.as_str()) {
+            chitchat.self_node_state().set(KEY_CLOCK, text);
+        }
+    }
+
     /// Tell the cluster this node leaves on purpose (servers stop re-adding it to Raft; dispatch avoids it).
     pub async fn announce_leave(&self) {
         let chitchat = self.handle.chitchat();
@@ -285,6 +299,10 @@ fn member_of(id: &ChitchatId, state: &chitchat::NodeState, status: Status) -> Op
         tags: state.get(KEY_TAGS).and_then(|t| serde_json::from_str(t).ok()).unwrap_or_default(),
         status,
         raft_initialized: state.get(KEY_INITIALIZED).is_some(),
+        clock: state.get(KEY_CLOCK).and_then(|text| {
+            let (offset, error) = text.split_once(',')?;
+            Some(crate::clock::Offset { offset_ms: offset.parse().ok()?, error_ms: error.parse().ok()? })
+        }),
         executors: state
             .get(KEY_EXECUTORS)
             .map(|list| list.split(',').filter(|e| !e.is_empty()).map(str::to_string).collect()),

@@ -27,6 +27,7 @@
 
 pub mod agent_node;
 pub mod applied;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod dispatch;

@@ -78,6 +78,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
         encrypt,
         enable_prometheus,
         executors,
+        clock_offset_max,
         config_file: _,
     } = read;
     let r = running;
@@ -110,6 +111,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
     note(false, "encrypt", &r.encrypt, encrypt);
     note(false, "enable-prometheus", &r.enable_prometheus, enable_prometheus);
     note(false, "executors", &r.executors, executors);
+    note(false, "clock-offset-max", &r.clock_offset_max, clock_offset_max);
     changes
 }
 

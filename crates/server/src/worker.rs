@@ -175,6 +175,10 @@ pub struct Worker {
     pub lease: Duration,
     /// The executors this node runs (`--executors`): orders of others are refused.
     executors: Arc<Vec<String>>,
+    /// This node's clock offset from the leader (see [`crate::clock`]).
+    pub clock: Arc<crate::clock::Clock>,
+    /// `--clock-offset-max`: orders are refused while the clock is further off than this (zero: no limit).
+    clock_offset_max: Duration,
     running: Arc<Mutex<HashMap<ExecRef, RunningExec>>>,
     /// Orders waiting for their instant, by execution; the launcher's heap holds (instant, seq).
     waiting: Arc<Mutex<HashMap<ExecRef, Waiting>>>,
@@ -215,6 +219,8 @@ impl Worker {
             output_max_bytes: Arc::new(AtomicU64::new(config.output_max_bytes)),
             lease: config.execution_lease,
             executors: Arc::new(config.executors.clone()),
+            clock: Arc::new(crate::clock::Clock::default()),
+            clock_offset_max: config.clock_offset_max,
             running: Arc::new(Mutex::new(HashMap::new())),
             waiting: Arc::new(Mutex::new(HashMap::new())),
             timer: timer_tx,
@@ -334,6 +340,13 @@ impl Worker {
 
     /// Take an order: refused (false) if its term is older than one seen; launched at its instant otherwise.
     pub fn accept(&self, order: Order) -> bool {
+        if let Some(offset) = self.clock.offset().filter(|o| o.beyond(self.clock_offset_max)) {
+            warn!(
+                "refusing {}/{}: this node's clock is {} ms off the leader's (±{} ms), more than --clock-offset-max {:?}",
+                order.exec.job, order.exec.id, offset.offset_ms, offset.error_ms, self.clock_offset_max
+            );
+            return false;
+        }
         if !self.executors.contains(&order.spec.executor) {
             warn!(
                 "refusing {}/{}: this node does not run the '{}' executor (--executors)",

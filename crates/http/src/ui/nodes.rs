@@ -24,7 +24,7 @@ pub async fn page(State(node): State<AppState>) -> UiResult {
                 table.members {
                     thead { tr {
                         th scope="col" { "Name" } th scope="col" { "Role" } th scope="col" { "Address" }
-                        th scope="col" { "Status" } th scope="col" { "Tags" }
+                        th scope="col" { "Status" } th scope="col" { "Clock vs leader" } th scope="col" { "Tags" }
                     } }
                     tbody {
                         @for member in &members {
@@ -37,6 +37,15 @@ pub async fn page(State(node): State<AppState>) -> UiResult {
                                 @let status = text(&member["statusText"]);
                                 @let badge = match status.as_str() { "alive" => "s-succeeded", "left" => "s-skipped", _ => "s-failed" };
                                 td { span class=(format!("badge {badge}")) { (status) } }
+                                td.clock {
+                                    @match (member["clock_offset_ms"].as_i64(), member["clock_error_ms"].as_i64()) {
+                                        (Some(offset), Some(error)) => {
+                                            @let ahead = if offset < 0 { "ahead" } else if offset > 0 { "behind" } else { "" };
+                                            (format!("{} ms {ahead} ± {error} ms", offset.abs()))
+                                        }
+                                        _ => span.muted { "not measured yet" },
+                                    }
+                                }
                                 td {
                                     ul.pairs {
                                         @if let Some(tags) = member["Tags"].as_object() {

@@ -53,6 +53,8 @@ pub const OPERATOR_TIMEOUT: Duration = Duration::from_secs(60);
 pub const ORDER_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a new leader waits for each node's answer to its sync (a silent node holds up its takeover).
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(1);
+/// A clock reading: a slow answer would only be discarded (its error bound is the round trip).
+pub const CLOCK_TIMEOUT: Duration = Duration::from_secs(2);
 /// A cancel asked within an API request, which waits for every node's answer.
 pub const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
 /// A cancel the leader sends on its own (a run that lost its slot); nobody waits for it, so it gets as long as an
@@ -250,6 +252,11 @@ impl RpcClient {
     pub async fn report(&self, addr: &str, command: &Command) -> Result<Response, RpcError> {
         let result: Result<Response, String> = self.post(addr, paths::REPORT, command, REPORT_TIMEOUT).await?;
         result.map_err(|message| RpcError::Rejected { status: None, message })
+    }
+
+    /// A server's time and its own offset from the leader.
+    pub async fn clock(&self, addr: &str) -> Result<crate::clock::ClockReading, RpcError> {
+        self.get(addr, paths::CLOCK, CLOCK_TIMEOUT).await
     }
 
     /// The index every linearizable read must see, from the leader.

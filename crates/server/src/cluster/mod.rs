@@ -178,7 +178,12 @@ pub fn server_router(node: Arc<Node>) -> Router {
         .route(paths::READ_INDEX, post(read_index))
         .route(paths::PEERS, get(peers))
         .route(paths::REMOVE_PEER, post(remove_peer))
+        .route(paths::CLOCK, get(clock))
         .with_state(node)
+}
+
+async fn clock(State(node): State<Arc<Node>>) -> Json<crate::clock::ClockReading> {
+    Json(node.worker.clock.reading())
 }
 
 async fn submit(State(node): State<Arc<Node>>, Json(command): Json<Command>) -> Json<Forwarded> {

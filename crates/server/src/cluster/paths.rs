@@ -39,3 +39,6 @@ pub fn output(job: &str, id: &str) -> String {
 
 /// Prometheus metrics of an agent-only node (`--enable-prometheus`).
 pub const METRICS: &str = "/metrics";
+
+/// A server's time and its offset from the leader, for nodes measuring their clock (`crate::clock`).
+pub const CLOCK: &str = "/cluster/clock";

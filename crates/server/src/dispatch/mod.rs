@@ -297,7 +297,9 @@ fn send_orders(node: &Node, name: String, rpc_addr: String, orders: Vec<Order>) 
                 }
             }
         }
-        if released {
+        // Refused orders wait for the next sweep rather than waking it: a node that refuses for good (its clock,
+        // its executors) must not be offered the run again in a tight loop.
+        if released && accepted.is_none() {
             node.dispatcher.wake();
         }
     });
@@ -340,8 +342,12 @@ fn eligible_members(node: &Node) -> Vec<Member> {
             status: crate::gossip::Status::Alive,
             raft_initialized: true,
             executors: Some(node.config.executors.clone()),
+            clock: node.worker.clock.offset(),
         });
     }
+    // A node whose clock is certainly further off than --clock-offset-max gets no runs (see crate::clock).
+    let max = node.config.clock_offset_max;
+    members.retain(|m| m.clock.is_none_or(|c| !c.beyond(max)));
     let unreachable = node.dispatcher.unreachable.lock().expect("unreachable lock");
     placement::reachable(members, &unreachable, Instant::now())
 }

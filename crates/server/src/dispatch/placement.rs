@@ -93,6 +93,7 @@ pub(super) mod tests {
             status: crate::gossip::Status::Alive,
             raft_initialized: false,
             executors: None,
+            clock: None,
         }
     }
 

@@ -265,7 +265,29 @@ fn unplaceable(node: &Node, exec: &Execution, now: Timestamp) -> Finish {
     let executor = job.as_ref().map(|j| j.executor.clone()).unwrap_or_default();
     let matching: Vec<crate::gossip::Member> =
         node.membership.alive().into_iter().filter(|m| crate::gossip::tags_match(&tags, &m.tags)).collect();
+    let max = node.config.clock_offset_max;
+    let skewed: Vec<String> = matching
+        .iter()
+        .filter(|m| m.runs(&executor))
+        .filter_map(|m| m.clock.filter(|c| c.beyond(max)).map(|c| format!("{} {} ms", m.name, c.offset_ms)))
+        .collect();
+    let target_skew = exec.target.as_ref().and_then(|target| {
+        let member = matching.iter().find(|m| &m.name == target)?;
+        member.clock.filter(|c| c.beyond(max)).map(|c| (target.clone(), c.offset_ms))
+    });
     let error = match &exec.target {
+        Some(_) if target_skew.is_some() => {
+            let (target, offset) = target_skew.unwrap_or_default();
+            format!(
+                "its node '{target}' has a clock {offset} ms off the leader's, further than --clock-offset-max \
+                 {max:?} (waited {PLACE_GRACE:?})"
+            )
+        }
+        None if !skewed.is_empty() && skewed.len() == matching.iter().filter(|m| m.runs(&executor)).count() => format!(
+            "the live nodes that match the job's tags {tags:?} have clocks further off the leader's than \
+             --clock-offset-max {max:?} ({}; waited {PLACE_GRACE:?})",
+            skewed.join(", ")
+        ),
         None if !matching.is_empty() && !matching.iter().any(|m| m.runs(&executor)) => format!(
             "no live node that matches the job's tags {tags:?} runs the '{executor}' executor (see --executors; \
              waited {PLACE_GRACE:?})"

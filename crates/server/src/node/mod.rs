@@ -198,6 +198,30 @@ impl Node {
         tasks.push(tokio::spawn(crate::worker::renew_loop(worker.clone(), reporter, node.stopping.clone())));
         tasks.push(tokio::spawn(raft_members::membership_loop(node.clone())));
         tasks.push(tokio::spawn(crate::storage::watch(node.clone())));
+        let clock_source = {
+            let (raft, id) = (raft.clone(), id);
+            move || {
+                let metrics = raft.metrics().borrow_watched().clone();
+                match metrics.current_leader {
+                    Some(leader) if leader == id && metrics.state == ServerState::Leader => {
+                        crate::clock::Source::Leading
+                    }
+                    Some(leader) => metrics
+                        .membership_config
+                        .membership()
+                        .get_node(&leader)
+                        .map_or(crate::clock::Source::Nobody, |n| crate::clock::Source::Ask(n.addr.clone())),
+                    None => crate::clock::Source::Nobody,
+                }
+            }
+        };
+        tasks.push(tokio::spawn(crate::clock::measure_loop(
+            worker.clock.clone(),
+            node.membership.clone(),
+            node.rpc.clone(),
+            clock_source,
+            node.stopping.clone(),
+        )));
         match &config.config_file {
             Some(file) => info!("configuration read from {}", file.display()),
             None => info!("no configuration file found; using flags, environment and defaults"),

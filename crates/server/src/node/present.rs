@@ -107,6 +107,8 @@ fn member_json(member: &Member, leader: Option<u64>) -> serde_json::Value {
         "leader": member.raft_id.is_some() && member.raft_id == leader,
         "server": member.server,
         "executors": member.executors,
+        "clock_offset_ms": member.clock.map(|c| c.offset_ms),
+        "clock_error_ms": member.clock.map(|c| c.error_ms),
         "rpc_addr": member.rpc_addr,
         "http_addr": member.http_addr,
         "gossip_addr": member.gossip_addr.to_string(),
