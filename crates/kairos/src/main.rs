@@ -3,7 +3,9 @@
 //! The binary: the command line (`kairos agent`, `kairos leave`, `kairos raft …`) and the process around a node
 //! (logging, signals, exit codes). The node itself is `kairos_server`; its HTTP API and UI are `kairos_http`.
 //! - [`cli`]: `kairos leave` and `kairos raft …`, which talk to a node's RPC address.
+//! - [`acl`]: `kairos acl …` (bootstrap, tokens, policies), which talk to a server's HTTP API with a token.
 
+mod acl;
 mod cli;
 
 use kairos_server::{agent_node, config, node, reload, storage};
@@ -32,6 +34,9 @@ enum Commands {
     /// Inspect or change the Raft configuration of the servers.
     #[command(subcommand)]
     Raft(cli::RaftCommand),
+    /// Access control: bootstrap, tokens and policies (over a server's HTTP API).
+    #[command(subcommand)]
+    Acl(acl::AclCommand),
     /// Print the version.
     Version,
 }
@@ -45,6 +50,7 @@ fn main() -> ExitCode {
         }
         Commands::Leave(args) => cli::leave(&args),
         Commands::Raft(command) => cli::raft(command),
+        Commands::Acl(command) => acl::run(command),
         Commands::Agent(args) => match args.clone().resolve() {
             Ok(config) => run_agent(config, *args),
             Err(err) => {

@@ -99,6 +99,9 @@ pub struct AgentArgs {
     /// comma-separated or repeated (default: none; the built-in UI needs none).
     #[arg(long, env = "KAIROS_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub cors_allowed_origins: Vec<String>,
+    /// Require ACL tokens on the HTTP API and UI (config file: `acl: {enabled: true}`, as Dkron Pro); default false.
+    #[arg(long, env = "KAIROS_ACL_ENABLED", num_args = 0..=1, default_missing_value = "true")]
+    pub acl_enabled: Option<bool>,
     /// Read configuration from this file instead of searching /etc/kairos, $HOME/.kairos and ./config.
     #[arg(long, env = "KAIROS_CONFIG")]
     pub config: Option<PathBuf>,
@@ -134,6 +137,13 @@ struct FileConfig {
     kill_grace: Option<String>,
     ui: Option<bool>,
     cors_allowed_origins: Option<Vec<String>>,
+    /// Dkron Pro's `acl: {enabled: true}`.
+    acl: Option<AclFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct AclFile {
+    enabled: Option<bool>,
 }
 
 /// The resolved configuration of one node.
@@ -167,6 +177,9 @@ pub struct Config {
     pub ui: bool,
     /// Browser origins allowed to make cross-origin API calls (exact `scheme://host[:port]`, no trailing slash).
     pub cors_allowed_origins: Vec<String>,
+    /// Every API and UI request must carry a token its policies allow (`/health` and, until it happened, the ACL
+    /// bootstrap excepted).
+    pub acl_enabled: bool,
     /// The file the configuration was read from, if any.
     pub config_file: Option<PathBuf>,
 }
@@ -231,8 +244,10 @@ impl AgentArgs {
         } else {
             self.cors_allowed_origins
         })?;
+        let acl_enabled = self.acl_enabled.or(file.acl.and_then(|acl| acl.enabled)).unwrap_or(false);
         Ok(Config {
             cors_allowed_origins,
+            acl_enabled,
             join,
             retry_join,
             retry_max: self.retry_max.or(file.retry_max).unwrap_or(0),
@@ -446,6 +461,18 @@ mod tests {
         assert_eq!(config.tags.get("zone").map(String::as_str), Some("a"));
         assert_eq!(config.rpc_port, 6868);
         assert_eq!(config.data_dir, PathBuf::from("kairos.data"));
+    }
+
+    #[test]
+    fn acl_is_off_by_default_and_read_from_dkron_pros_key_or_the_flag() {
+        assert!(!AgentArgs::default().resolve().unwrap().acl_enabled);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("dkron.yml");
+        std::fs::write(&file, "acl:\n  enabled: true\n").unwrap();
+        let from_file = AgentArgs { config: Some(file.clone()), ..AgentArgs::default() };
+        assert!(from_file.resolve().unwrap().acl_enabled);
+        let flag_wins = AgentArgs { config: Some(file), acl_enabled: Some(false), ..AgentArgs::default() };
+        assert!(!flag_wins.resolve().unwrap().acl_enabled);
     }
 
     #[test]

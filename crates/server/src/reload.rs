@@ -74,6 +74,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
         kill_grace,
         ui,
         cors_allowed_origins,
+        acl_enabled,
         config_file: _,
     } = read;
     let r = running;
@@ -102,6 +103,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
     note(false, "kill-grace", &r.kill_grace, kill_grace);
     note(false, "ui", &r.ui, ui);
     note(false, "cors-allowed-origins", &r.cors_allowed_origins, cors_allowed_origins);
+    note(false, "acl.enabled", &r.acl_enabled, acl_enabled);
     changes
 }
 
