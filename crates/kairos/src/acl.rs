@@ -103,7 +103,9 @@ pub enum PolicyCommand {
 
 pub fn run(command: AclCommand) -> ExitCode {
     let result = match command {
-        AclCommand::Bootstrap(http) => call(&http, "POST", "/v1/acl/bootstrap", None).map(|t| print!("{}", token_text(&t))),
+        AclCommand::Bootstrap(http) => {
+            call(&http, "POST", "/v1/acl/bootstrap", None).map(|t| print!("{}", token_text(&t)))
+        }
         AclCommand::Token(command) => token(command),
         AclCommand::Policy(command) => policy(command),
     };
@@ -161,7 +163,11 @@ fn policy(command: PolicyCommand) -> Result<(), String> {
         PolicyCommand::Info { name, http } => {
             let policy = call(&http, "GET", &format!("/v1/acl/policies/{name}"), None)?;
             let rules = serde_json::to_string_pretty(&policy["rules"]).unwrap_or_default();
-            println!("Name: {}\nDescription: {}\nRules:\n{rules}", str_of(&policy, "name"), str_of(&policy, "description"));
+            println!(
+                "Name: {}\nDescription: {}\nRules:\n{rules}",
+                str_of(&policy, "name"),
+                str_of(&policy, "description")
+            );
         }
         PolicyCommand::Delete { name, http } => {
             call(&http, "DELETE", &format!("/v1/acl/policies/{name}"), None)?;

@@ -243,8 +243,7 @@ pub fn check_glob(field: &str, glob: &str) -> Result<(), FieldError> {
     if glob.len() > PATH_CHARS_MAX {
         return Err(FieldError::new(field, format!("longer than {PATH_CHARS_MAX} characters")));
     }
-    if let Some(c) = glob.chars().find(|c| !c.is_ascii_graphic() || matches!(c, '?' | '[' | ']' | '{' | '}' | '\\'))
-    {
+    if let Some(c) = glob.chars().find(|c| !c.is_ascii_graphic() || matches!(c, '?' | '[' | ']' | '{' | '}' | '\\')) {
         return Err(FieldError::new(
             field,
             format!("'{glob}' is not a valid glob: '{}' is not allowed; '*' is the only wildcard", c.escape_default()),
@@ -480,8 +479,7 @@ mod tests {
 
     #[test]
     fn a_job_glob_may_list_the_collection_above_it() {
-        let access =
-            Access { management: false, rules: vec![("/v1/jobs/team-a-*".into(), vec![Capability::List])] };
+        let access = Access { management: false, rules: vec![("/v1/jobs/team-a-*".into(), vec![Capability::List])] };
         assert!(access.allows_within(Capability::List, "/v1/jobs"));
         assert!(!access.allows_within(Capability::List, "/v1/members"));
         let star = Access { management: false, rules: vec![("/v1/*".into(), vec![Capability::List])] };

@@ -1418,9 +1418,8 @@ mod acl {
     }
 
     fn policy(name: &str, glob: &str, capabilities: &[Capability]) -> Policy {
-        let rules = Rules {
-            path: BTreeMap::from([(glob.to_string(), PathRule { capabilities: capabilities.to_vec() })]),
-        };
+        let rules =
+            Rules { path: BTreeMap::from([(glob.to_string(), PathRule { capabilities: capabilities.to_vec() })]) };
         Policy { name: name.into(), description: String::new(), rules }
     }
 

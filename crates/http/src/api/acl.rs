@@ -136,7 +136,11 @@ pub async fn list_tokens(State(node): State<AppState>, Query(params): Query<Para
 }
 
 /// `POST /v1/acl/tokens`: a new token; the answer (201) holds its secret, shown this once.
-pub async fn create_token(State(node): State<AppState>, Query(params): Query<Params>, JsonBody(body): JsonBody) -> ApiResult {
+pub async fn create_token(
+    State(node): State<AppState>,
+    Query(params): Query<Params>,
+    JsonBody(body): JsonBody,
+) -> ApiResult {
     let input = token_input(&body)?;
     let name = input.name.ok_or_else(|| FieldError::new("name", "required"))?;
     let request = TokenRequest {
@@ -237,7 +241,11 @@ fn policy_input(body: &[u8], path_name: Option<&str>) -> Result<Policy, ApiError
 }
 
 /// `POST /v1/acl/policies`: create or replace a policy.
-pub async fn put_policy(State(node): State<AppState>, Query(params): Query<Params>, JsonBody(body): JsonBody) -> ApiResult {
+pub async fn put_policy(
+    State(node): State<AppState>,
+    Query(params): Query<Params>,
+    JsonBody(body): JsonBody,
+) -> ApiResult {
     store_policy(&node, policy_input(&body, None)?, &params).await
 }
 
@@ -258,7 +266,11 @@ async fn store_policy(node: &AppState, policy: Policy, params: &Params) -> ApiRe
 }
 
 /// `GET /v1/acl/policies/{name}`.
-pub async fn show_policy(State(node): State<AppState>, Path(name): Path<String>, Query(params): Query<Params>) -> ApiResult {
+pub async fn show_policy(
+    State(node): State<AppState>,
+    Path(name): Path<String>,
+    Query(params): Query<Params>,
+) -> ApiResult {
     let policy = node.state.acl_policy(&name)?.ok_or_else(|| policy_not_found(&name))?;
     Ok(reply(StatusCode::OK, &policy, &params))
 }

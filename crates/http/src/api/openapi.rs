@@ -19,7 +19,9 @@ fn error_responses(codes: &[&str]) -> Value {
         let description = match *code {
             "400" => "Invalid input; the error names the field and the problem",
             "404" => "Unknown job or execution",
-            "403" => "The token's policies do not allow this (the error names the capability and path), or a browser page of another origin may not change anything (see --cors-allowed-origins)",
+            "403" => {
+                "The token's policies do not allow this (the error names the capability and path), or a browser page of another origin may not change anything (see --cors-allowed-origins)"
+            }
             "409" => "Conflict (e.g. the job has dependent jobs, or the execution already finished)",
             "413" => "The body is larger than the limit",
             "415" => "The body is not sent as application/json",
