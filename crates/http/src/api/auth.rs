@@ -243,7 +243,7 @@ mod tests {
         assert_eq!(canonical_path("/").unwrap(), "/");
         assert_eq!(canonical_path("/v1/jobs/team%2Da-x").unwrap(), "/v1/jobs/team-a-x");
         assert!(canonical_path("/v1/jobs/team-a-x/../other").is_err());
-        assert!(canonical_path("/v1/jobs/team-a-%2e%2e/x").is_err());
+        assert!(canonical_path("/v1/jobs/%2e%2e/x").is_err());
         assert!(canonical_path("/v1/jobs/team-a-%2Fx").is_err());
         assert!(canonical_path("/v1/jobs/%zz").is_err());
     }
