@@ -107,6 +107,8 @@ fn matrix() -> Vec<Row> {
     const READ: [u16; 5] = [401, 200, 403, 200, 401];
     const TEAM_READ: [u16; 5] = [401, 200, 200, 200, 401];
     const MANAGE: [u16; 5] = [401, 403, 403, 200, 401];
+    // A page opened without a valid token redirects to the sign-in page (303, followed by the client).
+    const PAGE: [u16; 5] = [303, 200, 403, 200, 303];
     vec![
         row("GET", "/health", OPEN),
         row("GET", "/v1", READ),
@@ -132,8 +134,9 @@ fn matrix() -> Vec<Row> {
         row("GET", "/v1/acl/tokens", MANAGE),
         row("GET", "/v1/acl/policies", MANAGE),
         row("GET", "/v1/acl/policies/readonly", MANAGE),
-        row("GET", "/ui/", READ),
-        row("GET", "/ui/jobs", READ),
+        row("GET", "/ui/", PAGE),
+        row("GET", "/ui/jobs", PAGE),
+        row("GET", "/ui/signin", OPEN),
     ]
 }
 
@@ -143,6 +146,10 @@ async fn assert_matrix(api: &Client, tokens: &Tokens, where_: &str) {
     for row in matrix() {
         for (who, expected) in EVERYONE.iter().zip(row.expect) {
             let reply = send(api, tokens, *who, row.method, row.path, None).await;
+            let signin_page = reply.status == 200 && reply.text.contains("<title>Sign in");
+            if expected == 303 && signin_page {
+                continue;
+            }
             if reply.status != expected {
                 wrong.push(format!(
                     "{} {} as {who:?}: {} (expected {expected}): {}",
@@ -238,6 +245,8 @@ async fn a_job_glob_token_writes_and_lists_only_its_own_jobs() {
         .await
         .expect(403);
     send(api, &tokens, Who::TeamA, "PUT", "/v1/jobs/team-b-one", Some(&job("team-b-one"))).await.expect(403);
+    send(api, &tokens, Who::TeamA, "PUT", "/v1/jobs/team-a-put", Some(&job("team-a-put"))).await.expect(201);
+    send(api, &tokens, Who::TeamA, "DELETE", "/v1/jobs/team-a-put", None).await.expect(200);
     send(api, &tokens, Who::TeamA, "DELETE", "/v1/jobs/team-b-one", None).await.expect(403);
     send(api, &tokens, Who::TeamA, "DELETE", "/v1/jobs/team-a-new", None).await.expect(200);
 
@@ -400,4 +409,53 @@ async fn tokens_work_on_every_server_and_after_the_leader_is_killed() {
         send(&api, &tokens, Who::Expired, "GET", "/v1/jobs", None).await.expect(401);
     }
     plain(new_leader).request("POST", "/v1/acl/bootstrap", None).await.expect(409);
+}
+
+/// With ACL on, a page opened without a token goes to the sign-in page; signing in sets an `HttpOnly`,
+/// `SameSite=Strict` cookie the pages and the API accept; a forged cross-site sign-in is refused; signing out
+/// clears the cookie.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ui_signs_in_with_a_token_into_a_strict_cookie_and_out_again() {
+    let server = acl_server().await;
+    let management = bootstrap(server.api()).await;
+    let tokens = tokens(server.api(), &management).await;
+    let http = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let ui = Client::with_http(http, server.api().base());
+
+    let away = ui.get("/ui/jobs").await;
+    assert_eq!((away.status, away.headers["location"].to_str().unwrap()), (303, "/ui/signin"));
+    let form = ui.get("/ui/signin").await;
+    form.expect(200);
+    assert!(form.text.contains("name=\"secret\""), "{}", form.text);
+
+    let post = |secret: &str, origin: Option<&'static str>| {
+        let body = format!("secret={secret}").into_bytes();
+        let mut headers = vec![("content-type", "application/x-www-form-urlencoded")];
+        if let Some(origin) = origin {
+            headers.push(("origin", origin));
+        }
+        let ui = ui.clone();
+        async move { ui.request_with("POST", "/ui/signin", &headers, Some(body)).await }
+    };
+    post("6f1c2f52-5a0e-4c7e-9a55-2a4c1c1f0b4e", None).await.expect(401);
+    post(&tokens.expired, None).await.expect(401);
+    post(&tokens.readonly, Some("https://evil.example")).await.expect(403);
+    let signed_in = post(&tokens.readonly, None).await;
+    assert_eq!(signed_in.status, 303, "{}", signed_in.text);
+    let cookie = signed_in.headers["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    let pair = cookie.split(';').next().unwrap().to_string();
+
+    let with_cookie = [("cookie", pair.as_str())];
+    let jobs = ui.request_with("GET", "/ui/jobs", &with_cookie, None).await;
+    jobs.expect(200);
+    assert!(jobs.text.contains("Sign out"), "a signed-in page offers to sign out");
+    ui.request_with("GET", "/v1/jobs", &with_cookie, None).await.expect(200);
+    // The cookie carries the readonly token's rights, no more.
+    let write = ui.request_with("POST", "/v1/unpause", &with_cookie, None).await;
+    write.expect(403);
+
+    let out = ui.request_with("POST", "/ui/signout", &with_cookie, None).await;
+    assert_eq!(out.status, 303);
+    assert!(out.headers["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
 }

@@ -5,12 +5,15 @@
 //!
 //! - No token, an unknown one or an expired one: 401. A token whose policies do not allow it: 403 naming the
 //!   capability and the path. A malformed header (not a secret we could have issued): 400 naming the header.
-//! - Open without a token: `GET /health`, and `POST /v1/acl/bootstrap` (which works only until it happened once).
+//! - Open without a token: `GET /health`, `POST /v1/acl/bootstrap` (which works only until it happened once), and
+//!   the UI's sign-in page and static assets. A UI page opened without a valid token redirects to the sign-in
+//!   page, whose cookie (`HttpOnly`, `SameSite=Strict`) is accepted like the header.
 //! - `/v1/acl/…` (tokens and policies) needs a management token; a management token may do everything.
 //! - The capability a request needs follows from its method and path ([`requirement`]): GET on a collection is
 //!   `list`, on anything else `read`; POST is `create`; PUT and PATCH are `update`; DELETE is `delete`. Writing a
 //!   job through `POST`/`PATCH /v1/jobs` is checked against the job's own path, `/v1/jobs/<name>` from the body:
-//!   `create` when no such job exists yet, `update` when it does (`POST` is an upsert).
+//!   `create` when no such job exists yet, `update` when it does (both are upserts; so is `PUT /v1/jobs/<name>`,
+//!   checked the same way).
 //!
 //! Tokens are read from this server's copy of the replicated state, so every server decides the same way (a
 //! token created a moment ago on another server works here once this server applied it, milliseconds later).
@@ -21,7 +24,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use kairos_model::Timestamp;
 use kairos_model::acl::{Access, Capability, is_uuid, secret_hash};
 
@@ -50,6 +53,10 @@ impl Caller {
     }
 }
 
+fn is_page(path: &str) -> bool {
+    path == "/" || path == "/ui" || path.starts_with("/ui/")
+}
+
 /// Collections: a GET on these lists (`list`); a GET on anything else reads (`read`).
 fn is_collection(path: &str) -> bool {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -76,6 +83,9 @@ pub async fn authorize(State(node): State<AppState>, mut request: Request, next:
     };
     let open = (path == "/health" && request.method() == Method::GET)
         || path == "/v1/acl/bootstrap"
+        || path == "/ui/signin"
+        || path == "/ui/signout"
+        || path.starts_with("/ui/assets/")
         || request.method() == Method::OPTIONS;
     if open {
         request.extensions_mut().insert(Caller::anyone());
@@ -83,6 +93,10 @@ pub async fn authorize(State(node): State<AppState>, mut request: Request, next:
     }
     let access = match resolve(&node, request.headers()) {
         Ok(access) => access,
+        // A person opening a page without a valid token is sent to the sign-in page.
+        Err(err) if err.status == StatusCode::UNAUTHORIZED && is_page(&path) && request.method() == Method::GET => {
+            return Redirect::to("/ui/signin").into_response();
+        }
         Err(err) => return err.into_response(),
     };
     if path.starts_with("/v1/acl/") && !access.management {
@@ -112,7 +126,8 @@ fn unauthorized(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, message)
 }
 
-/// The secret a request carries: `X-Dkron-Token` or `Authorization: Bearer`. `Ok(None)` when it carries none.
+/// The secret a request carries: `X-Dkron-Token`, `Authorization: Bearer`, or the UI's sign-in cookie
+/// ([`crate::ui::signin::COOKIE`]). `Ok(None)` when it carries none.
 fn secret_of(headers: &HeaderMap) -> Result<Option<(&'static str, String)>, ApiError> {
     let text = |name: &'static str| -> Result<Option<String>, ApiError> {
         match headers.get(name) {
@@ -127,13 +142,24 @@ fn secret_of(headers: &HeaderMap) -> Result<Option<(&'static str, String)>, ApiE
         return Ok(Some(("X-Dkron-Token", secret)));
     }
     let Some(authorization) = text(header::AUTHORIZATION.as_str())? else {
-        return Ok(None);
+        return Ok(signin_cookie(headers).map(|secret| ("Cookie", secret)));
     };
     let (scheme, secret) = authorization.split_once(' ').unwrap_or((&authorization, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(ApiError::bad_request("Authorization: only 'Bearer <secret>' is accepted"));
     }
     Ok(Some(("Authorization", secret.trim().to_string())))
+}
+
+fn signin_cookie(headers: &HeaderMap) -> Option<String> {
+    let prefix = format!("{}=", crate::ui::signin::COOKIE);
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(&prefix).map(str::to_string))
+        .filter(|secret| !secret.is_empty())
 }
 
 /// The token of a request, and what it may do.
@@ -170,6 +196,12 @@ async fn requirement(node: &AppState, request: Request, path: &str) -> Result<(C
         Method::DELETE => Capability::Delete,
         _ => Capability::Read,
     };
+    if method == Method::PUT
+        && let Some(name) = path.strip_prefix("/v1/jobs/").filter(|name| !name.contains('/'))
+    {
+        // `PUT /v1/jobs/{job}` creates or replaces, as `POST /v1/jobs` does.
+        return Ok((upsert(node, name)?, path.to_string(), request));
+    }
     let names_job_in_body = path == "/v1/jobs" && matches!(method, Method::POST | Method::PATCH);
     if !names_job_in_body || !super::guard::is_json(request.headers()) {
         return Ok((capability, path.to_string(), request));
@@ -185,9 +217,13 @@ async fn requirement(node: &AppState, request: Request, path: &str) -> Result<(C
         // to hear why.
         return Ok((capability, path.to_string(), request));
     };
-    let exists = node.state.job(&name)?.is_some();
-    let capability = if method == Method::POST && !exists { Capability::Create } else { Capability::Update };
-    Ok((capability, format!("/v1/jobs/{name}"), request))
+    Ok((upsert(node, &name)?, format!("/v1/jobs/{name}"), request))
+}
+
+/// A write that creates the job if it is missing and replaces (or patches) it otherwise: `create` for a new
+/// name, `update` for an existing one.
+fn upsert(node: &AppState, name: &str) -> Result<Capability, ApiError> {
+    Ok(if node.state.job(name)?.is_some() { Capability::Update } else { Capability::Create })
 }
 
 /// The path policies are matched against: percent-decoded, without a trailing slash (routes answer with and
@@ -256,6 +292,9 @@ mod tests {
         assert_eq!(secret_of(&headers).unwrap(), Some(("Authorization", "abc".to_string())));
         headers.insert("x-dkron-token", "def".parse().unwrap());
         assert_eq!(secret_of(&headers).unwrap(), Some(("X-Dkron-Token", "def".to_string())));
+        let mut cookie = HeaderMap::new();
+        cookie.insert("cookie", "theme=dark; kairos_token=ghi".parse().unwrap());
+        assert_eq!(secret_of(&cookie).unwrap(), Some(("Cookie", "ghi".to_string())));
         let mut basic = HeaderMap::new();
         basic.insert("authorization", "Basic Zm9v".parse().unwrap());
         assert_eq!(secret_of(&basic).unwrap_err().status, StatusCode::BAD_REQUEST);

@@ -56,6 +56,9 @@ pub fn page(node: Option<&Node>, title: &str, nav: Nav, body: Markup) -> Markup 
                             @if node.is_leader() { " " span.badge.leader { "leader" } }
                             @else { " " span.badge.muted { "follower" } }
                         }
+                        @if node.config.acl_enabled {
+                            form.signout method="post" action="/ui/signout" { button type="submit" { "Sign out" } }
+                        }
                     }
                 }
                 div #flash role="status" aria-live="polite" {}
