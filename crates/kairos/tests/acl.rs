@@ -354,11 +354,14 @@ async fn the_cli_bootstraps_once_and_manages_tokens_and_policies() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn without_acl_a_server_listening_beyond_loopback_warns_loudly() {
+async fn without_acl_a_server_listening_beyond_loopback_warns_loudly_in_its_log_and_ui() {
     let open = Server::fresh(&["--http-addr", "0.0.0.0:0"]).await;
     wait_until("the warning", secs(10), async || open.log().contains("ACL IS DISABLED").then_some(())).await;
+    let banner = "Access control is disabled and this API listens on";
+    assert!(open.get("/ui/").await.text.contains(banner), "the UI shows a banner too");
     let local = Server::fresh(&[]).await;
     assert!(!local.log().contains("ACL IS DISABLED"), "a loopback API needs no warning");
+    assert!(!local.get("/ui/").await.text.contains(banner));
     local.get("/v1/jobs").await.expect(200);
 }
 

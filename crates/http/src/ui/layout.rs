@@ -61,6 +61,13 @@ pub fn page(node: Option<&Node>, title: &str, nav: Nav, body: Markup) -> Markup 
                         }
                     }
                 }
+                @if let Some(node) = node.filter(|n| !n.config.acl_enabled && !n.config.http_addr.ip().is_loopback()) {
+                    p.notice.error.acl-off role="alert" {
+                        "Access control is disabled and this API listens on " (node.config.http_addr)
+                        ", beyond this host: anyone who can reach it may create and run jobs (any command) on every \
+                         node. Start the servers with --acl-enabled and run kairos acl bootstrap."
+                    }
+                }
                 div #flash role="status" aria-live="polite" {}
                 main #main tabindex="-1" { (body) }
                 footer.bottom {
