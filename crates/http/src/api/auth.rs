@@ -107,8 +107,9 @@ pub async fn authorize(State(node): State<AppState>, mut request: Request, next:
         Err(err) => return err.into_response(),
     };
     let allowed = match needed {
-        // A job-glob token may list /v1/jobs: it sees only the jobs it may read there.
-        Capability::List => access.allows_within(Capability::List, &request_path),
+        // A job-glob token may list /v1/jobs: the list shows only the jobs it may read. (Other lists are not
+        // filtered, so they need `list` on their own path.)
+        Capability::List if request_path == "/v1/jobs" => access.allows_within(Capability::List, &request_path),
         other => access.allows(other, &request_path),
     };
     if !allowed {
