@@ -198,7 +198,9 @@ async fn create_jobs(api: &Client, tokens: &Tokens) {
 async fn every_route_answers_401_403_or_200_by_token() {
     let server = acl_server().await;
     let api = server.api();
-    server.get("/v1/jobs").await.expect_error(401, "token");
+    let anonymous = server.get("/v1/jobs").await;
+    anonymous.expect_error(401, "token");
+    assert_eq!(anonymous.headers["www-authenticate"], "Bearer realm=\"kairos\"");
     server.get("/health").await.expect(200);
     let management = bootstrap(api).await;
     let tokens = tokens(api, &management).await;

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use kairos_model::Timestamp;
@@ -97,7 +97,7 @@ pub async fn authorize(State(node): State<AppState>, mut request: Request, next:
         Err(err) if err.status == StatusCode::UNAUTHORIZED && is_page(&path) && request.method() == Method::GET => {
             return Redirect::to("/ui/signin").into_response();
         }
-        Err(err) => return err.into_response(),
+        Err(err) => return challenge(err),
     };
     if path.starts_with("/v1/acl/") && !access.management {
         return forbidden(format!("'{path}' (ACL tokens and policies) needs a management token"));
@@ -117,6 +117,16 @@ pub async fn authorize(State(node): State<AppState>, mut request: Request, next:
     }
     request.extensions_mut().insert(Caller { access: Some(Arc::new(access)) });
     next.run(request).await
+}
+
+/// A refused token's answer; a 401 says how to authenticate (RFC 6750).
+fn challenge(err: ApiError) -> Response {
+    let unauthorized = err.status == StatusCode::UNAUTHORIZED;
+    let mut response = err.into_response();
+    if unauthorized {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"kairos\""));
+    }
+    response
 }
 
 fn forbidden(message: String) -> Response {
