@@ -464,3 +464,20 @@ async fn the_ui_signs_in_with_a_token_into_a_strict_cookie_and_out_again() {
     assert_eq!(out.status, 303);
     assert!(out.headers["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
 }
+
+/// Tokens and the bootstrap are in the replicated state on disk: after a `kill -9` and a restart the tokens
+/// still work and the bootstrap is still refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_and_the_bootstrap_survive_a_kill_and_restart() {
+    let mut server = acl_server().await;
+    let management = bootstrap(server.api()).await;
+    let tokens = tokens(server.api(), &management).await;
+    server.kill9().await;
+    server.restart().await;
+    let api = server.api();
+    send(api, &tokens, Who::Readonly, "GET", "/v1/jobs", None).await.expect(200);
+    send(api, &tokens, Who::TeamA, "GET", "/v1/members", None).await.expect(403);
+    send(api, &tokens, Who::Management, "GET", "/v1/acl/tokens", None).await.expect(200);
+    send(api, &tokens, Who::Nobody, "GET", "/v1/jobs", None).await.expect(401);
+    server.request("POST", "/v1/acl/bootstrap", None).await.expect(409);
+}
