@@ -424,6 +424,7 @@ async fn the_ui_signs_in_with_a_token_into_a_strict_cookie_and_out_again() {
     let server = acl_server().await;
     let management = bootstrap(server.api()).await;
     let tokens = tokens(server.api(), &management).await;
+    create_jobs(server.api(), &tokens).await;
     let http = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let ui = Client::with_http(http, server.api().base());
 
@@ -456,6 +457,17 @@ async fn the_ui_signs_in_with_a_token_into_a_strict_cookie_and_out_again() {
     jobs.expect(200);
     assert!(jobs.text.contains("Sign out"), "a signed-in page offers to sign out");
     ui.request_with("GET", "/v1/jobs", &with_cookie, None).await.expect(200);
+    // The job page offers only what the token may do: nothing but Clone for a readonly token.
+    let job_page = |cookie: String| {
+        let ui = ui.clone();
+        async move { ui.request_with("GET", "/ui/jobs/team-a-one", &[("cookie", cookie.as_str())], None).await }
+    };
+    let readonly_page = job_page(pair.clone()).await;
+    readonly_page.expect(200);
+    assert!(!readonly_page.text.contains("data-action=\"run\""), "no Run button for a readonly token");
+    assert!(!readonly_page.text.contains("data-action=\"delete\""));
+    let managed = job_page(format!("kairos_token={}", tokens.management)).await;
+    assert!(managed.text.contains("data-action=\"run\"") && managed.text.contains("data-action=\"delete\""));
     // The cookie carries the readonly token's rights, no more.
     let write = ui.request_with("POST", "/v1/unpause", &with_cookie, None).await;
     write.expect(403);
