@@ -3,7 +3,9 @@
 //! The binary: the command line (`kairos agent`, `kairos leave`, `kairos raft …`) and the process around a node
 //! (logging, signals, exit codes). The node itself is `kairos_server`; its HTTP API and UI are `kairos_http`.
 //! - [`cli`]: `kairos leave` and `kairos raft …`, which talk to a node's RPC address.
+//! - [`acl`]: `kairos acl …` (bootstrap, tokens, policies), which talk to a server's HTTP API with a token.
 
+mod acl;
 mod cli;
 
 use kairos_server::{agent_node, config, node, reload, storage};
@@ -37,6 +39,9 @@ enum Commands {
     /// Create a CA and certificates for TLS (for users without a PKI).
     #[command(subcommand)]
     Tls(cli::TlsCommand),
+    /// Access control: bootstrap, tokens and policies (over a server's HTTP API).
+    #[command(subcommand)]
+    Acl(acl::AclCommand),
     /// Print the version.
     Version,
 }
@@ -61,6 +66,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Commands::Acl(command) => acl::run(command),
         Commands::Agent(args) => match args.clone().resolve() {
             Ok(config) => run_agent(config, *args),
             Err(err) => {

@@ -390,3 +390,54 @@ async fn screenshots_of_the_main_pages() {
     }
     dark.stop().await;
 }
+
+/// With ACL on, a person signs in with a token's secret, acts through the UI (its calls carry the cookie), a
+/// page of another origin cannot use the session, and signing out ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_acl_a_person_signs_in_acts_and_signs_out_and_other_sites_cannot_act() {
+    let _one_browser = serial().await;
+    let server = Server::start(&["--acl-enabled"]).await;
+    let (status, token) = server.api("POST", "/v1/acl/bootstrap", None).await;
+    assert_eq!(status, 201, "{token}");
+    let secret = token["secret"].as_str().unwrap().to_string();
+    let job = json!({"name": "nightly", "schedule": "@every 1h", "executor": "shell", "executor_config": {"command": "true"}});
+    let headers = [("x-dkron-token", secret.as_str()), ("content-type", "application/json")];
+    let created = server.client.request_with("POST", "/v1/jobs", &headers, Some(job.to_string().into_bytes())).await;
+    created.expect(201);
+    let disabled = async || {
+        let reply = server.client.request_with("GET", "/v1/jobs/nightly", &headers[..1], None).await;
+        reply.json["disabled"].as_bool().unwrap()
+    };
+    let browser = Browser::start().await;
+
+    browser.goto(&server.url("/ui/jobs/nightly")).await;
+    browser.wait_path("/ui/signin").await;
+    browser.fill("#secret", "6f1c2f52-5a0e-4c7e-9a55-2a4c1c1f0b4e").await;
+    browser.click("main form button[type='submit']").await;
+    browser.wait_text("main .notice.error", "the refusal", |t| t.contains("No such token")).await;
+    browser.fill("#secret", &secret).await;
+    browser.click("main form button[type='submit']").await;
+    browser.wait_path("/ui/").await;
+
+    browser.goto(&server.url("/ui/jobs/nightly")).await;
+    browser.click(".title-row button[data-action='toggle']").await;
+    browser.wait_text("#flash", "the page confirms", |t| t.contains("nightly is now disabled")).await;
+    assert!(disabled().await);
+
+    // A page of another origin (here: a blank page) posts to the API with the browser's cookies: refused.
+    browser.goto("about:blank").await;
+    let forged = format!(
+        "return fetch('{}', {{method: 'POST', credentials: 'include'}}).then(r => 'answered ' + r.status, e => 'failed: ' + e);",
+        server.url("/v1/jobs/nightly/toggle")
+    );
+    let outcome = browser.script(&forged).await;
+    assert!(outcome.as_str().unwrap().starts_with("failed"), "{outcome}");
+    assert!(disabled().await, "the forged toggle changed nothing");
+
+    browser.goto(&server.url("/ui/jobs")).await;
+    browser.click("form.signout button").await;
+    browser.wait_path("/ui/signin").await;
+    browser.goto(&server.url("/ui/jobs")).await;
+    browser.wait_path("/ui/signin").await;
+    browser.stop().await;
+}

@@ -5,10 +5,12 @@
 //! - [`input`]: [`JobInput`], what a client may send, read from JSON field by field so that a wrong type or an
 //!   unknown field is refused naming the field.
 //! - [`execution`]: the [`Execution`] record and its [`ExecutionStatus`] life cycle.
+//! - [`acl`]: access-control tokens and policies, and whether a token may do something to a path.
 //! - [`error`]: [`FieldError`], a user-facing error that names the offending field.
 //!
 //! Nothing here does I/O; the store, the scheduler and the API all build on these types.
 
+pub mod acl;
 pub mod error;
 pub mod execution;
 pub mod input;

@@ -125,6 +125,9 @@ pub struct AgentArgs {
     /// Mutual TLS: the API and RPC listeners accept only clients with a certificate signed by --trusted-ca-file.
     #[arg(long, env = "KAIROS_CLIENT_CERT_AUTH", num_args = 0..=1, default_missing_value = "true")]
     pub client_cert_auth: Option<bool>,
+    /// Require ACL tokens on the HTTP API and UI (config file: `acl: {enabled: true}`, as Dkron Pro); default false.
+    #[arg(long, env = "KAIROS_ACL_ENABLED", num_args = 0..=1, default_missing_value = "true")]
+    pub acl_enabled: Option<bool>,
     /// Read configuration from this file instead of searching /etc/kairos, $HOME/.kairos and ./config.
     #[arg(long, env = "KAIROS_CONFIG")]
     pub config: Option<PathBuf>,
@@ -168,6 +171,13 @@ struct FileConfig {
     key_file: Option<PathBuf>,
     trusted_ca_file: Option<PathBuf>,
     client_cert_auth: Option<bool>,
+    /// Dkron Pro's `acl: {enabled: true}`.
+    acl: Option<AclFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct AclFile {
+    enabled: Option<bool>,
 }
 
 /// The resolved configuration of one node.
@@ -211,6 +221,9 @@ pub struct Config {
     pub encrypt: Option<crate::gossip_key::GossipKey>,
     /// TLS files (`--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`), when TLS is on.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Every API and UI request must carry a token its policies allow (`/health` and, until it happened, the ACL
+    /// bootstrap excepted).
+    pub acl_enabled: bool,
     /// The file the configuration was read from, if any.
     pub config_file: Option<PathBuf>,
 }
@@ -291,6 +304,7 @@ impl AgentArgs {
         if let Some(unknown) = executors.iter().find(|e| !kairos_agent::EXECUTORS.contains(&e.as_str())) {
             bail!("--executors: unknown executor '{unknown}'; known: {}", kairos_agent::EXECUTORS.join(", "));
         }
+        let acl_enabled = self.acl_enabled.or(file.acl.and_then(|acl| acl.enabled)).unwrap_or(false);
         Ok(Config {
             clock_offset_max: duration("--clock-offset-max", self.clock_offset_max.or(file.clock_offset_max), "10s")?,
             executors,
@@ -298,6 +312,7 @@ impl AgentArgs {
             encrypt,
             tls,
             cors_allowed_origins,
+            acl_enabled,
             join,
             retry_join,
             retry_max: self.retry_max.or(file.retry_max).unwrap_or(0),
@@ -511,6 +526,18 @@ mod tests {
         assert_eq!(config.tags.get("zone").map(String::as_str), Some("a"));
         assert_eq!(config.rpc_port, 6868);
         assert_eq!(config.data_dir, PathBuf::from("kairos.data"));
+    }
+
+    #[test]
+    fn acl_is_off_by_default_and_read_from_dkron_pros_key_or_the_flag() {
+        assert!(!AgentArgs::default().resolve().unwrap().acl_enabled);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("dkron.yml");
+        std::fs::write(&file, "acl:\n  enabled: true\n").unwrap();
+        let from_file = AgentArgs { config: Some(file.clone()), ..AgentArgs::default() };
+        assert!(from_file.resolve().unwrap().acl_enabled);
+        let flag_wins = AgentArgs { config: Some(file), acl_enabled: Some(false), ..AgentArgs::default() };
+        assert!(!flag_wins.resolve().unwrap().acl_enabled);
     }
 
     #[test]

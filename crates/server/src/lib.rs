@@ -17,6 +17,8 @@
 //! - [`applied`]: what follows from applied entries on every server (wake the scheduler, delete outputs, stop
 //!   cancelled runs);
 //! - [`agent_node`]: a node without `--server`: gossip, the worker and the agent's RPC routes only;
+//! - [`acl`]: new access-control tokens get their ids and secret on the proposer (enforcement is at the HTTP
+//!   edge, in `kairos-http`);
 //! - [`storage`]: a server whose storage fails stops and exits non-zero instead of lingering as a zombie;
 //! - [`tls`]: TLS on both listeners and every node-to-node call, and the certificates `kairos tls` creates.
 //!
@@ -25,6 +27,7 @@
 //! and reports `Start` → renewals keep its lease → `Finish` is committed; the sweep turns a run whose lease ran out
 //! `lost`. The HTTP API and UI (`kairos-http`) read the state and submit commands through [`Node`].
 
+pub mod acl;
 pub mod agent_node;
 pub mod applied;
 pub mod clock;

@@ -79,6 +79,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
         enable_prometheus,
         executors,
         clock_offset_max,
+        acl_enabled,
         config_file: _,
     } = read;
     let r = running;
@@ -112,6 +113,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
     note(false, "enable-prometheus", &r.enable_prometheus, enable_prometheus);
     note(false, "executors", &r.executors, executors);
     note(false, "clock-offset-max", &r.clock_offset_max, clock_offset_max);
+    note(false, "acl.enabled", &r.acl_enabled, acl_enabled);
     changes
 }
 

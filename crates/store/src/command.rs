@@ -5,6 +5,7 @@
 //! instant) is decided by the proposer and carried inside the command. Commands that report on runs carry many
 //! items, so a busy scheduler commits hundreds of fires or completions in one log entry (group commit).
 
+use kairos_model::acl::{Policy, Token};
 use kairos_model::{Execution, ExecutionStatus, Job, Timestamp, Trigger};
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +62,25 @@ pub enum Command {
     },
     DeleteExecutions {
         job: String,
+    },
+    /// Store the first management token; refused once any bootstrap was applied (once per cluster). The proposer
+    /// drew the token's ids and secret; the state only ever sees the secret's hash.
+    AclBootstrap {
+        token: Token,
+    },
+    /// Create or replace a token (by accessor id). Refused if it names a policy that does not exist.
+    AclPutToken {
+        token: Token,
+    },
+    AclDeleteToken {
+        accessor_id: String,
+    },
+    /// Create or replace a policy; built-in policies cannot be replaced.
+    AclPutPolicy {
+        policy: Policy,
+    },
+    AclDeletePolicy {
+        name: String,
     },
 }
 
@@ -134,6 +154,12 @@ pub struct Response {
     /// The job's schedule cursor after a put, so the proposer can answer `next` from its own write.
     #[serde(default)]
     pub cursor: Option<Timestamp>,
+    /// The token an ACL command stored or deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acl_token: Option<Token>,
+    /// The policy an ACL command stored or deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acl_policy: Option<Policy>,
 }
 
 impl Response {

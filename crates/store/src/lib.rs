@@ -3,12 +3,14 @@
 //!
 //! - [`command`]: what can change the state ([`Command`]) and what applying it answers ([`Response`]);
 //! - [`state`]: the tables and the [`Applier`](state::Applier) that turns commands into table writes;
+//! - [`acl`]: applying and reading access-control tokens and policies;
 //! - [`log`]: the Raft log on redb ([`LogStore`]);
 //! - [`machine`]: the Raft state machine wrapper ([`StateMachine`]) with snapshots;
 //! - [`TypeConfig`]: openraft's type configuration for Kairos.
 //!
 //! The store owns consensus and persistence and nothing else: no network, no clock, no scheduling.
 
+pub mod acl;
 pub mod command;
 pub mod log;
 pub mod machine;
@@ -35,6 +37,11 @@ impl fmt::Display for Command {
             Command::Renew { renewals, .. } => write!(f, "renew {} leases", renewals.len()),
             Command::Finish { results } => write!(f, "finish {} executions", results.len()),
             Command::DeleteExecutions { job } => write!(f, "delete executions of {job}"),
+            Command::AclBootstrap { token } => write!(f, "acl bootstrap {}", token.accessor_id),
+            Command::AclPutToken { token } => write!(f, "acl put token {}", token.accessor_id),
+            Command::AclDeleteToken { accessor_id } => write!(f, "acl delete token {accessor_id}"),
+            Command::AclPutPolicy { policy } => write!(f, "acl put policy {}", policy.name),
+            Command::AclDeletePolicy { name } => write!(f, "acl delete policy {name}"),
         }
     }
 }

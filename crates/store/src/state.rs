@@ -5,7 +5,8 @@
 //! - `jobs`: job name → [`JobRecord`] (the job, its cursor and counters);
 //! - `executions`: `job \0 id` → [`Execution`]; ids sort by slot, so a prefix scan is oldest first;
 //! - `active`: `job \0 id` → (), the pending and running executions (what the dispatcher and leases look at);
-//! - `meta`: small singletons (pause flag, and the Raft wrapper's last-applied id and membership).
+//! - `meta`: small singletons (pause flag, and the Raft wrapper's last-applied id and membership);
+//! - `acl`: access-control tokens and policies and the index of token secret hashes (see [`crate::acl`]).
 //!
 //! [`Applier`] applies a batch of commands inside one write transaction and caches job records for the batch, so
 //! a thousand fires of one entry cost one record write per job, not one per fire. Side effects that are local to
@@ -27,6 +28,7 @@ pub const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 pub const EXECUTIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("executions");
 pub const ACTIVE: TableDefinition<&[u8], ()> = TableDefinition::new("active");
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub const ACL: TableDefinition<&str, &[u8]> = TableDefinition::new("acl");
 
 const META_PAUSED: &str = "paused";
 /// The last job version handed out ([`JobRecord::version`]).
@@ -89,11 +91,11 @@ fn split_key(key: &[u8]) -> Option<ExecRef> {
     })
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("state records always serialize")
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, redb::Error> {
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, redb::Error> {
     serde_json::from_slice(bytes).map_err(|e| redb::Error::Corrupted(format!("undecodable record: {e}")))
 }
 
@@ -104,6 +106,7 @@ pub fn create_tables(db: &Database) -> Result<(), redb::Error> {
     txn.open_table(EXECUTIONS)?;
     txn.open_table(ACTIVE)?;
     txn.open_table(META)?;
+    txn.open_table(ACL)?;
     txn.commit()?;
     Ok(())
 }
@@ -113,7 +116,8 @@ pub struct Applier<'txn> {
     jobs: Table<'txn, &'static str, &'static [u8]>,
     executions: Table<'txn, &'static [u8], &'static [u8]>,
     active: Table<'txn, &'static [u8], ()>,
-    meta: Table<'txn, &'static str, &'static [u8]>,
+    pub(crate) meta: Table<'txn, &'static str, &'static [u8]>,
+    pub(crate) acl: Table<'txn, &'static str, &'static [u8]>,
     /// Job records read or changed in this batch; `None` marks a deletion.
     cache: HashMap<String, Option<JobRecord>>,
     retained_default: u32,
@@ -127,6 +131,7 @@ impl<'txn> Applier<'txn> {
             executions: txn.open_table(EXECUTIONS)?,
             active: txn.open_table(ACTIVE)?,
             meta: txn.open_table(META)?,
+            acl: txn.open_table(ACL)?,
             cache: HashMap::new(),
             retained_default: if retained_default == 0 { EXECUTIONS_RETAINED_DEFAULT } else { retained_default },
             events: Vec::new(),
@@ -170,6 +175,11 @@ impl<'txn> Applier<'txn> {
             Command::Renew { renewals, lease_until } => self.renew(renewals, *lease_until),
             Command::Finish { results } => self.finish_all(results),
             Command::DeleteExecutions { job } => self.delete_executions(job),
+            Command::AclBootstrap { token } => self.acl_bootstrap(token),
+            Command::AclPutToken { token } => self.acl_put_token(token),
+            Command::AclDeleteToken { accessor_id } => self.acl_delete_token(accessor_id),
+            Command::AclPutPolicy { policy } => self.acl_put_policy(policy),
+            Command::AclDeletePolicy { name } => self.acl_delete_policy(name),
         }
     }
 
@@ -759,7 +769,7 @@ impl Definitions {
 /// Read access to the state, from an MVCC snapshot: readers never block the applier.
 #[derive(Clone)]
 pub struct StateReader {
-    db: Arc<Database>,
+    pub(crate) db: Arc<Database>,
     definitions: Arc<Definitions>,
 }
 

@@ -158,3 +158,46 @@ async fn installed_snapshot_replaces_state_on_another_machine() {
     assert_eq!(reader.job("hourly").unwrap(), source.reader().job("hourly").unwrap());
     assert_eq!(target.get_current_snapshot().await.unwrap().unwrap().meta, snapshot.meta);
 }
+
+/// A server that catches up from a snapshot gets the ACL tokens and policies too (a new server would otherwise
+/// refuse every token until the log entries that created them were replayed, and they may be purged).
+#[tokio::test]
+async fn an_installed_snapshot_carries_acl_tokens_and_policies() {
+    use kairos_model::acl::{Capability, PathRule, Policy, Rules, Token, TokenType, secret_hash, uuid_from_bytes};
+    let token = Token {
+        accessor_id: uuid_from_bytes([7; 16]),
+        secret_hash: secret_hash("secret"),
+        name: "Bootstrap Token".into(),
+        token_type: TokenType::Management,
+        policies: vec![],
+        create_time: "2026-01-01T00:00:00Z".parse().unwrap(),
+        expiration_time: None,
+    };
+    let rule = PathRule { capabilities: vec![Capability::Read] };
+    let policy = Policy {
+        name: "team-a".into(),
+        description: String::new(),
+        rules: Rules { path: [("/v1/jobs/team-a-*".to_string(), rule)].into() },
+    };
+    let source_dir = TempDir::new().unwrap();
+    let (_log, mut source) = open_stores(source_dir.path()).unwrap();
+    let mut entries = first_entries();
+    entries.push(EntryOf::<TypeConfig>::new_normal(
+        log_id::<TypeConfig>(1, 1, 5),
+        Command::AclPutPolicy { policy: policy.clone() },
+    ));
+    entries.push(EntryOf::<TypeConfig>::new_normal(
+        log_id::<TypeConfig>(1, 1, 6),
+        Command::AclBootstrap { token: token.clone() },
+    ));
+    apply_all(&mut source, entries).await;
+    let snapshot = source.get_snapshot_builder().await.build_snapshot().await.unwrap();
+
+    let target_dir = TempDir::new().unwrap();
+    let (_log, mut target) = open_stores(target_dir.path()).unwrap();
+    target.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+    let reader = target.reader();
+    assert!(reader.acl_bootstrapped().unwrap());
+    assert_eq!(reader.acl_token_by_secret(&secret_hash("secret")).unwrap(), Some(token));
+    assert_eq!(reader.acl_policy("team-a").unwrap(), Some(policy));
+}

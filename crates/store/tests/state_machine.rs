@@ -1398,3 +1398,139 @@ mod properties {
         }
     }
 }
+
+// --- Access control: tokens and policies ---
+
+mod acl {
+    use super::*;
+    use kairos_model::acl::{Capability, PathRule, Policy, Rules, Token, TokenType, secret_hash, uuid_from_bytes};
+
+    fn token(seed: u8, token_type: TokenType, policies: &[&str]) -> Token {
+        Token {
+            accessor_id: uuid_from_bytes([seed; 16]),
+            secret_hash: secret_hash(&format!("secret-{seed}")),
+            name: format!("token-{seed}"),
+            token_type,
+            policies: policies.iter().map(|p| p.to_string()).collect(),
+            create_time: at(0),
+            expiration_time: None,
+        }
+    }
+
+    fn policy(name: &str, glob: &str, capabilities: &[Capability]) -> Policy {
+        let rules =
+            Rules { path: BTreeMap::from([(glob.to_string(), PathRule { capabilities: capabilities.to_vec() })]) };
+        Policy { name: name.into(), description: String::new(), rules }
+    }
+
+    #[test]
+    fn bootstrap_stores_a_management_token_once() {
+        let state = State::new();
+        assert!(!state.reader().acl_bootstrapped().unwrap());
+        let first = token(1, TokenType::Management, &[]);
+        let (response, _) = state.apply(Command::AclBootstrap { token: first.clone() });
+        assert_eq!(response.refusal, None);
+        assert_eq!(response.acl_token.as_ref(), Some(&first));
+        assert!(state.reader().acl_bootstrapped().unwrap());
+        assert_eq!(state.reader().acl_token_by_secret(&secret_hash("secret-1")).unwrap(), Some(first.clone()));
+
+        let (again, _) = state.apply(Command::AclBootstrap { token: token(2, TokenType::Management, &[]) });
+        assert!(matches!(again.refusal, Some(Refusal::Conflict(ref m)) if m.contains("already bootstrapped")));
+        assert_eq!(state.reader().acl_tokens().unwrap(), vec![first], "the refused bootstrap stored nothing");
+    }
+
+    #[test]
+    fn a_token_naming_an_unknown_policy_is_refused_and_changes_nothing() {
+        let state = State::new();
+        let (response, _) = state.apply(Command::AclPutToken { token: token(3, TokenType::Client, &["nope"]) });
+        assert_eq!(invalid_field(&response), "policies");
+        assert!(state.reader().acl_tokens().unwrap().is_empty());
+        assert_eq!(state.reader().acl_token_by_secret(&secret_hash("secret-3")).unwrap(), None);
+    }
+
+    #[test]
+    fn tokens_may_name_built_in_and_stored_policies() {
+        let state = State::new();
+        let team = policy("team-a", "/v1/jobs/team-a-*", &[Capability::Read]);
+        assert_eq!(state.apply(Command::AclPutPolicy { policy: team.clone() }).0.refusal, None);
+        let t = token(4, TokenType::Client, &["readonly", "team-a"]);
+        assert_eq!(state.apply(Command::AclPutToken { token: t.clone() }).0.refusal, None);
+        assert_eq!(state.reader().acl_token(&t.accessor_id).unwrap(), Some(t));
+        let names: Vec<String> = state.reader().acl_policies().unwrap().into_iter().map(|p| p.name).collect();
+        assert_eq!(names, ["default", "readonly", "team-a"]);
+        assert_eq!(state.reader().acl_policy("team-a").unwrap(), Some(team));
+    }
+
+    #[test]
+    fn replacing_a_token_secret_forgets_the_old_secret() {
+        let state = State::new();
+        let mut t = token(5, TokenType::Management, &[]);
+        state.apply(Command::AclPutToken { token: t.clone() });
+        t.secret_hash = secret_hash("rotated");
+        state.apply(Command::AclPutToken { token: t.clone() });
+        assert_eq!(state.reader().acl_token_by_secret(&secret_hash("secret-5")).unwrap(), None);
+        assert_eq!(state.reader().acl_token_by_secret(&secret_hash("rotated")).unwrap(), Some(t));
+    }
+
+    #[test]
+    fn deleting_a_token_removes_it_and_its_secret() {
+        let state = State::new();
+        let t = token(6, TokenType::Management, &[]);
+        state.apply(Command::AclPutToken { token: t.clone() });
+        let (response, _) = state.apply(Command::AclDeleteToken { accessor_id: t.accessor_id.clone() });
+        assert_eq!(response.acl_token, Some(t.clone()));
+        assert_eq!(state.reader().acl_token_by_secret(&t.secret_hash).unwrap(), None);
+        let (again, _) = state.apply(Command::AclDeleteToken { accessor_id: t.accessor_id });
+        assert!(matches!(again.refusal, Some(Refusal::NotFound(_))));
+    }
+
+    #[test]
+    fn built_in_policies_cannot_be_replaced_or_deleted() {
+        let state = State::new();
+        let (put, _) = state.apply(Command::AclPutPolicy { policy: policy("readonly", "/*", &[Capability::Delete]) });
+        assert_eq!(invalid_field(&put), "name");
+        let (delete, _) = state.apply(Command::AclDeletePolicy { name: "default".into() });
+        assert_eq!(invalid_field(&delete), "name");
+        let readonly = state.reader().acl_policy("readonly").unwrap().unwrap();
+        assert_eq!(readonly.rules.path["/*"].capabilities, vec![Capability::Read, Capability::List]);
+    }
+
+    #[test]
+    fn a_policy_with_an_invalid_glob_is_refused_and_changes_nothing() {
+        let state = State::new();
+        let (response, _) = state.apply(Command::AclPutPolicy { policy: policy("p", "/v1/jobs/[a]", &[]) });
+        assert_eq!(invalid_field(&response), "rules.path./v1/jobs/[a]");
+        assert_eq!(state.reader().acl_policy("p").unwrap(), None);
+    }
+
+    #[test]
+    fn deleting_a_policy_keeps_the_tokens_that_name_it() {
+        let state = State::new();
+        state.apply(Command::AclPutPolicy { policy: policy("p", "/v1/jobs/*", &[Capability::Read]) });
+        let t = token(7, TokenType::Client, &["p"]);
+        state.apply(Command::AclPutToken { token: t.clone() });
+        assert_eq!(state.apply(Command::AclDeletePolicy { name: "p".into() }).0.refusal, None);
+        assert_eq!(state.reader().acl_policy("p").unwrap(), None);
+        assert_eq!(state.reader().acl_token(&t.accessor_id).unwrap(), Some(t));
+        let (again, _) = state.apply(Command::AclDeletePolicy { name: "p".into() });
+        assert!(matches!(again.refusal, Some(Refusal::NotFound(_))));
+    }
+
+    #[test]
+    fn the_same_commands_give_the_same_state_on_every_server() {
+        let commands = vec![
+            Command::AclPutPolicy { policy: policy("p", "/v1/jobs/a-*", &[Capability::Read, Capability::List]) },
+            Command::AclBootstrap { token: token(8, TokenType::Management, &[]) },
+            Command::AclPutToken { token: token(9, TokenType::Client, &["p", "default"]) },
+            Command::AclBootstrap { token: token(10, TokenType::Management, &[]) },
+            Command::AclDeleteToken { accessor_id: uuid_from_bytes([8; 16]) },
+        ];
+        let (a, b) = (State::new(), State::new());
+        let (ra, _) = a.batch(&commands);
+        let (rb, _) = b.batch(&commands);
+        assert_eq!(ra, rb);
+        assert_eq!(a.reader().acl_tokens().unwrap(), b.reader().acl_tokens().unwrap());
+        assert_eq!(a.reader().acl_policies().unwrap(), b.reader().acl_policies().unwrap());
+        assert_eq!(a.reader().acl_tokens().unwrap().len(), 1);
+    }
+}

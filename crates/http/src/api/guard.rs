@@ -93,7 +93,12 @@ pub fn cors(allowed: &AllowedOrigins) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(origins))
             .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
-            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::ACCEPT])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::AUTHORIZATION,
+                header::ACCEPT,
+                header::HeaderName::from_static("x-dkron-token"),
+            ])
             .expose_headers([header::LOCATION, header::HeaderName::from_static("x-total-count")]),
     )
 }

@@ -2,11 +2,14 @@
 
 use std::cmp::Ordering;
 
+use axum::Extension;
 use axum::extract::{FromRequest, Multipart, Path, Query, RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
+use kairos_model::acl::Capability;
 use kairos_model::{Job, JobInput, Timestamp, Trigger};
 use kairos_store::{Command, Fire, JobRecord};
 
+use super::auth::Caller;
 use super::guard::{JsonBody, is_json, not_json, read_body};
 use super::{ApiError, ApiResult, AppState, Params, descending, page_bounds, reply, reply_list};
 use kairos_server::node::Node;
@@ -249,15 +252,22 @@ fn parents_first(mut pending: Vec<Job>, node: &Node) -> Result<Vec<Job>, ApiErro
 ///
 /// Without filters in name order only the page is read from the store. Otherwise every job is visited once, only
 /// the matching records are kept, and `next` (which needs the schedule parsed) is derived for the page alone
-/// unless the list is sorted by it.
-pub async fn list(State(node): State<AppState>, Query(params): Query<Params>, RawQuery(raw): RawQuery) -> ApiResult {
+/// unless the list is sorted by it. With ACL, only the jobs the caller may read (`read` on `/v1/jobs/<name>`) are
+/// listed, and `X-Total-Count` counts only those.
+pub async fn list(
+    State(node): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    Query(params): Query<Params>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    let caller = caller.map_or_else(Caller::anyone, |Extension(caller)| caller);
     let filter = JobFilter::parse(&params, raw.as_deref().unwrap_or(""))?;
     let sort = params.get("_sort").map(String::as_str).filter(|s| !s.is_empty()).unwrap_or("name");
     let key = sort_key(sort)?;
     let desc = descending(&params, false)?;
     let now = Timestamp::now();
     let reader = node.state.clone();
-    if filter.is_empty() && matches!(sort, "name" | "id") {
+    if filter.is_empty() && matches!(sort, "name" | "id") && caller.unrestricted() {
         let total = reader.job_count()? as usize;
         let (start, end) = page_bounds(&params, total)?;
         let (page, _) = tokio::task::block_in_place(|| reader.job_page(start, end, desc))?;
@@ -267,7 +277,7 @@ pub async fn list(State(node): State<AppState>, Query(params): Query<Params>, Ra
     let mut records = Vec::new();
     tokio::task::block_in_place(|| {
         reader.for_each_job(|record| {
-            if filter.matches(&record.job) {
+            if filter.matches(&record.job) && caller.may(Capability::Read, &format!("/v1/jobs/{}", record.job.name)) {
                 records.push(record);
             }
             true

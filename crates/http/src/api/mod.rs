@@ -7,6 +7,8 @@
 //! 409 for conflicts. The router is built from one route table ([`routes`]) that the OpenAPI document is checked
 //! against, so the two cannot drift apart.
 
+pub mod acl;
+pub mod auth;
 pub mod executions;
 pub mod guard;
 pub mod jobs;
@@ -71,11 +73,25 @@ pub fn routes() -> Vec<Route> {
         route("/v1/jobs/{job}/executions/{execution}", &["get"], get(executions::show)),
         route("/v1/jobs/{job}/executions/{execution}/cancel", &["post"], post(executions::cancel)),
         route("/v1/jobs/{job}/executions/{execution}/output", &["get"], get(executions::output)),
+        route("/v1/acl/bootstrap", &["post"], post(acl::bootstrap)),
+        route("/v1/acl/tokens", &["get", "post"], get(acl::list_tokens).post(acl::create_token)),
+        route(
+            "/v1/acl/tokens/{accessor}",
+            &["get", "post", "delete"],
+            get(acl::show_token).post(acl::update_token).delete(acl::delete_token),
+        ),
+        route("/v1/acl/policies", &["get", "post"], get(acl::list_policies).post(acl::put_policy)),
+        route(
+            "/v1/acl/policies/{name}",
+            &["get", "post", "delete"],
+            get(acl::show_policy).post(acl::put_named_policy).delete(acl::delete_policy),
+        ),
     ]
 }
 
 /// The API (and the UI, unless turned off) with its edge layers: errors as JSON, CORS for allowed origins, refusal
-/// of forged cross-site writes, `?consistent` reads, and the body size limit. Every route also answers with a
+/// of forged cross-site writes, access control (`--acl-enabled`, [`auth`]), `?consistent` reads, and the body size
+/// limit. Every route also answers with a
 /// trailing slash (`/v1/`, `/v1/jobs/`), as Dkron does.
 pub fn router(node: AppState) -> Router {
     let mut router = Router::new();
@@ -99,6 +115,7 @@ pub fn router(node: AppState) -> Router {
     let router = router
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(node.clone(), linearizable_reads))
+        .layer(axum::middleware::from_fn_with_state(node.clone(), auth::authorize))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(axum::middleware::from_fn_with_state(allowed, guard::cross_site));
     let router = match cors {

@@ -19,12 +19,15 @@ fn error_responses(codes: &[&str]) -> Value {
         let description = match *code {
             "400" => "Invalid input; the error names the field and the problem",
             "404" => "Unknown job or execution",
-            "403" => "A browser page of another origin may not change anything (see --cors-allowed-origins)",
+            "403" => {
+                "The token's policies do not allow this (the error names the capability and path), or a browser page of another origin may not change anything (see --cors-allowed-origins)"
+            }
             "409" => "Conflict (e.g. the job has dependent jobs, or the execution already finished)",
             "413" => "The body is larger than the limit",
             "415" => "The body is not sent as application/json",
             "502" => "The node that ran the execution could not be reached",
             "503" => "New job submissions are paused, or no leader is elected yet (retry)",
+            "401" => "ACL is enabled and the request carries no valid token (none, unknown or expired)",
             _ => "Error",
         };
         map.insert(
@@ -74,6 +77,35 @@ fn paging() -> Vec<Value> {
         param("_order", "query", "ASC or DESC", json!({"type": "string", "enum": ["ASC", "DESC"]})),
         param("pretty", "query", "Indent the JSON answer", json!({"type": "string"})),
     ]
+}
+
+fn token_ref() -> Value {
+    json!({"$ref": "#/components/schemas/Token"})
+}
+
+fn policy_ref() -> Value {
+    json!({"$ref": "#/components/schemas/Policy"})
+}
+
+fn accessor_param() -> Value {
+    param("accessor", "path", "The token's accessor id (a UUID)", json!({"type": "string", "format": "uuid"}))
+}
+
+fn policy_param() -> Value {
+    param("name", "path", "Policy name", json!({"type": "string"}))
+}
+
+fn token_body() -> Value {
+    let schema = json!({"type": "object", "additionalProperties": false, "properties": {
+        "name": {"type": "string"}, "type": {"type": "string", "enum": ["client", "management"], "default": "client"},
+        "policies": {"type": "array", "items": {"type": "string"}},
+        "ttl": {"type": "string", "description": "Duration after which the token expires (e.g. 24h)"},
+    }});
+    json!({"required": true, "content": {"application/json": {"schema": schema}}})
+}
+
+fn policy_body() -> Value {
+    json!({"required": true, "content": {"application/json": {"schema": policy_ref()}}})
 }
 
 fn job_body() -> Value {
@@ -171,6 +203,31 @@ fn paths() -> Value {
             "parameters": [job_param(), exec_param()], "responses": with_errors(json!({"200": ok("The execution", exec_ref())}), &["404"])}},
         "/v1/jobs/{job}/executions/{execution}/cancel": {"post": {"summary": "Cancel a pending or running execution",
             "parameters": [job_param(), exec_param()], "responses": with_errors(json!({"202": ok("The execution", exec_ref())}), &["404", "409"])}},
+        "/v1/acl/bootstrap": {"post": {"summary": "Create the first management token (once per cluster; open without a token until then)",
+            "responses": with_errors(json!({"201": ok("The token, with its secret (shown this once)", token_ref())}), &["409", "503"])}},
+        "/v1/acl/tokens": {
+            "get": {"summary": "List tokens (never their secrets); management tokens only", "responses": with_errors(json!({"200": ok("Tokens", json!({"type": "array", "items": token_ref()}))}), &["401", "403"])},
+            "post": {"summary": "Create a token", "requestBody": token_body(),
+                     "responses": with_errors(json!({"201": ok("The token, with its secret (shown this once)", token_ref())}), &["400", "401", "403", "415"])},
+        },
+        "/v1/acl/tokens/{accessor}": {
+            "get": {"summary": "Show a token (without its secret)", "parameters": [accessor_param()], "responses": with_errors(json!({"200": ok("The token", token_ref())}), &["400", "401", "403", "404"])},
+            "post": {"summary": "Change a token's name, type, policies or ttl (from now); its secret stays", "parameters": [accessor_param()], "requestBody": token_body(),
+                     "responses": with_errors(json!({"200": ok("The token", token_ref())}), &["400", "401", "403", "404", "415"])},
+            "delete": {"summary": "Delete a token", "parameters": [accessor_param()], "responses": with_errors(json!({"200": ok("The deleted token", token_ref())}), &["400", "401", "403", "404"])},
+        },
+        "/v1/acl/policies": {
+            "get": {"summary": "List policies, the built-in default and readonly included", "responses": with_errors(json!({"200": ok("Policies", json!({"type": "array", "items": policy_ref()}))}), &["401", "403"])},
+            "post": {"summary": "Create or replace a policy", "requestBody": policy_body(),
+                     "responses": with_errors(json!({"200": ok("The policy", policy_ref())}), &["400", "401", "403", "415"])},
+        },
+        "/v1/acl/policies/{name}": {
+            "get": {"summary": "Show a policy", "parameters": [policy_param()], "responses": with_errors(json!({"200": ok("The policy", policy_ref())}), &["401", "403", "404"])},
+            "post": {"summary": "Create or replace the named policy", "parameters": [policy_param()], "requestBody": policy_body(),
+                     "responses": with_errors(json!({"200": ok("The policy", policy_ref())}), &["400", "401", "403", "415"])},
+            "delete": {"summary": "Delete a policy (tokens naming it keep the name, which grants nothing)", "parameters": [policy_param()],
+                       "responses": with_errors(json!({"200": ok("The deleted policy", policy_ref())}), &["400", "401", "403", "404"])},
+        },
         "/v1/jobs/{job}/executions/{execution}/output": {"get": {"summary": "The full output as text, from the node that ran it; follow=true streams it live until the run ends",
             "parameters": [job_param(), exec_param(), param("follow", "query", "Stream the output as it grows (chunked) until the run ends", json!({"type": "boolean"}))],
             "responses": with_errors(json!({"200": {"description": "The output", "content": {"text/plain": {"schema": {"type": "string"}}}}}), &["400", "404", "502", "503"])}},
@@ -224,6 +281,19 @@ fn schemas() -> Value {
             "http_addr": {"type": "string", "description": "Where its HTTP API is reached (servers)"}, "gossip_addr": s,
         }},
         "Stats": super::stats::openapi_schema(),
+        "Token": {"type": "object", "properties": {
+            "accessor_id": {"type": "string", "format": "uuid"},
+            "secret": {"type": "string", "format": "uuid", "description": "Only in the answer that created the token"},
+            "name": s, "type": {"type": "string", "enum": ["client", "management"]},
+            "policies": {"type": "array", "items": s}, "create_time": {"type": "string", "format": "date-time"},
+            "expiration_time": t,
+        }},
+        "Policy": {"type": "object", "required": ["name", "rules"], "properties": {
+            "name": s, "description": s,
+            "rules": {"type": "object", "description": "Dkron Pro's document: {\"path\": {\"/v1/jobs/*\": {\"capabilities\": [\"read\", \"list\"]}}}; '*' matches any run of characters",
+                "properties": {"path": {"type": "object", "additionalProperties": {"type": "object", "properties": {
+                    "capabilities": {"type": "array", "items": {"type": "string", "enum": ["read", "create", "update", "delete", "list"]}}}}}}},
+        }},
         "Preview": {"type": "object", "properties": {
             "schedule": s, "timezone": s, "from": s,
             "fires": {"type": "array", "items": {"type": "object", "properties": {"utc": s, "local": s, "zone_abbreviation": s}}},
@@ -237,7 +307,10 @@ pub fn document() -> Value {
         "info": {"title": "Kairos API", "version": env!("CARGO_PKG_VERSION"),
                  "description": "Dkron-compatible /v1 API of the Kairos scheduler. Errors are {\"error\": \"field: problem\"}."},
         "paths": paths(),
-        "components": {"schemas": schemas()},
+        "components": {"schemas": schemas(), "securitySchemes": {
+            "token": {"type": "apiKey", "in": "header", "name": "X-Dkron-Token", "description": "With --acl-enabled: a token's secret (or Authorization: Bearer <secret>)"},
+        }},
+        "security": [{"token": []}],
     })
 }
 

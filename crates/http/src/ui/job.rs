@@ -3,15 +3,18 @@
 
 use std::collections::HashMap;
 
+use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use kairos_model::acl::Capability;
 use kairos_model::{Execution, ExecutionStatus, Job, Timestamp};
 use kairos_store::JobRecord;
 use maud::{Markup, html};
 
 use super::layout::{Nav, node_page};
 use super::{UiError, UiResult, format};
+use crate::api::auth::Caller;
 use crate::api::{ApiError, AppState};
 use kairos_server::node::Node;
 use kairos_server::scheduler::next_fire;
@@ -53,9 +56,11 @@ pub fn not_found(name: &str) -> UiError {
 
 pub async fn page(
     State(node): State<AppState>,
+    caller: Option<Extension<Caller>>,
     Path(name): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> UiResult {
+    let caller = caller.map_or_else(Caller::anyone, |Extension(caller)| caller);
     let query = ExecQuery::from_params(&params);
     let now = Timestamp::now();
     let record = node.state.job(&name)?.ok_or_else(|| not_found(&name))?;
@@ -67,7 +72,7 @@ pub async fn page(
         nav.crumbs aria-label="Breadcrumb" { a href="/ui/jobs" { "Jobs" } " › " span { (job.name) } }
         div.title-row {
             h1 { (title) @if title != job.name { " " code.muted { (job.name) } } }
-            (buttons(job))
+            (buttons(job, &caller))
         }
         div #job-live data-live=(live_url) { (live) }
         div.columns {
@@ -84,17 +89,27 @@ pub async fn page(
     Ok(node_page(&node, &title, Nav::Jobs, body).into_response())
 }
 
-fn buttons(job: &Job) -> Markup {
+/// The job's actions; with ACL, only those the signed-in token may do (the API would refuse the others).
+fn buttons(job: &Job, caller: &Caller) -> Markup {
     let base = format!("/ui/jobs/{}", job.name);
+    let api = format!("/v1/jobs/{}", job.name);
+    let may_run = caller.may(Capability::Create, &format!("{api}/run"));
+    let may_toggle = caller.may(Capability::Create, &format!("{api}/toggle"));
+    let may_edit = caller.may(Capability::Update, &api);
+    let may_delete = caller.may(Capability::Delete, &api);
     html! {
         div.buttons role="group" aria-label="Job actions" {
-            button.primary type="button" data-action="run" data-job=(job.name) { "Run now" }
-            button type="button" data-action="toggle" data-job=(job.name) data-reload="" {
-                (if job.disabled { "Enable" } else { "Disable" })
+            @if may_run { button.primary type="button" data-action="run" data-job=(job.name) { "Run now" } }
+            @if may_toggle {
+                button type="button" data-action="toggle" data-job=(job.name) data-reload="" {
+                    (if job.disabled { "Enable" } else { "Disable" })
+                }
             }
-            a.button href={ (base) "/edit" } { "Edit" }
+            @if may_edit { a.button href={ (base) "/edit" } { "Edit" } }
             a.button href={ "/ui/new?clone=" (job.name) } { "Clone" }
-            button.danger type="button" data-action="delete" data-job=(job.name) data-redirect="/ui/jobs" { "Delete" }
+            @if may_delete {
+                button.danger type="button" data-action="delete" data-job=(job.name) data-redirect="/ui/jobs" { "Delete" }
+            }
         }
         @if !job.dependent_jobs.is_empty() {
             p.notice {

@@ -56,6 +56,16 @@ pub fn page(node: Option<&Node>, title: &str, nav: Nav, body: Markup) -> Markup 
                             @if node.is_leader() { " " span.badge.leader { "leader" } }
                             @else { " " span.badge.muted { "follower" } }
                         }
+                        @if node.config.acl_enabled {
+                            form.signout method="post" action="/ui/signout" { button type="submit" { "Sign out" } }
+                        }
+                    }
+                }
+                @if let Some(node) = node.filter(|n| !n.config.acl_enabled && !n.config.http_addr.ip().is_loopback()) {
+                    p.notice.error.acl-off role="alert" {
+                        "Access control is disabled and this API listens on " (node.config.http_addr)
+                        ", beyond this host: anyone who can reach it may create and run jobs (any command) on every \
+                         node. Start the servers with --acl-enabled and run kairos acl bootstrap."
                     }
                 }
                 div #flash role="status" aria-live="polite" {}

@@ -25,6 +25,7 @@ mod jobs;
 mod layout;
 mod live;
 mod nodes;
+pub mod signin;
 
 use axum::Router;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -56,6 +57,8 @@ pub fn router() -> Router<AppState> {
         .route("/ui/live/jobs/{job}", get(live::job))
         .route("/ui/live/jobs/{job}/executions/{execution}", get(live::execution))
         .route("/ui/assets/{file}", get(assets::serve))
+        .route("/ui/signin", get(signin::page_form).post(signin::sign_in))
+        .route("/ui/signout", axum::routing::post(signin::sign_out))
         .route("/ui/{*rest}", get(|| async { UiError::new(StatusCode::NOT_FOUND, "There is no such page.") }))
         .layer(map_response(security_headers))
 }

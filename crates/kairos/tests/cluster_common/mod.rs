@@ -636,6 +636,25 @@ impl Cluster {
         }
     }
 
+    /// Send `X-Dkron-Token: secret` with every request the harness makes from now on (a cluster with ACL enabled;
+    /// a request that sets the header itself sends its own).
+    pub fn authorize(&mut self, secret: &str) {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("x-dkron-token", secret.parse().expect("a secret is a valid header value"));
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(REQUEST_TIMEOUT)
+            .default_headers(headers)
+            .build()
+            .expect("http client");
+        for node in &mut self.nodes {
+            node.http = http.clone();
+            if let Some(addr) = &node.listening.http {
+                node.api = Some(Client::with_http(http.clone(), &format!("http://{addr}")));
+            }
+        }
+    }
+
     /// Record a test event (with the time), printed with the logs when the test fails.
     pub fn note(&self, text: &str) {
         self.events.lock().expect("events lock").push(format!("{} {text}", Timestamp::now()));

@@ -244,8 +244,14 @@ impl Server {
         self.api = Some(Client::new(&base, REQUEST_TIMEOUT).with_log(self.log.clone()));
         self.process = Some(process);
         let api = self.api();
+        let name = self.node_name.clone();
         wait_until("the node is leader", START_DEADLINE, async || {
             let reply = api.try_request("GET", "/v1/isleader", None, None).await.ok()?;
+            if reply.status == 401 {
+                // ACL is enabled: the open health check names the leader.
+                let health = api.try_request("GET", "/health", None, None).await.ok()?;
+                return (health.json["leader"] == name.as_str()).then_some(());
+            }
             (reply.status == 200).then_some(())
         })
         .await;

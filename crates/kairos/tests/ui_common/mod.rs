@@ -60,6 +60,11 @@ impl Server {
         let server = Server { process, client, log, _dir: dir };
         wait_until("the server is leader", DEADLINE, async || {
             let reply = server.client.try_request("GET", "/v1/isleader", None, None).await.ok()?;
+            if reply.status == 401 {
+                // ACL is enabled: the open health check names the leader (this single server, once elected).
+                let health = server.client.try_request("GET", "/health", None, None).await.ok()?;
+                return health.json["leader"].is_string().then_some(());
+            }
             (reply.status == 200).then_some(())
         })
         .await;

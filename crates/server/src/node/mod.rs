@@ -104,6 +104,7 @@ impl Node {
             .await
             .with_context(|| format!("--http-addr: cannot listen on {}", config.http_addr))?;
         let http_addr = http_listener.local_addr()?;
+        warn_if_open(&config, http_addr);
         let multiplier = u64::from(config.raft_multiplier);
         let raft_config = openraft::Config {
             cluster_name: "kairos".into(),
@@ -352,5 +353,18 @@ impl Running {
         for task in self.tasks {
             task.abort();
         }
+    }
+}
+
+/// Without ACL, whoever reaches the API may run any command on every node: say so loudly when the API listens
+/// beyond this host.
+fn warn_if_open(config: &Config, http_addr: SocketAddr) {
+    if !config.acl_enabled && !http_addr.ip().is_loopback() {
+        warn!(
+            "ACL IS DISABLED and the HTTP API listens on {http_addr}, beyond this host: anyone who can reach it may \
+             create and run jobs (any shell command) on every node. Enable access control with --acl-enabled (config \
+             file: `acl: {{enabled: true}}`) and `kairos acl bootstrap`, or listen on loopback (--http-addr \
+             127.0.0.1:8080)"
+        );
     }
 }
