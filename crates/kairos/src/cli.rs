@@ -25,6 +25,9 @@ pub struct RpcArgs {
     /// The cluster's CA (PEM): the node's certificate must be signed by it.
     #[arg(long, env = "KAIROS_TRUSTED_CA_FILE")]
     pub trusted_ca_file: Option<PathBuf>,
+    /// For a cluster with a key (`--encrypt`): the key, from which the node credential is derived.
+    #[arg(long, env = "KAIROS_ENCRYPT")]
+    pub encrypt: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,7 +130,13 @@ fn rpc_client(args: &RpcArgs) -> Result<RpcClient, String> {
     )
     .map_err(|e| format!("{e:#}"))?;
     let tls = files.as_ref().map(kairos_server::tls::Tls::load).transpose().map_err(|e| format!("{e:#}"))?;
-    RpcClient::with_tls(tls.as_ref()).map_err(|e| format!("{e:#}"))
+    let key = args
+        .encrypt
+        .as_deref()
+        .map(kairos_server::gossip_key::GossipKey::parse)
+        .transpose()
+        .map_err(|e| format!("{e:#}"))?;
+    RpcClient::with_credentials(tls.as_ref(), key.as_ref()).map_err(|e| format!("{e:#}"))
 }
 
 /// What to print when the node at `addr` could not be asked at all.

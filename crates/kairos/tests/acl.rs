@@ -170,7 +170,7 @@ async fn assert_matrix(api: &Client, tokens: &Tokens, where_: &str) {
 }
 
 async fn acl_server() -> Server {
-    Server::fresh(&["--acl-enabled"]).await
+    Server::fresh(&["--acl-enabled", "--encrypt", TEST_CLUSTER_KEY]).await
 }
 
 /// Bootstrap through `api`, retrying while no leader accepts writes yet; the management secret.
@@ -371,7 +371,7 @@ async fn without_acl_a_server_listening_beyond_loopback_warns_loudly_in_its_log_
 /// leader, refuses a second bootstrap anywhere, and keeps them after the leader is killed.
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_work_on_every_server_and_after_the_leader_is_killed() {
-    let mut cluster = Cluster::start(3, &[], &["--acl-enabled"]).await;
+    let mut cluster = Cluster::start(3, &[], &["--acl-enabled", "--encrypt", TEST_CLUSTER_KEY]).await;
     // Clients without the harness's token, so each request carries exactly the token the test gives it.
     let bases: Vec<String> = (0..3).map(|i| cluster.node(i).http_base()).collect();
     let plain = |i: usize| Client::new(&bases[i], Duration::from_secs(30));

@@ -264,3 +264,40 @@ async fn encrypted_gossip_admits_only_nodes_with_the_key() {
         assert!(!cluster.node(i).log().contains(&key) && !cluster.node(i).log().contains(&other));
     }
 }
+
+/// With a cluster key every node-to-node route wants the node credential the key derives: the nodes have it (the
+/// cluster forms, an agent runs a job), a request without it is refused on every route, and `kairos raft
+/// list-peers` works only with `--encrypt`.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_cluster_key_node_routes_refuse_requests_without_the_node_credential() {
+    let cluster = Cluster::start(1, &[("a1", &["role=worker"])], &["--encrypt", TEST_CLUSTER_KEY]).await;
+    cluster.wait_formed().await;
+    let job = with(shell_job("hello", "@manually", "echo hi"), json!({"tags": {"role": "worker"}}));
+    cluster.create_job(&job).await;
+    cluster.run("hello").await;
+    let execs = cluster
+        .wait_executions("hello", "the agent ran it", secs(30), |e| e.iter().any(|x| x.status == "succeeded"))
+        .await;
+    assert_eq!(execs[0].node_name, "a1", "orders and reports crossed with the credential");
+    let plain = reqwest::Client::builder().no_proxy().timeout(secs(10)).build().unwrap();
+    for (node, path) in [
+        (0, "/raft/append"),
+        (0, "/raft/vote"),
+        (0, "/cluster/submit"),
+        (0, "/cluster/report"),
+        (0, "/cluster/peers"),
+        (0, "/agent/run"),
+        (1, "/agent/run"),
+        (1, "/agent/sync"),
+        (1, "/agent/leave"),
+    ] {
+        let url = format!("http://{}{path}", cluster.rpc_addr(node));
+        let answer = plain.post(&url).body("{}").header("content-type", "application/json").send().await.unwrap();
+        assert_eq!(answer.status(), 401, "{url} without the node credential");
+    }
+    let rpc = cluster.rpc_addr(0).to_string();
+    let refused = cli(&["raft", "list-peers", "--rpc-addr", &rpc]).await;
+    assert!(!refused.status.success(), "list-peers without the key: {}", refused.stdout);
+    let listed = cli(&["raft", "list-peers", "--rpc-addr", &rpc, "--encrypt", TEST_CLUSTER_KEY]).await;
+    assert!(listed.status.success(), "list-peers with the key: {}{}", listed.stdout, listed.stderr);
+}

@@ -396,7 +396,7 @@ async fn screenshots_of_the_main_pages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_acl_a_person_signs_in_acts_and_signs_out_and_other_sites_cannot_act() {
     let _one_browser = serial().await;
-    let server = Server::start(&["--acl-enabled"]).await;
+    let server = Server::start(&["--acl-enabled", "--encrypt", "a2Fpcm9zLXRlc3QtY2x1c3Rlci1rZXktMzItYnl0ZXM="]).await;
     let (status, token) = server.api("POST", "/v1/acl/bootstrap", None).await;
     assert_eq!(status, 201, "{token}");
     let secret = token["secret"].as_str().unwrap().to_string();

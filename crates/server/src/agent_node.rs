@@ -49,7 +49,7 @@ impl AgentNode {
         let stopping = CancellationToken::new();
         let exit = CancellationToken::new();
         let tls = config.tls.as_ref().map(crate::tls::Tls::load).transpose()?;
-        let rpc = RpcClient::with_tls(tls.as_ref())?;
+        let rpc = RpcClient::with_credentials(tls.as_ref(), config.encrypt.as_ref())?;
         let clock_rpc = rpc.clone();
         let reporter: Arc<dyn Reporter> =
             Arc::new(RemoteReporter { membership: membership.clone(), rpc, next: AtomicUsize::new(0) });
@@ -72,6 +72,7 @@ impl AgentNode {
         if config.enable_prometheus {
             router = router.merge(crate::cluster::metrics_router());
         }
+        let router = crate::cluster::require_node_credential(router, crate::cluster::node_credential(&config));
         let mut tasks = Vec::new();
         let rpc_tls = tls.map(|tls| tls.server);
         tasks.push(tokio::spawn(async move {

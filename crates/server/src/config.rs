@@ -305,6 +305,12 @@ impl AgentArgs {
             bail!("--executors: unknown executor '{unknown}'; known: {}", kairos_agent::EXECUTORS.join(", "));
         }
         let acl_enabled = self.acl_enabled.or(file.acl.and_then(|acl| acl.enabled)).unwrap_or(false);
+        if acl_enabled && encrypt.is_none() && !tls.as_ref().is_some_and(|t| t.client_cert_auth) {
+            bail!(
+                "--acl-enabled: node-to-node routes need node credentials too: a cluster key (--encrypt, from \
+                 `kairos keygen`) or mutual TLS (--cert-file, --key-file, --trusted-ca-file, --client-cert-auth)"
+            );
+        }
         Ok(Config {
             clock_offset_max: duration("--clock-offset-max", self.clock_offset_max.or(file.clock_offset_max), "10s")?,
             executors,
@@ -534,6 +540,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("dkron.yml");
         std::fs::write(&file, "acl:\n  enabled: true\n").unwrap();
+        let without_key = AgentArgs { config: Some(file.clone()), ..AgentArgs::default() };
+        let refused = without_key.resolve().unwrap_err().to_string();
+        assert!(refused.starts_with("--acl-enabled: node-to-node routes need node credentials"), "{refused}");
+        std::fs::write(&file, format!("acl:\n  enabled: true\nencrypt: {}\n", crate::gossip_key::keygen().unwrap()))
+            .unwrap();
         let from_file = AgentArgs { config: Some(file.clone()), ..AgentArgs::default() };
         assert!(from_file.resolve().unwrap().acl_enabled);
         let flag_wins = AgentArgs { config: Some(file), acl_enabled: Some(false), ..AgentArgs::default() };

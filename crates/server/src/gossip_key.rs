@@ -24,6 +24,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tracing::warn;
 
 const VERSION: u8 = 1;
+/// The header that carries a node's credential on node-to-node requests (see [`GossipKey::node_token`]).
+pub const NODE_AUTH_HEADER: &str = "x-kairos-node-auth";
+const NODE_AUTH_LABEL: &[u8] = b"kairos node-to-node v1";
 const AAD: &[u8] = b"kairos-gossip";
 /// Largest UDP payload.
 const DATAGRAM_MAX: usize = 65_507;
@@ -39,9 +42,10 @@ pub fn keygen() -> anyhow::Result<String> {
     Ok(base64::engine::general_purpose::STANDARD.encode(key))
 }
 
-/// The cluster's gossip key (and a digest of it, to tell keys apart without keeping them twice).
+/// The cluster's gossip key (and a digest of it, to tell keys apart without keeping them twice), and the node
+/// credential derived from it (see [`GossipKey::node_token`]).
 #[derive(Clone)]
-pub struct GossipKey(Arc<LessSafeKey>, [u8; 32]);
+pub struct GossipKey(Arc<LessSafeKey>, [u8; 32], Arc<ring::hmac::Key>);
 
 impl std::fmt::Debug for GossipKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -70,7 +74,28 @@ impl GossipKey {
         let key = UnboundKey::new(algorithm, &bytes).map_err(|_| anyhow::anyhow!("--encrypt: unusable key"))?;
         let mut digest = [0u8; 32];
         digest.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
-        Ok(GossipKey(Arc::new(LessSafeKey::new(key)), digest))
+        let hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes);
+        Ok(GossipKey(Arc::new(LessSafeKey::new(key)), digest, Arc::new(hmac)))
+    }
+
+    /// The node credential every node-to-node request carries in [`NODE_AUTH_HEADER`] when the cluster has a key:
+    /// an HMAC of a fixed label under the key, so the key itself never travels. Without TLS it can be read on the
+    /// wire, like any bearer secret: use TLS on untrusted networks.
+    pub fn node_token(&self) -> String {
+        let tag = ring::hmac::sign(&self.2, NODE_AUTH_LABEL);
+        tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Whether `token` is this cluster's node credential (checked in constant time).
+    pub fn verify_node_token(&self, token: &str) -> bool {
+        let Some(bytes) = (0..token.len())
+            .step_by(2)
+            .map(|i| token.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect::<Option<Vec<u8>>>()
+        else {
+            return false;
+        };
+        ring::hmac::verify(&self.2, NODE_AUTH_LABEL, &bytes).is_ok()
     }
 
     fn seal(&self, plain: &[u8]) -> anyhow::Result<Vec<u8>> {
@@ -225,6 +250,16 @@ mod tests {
         let mut tampered = sealed.clone();
         *tampered.last_mut().unwrap() ^= 1;
         assert_eq!(key.open(&tampered), None);
+    }
+
+    #[test]
+    fn the_node_token_proves_the_key_and_only_it() {
+        let key = GossipKey::parse(&keygen().unwrap()).unwrap();
+        let other = GossipKey::parse(&keygen().unwrap()).unwrap();
+        assert!(key.verify_node_token(&key.node_token()));
+        assert!(!key.verify_node_token(&other.node_token()));
+        assert!(!key.verify_node_token("not hex"));
+        assert!(!key.verify_node_token(""));
     }
 
     #[test]

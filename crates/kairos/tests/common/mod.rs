@@ -21,6 +21,8 @@ use tempfile::TempDir;
 
 /// The binary under test, built by Cargo for this test run.
 pub const KAIROS_BIN: &str = env!("CARGO_BIN_EXE_kairos");
+/// A cluster key for tests that need one (`--encrypt`; ACL requires node credentials): base64 of 32 bytes.
+pub const TEST_CLUSTER_KEY: &str = "a2Fpcm9zLXRlc3QtY2x1c3Rlci1rZXktMzItYnl0ZXM=";
 
 /// How long a server may take to print its listening line and become leader.
 pub const START_DEADLINE: Duration = Duration::from_secs(30);

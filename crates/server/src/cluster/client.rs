@@ -143,9 +143,24 @@ impl RpcClient {
     /// A client of a cluster with TLS (see [`crate::tls`]): `https://`, the cluster's CA as the only root, and this
     /// node's certificate presented to listeners that ask for one (mutual TLS).
     pub fn with_tls(tls: Option<&crate::tls::Tls>) -> anyhow::Result<RpcClient> {
+        RpcClient::with_credentials(tls, None)
+    }
+
+    /// A client that also presents the cluster key's node credential on every request (see
+    /// [`crate::gossip_key::GossipKey::node_token`]).
+    pub fn with_credentials(
+        tls: Option<&crate::tls::Tls>,
+        key: Option<&crate::gossip_key::GossipKey>,
+    ) -> anyhow::Result<RpcClient> {
         kairos_agent::install_crypto_provider();
         let mut builder =
             reqwest::Client::builder().no_proxy().pool_idle_timeout(crate::listener::RPC_POOL_IDLE).tcp_nodelay(true);
+        if let Some(key) = key {
+            let mut headers = reqwest::header::HeaderMap::new();
+            let value = reqwest::header::HeaderValue::from_str(&key.node_token()).context("node credential")?;
+            headers.insert(crate::gossip_key::NODE_AUTH_HEADER, value);
+            builder = builder.default_headers(headers);
+        }
         if let Some(tls) = tls {
             builder = builder.tls_backend_preconfigured(tls.client.clone());
         }

@@ -217,6 +217,37 @@ pub struct AgentSide {
     pub leave: Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>,
 }
 
+/// The key whose node credential the RPC listener requires: the cluster key, unless mutual TLS already
+/// authenticates every client by its certificate.
+pub fn node_credential(config: &crate::config::Config) -> Option<crate::gossip_key::GossipKey> {
+    let mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_cert_auth);
+    if mutual_tls { None } else { config.encrypt.clone() }
+}
+
+/// With a cluster key, every node-to-node route requires the node credential it derives (401 otherwise), except
+/// `GET /metrics`, which is read-only and scraped by tools that do not have it.
+pub fn require_node_credential(router: Router, key: Option<crate::gossip_key::GossipKey>) -> Router {
+    let Some(key) = key else { return router };
+    router.layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
+        let key = key.clone();
+        async move {
+            let open = request.method() == axum::http::Method::GET && request.uri().path() == paths::METRICS;
+            let presented = request
+                .headers()
+                .get(crate::gossip_key::NODE_AUTH_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|token| key.verify_node_token(token));
+            if open || presented {
+                next.run(request).await
+            } else {
+                use axum::response::IntoResponse;
+                (axum::http::StatusCode::UNAUTHORIZED, "node-to-node route: no valid node credential (--encrypt key)")
+                    .into_response()
+            }
+        }
+    }))
+}
+
 /// `GET /metrics` on an agent-only node's RPC listener (`--enable-prometheus`; servers serve it on the HTTP API).
 pub fn metrics_router() -> Router {
     Router::new().route(paths::METRICS, get(|| async { crate::metrics::metrics().render() }))

@@ -128,7 +128,7 @@ impl Node {
         }
         .validate()?;
         let tls = config.tls.as_ref().map(crate::tls::Tls::load).transpose()?;
-        let rpc = RpcClient::with_tls(tls.as_ref())?;
+        let rpc = RpcClient::with_credentials(tls.as_ref(), config.encrypt.as_ref())?;
         let network = crate::cluster::Network { rpc: rpc.clone() };
         let raft = Raft::new(id, Arc::new(raft_config), network, log, machine).await?;
         let joining = !config.join.is_empty() || !config.retry_join.is_empty();
@@ -177,6 +177,7 @@ impl Node {
                     })
                 },
             }));
+        let rpc_router = crate::cluster::require_node_credential(rpc_router, crate::cluster::node_credential(&config));
         tasks.push(tokio::spawn(async move {
             if let Err(err) =
                 crate::listener::serve(rpc_listener, rpc_router, crate::listener::RPC_LIMITS, rpc_tls).await
