@@ -106,27 +106,7 @@ impl Node {
         let http_addr = http_listener.local_addr()?;
         warn_if_open(&config, http_addr);
         let multiplier = u64::from(config.raft_multiplier);
-        let raft_config = openraft::Config {
-            cluster_name: "kairos".into(),
-            // A follower may vote for a new leader once the old leader's lease (election_timeout_max since its
-            // last heartbeat) ran out, and starts an election after its own timeout (min..max): with these values a
-            // dead leader is replaced within about 0.5-0.7 s (measured by the failover benchmark).
-            heartbeat_interval: HEARTBEAT_MS * multiplier,
-            election_timeout_min: ELECTION_TIMEOUT_MIN_MS * multiplier,
-            election_timeout_max: ELECTION_TIMEOUT_MAX_MS * multiplier,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
-            max_in_snapshot_log_to_keep: 1_000,
-            purge_batch_size: 256,
-            // A server that was cut off asks first whether it could win before it raises its term, so coming back
-            // it does not unseat a leader that kept a quorum (issue 15).
-            enable_pre_vote: Some(true),
-            // CheckQuorum's quiet phase: a leader that has not heard from a quorum for its lease stops sending
-            // heartbeats for a while, so followers that still hear it (a leader that can send but not receive)
-            // time out and elect a leader that can lead (openraft issue #2080). The shortest value openraft allows.
-            quorum_loss_probe_interval: Some((ELECTION_TIMEOUT_MAX_MS + ELECTION_TIMEOUT_MAX_MS) * multiplier),
-            ..Default::default()
-        }
-        .validate()?;
+        let raft_config = raft_config(multiplier)?;
         let tls = config.tls.as_ref().map(crate::tls::Tls::load).transpose()?;
         let rpc = RpcClient::with_credentials(tls.as_ref(), config.encrypt.as_ref())?;
         let network = crate::cluster::Network { rpc: rpc.clone() };
@@ -164,20 +144,7 @@ impl Node {
 
         let mut tasks = Vec::new();
         let (rpc_tls, api_tls) = (tls.as_ref().map(|t| t.server.clone()), tls.as_ref().map(|t| t.server.clone()));
-        let rpc_router = crate::cluster::rpc_router(raft.clone())
-            .merge(crate::cluster::server_router(node.clone()))
-            .merge(crate::cluster::agent_router(crate::cluster::AgentSide {
-                worker: worker.clone(),
-                outputs: node.outputs.clone(),
-                leave: {
-                    let node = node.clone();
-                    Arc::new(move || {
-                        let node = node.clone();
-                        Box::pin(async move { node.leave().await })
-                    })
-                },
-            }));
-        let rpc_router = crate::cluster::require_node_credential(rpc_router, crate::cluster::node_credential(&config));
+        let rpc_router = rpc_routes(&node);
         tasks.push(tokio::spawn(async move {
             if let Err(err) =
                 crate::listener::serve(rpc_listener, rpc_router, crate::listener::RPC_LIMITS, rpc_tls).await
@@ -200,23 +167,7 @@ impl Node {
         tasks.push(tokio::spawn(crate::worker::renew_loop(worker.clone(), reporter, node.stopping.clone())));
         tasks.push(tokio::spawn(raft_members::membership_loop(node.clone())));
         tasks.push(tokio::spawn(crate::storage::watch(node.clone())));
-        let clock_source = {
-            let (raft, id) = (raft.clone(), id);
-            move || {
-                let metrics = raft.metrics().borrow_watched().clone();
-                match metrics.current_leader {
-                    Some(leader) if leader == id && metrics.state == ServerState::Leader => {
-                        crate::clock::Source::Leading
-                    }
-                    Some(leader) => metrics
-                        .membership_config
-                        .membership()
-                        .get_node(&leader)
-                        .map_or(crate::clock::Source::Nobody, |n| crate::clock::Source::Ask(n.addr.clone())),
-                    None => crate::clock::Source::Nobody,
-                }
-            }
-        };
+        let clock_source = clock_source(raft.clone(), id);
         tasks.push(tokio::spawn(crate::clock::measure_loop(
             worker.clock.clone(),
             node.membership.clone(),
@@ -321,6 +272,67 @@ fn local_fence(raft: Raft, fresh: Duration) -> crate::worker::Fence {
             }
         })
     })
+}
+
+/// openraft's settings: the timings times `--raft-multiplier`, Pre-Vote and CheckQuorum's quiet phase.
+fn raft_config(multiplier: u64) -> anyhow::Result<openraft::Config> {
+    let config = openraft::Config {
+        cluster_name: "kairos".into(),
+        // A follower may vote for a new leader once the old leader's lease (election_timeout_max since its
+        // last heartbeat) ran out, and starts an election after its own timeout (min..max): with these values a
+        // dead leader is replaced within about 0.5-0.7 s (measured by the failover benchmark).
+        heartbeat_interval: HEARTBEAT_MS * multiplier,
+        election_timeout_min: ELECTION_TIMEOUT_MIN_MS * multiplier,
+        election_timeout_max: ELECTION_TIMEOUT_MAX_MS * multiplier,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
+        max_in_snapshot_log_to_keep: 1_000,
+        purge_batch_size: 256,
+        // A server that was cut off asks first whether it could win before it raises its term, so coming back
+        // it does not unseat a leader that kept a quorum (issue 15).
+        enable_pre_vote: Some(true),
+        // CheckQuorum's quiet phase: a leader that has not heard from a quorum for its lease stops sending
+        // heartbeats for a while, so followers that still hear it (a leader that can send but not receive)
+        // time out and elect a leader that can lead (openraft issue #2080). The shortest value openraft allows.
+        quorum_loss_probe_interval: Some((ELECTION_TIMEOUT_MAX_MS + ELECTION_TIMEOUT_MAX_MS) * multiplier),
+        ..Default::default()
+    }
+    .validate()?;
+    Ok(config)
+}
+
+/// Everything a server answers on its RPC listener: Raft, the servers' routes, the agent's routes, behind the node
+/// credential when the cluster has a key.
+fn rpc_routes(node: &Arc<Node>) -> axum::Router {
+    let router = crate::cluster::rpc_router(node.raft.clone())
+        .merge(crate::cluster::server_router(node.clone()))
+        .merge(crate::cluster::agent_router(crate::cluster::AgentSide {
+            worker: node.worker.clone(),
+            outputs: node.outputs.clone(),
+            leave: {
+                let node = node.clone();
+                Arc::new(move || {
+                    let node = node.clone();
+                    Box::pin(async move { node.leave().await })
+                })
+            },
+        }));
+    crate::cluster::require_node_credential(router, crate::cluster::node_credential(&node.config))
+}
+
+/// Whom a server asks for the time: nobody while it leads (it is the reference), else the leader.
+fn clock_source(raft: Raft, id: u64) -> impl Fn() -> crate::clock::Source + Send {
+    move || {
+        let metrics = raft.metrics().borrow_watched().clone();
+        match metrics.current_leader {
+            Some(leader) if leader == id && metrics.state == ServerState::Leader => crate::clock::Source::Leading,
+            Some(leader) => metrics
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .map_or(crate::clock::Source::Nobody, |n| crate::clock::Source::Ask(n.addr.clone())),
+            None => crate::clock::Source::Nobody,
+        }
+    }
 }
 
 /// The node's Raft id: random on first start, then kept in the data directory.
