@@ -1,8 +1,9 @@
 //! Takeover: a new leader first asks every live node what it runs, holds or has not reported yet (which also
 //! raises their term, fencing the old leader). Only then does it dispatch pending executions of the old leader;
-//! while a node does not answer (paused? cut off?), the old leader's pending runs wait for it, at most until
-//! any order it may hold has expired ([`ORDER_STALE_AFTER`]). Running executions that no node owns any more turn `lost` at the first sweep; the rest is left to
-//! leases.
+//! while a node does not answer (paused? cut off?), the old leader's pending runs wait for it, at most a lease
+//! (and at least until any order it may hold has expired, [`ORDER_STALE_AFTER`]): a silent node may have started
+//! one and not reported it yet. Running executions that no node owns any more turn `lost` at the first sweep; the
+//! rest is left to leases.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -136,7 +137,8 @@ pub async fn take_over(node: &Node, term: u64) -> Synced {
             let claims = dispatcher.claims.lock().expect("claims lock");
             pending_now.into_iter().filter(|r| !claims.contains(r)).collect()
         };
-        let takeover = Takeover::begin(&silent, pending, Instant::now() + ORDER_STALE_AFTER);
+        let hold = node.worker.lease.max(ORDER_STALE_AFTER);
+        let takeover = Takeover::begin(&silent, pending, Instant::now() + hold);
         if !silent.is_empty() {
             warn!(
                 "took over in term {term}; {} node(s) did not answer ({}): holding {} pending run(s) of the \
@@ -144,7 +146,7 @@ pub async fn take_over(node: &Node, term: u64) -> Synced {
                 silent.len(),
                 silent.join(", "),
                 takeover.suspects.len(),
-                ORDER_STALE_AFTER
+                hold
             );
         }
         *dispatcher.takeover.lock().expect("takeover lock") = takeover;
