@@ -9,7 +9,7 @@
 //!
 //! Wire format: `[1 (version)][12-byte random nonce][ciphertext and 16-byte tag]`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -149,6 +149,8 @@ impl Transport for EncryptedTransport {
             relay_addr,
             buf: vec![0u8; DATAGRAM_MAX],
             warned: HashMap::new(),
+            destinations: VecDeque::new(),
+            senders: VecDeque::new(),
         }))
     }
 }
@@ -162,6 +164,12 @@ struct EncryptedSocket {
     relay_addr: SocketAddr,
     buf: Vec<u8>,
     warned: HashMap<SocketAddr, Instant>,
+    /// Where the messages on their way through the relay go, oldest first. chitchat may drop a `send` or `recv`
+    /// future between its two steps; a message left in a loopback socket then keeps its own address instead of
+    /// taking the next one's.
+    destinations: VecDeque<SocketAddr>,
+    /// Who sent the messages handed to chitchat's socket and not read back yet, oldest first.
+    senders: VecDeque<SocketAddr>,
 }
 
 #[async_trait]
@@ -172,16 +180,19 @@ impl Socket for EncryptedSocket {
 
     async fn send(&mut self, to: SocketAddr, envelope: ChitchatEnvelope) -> anyhow::Result<SendOutcome> {
         // chitchat serializes it onto the loopback relay; what arrives there is sealed and sent for real.
+        self.destinations.push_back(to);
         let SendOutcome { num_bytes_sent } = self.inner.send(self.relay_addr, envelope).await?;
-        let plain = loop {
+        let (plain, to) = loop {
             let received = tokio::time::timeout(RELAY_WAIT, self.relay.recv_from(&mut self.buf)).await;
             let Ok(received) = received else {
+                self.destinations.pop_front();
                 warn!("gossip: a message to {to} was lost on the loopback relay; it goes with the next round");
                 return Ok(SendOutcome { num_bytes_sent });
             };
             let (len, from) = received.context("gossip relay")?;
             if from == self.inner_addr {
-                break self.buf[..len].to_vec();
+                let Some(to) = self.destinations.pop_front() else { continue };
+                break (self.buf[..len].to_vec(), to);
             }
         };
         let sealed = self.key.seal(&plain)?;
@@ -222,14 +233,19 @@ impl Socket for EncryptedSocket {
                 continue;
             };
             // Hand the plaintext to chitchat's socket to decode, and put the sender back.
+            self.senders.push_back(from);
             self.relay.send_to(&plain, self.inner_addr).await.context("gossip relay")?;
             match tokio::time::timeout(RELAY_WAIT, self.inner.recv()).await {
                 Ok(Ok(outcome)) if outcome.from_addr == self.relay_addr => {
+                    let Some(from) = self.senders.pop_front() else { continue };
                     return Ok(RecvOutcome { from_addr: from, envelope: outcome.envelope, num_bytes_received: len });
                 }
                 Ok(Ok(_)) => continue, // something else wrote to the loopback socket: not ours
                 Ok(Err(err)) => return Err(err),
-                Err(_) => continue, // lost on loopback: gossip repeats itself
+                Err(_) => {
+                    self.senders.pop_front(); // lost on loopback: gossip repeats itself
+                    continue;
+                }
             }
         }
     }
