@@ -26,5 +26,5 @@ pub use disk::{SmallDisk, dir_bytes};
 pub use log::Log;
 pub use netns::{Cut, Network};
 pub use process::{LaunchError, Listener, Listening, Process, Signal, clean_kairos_env, kairos_command};
-pub use services::{Service, free_port};
+pub use services::{Service, free_port, free_port_where};
 pub use wait::{Probe, TimedOut, poll_until, wait_until};

@@ -7,10 +7,13 @@
 //! server's own protocol (a NATS `INFO` line, a redis `PONG`, an AMQP `Connection.Start`, `pg_isready`), never
 //! by sleeping. The programs come from the Debian packages `scripts/test` installs.
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tempfile::TempDir;
@@ -39,10 +42,35 @@ const POLL: Duration = Duration::from_millis(50);
 /// How long one readiness probe may wait for the server's answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A free TCP port on 127.0.0.1 (free when asked; the server binds it right after).
+/// A free TCP port on 127.0.0.1, for a server the test starts right after (see [`free_port_where`]).
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("bound address").port()
+    free_port_where(|port| TcpListener::bind(("127.0.0.1", port)).is_ok())
+}
+
+/// A port that `free` accepts, chosen below the kernel's ephemeral range and never handed out twice in this
+/// process. A port the kernel picks for `bind(…:0)` lies in the ephemeral range, where any outgoing connection
+/// (the test's own clients, the nodes it runs) may take it before the server that was meant to bind it does;
+/// below that range only an explicit bind takes a port, so the server finds it still free.
+pub fn free_port_where(free: impl Fn(u16) -> bool) -> u16 {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let low = 10_000u32.min(ephemeral_low / 2);
+    let span = ephemeral_low.saturating_sub(low).max(1);
+    // Each test process starts at its own place in the span, so parallel test binaries rarely meet.
+    let start = std::process::id().wrapping_mul(7919);
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for _ in 0..span {
+        let port = (low + start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if !handed_out.contains(&port) && free(port) {
+            handed_out.insert(port);
+            return port;
+        }
+    }
+    panic!("no free port below {ephemeral_low}");
 }
 
 /// How many TCP connections this machine's clients opened to `port` and still hold, or closed within the last

@@ -29,7 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kairos_testkit::{
-    Client, Cut, LaunchError, Listener, Listening, Log, Network, Process, Signal, clean_kairos_env, kairos_command,
+    Client, Cut, LaunchError, Listener, Listening, Log, Network, Process, Signal, clean_kairos_env, free_port_where,
+    kairos_command,
 };
 use serde::Deserialize;
 use tempfile::TempDir;
@@ -223,25 +224,18 @@ impl Drop for Leftovers {
     }
 }
 
-/// Free ports for gossip, free for UDP and TCP alike and none of `taken` (ports of nodes that may be down); all
-/// are held until all are found, so none repeats.
+/// Free ports for gossip, free for UDP and TCP alike and none of `taken` (ports of nodes that may be down), none
+/// repeating, and below the ephemeral range (see [`free_port_where`]).
 fn free_gossip_ports(count: usize, taken: &[u16]) -> Vec<u16> {
-    let mut held = Vec::new();
-    for _ in 0..count * 20 {
-        if held.len() == count {
-            break;
-        }
-        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port");
-        let port = udp.local_addr().expect("UDP local address").port();
-        if taken.contains(&port) {
-            continue;
-        }
-        if let Ok(tcp) = TcpListener::bind(("127.0.0.1", port)) {
-            held.push((port, udp, tcp));
-        }
-    }
-    assert_eq!(held.len(), count, "could not find {count} free gossip ports");
-    held.into_iter().map(|(port, _, _)| port).collect()
+    (0..count)
+        .map(|_| {
+            free_port_where(|port| {
+                !taken.contains(&port)
+                    && UdpSocket::bind(("127.0.0.1", port)).is_ok()
+                    && TcpListener::bind(("127.0.0.1", port)).is_ok()
+            })
+        })
+        .collect()
 }
 
 /// One `kairos agent` process (server or agent-only), its data directory and its log across restarts.

@@ -6,7 +6,6 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 pub use kairos_testkit::wait_until;
-use kairos_testkit::{Listener, Log, Process, kairos_command};
+use kairos_testkit::{Listener, Log, Process, free_port, kairos_command};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -117,10 +116,6 @@ fn find_program(env: &str, names: &[&str]) -> Option<PathBuf> {
         .flat_map(|name| dirs.iter().map(move |d| d.join(name)))
         .chain(names.iter().map(|n| Path::new("/usr/bin").join(n)))
         .find(|p| p.is_file())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 /// Chromium under chromedriver, headless, with a fresh profile; both stop when dropped.
