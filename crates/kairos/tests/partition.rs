@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use cluster_common::*;
 use common::*;
+use jiff::SignedDuration;
 use kairos_testkit::Cut;
 
 /// How long a node stays cut off.
@@ -178,4 +179,37 @@ async fn leaders_cut_and_healed_every_3_s_lose_and_repeat_no_slot() {
     cluster.wait_leader().await;
     tokio::time::sleep(secs(2)).await;
     finish(&cluster, &tickers, from, to, "leader cut and healed every 3 s").await;
+}
+
+/// An agent that can answer but cannot call (its lease renewals and reports fail, as on a node too swamped to get
+/// them through) runs a job longer than its lease: the leader asks it before declaring the run lost, hears that it
+/// still runs it, and renews the lease on its behalf; once the agent can call again its run finishes as it
+/// should. It is never recorded lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_whose_node_cannot_renew_its_lease_but_answers_is_not_lost() {
+    let cluster = Cluster::start_on_network(1, &[("a1", &["pool=w"])], &["--execution-lease", "2s"]).await;
+    cluster.wait_formed().await;
+    let agent = cluster.index_of("a1");
+    let job = with(shell_job("long", "@manually", "sleep 9; echo done"), json!({"tags": {"pool": "w:1"}}));
+    cluster.create_job(&job).await;
+    cluster.run("long").await;
+    cluster.wait_executions("long", "it runs on a1", secs(20), |e| e.len() == 1 && e[0].status == "running").await;
+    cluster.cut(agent, Cut::Calls);
+    let cut_at = Timestamp::now();
+    // Three leases pass without a renewal from the agent; the run must stay running throughout.
+    while Timestamp::now().duration_since(cut_at) < SignedDuration::from_secs(6) {
+        let execs = cluster.executions("long").await;
+        assert_eq!(execs[0].status, "running", "while its node still runs it:\n{}", runs(&execs));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    cluster.heal(agent);
+    let execs = cluster.wait_executions("long", "it finished", secs(30), |e| e.len() == 1 && e[0].is_final()).await;
+    let run = &execs[0];
+    assert_eq!((run.status.as_str(), run.node_name.as_str()), ("succeeded", "a1"), "{}", runs(&execs));
+    assert!(run.output.contains("done"), "{run:?}");
+    let leader = cluster.wait_leader().await;
+    assert!(
+        cluster.node(leader).log().contains("leases renewed on their behalf"),
+        "the leader renewed the lease it could not get from the agent"
+    );
 }

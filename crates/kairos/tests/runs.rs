@@ -230,6 +230,55 @@ async fn concurrency_allow_lets_runs_overlap() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_node_at_its_running_limit_queues_runs_and_records_those_past_its_queue_as_skipped() {
+    let server = Server::fresh(&["--max-running", "4", "--max-queued", "8"]).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let (alive, counts) = (scratch.path().join("alive"), scratch.path().join("counts"));
+    std::fs::create_dir(&alive).unwrap();
+    std::fs::create_dir(&counts).unwrap();
+    // Each run marks itself alive, counts the runs alive with it, holds its place for a second, and leaves.
+    let command = format!(
+        "mkdir {alive}/$KAIROS_JOB_NAME && ls {alive} | wc -l > {counts}/$KAIROS_JOB_NAME && sleep 1 && \
+         rmdir {alive}/$KAIROS_JOB_NAME",
+        alive = alive.display(),
+        counts = counts.display()
+    );
+    // 20 jobs due at the same instant: 4 places, 8 in the queue, 8 past it.
+    let at = Timestamp::from_second(Timestamp::now().as_second() + 4).unwrap();
+    let names: Vec<String> = (0..20).map(|i| format!("burst-{i:02}")).collect();
+    for name in &names {
+        server.create_job(&shell_job(name, &format!("@at {at}"), &command)).await;
+    }
+    assert!(Timestamp::now() < at, "the jobs were created before their instant");
+    let mut execs = Vec::new();
+    for name in &names {
+        let job_execs =
+            server.wait_executions(name, "its run is final", secs(60), |e| !e.is_empty() && e[0].is_final()).await;
+        execs.extend(job_execs);
+    }
+    assert_eq!(execs.len(), 20, "{}", summary(&execs));
+    assert_eq!(count(&execs, "succeeded"), 12, "4 ran at once and 8 waited for a place:\n{}", summary(&execs));
+    assert_eq!(count(&execs, "skipped"), 8, "past the queue runs are skipped, visibly:\n{}", summary(&execs));
+    for skipped in execs.iter().filter(|e| e.status == "skipped") {
+        let error = skipped.error.as_deref().unwrap_or_default();
+        assert!(error.contains("is overloaded") && error.contains("--max-queued 8"), "{skipped:?}");
+    }
+    // The queued ones ran late, once a place was free, and none of them is lost.
+    let late = execs
+        .iter()
+        .filter(|e| e.started_at.is_some_and(|s| s.duration_since(at) > SignedDuration::from_millis(900)))
+        .count();
+    assert!(late >= 8, "the queued runs started after the first ones ended:\n{}", summary(&execs));
+    let mut most = 0;
+    for entry in std::fs::read_dir(&counts).unwrap() {
+        let alive_with: usize = std::fs::read_to_string(entry.unwrap().path()).unwrap().trim().parse().unwrap();
+        most = most.max(alive_with);
+    }
+    assert_eq!(std::fs::read_dir(&counts).unwrap().count(), 12, "one count per run that ran");
+    assert!((1..=4).contains(&most), "at most 4 runs were alive at once, saw {most}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_failing_run_is_retried_with_backoff_until_the_retries_are_used_up() {
     let server = Server::fresh(&[]).await;
     server

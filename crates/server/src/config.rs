@@ -83,6 +83,14 @@ pub struct AgentArgs {
     /// the Raft log and the state always have room (default 268435456, 256 MiB).
     #[arg(long, env = "KAIROS_DISK_FREE_MIN_BYTES")]
     pub disk_free_min_bytes: Option<u64>,
+    /// Executions this node runs at once; more wait in its queue, started in the order of their instants
+    /// (default 64 per core, at least 16).
+    #[arg(long, env = "KAIROS_MAX_RUNNING")]
+    pub max_running: Option<u32>,
+    /// Executions due on this node that may wait for a place; past it a run is recorded `skipped` with the reason
+    /// (default 16 times --max-running).
+    #[arg(long, env = "KAIROS_MAX_QUEUED")]
+    pub max_queued: Option<u32>,
     /// Finished executions kept per job unless the job says otherwise (default 100).
     #[arg(long, env = "KAIROS_EXECUTIONS_RETAINED")]
     pub executions_retained: Option<u32>,
@@ -158,6 +166,8 @@ struct FileConfig {
     output_max_bytes: Option<u64>,
     output_store_max_bytes: Option<u64>,
     disk_free_min_bytes: Option<u64>,
+    max_running: Option<u32>,
+    max_queued: Option<u32>,
     executions_retained: Option<u32>,
     execution_lease: Option<String>,
     kill_grace: Option<String>,
@@ -204,6 +214,8 @@ pub struct Config {
     pub output_max_bytes: u64,
     /// The node's output store: its byte budget and the disk's free-space floor.
     pub output_limits: kairos_agent::OutputLimits,
+    /// `--max-running` and `--max-queued`.
+    pub run_limits: crate::worker::RunLimits,
     pub executions_retained: u32,
     pub execution_lease: Duration,
     pub kill_grace: Duration,
@@ -348,6 +360,7 @@ impl AgentArgs {
                     .or(file.disk_free_min_bytes)
                     .unwrap_or(kairos_agent::DISK_FREE_BYTES_MIN_DEFAULT),
             },
+            run_limits: run_limits(self.max_running.or(file.max_running), self.max_queued.or(file.max_queued))?,
             executions_retained: self
                 .executions_retained
                 .or(file.executions_retained)
@@ -465,6 +478,25 @@ fn origins(values: Vec<String>) -> anyhow::Result<Vec<String>> {
             Ok(origin.to_ascii_lowercase())
         })
         .collect()
+}
+
+/// Places per core by default: runs mostly wait on something (a child process, the network), so a core serves
+/// many; the bound is there to keep processes, memory and descriptors finite when runs pile up.
+const RUNNING_PER_CORE: usize = 64;
+const RUNNING_MIN_DEFAULT: usize = 16;
+/// The queue's default length, in multiples of `--max-running`.
+const QUEUED_PER_PLACE: usize = 16;
+
+/// `--max-running` and `--max-queued`, or their defaults; zero is refused (a node that cannot run anything is a
+/// node that should not take orders: use `--executors` or tags).
+fn run_limits(max_running: Option<u32>, max_queued: Option<u32>) -> anyhow::Result<crate::worker::RunLimits> {
+    if max_running == Some(0) {
+        bail!("--max-running: must be at least 1");
+    }
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let max_running = max_running.map_or((RUNNING_PER_CORE * cores).max(RUNNING_MIN_DEFAULT), |n| n as usize);
+    let max_queued = max_queued.map_or(QUEUED_PER_PLACE * max_running, |n| n as usize);
+    Ok(crate::worker::RunLimits { max_running, max_queued })
 }
 
 fn duration(flag: &str, value: Option<String>, default: &str) -> anyhow::Result<Duration> {

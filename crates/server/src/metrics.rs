@@ -54,6 +54,9 @@ pub struct Metrics {
     pub start_lag: Family<ExecutorLabel, Histogram>,
     pub runs_finished: Family<RunLabels, Counter>,
     pub runs_running: Gauge,
+    /// Runs due and waiting for a place (`--max-running`).
+    pub runs_queued: Gauge,
+    pub runs_skipped_overloaded: Counter,
     pub executions_lost: Counter,
     pub placement_failures: Counter,
     pub leadership_acquired: Counter,
@@ -83,6 +86,8 @@ impl Metrics {
             start_lag: Family::new_with_constructor(lag_buckets),
             runs_finished: Family::default(),
             runs_running: Gauge::default(),
+            runs_queued: Gauge::default(),
+            runs_skipped_overloaded: Counter::default(),
             executions_lost: Counter::default(),
             placement_failures: Counter::default(),
             leadership_acquired: Counter::default(),
@@ -103,6 +108,16 @@ impl Metrics {
         );
         registry.register("runs_finished", "Runs this node executed, by executor and outcome", m.runs_finished.clone());
         registry.register("runs_running", "Runs executing on this node now", m.runs_running.clone());
+        registry.register(
+            "runs_queued",
+            "Runs due on this node and waiting for a place (--max-running)",
+            m.runs_queued.clone(),
+        );
+        registry.register(
+            "runs_skipped_overloaded",
+            "Runs this node recorded skipped because its places and its queue were full (--max-running, --max-queued)",
+            m.runs_skipped_overloaded.clone(),
+        );
         registry.register(
             "executions_lost",
             "Executions this node, leading, recorded lost (lease expired, node gone)",

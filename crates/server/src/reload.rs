@@ -69,6 +69,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
         shutdown_grace,
         output_max_bytes,
         output_limits,
+        run_limits,
         executions_retained,
         execution_lease,
         kill_grace,
@@ -103,6 +104,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
     note(false, "raft-multiplier", &r.raft_multiplier, raft_multiplier);
     note(false, "shutdown-grace", &r.shutdown_grace, shutdown_grace);
     note(false, "output-store-max-bytes / disk-free-min-bytes", &r.output_limits, output_limits);
+    note(false, "max-running / max-queued", &r.run_limits, run_limits);
     note(false, "executions-retained", &r.executions_retained, executions_retained);
     note(false, "execution-lease", &r.execution_lease, execution_lease);
     note(false, "kill-grace", &r.kill_grace, kill_grace);

@@ -5,12 +5,18 @@
 //! one it has seen (fencing a deposed leader), keeps early orders on its own timer and launches them at their
 //! instant, and asks a [`Fence`] right before launching (a server checks that the order's leader still leads).
 //!
+//! A node runs at most `--max-running` executions at once. Orders that fall due while it is full wait in a queue
+//! (at most `--max-queued`), started in the order of their instants as runs end; an order that finds the queue
+//! full is recorded `skipped` with the reason. Queued orders are part of what the node holds (a new leader's
+//! sync lists them), so they may start late without being placed twice, and their lease starts only when they
+//! start: a busy node's runs run late, never falsely lost.
+//!
 //! A run's `Start`, its lease renewals and its `Finish` travel through one channel and are proposed in batches
 //! ([`report_loop`]) through a [`Reporter`]: straight into Raft on a server, over RPC to a server on an agent.
 //! A thousand runs a second cost a handful of Raft entries, not thousands.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -164,6 +170,42 @@ struct Waiting {
     seq: u64,
 }
 
+/// What runs on this node and what waits for a free place: under one lock, so a place is never taken twice and
+/// a new leader's sync sees every order exactly once.
+#[derive(Default)]
+struct Runs {
+    running: HashMap<ExecRef, RunningExec>,
+    /// Orders due but not started, by (instant, arrival): waiting for a free place, or for the fence.
+    queue: BTreeMap<(Timestamp, u64), Queued>,
+    /// Queued orders whose fence is being asked: their places are taken.
+    checking: usize,
+    /// Shutting down: nothing starts any more.
+    closed: bool,
+}
+
+struct Queued {
+    order: Order,
+    /// The fence is being asked about it.
+    checking: bool,
+}
+
+impl Runs {
+    fn queued(&self, exec: &ExecRef) -> Option<(Timestamp, u64)> {
+        self.queue.iter().find(|(_, q)| &q.order.exec == exec).map(|(key, _)| *key)
+    }
+
+    fn holds(&self, exec: &ExecRef) -> bool {
+        self.running.contains_key(exec) || self.queued(exec).is_some()
+    }
+}
+
+/// The node's bounds on runs: `--max-running` and `--max-queued`.
+#[derive(Debug, Clone, Copy)]
+pub struct RunLimits {
+    pub max_running: usize,
+    pub max_queued: usize,
+}
+
 #[derive(Clone)]
 pub struct Worker {
     runner: Runner,
@@ -179,7 +221,8 @@ pub struct Worker {
     pub clock: Arc<crate::clock::Clock>,
     /// `--clock-offset-max`: orders are refused while the clock is further off than this (zero: no limit).
     clock_offset_max: Duration,
-    running: Arc<Mutex<HashMap<ExecRef, RunningExec>>>,
+    runs: Arc<Mutex<Runs>>,
+    limits: RunLimits,
     /// Orders waiting for their instant, by execution; the launcher's heap holds (instant, seq).
     waiting: Arc<Mutex<HashMap<ExecRef, Waiting>>>,
     timer: UnboundedSender<(Timestamp, u64)>,
@@ -221,7 +264,8 @@ impl Worker {
             executors: Arc::new(config.executors.clone()),
             clock: Arc::new(crate::clock::Clock::default()),
             clock_offset_max: config.clock_offset_max,
-            running: Arc::new(Mutex::new(HashMap::new())),
+            runs: Arc::new(Mutex::new(Runs::default())),
+            limits: config.run_limits,
             waiting: Arc::new(Mutex::new(HashMap::new())),
             timer: timer_tx,
             sequence: Arc::new(AtomicU64::new(0)),
@@ -256,11 +300,16 @@ impl Worker {
     }
 
     pub fn running_count(&self) -> usize {
-        self.running.lock().expect("running lock").len()
+        self.runs.lock().expect("runs lock").running.len()
+    }
+
+    /// Orders due and waiting for a free place (see [`RunLimits`]).
+    pub fn queued_count(&self) -> usize {
+        self.runs.lock().expect("runs lock").queue.len()
     }
 
     pub fn is_running(&self, exec_ref: &ExecRef) -> bool {
-        self.running.lock().expect("running lock").contains_key(exec_ref)
+        self.runs.lock().expect("runs lock").running.contains_key(exec_ref)
     }
 
     /// The final output tail of a run of this worker that finished lately, if it is still remembered.
@@ -270,7 +319,7 @@ impl Worker {
     }
 
     pub fn running_refs(&self) -> Vec<ExecRef> {
-        self.running.lock().expect("running lock").keys().cloned().collect()
+        self.runs.lock().expect("runs lock").running.keys().cloned().collect()
     }
 
     /// Note a term seen elsewhere (e.g. this server's own Raft): orders older than it are refused from now on.
@@ -281,11 +330,18 @@ impl Worker {
     /// Stop a run of this worker, or withdraw it if it waits for its instant.
     pub fn cancel(&self, exec_ref: &ExecRef, reason: &str) -> Cancelled {
         {
-            let running = self.running.lock().expect("running lock");
-            if let Some(run) = running.get(exec_ref) {
+            let mut runs = self.runs.lock().expect("runs lock");
+            if let Some(run) = runs.running.get(exec_ref) {
                 run.reason.lock().expect("reason lock").get_or_insert_with(|| reason.to_string());
                 run.token.cancel();
                 return Cancelled::Running;
+            }
+            if let Some(key) = runs.queued(exec_ref) {
+                // A queued order whose fence is being asked is simply not found when the answer comes.
+                if runs.queue.remove(&key).is_some_and(|q| q.checking) {
+                    runs.checking -= 1;
+                }
+                return Cancelled::Withdrawn;
             }
         }
         if self.waiting.lock().expect("waiting lock").remove(exec_ref).is_some() {
@@ -295,7 +351,7 @@ impl Worker {
     }
 
     pub fn cancel_all(&self, reason: &str) {
-        self.waiting.lock().expect("waiting lock").clear();
+        self.close();
         for exec_ref in self.running_refs() {
             self.cancel(&exec_ref, reason);
         }
@@ -306,16 +362,26 @@ impl Worker {
     pub fn sync(&self, term: u64) -> Holding {
         // Under the running lock: a launch either registered its runs before this (they are listed) or checks
         // the raised term after it (and drops them); see `launch_checked`.
-        let running = {
-            let running = self.running.lock().expect("running lock");
+        let (running, queued) = {
+            let mut runs = self.runs.lock().expect("runs lock");
             self.observe_term(term);
-            running.keys().cloned().collect()
+            let runs = &mut *runs;
+            let before = runs.queue.len();
+            // A dropped order whose fence is being asked is not found when the answer comes.
+            runs.queue.retain(|_, q| q.order.term >= term);
+            runs.checking = runs.queue.values().filter(|q| q.checking).count();
+            if runs.queue.len() < before {
+                debug!("sync of term {term}: {} queued order(s) of older terms dropped", before - runs.queue.len());
+            }
+            let queued: Vec<ExecRef> = runs.queue.values().map(|q| q.order.exec.clone()).collect();
+            (runs.running.keys().cloned().collect::<Vec<_>>(), queued)
         };
-        let scheduled = {
+        let mut scheduled: Vec<ExecRef> = {
             let mut waiting = self.waiting.lock().expect("waiting lock");
             waiting.retain(|_, w| w.order.term >= term);
             waiting.keys().cloned().collect()
         };
+        scheduled.extend(queued);
         Holding {
             running,
             unreported: self.unreported.lock().expect("unreported lock").iter().cloned().collect(),
@@ -363,8 +429,8 @@ impl Worker {
             debug!("refusing {}/{}: term {} < {seen}", order.exec.job, order.exec.id, order.term);
             return false;
         }
-        if self.is_running(&order.exec) {
-            return true; // a repeated order (e.g. a re-dispatch after a lost reply): it runs already
+        if self.runs.lock().expect("runs lock").holds(&order.exec) {
+            return true; // a repeated order (e.g. a re-dispatch after a lost reply): it runs or waits already
         }
         match order.at {
             Some(at) if at > Timestamp::now() => {
@@ -373,90 +439,193 @@ impl Worker {
                 self.waiting.lock().expect("waiting lock").insert(exec, Waiting { order, seq });
                 let _ = self.timer.send((at, seq));
             }
-            _ => self.launch_fenced(vec![order]),
+            _ => self.launch_due(vec![order]),
         }
         true
     }
 
-    /// Launch orders now if the fence agrees (on a task: the fence may need to ask Raft).
-    fn launch_fenced(&self, orders: Vec<Order>) {
-        let fence = self.fence.lock().expect("fence lock").clone();
-        let worker = self.clone();
-        let Some(fence) = fence else {
-            let mut by_term: HashMap<u64, Vec<Order>> = HashMap::new();
+    /// Orders whose instant has come: queue them in the order of their instants (or record them skipped when the
+    /// node is full, see [`RunLimits`]) and start what fits.
+    fn launch_due(&self, orders: Vec<Order>) {
+        let now = Timestamp::now();
+        let mut skipped = Vec::new();
+        let mut dropped = Vec::new();
+        {
+            let mut runs = self.runs.lock().expect("runs lock");
             for order in orders {
-                by_term.entry(order.term).or_default().push(order);
-            }
-            for (term, orders) in by_term {
-                for order in worker.launch_checked(term, orders) {
-                    let _ = worker.dropped.send(order.exec);
+                if runs.holds(&order.exec) {
+                    continue;
                 }
-            }
-            return;
-        };
-        tokio::spawn(async move {
-            let mut by_term: HashMap<u64, Vec<Order>> = HashMap::new();
-            for order in orders {
-                by_term.entry(order.term).or_default().push(order);
-            }
-            for (term, orders) in by_term {
-                let deadline = tokio::time::Instant::now() + START_DEADLINE;
-                let verdict = loop {
-                    match fence(term).await {
-                        Verdict::Wait if tokio::time::Instant::now() < deadline => {
-                            tokio::time::sleep(FENCE_RETRY).await;
-                        }
-                        Verdict::Wait => break Verdict::Drop,
-                        verdict => break verdict,
-                    }
-                };
-                let refused = if verdict == Verdict::Launch { worker.launch_checked(term, orders) } else { orders };
-                for order in refused {
+                // Past its start deadline the leader may have placed the run elsewhere: never start it here then.
+                // Once queued, an order is held (a new leader's sync lists it), so it may start late.
+                if order.expires_at < now {
                     warn!(
-                        "not launching {}/{}: its leader (term {term}) no longer leads",
-                        order.exec.job, order.exec.id
+                        "not starting {}/{}: its start deadline passed at {}",
+                        order.exec.job, order.exec.id, order.expires_at
                     );
-                    let _ = worker.dropped.send(order.exec);
+                    dropped.push(order);
+                    continue;
                 }
+                if runs.closed {
+                    dropped.push(order);
+                    continue;
+                }
+                let held = runs.running.len() + runs.queue.len();
+                if held >= self.limits.max_running + self.limits.max_queued {
+                    skipped.push((order, held));
+                    continue;
+                }
+                let seq = self.sequence.fetch_add(1, Ordering::SeqCst);
+                runs.queue.insert((order.at.unwrap_or(now), seq), Queued { order, checking: false });
             }
-        });
+            crate::metrics::metrics().runs_queued.set(runs.queue.len() as i64);
+        }
+        for order in dropped {
+            let _ = self.dropped.send(order.exec);
+        }
+        for (order, held) in skipped {
+            self.skip_overloaded(order, held);
+        }
+        self.start_queued();
     }
 
-    /// Register and start orders of `term` unless a newer term was seen; answers the refused ones. The check and
-    /// the registration happen under the running lock, so a concurrent [`Worker::sync`] sees either the runs or
-    /// the raised term.
-    fn launch_checked(&self, term: u64, orders: Vec<Order>) -> Vec<Order> {
-        let mut running = self.running.lock().expect("running lock");
-        if self.max_term.load(Ordering::SeqCst) > term {
-            return orders;
-        }
-        // Past its start deadline the leader may have placed the run elsewhere: never start it here then.
-        let now = Timestamp::now();
-        let (orders, expired): (Vec<Order>, Vec<Order>) = orders.into_iter().partition(|o| o.expires_at >= now);
-        for order in &expired {
-            warn!(
-                "not starting {}/{}: its start deadline passed at {}",
-                order.exec.job, order.exec.id, order.expires_at
-            );
-        }
-        for order in orders {
-            if running.contains_key(&order.exec) {
-                continue;
+    /// Record an order skipped: the node is full (`held` runs running or waiting for a place).
+    fn skip_overloaded(&self, order: Order, held: usize) {
+        let RunLimits { max_running, max_queued } = self.limits;
+        let error = format!(
+            "skipped: node '{}' is overloaded: {held} runs are running or waiting for a place, the most it holds \
+             (--max-running {max_running}, --max-queued {max_queued})",
+            self.node_name
+        );
+        warn!("execution {}/{} {error}", order.exec.job, order.exec.id);
+        crate::metrics::metrics().runs_skipped_overloaded.inc();
+        self.report(Report::Finish(Finish {
+            exec: order.exec,
+            status: ExecutionStatus::Skipped,
+            exit_code: None,
+            error: Some(error),
+            output_tail: String::new(),
+            output_bytes: 0,
+            node: self.node_name.clone(),
+            started_at: None,
+            finished_at: Timestamp::now(),
+            retry_at: None,
+            only_if_lease_expired: false,
+        }));
+    }
+
+    /// Start queued orders, earliest instant first, while places are free. Each asks the fence first (on a task:
+    /// the fence may need to ask Raft) and stays queued, so held, until the answer; its place is taken meanwhile.
+    fn start_queued(&self) {
+        let fence = self.fence.lock().expect("fence lock").clone();
+        loop {
+            let picked: Vec<Order> = {
+                let mut runs = self.runs.lock().expect("runs lock");
+                if runs.closed {
+                    return;
+                }
+                let free = self.limits.max_running.saturating_sub(runs.running.len() + runs.checking);
+                let runs = &mut *runs;
+                let mut picked = Vec::new();
+                for queued in runs.queue.values_mut().filter(|q| !q.checking).take(free) {
+                    queued.checking = true;
+                    picked.push(queued.order.clone());
+                }
+                runs.checking += picked.len();
+                picked
+            };
+            if picked.is_empty() {
+                return;
             }
-            let token = CancellationToken::new();
-            running.insert(order.exec.clone(), RunningExec { token, reason: Arc::new(Mutex::new(None)) });
+            let mut by_term: BTreeMap<u64, Vec<Order>> = BTreeMap::new();
+            for order in picked {
+                by_term.entry(order.term).or_default().push(order);
+            }
+            let Some(fence) = fence.clone() else {
+                let dropped: usize =
+                    by_term.into_iter().map(|(term, orders)| self.launch_checked(term, true, orders)).sum();
+                if dropped == 0 {
+                    return;
+                }
+                continue; // places were freed by dropped orders
+            };
             let worker = self.clone();
-            tokio::spawn(async move { worker.run(order).await });
+            tokio::spawn(async move {
+                let mut dropped = 0;
+                for (term, orders) in by_term {
+                    let deadline = tokio::time::Instant::now() + START_DEADLINE;
+                    let verdict = loop {
+                        match fence(term).await {
+                            Verdict::Wait if tokio::time::Instant::now() < deadline => {
+                                tokio::time::sleep(FENCE_RETRY).await;
+                            }
+                            Verdict::Wait => break Verdict::Drop,
+                            verdict => break verdict,
+                        }
+                    };
+                    dropped += worker.launch_checked(term, verdict == Verdict::Launch, orders);
+                }
+                if dropped > 0 {
+                    worker.start_queued();
+                }
+            });
+            return;
         }
-        expired
+    }
+
+    /// After the fence answered for queued orders of `term`: start them (`launch`) unless a newer term was seen,
+    /// or drop them (their leader no longer leads). Orders withdrawn or dropped by a sync meanwhile are no longer
+    /// queued and are left alone. The check and the start happen under the runs lock, so a concurrent
+    /// [`Worker::sync`] sees either the runs or the raised term. Answers how many were dropped.
+    fn launch_checked(&self, term: u64, launch: bool, orders: Vec<Order>) -> usize {
+        let mut dropped = Vec::new();
+        {
+            let mut runs = self.runs.lock().expect("runs lock");
+            let launch = launch && !runs.closed && self.max_term.load(Ordering::SeqCst) <= term;
+            for order in orders {
+                let Some(key) = runs.queued(&order.exec) else { continue };
+                if !runs.queue.get(&key).is_some_and(|q| q.checking) {
+                    continue; // withdrawn and ordered again meanwhile: its own turn comes
+                }
+                let Some(queued) = runs.queue.remove(&key) else { continue };
+                runs.checking -= 1;
+                if !launch {
+                    dropped.push(queued.order.exec);
+                    continue;
+                }
+                let token = CancellationToken::new();
+                let exec = queued.order.exec.clone();
+                runs.running.insert(exec, RunningExec { token, reason: Arc::new(Mutex::new(None)) });
+                let worker = self.clone();
+                tokio::spawn(async move { worker.run(queued.order).await });
+            }
+            crate::metrics::metrics().runs_queued.set(runs.queue.len() as i64);
+        }
+        for exec in &dropped {
+            warn!("not launching {}/{}: its leader (term {term}) no longer leads", exec.job, exec.id);
+            let _ = self.dropped.send(exec.clone());
+        }
+        dropped.len()
+    }
+
+    /// Shutting down: nothing starts any more; orders waiting for their instant or a place are dropped (the
+    /// leader places them again elsewhere: they are no longer held here).
+    pub fn close(&self) {
+        {
+            let mut runs = self.runs.lock().expect("runs lock");
+            runs.closed = true;
+            runs.queue.clear();
+            runs.checking = 0;
+        }
+        self.waiting.lock().expect("waiting lock").clear();
     }
 
     async fn run(&self, order: Order) {
         let Order { exec: exec_ref, mut spec, keep_outputs, .. } = order;
         spec.extra_env.push(("KAIROS_NODE_NAME".into(), self.node_name.clone()));
         let (token, reason) = {
-            let running = self.running.lock().expect("running lock");
-            let run = running.get(&exec_ref).expect("registered by launch_checked");
+            let runs = self.runs.lock().expect("runs lock");
+            let run = runs.running.get(&exec_ref).expect("registered by launch_checked");
             (run.token.clone(), run.reason.clone())
         };
         let started_at = Timestamp::now();
@@ -507,7 +676,8 @@ impl Worker {
             retry_at: None,
             only_if_lease_expired: false,
         }));
-        self.running.lock().expect("running lock").remove(&exec_ref);
+        self.runs.lock().expect("runs lock").running.remove(&exec_ref);
+        self.start_queued();
     }
 
     /// Keep the newest `keep` output files of a job (ids sort by slot), never one of a run still running.
@@ -569,7 +739,7 @@ pub async fn launch_loop(worker: Worker, mut timer: UnboundedReceiver<(Timestamp
                     refs.iter().filter_map(|r| waiting.remove(r)).map(|w| w.order).collect()
                 };
                 if !orders.is_empty() {
-                    worker.launch_fenced(orders);
+                    worker.launch_due(orders);
                 }
             }
         }
@@ -675,8 +845,12 @@ mod tests {
     use kairos_model::Trigger;
 
     fn worker() -> (Worker, WorkerChannels, tempfile::TempDir) {
+        worker_with(crate::config::AgentArgs::default())
+    }
+
+    fn worker_with(args: crate::config::AgentArgs) -> (Worker, WorkerChannels, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let args = crate::config::AgentArgs { node_name: Some("w".into()), ..Default::default() };
+        let args = crate::config::AgentArgs { node_name: Some("w".into()), ..args };
         let config = args.resolve().unwrap();
         let outputs = OutputStore::open(dir.path().join("outputs")).unwrap();
         let (worker, channels) = Worker::new(&config, outputs);
@@ -771,5 +945,91 @@ mod tests {
         assert!(!worker.accept(order(&worker, "late", 3, later())), "and term 3 is fenced from now on");
         assert_eq!(worker.cancel(&ExecRef { job: "j".into(), id: "new".into() }, "test"), Cancelled::Withdrawn);
         assert_eq!(worker.cancel(&ExecRef { job: "j".into(), id: "old".into() }, "test"), Cancelled::NotHere);
+    }
+
+    fn sleeping(worker: &Worker, id: &str, slot_ms: i64, term: u64) -> Order {
+        let mut job = Job::empty("j");
+        job.executor = "shell".into();
+        job.executor_config.insert("command".into(), "sleep 30".into());
+        let slot = Timestamp::from_millisecond(1_795_000_000_000 + slot_ms).unwrap();
+        let mut exec = Execution::decided("j", slot, Trigger::Schedule);
+        exec.id = id.into();
+        // Due already (their instants passed): they start at once, or wait for a place.
+        worker.prepare(&exec, &job, term, Some(slot))
+    }
+
+    fn ids(refs: &[ExecRef]) -> Vec<&str> {
+        let mut ids: Vec<&str> = refs.iter().map(|r| r.id.as_str()).collect();
+        ids.sort();
+        ids
+    }
+
+    fn exec(id: &str) -> ExecRef {
+        ExecRef { job: "j".into(), id: id.into() }
+    }
+
+    async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_node_queues_runs_by_instant_skips_past_its_queue_and_starts_the_earliest_when_a_place_frees() {
+        let args = crate::config::AgentArgs { max_running: Some(2), max_queued: Some(2), ..Default::default() };
+        let (worker, mut channels, _dir) = worker_with(args);
+        // Arrival order differs from instant order: the queue starts the earliest instant first.
+        for (id, slot_ms) in [("a", 100), ("b", 200), ("d", 400), ("c", 300), ("e", 500)] {
+            assert!(worker.accept(sleeping(&worker, id, slot_ms, 1)), "{id} accepted");
+        }
+        wait_for("two running", || worker.running_count() == 2).await;
+        assert_eq!(ids(&worker.running_refs()), ["a", "b"]);
+        assert_eq!(worker.queued_count(), 2, "d and c wait for a place");
+        let skipped = loop {
+            match channels.reports.recv().await.expect("reports") {
+                Report::Finish(finish) => break finish,
+                Report::Start(_) => {}
+            }
+        };
+        assert_eq!(skipped.exec.id, "e", "the order that found the queue full");
+        assert_eq!(skipped.status, ExecutionStatus::Skipped);
+        let error = skipped.error.unwrap();
+        assert!(error.contains("overloaded") && error.contains("--max-running 2"), "{error}");
+        // The queue is held: a new leader's sync lists it, so the runs are not placed a second time.
+        let holding = worker.sync(1);
+        assert_eq!(ids(&holding.scheduled), ["c", "d"]);
+        assert_eq!(ids(&holding.running), ["a", "b"]);
+        // A place frees: the earliest queued instant (c, not d) starts; a repeated order changes nothing.
+        assert!(worker.accept(sleeping(&worker, "d", 400, 1)), "a repeated order is acknowledged");
+        assert_eq!(worker.cancel(&exec("a"), "test"), Cancelled::Running);
+        wait_for("c started", || worker.is_running(&exec("c"))).await;
+        assert_eq!(ids(&worker.running_refs()), ["b", "c"]);
+        assert_eq!(worker.queued_count(), 1);
+        // A queued order can be withdrawn; shutting down drops the rest and starts nothing more.
+        assert_eq!(worker.cancel(&exec("d"), "test"), Cancelled::Withdrawn);
+        assert!(worker.accept(sleeping(&worker, "f", 600, 1)));
+        worker.cancel_all("shut down");
+        wait_for("all stopped", || worker.running_count() == 0).await;
+        assert_eq!(worker.queued_count(), 0);
+        assert!(!worker.is_running(&exec("f")), "a queued run never starts after the node closed");
+    }
+
+    #[tokio::test]
+    async fn a_new_leaders_sync_drops_queued_orders_of_older_terms() {
+        let args = crate::config::AgentArgs { max_running: Some(1), ..Default::default() };
+        let (worker, _channels, _dir) = worker_with(args);
+        assert!(worker.accept(sleeping(&worker, "running", 100, 3)));
+        assert!(worker.accept(sleeping(&worker, "old", 200, 3)));
+        wait_for("one running", || worker.running_count() == 1).await;
+        assert_eq!(worker.queued_count(), 1);
+        let holding = worker.sync(4);
+        assert_eq!(ids(&holding.running), ["running"], "what runs keeps running");
+        assert!(holding.scheduled.is_empty(), "the term-3 queued order is dropped: the new leader decides it");
+        assert!(worker.accept(sleeping(&worker, "new", 300, 4)));
+        worker.cancel(&exec("running"), "test");
+        wait_for("the new term's order started", || worker.is_running(&exec("new"))).await;
+        worker.cancel_all("done");
     }
 }

@@ -30,6 +30,9 @@ pub enum Cut {
     Outgoing,
     /// It sends but receives nothing.
     Incoming,
+    /// It answers but cannot call: connections (and datagram flows) it opens to the other hosts are dropped,
+    /// replies on those the others open to it pass (a node that serves RPC but whose own calls fail).
+    Calls,
 }
 
 pub struct Network {
@@ -122,6 +125,11 @@ impl Network {
         if matches!(cut, Cut::Both | Cut::Outgoing) {
             rules += &format!(
                 "  chain out {{ type filter hook output priority 0; policy accept; ip daddr != {observer} drop; }}\n"
+            );
+        }
+        if matches!(cut, Cut::Calls) {
+            rules += &format!(
+                "  chain out {{ type filter hook output priority 0; policy accept; ip daddr != {observer} ct state new drop; }}\n"
             );
         }
         if matches!(cut, Cut::Both | Cut::Incoming) {

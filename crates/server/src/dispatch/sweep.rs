@@ -57,7 +57,11 @@ pub fn decide<'a>(active: &'a [Execution], synced: Option<&Synced>, now: Timesta
                     let reason = format!("lost: node '{}' no longer runs it (it restarted or died)", exec.node_name);
                     decisions.lost.push((exec, reason, true));
                 } else if exec.lease_until.is_some_and(|l| l < now) {
-                    decisions.lost.push((exec, "lost: its lease expired without a renewal".into(), false));
+                    let reason = format!(
+                        "lost: its lease expired without a renewal and node '{}' did not say it still runs it",
+                        exec.node_name
+                    );
+                    decisions.lost.push((exec, reason, false));
                 }
             }
             _ => {}
@@ -170,10 +174,26 @@ async fn sweep(node: &Node, synced: Option<Synced>, term: u64) -> Result<Option<
         .filter(|exec| placement_expired(exec, now))
         .map(|exec| unplaceable(node, exec, now))
         .collect();
+    let (held, waited) = spared(node, term, now, &decisions.lost).await;
+    let lost: Vec<_> = decisions
+        .lost
+        .into_iter()
+        .filter(|(exec, _, _)| !held.contains(&exec_ref(exec)) && !waited.contains(&exec_ref(exec)))
+        .collect();
+    if !held.is_empty() {
+        let lease_until = now + node.worker.lease;
+        let renewals: Vec<ExecRef> = held.into_iter().collect();
+        warn!(
+            "{} execution(s) outlived their lease without a renewal but their nodes still run them (busy?): leases \
+             renewed on their behalf",
+            renewals.len()
+        );
+        node.submit_as_leader(term, Command::Renew { renewals, lease_until }).await?;
+    }
     let metrics = crate::metrics::metrics();
     metrics.placement_failures.inc_by(results.len() as u64);
-    metrics.executions_lost.inc_by((decisions.lost.len() + lost_orders.len()) as u64);
-    for (exec, reason, disowned) in decisions.lost {
+    metrics.executions_lost.inc_by((lost.len() + lost_orders.len()) as u64);
+    for (exec, reason, disowned) in lost {
         warn!("execution {}/{} {reason}", exec.job_name, exec.id);
         results.push(Finish {
             exec: ExecRef { job: exec.job_name.clone(), id: exec.id.clone() },
@@ -214,6 +234,58 @@ async fn sweep(node: &Node, synced: Option<Synced>, term: u64) -> Result<Option<
         node.submit_as_leader(term, Command::Finish { results }).await?;
     }
     Ok(decisions.next_retry)
+}
+
+fn exec_ref(exec: &Execution) -> ExecRef {
+    ExecRef { job: exec.job_name.clone(), id: exec.id.clone() }
+}
+
+/// Of the executions whose lease expired (not those disowned), those not to record lost yet: their node says it
+/// still runs them, or has finished and not reported yet (a node too busy to renew in time), and those whose node
+/// does not answer but whose lease ran out less than a lease ago (a node paused or swamped may answer again). A
+/// node that is gone (its connection refused), or silent for a second lease, holds nothing. Answers (held, silent
+/// but waited for).
+async fn spared(
+    node: &Node,
+    term: u64,
+    now: Timestamp,
+    lost: &[(&Execution, String, bool)],
+) -> (HashSet<ExecRef>, HashSet<ExecRef>) {
+    let expired: Vec<&Execution> = lost.iter().filter(|(_, _, disowned)| !disowned).map(|(e, _, _)| *e).collect();
+    if expired.is_empty() {
+        return Default::default();
+    }
+    let names: HashSet<&str> = expired.iter().map(|e| e.node_name.as_str()).collect();
+    let members: Vec<Member> =
+        node.membership.all().await.into_iter().filter(|m| names.contains(m.name.as_str())).collect();
+    let asked = futures::future::join_all(members.iter().map(|m| takeover::sync_member(node, m, term))).await;
+    // What each node holds; `None` for a node that did not answer.
+    let mut answers: HashMap<&str, Option<HashSet<ExecRef>>> = HashMap::new();
+    for (member, answer) in members.iter().zip(asked) {
+        match answer {
+            takeover::Answer::Holds(holding) => answers.insert(&member.name, Some(holding.all().collect())),
+            takeover::Answer::Silent => answers.insert(&member.name, None),
+            takeover::Answer::Gone => None,
+        };
+    }
+    let (mut held, mut waited) = (HashSet::new(), HashSet::new());
+    for exec in expired {
+        match answers.get(exec.node_name.as_str()) {
+            Some(Some(holds)) if holds.contains(&exec_ref(exec)) => {
+                held.insert(exec_ref(exec));
+            }
+            Some(None) if within_second_lease(exec, now, node.worker.lease) => {
+                waited.insert(exec_ref(exec));
+            }
+            _ => {}
+        }
+    }
+    (held, waited)
+}
+
+/// Whether an expired lease ran out less than one more `lease` before `now`.
+fn within_second_lease(exec: &Execution, now: Timestamp, lease: Duration) -> bool {
+    exec.lease_until.is_some_and(|until| until.checked_add(lease).is_ok_and(|grace| grace > now))
 }
 
 /// Ask the nodes of stale claims (see [`stale_claims`]) what they hold; release the claims they do not hold,
@@ -349,7 +421,7 @@ mod tests {
         assert!(decide(&active, None, ts("2026-01-01T00:00:10Z")).lost.is_empty(), "at the deadline it still holds");
         let lost = decide(&active, None, ts("2026-01-01T00:00:10.001Z")).lost;
         assert_eq!(lost.len(), 1);
-        assert_eq!(lost[0].1, "lost: its lease expired without a renewal");
+        assert!(lost[0].1.starts_with("lost: its lease expired without a renewal"), "{}", lost[0].1);
         assert!(!lost[0].2, "not disowned: recorded only if the lease is still expired when applied");
     }
 

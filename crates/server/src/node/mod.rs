@@ -218,6 +218,8 @@ impl Node {
 
 /// Let running executions finish (bounded by the shutdown grace), cancel the rest, and flush their reports.
 pub async fn drain_worker(worker: &Worker, config: &Config) {
+    // Queued and early orders never start now; the leader places them again elsewhere.
+    worker.close();
     let deadline = tokio::time::Instant::now() + config.shutdown_grace;
     while worker.running_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
