@@ -32,6 +32,8 @@ const KEY_INITIALIZED: &str = "raft_initialized";
 const KEY_EXECUTORS: &str = "executors";
 /// The node's clock offset from the leader: `offset_ms,error_ms` (see [`crate::clock`]).
 const KEY_CLOCK: &str = "clock";
+/// How many executions the node runs at once (`--max-running`); placement weighs its load by it.
+const KEY_PLACES: &str = "places";
 
 /// How often a node gossips with a few peers.
 const GOSSIP_INTERVAL: Duration = Duration::from_millis(200);
@@ -95,6 +97,8 @@ pub struct Member {
     pub executors: Option<Vec<String>>,
     /// Its clock's offset from the leader's, once measured.
     pub clock: Option<crate::clock::Offset>,
+    /// How many executions it runs at once (`--max-running`); `None`: it did not say (an earlier version).
+    pub places: Option<usize>,
 }
 
 impl Member {
@@ -155,6 +159,7 @@ impl Membership {
             (KEY_RPC.to_string(), rpc_addr.to_string()),
             (KEY_TAGS.to_string(), serde_json::to_string(&tags)?),
             (KEY_EXECUTORS.to_string(), config.executors.join(",")),
+            (KEY_PLACES.to_string(), config.run_limits.max_running.to_string()),
         ];
         if let Some(id) = raft_id {
             keys.push((KEY_RAFT_ID.to_string(), id.to_string()));
@@ -303,6 +308,7 @@ fn member_of(id: &ChitchatId, state: &chitchat::NodeState, status: Status) -> Op
             let (offset, error) = text.split_once(',')?;
             Some(crate::clock::Offset { offset_ms: offset.parse().ok()?, error_ms: error.parse().ok()? })
         }),
+        places: state.get(KEY_PLACES).and_then(|n| n.parse().ok()).filter(|n| *n > 0),
         executors: state
             .get(KEY_EXECUTORS)
             .map(|list| list.split(',').filter(|e| !e.is_empty()).map(str::to_string).collect()),

@@ -343,6 +343,7 @@ fn eligible_members(node: &Node) -> Vec<Member> {
             raft_initialized: true,
             executors: Some(node.config.executors.clone()),
             clock: node.worker.clock.offset(),
+            places: Some(node.config.run_limits.max_running),
         });
     }
     // A node whose clock is certainly further off than --clock-offset-max gets no runs (see crate::clock).

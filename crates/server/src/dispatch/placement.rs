@@ -1,7 +1,8 @@
 //! Placement: which live node runs a run. Eligible nodes are the live members whose tags match the job's, that run
 //! the job's executor (`--executors`) and that answered over RPC lately. A job without tags (or with a count of 1) runs on exactly one of them, the least
 //! busy, avoiding the node a failed attempt ran on where there is another, and the leader where there is
-//! another. A job whose tags have no count runs on every matching node, `value:N` on N of them.
+//! another. A job whose tags have no count runs on every matching node, `value:N` on N of them. "Least busy" is
+//! the share of its places (`--max-running`, which each node publishes) that the leader's orders take on it.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -10,6 +11,14 @@ use kairos_model::{Execution, Job, Targets};
 
 use super::claims::Claims;
 use crate::gossip::{Member, tags_match};
+
+/// The places of a node that does not publish them (an earlier version): the default on one core.
+const PLACES_UNSAID: usize = 64;
+
+/// How busy a node is: the leader's claims on it per thousand of its places.
+fn busyness(member: &Member, claims: &Claims) -> usize {
+    claims.load(&member.name).saturating_mul(1000) / member.places.unwrap_or(PLACES_UNSAID).max(1)
+}
 
 /// How long a node an order could not reach is avoided.
 pub const UNREACHABLE_FOR: Duration = Duration::from_secs(10);
@@ -37,7 +46,7 @@ pub fn choose_targets(members: &[Member], job: &Job, claims: &Claims, leader: &s
         Targets::One => 1,
     };
     let mut ranked: Vec<(bool, usize, u32, &str)> =
-        eligible.iter().map(|m| (m.name == leader, claims.load(&m.name), rand::random(), m.name.as_str())).collect();
+        eligible.iter().map(|m| (m.name == leader, busyness(m, claims), rand::random(), m.name.as_str())).collect();
     ranked.sort_unstable();
     let mut chosen: Vec<String> = ranked.into_iter().take(wanted).map(|(.., name)| name.to_string()).collect();
     chosen.sort();
@@ -68,8 +77,8 @@ pub fn place<'m>(
     let pool = if preferred.is_empty() { eligible } else { preferred };
     let others: Vec<&Member> = pool.iter().copied().filter(|m| m.name != leader).collect();
     let pool = if others.is_empty() { pool } else { others };
-    let least = pool.iter().map(|m| claims.load(&m.name)).min()?;
-    let ties: Vec<&Member> = pool.into_iter().filter(|m| claims.load(&m.name) == least).collect();
+    let least = pool.iter().map(|m| busyness(m, claims)).min()?;
+    let ties: Vec<&Member> = pool.into_iter().filter(|m| busyness(m, claims) == least).collect();
     Some(ties[rand::random_range(0..ties.len())])
 }
 
@@ -94,6 +103,7 @@ pub(super) mod tests {
             raft_initialized: false,
             executors: None,
             clock: None,
+            places: None,
         }
     }
 
@@ -128,6 +138,25 @@ pub(super) mod tests {
         claims.release(&exec_ref(1));
         claims.release(&exec_ref(2));
         assert_eq!(name(place(&members, &job, &exec(), &claims, "leader")), Some("a"));
+    }
+
+    #[test]
+    fn busy_is_measured_against_the_places_a_node_publishes() {
+        let now = Instant::now();
+        let (mut small, mut big) = (member("small", &[("pool", "x")]), member("big", &[("pool", "x")]));
+        (small.places, big.places) = (Some(4), Some(64));
+        let members = vec![small, big];
+        let mut claims = Claims::default();
+        for n in 0..2 {
+            claims.claim(exec_ref(n), "small", now);
+        }
+        for n in 10..20 {
+            claims.claim(exec_ref(n), "big", now);
+        }
+        let chosen = name(place(&members, &job(&[]), &exec(), &claims, "leader"));
+        assert_eq!(chosen, Some("big"), "10 of 64 places is less busy than 2 of 4");
+        let targets = choose_targets(&members, &job(&[("pool", "x:1")]), &claims, "leader");
+        assert_eq!(targets, Some(vec!["big".to_string()]), "one of them: the less busy");
     }
 
     #[test]
