@@ -968,6 +968,27 @@ async fn agents_with_fast_or_slow_clocks_start_runs_at_the_leaders_instants() {
         }
     })
     .await;
+    // Once measured, the times the skewed agents record are on the leader's clock: a run's started_at is the
+    // true start (a few ms before the `date` in its command), not 5 s off.
+    let measured = Timestamp::now().as_second() + 1;
+    wait_until("three more runs on each skewed agent", secs(30), async || {
+        let later = |clock: &str| lines(clock).iter().filter(|(slot, _)| slot.as_second() > measured).count();
+        (later("fast") >= 3 && later("slow") >= 3).then_some(())
+    })
+    .await;
+    for clock in ["fast", "slow"] {
+        let execs = cluster.executions(&format!("on-{clock}")).await;
+        for (slot, true_ns) in lines(clock).into_iter().filter(|(slot, _)| slot.as_second() > measured) {
+            let exec = execs.iter().find(|e| e.scheduled_at == slot).unwrap_or_else(|| panic!("no run of {slot}"));
+            let recorded_ns = exec.started_at.expect("started_at").as_nanosecond();
+            let ahead_ms = (true_ns - recorded_ns) / 1_000_000;
+            assert!(
+                (-50..1_000).contains(&ahead_ms),
+                "the {clock} agent recorded started_at {} for a run that truly started {ahead_ms} ms later",
+                exec.started_at.unwrap()
+            );
+        }
+    }
 }
 
 /// `--clock-offset-max`: a node whose clock is certainly further off the leader's gets no runs; a job only it could

@@ -114,6 +114,19 @@ impl Clock {
         state.samples.iter().copied().min_by_key(|s| s.error_ms)
     }
 
+    /// Now on the leader's time base: this clock plus the measured offset when the offset is certainly not zero
+    /// (larger than its error bound); this clock as it is before the first measurement. The times a node records
+    /// for its runs (start, finish, lease) use it, so lags and leases mean the same whatever node ran the run.
+    pub fn leader_now(&self) -> Timestamp {
+        let now = Timestamp::now();
+        match self.offset() {
+            Some(offset) if offset.offset_ms.abs() > offset.error_ms => {
+                now.checked_add(jiff::SignedDuration::from_millis(offset.offset_ms)).unwrap_or(now)
+            }
+            _ => now,
+        }
+    }
+
     /// This node's reading for a node that asks (`GET /cluster/clock`).
     pub fn reading(&self) -> ClockReading {
         let offset = self.offset().unwrap_or(Offset { offset_ms: 0, error_ms: i64::from(i32::MAX) });

@@ -508,7 +508,7 @@ impl Worker {
             output_bytes: 0,
             node: self.node_name.clone(),
             started_at: None,
-            finished_at: Timestamp::now(),
+            finished_at: self.clock.leader_now(),
             retry_at: None,
             only_if_lease_expired: false,
         }));
@@ -628,7 +628,7 @@ impl Worker {
             let run = runs.running.get(&exec_ref).expect("registered by launch_checked");
             (run.token.clone(), run.reason.clone())
         };
-        let started_at = Timestamp::now();
+        let started_at = self.clock.leader_now();
         let executor = spec.executor.clone();
         crate::metrics::observe_start(&executor, &spec.extra_env, started_at);
         crate::metrics::metrics().runs_running.inc();
@@ -672,7 +672,7 @@ impl Worker {
             output_bytes: outcome.output_bytes,
             node: self.node_name.clone(),
             started_at: Some(started_at),
-            finished_at: Timestamp::now(),
+            finished_at: self.clock.leader_now(),
             retry_at: None,
             only_if_lease_expired: false,
         }));
@@ -850,7 +850,7 @@ pub async fn renew_loop(worker: Worker, reporter: Arc<dyn Reporter>, stopping: C
         if renewals.is_empty() {
             continue;
         }
-        let lease_until = Timestamp::now() + worker.lease;
+        let lease_until = worker.clock.leader_now() + worker.lease;
         for chunk in renewals.chunks(BATCH_ITEMS_MAX) {
             let command = Command::Renew { renewals: chunk.to_vec(), lease_until };
             if let Err(err) = reporter.submit(command).await {
