@@ -97,8 +97,8 @@ impl Clock {
             && state.warned.is_none_or(|at| at.elapsed() > WARN_EVERY)
         {
             warn!(
-                "this node's clock is {} ms {} the leader's (±{} ms); runs still start on the leader's instants, but \
-                 the times this node records are off: fix its time synchronisation (NTP)",
+                "this node's clock is {} ms {} the leader's (±{} ms); runs still start on the leader's instants and the \
+                 times it records are corrected, but fix its time synchronisation (NTP)",
                 best.offset_ms.abs(),
                 if best.offset_ms < 0 { "ahead of" } else { "behind" },
                 best.error_ms
