@@ -991,6 +991,76 @@ async fn agents_with_fast_or_slow_clocks_start_runs_at_the_leaders_instants() {
     }
 }
 
+/// One of three servers has its clock 5 s fast (libfaketime). Whoever leads is paused until that server wins an
+/// election: it must not fire slots on its clock (5 s early on the real one) but hand leadership to a server whose
+/// clock agrees with the majority. Every run of the jobs firing meanwhile starts at or after its slot on the real
+/// clock.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_with_a_skewed_clock_that_wins_an_election_hands_leadership_over() {
+    assert!(Path::new(LIBFAKETIME).exists(), "this test needs Debian's faketime (apt-get install faketime)");
+    let mut cluster = Cluster::prepare(3, &[], &[]);
+    let skewed = 2;
+    cluster.set_env(skewed, "LD_PRELOAD", LIBFAKETIME);
+    cluster.set_env(skewed, "FAKETIME", "+5s");
+    cluster.set_env(skewed, "FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    cluster.launch_all().await;
+    cluster.wait_formed().await;
+    let skewed_name = cluster.node_name(skewed).to_string();
+    let dir = cluster.scratch("starts");
+    let file = dir.join("starts.log");
+    let command =
+        format!("echo \"$KAIROS_SCHEDULED_AT $(env -u LD_PRELOAD -u FAKETIME date +%s%N)\" >> '{}'", file.display());
+    let names = job_names("tick", 3);
+    for name in &names {
+        cluster.create_job(&shell_job(name, "* * * * * *", &command)).await;
+    }
+    cluster.wait_each_fired(&names, secs(30)).await;
+    let handed_over = |cluster: &Cluster| cluster.node(skewed).log().contains("handing leadership");
+    let mut won = false;
+    for _ in 0..20 {
+        let leader = cluster.wait_leader().await;
+        if leader == skewed || handed_over(&cluster) {
+            won = true;
+            break;
+        }
+        // The skewed server learns its offset from the leader it follows (measured every 5 s) before it can win.
+        wait_until("the skewed server measured its offset", secs(30), async || {
+            let members = cluster.server(leader).get("/v1/members").await.items();
+            let offset =
+                members.iter().find(|m| m["Name"] == skewed_name.as_str()).map(|m| m["clock_offset_ms"].clone());
+            offset.clone().filter(|o| o.as_i64().is_some_and(|ms| ms < -4000)).ok_or(format!("{offset:?}"))
+        })
+        .await;
+        cluster.sigstop(leader);
+        let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+        wait_until("the others elect a leader", secs(20), async || cluster.leader_among(&others).await).await;
+        cluster.sigcont(leader);
+    }
+    assert!(won, "the skewed server never won an election in 20 rounds");
+    let leader = wait_until("a server with a good clock leads", secs(20), async || {
+        let leader = cluster.leader().await?;
+        if leader == skewed { Err("the skewed server leads".to_string()) } else { Ok(leader) }
+    })
+    .await;
+    cluster.note(&format!("{} leads", cluster.node_name(leader)));
+    let last = Timestamp::now().as_second() + 3;
+    wait_until("the jobs fire on after the hand-over", secs(30), async || {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        text.lines()
+            .any(|l| {
+                l.split(' ').next().and_then(|t| t.parse::<Timestamp>().ok()).is_some_and(|t| t.as_second() > last)
+            })
+            .then_some(())
+    })
+    .await;
+    for line in std::fs::read_to_string(&file).unwrap().lines() {
+        let (slot, ns) = line.split_once(' ').unwrap();
+        let slot: Timestamp = slot.parse().unwrap();
+        let lag_ms = (ns.trim().parse::<i128>().unwrap() - slot.as_nanosecond()) / 1_000_000;
+        assert!(lag_ms >= 0, "slot {slot} started {} ms early on the real clock", -lag_ms);
+    }
+}
+
 /// `--clock-offset-max`: a node whose clock is certainly further off the leader's gets no runs; a job only it could
 /// run fails after the placement grace, and the error names the clocks.
 #[tokio::test(flavor = "multi_thread")]

@@ -127,6 +127,13 @@ impl Clock {
         }
     }
 
+    /// The best recent measurement against another server (this node's own zero while it leads left out): as a
+    /// new leader, what it last measured against the previous one.
+    pub fn measured(&self) -> Option<Offset> {
+        let state = self.state.lock().expect("clock lock");
+        state.samples.iter().copied().filter(|s| s.error_ms > 0).min_by_key(|s| s.error_ms)
+    }
+
     /// This node's reading for a node that asks (`GET /cluster/clock`).
     pub fn reading(&self) -> ClockReading {
         let offset = self.offset().unwrap_or(Offset { offset_ms: 0, error_ms: i64::from(i32::MAX) });

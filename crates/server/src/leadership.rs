@@ -39,6 +39,12 @@ use crate::node::Node;
 
 /// A leader whose duties have not been running (or whose sweep has not completed) for this long is unhealthy.
 pub const STALLED_AFTER: Duration = Duration::from_secs(10);
+/// The leader fires slots on its own clock: a server whose clock is certainly further than this from the clocks of
+/// a majority of the voters does not lead, it hands leadership to one of them.
+pub const LEADER_CLOCK_MAX: Duration = Duration::from_millis(500);
+/// How long a leader with a clock off the majority's tries to hand leadership over before it leads anyway (a
+/// cluster must not stay without duties because no other server takes over).
+const HAND_OVER_WITHIN: Duration = Duration::from_secs(5);
 
 /// What this node's leader duties are doing, for `/health` and the logs.
 #[derive(Default)]
@@ -194,6 +200,7 @@ async fn lead(node: &Node, term: u64, changes: &mut UnboundedReceiver<String>) {
     info!("leading in term {term}: establishing leader duties");
     let duties = async {
         establish(node, term).await;
+        hand_over_if_clock_off(node, term).await;
         let dispatcher = async {
             let synced = crate::dispatch::take_over(node, term).await;
             node.duties.set(Phase::Leading, term);
@@ -222,4 +229,68 @@ async fn establish(node: &Node, term: u64) {
             }
         }
     }
+}
+
+/// If this server's clock is certainly more than [`LEADER_CLOCK_MAX`] off the clocks of a majority of the voters
+/// (so it would fire slots early or late), hand leadership to the voter whose clock is the majority's median, and
+/// keep trying for [`HAND_OVER_WITHIN`]; then lead anyway, saying so. Answers at once when the clocks agree.
+async fn hand_over_if_clock_off(node: &Node, term: u64) {
+    let deadline = tokio::time::Instant::now() + HAND_OVER_WITHIN;
+    while let Some((target, offset_ms)) = clock_outvoted(node).await {
+        if tokio::time::Instant::now() >= deadline {
+            error!(
+                "leading in term {term} with a clock {offset_ms} ms off most servers': no other server took \
+                 leadership, so slots fire on this clock; fix its time synchronisation (NTP)"
+            );
+            return;
+        }
+        error!(
+            "this server's clock is {offset_ms} ms off the clocks of most voters (more than {LEADER_CLOCK_MAX:?}): \
+             handing leadership of term {term} to server {target} rather than firing slots at the wrong time; fix \
+             its time synchronisation (NTP)"
+        );
+        if let Err(err) = node.raft.trigger().transfer_leader(target).await {
+            warn!("cannot hand leadership to {target}: {err}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The voter to hand leadership to, and by how much (ms, others − this clock) this clock is off, when it is
+/// certainly more than [`LEADER_CLOCK_MAX`] off the clocks of a majority of the voters (this one counted), as
+/// measured now, plus, for a voter that does not answer, as measured against the previous leader before this term.
+async fn clock_outvoted(node: &Node) -> Option<(u64, i64)> {
+    let metrics = node.metrics();
+    let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
+    let majority = voters.len() / 2 + 1;
+    let members = node.membership.all().await;
+    let others: Vec<(u64, String)> = voters
+        .iter()
+        .filter(|id| **id != node.id)
+        .filter_map(|id| members.iter().find(|m| m.raft_id == Some(*id)).map(|m| (*id, m.rpc_addr.clone())))
+        .collect();
+    let asked = futures::future::join_all(others.iter().map(|(id, addr)| async move {
+        let t0 = Timestamp::now();
+        let reading = node.rpc.clock(addr).await.ok()?;
+        // Their raw clock against ours: their own offset from the previous leader does not count here.
+        let raw = crate::clock::ClockReading { offset_ms: 0, error_ms: 0, ..reading };
+        Some((*id, crate::clock::Offset::from_round_trip(t0, raw, Timestamp::now())))
+    }))
+    .await;
+    let answered: Vec<(u64, crate::clock::Offset)> = asked.into_iter().flatten().collect();
+    let mut off: Vec<(i64, u64)> = answered
+        .iter()
+        .filter(|(_, offset)| offset.beyond(LEADER_CLOCK_MAX))
+        .map(|(id, offset)| (offset.offset_ms, *id))
+        .collect();
+    // A voter that does not answer now (the previous leader, paused or gone?) still counts with what this node
+    // measured against the previous leader while following it.
+    let silent_voter = answered.len() + 1 < voters.len();
+    let remembered = node.worker.clock.measured().is_some_and(|o| o.beyond(LEADER_CLOCK_MAX));
+    let votes = off.len() + usize::from(silent_voter && remembered);
+    if off.is_empty() || votes < majority {
+        return None;
+    }
+    off.sort_unstable();
+    off.get(off.len() / 2).map(|(offset_ms, id)| (*id, *offset_ms))
 }
