@@ -112,6 +112,30 @@ impl Api {
         serde_json::from_str(&reply.text).with_context(|| format!("GET {path}: not a list of executions"))
     }
 
+    /// A request within `timeout` whatever its answer: the status and the start of the server's message, or an
+    /// error when no answer came in time.
+    pub async fn answer(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+        timeout: Duration,
+    ) -> anyhow::Result<(u16, String)> {
+        let reply = self
+            .client
+            .try_request(method, path, body, Some(timeout))
+            .await
+            .with_context(|| format!("{method} {path}"))?;
+        Ok((reply.status, reply.text.chars().take(300).collect()))
+    }
+
+    /// Up to `limit` executions of a job, newest first, within `timeout`.
+    pub async fn executions_within(&self, job: &str, limit: u32, timeout: Duration) -> anyhow::Result<Vec<Execution>> {
+        let path = format!("/v1/jobs/{job}/executions?_start=0&_end={limit}");
+        let reply = self.send("GET", &path, None, Some(timeout)).await?;
+        serde_json::from_str(&reply.text).with_context(|| format!("GET {path}: not a list of executions"))
+    }
+
     /// One JSON request; an error carrying the status and the start of the server's message unless it is a 2xx.
     async fn send(
         &self,

@@ -187,6 +187,11 @@ impl Cluster {
         stopped
     }
 
+    /// Every node's log file, by name (killed nodes included).
+    pub fn log_paths(&self) -> Vec<(String, std::path::PathBuf)> {
+        self.logs.clone()
+    }
+
     /// Warnings and errors every node logged (killed ones included), by kind, most frequent first.
     pub fn log_problems(&self) -> Vec<(String, usize)> {
         problem_kinds(self.logs.iter().map(|(_, path)| path.as_path()))

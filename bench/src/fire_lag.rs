@@ -340,7 +340,7 @@ pub struct JobBody {
 }
 
 impl JobBody {
-    fn json(&self, name: &str) -> String {
+    pub fn json(&self, name: &str) -> String {
         let executor = match self.sink {
             None => serde_json::json!({
                 "executor": "shell",

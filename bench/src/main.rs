@@ -10,7 +10,8 @@
 //! - [`sink`]: the local HTTP target of the `http` executor;
 //! - [`stats`]: percentiles and number formatting;
 //! - [`report`]: rows, verdicts against the issue's targets, the Markdown;
-//! - the scenarios: [`fire_lag`], [`upserts`], [`million`], and on a cluster [`failover`], [`cluster_lag`].
+//! - the scenarios: [`fire_lag`], [`upserts`], [`million`], and on a cluster [`failover`], [`cluster_lag`],
+//!   [`scale`].
 
 mod client;
 mod cluster;
@@ -20,6 +21,7 @@ mod fire_lag;
 mod million;
 mod procfs;
 mod report;
+mod scale;
 mod server;
 mod sink;
 mod stats;
@@ -36,6 +38,7 @@ use crate::failover::FailoverArgs;
 use crate::fire_lag::{Executor, FireLagArgs};
 use crate::million::MillionArgs;
 use crate::report::{Machine, Report};
+use crate::scale::ScaleArgs;
 use crate::server::Launcher;
 use crate::upserts::UpsertArgs;
 
@@ -79,6 +82,9 @@ enum Scenario {
     Failover(FailoverArgs),
     /// 3 servers + 2 agent-only nodes, N tagged jobs every second run on the agents: lag and runs per agent.
     ClusterLag(ClusterLagArgs),
+    /// 3 servers + N agents (issue 19): base jobs every second, 4× as many for a while, back to base; the slots
+    /// of each phase, CPU, RSS, and how long until the cluster is healthy again.
+    Scale(ScaleArgs),
     /// Every scenario with the issue's parameters, then BENCHMARKS.md.
     All(AllArgs),
 }
@@ -153,6 +159,11 @@ async fn main() -> anyhow::Result<()> {
             quiet.wait(&mut report, "cluster fire lag").await;
             cluster_lag::run(&kairos, &args, &mut report).await?;
             (cli.into, Some("Cluster: fire lag on agent-only nodes"))
+        }
+        Scenario::Scale(args) => {
+            quiet.wait(&mut report, "scale").await;
+            scale::run(&kairos, &args, &mut report).await?;
+            (cli.into, Some("Cluster: scale and recovery"))
         }
         Scenario::All(args) => {
             run_all(&kairos, &args, &quiet, &mut report).await;
