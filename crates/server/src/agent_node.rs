@@ -72,6 +72,7 @@ impl AgentNode {
         if config.enable_prometheus {
             router = router.merge(crate::cluster::metrics_router());
         }
+        let router = crate::cluster::with_body_limit(router);
         let router = crate::cluster::require_node_credential(router, crate::cluster::node_credential(&config));
         let mut tasks = Vec::new();
         let rpc_tls = tls.map(|tls| tls.server);

@@ -217,6 +217,19 @@ pub struct AgentSide {
     pub leave: Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>,
 }
 
+/// The largest body a node-to-node request may carry. axum's default for a `Json` body is 2 MiB, far below what
+/// one Raft append holds when a follower lags under load (up to openraft's `max_payload_entries`, 300, entries,
+/// each a command of up to `BATCH_ITEMS_MAX` items): the follower answered 413 to every such append without a log
+/// line, the leader sent the same entries again, and replication to it stopped for good (issue 19). Reports and
+/// forwarded writes (a batch of finishes with their output tails) and orders grow the same way, so every route of
+/// the RPC listener takes this bound; it only keeps a runaway request from exhausting memory.
+pub const RPC_BODY_BYTES_MAX: usize = 1024 * 1024 * 1024;
+
+/// The RPC listener's router with the body bound every node-to-node request needs ([`RPC_BODY_BYTES_MAX`]).
+pub fn with_body_limit(router: Router) -> Router {
+    router.layer(axum::extract::DefaultBodyLimit::max(RPC_BODY_BYTES_MAX))
+}
+
 /// The key whose node credential the RPC listener requires: the cluster key, unless mutual TLS already
 /// authenticates every client by its certificate.
 pub fn node_credential(config: &crate::config::Config) -> Option<crate::gossip_key::GossipKey> {

@@ -318,6 +318,7 @@ fn rpc_routes(node: &Arc<Node>) -> axum::Router {
                 })
             },
         }));
+    let router = crate::cluster::with_body_limit(router);
     crate::cluster::require_node_credential(router, crate::cluster::node_credential(&node.config))
 }
 
