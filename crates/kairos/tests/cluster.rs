@@ -1061,6 +1061,20 @@ async fn a_server_with_a_skewed_clock_that_wins_an_election_hands_leadership_ove
     }
 }
 
+/// The RPC listener reads node-to-node requests far larger than axum's 2 MiB default: a Raft append to a follower
+/// that lags under load is that large, and refusing it with 413 stopped replication for good (issue 19). A 3 MB
+/// body that is not a valid append is read and refused as such (422), not as too large.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rpc_listener_reads_raft_appends_larger_than_2_mib() {
+    let cluster = Cluster::start(1, &[], &[]).await;
+    cluster.wait_formed().await;
+    let body = serde_json::to_vec(&json!({"padding": "x".repeat(3 * 1024 * 1024)})).unwrap();
+    let url = format!("http://{}/raft/append", cluster.rpc_addr(0));
+    let client = reqwest::Client::new();
+    let reply = client.post(&url).header("content-type", "application/json").body(body).send().await.unwrap();
+    assert_eq!(reply.status().as_u16(), 422, "{}", reply.text().await.unwrap_or_default());
+}
+
 /// `--clock-offset-max`: a node whose clock is certainly further off the leader's gets no runs; a job only it could
 /// run fails after the placement grace, and the error names the clocks.
 #[tokio::test(flavor = "multi_thread")]

@@ -83,10 +83,20 @@ impl RaftNetworkV2<C> for Connection {
 
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<C>,
+        mut rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        remote_raft(self.rpc.raft_append(&self.addr, &rpc, option.soft_ttl()).await)
+        // A follower that lags is sent a prefix of at most APPEND_BYTES_MAX; openraft goes on from its end.
+        let sent = append_prefix(&rpc.entries, APPEND_BYTES_MAX);
+        if sent == rpc.entries.len() {
+            return remote_raft(self.rpc.raft_append(&self.addr, &rpc, option.soft_ttl()).await);
+        }
+        rpc.entries.truncate(sent);
+        let last = rpc.entries.last().map(|entry| entry.log_id);
+        match remote_raft(self.rpc.raft_append(&self.addr, &rpc, option.soft_ttl()).await)? {
+            AppendEntriesResponse::Success => Ok(AppendEntriesResponse::PartialSuccess(last)),
+            other => Ok(other),
+        }
     }
 
     async fn vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
@@ -119,6 +129,25 @@ impl RaftNetworkV2<C> for Connection {
     ) -> Result<TransferLeaderResponse<C>, RPCError<C>> {
         remote_raft(self.rpc.raft_transfer_leader(&self.addr, &request, option.soft_ttl()).await)
     }
+}
+
+/// How many bytes of log entries one append carries at most (one entry more if the first alone is larger): a
+/// follower far behind catches up in steps of this size instead of one request of everything it misses.
+pub const APPEND_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// How many of `entries`, from the first, fit in `budget` bytes of JSON (at least one).
+fn append_prefix<T: serde::Serialize>(entries: &[T], budget: usize) -> usize {
+    if entries.len() <= 1 {
+        return entries.len();
+    }
+    let mut bytes = 0;
+    for (i, entry) in entries.iter().enumerate() {
+        bytes += serde_json::to_vec(entry).map_or(0, |json| json.len());
+        if bytes > budget {
+            return i.max(1);
+        }
+    }
+    entries.len()
 }
 
 /// The receiving side of the Raft RPCs.
@@ -222,8 +251,10 @@ pub struct AgentSide {
 /// each a command of up to `BATCH_ITEMS_MAX` items): the follower answered 413 to every such append without a log
 /// line, the leader sent the same entries again, and replication to it stopped for good (issue 19). Reports and
 /// forwarded writes (a batch of finishes with their output tails) and orders grow the same way, so every route of
-/// the RPC listener takes this bound; it only keeps a runaway request from exhausting memory.
-pub const RPC_BODY_BYTES_MAX: usize = 1024 * 1024 * 1024;
+/// the RPC listener takes this bound. Appends are now cut at [`APPEND_BYTES_MAX`], but one entry may be a command
+/// of `BATCH_ITEMS_MAX` finishes with 4 KiB output tails (about 128 MiB as JSON at worst); the bound only keeps a
+/// runaway request from exhausting memory.
+pub const RPC_BODY_BYTES_MAX: usize = 256 * 1024 * 1024;
 
 /// The RPC listener's router with the body bound every node-to-node request needs ([`RPC_BODY_BYTES_MAX`]).
 pub fn with_body_limit(router: Router) -> Router {
@@ -355,4 +386,19 @@ async fn leave(State(side): State<AgentSide>) -> StatusCode {
     let leave = side.leave.clone();
     tokio::spawn(async move { leave().await });
     StatusCode::ACCEPTED
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_append_carries_a_prefix_of_entries_within_its_byte_budget_and_at_least_one() {
+        let entry = |kb: usize| "x".repeat(kb * 1024);
+        let entries: Vec<String> = (0..10).map(|_| entry(100)).collect();
+        assert_eq!(append_prefix(&entries, 350 * 1024), 3, "three 100 KiB entries fit in 350 KiB");
+        assert_eq!(append_prefix(&entries, 10 * 1024 * 1024), 10, "all fit");
+        assert_eq!(append_prefix(&[entry(500), entry(1)], 100 * 1024), 1, "one too large still goes alone");
+        assert_eq!(append_prefix::<String>(&[], 1), 0);
+    }
 }
