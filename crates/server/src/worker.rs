@@ -797,9 +797,8 @@ pub async fn report_loop(worker: Worker, reporter: Arc<dyn Reporter>, mut report
                 Report::Finish(finish) => finishes.push(finish),
             }
         }
-        if !starts.is_empty()
-            && let Some(response) = propose_with_retry(&*reporter, Command::Start { starts: starts.clone() }).await
-        {
+        if !starts.is_empty() {
+            let response = propose_with_retry(&*reporter, Command::Start { starts: starts.clone() }).await;
             // A start the state refused (cancelled while pending, or started elsewhere) must not keep running.
             let accepted: HashSet<&str> = response.executions.iter().map(|e| e.id.as_str()).collect();
             for start in &starts {
@@ -820,21 +819,43 @@ pub async fn report_loop(worker: Worker, reporter: Arc<dyn Reporter>, mut report
     }
 }
 
-/// Reports must not be lost to a transient error (e.g. a leader change); retry for a bounded time.
-async fn propose_with_retry(reporter: &dyn Reporter, command: Command) -> Option<Response> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+/// How long a report may fail before each further failure is an error in the log (at most one a minute).
+const REPORT_FAILING_ERROR_AFTER: Duration = Duration::from_secs(60);
+/// The longest pause between two tries of a report.
+const REPORT_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// A report is never dropped: it is tried until it is committed, with a growing pause (a leader change, a cluster
+/// without quorum, a server too busy to answer). A run that the leader has settled meanwhile (recorded lost after
+/// its lease) takes the report as a repeat, so retrying is always safe. A report that keeps failing is an error in
+/// the log, once a minute.
+async fn propose_with_retry(reporter: &dyn Reporter, command: Command) -> Response {
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(100);
+    let mut last_error: Option<tokio::time::Instant> = None;
     loop {
         match reporter.submit(command.clone()).await {
-            Ok(response) => return Some(response),
-            Err(err) if tokio::time::Instant::now() < deadline => {
+            Ok(response) => {
+                if last_error.is_some() {
+                    warn!("report committed after {:?} of failures", started.elapsed());
+                }
+                return response;
+            }
+            Err(err) if started.elapsed() < REPORT_FAILING_ERROR_AFTER => {
                 warn!("report not committed yet ({err}); retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(err) => {
-                warn!("report dropped after retries: {err}");
-                return None;
+                if last_error.is_none_or(|at| at.elapsed() >= REPORT_FAILING_ERROR_AFTER) {
+                    tracing::error!(
+                        "a report of {command} has not been committed for {:?} ({err}); still retrying: can this \
+                         node reach a server with a leader?",
+                        started.elapsed()
+                    );
+                    last_error = Some(tokio::time::Instant::now());
+                }
             }
         }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(REPORT_RETRY_MAX);
     }
 }
 

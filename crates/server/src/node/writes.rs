@@ -16,6 +16,9 @@ use crate::error::{Failure, WriteError};
 use crate::gossip::Member;
 use crate::worker::Cancelled;
 
+/// How a write that this node's Raft refused because it no longer leads begins: nothing was written.
+const NOT_ACCEPTED: &str = "this node did not accept the write as leader";
+
 /// A write forwarded from a follower, as the leader answers it.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Forwarded {
@@ -33,16 +36,22 @@ impl Node {
 
     /// Propose a command through Raft and wait for it to be applied here. On a follower the command is forwarded
     /// to the leader. Refusals become API errors; executions the command created are dispatched by the leader.
+    /// A leader that is stepping down refuses the write without writing anything: it is tried again (within
+    /// [`LEADER_WAIT`]) with whoever leads next, rather than answered 503.
     pub async fn submit(&self, command: Command) -> Result<Response, WriteError> {
-        if self.is_leader() {
-            self.wait_writable().await;
-            return self.submit_local(command).await.map(|(response, _)| response);
-        }
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         loop {
             let metrics = self.metrics();
             if metrics.state == ServerState::Leader {
-                return self.submit_local(command).await.map(|(response, _)| response);
+                self.wait_writable().await;
+                match self.submit_local(command.clone()).await {
+                    Ok((response, _)) => return Ok(response),
+                    Err(err) if err.message.starts_with(NOT_ACCEPTED) && tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                }
             }
             let leader_addr = metrics
                 .current_leader
@@ -90,9 +99,7 @@ impl Node {
             Ok(written) => written,
             Err(err) => {
                 if err.forward_to_leader().is_some() {
-                    return Err(WriteError::unavailable(format!(
-                        "this node did not accept the write as leader ({err}); retry"
-                    )));
+                    return Err(WriteError::unavailable(format!("{NOT_ACCEPTED} ({err}); retry")));
                 }
                 if let openraft::error::RaftError::Fatal(fatal) = &err {
                     return Err(WriteError::new(Failure::StorageFailed, format!("storage failed: {fatal}")));
