@@ -57,6 +57,7 @@ pub struct Metrics {
     /// Runs due and waiting for a place (`--max-running`).
     pub runs_queued: Gauge,
     pub runs_skipped_overloaded: Counter,
+    pub slots_missed: Counter,
     pub executions_lost: Counter,
     pub placement_failures: Counter,
     pub leadership_acquired: Counter,
@@ -88,6 +89,7 @@ impl Metrics {
             runs_running: Gauge::default(),
             runs_queued: Gauge::default(),
             runs_skipped_overloaded: Counter::default(),
+            slots_missed: Counter::default(),
             executions_lost: Counter::default(),
             placement_failures: Counter::default(),
             leadership_acquired: Counter::default(),
@@ -117,6 +119,11 @@ impl Metrics {
             "runs_skipped_overloaded",
             "Runs this node recorded skipped because its places and its queue were full (--max-running, --max-queued)",
             m.runs_skipped_overloaded.clone(),
+        );
+        registry.register(
+            "slots_missed",
+            "Slots that fell due while no scheduler ran and that the jobs' catch_up policy (skip, latest) drops",
+            m.slots_missed.clone(),
         );
         registry.register(
             "executions_lost",

@@ -61,6 +61,9 @@ pub struct Plan {
     pub advance: Option<Timestamp>,
     /// The first slot after `now`, to wait for.
     pub next: Option<Timestamp>,
+    /// Missed slots that will never run (the `catch_up` policy, or more than a catch-up takes at once); slots
+    /// older than the catch-up window are not counted.
+    pub missed: u64,
 }
 
 /// Decide a job's due and missed slots at `now`. Pure: the same inputs give the same plan.
@@ -86,6 +89,7 @@ pub fn plan(record: &JobRecord, schedule: &Schedule, now: Timestamp) -> Plan {
     }
     let mut late = Vec::new();
     let mut on_time = Vec::new();
+    let mut overflowed = 0u64;
     let mut t = from;
     while let Some(slot) = schedule.next_after(t) {
         if slot > now || !in_bounds(&slot) {
@@ -100,6 +104,7 @@ pub fn plan(record: &JobRecord, schedule: &Schedule, now: Timestamp) -> Plan {
         if late.len() > CATCH_UP_SLOTS_MAX {
             late.remove(0);
             skipped_old = true;
+            overflowed += 1;
         }
         t = slot;
     }
@@ -111,6 +116,8 @@ pub fn plan(record: &JobRecord, schedule: &Schedule, now: Timestamp) -> Plan {
         CatchUp::Latest => plan.fires.extend(late.last().map(|slot| fire(*slot, Trigger::CatchUp))),
         CatchUp::All => plan.fires.extend(late.iter().map(|slot| fire(*slot, Trigger::CatchUp))),
     }
+    let late_fired = plan.fires.len();
+    plan.missed = overflowed + (late.len() - late_fired) as u64;
     plan.fires.extend(on_time.iter().map(|slot| fire(*slot, Trigger::Schedule)));
     let last_considered = late.last().or(on_time.last()).copied();
     let fired_up_to = plan.fires.last().map(|f| f.scheduled_at);
@@ -191,6 +198,8 @@ struct Armed {
     /// Parsed schedules shared by every job with the same expression and zone (all but `~` ones), so a million
     /// jobs on a few schedules hold a few parsed schedules.
     shared: HashMap<(String, String), Arc<Schedule>>,
+    /// Missed slots that will not run, and the jobs they belong to, since the last rebuild reported them.
+    missed: (u64, u64),
 }
 
 impl Armed {
@@ -215,6 +224,10 @@ impl Armed {
             return;
         };
         let plan = plan(record, &schedule, now);
+        if plan.missed > 0 {
+            self.missed.0 += plan.missed;
+            self.missed.1 += 1;
+        }
         if let Some(cursor) = plan.advance {
             commands.push(Command::Advance { job: name.clone(), cursor });
         }
@@ -273,6 +286,14 @@ async fn rebuild(node: &Node, term: u64, armed: &mut Armed) -> anyhow::Result<()
         })
     })?;
     info!("scheduler: {} jobs armed, {} slots to decide now", armed.timer.entries.len(), fires.len());
+    let (missed, jobs) = std::mem::take(&mut armed.missed);
+    if missed > 0 {
+        warn!(
+            "scheduler: {missed} slots of {jobs} jobs fell due while no scheduler ran and will not run (their \
+             catch_up policy: skip or latest); set catch_up: all to run every one"
+        );
+        crate::metrics::metrics().slots_missed.inc_by(missed);
+    }
     propose(node, term, fires, commands).await
 }
 
@@ -334,6 +355,8 @@ async fn reload(node: &Node, term: u64, armed: &mut Armed, names: Vec<String>) -
             None => armed.forget(&name),
         }
     }
+    // A changed job (re-enabled, rescheduled) has no slots missed for want of a scheduler.
+    armed.missed = (0, 0);
     propose(node, term, fires, commands).await
 }
 
@@ -378,6 +401,7 @@ mod tests {
         // 9 and 10 are within the grace and fire; 1..=8 are skipped by moving the cursor past them.
         assert_eq!(skip.fires.len(), 2);
         assert!(skip.fires.iter().all(|f| f.trigger == Trigger::Schedule));
+        assert_eq!(skip.missed, 8, "1..=8 are counted as missed");
 
         let (rec, s) = record(CatchUp::Latest, "2026-01-01T00:00:00Z");
         let latest = plan(&rec, &s, now);
@@ -387,10 +411,12 @@ mod tests {
             "the latest missed slot runs once"
         );
         assert_eq!(latest.fires.len(), 3);
+        assert_eq!(latest.missed, 7, "1..=7 never run");
 
         let (rec, s) = record(CatchUp::All, "2026-01-01T00:00:00Z");
         let all = plan(&rec, &s, now);
         assert_eq!(all.fires.len(), 10, "every slot from 1 to 10 runs");
+        assert_eq!(all.missed, 0);
         assert!(all.fires.windows(2).all(|w| w[0].scheduled_at < w[1].scheduled_at));
     }
 
