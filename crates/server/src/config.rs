@@ -111,6 +111,25 @@ pub struct AgentArgs {
     /// limit (default 10s). Runs start on the leader's instants anyway; this bounds the times nodes record.
     #[arg(long, env = "KAIROS_CLOCK_OFFSET_MAX")]
     pub clock_offset_max: Option<String>,
+    /// URL that gets a POST when an execution finishes (Dkron's flag; the leader sends it).
+    #[arg(long, env = "KAIROS_WEBHOOK_ENDPOINT")]
+    pub webhook_endpoint: Option<String>,
+    /// Body of that POST: a Go text/template over Dkron's fields ({{.JobName}}, {{.Success}}, {{.Output}}, …) and
+    /// ours (default: a JSON document of the execution).
+    #[arg(long, env = "KAIROS_WEBHOOK_PAYLOAD")]
+    pub webhook_payload: Option<String>,
+    /// A header of that POST, `Name: value`; repeatable.
+    #[arg(long = "webhook-headers", env = "KAIROS_WEBHOOK_HEADERS")]
+    pub webhook_headers: Vec<String>,
+    /// URL that gets a POST when an execution starts (Dkron's flag).
+    #[arg(long, env = "KAIROS_PRE_WEBHOOK_ENDPOINT")]
+    pub pre_webhook_endpoint: Option<String>,
+    /// Body of that POST (as --webhook-payload).
+    #[arg(long, env = "KAIROS_PRE_WEBHOOK_PAYLOAD")]
+    pub pre_webhook_payload: Option<String>,
+    /// A header of that POST, `Name: value`; repeatable.
+    #[arg(long = "pre-webhook-headers", env = "KAIROS_PRE_WEBHOOK_HEADERS")]
+    pub pre_webhook_headers: Vec<String>,
     /// The executors this node runs, comma-separated (default: all of them: shell, http, nats, rabbitmq, redis,
     /// sql); jobs of other executors are placed elsewhere.
     #[arg(long, env = "KAIROS_EXECUTORS", value_delimiter = ',')]
@@ -177,6 +196,12 @@ struct FileConfig {
     enable_prometheus: Option<bool>,
     executors: Option<Vec<String>>,
     clock_offset_max: Option<String>,
+    webhook_endpoint: Option<String>,
+    webhook_payload: Option<String>,
+    webhook_headers: Option<Vec<String>>,
+    pre_webhook_endpoint: Option<String>,
+    pre_webhook_payload: Option<String>,
+    pre_webhook_headers: Option<Vec<String>>,
     cert_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
     trusted_ca_file: Option<PathBuf>,
@@ -229,6 +254,8 @@ pub struct Config {
     pub executors: Vec<String>,
     /// `--clock-offset-max` (zero: no limit).
     pub clock_offset_max: Duration,
+    /// `--webhook-*` and `--pre-webhook-*`.
+    pub webhooks: crate::notify::Webhooks,
     /// The gossip key (`--encrypt`), when gossip is encrypted.
     pub encrypt: Option<crate::gossip_key::GossipKey>,
     /// TLS files (`--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`), when TLS is on.
@@ -323,7 +350,22 @@ impl AgentArgs {
                  `kairos keygen`) or mutual TLS (--cert-file, --key-file, --trusted-ca-file, --client-cert-auth)"
             );
         }
+        let webhooks = crate::notify::Webhooks {
+            post: crate::notify::Webhook::from_flags(
+                "--webhook",
+                self.webhook_endpoint.or(file.webhook_endpoint),
+                self.webhook_payload.or(file.webhook_payload),
+                non_empty(self.webhook_headers).or(file.webhook_headers).unwrap_or_default(),
+            )?,
+            pre: crate::notify::Webhook::from_flags(
+                "--pre-webhook",
+                self.pre_webhook_endpoint.or(file.pre_webhook_endpoint),
+                self.pre_webhook_payload.or(file.pre_webhook_payload),
+                non_empty(self.pre_webhook_headers).or(file.pre_webhook_headers).unwrap_or_default(),
+            )?,
+        };
         Ok(Config {
+            webhooks,
             clock_offset_max: duration("--clock-offset-max", self.clock_offset_max.or(file.clock_offset_max), "10s")?,
             executors,
             enable_prometheus: self.enable_prometheus.or(file.enable_prometheus).unwrap_or(false),
@@ -478,6 +520,11 @@ fn origins(values: Vec<String>) -> anyhow::Result<Vec<String>> {
             Ok(origin.to_ascii_lowercase())
         })
         .collect()
+}
+
+/// A repeatable flag given at least once, else `None` (so the config file's list applies).
+fn non_empty(values: Vec<String>) -> Option<Vec<String>> {
+    (!values.is_empty()).then_some(values)
 }
 
 /// Places per core by default: runs mostly wait on something (a child process, the network), so a core serves

@@ -41,6 +41,7 @@ pub mod leadership;
 pub mod listener;
 pub mod metrics;
 pub mod node;
+pub mod notify;
 pub mod reload;
 pub mod scheduler;
 pub mod storage;

@@ -38,6 +38,12 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotificationLabels {
+    pub kind: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabel {
     pub route: String,
 }
@@ -58,6 +64,7 @@ pub struct Metrics {
     pub runs_queued: Gauge,
     pub runs_skipped_overloaded: Counter,
     pub slots_missed: Counter,
+    pub notifications: Family<NotificationLabels, Counter>,
     pub executions_lost: Counter,
     pub placement_failures: Counter,
     pub leadership_acquired: Counter,
@@ -90,6 +97,7 @@ impl Metrics {
             runs_queued: Gauge::default(),
             runs_skipped_overloaded: Counter::default(),
             slots_missed: Counter::default(),
+            notifications: Family::default(),
             executions_lost: Counter::default(),
             placement_failures: Counter::default(),
             leadership_acquired: Counter::default(),
@@ -124,6 +132,11 @@ impl Metrics {
             "slots_missed",
             "Slots that fell due while no scheduler ran and that the jobs' catch_up policy (skip, latest) drops",
             m.slots_missed.clone(),
+        );
+        registry.register(
+            "notifications",
+            "Webhooks this node, leading, sent or gave up on, by kind (webhook, pre_webhook) and outcome",
+            m.notifications.clone(),
         );
         registry.register(
             "executions_lost",

@@ -80,6 +80,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
         enable_prometheus,
         executors,
         clock_offset_max,
+        webhooks,
         acl_enabled,
         config_file: _,
     } = read;
@@ -115,6 +116,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
     note(false, "enable-prometheus", &r.enable_prometheus, enable_prometheus);
     note(false, "executors", &r.executors, executors);
     note(false, "clock-offset-max", &r.clock_offset_max, clock_offset_max);
+    note(false, "webhook-* / pre-webhook-*", &r.webhooks, webhooks);
     note(false, "acl.enabled", &r.acl_enabled, acl_enabled);
     changes
 }

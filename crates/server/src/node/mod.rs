@@ -63,6 +63,8 @@ pub struct Node {
     pub dispatcher: Dispatcher,
     /// What the leader duties are doing (see [`crate::leadership`]).
     pub duties: Duties,
+    /// Webhooks, sent while this node leads (see [`crate::notify`]).
+    pub notifier: crate::notify::Notifier,
     /// Servers this leader removed from Raft, with the gossip generation they had: not added back unless they
     /// restart (a leaving server may still look alive for a moment).
     removed: Mutex<HashMap<u64, u64>>,
@@ -122,6 +124,9 @@ impl Node {
         let outputs = OutputStore::open_with(config.data_dir.join("outputs"), config.output_limits)?;
         let (worker, channels) = Worker::new(&config, outputs.clone());
         let (changes_tx, changes_rx) = tokio::sync::mpsc::unbounded_channel();
+        let webhooks_http =
+            reqwest::Client::builder().user_agent(concat!("kairos/", env!("CARGO_PKG_VERSION"))).build()?;
+        let notifier = crate::notify::Notifier::start(config.webhooks.clone(), config.node_name.clone(), webhooks_http);
         let node = Arc::new_cyclic(|weak| Node {
             weak: weak.clone(),
             config: config.clone(),
@@ -135,6 +140,7 @@ impl Node {
             rpc,
             dispatcher: Dispatcher::default(),
             duties: Duties::default(),
+            notifier,
             removed: Mutex::new(HashMap::new()),
             stopping: CancellationToken::new(),
             exit: CancellationToken::new(),

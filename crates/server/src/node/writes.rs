@@ -114,6 +114,7 @@ impl Node {
         }
         let committed = started.elapsed();
         crate::dispatch::after_commit(self, &response);
+        self.notifier.after_commit(&response);
         if let Some(what) = what {
             tracing::trace!("{what}: committed in {committed:?}, dispatched after {:?}", started.elapsed());
         }

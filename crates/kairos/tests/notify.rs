@@ -1,0 +1,132 @@
+//! Webhooks as a receiver sees them (Dkron's `--webhook-*` and `--pre-webhook-*`): a real HTTP server on
+//! loopback gets one pre-webhook when a run starts and one webhook when it finishes, with the configured headers
+//! and Dkron's template rendered; a receiver that is down changes nothing for the runs; a template that does not
+//! parse stops the node at start, naming the flag.
+
+#![allow(clippy::unwrap_used)] // a test that unwraps fails at the line that broke, which is what a test should do
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use axum::http::HeaderMap;
+use axum::routing::post;
+use common::*;
+use jiff::SignedDuration;
+
+/// What the receiver got: path, `x-token` header, content type, body.
+type Received = Arc<Mutex<Vec<(String, Option<String>, String, String)>>>;
+
+async fn receiver() -> (String, Received) {
+    let received: Received = Arc::default();
+    let record = |path: &'static str, received: Received| {
+        post(move |headers: HeaderMap, body: String| async move {
+            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+            let content_type = header("content-type").unwrap_or_default();
+            received.lock().unwrap().push((path.to_string(), header("x-token"), content_type, body));
+            "thanks"
+        })
+    };
+    let app = axum::Router::new()
+        .route("/post", record("/post", received.clone()))
+        .route("/pre", record("/pre", received.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), received)
+}
+
+fn got(received: &Received, path: &str) -> Vec<(Option<String>, String, String)> {
+    let received = received.lock().unwrap();
+    received
+        .iter()
+        .filter(|r| r.0 == path)
+        .map(|(_, token, kind, body)| (token.clone(), kind.clone(), body.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_receiver_gets_one_pre_and_one_post_webhook_per_run_with_dkrons_template() {
+    let (base, received) = receiver().await;
+    let template = "{{.JobName}} {{if .Success}}ok{{else}}failed{{end}} on {{.NodeName}}: {{.Output}}";
+    let server = Server::fresh(&[
+        "--webhook-endpoint",
+        &format!("{base}/post"),
+        "--webhook-payload",
+        template,
+        "--webhook-headers",
+        "X-Token: t0ken",
+        "--pre-webhook-endpoint",
+        &format!("{base}/pre"),
+    ])
+    .await;
+    server.create_job(&shell_job("greet", "@manually", "echo hello")).await;
+    server.create_job(&shell_job("broken", "@manually", "echo oops; exit 3")).await;
+    server.run("greet").await;
+    server.run("broken").await;
+    wait_until("two webhooks and two pre-webhooks arrived", secs(20), async || {
+        let (post, pre) = (got(&received, "/post"), got(&received, "/pre"));
+        (post.len() >= 2 && pre.len() >= 2).then_some(())
+    })
+    .await;
+    let node = server.executions("greet").await[0].node_name.clone();
+    let mut posts: Vec<String> = got(&received, "/post")
+        .into_iter()
+        .map(|(token, kind, body)| {
+            assert_eq!(token.as_deref(), Some("t0ken"), "the configured header");
+            assert!(kind.starts_with("text/plain"), "{kind}");
+            body
+        })
+        .collect();
+    posts.sort();
+    assert_eq!(posts, [format!("broken failed on {node}: oops\n"), format!("greet ok on {node}: hello\n")]);
+    // Without a template the body is JSON; the pre-webhook of each run names it running.
+    let mut pres: Vec<serde_json::Value> =
+        got(&received, "/pre").iter().map(|(_, _, body)| serde_json::from_str(body).unwrap()).collect();
+    pres.sort_by_key(|p| p["JobName"].as_str().unwrap_or_default().to_string());
+    let names: Vec<&str> = pres.iter().map(|p| p["JobName"].as_str().unwrap()).collect();
+    assert_eq!(names, ["broken", "greet"]);
+    assert!(pres.iter().all(|p| p["Status"] == "running" && p["NodeName"] == node.as_str()), "{pres:?}");
+    // One of each per execution: nothing more arrives.
+    server.create_job(&shell_job("marker", "@manually", "true")).await;
+    server.run("marker").await;
+    wait_until("the marker's webhook arrived", secs(20), async || {
+        got(&received, "/post").iter().any(|(_, _, b)| b.starts_with("marker ok")).then_some(())
+    })
+    .await;
+    assert_eq!((got(&received, "/post").len(), got(&received, "/pre").len()), (3, 3));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_receiver_that_is_down_does_not_delay_runs_and_the_failure_is_logged() {
+    // A port nobody listens on: every delivery is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let server = Server::fresh(&["--webhook-endpoint", &format!("http://{closed}/gone")]).await;
+    server.create_job(&shell_job("tick", "* * * * * *", "true")).await;
+    let execs = server.wait_executions("tick", "five runs finished", secs(30), |e| count(e, "succeeded") >= 5).await;
+    for exec in execs.iter().filter(|e| e.status == "succeeded") {
+        let lag = exec.started_at.unwrap().duration_since(exec.scheduled_at);
+        assert!(lag < SignedDuration::from_millis(500), "a run started {lag:?} after its slot: {exec:?}");
+    }
+    wait_until("the failed delivery is logged", secs(20), async || {
+        server.log().contains("not delivered after 3 tries").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_template_that_does_not_parse_stops_the_node_at_start_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(KAIROS_BIN)
+        .args(["agent", "--server", "--bootstrap-expect", "1", "--http-addr", "127.0.0.1:0", "--rpc-port", "0"])
+        .args(["--bind-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(["--webhook-endpoint", "http://127.0.0.1:9/h", "--webhook-payload", "{{.JobName"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--webhook-payload"), "{stderr}");
+}
