@@ -37,6 +37,9 @@ pub struct Execution {
     pub output: String,
     pub attempt: u32,
     pub trigger: String,
+    /// Why it failed or was skipped, when more than an exit code says (older servers may omit it).
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// A Dkron `time.Time` field: `0001-01-01T00:00:00Z` (Go's zero time, which the API shows for "none") reads as
@@ -93,6 +96,20 @@ impl Api {
     pub async fn patch_json(&self, path: &str, body: String) -> anyhow::Result<()> {
         self.send("PATCH", path, Some(body), None).await?;
         Ok(())
+    }
+
+    /// Any request, optionally within `timeout`: the time it took, or an error carrying the status and the
+    /// server's message unless it answers 2xx.
+    pub async fn timed(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+        timeout: Option<Duration>,
+    ) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        self.send(method, path, body, timeout).await?;
+        Ok(start.elapsed())
     }
 
     /// `GET /v1/jobs?_end=1`: the `X-Total-Count` header, when the server answers 200.

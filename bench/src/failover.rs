@@ -629,6 +629,7 @@ mod tests {
             output: String::new(),
             attempt,
             trigger: trigger.into(),
+            error: None,
         }
     }
 

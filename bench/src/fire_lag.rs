@@ -607,6 +607,7 @@ mod tests {
             output: format!("{slot}.010000000\n"),
             attempt,
             trigger: "schedule".into(),
+            error: None,
         }
     }
 

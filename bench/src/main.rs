@@ -10,8 +10,8 @@
 //! - [`sink`]: the local HTTP target of the `http` executor;
 //! - [`stats`]: percentiles and number formatting;
 //! - [`report`]: rows, verdicts against the targets, the Markdown;
-//! - the scenarios: [`fire_lag`], [`upserts`], [`million`], and on a cluster [`failover`], [`cluster_lag`],
-//!   [`scale`].
+//! - the scenarios: [`fire_lag`], [`upserts`], [`million`], [`overload`], and on a cluster [`failover`],
+//!   [`cluster_lag`], [`scale`].
 
 mod client;
 mod cluster;
@@ -19,6 +19,7 @@ mod cluster_lag;
 mod failover;
 mod fire_lag;
 mod million;
+mod overload;
 mod procfs;
 mod report;
 mod scale;
@@ -37,6 +38,7 @@ use crate::cluster_lag::ClusterLagArgs;
 use crate::failover::FailoverArgs;
 use crate::fire_lag::{Executor, FireLagArgs};
 use crate::million::MillionArgs;
+use crate::overload::OverloadArgs;
 use crate::report::{Machine, Report};
 use crate::scale::ScaleArgs;
 use crate::server::Launcher;
@@ -78,6 +80,8 @@ enum Scenario {
     Upserts(UpsertArgs),
     /// RSS and restart time with many stored jobs.
     Million(MillionArgs),
+    /// Past capacity: find it, run at 2x capacity, then at half of it; lag, skips, children, RSS, API latency.
+    Overload(OverloadArgs),
     /// 3 servers, N jobs every second, kill -9 of the leader: time to the next run, slots lost and duplicated.
     Failover(FailoverArgs),
     /// 3 servers + 2 agent-only nodes, N tagged jobs every second run on the agents: lag and runs per agent.
@@ -138,32 +142,39 @@ async fn main() -> anyhow::Result<()> {
         Scenario::FireLag(args) => {
             quiet.wait(&mut report, "fire lag").await;
             fire_lag::run(&kairos, &args, &mut report).await?;
-            (cli.into, Some("Fire lag (single run)"))
+            (cli.into, Some("Fire lag (single run)".to_string()))
         }
         Scenario::Upserts(args) => {
             quiet.wait(&mut report, "upserts").await;
             upserts::run(&kairos, &args, &mut report).await?;
-            (cli.into, Some("Upserts (single run)"))
+            (cli.into, Some("Upserts (single run)".to_string()))
         }
         Scenario::Million(args) => {
             quiet.wait(&mut report, "stored jobs").await;
             million::run(&kairos, &args, &mut report).await?;
-            (cli.into, Some("Stored jobs (single run)"))
+            (cli.into, Some("Stored jobs (single run)".to_string()))
+        }
+        Scenario::Overload(args) => {
+            quiet.wait(&mut report, "overload").await;
+            overload::run(&kairos, &args, &mut report).await?;
+            // One section per binary, so runs of two binaries sit side by side in one file.
+            let binary = kairos.binary.file_name().map_or("kairos".into(), |n| n.to_string_lossy().into_owned());
+            (cli.into, Some(format!("Overload: {binary}")))
         }
         Scenario::Failover(args) => {
             quiet.wait(&mut report, "failover").await;
             failover::run(&kairos, &args, &mut report).await?;
-            (cli.into, Some("Cluster: leader failover"))
+            (cli.into, Some("Cluster: leader failover".to_string()))
         }
         Scenario::ClusterLag(args) => {
             quiet.wait(&mut report, "cluster fire lag").await;
             cluster_lag::run(&kairos, &args, &mut report).await?;
-            (cli.into, Some("Cluster: fire lag on agent-only nodes"))
+            (cli.into, Some("Cluster: fire lag on agent-only nodes".to_string()))
         }
         Scenario::Scale(args) => {
             quiet.wait(&mut report, "scale").await;
             scale::run(&kairos, &args, &mut report).await?;
-            (cli.into, Some("Cluster: scale and recovery"))
+            (cli.into, Some("Cluster: scale and recovery".to_string()))
         }
         Scenario::All(args) => {
             run_all(&kairos, &args, &quiet, &mut report).await;
@@ -173,14 +184,14 @@ async fn main() -> anyhow::Result<()> {
     let mut machine = Machine::describe(&workspace_root());
     machine.commit = cli.revision.unwrap_or(tree);
     let command = command_line();
-    let markdown = match section {
+    let markdown = match &section {
         Some(title) => report.section(title, &machine, &command),
         None => report.markdown(&machine, &command),
     };
     println!("\n{markdown}");
     if let Some(path) = output {
         let existing = std::fs::read_to_string(&path).unwrap_or_default();
-        let text = match section {
+        let text = match &section {
             Some(title) => report::merge_section(&existing, title, &markdown),
             None => report::keep_analysis(&existing, &markdown),
         };

@@ -1,6 +1,7 @@
 //! What Linux says about the server process and the machine: CPU time from `/proc/PID/stat` and `/proc/stat`,
 //! resident memory from `/proc/PID/status`.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -38,6 +39,30 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
         .parse()
         .with_context(|| format!("{path}: VmRSS '{line}' is not a number of kB"))?;
     Ok(kib * 1024)
+}
+
+/// How many processes descend from `pid` (children, their children, …), from the parent pid of every process in
+/// `/proc`. Processes that end during the scan are simply not counted.
+pub fn descendants(pid: u32) -> anyhow::Result<usize> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for entry in std::fs::read_dir("/proc").context("reading /proc")?.flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // Field 4 (ppid) is the second after the command name's last ')'.
+        let parent = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+        if let Some(parent) = parent {
+            children.entry(parent).or_default().push(child);
+        }
+    }
+    let mut count = 0;
+    let mut stack = vec![pid];
+    while let Some(parent) = stack.pop() {
+        if let Some(kids) = children.get(&parent) {
+            count += kids.len();
+            stack.extend(kids);
+        }
+    }
+    Ok(count)
 }
 
 /// Connections the kernel dropped because a listener's accept queue was full, machine-wide
@@ -230,6 +255,10 @@ mod tests {
         let meter = CpuMeter::start(pid).unwrap();
         let use_ = meter.finish().unwrap();
         listen_overflows().unwrap();
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        assert!(descendants(pid).unwrap() >= 1);
+        child.kill().unwrap();
+        child.wait().unwrap();
         assert!(use_.machine_busy >= 0.0 && use_.machine_busy <= 1.0);
     }
 }
