@@ -4,8 +4,9 @@
 //!    that double from `--search-from`, then bisect (`--search-refine` steps) between the last step whose start
 //!    lag p99 stayed under 1 s and the first that did not. A step waits until the server has caught up, opens a
 //!    `--search-seconds` window and reads the slots of a sample of the jobs back; a slot not started when it is
-//!    read counts with the time it has waited so far (a lower bound), a skipped one likewise. The capacity is the
-//!    largest job count (= runs per second) that passed; `--capacity` skips the search.
+//!    read counts with the time it has waited so far (a lower bound), a skipped one likewise. Before a bisection
+//!    step the jobs are cut to half the last passing load until the backlog of the failed step is worked off. The
+//!    capacity is the largest job count (= runs per second) that passed; `--capacity` skips the search.
 //! 2. **Overload.** 2× capacity jobs for `--overload-seconds`.
 //! 3. **Recovery.** Every job beyond capacity/2 is disabled; capacity/2 jobs run on for `--recovery-seconds`.
 //!    Then the rest are disabled and the server is left to drain.
@@ -43,8 +44,8 @@ const SAMPLE_JOBS: usize = 100;
 const SEARCH_WARMUP_SECS: u64 = 2;
 /// After a step's window, the wait before its slots are read: a slot not started by then is past the limit anyway.
 const SEARCH_SETTLE: Duration = Duration::from_millis(1_500);
-/// Before a step, how long to wait at most for runs due more than [`CAUGHT_UP_SLACK`] ago to have started.
-const CATCH_UP_BUDGET: Duration = Duration::from_secs(30);
+/// Before a step, how long to wait at most for the server to keep up (see [`catch_up`]).
+const CATCH_UP_BUDGET: Duration = Duration::from_secs(60);
 const CAUGHT_UP_SLACK: SignedDuration = SignedDuration::from_secs(2);
 /// Jobs created, deleted, disabled or enabled at once.
 const WRITE_CONCURRENCY: usize = 64;
@@ -332,6 +333,18 @@ async fn search(fleet: &mut Fleet, args: &OverloadArgs, scenario: &str, report: 
             if mid <= passed || mid >= failed {
                 break;
             }
+            // The failed step left a backlog, which a load near capacity would take minutes to work off: drain it
+            // at half the load that passed first.
+            let drain = (passed / 2).max(1);
+            println!("   search: draining at {drain} jobs");
+            fleet.resize(drain).await?;
+            let sample = fleet.sample();
+            if catch_up(fleet, &sample).await?.is_none() {
+                report.note(format!(
+                    "{scenario}: after the {} jobs step the server had not caught up within {CATCH_UP_BUDGET:?} at {drain} jobs",
+                    thousands(failed as f64)
+                ));
+            }
             let step = step(fleet, mid, args.search_seconds).await?;
             if step.passed() {
                 passed = mid;
@@ -425,15 +438,20 @@ async fn step(fleet: &mut Fleet, jobs: usize, seconds: u64) -> anyhow::Result<St
     Ok(Step { jobs, changed: changed.describe(), caught_up, lag, late, skipped, slots })
 }
 
-/// Wait (bounded) until no sampled run due more than [`CAUGHT_UP_SLACK`] ago is still pending; the time it took,
-/// `None` when the budget ran out.
+/// Wait (bounded) until every sampled job has started a run of a slot at most [`CAUGHT_UP_SLACK`] old and has
+/// no older run still pending: the server keeps up with the load. The time it took, `None` when the budget ran
+/// out.
 async fn catch_up(fleet: &Fleet, sample: &[String]) -> anyhow::Result<Option<Duration>> {
     let start = Instant::now();
     while start.elapsed() < CATCH_UP_BUDGET {
-        let due = Timestamp::now() - CAUGHT_UP_SLACK;
+        let recent = Timestamp::now() - CAUGHT_UP_SLACK;
         let executions = fleet.executions(sample, 40).await?;
-        let behind = executions.iter().flatten().any(|e| e.status == "pending" && e.scheduled_at < due);
-        if !behind {
+        let keeps_up = executions.iter().all(|job| {
+            let newest_started = job.iter().filter(|e| e.started_at.is_some()).map(|e| e.scheduled_at).max();
+            newest_started.is_some_and(|slot| slot >= recent)
+                && !job.iter().any(|e| e.status == "pending" && e.scheduled_at < recent)
+        });
+        if keeps_up {
             return Ok(Some(start.elapsed()));
         }
         tokio::time::sleep(POLL).await;
