@@ -1080,7 +1080,8 @@ async fn the_rpc_listener_reads_raft_appends_larger_than_2_mib() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_whose_clock_is_too_far_off_gets_no_runs() {
     assert!(Path::new(LIBFAKETIME).exists(), "this test needs Debian's faketime (apt-get install faketime)");
-    let mut cluster = Cluster::prepare(1, &[("fast", &["clock=fast"])], &["--clock-offset-max", "2s"]);
+    let agents: &[(&str, &[&str])] = &[("fast", &["clock=fast", "pool=x"]), ("ok", &["pool=x"])];
+    let mut cluster = Cluster::prepare(1, agents, &["--clock-offset-max", "2s"]);
     cluster.set_env(1, "LD_PRELOAD", LIBFAKETIME);
     cluster.set_env(1, "FAKETIME", "+5s");
     cluster.set_env(1, "FAKETIME_DONT_FAKE_MONOTONIC", "1");
@@ -1108,6 +1109,18 @@ async fn a_node_whose_clock_is_too_far_off_gets_no_runs() {
     let error = execs[0].error.clone().unwrap_or_default();
     assert!(error.contains("off the leader's") && error.contains("--clock-offset-max"), "{error}");
     assert!(!ran.exists(), "the fast agent must not have run it");
+    // A job both agents match runs on the healthy one, every time.
+    let job = with(shell_job("either", "@manually", "true"), json!({"tags": {"pool": "x:1"}}));
+    cluster.create_job(&job).await;
+    for n in 1..=3 {
+        cluster.run("either").await;
+        let execs = cluster
+            .wait_executions("either", &format!("run {n} finished"), secs(20), |e| {
+                e.len() == n && e.iter().all(Exec::is_final)
+            })
+            .await;
+        assert!(execs.iter().all(|e| e.status == "succeeded" && e.node_name == "ok"), "{}", runs(&execs));
+    }
 }
 
 /// `--enable-prometheus`: the agent that ran a job every second reports each run's start lag and outcome at its

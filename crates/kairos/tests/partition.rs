@@ -213,3 +213,46 @@ async fn a_run_whose_node_cannot_renew_its_lease_but_answers_is_not_lost() {
         "the leader renewed the lease it could not get from the agent"
     );
 }
+
+/// An agent cut off both ways while it runs a job longer than the lease: the leader cannot ask it, so after a
+/// second lease the run is recorded lost, naming the node, and its retry runs on the other agent. When the cut
+/// heals, the agent's late report of the first attempt changes nothing (a repeat of a settled run), and nothing
+/// stays pending or running.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_cut_off_during_a_long_run_has_it_recorded_lost_and_retried_elsewhere() {
+    let agents: &[(&str, &[&str])] = &[("a1", &["pool=w"]), ("a2", &["pool=w"])];
+    let cluster = Cluster::start_on_network(1, agents, &["--execution-lease", "2s"]).await;
+    cluster.wait_formed().await;
+    let job = with(
+        shell_job("long", "@manually", "sleep 6; echo done"),
+        json!({"tags": {"pool": "w:1"}, "retries": 1, "retry_backoff": "100ms"}),
+    );
+    cluster.create_job(&job).await;
+    cluster.run("long").await;
+    let execs =
+        cluster.wait_executions("long", "it runs", secs(20), |e| e.len() == 1 && e[0].status == "running").await;
+    let first = execs[0].clone();
+    let (victim, other) = if first.node_name == "a1" { ("a1", "a2") } else { ("a2", "a1") };
+    let victim_index = cluster.index_of(victim);
+    let cut_at = Timestamp::now();
+    cluster.cut(victim_index, Cut::Both);
+    let execs = cluster
+        .wait_executions("long", "attempt 1 lost and attempt 2 started", secs(30), |e| {
+            e.iter().any(|x| x.attempt == 1 && x.status == "lost") && e.iter().any(|x| x.attempt == 2)
+        })
+        .await;
+    let lost = execs.iter().find(|e| e.attempt == 1).unwrap();
+    let error = lost.error.as_deref().unwrap_or_default();
+    assert!(error.contains(&format!("'{victim}'")), "the reason names the node: {lost:?}");
+    let lost_after = lost.finished_at.unwrap().duration_since(cut_at);
+    assert!(lost_after >= SignedDuration::from_secs(2), "not before the lease ran out twice: {lost_after:?}");
+    cluster.heal(victim_index);
+    let execs = cluster.wait_executions("long", "the retry finished", secs(30), |e| e.iter().all(Exec::is_final)).await;
+    let retry = execs.iter().find(|e| e.attempt == 2).unwrap();
+    assert_eq!((retry.status.as_str(), retry.node_name.as_str()), ("succeeded", other), "{}", runs(&execs));
+    // The first attempt's own finish reaches the leader after the heal and is taken as a repeat.
+    tokio::time::sleep(secs(3)).await;
+    let execs = cluster.executions("long").await;
+    assert_eq!(execs.len(), 2, "{}", runs(&execs));
+    assert_eq!(execs.iter().find(|e| e.attempt == 1).unwrap().status, "lost", "{}", runs(&execs));
+}
