@@ -497,7 +497,7 @@ impl Worker {
              (--max-running {max_running}, --max-queued {max_queued})",
             self.node_name
         );
-        warn!("execution {}/{} {error}", order.exec.job, order.exec.id);
+        note_skip(&format!("execution {}/{} {error}", order.exec.job, order.exec.id));
         crate::metrics::metrics().runs_skipped_overloaded.inc();
         self.report(Report::Finish(Finish {
             exec: order.exec,
@@ -705,6 +705,29 @@ impl Worker {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while self.in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// At most one line about overload skips per this many seconds: past its capacity a node may skip thousands of
+/// runs a second, and the log must not become the next thing that fills the disk.
+const SKIP_LOG_EVERY_S: i64 = 10;
+
+/// Log a skipped run, or count it toward the next line (which says how many were not logged).
+fn note_skip(line: &str) {
+    static LAST_LOGGED_S: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
+    static UNLOGGED: AtomicU64 = AtomicU64::new(0);
+    let now_s = Timestamp::now().as_second();
+    let last = LAST_LOGGED_S.load(Ordering::Relaxed);
+    if last.checked_add(SKIP_LOG_EVERY_S).is_some_and(|next| now_s < next) {
+        UNLOGGED.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    LAST_LOGGED_S.store(now_s, Ordering::Relaxed);
+    match UNLOGGED.swap(0, Ordering::Relaxed) {
+        0 => warn!("{line}"),
+        more => {
+            warn!("{line} ({more} more runs were skipped since the last such line; see kairos_runs_skipped_overloaded)")
         }
     }
 }

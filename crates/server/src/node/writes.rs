@@ -16,7 +16,8 @@ use crate::error::{Failure, WriteError};
 use crate::gossip::Member;
 use crate::worker::Cancelled;
 
-/// How a write that this node's Raft refused because it no longer leads begins: nothing was written.
+/// How a write that this node's Raft refused before appending it, because it no longer leads, begins: nothing was
+/// written.
 const NOT_ACCEPTED: &str = "this node did not accept the write as leader";
 
 /// A write forwarded from a follower, as the leader answers it.
@@ -98,8 +99,18 @@ impl Node {
         let written = match self.raft.client_write(command).await {
             Ok(written) => written,
             Err(err) => {
-                if err.forward_to_leader().is_some() {
+                // Refused before its entry was appended: nothing was written, so `submit` may try again.
+                if let openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(_)) =
+                    &err
+                {
                     return Err(WriteError::unavailable(format!("{NOT_ACCEPTED} ({err}); retry")));
+                }
+                // Appended, then discarded by a leader change: it may still commit, so it is not tried again here.
+                if err.forward_to_leader().is_some() {
+                    return Err(WriteError::unavailable(format!(
+                        "the leader changed while the write was in flight; it may or may not have been applied \
+                         ({err}): check, then retry"
+                    )));
                 }
                 if let openraft::error::RaftError::Fatal(fatal) = &err {
                     return Err(WriteError::new(Failure::StorageFailed, format!("storage failed: {fatal}")));
