@@ -177,6 +177,8 @@ struct Runs {
     running: HashMap<ExecRef, RunningExec>,
     /// Orders due but not started, by (instant, arrival): waiting for a free place, or for the fence.
     queue: BTreeMap<(Timestamp, u64), Queued>,
+    /// Where each queued execution is in `queue`.
+    queue_index: HashMap<ExecRef, (Timestamp, u64)>,
     /// Queued orders whose fence is being asked: their places are taken.
     checking: usize,
     /// Shutting down: nothing starts any more.
@@ -191,7 +193,30 @@ struct Queued {
 
 impl Runs {
     fn queued(&self, exec: &ExecRef) -> Option<(Timestamp, u64)> {
-        self.queue.iter().find(|(_, q)| &q.order.exec == exec).map(|(key, _)| *key)
+        self.queue_index.get(exec).copied()
+    }
+
+    fn enqueue(&mut self, key: (Timestamp, u64), order: Order) {
+        self.queue_index.insert(order.exec.clone(), key);
+        self.queue.insert(key, Queued { order, checking: false });
+    }
+
+    /// Take a queued order out (its place, if the fence was being asked, is freed).
+    fn dequeue(&mut self, key: &(Timestamp, u64)) -> Option<Queued> {
+        let queued = self.queue.remove(key)?;
+        self.queue_index.remove(&queued.order.exec);
+        if queued.checking {
+            self.checking -= 1;
+        }
+        Some(queued)
+    }
+
+    /// Keep the queued orders `keep` answers true for.
+    fn retain_queued(&mut self, keep: impl Fn(&Order) -> bool) {
+        self.queue.retain(|_, q| keep(&q.order));
+        let queue = &self.queue;
+        self.queue_index.retain(|_, key| queue.contains_key(key));
+        self.checking = self.queue.values().filter(|q| q.checking).count();
     }
 
     fn holds(&self, exec: &ExecRef) -> bool {
@@ -338,9 +363,7 @@ impl Worker {
             }
             if let Some(key) = runs.queued(exec_ref) {
                 // A queued order whose fence is being asked is simply not found when the answer comes.
-                if runs.queue.remove(&key).is_some_and(|q| q.checking) {
-                    runs.checking -= 1;
-                }
+                runs.dequeue(&key);
                 return Cancelled::Withdrawn;
             }
         }
@@ -368,8 +391,7 @@ impl Worker {
             let runs = &mut *runs;
             let before = runs.queue.len();
             // A dropped order whose fence is being asked is not found when the answer comes.
-            runs.queue.retain(|_, q| q.order.term >= term);
-            runs.checking = runs.queue.values().filter(|q| q.checking).count();
+            runs.retain_queued(|order| order.term >= term);
             if runs.queue.len() < before {
                 debug!("sync of term {term}: {} queued order(s) of older terms dropped", before - runs.queue.len());
             }
@@ -476,7 +498,7 @@ impl Worker {
                     continue;
                 }
                 let seq = self.sequence.fetch_add(1, Ordering::SeqCst);
-                runs.queue.insert((order.at.unwrap_or(now), seq), Queued { order, checking: false });
+                runs.enqueue((order.at.unwrap_or(now), seq), order);
             }
             crate::metrics::metrics().runs_queued.set(runs.queue.len() as i64);
         }
@@ -587,8 +609,7 @@ impl Worker {
                 if !runs.queue.get(&key).is_some_and(|q| q.checking) {
                     continue; // withdrawn and ordered again meanwhile: its own turn comes
                 }
-                let Some(queued) = runs.queue.remove(&key) else { continue };
-                runs.checking -= 1;
+                let Some(queued) = runs.dequeue(&key) else { continue };
                 if !launch {
                     dropped.push(queued.order.exec);
                     continue;
@@ -614,8 +635,7 @@ impl Worker {
         {
             let mut runs = self.runs.lock().expect("runs lock");
             runs.closed = true;
-            runs.queue.clear();
-            runs.checking = 0;
+            runs.retain_queued(|_| false);
         }
         self.waiting.lock().expect("waiting lock").clear();
     }
