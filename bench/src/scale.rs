@@ -828,6 +828,7 @@ mod tests {
             output: String::new(),
             attempt,
             trigger: "schedule".into(),
+            error: None,
         }
     }
 
