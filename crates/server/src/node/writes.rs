@@ -20,6 +20,10 @@ use crate::worker::Cancelled;
 /// written.
 const NOT_ACCEPTED: &str = "this node did not accept the write as leader";
 
+/// How a write begins that the leader appended and then lost to a leader change: it may still commit, so it is
+/// never retried automatically (a retry could apply it twice).
+const MAYBE_APPLIED: &str = "the leader changed while the write was in flight";
+
 /// A write forwarded from a follower, as the leader answers it.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Forwarded {
@@ -61,7 +65,7 @@ impl Node {
             if let Some(addr) = leader_addr {
                 match self.forward(&addr, &command).await {
                     Ok(response) => return Ok(response),
-                    Err(err) if err.is_unavailable() => {
+                    Err(err) if err.is_unavailable() && !err.message.starts_with(MAYBE_APPLIED) => {
                         if tokio::time::Instant::now() >= deadline {
                             return Err(err);
                         }
@@ -108,8 +112,7 @@ impl Node {
                 // Appended, then discarded by a leader change: it may still commit, so it is not tried again here.
                 if err.forward_to_leader().is_some() {
                     return Err(WriteError::unavailable(format!(
-                        "the leader changed while the write was in flight; it may or may not have been applied \
-                         ({err}): check, then retry"
+                        "{MAYBE_APPLIED}; it may or may not have been applied ({err}): check, then retry"
                     )));
                 }
                 if let openraft::error::RaftError::Fatal(fatal) = &err {
