@@ -904,6 +904,15 @@ async fn a_leader_whose_disk_fills_exits_and_another_leads_then_it_rejoins_with_
 /// Debian's libfaketime, preloaded into a node to shift its clock (package `faketime`, which scripts/test installs).
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
+/// Run node `i` (before it launches) with its wall clock shifted by `shift` (libfaketime, e.g. `+5s`); its
+/// monotonic clock stays true, as a node's whose NTP is off.
+fn fake_clock(cluster: &mut Cluster, i: usize, shift: &str) {
+    assert!(Path::new(LIBFAKETIME).exists(), "this test needs Debian's faketime (apt-get install faketime)");
+    cluster.set_env(i, "LD_PRELOAD", LIBFAKETIME);
+    cluster.set_env(i, "FAKETIME", shift);
+    cluster.set_env(i, "FAKETIME_DONT_FAKE_MONOTONIC", "1");
+}
+
 /// Two agents, one with its clock 5 s fast and one 5 s slow (libfaketime), each run a job every second: no run
 /// starts before its slot on the real clock (the one the leader keeps), and none starts seconds late. The true start
 /// is written by the run itself with a clock outside the fake (`date` run without the preload).
@@ -912,9 +921,7 @@ async fn agents_with_fast_or_slow_clocks_start_runs_at_the_leaders_instants() {
     assert!(Path::new(LIBFAKETIME).exists(), "this test needs Debian's faketime (apt-get install faketime)");
     let mut cluster = Cluster::prepare(1, &[("fast", &["clock=fast"]), ("slow", &["clock=slow"])], &[]);
     for (i, shift) in [(1, "+5s"), (2, "-5s")] {
-        cluster.set_env(i, "LD_PRELOAD", LIBFAKETIME);
-        cluster.set_env(i, "FAKETIME", shift);
-        cluster.set_env(i, "FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        fake_clock(&mut cluster, i, shift);
     }
     cluster.launch_all().await;
     cluster.wait_formed().await;
@@ -1000,9 +1007,7 @@ async fn a_server_with_a_skewed_clock_that_wins_an_election_hands_leadership_ove
     assert!(Path::new(LIBFAKETIME).exists(), "this test needs Debian's faketime (apt-get install faketime)");
     let mut cluster = Cluster::prepare(3, &[], &[]);
     let skewed = 2;
-    cluster.set_env(skewed, "LD_PRELOAD", LIBFAKETIME);
-    cluster.set_env(skewed, "FAKETIME", "+5s");
-    cluster.set_env(skewed, "FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    fake_clock(&mut cluster, skewed, "+5s");
     cluster.launch_all().await;
     cluster.wait_formed().await;
     let skewed_name = cluster.node_name(skewed).to_string();
@@ -1082,9 +1087,7 @@ async fn a_node_whose_clock_is_too_far_off_gets_no_runs() {
     assert!(Path::new(LIBFAKETIME).exists(), "this test needs Debian's faketime (apt-get install faketime)");
     let agents: &[(&str, &[&str])] = &[("fast", &["clock=fast", "pool=x"]), ("ok", &["pool=x"])];
     let mut cluster = Cluster::prepare(1, agents, &["--clock-offset-max", "2s"]);
-    cluster.set_env(1, "LD_PRELOAD", LIBFAKETIME);
-    cluster.set_env(1, "FAKETIME", "+5s");
-    cluster.set_env(1, "FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    fake_clock(&mut cluster, 1, "+5s");
     cluster.launch_all().await;
     cluster.wait_formed().await;
     wait_until("the fast agent's offset is measured", secs(30), async || {

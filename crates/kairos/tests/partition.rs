@@ -223,8 +223,11 @@ async fn an_agent_cut_off_during_a_long_run_has_it_recorded_lost_and_retried_els
     let agents: &[(&str, &[&str])] = &[("a1", &["pool=w"]), ("a2", &["pool=w"])];
     let cluster = Cluster::start_on_network(1, agents, &["--execution-lease", "2s"]).await;
     cluster.wait_formed().await;
+    let ended = cluster.scratch("ended");
+    std::fs::create_dir_all(&ended).unwrap();
+    let command = format!("sleep 6; touch '{}/'$KAIROS_EXECUTION_ID; echo done", ended.display());
     let job = with(
-        shell_job("long", "@manually", "sleep 6; echo done"),
+        shell_job("long", "@manually", &command),
         json!({"tags": {"pool": "w:1"}, "retries": 1, "retry_backoff": "100ms"}),
     );
     cluster.create_job(&job).await;
@@ -250,7 +253,12 @@ async fn an_agent_cut_off_during_a_long_run_has_it_recorded_lost_and_retried_els
     let execs = cluster.wait_executions("long", "the retry finished", secs(30), |e| e.iter().all(Exec::is_final)).await;
     let retry = execs.iter().find(|e| e.attempt == 2).unwrap();
     assert_eq!((retry.status.as_str(), retry.node_name.as_str()), ("succeeded", other), "{}", runs(&execs));
-    // The first attempt's own finish reaches the leader after the heal and is taken as a repeat.
+    // The first attempt's own run ends on the healed agent; its finish then reaches the leader (reports are
+    // retried until committed) and must be taken as a repeat of a settled run.
+    let first_ended = ended.join(&first.id);
+    wait_until("the first attempt ended on the cut-off agent", secs(30), async || first_ended.exists().then_some(()))
+        .await;
+    // Its report follows within a report round trip; nothing observable marks its arrival.
     tokio::time::sleep(secs(3)).await;
     let execs = cluster.executions("long").await;
     assert_eq!(execs.len(), 2, "{}", runs(&execs));

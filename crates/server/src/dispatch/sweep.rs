@@ -255,26 +255,14 @@ async fn spared(
     if expired.is_empty() {
         return Default::default();
     }
-    let names: HashSet<&str> = expired.iter().map(|e| e.node_name.as_str()).collect();
-    let members: Vec<Member> =
-        node.membership.all().await.into_iter().filter(|m| names.contains(m.name.as_str())).collect();
-    let asked = futures::future::join_all(members.iter().map(|m| takeover::sync_member(node, m, term))).await;
-    // What each node holds; `None` for a node that did not answer.
-    let mut answers: HashMap<&str, Option<HashSet<ExecRef>>> = HashMap::new();
-    for (member, answer) in members.iter().zip(asked) {
-        match answer {
-            takeover::Answer::Holds(holding) => answers.insert(&member.name, Some(holding.all().collect())),
-            takeover::Answer::Silent => answers.insert(&member.name, None),
-            takeover::Answer::Gone => None,
-        };
-    }
+    let answers = ask(node, term, expired.iter().map(|e| e.node_name.as_str()).collect()).await;
     let (mut held, mut waited) = (HashSet::new(), HashSet::new());
     for exec in expired {
-        match answers.get(exec.node_name.as_str()) {
-            Some(Some(holds)) if holds.contains(&exec_ref(exec)) => {
+        match answers.get(&exec.node_name) {
+            Some(Asked::Holds(holds)) if holds.contains(&exec_ref(exec)) => {
                 held.insert(exec_ref(exec));
             }
-            Some(None) if within_second_lease(exec, now, node.worker.lease) => {
+            Some(Asked::Silent) if within_second_lease(exec, now, node.worker.lease) => {
                 waited.insert(exec_ref(exec));
             }
             _ => {}
@@ -288,6 +276,19 @@ fn within_second_lease(exec: &Execution, now: Timestamp, lease: Duration) -> boo
     exec.lease_until.is_some_and(|until| until.checked_add(lease).is_ok_and(|grace| grace > now))
 }
 
+/// Ask the named nodes (those gossip knows) what they run, hold or have not reported yet, all at once.
+async fn ask(node: &Node, term: u64, names: HashSet<&str>) -> HashMap<String, Asked> {
+    let members: Vec<Member> =
+        node.membership.all().await.into_iter().filter(|m| names.contains(m.name.as_str())).collect();
+    let asked = futures::future::join_all(members.iter().map(|m| takeover::sync_member(node, m, term))).await;
+    let answer = |answer| match answer {
+        takeover::Answer::Holds(holding) => Asked::Holds(holding.all().collect()),
+        takeover::Answer::Gone => Asked::Gone,
+        takeover::Answer::Silent => Asked::Silent,
+    };
+    members.into_iter().zip(asked).map(|(member, asked)| (member.name, answer(asked))).collect()
+}
+
 /// Ask the nodes of stale claims (see [`stale_claims`]) what they hold; release the claims they do not hold,
 /// answer those to record as lost.
 async fn settle_stale_claims(node: &Node, term: u64, active: &[Execution]) -> Vec<(ExecRef, String)> {
@@ -298,22 +299,7 @@ async fn settle_stale_claims(node: &Node, term: u64, active: &[Execution]) -> Ve
     if stale.is_empty() {
         return Vec::new();
     }
-    let names: HashSet<&str> = stale.iter().map(|(_, name, _)| name.as_str()).collect();
-    let members: Vec<Member> =
-        node.membership.all().await.into_iter().filter(|m| names.contains(m.name.as_str())).collect();
-    let asked = futures::future::join_all(members.iter().map(|m| takeover::sync_member(node, m, term))).await;
-    let answers: HashMap<String, Asked> = members
-        .iter()
-        .zip(asked)
-        .map(|(member, answer)| {
-            let asked = match answer {
-                takeover::Answer::Holds(holding) => Asked::Holds(holding.all().collect()),
-                takeover::Answer::Gone => Asked::Gone,
-                takeover::Answer::Silent => Asked::Silent,
-            };
-            (member.name.clone(), asked)
-        })
-        .collect();
+    let answers = ask(node, term, stale.iter().map(|(_, name, _)| name.as_str()).collect()).await;
     let (released, lost) = settle_stale(stale, &answers, ORDER_STALE_AFTER + node.worker.lease);
     if !released.is_empty() {
         let mut claims = node.dispatcher.claims.lock().expect("claims lock");
