@@ -9,7 +9,8 @@
 //! - `config` (a submodule per broker and database executor): Dkron-compatible executor configs parsed into
 //!   typed values, and [`validate`];
 //! - `runner`: the [`Runner`], which dispatches a run to its executor;
-//! - `shell` and `process_group`: the shell executor and how it stops whole process groups;
+//! - `shell`, `process_group` and `oom`: the shell executor, how it stops whole process groups, and how its runs
+//!   meet the kernel's out-of-memory killer (first in line; a run it killed says so);
 //! - `http` and `http_clients`: the http executor and the clients and regexes it shares;
 //! - `nats`, `rabbitmq`, `redis_exec`, `sql`: the broker and PostgreSQL executors, built on `remote` (racing
 //!   the remote operation against timeout and cancel), `connections` (connections kept across runs, bounded)
@@ -25,6 +26,7 @@ mod connections;
 mod http;
 mod http_clients;
 mod nats;
+mod oom;
 mod output;
 mod process_group;
 mod rabbitmq;
@@ -38,6 +40,7 @@ mod sql;
 mod words;
 
 pub use config::{ConfigError, EXECUTORS, validate};
+pub use oom::RUN_OOM_SCORE_ADJ;
 pub use output::{DISK_FREE_BYTES_MIN_DEFAULT, Limits as OutputLimits, OutputStore, STORE_BYTES_MAX_DEFAULT};
 pub use runner::{Runner, install_crypto_provider};
 pub use spec::{OUTPUT_LIMIT_BYTES_DEFAULT, Outcome, RunSpec, RunStatus, TAIL_BYTES};

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::capture::Capture;
 use crate::config::{Command, ShellConfig};
+use crate::oom::{self, OomKills};
 use crate::process_group::{self, KillOnDrop};
 use crate::spec::{Outcome, RunSpec, RunStatus};
 
@@ -47,6 +48,7 @@ pub(crate) async fn run(
             format!("cannot start: working directory '{}' does not exist or is not a directory", cwd.display());
         return capture.not_started(reason);
     }
+    let oom_kills = OomKills::now();
     let mut child = match command(spec, &config).spawn() {
         Ok(child) => child,
         Err(e) => return capture.not_started(format!("cannot start {}: {e}", program(&config))),
@@ -57,7 +59,7 @@ pub(crate) async fn run(
         return capture.not_started("the started process has no pid".to_owned());
     };
     let pipes = Pipes::new(child.stdout.take(), child.stderr.take());
-    let mut job = Job { child, pgid, exit: None, pipes, capture, guard: KillOnDrop::new(pgid) };
+    let mut job = Job { child, pgid, exit: None, pipes, capture, guard: KillOnDrop::new(pgid), oom_kills };
     let deadline = config.timeout.map(|t| Instant::now() + t);
     let stop = job.pump(Until::Exited, deadline, Some(cancel)).await;
     match stop {
@@ -99,6 +101,7 @@ fn command(spec: &RunSpec, config: &ShellConfig) -> tokio::process::Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    oom::raise_score_in_child(&mut cmd);
     if let Some(cwd) = &config.cwd {
         cmd.current_dir(cwd);
     }
@@ -135,6 +138,8 @@ struct Job {
     pipes: Pipes,
     capture: Capture,
     guard: KillOnDrop,
+    /// The kernel's OOM-kill count at spawn, to tell its SIGKILL from anyone else's.
+    oom_kills: OomKills,
 }
 
 impl Job {
@@ -189,19 +194,25 @@ impl Job {
                 (RunStatus::TimedOut, Some(format!("timed out{after}")))
             }
             Pumped::Cancelled => (RunStatus::Cancelled, Some("cancelled".to_owned())),
-            Pumped::Done => judge_exit(self.exit.take()),
+            Pumped::Done => judge_exit(self.exit.take(), &self.oom_kills),
         };
         self.capture.into_outcome(status, exit_code, error)
     }
 }
 
-/// The status of a process that exited on its own (or was killed by someone else).
-fn judge_exit(exit: Option<io::Result<ExitStatus>>) -> (RunStatus, Option<String>) {
+/// The status of a process that exited on its own (or was killed by someone else: a SIGKILL while the
+/// kernel's OOM-kill count rose is the out-of-memory killer's).
+fn judge_exit(exit: Option<io::Result<ExitStatus>>, oom_kills: &OomKills) -> (RunStatus, Option<String>) {
     match exit {
         Some(Ok(status)) if status.success() => (RunStatus::Succeeded, None),
         Some(Ok(status)) if status.code().is_some() => (RunStatus::Failed, None),
         Some(Ok(status)) => {
             let error = match status.signal() {
+                Some(libc::SIGKILL) if oom_kills.rose() => format!(
+                    "killed by signal {} (SIGKILL) by the kernel's out-of-memory killer: memory ran out while it \
+                     ran (the node's memory limit or the machine's)",
+                    libc::SIGKILL
+                ),
                 Some(sig) => match process_group::signal_name(sig) {
                     Some(name) => format!("killed by signal {sig} ({name})"),
                     None => format!("killed by signal {sig}"),

@@ -822,6 +822,46 @@ async fn out_of_file_descriptors_runs_fail_with_the_reason_and_the_node_recovers
     .await;
 }
 
+/// Out of memory: a node and its runs share one memory limit (a cgroup, as under a systemd unit or in a
+/// container). A run that allocates past it is what the kernel's out-of-memory killer ends, not the node; the
+/// run's failure says so instead of a bare "killed by signal 9", and the node goes on running jobs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_that_exhausts_the_memory_limit_is_killed_instead_of_the_node_and_says_so() {
+    let server = Server::fresh(&[]).await;
+    let pid = server.pid();
+    // Room for the node as it is now plus 128 MiB: the run below takes all of that and asks for more.
+    let group = kairos_testkit::MemoryCgroup::create(resident_bytes(pid) + (128 << 20));
+    group.add(pid);
+    // The run's own process (the `sh` that runs the command) doubles a string until the memory runs out.
+    server.create_job(&shell_job("hog", "@manually", "x=a; while :; do x=$x$x; done")).await;
+    server.run("hog").await;
+    let execs = server.wait_executions("hog", "the run ended", secs(60), |e| e.iter().any(Exec::is_final)).await;
+    let run = &execs[0];
+    assert_eq!(run.status, "failed", "{}", summary(&execs));
+    let error = run.error.as_deref().unwrap_or("");
+    assert!(error.contains("killed by signal 9 (SIGKILL) by the kernel's out-of-memory killer"), "{error:?}");
+    assert!(group.oom_kills() >= 1, "the kernel killed for lack of memory in the group");
+    assert!(process_alive(pid), "the node was not the one killed");
+
+    // The node, still inside its limit, runs the next job as usual.
+    server.create_job(&shell_job("after", "@manually", "echo still here")).await;
+    server.run("after").await;
+    let execs = server.wait_executions("after", "the run ended", secs(20), |e| e.iter().any(Exec::is_final)).await;
+    assert_eq!(execs[0].status, "succeeded", "{}", summary(&execs));
+    assert_eq!(server.get("/health").await.status, 200);
+}
+
+/// The resident memory of a process, from /proc/PID/status.
+fn resident_bytes(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib << 10
+}
+
 /// A NATS job firing every second: a subscriber receives exactly one message per executed slot, with the
 /// configured body and header, and each run's output says what it published.
 #[tokio::test(flavor = "multi_thread")]

@@ -9,6 +9,7 @@
 //!   [`poll_until`], which answers an error instead, for callers that must not panic).
 //! - [`log`]: a process's output across restarts, in memory or in a file.
 //! - [`disk`]: a small tmpfs of the test's own, to run a node out of disk space.
+//! - [`memory`]: a memory cgroup of the test's own with a limit, to run a node and its runs out of memory.
 //! - [`netns`]: a network of the test's own (namespaces on a bridge), to cut nodes off for real.
 //! - [`services`]: real `nats-server`, `redis-server`, `rabbitmq-server` and PostgreSQL instances on free
 //!   loopback ports in temporary directories, for the executors' tests; killed and removed when dropped.
@@ -16,6 +17,7 @@
 pub mod client;
 pub mod disk;
 pub mod log;
+pub mod memory;
 pub mod netns;
 pub mod process;
 pub mod services;
@@ -24,6 +26,7 @@ pub mod wait;
 pub use client::{Client, Reply, install_crypto_provider};
 pub use disk::{SmallDisk, dir_bytes};
 pub use log::Log;
+pub use memory::MemoryCgroup;
 pub use netns::{Cut, Network};
 pub use process::{LaunchError, Listener, Listening, Process, Signal, clean_kairos_env, kairos_command};
 pub use services::{Service, free_port, free_port_where};

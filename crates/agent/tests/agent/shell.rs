@@ -64,6 +64,18 @@ async fn death_by_signal_fails_and_names_the_signal() {
     assert_eq!(outcome.error.as_deref(), Some("killed by signal 9 (SIGKILL)"));
 }
 
+/// Under memory pressure the kernel's out-of-memory killer chooses a run before the node that started it.
+#[tokio::test]
+async fn a_run_is_the_out_of_memory_killers_first_choice() {
+    let agent = agent();
+    let outcome = agent
+        .runner
+        .run(spec("shell", &[("command", "cat /proc/self/oom_score_adj"), ("shell", "true")]), CancellationToken::new())
+        .await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    assert_eq!(outcome.output_tail, format!("{}\n", kairos_agent::RUN_OOM_SCORE_ADJ));
+}
+
 #[tokio::test]
 async fn env_cwd_and_job_name_reach_the_process() {
     let agent = agent();
