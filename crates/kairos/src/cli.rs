@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
+use kairos_server::cluster::Peer;
 use kairos_server::cluster::{RpcClient, RpcError, client};
-use kairos_server::node::Peer;
 
 #[derive(Debug, Clone, Args)]
 pub struct RpcArgs {

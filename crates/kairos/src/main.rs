@@ -8,7 +8,8 @@
 mod acl;
 mod cli;
 
-use kairos_server::{agent_node, config, node, reload, storage};
+use kairos_server::node::storage;
+use kairos_server::{agent_node, config, node, reload};
 
 use std::process::ExitCode;
 

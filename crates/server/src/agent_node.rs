@@ -15,7 +15,6 @@ use tracing::{info, warn};
 use crate::cluster::{RpcClient, RpcError};
 use crate::config::Config;
 use crate::gossip::Membership;
-use crate::node::{advertised, drain_worker, rpc_bind_addr};
 use crate::worker::{Reporter, Worker};
 
 pub struct AgentNode {
@@ -39,10 +38,10 @@ impl AgentNode {
         }
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("--data-dir: cannot create '{}'", config.data_dir.display()))?;
-        let rpc_listener = tokio::net::TcpListener::bind(rpc_bind_addr(&config)?)
+        let rpc_listener = tokio::net::TcpListener::bind(config.rpc_bind_addr()?)
             .await
             .with_context(|| format!("--rpc-port: cannot listen on port {}", config.rpc_port))?;
-        let rpc_addr = advertised(rpc_listener.local_addr()?, &config);
+        let rpc_addr = config.advertised(rpc_listener.local_addr()?);
         let membership = Arc::new(Membership::start(&config, None, rpc_addr, None).await?);
         let outputs = OutputStore::open_with(config.data_dir.join("outputs"), config.output_limits)?;
         let (worker, channels) = Worker::new(&config, outputs.clone());
@@ -92,7 +91,7 @@ impl AgentNode {
                 None => crate::clock::Source::Nobody,
             }
         };
-        tasks.push(tokio::spawn(crate::clock::measure_loop(
+        tasks.push(tokio::spawn(crate::cluster::clock_sync::measure_loop(
             worker.clock.clone(),
             membership.clone(),
             clock_rpc,
@@ -111,7 +110,7 @@ impl AgentNode {
     /// Let running executions finish (bounded), report them, leave gossip.
     pub async fn shutdown(self) {
         self.stopping.cancel();
-        drain_worker(&self.worker, &self.config).await;
+        self.worker.drain(&self.config).await;
         for task in self.tasks {
             task.abort();
         }

@@ -10,7 +10,8 @@
 //! sample with the smallest error of the last [`SAMPLES`] wins, so one slow round trip does not spoil the figure.
 //!
 //! Runs start on the leader's instants whatever the offset: orders carry the sender's clock (see
-//! [`crate::worker::Order::on_local_clock`]); this module makes the offset visible and bounded.
+//! [`crate::worker::Order::on_local_clock`]); this module makes the offset visible and bounded. The loop that asks
+//! over RPC is `cluster::clock_sync`.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -149,42 +150,6 @@ pub enum Source {
     Ask(String),
     /// Nobody to ask yet.
     Nobody,
-}
-
-/// Measure this node's offset every [`MEASURE_EVERY`] and publish it in gossip, until `stopping`.
-pub async fn measure_loop(
-    clock: std::sync::Arc<Clock>,
-    membership: std::sync::Arc<crate::gossip::Membership>,
-    rpc: crate::cluster::RpcClient,
-    source: impl Fn() -> Source + Send,
-    stopping: tokio_util::sync::CancellationToken,
-) {
-    loop {
-        let best = match source() {
-            Source::Leading => {
-                clock.leading();
-                clock.offset()
-            }
-            Source::Ask(addr) => {
-                let t0 = Timestamp::now();
-                match rpc.clock(&addr).await {
-                    Ok(reading) => Some(clock.record(Offset::from_round_trip(t0, reading, Timestamp::now()))),
-                    Err(err) => {
-                        tracing::debug!("clock: cannot ask {addr}: {err}");
-                        clock.offset()
-                    }
-                }
-            }
-            Source::Nobody => clock.offset(),
-        };
-        if let Some(best) = best {
-            membership.set_clock(best).await;
-        }
-        tokio::select! {
-            _ = stopping.cancelled() => return,
-            _ = tokio::time::sleep(MEASURE_EVERY) => {}
-        }
-    }
 }
 
 #[cfg(test)]

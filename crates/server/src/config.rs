@@ -240,7 +240,7 @@ pub struct Config {
     /// The node's output store: its byte budget and the disk's free-space floor.
     pub output_limits: kairos_agent::OutputLimits,
     /// `--max-running` and `--max-queued`.
-    pub run_limits: crate::worker::RunLimits,
+    pub run_limits: RunLimits,
     pub executions_retained: u32,
     pub execution_lease: Duration,
     pub kill_grace: Duration,
@@ -417,6 +417,21 @@ impl AgentArgs {
 }
 
 impl Config {
+    /// The RPC listener's address: the `--bind-addr` host with `--rpc-port`.
+    pub fn rpc_bind_addr(&self) -> anyhow::Result<SocketAddr> {
+        let host = self.bind_addr.rsplit_once(':').map_or(self.bind_addr.as_str(), |(h, _)| h);
+        let host = if host.is_empty() { "0.0.0.0" } else { host };
+        format!("{host}:{}", self.rpc_port)
+            .parse()
+            .with_context(|| format!("--bind-addr: '{}' is not host:port", self.bind_addr))
+    }
+
+    /// The address peers use for a listener on the `--bind-addr` host (RPC): the node's advertise IP
+    /// ([`Config::advertise_ip`]) with the bound port.
+    pub fn advertised(&self, bound: SocketAddr) -> SocketAddr {
+        SocketAddr::new(self.advertise_ip(), bound.port())
+    }
+
     /// The IP other nodes and users reach this node at: the `--advertise-addr`'s; else the `--bind-addr` host's
     /// when it names one; else (bound to every interface) the address of the interface that routes outward, as
     /// Dkron picks the host's private IP; loopback when there is none. The gossip and RPC listeners bind the
@@ -534,16 +549,23 @@ const RUNNING_MIN_DEFAULT: usize = 16;
 /// The queue's default length, in multiples of `--max-running`.
 const QUEUED_PER_PLACE: usize = 16;
 
+/// The node's bounds on runs: `--max-running` and `--max-queued` (the worker keeps them).
+#[derive(Debug, Clone, Copy)]
+pub struct RunLimits {
+    pub max_running: usize,
+    pub max_queued: usize,
+}
+
 /// `--max-running` and `--max-queued`, or their defaults; zero is refused (a node that cannot run anything is a
 /// node that should not take orders: use `--executors` or tags).
-fn run_limits(max_running: Option<u32>, max_queued: Option<u32>) -> anyhow::Result<crate::worker::RunLimits> {
+fn run_limits(max_running: Option<u32>, max_queued: Option<u32>) -> anyhow::Result<RunLimits> {
     if max_running == Some(0) {
         bail!("--max-running: must be at least 1");
     }
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let max_running = max_running.map_or((RUNNING_PER_CORE * cores).max(RUNNING_MIN_DEFAULT), |n| n as usize);
     let max_queued = max_queued.map_or(QUEUED_PER_PLACE * max_running, |n| n as usize);
-    Ok(crate::worker::RunLimits { max_running, max_queued })
+    Ok(RunLimits { max_running, max_queued })
 }
 
 fn duration(flag: &str, value: Option<String>, default: &str) -> anyhow::Result<Duration> {

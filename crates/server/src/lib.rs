@@ -5,21 +5,26 @@
 //!   `SIGHUP` may change while running;
 //! - [`node`]: a server: opens the stores, starts Raft (openraft over [`cluster`]), gossip ([`gossip`]), the
 //!   listeners ([`listener`]) and the worker, and shuts them down; writes go through [`Node::submit`], which
-//!   forwards to the leader when following, and fail with a [`WriteError`];
-//! - [`leadership`]: turns the leader duties on when this node wins an election and off when it loses, in one
-//!   place, and says where fencing happens;
+//!   forwards to the leader when following, and fail with a [`WriteError`]. Its parts: `node::leadership` turns
+//!   the leader duties on when this node wins an election and off when it loses, in one place, and says where
+//!   fencing happens; `node::applied` does what follows from applied entries (wake the scheduler, delete
+//!   outputs, stop cancelled runs); `node::storage` stops a server whose storage fails (exit non-zero instead of a
+//!   zombie); `node::routes` answers the RPC routes only servers have. The node is the one module that knows
+//!   every other; nothing imports it back;
+//! - [`duties`]: what the leader duties are doing (for `/health`) and [`duties::LeaderWrites`], the one way they
+//!   write, which the node implements;
 //! - [`scheduler`] (a leader duty): the timer over every job's next slot; it proposes `Fire` commands;
 //! - [`dispatch`] (a leader duty): places what a committed `Fire` created on nodes (claims, placement), sends
 //!   orders stamped with its term, syncs every node when it takes over, and sweeps: due retries, lease expiry,
-//!   runs no node can take;
+//!   runs no node can take. It sees its node through a [`dispatch::Host`] (state, worker, members, RPC client,
+//!   writes), not the node itself;
 //! - [`worker`]: on every node, takes orders (refusing older terms and expired orders), starts runs at their
 //!   instant through `kairos_agent`, renews their leases and reports starts and finishes in batches;
-//! - [`applied`]: what follows from applied entries on every server (wake the scheduler, delete outputs, stop
-//!   cancelled runs);
+//! - [`clock`]: this node's offset from the leader's clock (`cluster::clock_sync` measures it over RPC);
+//! - [`notify`]: webhooks; [`metrics`]: Prometheus metrics;
 //! - [`agent_node`]: a node without `--server`: gossip, the worker and the agent's RPC routes only;
 //! - [`acl`]: new access-control tokens get their ids and secret on the proposer (enforcement is at the HTTP
 //!   edge, in `kairos-http`);
-//! - [`storage`]: a server whose storage fails stops and exits non-zero instead of lingering as a zombie;
 //! - [`tls`]: TLS on both listeners and every node-to-node call, and the certificates `kairos tls` creates.
 //!
 //! The life of one run: the scheduler's timer fires → `Fire` is committed through Raft → the dispatcher claims
@@ -29,22 +34,20 @@
 
 pub mod acl;
 pub mod agent_node;
-pub mod applied;
 pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod dispatch;
+pub mod duties;
 pub mod error;
 pub mod gossip;
 pub mod gossip_key;
-pub mod leadership;
 pub mod listener;
 pub mod metrics;
 pub mod node;
 pub mod notify;
 pub mod reload;
 pub mod scheduler;
-pub mod storage;
 pub mod tls;
 pub mod worker;
 

@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use kairos_model::{CatchUp, Timestamp, Trigger};
 use kairos_schedule::{Schedule, time_until};
-use kairos_store::{BATCH_ITEMS_MAX, Command, Fire, JobRecord};
+use kairos_store::{BATCH_ITEMS_MAX, Command, Fire, JobRecord, StateReader};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{debug, info, warn};
 
-use crate::node::Node;
+use crate::duties::{Duties, LeaderWrites};
 
 /// Slots of jobs with `concurrency: allow` are decided (committed through Raft) this long before their instant and
 /// launched at the instant itself, so the commit of a large batch does not delay the runs. Jobs with `forbid` or
@@ -254,31 +254,38 @@ impl Armed {
     }
 }
 
+/// What the scheduler uses of its node: the state it reads, how it writes as leader, and where it reports errors.
+pub struct Ports<'a> {
+    pub state: &'a StateReader,
+    pub writes: &'a dyn LeaderWrites,
+    pub duties: &'a Duties,
+}
+
 /// The scheduler as a leader duty of `term` (see `leadership`): rebuilds the timer from the stored jobs,
 /// then fires slots as they fall due. Runs until the duty is dropped; a failed write rebuilds the timer.
-pub async fn duty(node: &Node, term: u64, changes: &mut UnboundedReceiver<String>) {
+pub async fn duty(ports: &Ports<'_>, term: u64, changes: &mut UnboundedReceiver<String>) {
     loop {
         info!("scheduler: leading in term {term}; rebuilding the timer from the stored jobs");
         let mut armed = Armed::default();
         while changes.try_recv().is_ok() {} // everything is reloaded below
-        let result = match rebuild(node, term, &mut armed).await {
-            Ok(()) => lead(node, term, &mut armed, changes).await,
+        let result = match rebuild(ports, term, &mut armed).await {
+            Ok(()) => lead(ports, term, &mut armed, changes).await,
             Err(err) => Err(err),
         };
         if let Err(err) = result {
             warn!("scheduler: {err}; rebuilding the timer");
-            node.duties.failed(format!("scheduler: {err}"));
+            ports.duties.failed(format!("scheduler: {err}"));
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }
 
 /// Arm every stored job, streaming the records (a million jobs must not sit in memory at once).
-async fn rebuild(node: &Node, term: u64, armed: &mut Armed) -> anyhow::Result<()> {
+async fn rebuild(ports: &Ports<'_>, term: u64, armed: &mut Armed) -> anyhow::Result<()> {
     let now = Timestamp::now();
     let mut commands = Vec::new();
     let mut fires = Vec::new();
-    let reader = node.state.clone();
+    let reader = ports.state.clone();
     tokio::task::block_in_place(|| {
         reader.for_each_job(|record| {
             armed.arm(&record, now, &mut fires, &mut commands);
@@ -294,24 +301,24 @@ async fn rebuild(node: &Node, term: u64, armed: &mut Armed) -> anyhow::Result<()
         );
         crate::metrics::metrics().slots_missed.inc_by(missed);
     }
-    propose(node, term, fires, commands).await
+    propose(ports, term, fires, commands).await
 }
 
-async fn propose(node: &Node, term: u64, fires: Vec<Fire>, commands: Vec<Command>) -> anyhow::Result<()> {
+async fn propose(ports: &Ports<'_>, term: u64, fires: Vec<Fire>, commands: Vec<Command>) -> anyhow::Result<()> {
     for command in commands {
-        node.submit_as_leader(term, command).await.map_err(|e| anyhow::anyhow!(e.message))?;
+        ports.writes.submit_as_leader(term, command).await.map_err(|e| anyhow::anyhow!(e.message))?;
     }
     let mut fires = fires;
     fires.sort_by_key(|f| f.scheduled_at);
     for chunk in fires.chunks(BATCH_ITEMS_MAX) {
         let fire = Command::Fire { fires: chunk.to_vec() };
-        node.submit_as_leader(term, fire).await.map_err(|e| anyhow::anyhow!(e.message))?;
+        ports.writes.submit_as_leader(term, fire).await.map_err(|e| anyhow::anyhow!(e.message))?;
     }
     Ok(())
 }
 
 async fn lead(
-    node: &Node,
+    ports: &Ports<'_>,
     term: u64,
     armed: &mut Armed,
     changes: &mut UnboundedReceiver<String>,
@@ -330,14 +337,14 @@ async fn lead(
                 }
                 names.sort();
                 names.dedup();
-                reload(node, term, armed, names).await?;
+                reload(ports, term, armed, names).await?;
             }
             _ = tokio::time::sleep_until(sleep_until) => {
                 let fires = armed.take_due(Timestamp::now());
                 if !fires.is_empty() {
                     let count = fires.len();
                     let started = std::time::Instant::now();
-                    propose(node, term, fires, Vec::new()).await?;
+                    propose(ports, term, fires, Vec::new()).await?;
                     debug!("scheduler: fired {count} slots, committed and dispatched in {:?}", started.elapsed());
                 }
             }
@@ -345,19 +352,19 @@ async fn lead(
     }
 }
 
-async fn reload(node: &Node, term: u64, armed: &mut Armed, names: Vec<String>) -> anyhow::Result<()> {
+async fn reload(ports: &Ports<'_>, term: u64, armed: &mut Armed, names: Vec<String>) -> anyhow::Result<()> {
     let now = Timestamp::now();
     let mut fires = Vec::new();
     let mut commands = Vec::new();
     for name in names {
-        match node.state.job(&name)? {
+        match ports.state.job(&name)? {
             Some(record) => armed.arm(&record, now, &mut fires, &mut commands),
             None => armed.forget(&name),
         }
     }
     // A changed job (re-enabled, rescheduled) has no slots missed for want of a scheduler.
     armed.missed = (0, 0);
-    propose(node, term, fires, commands).await
+    propose(ports, term, fires, commands).await
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::config::Config;
+use crate::config::{Config, RunLimits};
 use kairos_schedule::time_until;
 
 /// How long the reporter waits after the first report of a batch for more to join it.
@@ -224,13 +224,6 @@ impl Runs {
     }
 }
 
-/// The node's bounds on runs: `--max-running` and `--max-queued`.
-#[derive(Debug, Clone, Copy)]
-pub struct RunLimits {
-    pub max_running: usize,
-    pub max_queued: usize,
-}
-
 #[derive(Clone)]
 pub struct Worker {
     runner: Runner,
@@ -275,6 +268,25 @@ pub struct WorkerChannels {
 }
 
 impl Worker {
+    /// Let running executions finish (bounded by the shutdown grace), cancel the rest, and flush their reports.
+    pub async fn drain(&self, config: &Config) {
+        // Queued and early orders never start now; the leader places them again elsewhere.
+        self.close();
+        let deadline = tokio::time::Instant::now() + config.shutdown_grace;
+        while self.running_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.cancel_all("cancelled: the node shut down");
+        if self.running_count() > 0 {
+            warn!("shutting down: cancelling {} executions still running", self.running_count());
+            let deadline = tokio::time::Instant::now() + config.kill_grace + Duration::from_secs(2);
+            while self.running_count() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        self.flush_reports().await;
+    }
+
     pub fn new(config: &Config, outputs: OutputStore) -> (Worker, WorkerChannels) {
         let (reports_tx, reports) = unbounded_channel();
         let (timer_tx, timer) = unbounded_channel();

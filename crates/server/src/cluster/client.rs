@@ -27,7 +27,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::paths;
-use crate::node::{Forwarded, Peer};
+use super::{Forwarded, Peer};
 use crate::worker::{Cancelled, Holding, Order};
 
 type C = TypeConfig;

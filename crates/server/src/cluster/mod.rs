@@ -1,6 +1,7 @@
 //! Node-to-node traffic over HTTP/JSON on the RPC listener, apart from the public API:
 //! - Raft: the client side ([`Network`], openraft's `RaftNetworkV2`) and the server side ([`rpc_router`]);
-//! - servers ([`server_router`]): writes forwarded by followers and reports of agents (`/cluster/submit`,
+//! - servers (their router is `node::routes`, which needs the node): writes forwarded by followers and reports
+//!   of agents (`/cluster/submit`,
 //!   `/cluster/report`), and the Raft configuration for `kairos raft …`;
 //! - every node ([`agent_router`]): orders from the leader (`/agent/run`, fenced by term), cancel, the new
 //!   leader's sync, the local output of a run, and `kairos leave`.
@@ -10,6 +11,7 @@
 //! openraft as `Unreachable` (openraft backs off), anything else as a network error (retried sooner).
 
 pub mod client;
+pub mod clock_sync;
 pub mod paths;
 
 use std::future::Future;
@@ -25,7 +27,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::future::BoxFuture;
 use kairos_agent::OutputStore;
-use kairos_store::{Command, ExecRef};
+use kairos_store::ExecRef;
 use kairos_store::{Raft, TypeConfig};
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::errors::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
@@ -38,7 +40,22 @@ use openraft::{BasicNode, OptionalSend};
 
 pub use client::{RpcClient, RpcError};
 
-use crate::node::{Forwarded, Node, Peer};
+/// One row of `kairos raft list-peers` (`GET /cluster/peers`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Peer {
+    pub node: String,
+    pub id: u64,
+    pub address: String,
+    pub state: String,
+    pub voter: bool,
+}
+
+/// A write forwarded from a follower, as the leader answers it (`POST /cluster/submit`).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Forwarded {
+    pub result: Result<(Response, u64), (u16, String)>,
+}
+
 use crate::worker::{Cancelled, Holding, Order, Worker};
 use kairos_store::Response;
 
@@ -197,44 +214,6 @@ async fn transfer_leader(
     Json(request): Json<TransferLeaderRequest<C>>,
 ) -> Json<Result<TransferLeaderResponse<C>, RaftError<C>>> {
     Json(raft.handle_transfer_leader(request).await.map_err(RaftError::Fatal))
-}
-
-/// Routes only servers answer.
-pub fn server_router(node: Arc<Node>) -> Router {
-    Router::new()
-        .route(paths::SUBMIT, post(submit))
-        .route(paths::REPORT, post(report))
-        .route(paths::READ_INDEX, post(read_index))
-        .route(paths::PEERS, get(peers))
-        .route(paths::REMOVE_PEER, post(remove_peer))
-        .route(paths::CLOCK, get(clock))
-        .with_state(node)
-}
-
-async fn clock(State(node): State<Arc<Node>>) -> Json<crate::clock::ClockReading> {
-    Json(node.worker.clock.reading())
-}
-
-async fn submit(State(node): State<Arc<Node>>, Json(command): Json<Command>) -> Json<Forwarded> {
-    let result = node.submit_local(command).await.map_err(|e| e.wire());
-    Json(Forwarded { result })
-}
-
-/// A report from an agent's worker: decided (retry instants) here, then written like any command.
-async fn report(State(node): State<Arc<Node>>, Json(command): Json<Command>) -> Json<Result<Response, String>> {
-    Json(node.submit_report(command).await.map_err(|e| e.message))
-}
-
-async fn read_index(State(node): State<Arc<Node>>) -> Json<Result<u64, (u16, String)>> {
-    Json(node.leader_read_index().await.map_err(|e| e.wire()))
-}
-
-async fn peers(State(node): State<Arc<Node>>) -> Json<Vec<Peer>> {
-    Json(node.peers())
-}
-
-async fn remove_peer(State(node): State<Arc<Node>>, Json(peer): Json<u64>) -> Json<Result<(), (u16, String)>> {
-    Json(node.remove_peer(peer).await.map_err(|e| e.wire()))
 }
 
 /// What the agent routes need from the node they run on.

@@ -1,4 +1,4 @@
-//! The paths of the node-to-node routes. The routers ([`super::rpc_router`], [`super::server_router`],
+//! The paths of the node-to-node routes. The routers ([`super::rpc_router`], [`crate::node`]'s routes,
 //! [`super::agent_router`]) and the client ([`super::client::RpcClient`]) both name them from here, so the two
 //! sides cannot drift apart.
 

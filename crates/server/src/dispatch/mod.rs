@@ -1,6 +1,6 @@
 //! The leader's dispatcher: it places committed runs on nodes, fences them with its term, and settles what a
 //! previous leader left behind. One [`Dispatcher`] per node holds its state; it is armed with a term by the
-//! takeover and disarmed when leadership is revoked (see [`crate::leadership`]).
+//! takeover and disarmed when leadership is revoked (see [`crate::node::leadership`]).
 //!
 //! - `claims`: every pending execution the leader hands out is claimed once (with the node it went to), so a
 //!   stale read can never dispatch it twice; the claim count per node is its load ("least busy").
@@ -17,12 +17,13 @@ mod sweep;
 mod takeover;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use kairos_model::{Execution, ExecutionStatus, Job, Targets, Timestamp};
-use kairos_store::{Command, ExecRef, Expansion, Response};
+use kairos_store::{Command, ExecRef, Expansion, Response, StateReader};
 use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::warn;
@@ -31,10 +32,13 @@ pub use claims::Claims;
 pub use sweep::duty;
 pub use takeover::{Takeover, take_over};
 
-use crate::cluster::{RpcError, client};
+use crate::cluster::{RpcClient, RpcError, client};
+use crate::config::Config;
+use crate::duties::{Duties, LeaderWrites};
+use crate::error::WriteError;
 use crate::gossip::Member;
-use crate::node::Node;
-use crate::worker::{Cancelled, Order, START_DEADLINE};
+use crate::gossip::Membership;
+use crate::worker::{Cancelled, Order, START_DEADLINE, Worker};
 
 /// The scheduler decides slots this far ahead at most (see [`crate::scheduler::DECIDE_AHEAD`]); runs decided
 /// further ahead than this are left to the sweep.
@@ -108,8 +112,89 @@ impl Dispatcher {
 }
 
 /// Dispatch what a committed command created, cancel what it replaced. Runs decided ahead of their instant
+/// The node the dispatcher runs on, as far as dispatching may see it: its name and addresses, the state it reads,
+/// its worker, the members gossip knows, the RPC client orders go through, the dispatcher's own state, and how it
+/// writes as leader ([`LeaderWrites`]). The node builds one at start; nothing here reaches back into the node.
+pub struct Host {
+    pub config: Config,
+    pub id: u64,
+    pub rpc_addr: SocketAddr,
+    pub state: StateReader,
+    pub worker: Worker,
+    pub membership: Arc<Membership>,
+    pub rpc: RpcClient,
+    pub dispatcher: Dispatcher,
+    pub duties: Arc<Duties>,
+    writes: Arc<dyn LeaderWrites>,
+    weak: Weak<Host>,
+}
+
+/// What a [`Host`] is made of.
+pub struct HostParts {
+    pub config: Config,
+    pub id: u64,
+    pub rpc_addr: SocketAddr,
+    pub state: StateReader,
+    pub worker: Worker,
+    pub membership: Arc<Membership>,
+    pub rpc: RpcClient,
+    pub duties: Arc<Duties>,
+    pub writes: Arc<dyn LeaderWrites>,
+}
+
+impl Host {
+    pub fn new(parts: HostParts) -> Arc<Host> {
+        let HostParts { config, id, rpc_addr, state, worker, membership, rpc, duties, writes } = parts;
+        Arc::new_cyclic(|weak| Host {
+            config,
+            id,
+            rpc_addr,
+            state,
+            worker,
+            membership,
+            rpc,
+            dispatcher: Dispatcher::default(),
+            duties,
+            writes,
+            weak: weak.clone(),
+        })
+    }
+
+    pub async fn submit_as_leader(&self, term: u64, command: Command) -> Result<Response, WriteError> {
+        self.writes.submit_as_leader(term, command).await
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.writes.is_leader()
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.writes.is_stopping()
+    }
+
+    fn member_tags(&self) -> BTreeMap<String, String> {
+        self.membership.tags()
+    }
+
+    fn self_weak(&self) -> Weak<Host> {
+        self.weak.clone()
+    }
+}
+
+/// When the next attempt after a failed `attempt` should start, if the job allows one: the job's backoff,
+/// doubled per attempt and capped, with ±20 % jitter so retries of many jobs do not stampede.
+pub fn retry_instant(state: &StateReader, job: &str, attempt: u32, now: Timestamp) -> Option<Timestamp> {
+    let record = state.job(job).ok().flatten()?;
+    if attempt > record.job.retries {
+        return None;
+    }
+    let backoff = record.job.backoff_before_retry(attempt);
+    let jitter = rand::random_range(0.8..1.2);
+    Some(now + backoff.mul_f64(jitter))
+}
+
 /// travel now and start at the instant.
-pub fn after_commit(node: &Node, response: &Response) {
+pub fn after_commit(node: &Host, response: &Response) {
     for exec_ref in &response.to_cancel {
         stop_run(node, exec_ref, "cancelled: replaced by a newer execution (concurrency: replace)");
     }
@@ -136,7 +221,7 @@ pub fn after_commit(node: &Node, response: &Response) {
 }
 
 /// Stop a run wherever this node knows it is: this worker, or the node the leader sent it to.
-pub fn stop_run(node: &Node, exec_ref: &ExecRef, reason: &str) {
+pub fn stop_run(node: &Host, exec_ref: &ExecRef, reason: &str) {
     if node.worker.cancel(exec_ref, reason) != Cancelled::NotHere {
         return;
     }
@@ -156,8 +241,8 @@ pub fn stop_run(node: &Node, exec_ref: &ExecRef, reason: &str) {
 /// Claim, place and send runs (with their start instant, if early). Runs of a job that runs on several nodes
 /// are first expanded into one copy per target node (a commit; the copies are dispatched when it applies).
 /// Runs that cannot be placed now (no live node matches the job's tags, or a copy's node is not alive) stay
-/// pending and unclaimed and are answered; the sweep tries again, and fails them after [`PLACE_GRACE`].
-pub fn dispatch<'e>(node: &Node, runs: Vec<(&'e Execution, Option<Timestamp>)>) -> Vec<&'e Execution> {
+/// pending and unclaimed and are answered; the sweep tries again, and fails them after [`sweep::PLACE_GRACE`].
+pub fn dispatch<'e>(node: &Host, runs: Vec<(&'e Execution, Option<Timestamp>)>) -> Vec<&'e Execution> {
     let mut unplaced = Vec::new();
     if runs.is_empty() || node.is_stopping() {
         return unplaced;
@@ -229,8 +314,8 @@ pub fn dispatch<'e>(node: &Node, runs: Vec<(&'e Execution, Option<Timestamp>)>) 
 }
 
 /// Commit the expansion of runs into copies, then dispatch the copies.
-fn expand(node: &Node, term: u64, expansions: Vec<Expansion>) {
-    let node_ptr = NodeHandle::of(node);
+fn expand(node: &Host, term: u64, expansions: Vec<Expansion>) {
+    let node_ptr = HostHandle::of(node);
     tokio::spawn(async move {
         let Some(node) = node_ptr.upgrade() else { return };
         let refs: Vec<ExecRef> = expansions.iter().map(|e| e.exec.clone()).collect();
@@ -250,9 +335,9 @@ fn expand(node: &Node, term: u64, expansions: Vec<Expansion>) {
 }
 
 /// Send orders to a node; on failure release their claims so the sweep places them again (elsewhere).
-fn send_orders(node: &Node, name: String, rpc_addr: String, orders: Vec<Order>) {
+fn send_orders(node: &Host, name: String, rpc_addr: String, orders: Vec<Order>) {
     let rpc = node.rpc.clone();
-    let node_ptr = NodeHandle::of(node);
+    let node_ptr = HostHandle::of(node);
     tokio::spawn(async move {
         let refs: Vec<ExecRef> = orders.iter().map(|o| o.exec.clone()).collect();
         let sent = rpc.run(&rpc_addr, &orders).await;
@@ -306,27 +391,27 @@ fn send_orders(node: &Node, name: String, rpc_addr: String, orders: Vec<Order>) 
 }
 
 /// A weak handle to the node for tasks that outlive a call.
-struct NodeHandle(std::sync::Weak<Node>);
+struct HostHandle(Weak<Host>);
 
-impl NodeHandle {
-    fn of(node: &Node) -> NodeHandle {
-        NodeHandle(node.self_weak())
+impl HostHandle {
+    fn of(node: &Host) -> HostHandle {
+        HostHandle(node.self_weak())
     }
 
-    fn upgrade(&self) -> Option<Arc<Node>> {
+    fn upgrade(&self) -> Option<Arc<Host>> {
         self.0.upgrade()
     }
 }
 
 /// Orders the fence dropped (their leader no longer leads): if this node leads again, place them anew.
-pub async fn dropped_loop(node: Arc<Node>, mut dropped: UnboundedReceiver<ExecRef>) {
+pub async fn dropped_loop(node: Arc<Host>, mut dropped: UnboundedReceiver<ExecRef>) {
     while let Some(exec) = dropped.recv().await {
         node.dispatcher.dropped(&exec);
     }
 }
 
 /// Live nodes that take runs (servers and agents, not left) and that orders could reach lately, in name order.
-fn eligible_members(node: &Node) -> Vec<Member> {
+fn eligible_members(node: &Host) -> Vec<Member> {
     let mut members = node.membership.alive();
     if !members.iter().any(|m| m.name == node.config.node_name) {
         // Gossip has not listed this node yet (it just started): it can still run jobs.

@@ -13,10 +13,10 @@ use kairos_store::{Command, ExecRef, Finish};
 use tracing::warn;
 
 use super::claims::Claims;
+use super::{Host, retry_instant};
 use super::{ORDER_STALE_AFTER, Synced, dispatch, takeover};
 use crate::error::WriteError;
 use crate::gossip::Member;
-use crate::node::{Node, retry_instant};
 use kairos_schedule::time_until;
 
 /// How often the leader re-checks pending executions and leases even without events.
@@ -139,7 +139,7 @@ pub fn settle_stale(
 }
 
 /// The sweep as a leader duty of `term`: runs until the duty is dropped (leadership revoked).
-pub async fn duty(node: &Node, term: u64, synced: Synced) {
+pub async fn duty(node: &Host, term: u64, synced: Synced) {
     let mut first = Some(synced);
     loop {
         let mut wait = SWEEP_INTERVAL;
@@ -160,7 +160,7 @@ pub async fn duty(node: &Node, term: u64, synced: Synced) {
 }
 
 /// One pass over the active executions; answers the earliest future retry instant, to wake for it.
-async fn sweep(node: &Node, synced: Option<Synced>, term: u64) -> Result<Option<Timestamp>, WriteError> {
+async fn sweep(node: &Host, synced: Option<Synced>, term: u64) -> Result<Option<Timestamp>, WriteError> {
     takeover::resolve_silent(node, term).await;
     let now = Timestamp::now();
     let taken = Instant::now();
@@ -205,7 +205,7 @@ async fn sweep(node: &Node, synced: Option<Synced>, term: u64) -> Result<Option<
             node: exec.node_name.clone(),
             started_at: exec.started_at,
             finished_at: now,
-            retry_at: retry_instant(node, &exec.job_name, exec.attempt, now),
+            retry_at: retry_instant(&node.state, &exec.job_name, exec.attempt, now),
             only_if_lease_expired: !disowned,
         });
     }
@@ -226,7 +226,7 @@ async fn sweep(node: &Node, synced: Option<Synced>, term: u64) -> Result<Option<
             node: target,
             started_at: None,
             finished_at: now,
-            retry_at: retry_instant(node, &exec.job_name, exec.attempt, now),
+            retry_at: retry_instant(&node.state, &exec.job_name, exec.attempt, now),
             only_if_lease_expired: false,
         });
     }
@@ -246,7 +246,7 @@ fn exec_ref(exec: &Execution) -> ExecRef {
 /// node that is gone (its connection refused), or silent for a second lease, holds nothing. Answers (held, silent
 /// but waited for).
 async fn spared(
-    node: &Node,
+    node: &Host,
     term: u64,
     now: Timestamp,
     lost: &[(&Execution, String, bool)],
@@ -277,7 +277,7 @@ fn within_second_lease(exec: &Execution, now: Timestamp, lease: Duration) -> boo
 }
 
 /// Ask the named nodes (those gossip knows) what they run, hold or have not reported yet, all at once.
-async fn ask(node: &Node, term: u64, names: HashSet<&str>) -> HashMap<String, Asked> {
+async fn ask(node: &Host, term: u64, names: HashSet<&str>) -> HashMap<String, Asked> {
     let members: Vec<Member> =
         node.membership.all().await.into_iter().filter(|m| names.contains(m.name.as_str())).collect();
     let asked = futures::future::join_all(members.iter().map(|m| takeover::sync_member(node, m, term))).await;
@@ -291,7 +291,7 @@ async fn ask(node: &Node, term: u64, names: HashSet<&str>) -> HashMap<String, As
 
 /// Ask the nodes of stale claims (see [`stale_claims`]) what they hold; release the claims they do not hold,
 /// answer those to record as lost.
-async fn settle_stale_claims(node: &Node, term: u64, active: &[Execution]) -> Vec<(ExecRef, String)> {
+async fn settle_stale_claims(node: &Host, term: u64, active: &[Execution]) -> Vec<(ExecRef, String)> {
     let stale = {
         let claims = node.dispatcher.claims.lock().expect("claims lock");
         stale_claims(&claims, active, Instant::now(), &node.config.node_name, ORDER_STALE_AFTER)
@@ -317,7 +317,7 @@ async fn settle_stale_claims(node: &Node, term: u64, active: &[Execution]) -> Ve
 }
 
 /// The failure of a run no live node could take within [`PLACE_GRACE`].
-fn unplaceable(node: &Node, exec: &Execution, now: Timestamp) -> Finish {
+fn unplaceable(node: &Host, exec: &Execution, now: Timestamp) -> Finish {
     let job = node.state.definition(&exec.job_name).ok().flatten();
     let tags = job.as_ref().map(|j| j.tags.clone()).unwrap_or_default();
     let executor = job.as_ref().map(|j| j.executor.clone()).unwrap_or_default();
@@ -366,7 +366,7 @@ fn unplaceable(node: &Node, exec: &Execution, now: Timestamp) -> Finish {
         node: String::new(),
         started_at: None,
         finished_at: now,
-        retry_at: retry_instant(node, &exec.job_name, exec.attempt, now),
+        retry_at: retry_instant(&node.state, &exec.job_name, exec.attempt, now),
         only_if_lease_expired: false,
     }
 }

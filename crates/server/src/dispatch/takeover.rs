@@ -12,10 +12,10 @@ use kairos_model::ExecutionStatus;
 use kairos_store::ExecRef;
 use tracing::{info, warn};
 
+use super::Host;
 use super::{ORDER_STALE_AFTER, Synced};
 use crate::cluster::RpcError;
 use crate::gossip::Member;
-use crate::node::Node;
 use crate::worker::Holding;
 
 /// What a new leader learned from its sync, while some nodes have not answered yet.
@@ -70,7 +70,7 @@ pub(super) enum Answer {
     Silent,
 }
 
-pub(super) async fn sync_member(node: &Node, member: &Member, term: u64) -> Answer {
+pub(super) async fn sync_member(node: &Host, member: &Member, term: u64) -> Answer {
     if member.name == node.config.node_name {
         return Answer::Holds(node.worker.sync(term));
     }
@@ -82,7 +82,7 @@ pub(super) async fn sync_member(node: &Node, member: &Member, term: u64) -> Answ
 }
 
 /// Ask nodes what they hold; claim it. Answers what the nodes that answered run, and the names of the silent ones.
-async fn sync_nodes(node: &Node, members: &[Member], term: u64) -> (Synced, Vec<String>) {
+async fn sync_nodes(node: &Host, members: &[Member], term: u64) -> (Synced, Vec<String>) {
     let answers = futures::future::join_all(members.iter().map(|m| sync_member(node, m, term))).await;
     let mut held = HashMap::new();
     let mut silent = Vec::new();
@@ -114,7 +114,7 @@ async fn sync_nodes(node: &Node, members: &[Member], term: u64) -> (Synced, Vec<
 /// Take over as the leader of `term`: sync every live node, hold the previous leader's pending runs while a
 /// node is silent, then arm the dispatcher with the term. Answers what each node that answered runs, for the
 /// first sweep (a running execution no node owns any more is lost).
-pub async fn take_over(node: &Node, term: u64) -> Synced {
+pub async fn take_over(node: &Host, term: u64) -> Synced {
     let dispatcher = &node.dispatcher;
     node.worker.observe_term(term);
     dispatcher.reset();
@@ -158,7 +158,7 @@ pub async fn take_over(node: &Node, term: u64) -> Synced {
 
 /// Ask the nodes that were silent at the takeover again; release the previous leader's pending runs once all
 /// answered, died, or their time is up.
-pub async fn resolve_silent(node: &Node, term: u64) {
+pub async fn resolve_silent(node: &Host, term: u64) {
     let unknown = node.dispatcher.takeover.lock().expect("takeover lock").silent();
     if unknown.is_empty() {
         return;

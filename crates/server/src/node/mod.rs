@@ -8,12 +8,15 @@
 //! comes back with an empty data directory) is added by the leader, first as a learner, then as a voter.
 //! Writes reaching a follower are forwarded to the leader over RPC ([`Node::submit`]).
 
+pub mod applied;
+pub mod leadership;
 mod present;
 mod raft_members;
+mod routes;
+pub mod storage;
 mod writes;
 
-pub use raft_members::Peer;
-pub use writes::{Forwarded, retry_instant};
+pub use crate::cluster::Peer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -32,9 +35,8 @@ use tracing::{info, warn};
 
 use crate::cluster::RpcClient;
 use crate::config::Config;
-use crate::dispatch::Dispatcher;
+use crate::duties::Duties;
 use crate::gossip::Membership;
-use crate::leadership::Duties;
 use crate::worker::{Reporter, Verdict, Worker};
 
 /// How often the membership duties run (publishing, bootstrapping, adding servers).
@@ -59,10 +61,10 @@ pub struct Node {
     pub membership: Arc<Membership>,
     /// Node-to-node RPC client (connections are pooled and kept alive).
     pub rpc: RpcClient,
-    /// The leader's dispatcher (idle with term 0 unless this node leads).
-    pub dispatcher: Dispatcher,
-    /// What the leader duties are doing (see [`crate::leadership`]).
-    pub duties: Duties,
+    /// The leader's dispatcher with what it sees of this node (idle with term 0 unless this node leads).
+    pub dispatch: Arc<crate::dispatch::Host>,
+    /// What the leader duties are doing (see [`leadership`]).
+    pub duties: Arc<Duties>,
     /// Webhooks, sent while this node leads (see [`crate::notify`]).
     pub notifier: crate::notify::Notifier,
     /// Servers this leader removed from Raft, with the gossip generation they had: not added back unless they
@@ -71,9 +73,8 @@ pub struct Node {
     stopping: CancellationToken,
     /// Cancelled when the process should exit by itself (after `kairos leave`, or when storage failed).
     pub exit: CancellationToken,
-    /// Why this node's storage failed, once it has (see [`crate::storage`]); the process then exits non-zero.
+    /// Why this node's storage failed, once it has (see [`storage`]); the process then exits non-zero.
     pub fatal: std::sync::OnceLock<String>,
-    weak: std::sync::Weak<Node>,
 }
 
 /// Everything `main` needs to run and stop a node.
@@ -98,10 +99,10 @@ impl Node {
             .context("opening the state")?;
         let state = machine.reader();
 
-        let rpc_listener = tokio::net::TcpListener::bind(rpc_bind_addr(&config)?)
+        let rpc_listener = tokio::net::TcpListener::bind(config.rpc_bind_addr()?)
             .await
             .with_context(|| format!("--rpc-port: cannot listen on port {}", config.rpc_port))?;
-        let rpc_addr = advertised(rpc_listener.local_addr()?, &config);
+        let rpc_addr = config.advertised(rpc_listener.local_addr()?);
         let http_listener = tokio::net::TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("--http-addr: cannot listen on {}", config.http_addr))?;
@@ -127,8 +128,19 @@ impl Node {
         let webhooks_http =
             reqwest::Client::builder().user_agent(concat!("kairos/", env!("CARGO_PKG_VERSION"))).build()?;
         let notifier = crate::notify::Notifier::start(config.webhooks.clone(), config.node_name.clone(), webhooks_http);
-        let node = Arc::new_cyclic(|weak| Node {
-            weak: weak.clone(),
+        let duties = Arc::new(Duties::default());
+        let node = Arc::new_cyclic(|weak: &std::sync::Weak<Node>| Node {
+            dispatch: crate::dispatch::Host::new(crate::dispatch::HostParts {
+                config: config.clone(),
+                id,
+                rpc_addr,
+                state: state.clone(),
+                worker: worker.clone(),
+                membership: membership.clone(),
+                rpc: rpc.clone(),
+                duties: duties.clone(),
+                writes: Arc::new(writes::WeakWrites(weak.clone())),
+            }),
             config: config.clone(),
             id,
             raft: raft.clone(),
@@ -138,8 +150,7 @@ impl Node {
             rpc_addr,
             membership,
             rpc,
-            dispatcher: Dispatcher::default(),
-            duties: Duties::default(),
+            duties,
             notifier,
             removed: Mutex::new(HashMap::new()),
             stopping: CancellationToken::new(),
@@ -165,16 +176,16 @@ impl Node {
             }
         }));
         let reporter: Arc<dyn Reporter> = Arc::new(LocalReporter(node.clone()));
-        tasks.push(tokio::spawn(crate::applied::events_loop(node.clone(), events_rx, changes_tx)));
-        tasks.push(tokio::spawn(crate::leadership::run(node.clone(), changes_rx)));
-        tasks.push(tokio::spawn(crate::dispatch::dropped_loop(node.clone(), channels.dropped)));
+        tasks.push(tokio::spawn(applied::events_loop(node.clone(), events_rx, changes_tx)));
+        tasks.push(tokio::spawn(leadership::run(node.clone(), changes_rx)));
+        tasks.push(tokio::spawn(crate::dispatch::dropped_loop(node.dispatch.clone(), channels.dropped)));
         tasks.push(tokio::spawn(crate::worker::launch_loop(worker.clone(), channels.timer, node.stopping.clone())));
         tasks.push(tokio::spawn(crate::worker::report_loop(worker.clone(), reporter.clone(), channels.reports)));
         tasks.push(tokio::spawn(crate::worker::renew_loop(worker.clone(), reporter, node.stopping.clone())));
         tasks.push(tokio::spawn(raft_members::membership_loop(node.clone())));
-        tasks.push(tokio::spawn(crate::storage::watch(node.clone())));
+        tasks.push(tokio::spawn(storage::watch(node.clone())));
         let clock_source = clock_source(raft.clone(), id);
-        tasks.push(tokio::spawn(crate::clock::measure_loop(
+        tasks.push(tokio::spawn(crate::cluster::clock_sync::measure_loop(
             worker.clock.clone(),
             node.membership.clone(),
             node.rpc.clone(),
@@ -189,10 +200,6 @@ impl Node {
         info!(node = %config.node_name, id, rpc = %rpc_addr, gossip = %node.membership.gossip_addr(), "server started");
         eprintln!("kairos: RPC listening on {rpc_addr}");
         Ok(Running { node, http_addr, tasks })
-    }
-
-    pub(crate) fn self_weak(&self) -> std::sync::Weak<Node> {
-        self.weak.clone()
     }
 
     pub fn metrics(&self) -> openraft::RaftMetrics<kairos_store::TypeConfig> {
@@ -215,30 +222,11 @@ impl Node {
     pub async fn shutdown(&self) {
         self.stopping.cancel();
         info!("shutting down: waiting up to {:?} for running executions", self.config.shutdown_grace);
-        drain_worker(&self.worker, &self.config).await;
+        self.worker.drain(&self.config).await;
         if let Err(err) = self.raft.shutdown().await {
             warn!("raft shutdown: {err}");
         }
     }
-}
-
-/// Let running executions finish (bounded by the shutdown grace), cancel the rest, and flush their reports.
-pub async fn drain_worker(worker: &Worker, config: &Config) {
-    // Queued and early orders never start now; the leader places them again elsewhere.
-    worker.close();
-    let deadline = tokio::time::Instant::now() + config.shutdown_grace;
-    while worker.running_count() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    worker.cancel_all("cancelled: the node shut down");
-    if worker.running_count() > 0 {
-        warn!("shutting down: cancelling {} executions still running", worker.running_count());
-        let deadline = tokio::time::Instant::now() + config.kill_grace + Duration::from_secs(2);
-        while worker.running_count() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    worker.flush_reports().await;
 }
 
 /// Reports of this server's own worker go straight into Raft (forwarded to the leader when following).
@@ -311,9 +299,8 @@ fn raft_config(multiplier: u64) -> anyhow::Result<openraft::Config> {
 /// Everything a server answers on its RPC listener: Raft, the servers' routes, the agent's routes, behind the node
 /// credential when the cluster has a key.
 fn rpc_routes(node: &Arc<Node>) -> axum::Router {
-    let router = crate::cluster::rpc_router(node.raft.clone())
-        .merge(crate::cluster::server_router(node.clone()))
-        .merge(crate::cluster::agent_router(crate::cluster::AgentSide {
+    let router = crate::cluster::rpc_router(node.raft.clone()).merge(routes::router(node.clone())).merge(
+        crate::cluster::agent_router(crate::cluster::AgentSide {
             worker: node.worker.clone(),
             outputs: node.outputs.clone(),
             leave: {
@@ -323,7 +310,8 @@ fn rpc_routes(node: &Arc<Node>) -> axum::Router {
                     Box::pin(async move { node.leave().await })
                 })
             },
-        }));
+        }),
+    );
     let router = crate::cluster::with_body_limit(router);
     crate::cluster::require_node_credential(router, crate::cluster::node_credential(&node.config))
 }
@@ -353,20 +341,6 @@ fn node_id(data_dir: &Path) -> anyhow::Result<u64> {
     let id = rand::random::<u64>() >> 1;
     std::fs::write(&path, id.to_string())?;
     Ok(id)
-}
-
-pub fn rpc_bind_addr(config: &Config) -> anyhow::Result<SocketAddr> {
-    let host = config.bind_addr.rsplit_once(':').map_or(config.bind_addr.as_str(), |(h, _)| h);
-    let host = if host.is_empty() { "0.0.0.0" } else { host };
-    format!("{host}:{}", config.rpc_port)
-        .parse()
-        .with_context(|| format!("--bind-addr: '{}' is not host:port", config.bind_addr))
-}
-
-/// The address peers use for a listener on the `--bind-addr` host (RPC): the node's advertise IP
-/// ([`Config::advertise_ip`]) with the bound port.
-pub fn advertised(bound: SocketAddr, config: &Config) -> SocketAddr {
-    SocketAddr::new(config.advertise_ip(), bound.port())
 }
 
 impl Running {

@@ -5,24 +5,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cluster::Peer;
 use openraft::{BasicNode, ChangeMembers, ServerState};
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::{MEMBERSHIP_INTERVAL, Node};
 use crate::cluster::RpcError;
 use crate::error::{Failure, WriteError};
 use crate::gossip::{Member, Status};
-
-/// One row of `kairos raft list-peers`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Peer {
-    pub node: String,
-    pub id: u64,
-    pub address: String,
-    pub state: String,
-    pub voter: bool,
-}
 
 impl Node {
     /// The Raft configuration: one row per server (`kairos raft list-peers`).

@@ -4,14 +4,16 @@
 
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use kairos_model::{Execution, ExecutionStatus, Timestamp};
 use kairos_store::{Command, ExecRef, Finish, Response};
 use openraft::{ReadPolicy, ServerState};
-use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::{LEADER_WAIT, LEADER_WRITE_TIMEOUT, Node};
 use crate::cluster::RpcError;
+use crate::dispatch::retry_instant;
+use crate::duties::LeaderWrites;
 use crate::error::{Failure, WriteError};
 use crate::gossip::Member;
 use crate::worker::Cancelled;
@@ -23,12 +25,6 @@ const NOT_ACCEPTED: &str = "this node did not accept the write as leader";
 /// How a write begins that the leader appended and then lost to a leader change: it may still commit, so it is
 /// never retried automatically (a retry could apply it twice).
 const MAYBE_APPLIED: &str = "the leader changed while the write was in flight";
-
-/// A write forwarded from a follower, as the leader answers it.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Forwarded {
-    pub result: Result<(Response, u64), (u16, String)>,
-}
 
 impl Node {
     /// On a multi-server leader: wait (bounded) until a quorum acknowledged this leader, which openraft requires
@@ -127,7 +123,7 @@ impl Node {
             return Err(refusal.into());
         }
         let committed = started.elapsed();
-        crate::dispatch::after_commit(self, &response);
+        crate::dispatch::after_commit(&self.dispatch, &response);
         self.notifier.after_commit(&response);
         if let Some(what) = what {
             tracing::trace!("{what}: committed in {committed:?}, dispatched after {:?}", started.elapsed());
@@ -205,7 +201,7 @@ impl Node {
             for finish in results.iter_mut() {
                 if finish.status == ExecutionStatus::Failed && finish.retry_at.is_none() {
                     finish.retry_at =
-                        retry_instant(self, &finish.exec.job, kairos_model::attempt_of(&finish.exec.id), now);
+                        retry_instant(&self.state, &finish.exec.job, kairos_model::attempt_of(&finish.exec.id), now);
                 }
             }
         }
@@ -258,14 +254,40 @@ impl Node {
     }
 }
 
-/// When the next attempt after a failed `attempt` should start, if the job allows one: the job's backoff,
-/// doubled per attempt and capped, with ±20 % jitter so retries of many jobs do not stampede.
-pub fn retry_instant(node: &Node, job: &str, attempt: u32, now: Timestamp) -> Option<Timestamp> {
-    let record = node.state.job(job).ok().flatten()?;
-    if attempt > record.job.retries {
-        return None;
+/// How the leader duties write: through this node.
+impl LeaderWrites for Node {
+    fn submit_as_leader(&self, term: u64, command: Command) -> BoxFuture<'_, Result<Response, WriteError>> {
+        Box::pin(Node::submit_as_leader(self, term, command))
     }
-    let backoff = record.job.backoff_before_retry(attempt);
-    let jitter = rand::random_range(0.8..1.2);
-    Some(now + backoff.mul_f64(jitter))
+
+    fn is_leader(&self) -> bool {
+        Node::is_leader(self)
+    }
+
+    fn is_stopping(&self) -> bool {
+        Node::is_stopping(self)
+    }
+}
+
+/// The node's writes as the dispatcher holds them: weakly, since the node owns the dispatcher (a node that is gone
+/// leads nothing and writes nothing).
+pub(super) struct WeakWrites(pub(super) std::sync::Weak<Node>);
+
+impl LeaderWrites for WeakWrites {
+    fn submit_as_leader(&self, term: u64, command: Command) -> BoxFuture<'_, Result<Response, WriteError>> {
+        Box::pin(async move {
+            match self.0.upgrade() {
+                Some(node) => node.submit_as_leader(term, command).await,
+                None => Err(WriteError::unavailable("the node is shutting down".to_owned())),
+            }
+        })
+    }
+
+    fn is_leader(&self) -> bool {
+        self.0.upgrade().is_some_and(|node| node.is_leader())
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.0.upgrade().is_none_or(|node| node.is_stopping())
+    }
 }

@@ -23,22 +23,20 @@
 //!   takeover), and an order expires unstarted `START_DEADLINE` after its instant, after which it can be placed again.
 //!
 //! The duties' state (follower, establishing, leading, with the term and since when, and the last sweep) is in
-//! `/health`, which turns unhealthy when this node leads but its duties have not run for [`STALLED_AFTER`].
+//! `/health`, which turns unhealthy when this node leads but its duties have not run for [`crate::duties::STALLED_AFTER`].
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use kairos_model::Timestamp;
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
-use serde_json::json;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{error, info, warn};
 
+use crate::duties::Phase;
 use crate::node::Node;
 
-/// A leader whose duties have not been running (or whose sweep has not completed) for this long is unhealthy.
-pub const STALLED_AFTER: Duration = Duration::from_secs(10);
 /// The leader fires slots on its own clock: a server whose clock is certainly further than this from the clocks of
 /// a majority of the voters does not lead, it hands leadership to one of them.
 pub const LEADER_CLOCK_MAX: Duration = Duration::from_millis(500);
@@ -46,112 +44,11 @@ pub const LEADER_CLOCK_MAX: Duration = Duration::from_millis(500);
 /// cluster must not stay without duties because no other server takes over).
 const HAND_OVER_WITHIN: Duration = Duration::from_secs(5);
 
-/// What this node's leader duties are doing, for `/health` and the logs.
-#[derive(Default)]
-pub struct Duties {
-    state: Mutex<State>,
-}
-
-#[derive(Clone)]
-struct State {
-    phase: Phase,
-    term: u64,
-    since: Timestamp,
-    since_instant: Instant,
-    last_sweep: Option<Instant>,
-    last_error: Option<String>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Phase {
-    Follower,
-    Establishing,
-    Leading,
-}
-
-impl Phase {
-    fn as_str(self) -> &'static str {
-        match self {
-            Phase::Follower => "follower",
-            Phase::Establishing => "establishing",
-            Phase::Leading => "leading",
-        }
-    }
-}
-
-impl Default for State {
-    fn default() -> State {
-        State {
-            phase: Phase::Follower,
-            term: 0,
-            since: Timestamp::now(),
-            since_instant: Instant::now(),
-            last_sweep: None,
-            last_error: None,
-        }
-    }
-}
-
-impl Duties {
-    fn set(&self, phase: Phase, term: u64) {
-        let mut state = self.state.lock().expect("duties lock");
-        *state = State { phase, term, ..State::default() };
-    }
-
-    /// The dispatcher's sweep completed a pass.
-    pub fn swept(&self) {
-        self.state.lock().expect("duties lock").last_sweep = Some(Instant::now());
-    }
-
-    /// A duty met an error it retries after; shown until the next phase.
-    pub fn failed(&self, error: String) {
-        self.state.lock().expect("duties lock").last_error = Some(error);
-    }
-
-    /// Why this node, which leads, does not do its duties; `None` when it does them (or does not lead).
-    pub fn stalled(&self, leads: bool) -> Option<String> {
-        let state = self.state.lock().expect("duties lock").clone();
-        if !leads {
-            return None;
-        }
-        let error = state.last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default();
-        match state.phase {
-            Phase::Leading => {
-                let since = state.last_sweep.unwrap_or(state.since_instant);
-                (since.elapsed() > STALLED_AFTER).then(|| {
-                    format!(
-                        "this node leads but its dispatcher has not completed a pass for {:?}{error}",
-                        since.elapsed()
-                    )
-                })
-            }
-            Phase::Establishing | Phase::Follower => (state.since_instant.elapsed() > STALLED_AFTER).then(|| {
-                format!(
-                    "this node leads but its leader duties have not started ({} for {:?}){error}",
-                    state.phase.as_str(),
-                    state.since_instant.elapsed()
-                )
-            }),
-        }
-    }
-
-    pub fn json(&self) -> serde_json::Value {
-        let state = self.state.lock().expect("duties lock").clone();
-        json!({
-            "phase": state.phase.as_str(),
-            "term": state.term,
-            "since": state.since.to_string(),
-            "last_sweep_ms_ago": state.last_sweep.map(|at| at.elapsed().as_millis() as u64),
-            "last_error": state.last_error,
-        })
-    }
-}
-
 /// Turn leader duties on and off for as long as the node runs.
 pub async fn run(node: Arc<Node>, mut changes: UnboundedReceiver<String>) {
     while let Some(term) = wait_to_lead(&node).await {
         lead(&node, term, &mut changes).await;
-        node.dispatcher.revoke();
+        node.dispatch.dispatcher.revoke();
         node.duties.set(Phase::Follower, 0);
         if node.is_stopping() {
             return;
@@ -202,12 +99,13 @@ async fn lead(node: &Node, term: u64, changes: &mut UnboundedReceiver<String>) {
         establish(node, term).await;
         hand_over_if_clock_off(node, term).await;
         let dispatcher = async {
-            let synced = crate::dispatch::take_over(node, term).await;
+            let synced = crate::dispatch::take_over(&node.dispatch, term).await;
             node.duties.set(Phase::Leading, term);
             info!("leader duties of term {term} running: scheduler and dispatcher");
-            crate::dispatch::duty(node, term, synced).await;
+            crate::dispatch::duty(&node.dispatch, term, synced).await;
         };
-        tokio::join!(crate::scheduler::duty(node, term, changes), dispatcher);
+        let ports = crate::scheduler::Ports { state: &node.state, writes: node, duties: &node.duties };
+        tokio::join!(crate::scheduler::duty(&ports, term, changes), dispatcher);
     };
     tokio::select! {
         _ = lost(node, term) => {}

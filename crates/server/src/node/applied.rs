@@ -38,7 +38,7 @@ pub async fn events_loop(node: Arc<Node>, mut events: UnboundedReceiver<Vec<Even
                 }
                 Event::Cancel(refs) => {
                     for r in refs {
-                        stop_run(&node, &r, "cancelled: the job was deleted or replaced");
+                        stop_run(&node.dispatch, &r, "cancelled: the job was deleted or replaced");
                     }
                 }
             }
