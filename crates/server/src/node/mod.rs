@@ -27,9 +27,10 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::future::BoxFuture;
 use kairos_agent::OutputStore;
-use kairos_store::{Command, LogStore, Raft, Response, StateMachine, StateReader};
+use kairos_store::{Command, Event, LogStore, Raft, Response, StateMachine, StateReader};
 use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, Instant as _, ReadPolicy, ServerState};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -37,7 +38,7 @@ use crate::cluster::RpcClient;
 use crate::config::Config;
 use crate::duties::Duties;
 use crate::gossip::Membership;
-use crate::worker::{Reporter, Verdict, Worker};
+use crate::worker::{Reporter, Verdict, Worker, WorkerChannels};
 
 /// How often the membership duties run (publishing, bootstrapping, adding servers).
 const MEMBERSHIP_INTERVAL: Duration = Duration::from_millis(300);
@@ -91,12 +92,7 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("--data-dir: cannot create '{}'", config.data_dir.display()))?;
         let id = node_id(&config.data_dir)?;
-        let raft_dir = config.data_dir.join("raft");
-        std::fs::create_dir_all(&raft_dir)?;
-        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
-        let log = LogStore::open(&raft_dir.join("log.redb")).context("opening the Raft log")?;
-        let machine = StateMachine::open(&raft_dir.join("state.redb"), config.executions_retained, Some(events_tx))
-            .context("opening the state")?;
+        let (log, machine, events_rx) = open_stores(&config)?;
         let state = machine.reader();
 
         let rpc_listener = tokio::net::TcpListener::bind(config.rpc_bind_addr()?)
@@ -112,13 +108,7 @@ impl Node {
         let raft_config = raft_config(multiplier)?;
         let tls = config.tls.as_ref().map(crate::tls::Tls::load).transpose()?;
         let rpc = RpcClient::with_credentials(tls.as_ref(), config.encrypt.as_ref())?;
-        let network = crate::cluster::Network { rpc: rpc.clone() };
-        let raft = Raft::new(id, Arc::new(raft_config), network, log, machine).await?;
-        let joining = !config.join.is_empty() || !config.retry_join.is_empty();
-        if !raft.is_initialized().await? && config.bootstrap_expect <= 1 && (config.bootstrap_expect == 1 || !joining) {
-            let members = BTreeMap::from([(id, BasicNode::new(rpc_addr.to_string()))]);
-            raft.initialize(members).await.context("bootstrapping the single-server cluster")?;
-        }
+        let raft = start_raft(&config, (id, rpc_addr), raft_config, rpc.clone(), (log, machine)).await?;
         let public_http = crate::config::public_http_addr(http_addr, config.advertise_ip());
         let membership = Arc::new(Membership::start(&config, Some(id), rpc_addr, Some(public_http)).await?);
 
@@ -159,39 +149,9 @@ impl Node {
         });
         worker.set_fence(local_fence(raft.clone(), Duration::from_millis(100 * multiplier)));
 
-        let mut tasks = Vec::new();
-        let (rpc_tls, api_tls) = (tls.as_ref().map(|t| t.server.clone()), tls.as_ref().map(|t| t.server.clone()));
-        let rpc_router = rpc_routes(&node);
-        tasks.push(tokio::spawn(async move {
-            if let Err(err) =
-                crate::listener::serve(rpc_listener, rpc_router, crate::listener::RPC_LIMITS, rpc_tls).await
-            {
-                warn!("rpc listener stopped: {err}");
-            }
-        }));
         let api = api(node.clone());
-        tasks.push(tokio::spawn(async move {
-            if let Err(err) = crate::listener::serve(http_listener, api, crate::listener::API_LIMITS, api_tls).await {
-                warn!("http listener stopped: {err}");
-            }
-        }));
-        let reporter: Arc<dyn Reporter> = Arc::new(LocalReporter(node.clone()));
-        tasks.push(tokio::spawn(applied::events_loop(node.clone(), events_rx, changes_tx)));
-        tasks.push(tokio::spawn(leadership::run(node.clone(), changes_rx)));
-        tasks.push(tokio::spawn(crate::dispatch::dropped_loop(node.dispatch.clone(), channels.dropped)));
-        tasks.push(tokio::spawn(crate::worker::launch_loop(worker.clone(), channels.timer, node.stopping.clone())));
-        tasks.push(tokio::spawn(crate::worker::report_loop(worker.clone(), reporter.clone(), channels.reports)));
-        tasks.push(tokio::spawn(crate::worker::renew_loop(worker.clone(), reporter, node.stopping.clone())));
-        tasks.push(tokio::spawn(raft_members::membership_loop(node.clone())));
-        tasks.push(tokio::spawn(storage::watch(node.clone())));
-        let clock_source = clock_source(raft.clone(), id);
-        tasks.push(tokio::spawn(crate::cluster::clock_sync::measure_loop(
-            worker.clock.clone(),
-            node.membership.clone(),
-            node.rpc.clone(),
-            clock_source,
-            node.stopping.clone(),
-        )));
+        let mut tasks = serve_listeners(&node, (rpc_listener, http_listener), api, tls.as_ref());
+        tasks.extend(spawn_loops(&node, channels, events_rx, (changes_tx, changes_rx)));
         match &config.config_file {
             Some(file) => info!("configuration read from {}", file.display()),
             None => info!("no configuration file found; using flags, environment and defaults"),
@@ -227,6 +187,88 @@ impl Node {
             warn!("raft shutdown: {err}");
         }
     }
+}
+
+/// Raft over the stores, on the RPC client; a single server (`--bootstrap-expect 1`, or no one to join) that has
+/// never been initialized forms its own cluster.
+async fn start_raft(
+    config: &Config,
+    (id, rpc_addr): (u64, SocketAddr),
+    raft_config: openraft::Config,
+    rpc: RpcClient,
+    (log, machine): (LogStore, StateMachine),
+) -> anyhow::Result<Raft> {
+    let network = crate::cluster::Network { rpc };
+    let raft = Raft::new(id, Arc::new(raft_config), network, log, machine).await?;
+    let joining = !config.join.is_empty() || !config.retry_join.is_empty();
+    if !raft.is_initialized().await? && config.bootstrap_expect <= 1 && (config.bootstrap_expect == 1 || !joining) {
+        let members = BTreeMap::from([(id, BasicNode::new(rpc_addr.to_string()))]);
+        raft.initialize(members).await.context("bootstrapping the single-server cluster")?;
+    }
+    Ok(raft)
+}
+
+/// The Raft log and the state machine in the data directory, and the machine's applied events.
+fn open_stores(config: &Config) -> anyhow::Result<(LogStore, StateMachine, UnboundedReceiver<Vec<Event>>)> {
+    let raft_dir = config.data_dir.join("raft");
+    std::fs::create_dir_all(&raft_dir)?;
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let log = LogStore::open(&raft_dir.join("log.redb")).context("opening the Raft log")?;
+    let machine = StateMachine::open(&raft_dir.join("state.redb"), config.executions_retained, Some(events_tx))
+        .context("opening the state")?;
+    Ok((log, machine, events_rx))
+}
+
+/// Serve the RPC listener (node-to-node routes) and the HTTP listener (`api`), TLS on both when configured.
+fn serve_listeners(
+    node: &Arc<Node>,
+    (rpc_listener, http_listener): (tokio::net::TcpListener, tokio::net::TcpListener),
+    api: axum::Router,
+    tls: Option<&crate::tls::Tls>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let (rpc_tls, api_tls) = (tls.map(|t| t.server.clone()), tls.map(|t| t.server.clone()));
+    let rpc_router = rpc_routes(node);
+    let rpc = tokio::spawn(async move {
+        if let Err(err) = crate::listener::serve(rpc_listener, rpc_router, crate::listener::RPC_LIMITS, rpc_tls).await {
+            warn!("rpc listener stopped: {err}");
+        }
+    });
+    let http = tokio::spawn(async move {
+        if let Err(err) = crate::listener::serve(http_listener, api, crate::listener::API_LIMITS, api_tls).await {
+            warn!("http listener stopped: {err}");
+        }
+    });
+    vec![rpc, http]
+}
+
+/// The node's background loops: applied events, leader duties, dropped orders, the worker's launches, reports and
+/// renewals, Raft membership, the storage watch and the clock measurement.
+fn spawn_loops(
+    node: &Arc<Node>,
+    channels: WorkerChannels,
+    events: UnboundedReceiver<Vec<Event>>,
+    (changes_tx, changes_rx): (UnboundedSender<String>, UnboundedReceiver<String>),
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let worker = &node.worker;
+    let reporter: Arc<dyn Reporter> = Arc::new(LocalReporter(node.clone()));
+    let clock_source = clock_source(node.raft.clone(), node.id);
+    vec![
+        tokio::spawn(applied::events_loop(node.clone(), events, changes_tx)),
+        tokio::spawn(leadership::run(node.clone(), changes_rx)),
+        tokio::spawn(crate::dispatch::dropped_loop(node.dispatch.clone(), channels.dropped)),
+        tokio::spawn(crate::worker::launch_loop(worker.clone(), channels.timer, node.stopping.clone())),
+        tokio::spawn(crate::worker::report_loop(worker.clone(), reporter.clone(), channels.reports)),
+        tokio::spawn(crate::worker::renew_loop(worker.clone(), reporter, node.stopping.clone())),
+        tokio::spawn(raft_members::membership_loop(node.clone())),
+        tokio::spawn(storage::watch(node.clone())),
+        tokio::spawn(crate::cluster::clock_sync::measure_loop(
+            worker.clock.clone(),
+            node.membership.clone(),
+            node.rpc.clone(),
+            clock_source,
+            node.stopping.clone(),
+        )),
+    ]
 }
 
 /// Reports of this server's own worker go straight into Raft (forwarded to the leader when following).
