@@ -13,6 +13,7 @@ use std::fs::File;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use crate::mask::Masker;
 use crate::output::OutputStore;
 use crate::spec::{Outcome, RunSpec, RunStatus, TAIL_BYTES};
 
@@ -34,6 +35,8 @@ pub(crate) struct Capture {
     stored_bytes: u64,
     total_bytes: u64,
     tail: VecDeque<u8>,
+    /// Masks the values of the secrets the run was given, before anything is kept.
+    masker: Option<Masker>,
 }
 
 /// What a finished capture hands to the outcome.
@@ -60,10 +63,22 @@ impl Capture {
             stored_bytes: 0,
             total_bytes: 0,
             tail: VecDeque::with_capacity(TAIL_BYTES),
+            masker: Masker::new(spec.secrets.values()),
         }
     }
 
+    /// Takes the next chunk of output (masked first, when the run was given secrets).
     pub fn write(&mut self, chunk: &[u8]) {
+        match &mut self.masker {
+            Some(masker) => {
+                let masked = masker.push(chunk);
+                self.keep(&masked);
+            }
+            None => self.keep(chunk),
+        }
+    }
+
+    fn keep(&mut self, chunk: &[u8]) {
         self.total_bytes += chunk.len() as u64;
         self.keep_tail(chunk);
         let room = self.limit_bytes.saturating_sub(self.stored_bytes);
@@ -77,6 +92,11 @@ impl Capture {
 
     /// Appends the truncation marker if the cap was hit and returns the tail and the total size.
     fn finish(mut self) -> Captured {
+        if let Some(mut masker) = self.masker.take() {
+            let rest = masker.finish();
+            self.keep(&rest);
+            self.masker = Some(masker);
+        }
         if let Some(reason) = self.refused.take() {
             // The stored file (if any) stops short: the record's tail is what remains, and it says why.
             let marker = format!("\n[kairos: output not stored in full: {reason}]\n");
@@ -101,6 +121,10 @@ impl Capture {
 
     /// Finishes the capture into the outcome of the run.
     pub fn into_outcome(self, status: RunStatus, exit_code: Option<i32>, error: Option<String>) -> Outcome {
+        let error = match (&self.masker, error) {
+            (Some(masker), Some(error)) => Some(masker.mask_text(&error)),
+            (_, error) => error,
+        };
         let captured = self.finish();
         Outcome { status, exit_code, output_tail: captured.tail, output_bytes: captured.total_bytes, error }
     }

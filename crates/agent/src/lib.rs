@@ -15,7 +15,8 @@
 //! - `nats`, `rabbitmq`, `redis_exec`, `sql`: the broker and PostgreSQL executors, built on `remote` (racing
 //!   the remote operation against timeout and cancel), `connections` (connections kept across runs, bounded)
 //!   and `redact` (no password in outputs, errors or logs);
-//! - `output` and `capture`: the [`OutputStore`] and the capture that feeds it as output arrives;
+//! - `output`, `capture` and `mask`: the [`OutputStore`], the capture that feeds it as output arrives, and the
+//!   masking of secret values in it (`***`);
 //! - `words`: splitting command lines the way Dkron does for `shell = false`.
 //!
 //! Durations (`timeout`) are read by `kairos_schedule::parse_duration`, the one duration syntax of Kairos.
@@ -25,6 +26,7 @@ mod config;
 mod connections;
 mod http;
 mod http_clients;
+mod mask;
 mod nats;
 mod oom;
 mod output;

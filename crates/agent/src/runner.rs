@@ -73,12 +73,17 @@ impl Runner {
     /// Runs `spec` to completion. Cancelling `cancel` stops it (shell: the process group is terminated;
     /// http and the brokers: the operation is abandoned; sql: the statement is cancelled on the server) and the
     /// outcome is `Cancelled`.
-    pub async fn run(&self, spec: RunSpec, cancel: CancellationToken) -> Outcome {
+    pub async fn run(&self, mut spec: RunSpec, cancel: CancellationToken) -> Outcome {
         let inner = &*self.inner;
         let capture = Capture::open(&inner.outputs, &spec);
         if cancel.is_cancelled() {
             let error = Some("cancelled before it started".to_owned());
             return capture.into_outcome(RunStatus::Cancelled, None, error);
+        }
+        // Secret references are put in place here, on the node that runs the job, and nowhere else.
+        match kairos_model::secret::resolve_secrets(&spec.config, &spec.secrets) {
+            Ok(config) => spec.config = config,
+            Err(e) => return capture.not_started(format!("cannot start: {e}")),
         }
         // Parsed again here although the server validated it: the job may predate this version.
         match spec.executor.as_str() {

@@ -24,6 +24,10 @@ pub struct RunSpec {
     pub output_limit_bytes: u64,
     /// Extra environment for shell runs, e.g. `KAIROS_EXECUTION_ID`, `KAIROS_SCHEDULED_AT`.
     pub extra_env: Vec<(String, String)>,
+    /// The values of the secrets `config` references (`{{secret "name"}}`), sent by the leader with the order:
+    /// put in place just before the executor starts and masked in the output.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, kairos_model::secret::SecretValue>,
 }
 
 impl RunSpec {
@@ -41,6 +45,7 @@ impl RunSpec {
             config,
             output_limit_bytes: OUTPUT_LIMIT_BYTES_DEFAULT,
             extra_env: Vec::new(),
+            secrets: BTreeMap::new(),
         }
     }
 }

@@ -212,7 +212,7 @@ fn base_url(addr: &str) -> String {
 }
 
 /// One API call; the answer's JSON, or the API's error message with its status.
-fn call(http: &HttpArgs, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+pub(crate) fn call(http: &HttpArgs, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
     let url = format!("{}{path}", base_url(&http.http_addr));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -7,6 +7,7 @@
 
 mod acl;
 mod cli;
+mod secret;
 
 use kairos_server::node::storage;
 use kairos_server::{agent_node, config, node, reload};
@@ -43,6 +44,9 @@ enum Commands {
     /// Access control: bootstrap, tokens and policies (over a server's HTTP API).
     #[command(subcommand)]
     Acl(acl::AclCommand),
+    /// Write-only secrets that jobs reference as {{secret "name"}} (over a server's HTTP API).
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
     /// Print the version.
     Version,
 }
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
             }
         },
         Commands::Acl(command) => acl::run(command),
+        Commands::Secret(command) => secret::run(command),
         Commands::Agent(args) => match args.clone().resolve() {
             Ok(config) => run_agent(config, *args),
             Err(err) => {

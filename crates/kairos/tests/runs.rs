@@ -862,6 +862,84 @@ fn resident_bytes(pid: i32) -> u64 {
     kib << 10
 }
 
+/// A job references a secret in its environment and its command. The run gets the value (it writes it to a file
+/// as proof); its output shows `***` in the record's tail, the full output and the stored file; the job's JSON, the
+/// secrets list and the node's log never hold the value. A job naming a secret that does not exist is refused, and
+/// a run after the secret is deleted fails naming it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_reaches_its_run_and_is_masked_wherever_the_run_shows() {
+    let server = Server::fresh(&[]).await;
+    let value = "s3cr3t-hunter22";
+    let stored = server.put("/v1/secrets/db_pass", &json!({"value": value})).await;
+    assert_eq!(stored.status, 201, "{}", stored.text);
+    assert!(!stored.text.contains(value));
+    let dir = tempfile::tempdir().unwrap();
+    let proof = dir.path().join("seen");
+    // Long enough to be stored in a file, with the value at both ends of it.
+    let command = format!(
+        r#"echo "pass=$DB_PASS"; seq 1 3000; echo 'again {{{{secret "db_pass"}}}}'; printf %s "$DB_PASS" > {}"#,
+        proof.display()
+    );
+    let job = json!({"name": "uses-secret", "schedule": "@manually", "executor": "shell",
+                     "executor_config": {"command": command, "shell": "true", "env": "DB_PASS={{secret \"db_pass\"}}"}});
+    server.create_job(&job).await;
+    server.run("uses-secret").await;
+    let execs =
+        server.wait_executions("uses-secret", "the run ended", secs(20), |e| e.iter().any(Exec::is_final)).await;
+    let run = &execs[0];
+    assert_eq!(run.status, "succeeded", "{}", summary(&execs));
+    assert_eq!(std::fs::read_to_string(&proof).unwrap(), value, "the run was given the value");
+    assert!(run.output.ends_with("3000\nagain ***\n"), "tail: {:?}", run.output);
+    let full = server.get(&format!("/v1/jobs/uses-secret/executions/{}/output", run.id)).await;
+    assert!(full.text.starts_with("pass=***\n1\n"), "{}", &full.text[..40.min(full.text.len())]);
+    assert!(full.text.ends_with("again ***\n"));
+    let mut files = 0;
+    for file in walk(&server.data_dir().join("outputs")) {
+        files += 1;
+        let text = String::from_utf8_lossy(&std::fs::read(&file).unwrap()).into_owned();
+        assert!(!text.contains(value), "{} holds the value", file.display());
+    }
+    assert!(files > 0, "the output was stored in a file");
+    for path in ["/v1/jobs/uses-secret", "/v1/secrets", "/v1/secrets/db_pass", "/v1/jobs/uses-secret/executions"] {
+        let reply = server.get(path).await;
+        assert_eq!(reply.status, 200, "{path}");
+        assert!(!reply.text.contains(value), "{path} shows the value: {}", reply.text);
+    }
+    assert!(server.get("/v1/jobs/uses-secret").await.text.contains(r#"{{secret \"db_pass\"}}"#));
+    assert!(!server.log().contains(value), "the log holds the value");
+
+    let unknown =
+        with(job.clone(), json!({"name": "uses-missing", "executor_config": {"command": "echo {{secret \"nope\"}}"}}));
+    let refused = server.post("/v1/jobs", &unknown).await;
+    assert_eq!(refused.status, 400, "{}", refused.text);
+    assert!(refused.text.contains("executor_config") && refused.text.contains("secret 'nope' does not exist"));
+    assert!(!server.job_exists("uses-missing").await);
+
+    assert_eq!(server.delete("/v1/secrets/db_pass").await.status, 200);
+    server.run("uses-secret").await;
+    let execs = server
+        .wait_executions("uses-secret", "a second run ended", secs(20), |e| {
+            e.iter().filter(|x| x.is_final()).count() == 2
+        })
+        .await;
+    let failed = execs.iter().find(|e| e.status == "failed").expect("the run after the deletion failed");
+    assert!(failed.error.as_deref().unwrap_or("").contains("secret 'db_pass' does not exist"), "{failed:?}");
+}
+
+/// Every file below `dir`, recursively.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 /// A NATS job firing every second: a subscriber receives exactly one message per executed slot, with the
 /// configured body and header, and each run's output says what it published.
 #[tokio::test(flavor = "multi_thread")]

@@ -6,6 +6,7 @@
 //!   unknown field is refused naming the field.
 //! - [`execution`]: the [`Execution`] record and its [`ExecutionStatus`] life cycle.
 //! - [`acl`]: access-control tokens and policies, and whether a token may do something to a path.
+//! - [`secret`]: write-only secrets, and the `{{secret "name"}}` references jobs make to them.
 //! - [`error`]: [`FieldError`], a user-facing error that names the offending field.
 //!
 //! Nothing here does I/O; the store, the scheduler and the API all build on these types.
@@ -15,6 +16,7 @@ pub mod error;
 pub mod execution;
 pub mod input;
 pub mod job;
+pub mod secret;
 
 pub use error::FieldError;
 pub use execution::{

@@ -82,6 +82,15 @@ pub enum Command {
     AclDeletePolicy {
         name: String,
     },
+    /// Create or replace a secret's value (the proposer read the instant).
+    SecretPut {
+        name: String,
+        value: kairos_model::secret::SecretValue,
+        at: Timestamp,
+    },
+    SecretDelete {
+        name: String,
+    },
 }
 
 /// A reference to one execution.
@@ -160,6 +169,9 @@ pub struct Response {
     /// The policy an ACL command stored or deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acl_policy: Option<Policy>,
+    /// The secret a secret command stored or deleted (name and times, never the value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<kairos_model::secret::SecretInfo>,
 }
 
 impl Response {

@@ -14,6 +14,7 @@ pub mod acl;
 pub mod command;
 pub mod log;
 pub mod machine;
+pub mod secrets;
 pub mod state;
 
 pub use command::{BATCH_ITEMS_MAX, Command, ExecRef, Expansion, Finish, Fire, Refusal, Response, Start};
@@ -42,6 +43,8 @@ impl fmt::Display for Command {
             Command::AclDeleteToken { accessor_id } => write!(f, "acl delete token {accessor_id}"),
             Command::AclPutPolicy { policy } => write!(f, "acl put policy {}", policy.name),
             Command::AclDeletePolicy { name } => write!(f, "acl delete policy {name}"),
+            Command::SecretPut { name, .. } => write!(f, "put secret {name}"),
+            Command::SecretDelete { name } => write!(f, "delete secret {name}"),
         }
     }
 }

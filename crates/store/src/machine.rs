@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::command::Response;
-use crate::state::{ACL, ACTIVE, Applier, Definitions, EXECUTIONS, Event, JOBS, META, StateReader, create_tables};
+use crate::state::{
+    ACL, ACTIVE, Applier, Definitions, EXECUTIONS, Event, JOBS, META, SECRETS, StateReader, create_tables,
+};
 use crate::{TypeConfig, from_json, io_err, to_json};
 
 /// Page cache of the state file: bounds memory with a million jobs (redb's default is 1 GiB).
@@ -54,6 +56,9 @@ struct Dump {
     /// Absent in snapshots taken before access control existed.
     #[serde(default)]
     acl: Vec<(String, String)>,
+    /// Absent in snapshots taken before secrets existed.
+    #[serde(default)]
+    secrets: Vec<(String, String)>,
 }
 
 impl StateMachine {
@@ -181,6 +186,10 @@ fn dump(txn: &ReadTransaction) -> io::Result<Dump> {
         let (k, v) = item.map_err(io_err)?;
         out.acl.push((k.value().to_string(), utf8(v.value())?));
     }
+    for item in txn.open_table(SECRETS).map_err(io_err)?.iter().map_err(io_err)? {
+        let (k, v) = item.map_err(io_err)?;
+        out.secrets.push((k.value().to_string(), utf8(v.value())?));
+    }
     Ok(out)
 }
 
@@ -279,6 +288,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             acl.retain(|_, _| false).map_err(io_err)?;
             for (k, v) in &dump.acl {
                 acl.insert(k.as_str(), v.as_bytes()).map_err(io_err)?;
+            }
+            let mut secrets = txn.open_table(SECRETS).map_err(io_err)?;
+            secrets.retain(|_, _| false).map_err(io_err)?;
+            for (k, v) in &dump.secrets {
+                secrets.insert(k.as_str(), v.as_bytes()).map_err(io_err)?;
             }
             let mut raft_meta = txn.open_table(RAFT_META).map_err(io_err)?;
             raft_meta.insert("last_applied", to_json(&meta.last_log_id)?.as_slice()).map_err(io_err)?;

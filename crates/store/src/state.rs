@@ -29,6 +29,7 @@ pub const EXECUTIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("exec
 pub const ACTIVE: TableDefinition<&[u8], ()> = TableDefinition::new("active");
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub const ACL: TableDefinition<&str, &[u8]> = TableDefinition::new("acl");
+pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 
 const META_PAUSED: &str = "paused";
 /// The last job version handed out ([`JobRecord::version`]).
@@ -107,6 +108,7 @@ pub fn create_tables(db: &Database) -> Result<(), redb::Error> {
     txn.open_table(ACTIVE)?;
     txn.open_table(META)?;
     txn.open_table(ACL)?;
+    txn.open_table(SECRETS)?;
     txn.commit()?;
     Ok(())
 }
@@ -118,6 +120,7 @@ pub struct Applier<'txn> {
     active: Table<'txn, &'static [u8], ()>,
     pub(crate) meta: Table<'txn, &'static str, &'static [u8]>,
     pub(crate) acl: Table<'txn, &'static str, &'static [u8]>,
+    pub(crate) secrets: Table<'txn, &'static str, &'static [u8]>,
     /// Job records read or changed in this batch; `None` marks a deletion.
     cache: HashMap<String, Option<JobRecord>>,
     retained_default: u32,
@@ -132,6 +135,7 @@ impl<'txn> Applier<'txn> {
             active: txn.open_table(ACTIVE)?,
             meta: txn.open_table(META)?,
             acl: txn.open_table(ACL)?,
+            secrets: txn.open_table(SECRETS)?,
             cache: HashMap::new(),
             retained_default: if retained_default == 0 { EXECUTIONS_RETAINED_DEFAULT } else { retained_default },
             events: Vec::new(),
@@ -180,6 +184,8 @@ impl<'txn> Applier<'txn> {
             Command::AclDeleteToken { accessor_id } => self.acl_delete_token(accessor_id),
             Command::AclPutPolicy { policy } => self.acl_put_policy(policy),
             Command::AclDeletePolicy { name } => self.acl_delete_policy(name),
+            Command::SecretPut { name, value, at } => self.secret_put(name, value.expose(), *at),
+            Command::SecretDelete { name } => self.secret_delete(name),
         }
     }
 
@@ -212,6 +218,9 @@ impl<'txn> Applier<'txn> {
             }
         }
         if let Some(refusal) = self.check_parent(job)? {
+            return Ok(Response::refused(refusal));
+        }
+        if let Some(refusal) = self.check_secret_references(job)? {
             return Ok(Response::refused(refusal));
         }
         let version = self.next_job_version()?;

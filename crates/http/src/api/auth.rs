@@ -68,6 +68,7 @@ fn is_collection(path: &str) -> bool {
             | ["v1", "busy"]
             | ["v1", "acl", "tokens"]
             | ["v1", "acl", "policies"]
+            | ["v1", "secrets"]
     )
 }
 
@@ -212,6 +213,14 @@ async fn requirement(node: &AppState, request: Request, path: &str) -> Result<(C
     {
         // `PUT /v1/jobs/{job}` creates or replaces, as `POST /v1/jobs` does.
         return Ok((upsert(node, name)?, path.to_string(), request));
+    }
+    if method == Method::PUT
+        && let Some(name) = path.strip_prefix("/v1/secrets/").filter(|name| !name.contains('/'))
+    {
+        // `PUT /v1/secrets/{name}` creates or replaces.
+        let exists = node.state.secrets()?.iter().any(|s| s.name == name);
+        let capability = if exists { Capability::Update } else { Capability::Create };
+        return Ok((capability, path.to_string(), request));
     }
     let names_job_in_body = path == "/v1/jobs" && matches!(method, Method::POST | Method::PATCH);
     if !names_job_in_body || !super::guard::is_json(request.headers()) {

@@ -13,6 +13,7 @@ pub mod executions;
 pub mod guard;
 pub mod jobs;
 pub mod openapi;
+pub mod secrets;
 pub mod stats;
 mod system;
 
@@ -85,6 +86,12 @@ pub fn routes() -> Vec<Route> {
             "/v1/acl/policies/{name}",
             &["get", "post", "delete"],
             get(acl::show_policy).post(acl::put_named_policy).delete(acl::delete_policy),
+        ),
+        route("/v1/secrets", &["get"], get(secrets::list)),
+        route(
+            "/v1/secrets/{name}",
+            &["get", "put", "delete"],
+            get(secrets::show).put(secrets::put).delete(secrets::delete),
         ),
     ]
 }

@@ -117,6 +117,30 @@ fn strings() -> Value {
     json!({"type": "object", "additionalProperties": {"type": "string"}})
 }
 
+/// The `/v1/secrets` routes, added to [`paths`].
+fn with_secret_paths(mut paths: Value) -> Value {
+    let secret = || json!({"$ref": "#/components/schemas/Secret"});
+    let name = || param("name", "path", "Secret name (letters, digits, '.', '_', '-')", json!({"type": "string"}));
+    let body = json!({"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["value"],
+        "properties": {"value": {"type": "string", "description": "The value (at most 64 KiB); never returned"}}}}}});
+    let secrets = json!({
+        "/v1/secrets": {
+            "get": {"summary": "List secrets: names and times, never values", "responses": with_errors(json!({"200": ok("Secrets", json!({"type": "array", "items": secret()}))}), &["401", "403"])},
+        },
+        "/v1/secrets/{name}": {
+            "get": {"summary": "Show a secret's name and times", "parameters": [name()], "responses": with_errors(json!({"200": ok("The secret", secret())}), &["401", "403", "404"])},
+            "put": {"summary": "Create (201) or replace (200) a secret's value; jobs reference it as {{secret \"name\"}} in executor_config", "parameters": [name()], "requestBody": body,
+                    "responses": with_errors(json!({"200": ok("The secret", secret()), "201": ok("The secret", secret())}), &["400", "401", "403", "415"])},
+            "delete": {"summary": "Delete a secret (jobs referencing it fail their next runs, naming it)", "parameters": [name()],
+                       "responses": with_errors(json!({"200": ok("The deleted secret", secret())}), &["401", "403", "404"])},
+        },
+    });
+    if let (Some(paths), Value::Object(secrets)) = (paths.as_object_mut(), secrets) {
+        paths.extend(secrets);
+    }
+    paths
+}
+
 fn paths() -> Value {
     let str_schema = json!({"type": "string"});
     let list_jobs_params: Vec<Value> = [
@@ -281,6 +305,9 @@ fn schemas() -> Value {
             "http_addr": {"type": "string", "description": "Where its HTTP API is reached (servers)"}, "gossip_addr": s,
         }},
         "Stats": super::stats::openapi_schema(),
+        "Secret": {"type": "object", "description": "A secret's name and times; its value is never shown", "properties": {
+            "name": s, "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"},
+        }},
         "Token": {"type": "object", "properties": {
             "accessor_id": {"type": "string", "format": "uuid"},
             "secret": {"type": "string", "format": "uuid", "description": "Only in the answer that created the token"},
@@ -306,7 +333,7 @@ pub fn document() -> Value {
         "openapi": "3.0.3",
         "info": {"title": "Kairos API", "version": env!("CARGO_PKG_VERSION"),
                  "description": "Dkron-compatible /v1 API of the Kairos scheduler. Errors are {\"error\": \"field: problem\"}."},
-        "paths": paths(),
+        "paths": with_secret_paths(paths()),
         "components": {"schemas": schemas(), "securitySchemes": {
             "token": {"type": "apiKey", "in": "header", "name": "X-Dkron-Token", "description": "With --acl-enabled: a token's secret (or Authorization: Bearer <secret>)"},
         }},

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use kairos_model::secret::{SecretValue, referenced_secrets};
 use kairos_model::{Execution, ExecutionStatus, Job, Targets, Timestamp};
 use kairos_store::{Command, ExecRef, Expansion, Response, StateReader};
 use tokio::sync::Notify;
@@ -181,6 +182,19 @@ impl Host {
     }
 }
 
+/// The values of the secrets a job references, for its order: empty for most jobs. One that no longer exists is
+/// left out, and the run fails on its node naming it.
+fn secrets_of(node: &Host, job: &Job) -> BTreeMap<String, SecretValue> {
+    let Ok(names) = referenced_secrets(&job.executor_config) else { return BTreeMap::new() };
+    if names.is_empty() {
+        return BTreeMap::new();
+    }
+    node.state.secret_values(&names).unwrap_or_else(|err| {
+        warn!("dispatch: cannot read the secrets of job {}: {err}", job.name);
+        BTreeMap::new()
+    })
+}
+
 /// When the next attempt after a failed `attempt` should start, if the job allows one: the job's backoff,
 /// doubled per attempt and capped, with ±20 % jitter so retries of many jobs do not stampede.
 pub fn retry_instant(state: &StateReader, job: &str, attempt: u32, now: Timestamp) -> Option<Timestamp> {
@@ -286,7 +300,8 @@ pub fn dispatch<'e>(node: &Host, runs: Vec<(&'e Execution, Option<Timestamp>)>) 
                 continue;
             };
             claims.claim(exec_ref, &target.name, Instant::now());
-            let order = node.worker.prepare(exec, job, term, at);
+            let mut order = node.worker.prepare(exec, job, term, at);
+            order.spec.secrets = secrets_of(node, job);
             if target.name == node.config.node_name {
                 local.push(order);
             } else {
