@@ -6,12 +6,14 @@
 //!   unknown field is refused naming the field.
 //! - [`execution`]: the [`Execution`] record and its [`ExecutionStatus`] life cycle.
 //! - [`acl`]: access-control tokens and policies, and whether a token may do something to a path.
+//! - [`audit`]: the audit log's records and filters.
 //! - [`secret`]: write-only secrets, and the `{{secret "name"}}` references jobs make to them.
 //! - [`error`]: [`FieldError`], a user-facing error that names the offending field.
 //!
 //! Nothing here does I/O; the store, the scheduler and the API all build on these types.
 
 pub mod acl;
+pub mod audit;
 pub mod error;
 pub mod execution;
 pub mod input;

@@ -94,6 +94,9 @@ pub struct AgentArgs {
     /// Finished executions kept per job unless the job says otherwise (default 100).
     #[arg(long, env = "KAIROS_EXECUTIONS_RETAINED")]
     pub executions_retained: Option<u32>,
+    /// Records the audit log keeps (the oldest beyond are dropped; default 100000).
+    #[arg(long, env = "KAIROS_AUDIT_RETAINED")]
+    pub audit_retained: Option<u64>,
     /// How long a running execution stays alive without a renewal before it turns lost (default 30s).
     #[arg(long, env = "KAIROS_EXECUTION_LEASE")]
     pub execution_lease: Option<String>,
@@ -188,6 +191,7 @@ struct FileConfig {
     max_running: Option<u32>,
     max_queued: Option<u32>,
     executions_retained: Option<u32>,
+    audit_retained: Option<u64>,
     execution_lease: Option<String>,
     kill_grace: Option<String>,
     ui: Option<bool>,
@@ -242,6 +246,8 @@ pub struct Config {
     /// `--max-running` and `--max-queued`.
     pub run_limits: RunLimits,
     pub executions_retained: u32,
+    /// Records the audit log keeps (`--audit-retained`).
+    pub audit_retained: u64,
     pub execution_lease: Duration,
     pub kill_grace: Duration,
     /// Serve the web UI at `/ui/`.
@@ -408,6 +414,7 @@ impl AgentArgs {
                 .or(file.executions_retained)
                 .unwrap_or(kairos_model::job::EXECUTIONS_RETAINED_DEFAULT)
                 .max(1),
+            audit_retained: self.audit_retained.or(file.audit_retained).unwrap_or(AUDIT_RETAINED_DEFAULT).max(1),
             execution_lease: duration("--execution-lease", self.execution_lease.or(file.execution_lease), "30s")?,
             kill_grace: duration("--kill-grace", self.kill_grace.or(file.kill_grace), "5s")?,
             ui: self.ui.or(file.ui).unwrap_or(true),
@@ -548,6 +555,9 @@ const RUNNING_PER_CORE: usize = 64;
 const RUNNING_MIN_DEFAULT: usize = 16;
 /// The queue's default length, in multiples of `--max-running`.
 const QUEUED_PER_PLACE: usize = 16;
+
+/// Records the audit log keeps unless `--audit-retained` says otherwise.
+pub const AUDIT_RETAINED_DEFAULT: u64 = 100_000;
 
 /// The node's bounds on runs: `--max-running` and `--max-queued` (the worker keeps them).
 #[derive(Debug, Clone, Copy)]

@@ -25,6 +25,7 @@
 //! - [`agent_node`]: a node without `--server`: gossip, the worker and the agent's RPC routes only;
 //! - [`acl`]: new access-control tokens get their ids and secret on the proposer (enforcement is at the HTTP
 //!   edge, in `kairos-http`);
+//! - [`audit`]: the audit log's writer (records from the API edge, committed in batches);
 //! - [`tls`]: TLS on both listeners and every node-to-node call, and the certificates `kairos tls` creates.
 //!
 //! The life of one run: the scheduler's timer fires → `Fire` is committed through Raft → the dispatcher claims
@@ -34,6 +35,7 @@
 
 pub mod acl;
 pub mod agent_node;
+pub mod audit;
 pub mod clock;
 pub mod cluster;
 pub mod config;

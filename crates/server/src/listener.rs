@@ -94,7 +94,14 @@ pub async fn serve(
             accept_failing = false;
         }
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        // Every request knows its client's address (`ConnectInfo`), for the audit log.
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                request
+            },
+        ));
         let builder = builder.clone();
         let tls = tls.clone();
         let handshake_timeout = limits.header_read_timeout;

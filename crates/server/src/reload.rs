@@ -71,6 +71,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
         output_limits,
         run_limits,
         executions_retained,
+        audit_retained,
         execution_lease,
         kill_grace,
         ui,
@@ -107,6 +108,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
     note(false, "output-store-max-bytes / disk-free-min-bytes", &r.output_limits, output_limits);
     note(false, "max-running / max-queued", &r.run_limits, run_limits);
     note(false, "executions-retained", &r.executions_retained, executions_retained);
+    note(false, "audit-retained", &r.audit_retained, audit_retained);
     note(false, "execution-lease", &r.execution_lease, execution_lease);
     note(false, "kill-grace", &r.kill_grace, kill_grace);
     note(false, "ui", &r.ui, ui);

@@ -91,6 +91,11 @@ pub enum Command {
     SecretDelete {
         name: String,
     },
+    /// Append write requests to the audit log, which keeps the newest `keep` records.
+    Audit {
+        records: Vec<kairos_model::audit::AuditRecord>,
+        keep: u64,
+    },
 }
 
 /// A reference to one execution.

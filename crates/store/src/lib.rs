@@ -11,6 +11,7 @@
 //! The store owns consensus and persistence and nothing else: no network, no clock, no scheduling.
 
 pub mod acl;
+pub mod audit;
 pub mod command;
 pub mod log;
 pub mod machine;
@@ -45,6 +46,7 @@ impl fmt::Display for Command {
             Command::AclDeletePolicy { name } => write!(f, "acl delete policy {name}"),
             Command::SecretPut { name, .. } => write!(f, "put secret {name}"),
             Command::SecretDelete { name } => write!(f, "delete secret {name}"),
+            Command::Audit { records, .. } => write!(f, "audit {} requests", records.len()),
         }
     }
 }

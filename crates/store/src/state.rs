@@ -30,6 +30,7 @@ pub const ACTIVE: TableDefinition<&[u8], ()> = TableDefinition::new("active");
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub const ACL: TableDefinition<&str, &[u8]> = TableDefinition::new("acl");
 pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
+pub const AUDIT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("audit");
 
 const META_PAUSED: &str = "paused";
 /// The last job version handed out ([`JobRecord::version`]).
@@ -109,6 +110,7 @@ pub fn create_tables(db: &Database) -> Result<(), redb::Error> {
     txn.open_table(META)?;
     txn.open_table(ACL)?;
     txn.open_table(SECRETS)?;
+    txn.open_table(AUDIT)?;
     txn.commit()?;
     Ok(())
 }
@@ -121,6 +123,7 @@ pub struct Applier<'txn> {
     pub(crate) meta: Table<'txn, &'static str, &'static [u8]>,
     pub(crate) acl: Table<'txn, &'static str, &'static [u8]>,
     pub(crate) secrets: Table<'txn, &'static str, &'static [u8]>,
+    pub(crate) audit: Table<'txn, &'static [u8], &'static [u8]>,
     /// Job records read or changed in this batch; `None` marks a deletion.
     cache: HashMap<String, Option<JobRecord>>,
     retained_default: u32,
@@ -136,6 +139,7 @@ impl<'txn> Applier<'txn> {
             meta: txn.open_table(META)?,
             acl: txn.open_table(ACL)?,
             secrets: txn.open_table(SECRETS)?,
+            audit: txn.open_table(AUDIT)?,
             cache: HashMap::new(),
             retained_default: if retained_default == 0 { EXECUTIONS_RETAINED_DEFAULT } else { retained_default },
             events: Vec::new(),
@@ -186,6 +190,7 @@ impl<'txn> Applier<'txn> {
             Command::AclDeletePolicy { name } => self.acl_delete_policy(name),
             Command::SecretPut { name, value, at } => self.secret_put(name, value.expose(), *at),
             Command::SecretDelete { name } => self.secret_delete(name),
+            Command::Audit { records, keep } => self.audit(records, *keep),
         }
     }
 

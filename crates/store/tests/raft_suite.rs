@@ -201,3 +201,46 @@ async fn an_installed_snapshot_carries_acl_tokens_and_policies() {
     assert_eq!(reader.acl_token_by_secret(&secret_hash("secret")).unwrap(), Some(token));
     assert_eq!(reader.acl_policy("team-a").unwrap(), Some(policy));
 }
+
+/// A server that catches up from a snapshot gets the secrets (values included, for the orders it sends as leader)
+/// and the audit log, with its numbering, so the next record continues it.
+#[tokio::test]
+async fn an_installed_snapshot_carries_secrets_and_the_audit_log() {
+    use kairos_model::audit::{AuditFilter, AuditRecord};
+    use kairos_model::secret::SecretValue;
+    let record = AuditRecord {
+        seq: 0,
+        at: "2026-01-01T00:00:00Z".parse().unwrap(),
+        token: "anonymous".into(),
+        accessor_id: None,
+        client: "127.0.0.1:1".into(),
+        node: "n".into(),
+        method: "DELETE".into(),
+        path: "/v1/jobs/x".into(),
+        job: Some("x".into()),
+        status: 200,
+    };
+    let at = record.at;
+    let source_dir = TempDir::new().unwrap();
+    let (_log, mut source) = open_stores(source_dir.path()).unwrap();
+    let mut entries = first_entries();
+    entries.push(EntryOf::<TypeConfig>::new_normal(
+        log_id::<TypeConfig>(1, 1, 5),
+        Command::SecretPut { name: "db".into(), value: SecretValue("pw".into()), at },
+    ));
+    entries.push(EntryOf::<TypeConfig>::new_normal(
+        log_id::<TypeConfig>(1, 1, 6),
+        Command::Audit { records: vec![record.clone(), record.clone()], keep: 10 },
+    ));
+    apply_all(&mut source, entries).await;
+    let snapshot = source.get_snapshot_builder().await.build_snapshot().await.unwrap();
+
+    let target_dir = TempDir::new().unwrap();
+    let (_log, mut target) = open_stores(target_dir.path()).unwrap();
+    target.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+    let reader = target.reader();
+    let values = reader.secret_values(&["db".to_string()].into()).unwrap();
+    assert_eq!(values.get("db"), Some(&SecretValue("pw".into())));
+    let (records, total) = reader.audit(&AuditFilter::default(), 0, 10).unwrap();
+    assert_eq!((total, records[0].seq, records[1].seq), (2, 2, 1));
+}

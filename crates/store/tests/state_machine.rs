@@ -1534,3 +1534,104 @@ mod acl {
         assert_eq!(a.reader().acl_tokens().unwrap().len(), 1);
     }
 }
+
+mod secrets {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use kairos_model::secret::SecretValue;
+
+    use super::*;
+
+    fn put_secret(name: &str, value: &str, secs: i64) -> Command {
+        Command::SecretPut { name: name.into(), value: SecretValue(value.into()), at: at(secs) }
+    }
+
+    fn with_env(name: &str, env: &str) -> Job {
+        let mut job = job(name);
+        job.executor_config = BTreeMap::from([("command".into(), "true".into()), ("env".into(), env.into())]);
+        job
+    }
+
+    #[test]
+    fn a_secret_keeps_its_creation_time_and_shows_no_value() {
+        let state = State::new();
+        assert_eq!(state.apply(put_secret("db", "one", 1)).0.refusal, None);
+        let (replaced, _) = state.apply(put_secret("db", "two", 5));
+        let info = replaced.secret.expect("the stored secret");
+        assert_eq!((info.created_at, info.updated_at), (at(1), at(5)));
+        assert_eq!(state.reader().secrets().unwrap(), vec![info]);
+        let values = state.reader().secret_values(&BTreeSet::from(["db".to_string(), "nope".to_string()])).unwrap();
+        assert_eq!(values, BTreeMap::from([("db".to_string(), SecretValue("two".into()))]));
+    }
+
+    #[test]
+    fn bad_names_and_values_are_refused_naming_the_field() {
+        let state = State::new();
+        assert_eq!(invalid_field(&state.apply(put_secret("a b", "x", 1)).0), "name");
+        assert_eq!(invalid_field(&state.apply(put_secret("a", "", 1)).0), "value");
+        assert!(state.reader().secrets().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_job_may_reference_only_secrets_that_exist() {
+        let state = State::new();
+        let referencing = with_env("j", r#"PASS={{secret "db"}}"#);
+        let refused = state.put(referencing.clone(), at(1));
+        assert_eq!(invalid_field(&refused), "executor_config");
+        assert!(state.reader().job("j").unwrap().is_none());
+        state.apply(put_secret("db", "pw", 2));
+        assert_eq!(state.put(referencing, at(3)).refusal, None);
+        let malformed = state.put(with_env("k", "PASS={{secret db}}"), at(4));
+        assert_eq!(invalid_field(&malformed), "executor_config.env");
+        let (deleted, _) = state.apply(Command::SecretDelete { name: "db".into() });
+        assert_eq!(deleted.secret.map(|s| s.name).as_deref(), Some("db"));
+        let (again, _) = state.apply(Command::SecretDelete { name: "db".into() });
+        assert!(matches!(again.refusal, Some(Refusal::NotFound(_))));
+    }
+}
+
+mod audit {
+    use kairos_model::audit::{AuditFilter, AuditRecord};
+
+    use super::*;
+
+    fn record(token: &str, job: Option<&str>, secs: i64) -> AuditRecord {
+        AuditRecord {
+            seq: 0,
+            at: at(secs),
+            token: token.into(),
+            accessor_id: None,
+            client: "127.0.0.1:5000".into(),
+            node: "n1".into(),
+            method: "POST".into(),
+            path: job.map_or("/v1/pause".into(), |j| format!("/v1/jobs/{j}/run")),
+            job: job.map(str::to_string),
+            status: 202,
+        }
+    }
+
+    #[test]
+    fn records_are_numbered_kept_to_the_limit_and_read_newest_first() {
+        let state = State::new();
+        let batch = |from: i64, to: i64| (from..to).map(|s| record("ci", Some("j"), s)).collect::<Vec<_>>();
+        state.apply(Command::Audit { records: batch(0, 3), keep: 4 });
+        state.apply(Command::Audit { records: batch(3, 6), keep: 4 });
+        let (all, total) = state.reader().audit(&AuditFilter::default(), 0, usize::MAX).unwrap();
+        assert_eq!(total, 4, "the oldest beyond the limit are dropped");
+        let seqs: Vec<u64> = all.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [6, 5, 4, 3]);
+        let (page, total) = state.reader().audit(&AuditFilter::default(), 1, 3).unwrap();
+        assert_eq!((page.iter().map(|r| r.seq).collect::<Vec<_>>(), total), (vec![5, 4], 4));
+    }
+
+    #[test]
+    fn filters_select_by_token_job_and_time() {
+        let state = State::new();
+        let records = vec![record("ci", Some("a"), 1), record("ops", Some("b"), 2), record("ci", None, 3)];
+        state.apply(Command::Audit { records, keep: 100 });
+        let count = |filter: AuditFilter| state.reader().audit(&filter, 0, usize::MAX).unwrap().1;
+        assert_eq!(count(AuditFilter { token: Some("ci".into()), ..Default::default() }), 2);
+        assert_eq!(count(AuditFilter { job: Some("b".into()), ..Default::default() }), 1);
+        assert_eq!(count(AuditFilter { since: Some(at(2)), ..Default::default() }), 2);
+    }
+}

@@ -30,6 +30,20 @@ use kairos_model::acl::{Access, Capability, is_uuid, secret_hash};
 
 use super::{ApiError, AppState};
 
+/// Who made a request, as the audit log records it: the edge puts it in the answer's extensions.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The token's name, or `anonymous` (ACL off), or `unauthenticated` (no valid token).
+    pub token: String,
+    pub accessor_id: Option<String>,
+}
+
+impl Identity {
+    fn named(token: &str) -> Identity {
+        Identity { token: token.to_owned(), accessor_id: None }
+    }
+}
+
 /// The identity a request was let through with.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -72,15 +86,23 @@ fn is_collection(path: &str) -> bool {
     )
 }
 
-/// The middleware: resolve the token, check the request against its policies, hand the [`Caller`] on.
-pub async fn authorize(State(node): State<AppState>, mut request: Request, next: Next) -> Response {
+/// The middleware: resolve the token, check the request against its policies, hand the [`Caller`] on; the answer
+/// carries the [`Identity`] the request was made with, for the audit log.
+pub async fn authorize(State(node): State<AppState>, request: Request, next: Next) -> Response {
+    let (mut response, identity) = check(&node, request, next).await;
+    response.extensions_mut().insert(identity);
+    response
+}
+
+async fn check(node: &AppState, mut request: Request, next: Next) -> (Response, Identity) {
     if !node.config.acl_enabled {
         request.extensions_mut().insert(Caller::anyone());
-        return next.run(request).await;
+        return (next.run(request).await, Identity::named(kairos_model::audit::ANONYMOUS));
     }
+    let unauthenticated = Identity::named(kairos_model::audit::UNAUTHENTICATED);
     let path = match canonical_path(request.uri().path()) {
         Ok(path) => path,
-        Err(err) => return err.into_response(),
+        Err(err) => return (err.into_response(), unauthenticated),
     };
     let open = (path == "/health" && request.method() == Method::GET)
         || path == "/v1/acl/bootstrap"
@@ -90,22 +112,22 @@ pub async fn authorize(State(node): State<AppState>, mut request: Request, next:
         || request.method() == Method::OPTIONS;
     if open {
         request.extensions_mut().insert(Caller::anyone());
-        return next.run(request).await;
+        return (next.run(request).await, unauthenticated);
     }
-    let access = match resolve(&node, request.headers()) {
-        Ok(access) => access,
+    let (access, identity) = match resolve(node, request.headers()) {
+        Ok(resolved) => resolved,
         // A person opening a page without a valid token is sent to the sign-in page.
         Err(err) if err.status == StatusCode::UNAUTHORIZED && is_page(&path) && request.method() == Method::GET => {
-            return Redirect::to("/ui/signin").into_response();
+            return (Redirect::to("/ui/signin").into_response(), unauthenticated);
         }
-        Err(err) => return challenge(err),
+        Err(err) => return (challenge(err), unauthenticated),
     };
     if path.starts_with("/v1/acl/") && !access.management {
-        return forbidden(format!("'{path}' (ACL tokens and policies) needs a management token"));
+        return (forbidden(format!("'{path}' (ACL tokens and policies) needs a management token")), identity);
     }
-    let (needed, request_path, mut request) = match requirement(&node, request, &path).await {
+    let (needed, request_path, mut request) = match requirement(node, request, &path).await {
         Ok(needed) => needed,
-        Err(err) => return err.into_response(),
+        Err(err) => return (err.into_response(), identity),
     };
     let allowed = match needed {
         // A job-glob token may list /v1/jobs: the list shows only the jobs it may read. (Other lists are not
@@ -114,10 +136,10 @@ pub async fn authorize(State(node): State<AppState>, mut request: Request, next:
         other => access.allows(other, &request_path),
     };
     if !allowed {
-        return forbidden(format!("the token's policies do not grant '{needed}' on '{request_path}'"));
+        return (forbidden(format!("the token's policies do not grant '{needed}' on '{request_path}'")), identity);
     }
     request.extensions_mut().insert(Caller { access: Some(Arc::new(access)) });
-    next.run(request).await
+    (next.run(request).await, identity)
 }
 
 /// A refused token's answer; a 401 says how to authenticate (RFC 6750).
@@ -174,8 +196,8 @@ fn signin_cookie(headers: &HeaderMap) -> Option<String> {
         .filter(|secret| !secret.is_empty())
 }
 
-/// The token of a request, and what it may do.
-fn resolve(node: &AppState, headers: &HeaderMap) -> Result<Access, ApiError> {
+/// The token of a request: what it may do, and who it is.
+fn resolve(node: &AppState, headers: &HeaderMap) -> Result<(Access, Identity), ApiError> {
     let Some((header_name, secret)) = secret_of(headers)? else {
         return Err(unauthorized(
             "token: none given; ACL is enabled: send a token's secret in X-Dkron-Token or Authorization: Bearer",
@@ -193,7 +215,8 @@ fn resolve(node: &AppState, headers: &HeaderMap) -> Result<Access, ApiError> {
         return Err(unauthorized(format!("token: expired at {at}")));
     }
     let state = node.state.clone();
-    Ok(Access::of(&token, |name| state.acl_policy(name).ok().flatten()))
+    let identity = Identity { token: token.name.clone(), accessor_id: Some(token.accessor_id.clone()) };
+    Ok((Access::of(&token, |name| state.acl_policy(name).ok().flatten()), identity))
 }
 
 /// The capability a request needs and the path it is checked on. `POST`/`PATCH /v1/jobs` name the job in the

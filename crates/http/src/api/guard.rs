@@ -203,6 +203,10 @@ pub async fn errors(request: Request, next: Next) -> Response {
             let text = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
             let message = plain_error_message(status, &text);
             let mut json = ApiError::new(status, message.clone()).into_response();
+            // Who made the request stays known (the audit log reads it from here).
+            if let Some(identity) = parts.extensions.get::<super::auth::Identity>() {
+                json.extensions_mut().insert(identity.clone());
+            }
             for (name, value) in parts.headers.iter() {
                 if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
                     json.headers_mut().insert(name.clone(), value.clone());

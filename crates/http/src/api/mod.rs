@@ -8,6 +8,7 @@
 //! against, so the two cannot drift apart.
 
 pub mod acl;
+pub mod audit;
 pub mod auth;
 pub mod executions;
 pub mod guard;
@@ -88,6 +89,7 @@ pub fn routes() -> Vec<Route> {
             get(acl::show_policy).post(acl::put_named_policy).delete(acl::delete_policy),
         ),
         route("/v1/secrets", &["get"], get(secrets::list)),
+        route("/v1/audit", &["get"], get(audit::list)),
         route(
             "/v1/secrets/{name}",
             &["get", "put", "delete"],
@@ -129,7 +131,10 @@ pub fn router(node: AppState) -> Router {
         Some(cors) => router.layer(cors),
         None => router,
     };
-    router.layer(axum::middleware::from_fn(guard::errors)).with_state(node)
+    router
+        .layer(axum::middleware::from_fn(guard::errors))
+        .layer(axum::middleware::from_fn_with_state(node.clone(), audit::record))
+        .with_state(node)
 }
 
 /// `GET /metrics` (`--enable-prometheus`): this server's metrics in the Prometheus text format.

@@ -117,8 +117,8 @@ fn strings() -> Value {
     json!({"type": "object", "additionalProperties": {"type": "string"}})
 }
 
-/// The `/v1/secrets` routes, added to [`paths`].
-fn with_secret_paths(mut paths: Value) -> Value {
+/// The `/v1/secrets` and `/v1/audit` routes, added to [`paths`].
+fn with_security_paths(mut paths: Value) -> Value {
     let secret = || json!({"$ref": "#/components/schemas/Secret"});
     let name = || param("name", "path", "Secret name (letters, digits, '.', '_', '-')", json!({"type": "string"}));
     let body = json!({"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["value"],
@@ -133,6 +133,18 @@ fn with_secret_paths(mut paths: Value) -> Value {
                     "responses": with_errors(json!({"200": ok("The secret", secret()), "201": ok("The secret", secret())}), &["400", "401", "403", "415"])},
             "delete": {"summary": "Delete a secret (jobs referencing it fail their next runs, naming it)", "parameters": [name()],
                        "responses": with_errors(json!({"200": ok("The deleted secret", secret())}), &["401", "403", "404"])},
+        },
+        "/v1/audit": {
+            "get": {"summary": "The audit log, newest first: every write request to the API and UI, refusals included",
+                    "parameters": [
+                        param("token", "query", "A token's name or accessor id (anonymous, unauthenticated)", json!({"type": "string"})),
+                        param("job", "query", "The job the request named", json!({"type": "string"})),
+                        param("since", "query", "From this instant (RFC 3339)", json!({"type": "string", "format": "date-time"})),
+                        param("until", "query", "Before this instant (RFC 3339)", json!({"type": "string", "format": "date-time"})),
+                        param("_start", "query", "First index of the page (inclusive)", json!({"type": "integer"})),
+                        param("_end", "query", "Last index of the page (exclusive)", json!({"type": "integer"})),
+                    ],
+                    "responses": with_errors(json!({"200": ok("Records", json!({"type": "array", "items": {"$ref": "#/components/schemas/AuditRecord"}}))}), &["400", "401", "403"])},
         },
     });
     if let (Some(paths), Value::Object(secrets)) = (paths.as_object_mut(), secrets) {
@@ -305,6 +317,10 @@ fn schemas() -> Value {
             "http_addr": {"type": "string", "description": "Where its HTTP API is reached (servers)"}, "gossip_addr": s,
         }},
         "Stats": super::stats::openapi_schema(),
+        "AuditRecord": {"type": "object", "properties": {
+            "seq": {"type": "integer"}, "at": {"type": "string", "format": "date-time"}, "token": s, "accessor_id": s,
+            "client": s, "node": s, "method": s, "path": s, "job": s, "status": {"type": "integer"},
+        }},
         "Secret": {"type": "object", "description": "A secret's name and times; its value is never shown", "properties": {
             "name": s, "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"},
         }},
@@ -333,7 +349,7 @@ pub fn document() -> Value {
         "openapi": "3.0.3",
         "info": {"title": "Kairos API", "version": env!("CARGO_PKG_VERSION"),
                  "description": "Dkron-compatible /v1 API of the Kairos scheduler. Errors are {\"error\": \"field: problem\"}."},
-        "paths": with_secret_paths(paths()),
+        "paths": with_security_paths(paths()),
         "components": {"schemas": schemas(), "securitySchemes": {
             "token": {"type": "apiKey", "in": "header", "name": "X-Dkron-Token", "description": "With --acl-enabled: a token's secret (or Authorization: Bearer <secret>)"},
         }},

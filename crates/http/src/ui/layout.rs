@@ -14,14 +14,16 @@ pub enum Nav {
     New,
     Busy,
     Nodes,
+    Audit,
     None,
 }
 
-const ENTRIES: [(Nav, &str, &str); 5] = [
+const ENTRIES: [(Nav, &str, &str); 6] = [
     (Nav::Dashboard, "/ui/", "Dashboard"),
     (Nav::Jobs, "/ui/jobs", "Jobs"),
     (Nav::Busy, "/ui/busy", "Busy"),
     (Nav::Nodes, "/ui/nodes", "Nodes"),
+    (Nav::Audit, "/ui/audit", "Audit"),
     (Nav::New, "/ui/new", "New job"),
 ];
 

@@ -14,6 +14,7 @@
 //! (`/ui/busy`) and [`nodes`] (`/ui/nodes`); [`layout`] and [`format`] hold what they share.
 
 mod assets;
+mod audit;
 mod busy;
 mod chart;
 mod dashboard;
@@ -52,6 +53,7 @@ pub fn router() -> Router<AppState> {
         .route("/ui/new", get(editor::create))
         .route("/ui/busy", get(busy::page))
         .route("/ui/nodes", get(nodes::page))
+        .route("/ui/audit", get(audit::page))
         .route("/ui/live/dashboard", get(live::dashboard))
         .route("/ui/live/busy", get(live::busy))
         .route("/ui/live/jobs/{job}", get(live::job))

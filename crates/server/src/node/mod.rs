@@ -66,6 +66,8 @@ pub struct Node {
     pub dispatch: Arc<crate::dispatch::Host>,
     /// What the leader duties are doing (see [`leadership`]).
     pub duties: Arc<Duties>,
+    /// The audit log's writer: the API edge records every write request here (see [`crate::audit`]).
+    pub audit: crate::audit::AuditLog,
     /// Webhooks, sent while this node leads (see [`crate::notify`]).
     pub notifier: crate::notify::Notifier,
     /// Servers this leader removed from Raft, with the gossip generation they had: not added back unless they
@@ -119,6 +121,7 @@ impl Node {
             reqwest::Client::builder().user_agent(concat!("kairos/", env!("CARGO_PKG_VERSION"))).build()?;
         let notifier = crate::notify::Notifier::start(config.webhooks.clone(), config.node_name.clone(), webhooks_http);
         let duties = Arc::new(Duties::default());
+        let (audit, audit_records) = crate::audit::AuditLog::new();
         let node = Arc::new_cyclic(|weak: &std::sync::Weak<Node>| Node {
             dispatch: crate::dispatch::Host::new(crate::dispatch::HostParts {
                 config: config.clone(),
@@ -141,6 +144,7 @@ impl Node {
             membership,
             rpc,
             duties,
+            audit,
             notifier,
             removed: Mutex::new(HashMap::new()),
             stopping: CancellationToken::new(),
@@ -152,6 +156,9 @@ impl Node {
         let api = api(node.clone());
         let mut tasks = serve_listeners(&node, (rpc_listener, http_listener), api, tls.as_ref());
         tasks.extend(spawn_loops(&node, channels, events_rx, (changes_tx, changes_rx)));
+        let writer: Arc<dyn Reporter> = Arc::new(LocalReporter(node.clone()));
+        let keep = config.audit_retained;
+        tasks.push(tokio::spawn(crate::audit::commit_loop(audit_records, writer, keep, node.stopping.clone())));
         match &config.config_file {
             Some(file) => info!("configuration read from {}", file.display()),
             None => info!("no configuration file found; using flags, environment and defaults"),
