@@ -24,6 +24,35 @@ pub struct HttpArgs {
     /// A token's secret, sent as X-Dkron-Token (not needed for `acl bootstrap`).
     #[arg(long, env = "KAIROS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// For an HTTPS API (`https://…` in --http-addr): the CA (PEM) its certificate is signed by.
+    #[arg(long, env = "KAIROS_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// For an API with --client-cert-auth: a client certificate (PEM) signed by the CA.
+    #[arg(long, env = "KAIROS_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// The private key of --cert-file.
+    #[arg(long, env = "KAIROS_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+}
+
+/// The HTTP client for `args`: with the TLS settings its flags give, else the system's trust roots.
+fn http_client(http: &HttpArgs) -> Result<reqwest::Client, String> {
+    let builder = reqwest::Client::builder().no_proxy().timeout(REQUEST_TIMEOUT);
+    let identity = match (&http.cert_file, &http.key_file) {
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        (None, None) => None,
+        (Some(_), None) => return Err("--key-file: required with --cert-file".into()),
+        (None, Some(_)) => return Err("--cert-file: required with --key-file".into()),
+    };
+    let builder = match (&http.trusted_ca_file, identity) {
+        (Some(ca), identity) => {
+            let config = kairos_server::tls::api_client_config(ca, identity).map_err(|e| format!("{e:#}"))?;
+            builder.tls_backend_preconfigured(config)
+        }
+        (None, Some(_)) => return Err("--trusted-ca-file: required with --cert-file".into()),
+        (None, None) => builder,
+    };
+    builder.build().map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,11 +249,7 @@ pub(crate) fn call(http: &HttpArgs, method: &str, path: &str, body: Option<Value
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async {
         kairos_agent::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let client = http_client(http)?;
         let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| format!("method {method}: {e}"))?;
         let mut request = client.request(method, &url);
         if let Some(token) = &http.token {

@@ -900,7 +900,11 @@ async fn a_secret_reaches_its_run_and_is_masked_wherever_the_run_shows() {
         assert!(!text.contains(value), "{} holds the value", file.display());
     }
     assert!(files > 0, "the output was stored in a file");
-    for path in ["/v1/jobs/uses-secret", "/v1/secrets", "/v1/secrets/db_pass", "/v1/jobs/uses-secret/executions"] {
+    let page_path = format!("/ui/jobs/uses-secret/executions/{}", run.id);
+    let page = server.get(&page_path).await;
+    assert!(page.status == 200 && page.text.contains("pass=***"), "the UI shows the masked output: {}", page.text);
+    let shown = ["/v1/jobs/uses-secret", "/v1/secrets", "/v1/secrets/db_pass", "/v1/jobs/uses-secret/executions"];
+    for path in shown.iter().copied().chain([page_path.as_str(), "/ui/jobs/uses-secret"]) {
         let reply = server.get(path).await;
         assert_eq!(reply.status, 200, "{path}");
         assert!(!reply.text.contains(value), "{path} shows the value: {}", reply.text);

@@ -211,6 +211,35 @@ async fn a_cluster_with_mutual_tls_and_encrypted_gossip_forms_fails_over_and_ref
     let refused = cli(&["raft", "list-peers", "--rpc-addr", &rpc]).await;
     assert!(!refused.status.success(), "kairos raft list-peers without TLS got through: {}", refused.stdout);
 
+    // The API's command-line clients over HTTPS with mutual TLS: a secret set with `kairos secret`, then used by a
+    // job whose order carries it to the node that runs it over the cluster's TLS.
+    let https_api = format!("https://{api}");
+    let api_tls = [
+        "--http-addr",
+        &https_api,
+        "--trusted-ca-file",
+        &s(&pki.ca),
+        "--cert-file",
+        &s(&pki.client.0),
+        "--key-file",
+        &s(&pki.client.1),
+    ];
+    let put = cli(&[&["secret", "put", "tls-secret", "--value", "over-tls-value"][..], &api_tls].concat()).await;
+    assert!(put.status.success(), "kairos secret put over TLS: {}{}", put.stdout, put.stderr);
+    let secrets = cli(&[&["secret", "list"][..], &api_tls].concat()).await;
+    assert!(secrets.stdout.contains("tls-secret") && !secrets.stdout.contains("over-tls-value"), "{}", secrets.stdout);
+    let untrusted = cli(&["secret", "list", "--http-addr", &https_api]).await;
+    assert!(!untrusted.status.success(), "kairos secret list without the CA got through: {}", untrusted.stdout);
+    cluster.create_job(&shell_job("secretive", "@manually", r#"echo "got {{secret "tls-secret"}}""#)).await;
+    cluster.run("secretive").await;
+    let execs = cluster
+        .wait_executions("secretive", "the run ended", secs(30), |e| {
+            e.iter().any(|x| x.status != "pending" && x.status != "running")
+        })
+        .await;
+    assert_eq!(execs[0].status, "succeeded", "{}", summary(&execs));
+    assert_eq!(execs[0].output, "got ***\n");
+
     // Failover over TLS: kill the leader; another leads and runs jobs.
     cluster.kill9(leader).await;
     let new_leader = cluster.wait_leader().await;

@@ -101,6 +101,25 @@ impl Tls {
     }
 }
 
+/// A command-line client's TLS settings for a server's HTTPS API: trust the CA of `--trusted-ca-file`, and present
+/// `--cert-file`/`--key-file` when given (the API asks for a client certificate under `--client-cert-auth`).
+pub fn api_client_config(ca_file: &Path, identity: Option<(&Path, &Path)>) -> anyhow::Result<rustls::ClientConfig> {
+    kairos_agent::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in read_certs("--trusted-ca-file", ca_file)? {
+        roots.add(ca).with_context(|| format!("--trusted-ca-file: '{}' is not a usable CA", ca_file.display()))?;
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let mut config = match identity {
+        Some((cert_file, key_file)) => builder
+            .with_client_auth_cert(read_certs("--cert-file", cert_file)?, read_key("--key-file", key_file)?)
+            .context("--cert-file: cannot be presented as a client certificate")?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 fn read_certs(flag: &str, path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let pem = std::fs::read(path).with_context(|| format!("{flag}: cannot read '{}'", path.display()))?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
