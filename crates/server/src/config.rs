@@ -278,41 +278,15 @@ const CONFIG_NAMES: [&str; 4] = ["kairos.yml", "kairos.yaml", "kairos.toml", "ka
 impl AgentArgs {
     /// Merge flags and environment (already in `self`) over the config file over the defaults.
     pub fn resolve(self) -> anyhow::Result<Config> {
-        let config_file = match &self.config {
-            Some(path) => {
-                if !path.is_file() {
-                    bail!("--config: file '{}' does not exist", path.display());
-                }
-                Some(path.clone())
-            }
-            None => search_config_file(),
-        };
+        let config_file = locate_config_file(self.config.as_deref())?;
         let file = match &config_file {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let mut tags = file.tags.unwrap_or_default();
-        for tag in &self.tags {
-            let (k, v) = tag
-                .split_once('=')
-                .filter(|(k, _)| !k.is_empty())
-                .with_context(|| format!("--tag: '{tag}' is not key=value"))?;
-            tags.insert(k.to_string(), v.to_string());
-        }
-        let node_name = self.node_name.or(file.node_name).unwrap_or_else(default_node_name);
-        if node_name.is_empty() {
-            bail!("--node-name: must not be empty");
-        }
-        // The name is part of execution ids (a copy of a slot on several nodes is `<id>@<node>`), URLs and file
-        // names: letters, digits, '.', '_' and '-' only (any host name qualifies).
-        if let Some(c) = node_name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-            bail!("--node-name: '{node_name}' contains '{c}'; use letters, digits, '.', '_' and '-'");
-        }
+        let tags = merged_tags(file.tags.unwrap_or_default(), &self.tags)?;
+        let node_name = checked_node_name(self.node_name.or(file.node_name).unwrap_or_else(default_node_name))?;
         let http_addr = self.http_addr.or(file.http_addr).unwrap_or_else(|| ":8080".into());
-        let log_level = self.log_level.or(file.log_level).unwrap_or_else(|| "info".into());
-        if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
-            bail!("--log-level: '{log_level}' is not one of error, warn, info, debug, trace");
-        }
+        let log_level = checked_log_level(self.log_level.or(file.log_level).unwrap_or_else(|| "info".into()))?;
         let advertise_addr = self.advertise_addr.or(file.advertise_addr);
         if let Some(text) = &advertise_addr
             && advertise_host(text).is_none()
@@ -340,22 +314,13 @@ impl AgentArgs {
             self.client_cert_auth.or(file.client_cert_auth).unwrap_or(false),
         )?;
         let encrypt = self.encrypt.or(file.encrypt).map(|k| crate::gossip_key::GossipKey::parse(&k)).transpose()?;
-        let executors = if self.executors.is_empty() { file.executors.unwrap_or_default() } else { self.executors };
-        let executors: Vec<String> = if executors.is_empty() {
-            kairos_agent::EXECUTORS.iter().map(|e| e.to_string()).collect()
+        let executors = checked_executors(if self.executors.is_empty() {
+            file.executors.unwrap_or_default()
         } else {
-            executors.into_iter().map(|e| e.trim().to_string()).collect()
-        };
-        if let Some(unknown) = executors.iter().find(|e| !kairos_agent::EXECUTORS.contains(&e.as_str())) {
-            bail!("--executors: unknown executor '{unknown}'; known: {}", kairos_agent::EXECUTORS.join(", "));
-        }
+            self.executors
+        })?;
         let acl_enabled = self.acl_enabled.or(file.acl.and_then(|acl| acl.enabled)).unwrap_or(false);
-        if acl_enabled && encrypt.is_none() && !tls.as_ref().is_some_and(|t| t.client_cert_auth) {
-            bail!(
-                "--acl-enabled: node-to-node routes need node credentials too: a cluster key (--encrypt, from \
-                 `kairos keygen`) or mutual TLS (--cert-file, --key-file, --trusted-ca-file, --client-cert-auth)"
-            );
-        }
+        require_node_credentials(acl_enabled, encrypt.is_some(), tls.as_ref())?;
         let webhooks = crate::notify::Webhooks {
             post: crate::notify::Webhook::from_flags(
                 "--webhook",
@@ -421,6 +386,74 @@ impl AgentArgs {
             config_file,
         })
     }
+}
+
+/// The configuration file `--config` names (which must exist), else the first one found in the usual places.
+fn locate_config_file(flag: Option<&Path>) -> anyhow::Result<Option<PathBuf>> {
+    match flag {
+        Some(path) if !path.is_file() => bail!("--config: file '{}' does not exist", path.display()),
+        Some(path) => Ok(Some(path.to_path_buf())),
+        None => Ok(search_config_file()),
+    }
+}
+
+/// The file's tags with the `--tag key=value` flags over them.
+fn merged_tags(mut tags: BTreeMap<String, String>, flags: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    for tag in flags {
+        let (k, v) = tag
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .with_context(|| format!("--tag: '{tag}' is not key=value"))?;
+        tags.insert(k.to_string(), v.to_string());
+    }
+    Ok(tags)
+}
+
+/// The name is part of execution ids (a copy of a slot on several nodes is `<id>@<node>`), URLs and file names:
+/// letters, digits, '.', '_' and '-' only (any host name qualifies).
+fn checked_node_name(node_name: String) -> anyhow::Result<String> {
+    if node_name.is_empty() {
+        bail!("--node-name: must not be empty");
+    }
+    if let Some(c) = node_name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        bail!("--node-name: '{node_name}' contains '{c}'; use letters, digits, '.', '_' and '-'");
+    }
+    Ok(node_name)
+}
+
+fn checked_log_level(log_level: String) -> anyhow::Result<String> {
+    if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
+        bail!("--log-level: '{log_level}' is not one of error, warn, info, debug, trace");
+    }
+    Ok(log_level)
+}
+
+/// The executors this node runs: all of them unless listed; an unknown name is an error listing the known ones.
+fn checked_executors(listed: Vec<String>) -> anyhow::Result<Vec<String>> {
+    let executors: Vec<String> = if listed.is_empty() {
+        kairos_agent::EXECUTORS.iter().map(|e| e.to_string()).collect()
+    } else {
+        listed.into_iter().map(|e| e.trim().to_string()).collect()
+    };
+    if let Some(unknown) = executors.iter().find(|e| !kairos_agent::EXECUTORS.contains(&e.as_str())) {
+        bail!("--executors: unknown executor '{unknown}'; known: {}", kairos_agent::EXECUTORS.join(", "));
+    }
+    Ok(executors)
+}
+
+/// With ACL on, node-to-node routes must require node credentials too: a cluster key or mutual TLS.
+fn require_node_credentials(
+    acl_enabled: bool,
+    cluster_key: bool,
+    tls: Option<&crate::tls::TlsFiles>,
+) -> anyhow::Result<()> {
+    if acl_enabled && !cluster_key && !tls.is_some_and(|t| t.client_cert_auth) {
+        bail!(
+            "--acl-enabled: node-to-node routes need node credentials too: a cluster key (--encrypt, from \
+             `kairos keygen`) or mutual TLS (--cert-file, --key-file, --trusted-ca-file, --client-cert-auth)"
+        );
+    }
+    Ok(())
 }
 
 impl Config {
