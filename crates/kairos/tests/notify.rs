@@ -130,3 +130,78 @@ async fn a_webhook_template_that_does_not_parse_stops_the_node_at_start_naming_t
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--webhook-payload"), "{stderr}");
 }
+
+/// Mail as an SMTP server receives it (Dkron's `--mail-*`): one message per finished run to every address of
+/// the job's `owner_email`, from `--mail-from`, the subject saying what happened, the body Dkron's template
+/// rendered; a job without owners sends nothing; without a template the body is a readable report.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_owners_of_a_job_get_one_mail_per_finished_run() {
+    let smtp = kairos_testkit::services::smtp().await;
+    let port = smtp.port().to_string();
+    let template = "{{.JobName}} {{if .Success}}ok{{else}}failed{{end}} on {{.NodeName}}: {{.Output}}";
+    let flags = ["--mail-host", "127.0.0.1", "--mail-port", &port, "--mail-from", "Kairos <kairos@example.com>"];
+    let server = Server::fresh(&[&flags[..], &["--mail-payload", template]].concat()).await;
+    let owned = with(
+        shell_job("owned", "@manually", "echo hello from the job; exit 3"),
+        json!({"owner_email": "ops@example.com, dev@example.com"}),
+    );
+    server.create_job(&owned).await;
+    server.create_job(&shell_job("unowned", "@manually", "true")).await;
+    server.run("unowned").await;
+    server.wait_executions("unowned", "its run ended", secs(20), |e| e.iter().any(Exec::is_final)).await;
+    server.run("owned").await;
+    server.wait_executions("owned", "its run ended", secs(20), |e| e.iter().any(Exec::is_final)).await;
+    let mails = wait_until("the mail about the owned job arrived", secs(20), async || {
+        let mails = smtp.mails();
+        (!mails.is_empty()).then_some(mails)
+    })
+    .await;
+    assert_eq!(mails.len(), 1, "one mail, none for the job without owners: {mails:#?}");
+    let mail = &mails[0];
+    assert!(mail.contains("X-RcptTo: ops@example.com, dev@example.com"), "{mail}");
+    assert!(mail.contains("From: Kairos <kairos@example.com>"), "{mail}");
+    let node = server.get("/v1/members").await.json[0]["Name"].as_str().unwrap_or_default().to_string();
+    assert!(mail.contains(&format!("Subject: [Kairos] owned failed (exit code 3) on {node}")), "{mail}");
+    assert!(mail.contains(&format!("owned failed on {node}: hello from the job")), "{mail}");
+    drop(server);
+
+    // Without a template: the report, with the job, its status and its output.
+    let server = Server::fresh(&flags).await;
+    server
+        .create_job(&with(
+            shell_job("reported", "@manually", "echo all good"),
+            json!({"owner_email": "ops@example.com"}),
+        ))
+        .await;
+    server.run("reported").await;
+    let mail =
+        wait_until("the report arrived", secs(20), async || smtp.mails().into_iter().find(|m| m.contains("reported")))
+            .await;
+    for line in ["Job:          reported", "Status:       succeeded (exit code 0)", "all good"] {
+        assert!(mail.contains(line), "{line:?} in {mail}");
+    }
+}
+
+/// An SMTP server that is down changes nothing for the runs; the failure is logged.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mail_server_that_is_down_does_not_hold_up_runs() {
+    let port = kairos_testkit::free_port().to_string();
+    let server =
+        Server::fresh(&["--mail-host", "127.0.0.1", "--mail-port", &port, "--mail-from", "kairos@example.com"]).await;
+    server
+        .create_job(&with(shell_job("ticking", "* * * * * *", "true"), json!({"owner_email": "ops@example.com"})))
+        .await;
+    let execs = server
+        .wait_executions("ticking", "three runs succeeded", secs(30), |e| {
+            e.iter().filter(|x| x.status == "succeeded").count() >= 3
+        })
+        .await;
+    for exec in execs.iter().filter(|e| e.status == "succeeded") {
+        let lag = exec.started_at.unwrap().duration_since(exec.scheduled_at);
+        assert!(lag < SignedDuration::from_millis(500), "{} started {lag:?} late", exec.id);
+    }
+    wait_until("the failed delivery is logged", secs(30), async || {
+        server.log().contains("not delivered after 3 tries").then_some(())
+    })
+    .await;
+}

@@ -133,6 +133,25 @@ pub struct AgentArgs {
     /// A header of that POST, `Name: value`; repeatable.
     #[arg(long = "pre-webhook-headers", env = "KAIROS_PRE_WEBHOOK_HEADERS")]
     pub pre_webhook_headers: Vec<String>,
+    /// SMTP server for mail about finished executions, to the job's owner_email (Dkron's flag; the leader sends).
+    #[arg(long, env = "KAIROS_MAIL_HOST")]
+    pub mail_host: Option<String>,
+    /// Its port (default 25); STARTTLS is used whenever the server offers it.
+    #[arg(long, env = "KAIROS_MAIL_PORT")]
+    pub mail_port: Option<u16>,
+    #[arg(long, env = "KAIROS_MAIL_USERNAME")]
+    pub mail_username: Option<String>,
+    #[arg(long, env = "KAIROS_MAIL_PASSWORD", hide_env_values = true)]
+    pub mail_password: Option<String>,
+    /// The sender, e.g. `Kairos <kairos@example.com>`.
+    #[arg(long, env = "KAIROS_MAIL_FROM")]
+    pub mail_from: Option<String>,
+    /// The mail's body: a Go text/template as --webhook-payload (default: a readable report).
+    #[arg(long, env = "KAIROS_MAIL_PAYLOAD")]
+    pub mail_payload: Option<String>,
+    /// Put before every subject (default `[Kairos]`).
+    #[arg(long, env = "KAIROS_MAIL_SUBJECT_PREFIX")]
+    pub mail_subject_prefix: Option<String>,
     /// The executors this node runs, comma-separated (default: all of them: shell, http, nats, rabbitmq, redis,
     /// sql); jobs of other executors are placed elsewhere.
     #[arg(long, env = "KAIROS_EXECUTORS", value_delimiter = ',')]
@@ -206,6 +225,13 @@ struct FileConfig {
     pre_webhook_endpoint: Option<String>,
     pre_webhook_payload: Option<String>,
     pre_webhook_headers: Option<Vec<String>>,
+    mail_host: Option<String>,
+    mail_port: Option<u16>,
+    mail_username: Option<String>,
+    mail_password: Option<String>,
+    mail_from: Option<String>,
+    mail_payload: Option<String>,
+    mail_subject_prefix: Option<String>,
     cert_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
     trusted_ca_file: Option<PathBuf>,
@@ -262,6 +288,8 @@ pub struct Config {
     pub clock_offset_max: Duration,
     /// `--webhook-*` and `--pre-webhook-*`.
     pub webhooks: crate::notify::Webhooks,
+    /// Mail about finished executions (`--mail-*`).
+    pub mail: Option<crate::notify::Mail>,
     /// The gossip key (`--encrypt`), when gossip is encrypted.
     pub encrypt: Option<crate::gossip_key::GossipKey>,
     /// TLS files (`--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`), when TLS is on.
@@ -335,8 +363,18 @@ impl AgentArgs {
                 non_empty(self.pre_webhook_headers).or(file.pre_webhook_headers).unwrap_or_default(),
             )?,
         };
+        let mail = crate::notify::Mail::from_flags(crate::notify::MailFlags {
+            host: self.mail_host.or(file.mail_host),
+            port: self.mail_port.or(file.mail_port),
+            username: self.mail_username.or(file.mail_username),
+            password: self.mail_password.or(file.mail_password),
+            from: self.mail_from.or(file.mail_from),
+            payload: self.mail_payload.or(file.mail_payload),
+            subject_prefix: self.mail_subject_prefix.or(file.mail_subject_prefix),
+        })?;
         Ok(Config {
             webhooks,
+            mail,
             clock_offset_max: duration("--clock-offset-max", self.clock_offset_max.or(file.clock_offset_max), "10s")?,
             executors,
             enable_prometheus: self.enable_prometheus.or(file.enable_prometheus).unwrap_or(false),

@@ -82,6 +82,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
         executors,
         clock_offset_max,
         webhooks,
+        mail,
         acl_enabled,
         config_file: _,
     } = read;
@@ -119,6 +120,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
     note(false, "executors", &r.executors, executors);
     note(false, "clock-offset-max", &r.clock_offset_max, clock_offset_max);
     note(false, "webhook-* / pre-webhook-*", &r.webhooks, webhooks);
+    note(false, "mail-*", &r.mail, mail);
     note(false, "acl.enabled", &r.acl_enabled, acl_enabled);
     changes
 }

@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -29,6 +29,8 @@ pub const REDIS_SERVER: &str = "/usr/bin/redis-server";
 pub const RABBITMQ_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 pub const RABBITMQCTL: &str = "/usr/lib/rabbitmq/bin/rabbitmqctl";
 pub const EPMD: &str = "/usr/bin/epmd";
+/// The system's Python (Debian's, where `python3-aiosmtpd` installs), not whatever `python3` is first on the PATH.
+pub const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 /// PostgreSQL's server programs (Debian's postgresql-15).
 pub const POSTGRES_BIN: &str = "/usr/lib/postgresql/15/bin";
 /// PostgreSQL refuses to run as root: its files and processes belong to this user.
@@ -120,6 +122,19 @@ impl Service {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The messages an [`smtp`] service accepted so far, oldest first, each as its raw text.
+    pub fn mails(&self) -> Vec<String> {
+        let new = self.dir.path().join("maildir").join("new");
+        let mut files: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&new)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| (entry.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH), entry.path()))
+            .collect();
+        files.sort();
+        files.into_iter().filter_map(|(_, path)| std::fs::read_to_string(path).ok()).collect()
     }
 
     /// Kills the server now (SIGKILL to its groups), keeping its directory: the port is then refused.
@@ -216,6 +231,23 @@ pub async fn nats_on(port: u16, credentials: Option<(&str, &str)>) -> Service {
     }
     service.spawn(&mut command);
     service.wait_ready(START_WITHIN, async |port| greeting(port, None, "INFO ").await).await;
+    service
+}
+
+/// An SMTP server on a free port (`aiosmtpd`, Debian's `python3-aiosmtpd`, run by the system's Python) that keeps
+/// every message it accepts, with its envelope recipients (`X-RcptTo`), in a maildir; read them with
+/// [`Service::mails`].
+pub async fn smtp() -> Service {
+    let port = free_port();
+    let log = Log::memory();
+    let dir = temp_dir("smtp");
+    let maildir = dir.path().join("maildir");
+    let mut command = Command::new(SYSTEM_PYTHON);
+    command.args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"]);
+    command.arg(&maildir);
+    let mut service = Service::start("aiosmtpd", port, dir, &log);
+    service.spawn(&mut command);
+    service.wait_ready(START_WITHIN, async |port| greeting(port, None, "220").await).await;
     service
 }
 

@@ -119,7 +119,13 @@ impl Node {
         let (changes_tx, changes_rx) = tokio::sync::mpsc::unbounded_channel();
         let webhooks_http =
             reqwest::Client::builder().user_agent(concat!("kairos/", env!("CARGO_PKG_VERSION"))).build()?;
-        let notifier = crate::notify::Notifier::start(config.webhooks.clone(), config.node_name.clone(), webhooks_http);
+        let notifier = crate::notify::Notifier::start(
+            config.webhooks.clone(),
+            config.mail.clone(),
+            state.clone(),
+            config.node_name.clone(),
+            webhooks_http,
+        )?;
         let duties = Arc::new(Duties::default());
         let (audit, audit_records) = crate::audit::AuditLog::new();
         let node = Arc::new_cyclic(|weak: &std::sync::Weak<Node>| Node {

@@ -1,4 +1,5 @@
-//! Webhooks, Dkron's `--webhook-*` (when an execution finishes) and `--pre-webhook-*` (when it starts).
+//! Notifications: Dkron's webhooks, `--webhook-*` (when an execution finishes) and `--pre-webhook-*` (when it
+//! starts), and mail to the job's `owner_email` when it finishes (`--mail-*`, see [`mail`]).
 //!
 //! **Who sends.** The leader, from the responses of the Start and Finish commands it commits (its own runs',
 //! agents' reports forwarded to it, the leases it expires), so each execution is notified once across the
@@ -24,8 +25,13 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use kairos_model::{Execution, ExecutionStatus, Timestamp};
 use kairos_store::Response;
+use kairos_store::StateReader;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::warn;
+
+pub mod mail;
+
+pub use mail::{Mail, MailFlags};
 
 /// Deliveries waiting to be sent; more are dropped (and counted).
 const QUEUE_MAX: usize = 10_000;
@@ -98,16 +104,10 @@ impl Webhook {
 
     /// The body for `exec`, sent by `reporting_node`: the template rendered, or the default JSON.
     pub fn body(&self, exec: &Execution, reporting_node: &str) -> Result<String, String> {
-        let fields = fields(exec, reporting_node);
         match &self.payload {
-            Some(template) => {
-                let mut parsed = gtmpl::Template::default();
-                parsed.parse(template.as_str()).map_err(|err| err.to_string())?;
-                let context: HashMap<String, gtmpl::Value> =
-                    fields.into_iter().map(|(k, v)| (k.to_string(), template_value(v))).collect();
-                parsed.render(&gtmpl::Context::from(context)).map_err(|err| err.to_string())
-            }
+            Some(template) => render(template, exec, reporting_node),
             None => {
+                let fields = fields(exec, reporting_node);
                 let object: serde_json::Map<String, serde_json::Value> =
                     fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
                 Ok(serde_json::Value::Object(object).to_string())
@@ -118,6 +118,15 @@ impl Webhook {
     fn content_type(&self) -> &'static str {
         if self.payload.is_some() { "text/plain; charset=utf-8" } else { "application/json" }
     }
+}
+
+/// A payload template rendered over `exec`'s fields.
+pub(crate) fn render(template: &str, exec: &Execution, reporting_node: &str) -> Result<String, String> {
+    let mut parsed = gtmpl::Template::default();
+    parsed.parse(template).map_err(|err| err.to_string())?;
+    let context: HashMap<String, gtmpl::Value> =
+        fields(exec, reporting_node).into_iter().map(|(k, v)| (k.to_string(), template_value(v))).collect();
+    parsed.render(&gtmpl::Context::from(context)).map_err(|err| err.to_string())
 }
 
 /// The fields a payload may use.
@@ -171,6 +180,7 @@ pub fn go_time(t: Timestamp) -> String {
 enum Kind {
     Pre,
     Post,
+    Mail,
 }
 
 impl Kind {
@@ -178,6 +188,7 @@ impl Kind {
         match self {
             Kind::Pre => "pre_webhook",
             Kind::Post => "webhook",
+            Kind::Mail => "mail",
         }
     }
 }
@@ -186,11 +197,22 @@ struct Delivery {
     kind: Kind,
     what: String,
     body: String,
+    /// The message, for [`Kind::Mail`].
+    mail: Option<lettre::Message>,
 }
 
-/// The leader's sender of webhooks (inert without any configured).
+/// Mail as the sender holds it: the settings and one pooled transport.
+struct MailSender {
+    mail: Mail,
+    transport: lettre::AsyncSmtpTransport<lettre::Tokio1Executor>,
+}
+
+/// The leader's sender of webhooks and mail (inert without any configured).
 pub struct Notifier {
     hooks: Arc<Webhooks>,
+    mail: Option<Arc<MailSender>>,
+    /// Where the jobs' owners are read.
+    state: StateReader,
     node_name: String,
     queue: Option<mpsc::Sender<Delivery>>,
     /// Executions whose pre-webhook was queued (bounded, oldest forgotten first).
@@ -198,15 +220,25 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Start the sender task (when any webhook is configured).
-    pub fn start(hooks: Webhooks, node_name: String, http: reqwest::Client) -> Notifier {
+    /// Start the sender task (when any webhook or mail is configured).
+    pub fn start(
+        hooks: Webhooks,
+        mail: Option<Mail>,
+        state: StateReader,
+        node_name: String,
+        http: reqwest::Client,
+    ) -> anyhow::Result<Notifier> {
         let hooks = Arc::new(hooks);
-        let queue = (hooks.post.is_some() || hooks.pre.is_some()).then(|| {
+        let mail = match mail {
+            Some(mail) => Some(Arc::new(MailSender { transport: mail.transport(TIMEOUT)?, mail })),
+            None => None,
+        };
+        let queue = (hooks.post.is_some() || hooks.pre.is_some() || mail.is_some()).then(|| {
             let (tx, rx) = mpsc::channel(QUEUE_MAX);
-            tokio::spawn(send_loop(hooks.clone(), http, rx));
+            tokio::spawn(send_loop(hooks.clone(), mail.clone(), http, rx));
             tx
         });
-        Notifier { hooks, node_name, queue, pre_sent: Mutex::new(Default::default()) }
+        Ok(Notifier { hooks, mail, state, node_name, queue, pre_sent: Mutex::new(Default::default()) })
     }
 
     /// After a command this node committed as leader: a pre-webhook for each execution it started, a
@@ -230,6 +262,9 @@ impl Notifier {
                     }
                     if self.hooks.post.is_some() {
                         self.enqueue(Kind::Post, exec);
+                    }
+                    if self.mail.is_some() {
+                        self.enqueue_mail(exec);
                     }
                 }
             }
@@ -257,6 +292,7 @@ impl Notifier {
         let hook = match kind {
             Kind::Pre => self.hooks.pre.as_ref(),
             Kind::Post => self.hooks.post.as_ref(),
+            Kind::Mail => None,
         };
         let Some(hook) = hook else { return };
         let what = format!("{} of {}/{}", kind.as_str(), exec.job_name, exec.id);
@@ -268,7 +304,36 @@ impl Notifier {
                 return;
             }
         };
-        if queue.try_send(Delivery { kind, what: what.clone(), body }).is_err() {
+        self.push(Delivery { kind, what, body, mail: None }, queue);
+    }
+
+    /// Mail about a finished execution to its job's owners, if it has any.
+    fn enqueue_mail(&self, exec: &Execution) {
+        let (Some(queue), Some(sender)) = (&self.queue, &self.mail) else { return };
+        let owners = match self.state.definition(&exec.job_name) {
+            Ok(Some(job)) => job.owner_email.clone(),
+            Ok(None) => return, // deleted meanwhile: nobody to tell
+            Err(err) => {
+                warn!("mail about {}/{}: cannot read the job: {err}", exec.job_name, exec.id);
+                return;
+            }
+        };
+        let what = format!("mail about {}/{}", exec.job_name, exec.id);
+        match sender.mail.message(exec, &owners, &self.node_name) {
+            Ok(Some(message)) => {
+                self.push(Delivery { kind: Kind::Mail, what, body: String::new(), mail: Some(message) }, queue)
+            }
+            Ok(None) => {}
+            Err(err) => {
+                warn!("{what}: {err}");
+                count(Kind::Mail, "template_failed");
+            }
+        }
+    }
+
+    fn push(&self, delivery: Delivery, queue: &mpsc::Sender<Delivery>) {
+        let (kind, what) = (delivery.kind, delivery.what.clone());
+        if queue.try_send(delivery).is_err() {
             warn!("{what} dropped: {QUEUE_MAX} deliveries are waiting already");
             count(kind, "dropped");
         }
@@ -294,13 +359,26 @@ fn count(kind: Kind, outcome: &str) {
     crate::metrics::metrics().notifications.get_or_create(&labels).inc();
 }
 
-async fn send_loop(hooks: Arc<Webhooks>, http: reqwest::Client, mut queue: mpsc::Receiver<Delivery>) {
+async fn send_loop(
+    hooks: Arc<Webhooks>,
+    mail: Option<Arc<MailSender>>,
+    http: reqwest::Client,
+    mut queue: mpsc::Receiver<Delivery>,
+) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
     while let Some(delivery) = queue.recv().await {
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
         let hook = match delivery.kind {
             Kind::Pre => hooks.pre.clone(),
             Kind::Post => hooks.post.clone(),
+            Kind::Mail => {
+                let Some(sender) = mail.clone() else { continue };
+                tokio::spawn(async move {
+                    deliver_mail(&sender, &delivery).await;
+                    drop(permit);
+                });
+                continue;
+            }
         };
         let Some(hook) = hook else { continue };
         let http = http.clone();
@@ -308,6 +386,27 @@ async fn send_loop(hooks: Arc<Webhooks>, http: reqwest::Client, mut queue: mpsc:
             deliver(&http, &hook, &delivery).await;
             drop(permit);
         });
+    }
+}
+
+async fn deliver_mail(sender: &MailSender, delivery: &Delivery) {
+    let Some(message) = &delivery.mail else { return };
+    let mut pause = FIRST_PAUSE;
+    for attempt in 1..=ATTEMPTS {
+        let failure = match Mail::send(&sender.transport, message.clone()).await {
+            Ok(()) => {
+                count(Kind::Mail, "sent");
+                return;
+            }
+            Err(err) => format!("{}:{}: {err}", sender.mail.host, sender.mail.port),
+        };
+        if attempt == ATTEMPTS {
+            warn!("{} not delivered after {ATTEMPTS} tries: {failure}", delivery.what);
+            count(Kind::Mail, "failed");
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        pause *= 2;
     }
 }
 
@@ -345,7 +444,7 @@ mod tests {
     use super::*;
     use kairos_model::Trigger;
 
-    fn finished() -> Execution {
+    pub(super) fn finished() -> Execution {
         let mut exec = Execution::decided("backup", "2026-11-29T10:00:00Z".parse().unwrap(), Trigger::Schedule);
         exec.status = ExecutionStatus::Succeeded;
         exec.success = true;
