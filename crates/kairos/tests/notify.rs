@@ -205,3 +205,57 @@ async fn a_mail_server_that_is_down_does_not_hold_up_runs() {
     })
     .await;
 }
+
+/// A job's `notify` rules (beyond Dkron, whose users asked for "only on failure"): with `on: [failure, recovery]`
+/// a success notifies nothing, the first failure does, a second failure within `repeat_after` does not, and the
+/// success after them does (a recovery); starts notify nothing. Rules that name no event are refused, naming it.
+#[tokio::test(flavor = "multi_thread")]
+async fn notify_rules_send_failures_once_per_streak_and_the_recovery() {
+    let (base, received) = receiver().await;
+    let server = Server::fresh(&[
+        "--webhook-endpoint",
+        &format!("{base}/post"),
+        "--pre-webhook-endpoint",
+        &format!("{base}/pre"),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let failing = dir.path().join("failing");
+    let command = format!("test ! -e {}", failing.display());
+    let job = with(
+        shell_job("watched", "@manually", &command),
+        json!({"notify": {"on": ["failure", "recovery"], "repeat_after": "1h"}}),
+    );
+    server.create_job(&job).await;
+    for (run, fail) in [false, true, true, false].into_iter().enumerate() {
+        if fail {
+            std::fs::write(&failing, "").unwrap();
+        } else {
+            let _ = std::fs::remove_file(&failing);
+        }
+        server.run("watched").await;
+        server
+            .wait_executions("watched", "the run ended", secs(20), |e| {
+                e.iter().filter(|x| x.is_final()).count() == run + 1
+            })
+            .await;
+    }
+    let bodies = wait_until("the recovery's webhook arrived", secs(20), async || {
+        let posts = got(&received, "/post");
+        (posts.len() >= 2).then_some(posts)
+    })
+    .await;
+    let statuses: Vec<String> = bodies
+        .iter()
+        .map(|(_, _, body)| serde_json::from_str::<Value>(body).unwrap()["Status"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(statuses, ["failed", "succeeded"], "the first failure and the recovery only");
+    assert!(got(&received, "/pre").is_empty(), "starts are not among the events");
+
+    let refused =
+        server.post("/v1/jobs", &with(job.clone(), json!({"notify": {"on": ["failure", "sometimes"]}}))).await;
+    assert_eq!(refused.status, 400, "{}", refused.text);
+    assert!(refused.text.contains("notify.on[1]"), "{}", refused.text);
+    let stored = server.get("/v1/jobs/watched").await;
+    assert_eq!(stored.json["notify"], json!({"on": ["failure", "recovery"], "repeat_after": "1h"}));
+}

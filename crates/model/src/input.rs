@@ -48,6 +48,7 @@ pub struct JobInput {
     pub retry_backoff: Option<String>,
     pub retry_backoff_max: Option<String>,
     pub executions_retained: Option<u32>,
+    pub notify: Option<BTreeMap<String, Value>>,
 }
 
 /// Fields the API shows but a client cannot set: accepted with any value and ignored.
@@ -118,6 +119,7 @@ impl JobInput {
             "retries" => self.retries = field.whole_number()?,
             "parent_job" => self.parent_job = field.text()?,
             "processors" => self.processors = field.object()?,
+            "notify" => self.notify = field.object()?,
             "concurrency" => self.concurrency = field.text()?,
             "executor" => self.executor = field.text()?,
             "executor_config" => self.executor_config = field.text_map()?,
@@ -324,7 +326,7 @@ mod tests {
     use super::*;
 
     /// Every field a client may write, each with a value of the wrong type and the error it must get.
-    const WRONG_TYPES: [(&str, &str, &str); 23] = [
+    const WRONG_TYPES: [(&str, &str, &str); 24] = [
         ("name", "3", "name: expected a string, got a number 3"),
         ("displayname", "[]", "displayname: expected a string, got an array"),
         ("schedule", "{}", "schedule: expected a string, got an object"),
@@ -341,6 +343,7 @@ mod tests {
         ("retries", r#""3""#, r#"retries: expected a whole number, got a string "3""#),
         ("parent_job", "{}", "parent_job: expected a string, got an object"),
         ("processors", "[]", "processors: expected an object, got an array"),
+        ("notify", r#""failure""#, r#"notify: expected an object, got a string "failure""#),
         ("concurrency", "1", "concurrency: expected a string, got a number 1"),
         ("executor", "true", "executor: expected a string, got true"),
         (

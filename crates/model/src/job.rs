@@ -72,6 +72,106 @@ pub fn tag_value(wanted: &str) -> (&str, Option<u32>) {
     }
 }
 
+/// What a job's notifications are about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyOn {
+    /// An execution started (the pre-webhook).
+    Start,
+    /// An execution succeeded.
+    Success,
+    /// An execution failed (a timeout is a failure).
+    Failure,
+    /// An execution succeeded after the job's previous one had failed (a success too).
+    Recovery,
+    /// An execution was lost (its node went away while it ran).
+    Lost,
+}
+
+impl NotifyOn {
+    pub const ALL: [NotifyOn; 5] =
+        [NotifyOn::Start, NotifyOn::Success, NotifyOn::Failure, NotifyOn::Recovery, NotifyOn::Lost];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyOn::Start => "start",
+            NotifyOn::Success => "success",
+            NotifyOn::Failure => "failure",
+            NotifyOn::Recovery => "recovery",
+            NotifyOn::Lost => "lost",
+        }
+    }
+}
+
+/// A job's notification rules: `{"on": ["failure", "recovery"], "repeat_after": "1h"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notify {
+    /// The events that notify; the others do not.
+    pub on: Vec<NotifyOn>,
+    /// While a job keeps failing, a failure notifies again only this long after the last one that did (a job failing
+    /// every second must not send 3,600 mails an hour); a recovery notifies at once. Default 1h; `0s` notifies
+    /// every failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat_after: Option<String>,
+}
+
+/// While a job keeps failing, failures notify at most this often unless `notify.repeat_after` says otherwise.
+pub const NOTIFY_REPEAT_AFTER_DEFAULT: Duration = Duration::from_secs(3600);
+
+impl Notify {
+    /// Read from the job's `notify` member; every mistake names its place (`notify.on[1]`).
+    pub fn from_json(members: &BTreeMap<String, serde_json::Value>) -> Result<Notify, FieldError> {
+        if let Some(key) = members.keys().find(|k| !["on", "repeat_after"].contains(&k.as_str())) {
+            return Err(FieldError::new(format!("notify.{key}"), "unknown member (known: on, repeat_after)"));
+        }
+        let known = NotifyOn::ALL.map(NotifyOn::as_str).join(", ");
+        let on = match members.get("on") {
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    let text = item.as_str().unwrap_or_default();
+                    NotifyOn::ALL.into_iter().find(|e| e.as_str() == text).ok_or_else(|| {
+                        FieldError::new(format!("notify.on[{i}]"), format!("{item} is not one of {known}"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(other) => {
+                return Err(FieldError::new("notify.on", format!("expected a list of events ({known}), got {other}")));
+            }
+            None => return Err(FieldError::new("notify.on", format!("required: a list of events ({known})"))),
+        };
+        let repeat_after = match members.get("repeat_after") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(text)) => {
+                kairos_schedule::parse_duration(text)
+                    .map_err(|e| FieldError::new("notify.repeat_after", e.to_string()))?;
+                Some(text.clone())
+            }
+            Some(other) => {
+                return Err(FieldError::new(
+                    "notify.repeat_after",
+                    format!("expected a duration such as \"1h\", got {other}"),
+                ));
+            }
+        };
+        Ok(Notify { on, repeat_after })
+    }
+
+    /// Whether `event` notifies.
+    pub fn wants(&self, event: NotifyOn) -> bool {
+        self.on.contains(&event)
+    }
+
+    /// How long repeated failures stay quiet.
+    pub fn repeat_after(&self) -> Duration {
+        self.repeat_after
+            .as_deref()
+            .and_then(|text| kairos_schedule::parse_duration(text).ok())
+            .unwrap_or(NOTIFY_REPEAT_AFTER_DEFAULT)
+    }
+}
+
 /// A job as stored and as served by the API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
@@ -109,6 +209,9 @@ pub struct Job {
     pub retry_backoff_max: String,
     /// Finished executions kept for this job; `None` means the server's default.
     pub executions_retained: Option<u32>,
+    /// When the job's notifications (webhooks, mail) go out; `None`: on every start and finish, as in Dkron.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Notify>,
     pub created_at: Option<Timestamp>,
     pub updated_at: Option<Timestamp>,
 }
@@ -148,6 +251,7 @@ impl Job {
             retry_backoff: "1s".to_string(),
             retry_backoff_max: "5m".to_string(),
             executions_retained: None,
+            notify: None,
             created_at: None,
             updated_at: None,
         }
@@ -217,6 +321,9 @@ impl Job {
         set(&mut self.retry_backoff_max, input.retry_backoff_max);
         if input.executions_retained.is_some() {
             self.executions_retained = input.executions_retained;
+        }
+        if let Some(notify) = input.notify {
+            self.notify = Some(Notify::from_json(&notify)?);
         }
         Ok(())
     }

@@ -276,6 +276,8 @@ fn schemas() -> Value {
     // Dkron's `time.Time` fields: never null (see `api::dkron_time`).
     let zt = json!({"type": "string", "format": "date-time", "description": "0001-01-01T00:00:00Z (Go's zero time, as in Dkron) when there is none"});
     let map = strings();
+    let notify = json!({"type": "object", "nullable": true, "description": "When webhooks and mail go out (default: every start and finish). While the job keeps failing, a failure notifies again only repeat_after (default 1h) after the last one that did",
+        "properties": {"on": {"type": "array", "items": {"type": "string", "enum": ["start", "success", "failure", "recovery", "lost"]}}, "repeat_after": {"type": "string"}}});
     json!({
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string", "description": "Names the field and the problem"}}},
         "Job": {"type": "object", "required": ["name", "executor"], "additionalProperties": false, "properties": {
@@ -296,6 +298,7 @@ fn schemas() -> Value {
             "retry_backoff": {"type": "string", "description": "Duration, default 1s, doubling with jitter"},
             "retry_backoff_max": {"type": "string", "description": "Duration, default 5m"},
             "executions_retained": {"type": "integer", "nullable": true, "description": "Finished executions kept (default: server's)"},
+            "notify": notify,
             "created_at": t, "updated_at": t,
         }},
         "Execution": {"type": "object", "properties": {

@@ -30,6 +30,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::warn;
 
 pub mod mail;
+mod rules;
 
 pub use mail::{Mail, MailFlags};
 
@@ -211,8 +212,10 @@ struct MailSender {
 pub struct Notifier {
     hooks: Arc<Webhooks>,
     mail: Option<Arc<MailSender>>,
-    /// Where the jobs' owners are read.
+    /// Where the jobs' owners and notification rules are read.
     state: StateReader,
+    /// The jobs' `notify` rules applied (what was failing, when a failure last notified).
+    rules: rules::Rules,
     node_name: String,
     queue: Option<mpsc::Sender<Delivery>>,
     /// Executions whose pre-webhook was queued (bounded, oldest forgotten first).
@@ -238,7 +241,8 @@ impl Notifier {
             tokio::spawn(send_loop(hooks.clone(), mail.clone(), http, rx));
             tx
         });
-        Ok(Notifier { hooks, mail, state, node_name, queue, pre_sent: Mutex::new(Default::default()) })
+        let rules = rules::Rules::default();
+        Ok(Notifier { hooks, mail, state, rules, node_name, queue, pre_sent: Mutex::new(Default::default()) })
     }
 
     /// After a command this node committed as leader: a pre-webhook for each execution it started, a
@@ -249,22 +253,33 @@ impl Notifier {
         }
         for exec in &response.executions {
             let key = format!("{}/{}", exec.job_name, exec.id);
+            let job = self.state.definition(&exec.job_name).ok().flatten();
+            let rules = job.as_ref().and_then(|job| job.notify.as_ref());
             match exec.status {
                 ExecutionStatus::Running => {
-                    if self.hooks.pre.is_some() && self.remember_pre(&key) {
+                    if self.hooks.pre.is_some() && rules::Rules::start(rules) && self.remember_pre(&key) {
                         self.enqueue(Kind::Pre, exec);
                     }
                 }
                 ExecutionStatus::Pending => {}
                 _ => {
-                    if self.hooks.pre.is_some() && exec.started_at.is_some() && self.remember_pre(&key) {
+                    let starts = rules::Rules::start(rules);
+                    if self.hooks.pre.is_some() && starts && exec.started_at.is_some() && self.remember_pre(&key) {
                         self.enqueue(Kind::Pre, &as_started(exec));
+                    }
+                    match self.rules.finish(rules, exec, &self.state, std::time::Instant::now()) {
+                        rules::Decision::Notify(_) => {}
+                        rules::Decision::NotWanted => continue,
+                        rules::Decision::Repeated => {
+                            count(Kind::Post, "repeat_suppressed");
+                            continue;
+                        }
                     }
                     if self.hooks.post.is_some() {
                         self.enqueue(Kind::Post, exec);
                     }
                     if self.mail.is_some() {
-                        self.enqueue_mail(exec);
+                        self.enqueue_mail(exec, job.as_ref().map_or("", |job| job.owner_email.as_str()));
                     }
                 }
             }
@@ -308,18 +323,10 @@ impl Notifier {
     }
 
     /// Mail about a finished execution to its job's owners, if it has any.
-    fn enqueue_mail(&self, exec: &Execution) {
+    fn enqueue_mail(&self, exec: &Execution, owners: &str) {
         let (Some(queue), Some(sender)) = (&self.queue, &self.mail) else { return };
-        let owners = match self.state.definition(&exec.job_name) {
-            Ok(Some(job)) => job.owner_email.clone(),
-            Ok(None) => return, // deleted meanwhile: nobody to tell
-            Err(err) => {
-                warn!("mail about {}/{}: cannot read the job: {err}", exec.job_name, exec.id);
-                return;
-            }
-        };
         let what = format!("mail about {}/{}", exec.job_name, exec.id);
-        match sender.mail.message(exec, &owners, &self.node_name) {
+        match sender.mail.message(exec, owners, &self.node_name) {
             Ok(Some(message)) => {
                 self.push(Delivery { kind: Kind::Mail, what, body: String::new(), mail: Some(message) }, queue)
             }

@@ -300,11 +300,12 @@
       for (const key of ['starts_at', 'expires_at']) {
         if (value(key) !== '') job[key] = value(key);
       }
-      if (value('processors') !== '') {
+      for (const key of ['processors', 'notify']) {
+        if (value(key) === '') continue;
         try {
-          job.processors = JSON.parse(value('processors'));
+          job[key] = JSON.parse(value(key));
         } catch (err) {
-          throw new FieldError('processors', 'not a JSON object: ' + err.message);
+          throw new FieldError(key, 'not a JSON object: ' + err.message);
         }
       }
       const own = section();
@@ -335,6 +336,7 @@
       set('metadata', toPairs(job.metadata));
       const processors = job.processors && Object.keys(job.processors).length ? job.processors : null;
       set('processors', processors ? JSON.stringify(processors, null, 2) : '');
+      set('notify', job.notify ? JSON.stringify(job.notify, null, 2) : '');
       const executor = input('executor');
       if (job.executor && !$$('option', executor).some((o) => o.value === job.executor)) {
         executor.add(new Option(job.executor, job.executor));
