@@ -59,6 +59,8 @@ const FIRST_FIRE_MAX_MS: f64 = 1_000.0;
 /// plus, for a run whose order went to the node that was cut off, its start deadline and the wait before placing
 /// it again, plus a sweep and a spawn).
 const CUT_LAG_MAX_MS: f64 = 10_000.0;
+/// A slot due during a cut is late when it started more than this after its instant (issue 3's failover target).
+const LATE_MS: f64 = 1_000.0;
 const SERVERS: usize = 3;
 
 /// What befalls the cluster of each trial.
@@ -280,7 +282,7 @@ impl Trial {
             a.duplicated
         );
         if self.window.healed {
-            text += &format!(" · due during the cut: {during}");
+            text += &format!(" · due during the cut: {during}; {}", late_text(a));
         }
         text += &format!(" · every slot after the {}: lag {after}", self.disruption_event());
         if self.window.healed {
@@ -293,6 +295,18 @@ impl Trial {
     fn disruption_event(&self) -> &'static str {
         if self.window.healed { "cut" } else { "kill" }
     }
+}
+
+/// `12 started > 1 s late (on the cut-off node 10, elsewhere 2), 8 only after the heal`.
+fn late_text(a: &Analysis) -> String {
+    format!(
+        "{} started > {} s late (on the cut-off node {}, elsewhere {}), {} only after the heal",
+        thousands((a.late_on_struck + a.late_elsewhere) as f64),
+        LATE_MS / 1e3,
+        thousands(a.late_on_struck as f64),
+        thousands(a.late_elsewhere as f64),
+        thousands(a.started_after_heal as f64)
+    )
 }
 
 fn millis(d: Duration) -> String {
@@ -351,8 +365,10 @@ async fn trial(
                 None => None,
             };
             leadership.heal(term_at_heal);
+            // The heal begins now: a run may start while the rules are being removed.
+            let healed = (Timestamp::now(), Instant::now());
             cluster.heal(struck).await?;
-            Some((Timestamp::now(), Instant::now()))
+            Some(healed)
         }
         None => None,
     };
@@ -469,6 +485,11 @@ struct Analysis {
     first_decided_start_ms: Option<f64>,
     /// Slots due while the disruption lasted (a cut: until the heal; a kill: until the disable).
     during_lag_ms: Vec<f64>,
+    /// Slots due during a cut that started more than [`LATE_MS`] late: on the cut-off node, on the others.
+    late_on_struck: u64,
+    late_elsewhere: u64,
+    /// Slots due during a cut that started only after the heal.
+    started_after_heal: u64,
     caught_up_lag_ms: Vec<f64>,
     after_lag_ms: Vec<f64>,
     /// First attempts of slots scheduled after the disruption, by status and by trigger.
@@ -560,6 +581,14 @@ fn analyze(names: &[String], jobs: &[Vec<Execution>], window: &Window) -> Analys
             a.after_lag_ms.push(lag);
             if *slot < window.until {
                 a.during_lag_ms.push(lag);
+                match (lag > LATE_MS, e.node_name == window.node) {
+                    (true, true) => a.late_on_struck += 1,
+                    (true, false) => a.late_elsewhere += 1,
+                    (false, _) => {}
+                }
+                if window.healed && started >= window.until {
+                    a.started_after_heal += 1;
+                }
             }
             if *slot <= caught_up_until {
                 a.caught_up_lag_ms.push(lag);
@@ -601,13 +630,13 @@ fn report_trials(report: &mut Report, scenario: &str, disruption: Disruption, ar
     let majority: Vec<f64> =
         trials.iter().filter_map(|t| t.leadership.majority_named.as_ref().map(|(_, d)| elapsed_ms(d))).collect();
     let other = if disruption.cut().is_some() { "a server other than the cut-off one" } else { "a survivor" };
-    report.row(
-        scenario,
-        &format!("{ev} → {other} names the new leader"),
-        with_missing(median_max(&first_named), first_named.len(), n),
-    );
     let majority_text = with_missing(median_max(&majority), majority.len(), n);
     if disruption.strikes_leader() {
+        report.row(
+            scenario,
+            &format!("{ev} → {other} names the new leader"),
+            with_missing(median_max(&first_named), first_named.len(), n),
+        );
         report.row(scenario, &format!("{ev} → a majority of the servers name the same new leader"), majority_text);
     } else {
         let changed = trials.iter().filter(|t| t.leadership.changed_during_cut().is_some()).count();
@@ -694,6 +723,13 @@ fn report_trials(report: &mut Report, scenario: &str, disruption: Disruption, ar
             "max < 10 s (the bound of tests/partition.rs)",
             at_most(worst_during, CUT_LAG_MAX_MS),
         );
+        let total = Analysis {
+            late_on_struck: sum(|a| a.late_on_struck),
+            late_elsewhere: sum(|a| a.late_elsewhere),
+            started_after_heal: sum(|a| a.started_after_heal),
+            ..Analysis::default()
+        };
+        report.row(scenario, "slots due during the cut, late ones and where they ran, all trials", late_text(&total));
     }
     report.row(
         scenario,
@@ -812,6 +848,7 @@ fn summary_table(report: &mut Report, args: &FailoverArgs, done: &[(Disruption, 
         "→ new leader named by a majority, median · max",
         "→ first start of a run decided after it, median · max",
         "lag of slots due during the cut, p99 · max",
+        "slots due during the cut started > 1 s late (only after the heal)",
         "lag of every slot after it, p99 · max",
         "lost",
         "duplicated",
@@ -846,6 +883,15 @@ fn summary_row(disruption: Disruption, trials: &[Trial]) -> Vec<String> {
     };
     let during = if disruption.cut().is_some() { p99_max(pooled(|a| &a.during_lag_ms)) } else { "—".to_string() };
     let sum = |f: fn(&Analysis) -> u64| trials.iter().map(|t| f(&t.analysis)).sum::<u64>();
+    let late = match disruption.cut() {
+        None => "—".to_string(),
+        Some(_) => format!(
+            "{} of {} ({})",
+            thousands(sum(|a| a.late_on_struck + a.late_elsewhere) as f64),
+            thousands(trials.iter().map(|t| t.analysis.during_lag_ms.len()).sum::<usize>() as f64),
+            thousands(sum(|a| a.started_after_heal) as f64)
+        ),
+    };
     let changes = match disruption.cut() {
         None => "—".to_string(),
         Some(_) => {
@@ -864,6 +910,7 @@ fn summary_row(disruption: Disruption, trials: &[Trial]) -> Vec<String> {
         leader,
         with_missing(median_max(&decided), decided.len(), n),
         during,
+        late,
         p99_max(pooled(|a| &a.after_lag_ms)),
         thousands(sum(Analysis::lost) as f64),
         thousands(sum(|a| a.duplicated) as f64),
@@ -1159,6 +1206,7 @@ mod tests {
         assert_eq!(a.first_start_ms, Some(705.0));
         assert_eq!(a.first_decided_start_ms, Some(2_900.0));
         assert_eq!(a.during_lag_ms, vec![5.0, 1_200.0, 200.0]);
+        assert_eq!((a.late_on_struck, a.late_elsewhere, a.started_after_heal), (0, 1, 0));
         assert_eq!(a.after_lag_ms.len(), 5);
         let mut leadership = Leadership::new(SERVERS, "s0", Some(1), "s0");
         leadership
@@ -1167,6 +1215,26 @@ mod tests {
         leadership.end(Some(2));
         let trial = trial_of(a, window, leadership);
         assert_eq!(trial_verdict(Disruption::LeaderCut, &trial), "met");
+    }
+
+    #[test]
+    fn a_slot_that_waited_for_the_cut_off_node_until_the_heal_is_late_there() {
+        let window = Window {
+            from: at_ms(KILL * 1000 + 300),
+            until: at_ms((KILL + 3) * 1000 + 300),
+            healed: true,
+            disabled_at: at_ms((KILL + 6) * 1000 + 200),
+            node: "s2".into(),
+        };
+        let job = vec![
+            exec(KILL, 1, "schedule", Some(5), "s1"),
+            // Placed on s2 just before the cut; it starts there once the cut heals.
+            exec(KILL + 1, 1, "schedule", Some(2_500), "s2"),
+            exec(KILL + 2, 1, "schedule", Some(5), "s1"),
+        ];
+        let a = analyze(&["j".to_string()], &[job], &window);
+        assert_eq!((a.late_on_struck, a.late_elsewhere, a.started_after_heal), (1, 0, 1));
+        assert_eq!(late_text(&a), "1 started > 1 s late (on the cut-off node 1, elsewhere 0), 1 only after the heal");
     }
 
     #[test]
