@@ -1,6 +1,6 @@
-//! The harness's one HTTP client: the test kit's client bound to one server's base URL (always loopback), with a
-//! timeout on every request and helpers for the few calls the scenarios make, which answer errors instead of
-//! failing a test.
+//! The harness's one HTTP client: the test kit's client bound to one server's base URL (loopback, or an address on
+//! the harness's own test network), with a timeout on every request and helpers for the few calls the scenarios
+//! make, which answer errors instead of failing a test.
 
 use std::time::{Duration, Instant};
 
@@ -58,10 +58,26 @@ pub struct Member {
     pub status: String,
 }
 
+/// `http://127.0.0.1:…`, or `http://10.200-207.…:…`: the range where the test kit's networks of namespaces put
+/// their hosts (`kairos_testkit::netns`), which only the harness's own nodes use.
+fn is_harness_base(base: &str) -> bool {
+    let Some(host) = base.strip_prefix("http://").and_then(|rest| rest.split(':').next()) else {
+        return false;
+    };
+    let Ok(octets) = host.split('.').map(str::parse).collect::<Result<Vec<u8>, _>>() else {
+        return false;
+    };
+    match octets[..] {
+        [127, 0, 0, 1] => true,
+        [10, second, _, _] => (200..208).contains(&second),
+        _ => false,
+    }
+}
+
 impl Api {
     pub fn new(base: &str) -> anyhow::Result<Api> {
-        if !base.starts_with("http://127.0.0.1:") {
-            bail!("refusing to talk to '{base}': the harness only talks to 127.0.0.1");
+        if !is_harness_base(base) {
+            bail!("refusing to talk to '{base}': the harness only talks to 127.0.0.1 and to its own test network");
         }
         kairos_testkit::install_crypto_provider();
         let http = reqwest::Client::builder()
@@ -167,5 +183,21 @@ impl Api {
             bail!("{method} {path}: {}: {}", reply.status, reply.text.chars().take(300).collect::<String>());
         }
         Ok(reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn talks_only_to_loopback_and_the_test_networks() {
+        assert!(is_harness_base("http://127.0.0.1:8080"));
+        assert!(is_harness_base("http://10.203.4.2:41000"));
+        assert!(!is_harness_base("http://10.1.4.2:41000"));
+        assert!(!is_harness_base("http://10.208.4.2:41000"));
+        assert!(!is_harness_base("http://192.168.1.2:80"));
+        assert!(!is_harness_base("https://127.0.0.1:80"));
+        assert!(!is_harness_base("http://127.0.0.1.example.com:80"));
     }
 }

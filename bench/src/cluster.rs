@@ -2,6 +2,10 @@
 //! and M agent-only nodes (`a0`, `a1`, …; no API), each with its own data directory, gossip port and log, all
 //! joining the servers' gossip addresses.
 //!
+//! Or, with [`Cluster::start_on_network`], each node inside a host of a test network of its own (the test kit's
+//! [`Network`]: one namespace per node on a bridge, which the harness reaches as the observer), so that one node
+//! can be cut off from the others for real ([`Cluster::cut`], [`Cluster::heal`]). Needs root, `ip` and `nft`.
+//!
 //! Every node is spawned before any is waited for (a server may announce its API only once the servers it expects
 //! are there). The cluster is ready when every live server names the same leader and that leader lists every node
 //! as alive. Every process is a [`Process`](crate::server::Process): dropping the cluster (an error, a panic) kills
@@ -9,17 +13,20 @@
 
 use std::net::{TcpListener, UdpSocket};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use kairos_testkit::poll_until;
+use kairos_testkit::{Cut, Network, poll_until};
 
 use crate::client::{Api, Member};
-use crate::server::{Agent, Launcher, Launching, Server, Stopped, problem_kinds};
+use crate::server::{Agent, Launcher, Launching, Place, Server, Stopped, problem_kinds};
 
 /// Per-request timeout of the probes (a node that hangs must not hold a poll loop up).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// The gossip port of every node on a test network (each node has an address of its own there).
+const NETWORK_GOSSIP_PORT: u16 = 7946;
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -40,13 +47,39 @@ pub struct Cluster {
     pub agent_names: Vec<String>,
     /// Every node's log, by name, killed ones included.
     logs: Vec<(String, std::path::PathBuf)>,
+    /// The test network the nodes run in, if any; the last field, so that it is deleted after the nodes were
+    /// killed.
+    network: Option<Arc<Network>>,
 }
 
 impl Cluster {
-    /// Spawn every node under `scratch` (one directory each), then wait until each listens.
+    /// Spawn every node under `scratch` (one directory each) on loopback, then wait until each listens.
     pub async fn start(launcher: &Launcher, scratch: &Path, layout: &Layout) -> anyhow::Result<Cluster> {
-        let ports = free_gossip_ports(layout.servers + layout.agents)?;
-        let gossip: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        Cluster::start_at(launcher, scratch, layout, None).await
+    }
+
+    /// [`Cluster::start`], node i inside host i of a test network of its own (servers first, then agents).
+    pub async fn start_on_network(launcher: &Launcher, scratch: &Path, layout: &Layout) -> anyhow::Result<Cluster> {
+        let hosts = layout.servers + layout.agents;
+        let network = off_thread("creating a test network", move || Network::create(hosts)).await?;
+        Cluster::start_at(launcher, scratch, layout, Some(Arc::new(network))).await
+    }
+
+    async fn start_at(
+        launcher: &Launcher,
+        scratch: &Path,
+        layout: &Layout,
+        network: Option<Arc<Network>>,
+    ) -> anyhow::Result<Cluster> {
+        let count = layout.servers + layout.agents;
+        let places: Vec<Place> = match &network {
+            Some(network) => (0..count).map(|i| Place::Host(network, i)).collect(),
+            None => vec![Place::Loopback; count],
+        };
+        let gossip: Vec<String> = match &network {
+            Some(_) => places.iter().map(|p| format!("{}:{NETWORK_GOSSIP_PORT}", p.address())).collect(),
+            None => free_gossip_ports(count)?.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
+        };
         let seeds: Vec<String> =
             gossip[..layout.servers].iter().flat_map(|g| ["--retry-join".to_string(), g.clone()]).collect();
         let server_names: Vec<String> = (0..layout.servers).map(|i| format!("s{i}")).collect();
@@ -54,14 +87,12 @@ impl Cluster {
         let mut launching = Vec::new();
         let mut logs = Vec::new();
         let names = server_names.iter().chain(&agent_names);
-        for (i, (name, gossip)) in names.zip(&gossip).enumerate() {
+        for (i, ((name, gossip), place)) in names.zip(&gossip).zip(&places).enumerate() {
             let server = i < layout.servers;
             let mut flags: Vec<String> = Vec::new();
             if server {
-                let expect = layout.servers.to_string();
-                flags.extend(
-                    ["--server", "--bootstrap-expect", &expect, "--http-addr", "127.0.0.1:0"].map(String::from),
-                );
+                let (expect, http) = (layout.servers.to_string(), format!("{}:0", place.address()));
+                flags.extend(["--server", "--bootstrap-expect", &expect, "--http-addr", &http].map(String::from));
             }
             flags.extend(["--bind-addr", gossip, "--rpc-port", "0", "--node-name", name].map(String::from));
             flags.extend(seeds.iter().cloned());
@@ -73,7 +104,7 @@ impl Cluster {
             flags.extend(["--log-level", "warn", "--shutdown-grace", "2s"].map(String::from));
             let spec = launcher.node_spec(&scratch.join(name), &format!("{}-{name}", layout.log_prefix), flags);
             logs.push((name.clone(), spec.log_path.clone()));
-            launching.push(Launching::spawn(&spec)?);
+            launching.push(Launching::spawn_at(&spec, *place)?);
         }
         let agents_launching = launching.split_off(layout.servers);
         let mut servers = Vec::with_capacity(layout.servers);
@@ -84,7 +115,7 @@ impl Cluster {
         for (name, node) in agent_names.iter().zip(agents_launching) {
             agents.push(node.agent().await.with_context(|| format!("agent {name}"))?);
         }
-        Ok(Cluster { servers, server_names, agents, agent_names, logs })
+        Ok(Cluster { servers, server_names, agents, agent_names, logs, network })
     }
 
     /// Wait (bounded) until every live server names the same leader and that leader lists every node alive;
@@ -166,6 +197,18 @@ impl Cluster {
         Ok(())
     }
 
+    /// Cut node `index` off from the other nodes (not from the harness), as `cut` says; replaces an earlier cut.
+    pub async fn cut(&self, index: usize, cut: Cut) -> anyhow::Result<()> {
+        let network = self.network.clone().context("a cut needs a cluster started on a test network")?;
+        off_thread("cutting a node off", move || network.cut(index, cut)).await
+    }
+
+    /// Undo [`Cluster::cut`].
+    pub async fn heal(&self, index: usize) -> anyhow::Result<()> {
+        let network = self.network.clone().context("a heal needs a cluster started on a test network")?;
+        off_thread("healing a cut", move || network.heal(index)).await
+    }
+
     /// Every running process: (name, pid), servers first.
     pub fn pids(&self) -> Vec<(String, u32)> {
         let servers = self.live_servers().map(|(i, s)| (self.server_names[i].clone(), s.pid));
@@ -205,6 +248,22 @@ impl Cluster {
             .collect();
         tails.join("\n")
     }
+}
+
+/// Run a call of the test kit's network off the async threads (it runs `ip` and `nft` and waits for them); its
+/// panic (the kit panics naming the command that failed, as a test wants) becomes an error.
+async fn off_thread<T: Send + 'static>(what: &str, call: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(call).await.map_err(|err| {
+        let reason = match err.try_into_panic() {
+            Ok(panic) => match (panic.downcast_ref::<String>(), panic.downcast_ref::<&str>()) {
+                (Some(text), _) => text.clone(),
+                (None, Some(text)) => (*text).to_string(),
+                (None, None) => "a panic".to_string(),
+            },
+            Err(err) => err.to_string(),
+        };
+        anyhow!("{what}: {reason} (the test network needs root, `ip` and `nft`)")
+    })
 }
 
 /// `count` distinct loopback ports free for UDP (gossip) and TCP alike: all are held until all are found, then

@@ -4,7 +4,9 @@
 //!
 //! The parts:
 //! - [`server`]: start, watch, stop and kill one `kairos agent` process (server or agent-only node);
-//! - [`cluster`]: servers and agent-only nodes forming one cluster on loopback;
+//! - [`cluster`]: servers and agent-only nodes forming one cluster on loopback (or on a test network, to cut nodes
+//!   off);
+//! - [`leadership`]: who the servers name leader through a disruption;
 //! - [`client`]: the one HTTP client, bound to that server;
 //! - [`procfs`]: CPU and RSS of the server from `/proc`;
 //! - [`sink`]: the local HTTP target of the `http` executor;
@@ -18,6 +20,7 @@ mod cluster;
 mod cluster_lag;
 mod failover;
 mod fire_lag;
+mod leadership;
 mod million;
 mod overload;
 mod procfs;
@@ -35,7 +38,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::cluster_lag::ClusterLagArgs;
-use crate::failover::FailoverArgs;
+use crate::failover::{Disruption, FailoverArgs};
 use crate::fire_lag::{Executor, FireLagArgs};
 use crate::million::MillionArgs;
 use crate::overload::OverloadArgs;
@@ -82,7 +85,8 @@ enum Scenario {
     Million(MillionArgs),
     /// Past capacity: find it, run at 2x capacity, then at half of it; lag, skips, children, RSS, API latency.
     Overload(OverloadArgs),
-    /// 3 servers, N jobs every second, kill -9 of the leader: time to the next run, slots lost and duplicated.
+    /// 3 servers, N jobs every second, kill -9 of the leader (or, `--scenario`, a network partition): time to a new
+    /// leader and to the next run, slots lost and duplicated, leader changes after a heal.
     Failover(FailoverArgs),
     /// 3 servers + 2 agent-only nodes, N tagged jobs every second run on the agents: lag and runs per agent.
     ClusterLag(ClusterLagArgs),
@@ -164,7 +168,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Failover(args) => {
             quiet.wait(&mut report, "failover").await;
             failover::run(&kairos, &args, &mut report).await?;
-            (cli.into, Some("Cluster: leader failover".to_string()))
+            (cli.into, Some(failover::section_title(&args).to_string()))
         }
         Scenario::ClusterLag(args) => {
             quiet.wait(&mut report, "cluster fire lag").await;
@@ -236,7 +240,14 @@ async fn run_all(kairos: &Launcher, args: &AllArgs, quiet: &Quiet, report: &mut 
     if let Err(err) = million::run(kairos, &million, report).await {
         report.note(format!("million failed: {err:#}"));
     }
-    let failover = FailoverArgs { trials: 10, jobs: 100, before_secs: 5, after_secs: 6 };
+    let failover = FailoverArgs {
+        scenarios: vec![Disruption::Kill],
+        trials: 10,
+        jobs: 100,
+        before_secs: 5,
+        cut_secs: 10,
+        after_secs: 6,
+    };
     quiet.wait(report, "failover").await;
     if let Err(err) = failover::run(kairos, &failover, report).await {
         report.note(format!("failover failed: {err:#}"));

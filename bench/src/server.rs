@@ -1,5 +1,5 @@
-//! Real `kairos agent` processes: found next to this binary, started on free loopback ports with their output in
-//! a log file, watched until they listen (and, alone, until they lead), stopped with SIGTERM (SIGKILL if they do
+//! Real `kairos agent` processes: found next to this binary, started on free loopback ports (or inside a host of a
+//! test network of namespaces) with their output in a log file, watched until they listen (and, alone, until they lead), stopped with SIGTERM (SIGKILL if they do
 //! not exit in time) or killed outright.
 //!
 //! A [`Server`] (HTTP API) and an [`Agent`] (agent-only node, no API) each own a test-kit [`Process`]; dropping a
@@ -7,11 +7,11 @@
 //! leaves a process behind.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use kairos_testkit::{Listener, Log, Process, kairos_command, poll_until};
+use kairos_testkit::{Listener, Log, Network, Process, clean_kairos_env, kairos_command, poll_until};
 
 use crate::client::Api;
 
@@ -113,11 +113,42 @@ pub struct ServerSpec {
     pub flags: Vec<String>,
 }
 
-/// Spawn `kairos agent --data-dir … <flags>` with its output in the spec's log file; does not wait for anything.
-pub fn spawn(spec: &ServerSpec) -> anyhow::Result<Process> {
+/// Where a node runs: on the machine's loopback, or inside one host of a test network (whose packets to the other
+/// hosts can be cut, see [`Network::cut`]).
+#[derive(Clone, Copy)]
+pub enum Place<'a> {
+    Loopback,
+    Host(&'a Network, usize),
+}
+
+impl Place<'_> {
+    /// The address the node binds and announces.
+    pub fn address(&self) -> String {
+        match self {
+            Place::Loopback => "127.0.0.1".to_string(),
+            Place::Host(network, i) => network.ip(*i),
+        }
+    }
+
+    /// `binary` as a command that runs here, with none of the machine's `KAIROS_*` environment.
+    fn command(&self, binary: &Path) -> Command {
+        match self {
+            Place::Loopback => kairos_command(binary),
+            Place::Host(network, i) => {
+                let mut command = network.command(*i, binary);
+                clean_kairos_env(&mut command);
+                command
+            }
+        }
+    }
+}
+
+/// Spawn `kairos agent --data-dir … <flags>` at `place` with its output in the spec's log file; does not wait for
+/// anything.
+pub fn spawn(spec: &ServerSpec, place: Place) -> anyhow::Result<Process> {
     std::fs::create_dir_all(&spec.data_dir).with_context(|| format!("creating {}", spec.data_dir.display()))?;
     let log = Log::file(&spec.log_path).with_context(|| format!("creating {}", spec.log_path.display()))?;
-    let mut command = kairos_command(&spec.binary);
+    let mut command = place.command(&spec.binary);
     command
         .args(["agent", "--data-dir"])
         .arg(&spec.data_dir)
@@ -130,8 +161,8 @@ pub fn spawn(spec: &ServerSpec) -> anyhow::Result<Process> {
     Process::spawn(&mut command, &log).with_context(|| format!("starting {}", spec.binary.display()))
 }
 
-/// Wait (bounded) until the process announces `listener`; answers the (loopback) address.
-async fn wait_listening(process: &mut Process, listener: Listener) -> anyhow::Result<String> {
+/// Wait (bounded) until the process announces `listener` on `address`; answers the address with its port.
+async fn wait_listening(process: &mut Process, listener: Listener, address: &str) -> anyhow::Result<String> {
     let listening = match process.wait_listening(&[listener], LISTEN_WAIT_MAX).await {
         Ok(listening) => listening,
         Err(error) => bail!("{error}:\n{}", process.log().tail(20)),
@@ -141,8 +172,8 @@ async fn wait_listening(process: &mut Process, listener: Listener) -> anyhow::Re
         Listener::Rpc => listening.rpc,
     };
     let addr = addr.context("the awaited address is announced")?;
-    if !addr.starts_with("127.0.0.1:") {
-        bail!("kairos listens on '{addr}', not on loopback");
+    if addr.rsplit_once(':').map(|(host, _)| host) != Some(address) {
+        bail!("kairos listens on '{addr}', not on {address}");
     }
     Ok(addr)
 }
@@ -159,16 +190,22 @@ pub async fn stop(process: &mut Process) -> Stopped {
 /// expects are there.
 pub struct Launching {
     process: Process,
+    /// The address it binds (loopback, or its host's on a test network).
+    address: String,
 }
 
 impl Launching {
     pub fn spawn(spec: &ServerSpec) -> anyhow::Result<Launching> {
-        Ok(Launching { process: spawn(spec)? })
+        Launching::spawn_at(spec, Place::Loopback)
+    }
+
+    pub fn spawn_at(spec: &ServerSpec, place: Place) -> anyhow::Result<Launching> {
+        Ok(Launching { process: spawn(spec, place)?, address: place.address() })
     }
 
     /// Wait until the server's HTTP API listens.
     pub async fn server(mut self) -> anyhow::Result<Server> {
-        let addr = wait_listening(&mut self.process, Listener::Http).await?;
+        let addr = wait_listening(&mut self.process, Listener::Http, &self.address).await?;
         let api = Api::new(&format!("http://{addr}"))?;
         let (pid, spawned_at) = (pid(&self.process), self.process.spawned_at());
         Ok(Server { process: self.process, pid, api, spawned_at, listening_at: Instant::now() })
@@ -176,7 +213,7 @@ impl Launching {
 
     /// Wait until the agent-only node's RPC listener is up.
     pub async fn agent(mut self) -> anyhow::Result<Agent> {
-        wait_listening(&mut self.process, Listener::Rpc).await?;
+        wait_listening(&mut self.process, Listener::Rpc, &self.address).await?;
         Ok(Agent { pid: pid(&self.process), process: self.process })
     }
 }
