@@ -43,6 +43,9 @@ pub const LEADER_CLOCK_MAX: Duration = Duration::from_millis(500);
 /// How long a leader with a clock off the majority's tries to hand leadership over before it leads anyway (a
 /// cluster must not stay without duties because no other server takes over).
 const HAND_OVER_WITHIN: Duration = Duration::from_secs(5);
+/// How long a new leader waits for a voter's clock; one that has not answered by then counts as silent (a voter
+/// cut off from this one took the RPC's whole 2 s timeout before, and held up every duty with it).
+const CLOCK_ASK_WITHIN: Duration = Duration::from_millis(300);
 
 /// Turn leader duties on and off for as long as the node runs.
 pub async fn run(node: Arc<Node>, mut changes: UnboundedReceiver<String>) {
@@ -169,7 +172,8 @@ async fn clock_outvoted(node: &Node) -> Option<(u64, i64)> {
         .collect();
     let asked = futures::future::join_all(others.iter().map(|(id, addr)| async move {
         let t0 = Timestamp::now();
-        let reading = node.rpc.clock(addr).await.ok()?;
+        // A voter cut off from this one must not hold up the new leader's duties for the RPC's own timeout.
+        let reading = tokio::time::timeout(CLOCK_ASK_WITHIN, node.rpc.clock(addr)).await.ok()?.ok()?;
         // Their raw clock against ours: their own offset from the previous leader does not count here.
         let raw = crate::clock::ClockReading { offset_ms: 0, error_ms: 0, ..reading };
         Some((*id, crate::clock::Offset::from_round_trip(t0, raw, Timestamp::now())))
