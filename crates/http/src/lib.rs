@@ -4,11 +4,16 @@
 //! - [`api`]: the routes, the edge every request passes (`api/guard.rs`: cross-site refusal, CORS, JSON errors,
 //!   body limits), the OpenAPI document, and [`api::ApiError`], which maps the core's
 //!   [`kairos_server::WriteError`] to status codes;
-//! - [`ui`]: server-rendered pages (maud), live updates and the job editor.
+//! - [`ui`]: server-rendered pages (maud), live updates and the job editor; built on `api` (its errors, state
+//!   and the edge), which never imports it back: [`router`] puts the two together.
 //!
 //! [`router`] is what `kairos_server::Node::start` serves on `--http-addr`.
 
 pub mod api;
 pub mod ui;
 
-pub use api::router;
+/// The API with the UI's pages (unless `--ui=false`), behind the same edge: what `--http-addr` serves.
+pub fn router(node: api::AppState) -> axum::Router {
+    let pages = node.config.ui.then(ui::router);
+    api::router(node, pages)
+}

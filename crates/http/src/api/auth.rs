@@ -30,6 +30,10 @@ use kairos_model::acl::{Access, Capability, is_uuid, secret_hash};
 
 use super::{ApiError, AppState};
 
+/// The cookie the UI's sign-in sets (`HttpOnly`, `SameSite=Strict`), holding a token's secret; accepted here like
+/// the header.
+pub const SIGNIN_COOKIE: &str = "kairos_token";
+
 /// Who made a request, as the audit log records it: the edge puts it in the answer's extensions.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -161,7 +165,7 @@ fn unauthorized(message: impl Into<String>) -> ApiError {
 }
 
 /// The secret a request carries: `X-Dkron-Token`, `Authorization: Bearer`, or the UI's sign-in cookie
-/// ([`crate::ui::signin::COOKIE`]). `Ok(None)` when it carries none.
+/// ([`SIGNIN_COOKIE`]). `Ok(None)` when it carries none.
 fn secret_of(headers: &HeaderMap) -> Result<Option<(&'static str, String)>, ApiError> {
     let text = |name: &'static str| -> Result<Option<String>, ApiError> {
         match headers.get(name) {
@@ -186,7 +190,7 @@ fn secret_of(headers: &HeaderMap) -> Result<Option<(&'static str, String)>, ApiE
 }
 
 fn signin_cookie(headers: &HeaderMap) -> Option<String> {
-    let prefix = format!("{}=", crate::ui::signin::COOKIE);
+    let prefix = format!("{SIGNIN_COOKIE}=");
     headers
         .get_all(header::COOKIE)
         .iter()

@@ -98,11 +98,11 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
-/// The API (and the UI, unless turned off) with its edge layers: errors as JSON, CORS for allowed origins, refusal
+/// The API (and the UI's `pages`, when given) with its edge layers: errors as JSON, CORS for allowed origins, refusal
 /// of forged cross-site writes, access control (`--acl-enabled`, [`auth`]), `?consistent` reads, and the body size
 /// limit. Every route also answers with a
 /// trailing slash (`/v1/`, `/v1/jobs/`), as Dkron does.
-pub fn router(node: AppState) -> Router {
+pub fn router(node: AppState, pages: Option<Router<AppState>>) -> Router {
     let mut router = Router::new();
     for route in routes() {
         let allowed = route.methods.join(", ").to_uppercase();
@@ -111,8 +111,8 @@ pub fn router(node: AppState) -> Router {
         });
         router = router.route(&format!("{}/", route.path), handler.clone()).route(route.path, handler);
     }
-    if node.config.ui {
-        router = router.merge(crate::ui::router());
+    if let Some(pages) = pages {
+        router = router.merge(pages);
     }
     if node.config.enable_prometheus {
         router = router.route("/metrics", axum::routing::get(metrics));

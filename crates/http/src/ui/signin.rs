@@ -15,8 +15,8 @@ use maud::{Markup, html};
 use super::layout::{Nav, page};
 use crate::api::AppState;
 
-/// The cookie that holds the secret of the signed-in token.
-pub const COOKIE: &str = "kairos_token";
+/// The cookie that holds the secret of the signed-in token (the edge reads it, see `api::auth`).
+pub use crate::api::auth::SIGNIN_COOKIE as COOKIE;
 
 fn form(error: Option<&str>) -> Markup {
     html! {
