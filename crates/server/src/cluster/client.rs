@@ -51,6 +51,10 @@ pub const REMOVE_PEER_FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 pub const OPERATOR_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long an order may take to reach a node (its claim waits meanwhile).
 pub const ORDER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connecting (TCP, and TLS when on) may take this long; past it the call fails as [`RpcError::Unreachable`],
+/// which proves nothing was delivered (a node cut off drops the handshake: this used to look like a timeout of
+/// the whole call, after which the request might have been acted on).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a new leader waits for each node's answer to its sync (a silent node holds up its takeover).
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(1);
 /// A clock reading: a slow answer would only be discarded (its error bound is the round trip).
@@ -154,7 +158,11 @@ impl RpcClient {
     ) -> anyhow::Result<RpcClient> {
         kairos_agent::install_crypto_provider();
         let mut builder =
-            reqwest::Client::builder().no_proxy().pool_idle_timeout(crate::listener::RPC_POOL_IDLE).tcp_nodelay(true);
+            reqwest::Client::builder()
+                .no_proxy()
+                .pool_idle_timeout(crate::listener::RPC_POOL_IDLE)
+                .tcp_nodelay(true)
+                .connect_timeout(CONNECT_TIMEOUT);
         if let Some(key) = key {
             let mut headers = reqwest::header::HeaderMap::new();
             let value = reqwest::header::HeaderValue::from_str(&key.node_token()).context("node credential")?;

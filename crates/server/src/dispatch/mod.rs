@@ -356,10 +356,10 @@ fn send_orders(node: &Host, name: String, rpc_addr: String, orders: Vec<Order>) 
     tokio::spawn(async move {
         let refs: Vec<ExecRef> = orders.iter().map(|o| o.exec.clone()).collect();
         let sent = rpc.run(&rpc_addr, &orders).await;
-        // Some(answers): delivered; None: certainly not delivered (refused connection, error status); a timeout
-        // or a broken connection leaves it unknown whether the node got the orders: their claims are kept until
-        // the orders have expired (see `sweep`), so a node that was only slow cannot run them a second time.
-        // `gone`: the connection was refused, so no process listens there any more.
+        // Some(answers): delivered; None: certainly not delivered (no connection could be made, or an error
+        // status); a timeout or a broken connection leaves it unknown whether the node got the orders: their claims
+        // are kept until the orders have expired (see `sweep`), so a node that was only slow cannot run them a
+        // second time. `gone`: the connection was refused, so no process listens there any more.
         let (accepted, uncertain, gone): (Option<Vec<bool>>, bool, bool) = match sent {
             Ok(answers) => (Some(answers), false, false),
             Err(err @ RpcError::BadAnswer { .. }) => {
@@ -372,8 +372,9 @@ fn send_orders(node: &Host, name: String, rpc_addr: String, orders: Vec<Order>) 
             }
             Err(err) => {
                 warn!("cannot send orders to {name}: {err}");
+                let unreachable = matches!(err, RpcError::Unreachable { .. });
                 let refused = matches!(err, RpcError::Unreachable { refused: true, .. });
-                (None, !refused, refused)
+                (None, !unreachable, refused)
             }
         };
         let Some(node) = node_ptr.upgrade() else { return };
