@@ -6,6 +6,7 @@
 //! - [`server`]: start, watch, stop and kill one `kairos agent` process (server or agent-only node);
 //! - [`cluster`]: servers and agent-only nodes forming one cluster on loopback;
 //! - [`client`]: the one HTTP client, bound to that server;
+//! - [`secure`]: `--secure`, the server with ACL and mutual TLS on, and what its client needs;
 //! - [`procfs`]: CPU and RSS of the server from `/proc`;
 //! - [`sink`]: the local HTTP target of the `http` executor;
 //! - [`stats`]: percentiles and number formatting;
@@ -23,6 +24,7 @@ mod overload;
 mod procfs;
 mod report;
 mod scale;
+mod secure;
 mod server;
 mod sink;
 mod stats;
@@ -210,6 +212,7 @@ async fn run_all(kairos: &Launcher, args: &AllArgs, quiet: &Quiet, report: &mut 
         warmup: 2,
         create_concurrency: 64,
         retained: None,
+        secure: false,
     };
     let mut runs =
         vec![fire_lag(100, Executor::Shell), fire_lag(1_000, Executor::Shell), fire_lag(10_000, Executor::Http)];
@@ -226,7 +229,7 @@ async fn run_all(kairos: &Launcher, args: &AllArgs, quiet: &Quiet, report: &mut 
             report.note(format!("fire lag, {} {:?} jobs failed: {err:#}", lag.jobs, lag.executor));
         }
     }
-    let upserts = UpsertArgs { clients: 64, count: 20_000 };
+    let upserts = UpsertArgs { clients: 64, count: 20_000, secure: false };
     quiet.wait(report, "upserts").await;
     if let Err(err) = upserts::run(kairos, &upserts, report).await {
         report.note(format!("upserts failed: {err:#}"));
