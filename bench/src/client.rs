@@ -1,13 +1,17 @@
 //! The harness's one HTTP client: the test kit's client bound to one server's base URL (loopback, or an address on
 //! the harness's own test network), with a timeout on every request and helpers for the few calls the scenarios
-//! make, which answer errors instead of failing a test.
+//! make, which answer errors instead of failing a test. For a server started with `--secure` ([`crate::secure`])
+//! the same client speaks HTTPS with the CA and a client certificate, and sends the ACL token on every request.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use jiff::Timestamp;
 use kairos_testkit::{Client, Reply};
+use reqwest::header::{HeaderMap, HeaderValue};
 use serde::Deserialize;
+
+use crate::secure::ClientTls;
 
 /// No single request may take longer (a 5,000-job restore on a slow disk included).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
@@ -17,6 +21,8 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct Api {
     client: Client,
+    /// HTTPS: the CA and client certificate it was built with (kept to add the token once it is known).
+    tls: Option<ClientTls>,
 }
 
 /// An execution as the API lists it: only the fields the harness reads.
@@ -87,7 +93,68 @@ impl Api {
             .pool_max_idle_per_host(256)
             .build()
             .context("building the HTTP client")?;
-        Ok(Api { client: Client::with_http(http, base) })
+        Ok(Api { client: Client::with_http(http, base), tls: None })
+    }
+
+    /// A client of an HTTPS API on loopback that trusts `tls`'s CA and presents its client certificate; with
+    /// `token`, every request carries it in `X-Dkron-Token`.
+    pub fn secure(base: &str, tls: &ClientTls, token: Option<&str>) -> anyhow::Result<Api> {
+        if !base.starts_with("https://127.0.0.1:") {
+            bail!("refusing to talk to '{base}': the harness only talks to 127.0.0.1 (over HTTPS here)");
+        }
+        kairos_testkit::install_crypto_provider();
+        let ca = reqwest::Certificate::from_pem(&tls.ca_pem).context("the CA certificate")?;
+        let identity = reqwest::Identity::from_pem(&tls.identity_pem).context("the client certificate")?;
+        let mut headers = HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = HeaderValue::from_str(token).context("the token as a header")?;
+            value.set_sensitive(true);
+            headers.insert("X-Dkron-Token", value);
+        }
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(256)
+            .add_root_certificate(ca)
+            .identity(identity)
+            .default_headers(headers)
+            .build()
+            .context("building the HTTPS client")?;
+        Ok(Api { client: Client::with_http(http, base), tls: Some(tls.clone()) })
+    }
+
+    /// Bootstrap the ACL of a secure server (retrying while it has no leader to commit it, within `budget`), and
+    /// answer the same client carrying the management token it got.
+    pub async fn bootstrap(&self, budget: Duration) -> anyhow::Result<Api> {
+        let tls = self.tls.as_ref().context("bootstrapping the ACL of a server without TLS")?;
+        let deadline = Instant::now() + budget;
+        let secret = loop {
+            let last = match self.client.try_request("POST", "/v1/acl/bootstrap", None, Some(STATUS_TIMEOUT)).await {
+                Ok(reply) if reply.status == 201 => {
+                    break reply.json["secret"].as_str().map(str::to_string).with_context(|| {
+                        format!(
+                            "POST /v1/acl/bootstrap: no secret in {}",
+                            reply.text.chars().take(300).collect::<String>()
+                        )
+                    })?;
+                }
+                Ok(reply) if reply.status != 503 => {
+                    bail!(
+                        "POST /v1/acl/bootstrap: {}: {}",
+                        reply.status,
+                        reply.text.chars().take(300).collect::<String>()
+                    )
+                }
+                Ok(reply) => format!("{}: {}", reply.status, reply.text.chars().take(300).collect::<String>()),
+                Err(err) => format!("{err:#}"),
+            };
+            if Instant::now() > deadline {
+                bail!("POST /v1/acl/bootstrap was not accepted within {budget:?}; last: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        Api::secure(self.client.base(), tls, Some(&secret))
     }
 
     /// The status code of a GET, or an error when no answer came.

@@ -16,6 +16,7 @@ use jiff::Timestamp;
 use crate::client::{Api, Execution};
 use crate::procfs::{CpuMeter, CpuUse, listen_overflows, rss_bytes};
 use crate::report::{Report, at_least, at_most};
+use crate::secure::Secure;
 use crate::server::{Launcher, Server, ServerSpec, Stopped, log_problems};
 use crate::sink::Sink;
 use crate::stats::{mib, summarize, thousands};
@@ -64,6 +65,10 @@ pub struct FireLagArgs {
     /// the part retention still holds when the executions are read.
     #[arg(long)]
     pub retained: Option<u32>,
+    /// Start the server with ACL, gossip encryption and mutual TLS on (see `secure.rs`): the harness makes the
+    /// certificates, bootstraps the ACL and talks HTTPS with the management token.
+    #[arg(long)]
+    pub secure: bool,
 }
 
 /// The measured slots: every whole second in `[start, start + seconds)`.
@@ -120,11 +125,17 @@ pub async fn run(launcher: &Launcher, args: &FireLagArgs, report: &mut Report) -
         Executor::Shell => "shell",
         Executor::Http => "http",
     };
-    let scenario = format!("fire lag, {} {executor} jobs, {} s", thousands(args.jobs as f64), args.seconds);
+    let mut scenario = format!("fire lag, {} {executor} jobs, {} s", thousands(args.jobs as f64), args.seconds);
+    if args.secure {
+        scenario.push_str(", ACL + TLS");
+    }
     println!("== {scenario} window");
     let retained = retained(args)?;
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let spec = launcher.spec(dir.path(), &format!("fire-lag-{executor}-{}", args.jobs));
+    let mut spec = launcher.spec(dir.path(), &format!("fire-lag-{executor}-{}", args.jobs));
+    if args.secure {
+        spec = spec.secure(&Secure::make(&launcher.binary, &dir.path().join("pki"))?);
+    }
     let measured = measure(&spec, args, retained).await?;
     report_run(report, &scenario, args, &measured);
     Ok(())

@@ -8,6 +8,7 @@
 //!   off);
 //! - [`leadership`]: who the servers name leader through a disruption;
 //! - [`client`]: the one HTTP client, bound to that server;
+//! - [`secure`]: `--secure`, the server with ACL and mutual TLS on, and what its client needs;
 //! - [`procfs`]: CPU and RSS of the server from `/proc`;
 //! - [`sink`]: the local HTTP target of the `http` executor;
 //! - [`stats`]: percentiles and number formatting;
@@ -26,6 +27,7 @@ mod overload;
 mod procfs;
 mod report;
 mod scale;
+mod secure;
 mod server;
 mod sink;
 mod stats;
@@ -214,6 +216,7 @@ async fn run_all(kairos: &Launcher, args: &AllArgs, quiet: &Quiet, report: &mut 
         warmup: 2,
         create_concurrency: 64,
         retained: None,
+        secure: false,
     };
     let mut runs =
         vec![fire_lag(100, Executor::Shell), fire_lag(1_000, Executor::Shell), fire_lag(10_000, Executor::Http)];
@@ -230,7 +233,7 @@ async fn run_all(kairos: &Launcher, args: &AllArgs, quiet: &Quiet, report: &mut 
             report.note(format!("fire lag, {} {:?} jobs failed: {err:#}", lag.jobs, lag.executor));
         }
     }
-    let upserts = UpsertArgs { clients: 64, count: 20_000 };
+    let upserts = UpsertArgs { clients: 64, count: 20_000, secure: false };
     quiet.wait(report, "upserts").await;
     if let Err(err) = upserts::run(kairos, &upserts, report).await {
         report.note(format!("upserts failed: {err:#}"));

@@ -14,12 +14,15 @@ use anyhow::{Context, bail};
 use kairos_testkit::{Listener, Log, Network, Process, clean_kairos_env, kairos_command, poll_until};
 
 use crate::client::Api;
+use crate::secure::{ClientTls, Secure};
 
 /// How long a fresh process may take to print its listening address (opening a large store counts here).
 const LISTEN_WAIT_MAX: Duration = Duration::from_secs(600);
 /// How long SIGTERM may take before SIGKILL (the server's own grace for running executions is 30 s).
 const STOP_WAIT_MAX: Duration = Duration::from_secs(60);
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// How long a secure server may take to accept the ACL bootstrap (it needs a leader).
+const BOOTSTRAP_WAIT_MAX: Duration = Duration::from_secs(60);
 
 /// The `kairos` binary: `--kairos PATH`, else the one built next to this executable.
 pub fn locate_kairos(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
@@ -98,6 +101,7 @@ impl Launcher {
             log_path: log_dir.join(format!("{name}.log")),
             log_filter: self.log_filter.clone(),
             flags,
+            client_tls: None,
         }
     }
 }
@@ -111,6 +115,18 @@ pub struct ServerSpec {
     pub log_filter: Option<String>,
     /// Every flag of `kairos agent` but `--data-dir`.
     pub flags: Vec<String>,
+    /// Set by [`ServerSpec::secure`]: the server serves HTTPS with ACL on, and the harness's client is built
+    /// with this and bootstraps the ACL once the API listens.
+    pub client_tls: Option<ClientTls>,
+}
+
+impl ServerSpec {
+    /// The same server with ACL, gossip encryption and mutual TLS on (`--secure`).
+    pub fn secure(mut self, secure: &Secure) -> ServerSpec {
+        self.flags.extend(secure.flags());
+        self.client_tls = Some(secure.client.clone());
+        self
+    }
 }
 
 /// Where a node runs: on the machine's loopback, or inside one host of a test network (whose packets to the other
@@ -192,6 +208,7 @@ pub struct Launching {
     process: Process,
     /// The address it binds (loopback, or its host's on a test network).
     address: String,
+    client_tls: Option<ClientTls>,
 }
 
 impl Launching {
@@ -200,13 +217,21 @@ impl Launching {
     }
 
     pub fn spawn_at(spec: &ServerSpec, place: Place) -> anyhow::Result<Launching> {
-        Ok(Launching { process: spawn(spec, place)?, address: place.address() })
+        Ok(Launching { process: spawn(spec, place)?, address: place.address(), client_tls: spec.client_tls.clone() })
     }
 
-    /// Wait until the server's HTTP API listens.
+    /// Wait until the server's HTTP API listens (for a secure server, also until its ACL is bootstrapped).
     pub async fn server(mut self) -> anyhow::Result<Server> {
         let addr = wait_listening(&mut self.process, Listener::Http, &self.address).await?;
-        let api = Api::new(&format!("http://{addr}"))?;
+        let api = match &self.client_tls {
+            None => Api::new(&format!("http://{addr}"))?,
+            Some(tls) => {
+                match Api::secure(&format!("https://{addr}"), tls, None)?.bootstrap(BOOTSTRAP_WAIT_MAX).await {
+                    Ok(api) => api,
+                    Err(err) => bail!("{err:#}:\n{}", self.process.log().tail(20)),
+                }
+            }
+        };
         let (pid, spawned_at) = (pid(&self.process), self.process.spawned_at());
         Ok(Server { process: self.process, pid, api, spawned_at, listening_at: Instant::now() })
     }

@@ -10,6 +10,7 @@ use anyhow::Context;
 use crate::client::Api;
 use crate::procfs::{CpuMeter, rss_bytes};
 use crate::report::{Report, at_least};
+use crate::secure::Secure;
 use crate::server::{Launcher, Server, log_problems};
 use crate::stats::{mib, summarize, thousands};
 
@@ -25,13 +26,23 @@ pub struct UpsertArgs {
     /// Distinct jobs; each is created once and updated once.
     #[arg(long, default_value_t = 20_000)]
     pub count: usize,
+    /// Start the server with ACL, gossip encryption and mutual TLS on (see `secure.rs`): the harness makes the
+    /// certificates, bootstraps the ACL and talks HTTPS with the management token.
+    #[arg(long)]
+    pub secure: bool,
 }
 
 pub async fn run(launcher: &Launcher, args: &UpsertArgs, report: &mut Report) -> anyhow::Result<()> {
-    let scenario = format!("upserts, {} clients", args.clients);
+    let mut scenario = format!("upserts, {} clients", args.clients);
+    if args.secure {
+        scenario.push_str(", ACL + TLS");
+    }
     println!("== {scenario}, {} jobs", thousands(args.count as f64));
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let spec = launcher.spec(dir.path(), "upserts");
+    let mut spec = launcher.spec(dir.path(), "upserts");
+    if args.secure {
+        spec = spec.secure(&Secure::make(&launcher.binary, &dir.path().join("pki"))?);
+    }
     let log_path = spec.log_path.clone();
     let server = Server::spawn(&spec).await?;
     server.wait_leader(Duration::from_secs(60)).await?;

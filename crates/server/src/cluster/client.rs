@@ -157,12 +157,11 @@ impl RpcClient {
         key: Option<&crate::gossip_key::GossipKey>,
     ) -> anyhow::Result<RpcClient> {
         kairos_agent::install_crypto_provider();
-        let mut builder =
-            reqwest::Client::builder()
-                .no_proxy()
-                .pool_idle_timeout(crate::listener::RPC_POOL_IDLE)
-                .tcp_nodelay(true)
-                .connect_timeout(CONNECT_TIMEOUT);
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .pool_idle_timeout(crate::listener::RPC_POOL_IDLE)
+            .tcp_nodelay(true)
+            .connect_timeout(CONNECT_TIMEOUT);
         if let Some(key) = key {
             let mut headers = reqwest::header::HeaderMap::new();
             let value = reqwest::header::HeaderValue::from_str(&key.node_token()).context("node credential")?;
