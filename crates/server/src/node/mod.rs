@@ -117,15 +117,7 @@ impl Node {
         let outputs = OutputStore::open_with(config.data_dir.join("outputs"), config.output_limits)?;
         let (worker, channels) = Worker::new(&config, outputs.clone());
         let (changes_tx, changes_rx) = tokio::sync::mpsc::unbounded_channel();
-        let webhooks_http =
-            reqwest::Client::builder().user_agent(concat!("kairos/", env!("CARGO_PKG_VERSION"))).build()?;
-        let notifier = crate::notify::Notifier::start(
-            config.webhooks.clone(),
-            config.mail.clone(),
-            state.clone(),
-            config.node_name.clone(),
-            webhooks_http,
-        )?;
+        let notifier = start_notifier(&config, &state)?;
         let duties = Arc::new(Duties::default());
         let (audit, audit_records) = crate::audit::AuditLog::new();
         let node = Arc::new_cyclic(|weak: &std::sync::Weak<Node>| Node {
@@ -162,9 +154,10 @@ impl Node {
         let api = api(node.clone());
         let mut tasks = serve_listeners(&node, (rpc_listener, http_listener), api, tls.as_ref());
         tasks.extend(spawn_loops(&node, channels, events_rx, (changes_tx, changes_rx)));
-        let writer: Arc<dyn Reporter> = Arc::new(LocalReporter(node.clone()));
-        let keep = config.audit_retained;
-        tasks.push(tokio::spawn(crate::audit::commit_loop(audit_records, writer, keep, node.stopping.clone())));
+        let audit_writer: Arc<dyn Reporter> = Arc::new(LocalReporter(node.clone()));
+        let audit =
+            crate::audit::commit_loop(audit_records, audit_writer, config.audit_retained, node.stopping.clone());
+        tasks.push(tokio::spawn(audit));
         match &config.config_file {
             Some(file) => info!("configuration read from {}", file.display()),
             None => info!("no configuration file found; using flags, environment and defaults"),
@@ -219,6 +212,13 @@ async fn start_raft(
         raft.initialize(members).await.context("bootstrapping the single-server cluster")?;
     }
     Ok(raft)
+}
+
+/// The sender of webhooks and mail (inert without any configured).
+fn start_notifier(config: &Config, state: &StateReader) -> anyhow::Result<crate::notify::Notifier> {
+    let http = reqwest::Client::builder().user_agent(concat!("kairos/", env!("CARGO_PKG_VERSION"))).build()?;
+    let (webhooks, mail) = (config.webhooks.clone(), config.mail.clone());
+    crate::notify::Notifier::start(webhooks, mail, state.clone(), config.node_name.clone(), http)
 }
 
 /// The Raft log and the state machine in the data directory, and the machine's applied events.
