@@ -95,7 +95,6 @@ impl Capture {
         if let Some(mut masker) = self.masker.take() {
             let rest = masker.finish();
             self.keep(&rest);
-            self.masker = Some(masker);
         }
         if let Some(reason) = self.refused.take() {
             // The stored file (if any) stops short: the record's tail is what remains, and it says why.
