@@ -152,6 +152,10 @@ pub struct AgentArgs {
     /// Put before every subject (default `[Kairos]`).
     #[arg(long, env = "KAIROS_MAIL_SUBJECT_PREFIX")]
     pub mail_subject_prefix: Option<String>,
+    /// Cronitor's ping URL with its key (Dkron's flag, e.g. https://cronitor.link/p/KEY): the leader pings
+    /// `<endpoint>/<job>?state=run|complete|fail` as executions start and end.
+    #[arg(long, env = "KAIROS_CRONITOR_ENDPOINT")]
+    pub cronitor_endpoint: Option<String>,
     /// The executors this node runs, comma-separated (default: all of them: shell, http, nats, rabbitmq, redis,
     /// sql); jobs of other executors are placed elsewhere.
     #[arg(long, env = "KAIROS_EXECUTORS", value_delimiter = ',')]
@@ -232,6 +236,7 @@ struct FileConfig {
     mail_from: Option<String>,
     mail_payload: Option<String>,
     mail_subject_prefix: Option<String>,
+    cronitor_endpoint: Option<String>,
     cert_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
     trusted_ca_file: Option<PathBuf>,
@@ -290,6 +295,8 @@ pub struct Config {
     pub webhooks: crate::notify::Webhooks,
     /// Mail about finished executions (`--mail-*`).
     pub mail: Option<crate::notify::Mail>,
+    /// `--cronitor-endpoint`.
+    pub cronitor_endpoint: Option<String>,
     /// The gossip key (`--encrypt`), when gossip is encrypted.
     pub encrypt: Option<crate::gossip_key::GossipKey>,
     /// TLS files (`--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`), when TLS is on.
@@ -372,9 +379,22 @@ impl AgentArgs {
             payload: self.mail_payload.or(file.mail_payload),
             subject_prefix: self.mail_subject_prefix.or(file.mail_subject_prefix),
         })?;
+        let cronitor_endpoint = match self.cronitor_endpoint.or(file.cronitor_endpoint).filter(|e| !e.trim().is_empty())
+        {
+            Some(endpoint) => {
+                let url = reqwest::Url::parse(endpoint.trim())
+                    .map_err(|err| anyhow::anyhow!("--cronitor-endpoint: '{endpoint}': {err}"))?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    bail!("--cronitor-endpoint: '{endpoint}' is not an http or https URL");
+                }
+                Some(endpoint.trim().to_string())
+            }
+            None => None,
+        };
         Ok(Config {
             webhooks,
             mail,
+            cronitor_endpoint,
             clock_offset_max: duration("--clock-offset-max", self.clock_offset_max.or(file.clock_offset_max), "10s")?,
             executors,
             enable_prometheus: self.enable_prometheus.or(file.enable_prometheus).unwrap_or(false),

@@ -83,6 +83,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
         clock_offset_max,
         webhooks,
         mail,
+        cronitor_endpoint,
         acl_enabled,
         config_file: _,
     } = read;
@@ -121,6 +122,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
     note(false, "clock-offset-max", &r.clock_offset_max, clock_offset_max);
     note(false, "webhook-* / pre-webhook-*", &r.webhooks, webhooks);
     note(false, "mail-*", &r.mail, mail);
+    note(false, "cronitor-endpoint", &r.cronitor_endpoint, cronitor_endpoint);
     note(false, "acl.enabled", &r.acl_enabled, acl_enabled);
     changes
 }

@@ -51,7 +51,7 @@ async fn store(node: &Node, job: Job, expect_version: Option<u64>) -> Result<Job
     let now = Timestamp::now();
     let response = node.submit(Command::PutJob { job: Box::new(job), now, expect_version }).await?;
     let job = response.job.ok_or_else(|| ApiError::internal("a put applied without answering the job"))?;
-    let record = JobRecord { job, cursor: response.cursor, active: 0, stored: 0, version: 0 };
+    let record = JobRecord { job, cursor: response.cursor, active: 0, stored: 0, version: 0, missed_at: None };
     Ok(view(record, now))
 }
 

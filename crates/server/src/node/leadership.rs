@@ -108,7 +108,8 @@ async fn lead(node: &Node, term: u64, changes: &mut UnboundedReceiver<String>) {
             crate::dispatch::duty(&node.dispatch, term, synced).await;
         };
         let ports = crate::scheduler::Ports { state: &node.state, writes: node, duties: &node.duties };
-        tokio::join!(crate::scheduler::duty(&ports, term, changes), dispatcher);
+        let notifier = crate::notify::duty(&node.notifier, node, term);
+        tokio::join!(crate::scheduler::duty(&ports, term, changes), dispatcher, notifier);
     };
     tokio::select! {
         _ = lost(node, term) => {}

@@ -214,11 +214,11 @@ async fn start_raft(
     Ok(raft)
 }
 
-/// The sender of webhooks and mail (inert without any configured).
+/// The sender of webhooks, mail and Cronitor pings (its duty runs while the node leads).
 fn start_notifier(config: &Config, state: &StateReader) -> anyhow::Result<crate::notify::Notifier> {
     let http = reqwest::Client::builder().user_agent(concat!("kairos/", env!("CARGO_PKG_VERSION"))).build()?;
-    let (webhooks, mail) = (config.webhooks.clone(), config.mail.clone());
-    crate::notify::Notifier::start(webhooks, mail, state.clone(), config.node_name.clone(), http)
+    let (webhooks, mail, cronitor) = (config.webhooks.clone(), config.mail.clone(), config.cronitor_endpoint.clone());
+    crate::notify::Notifier::new(webhooks, mail, cronitor, state.clone(), config.node_name.clone(), http)
 }
 
 /// The Raft log and the state machine in the data directory, and the machine's applied events.
