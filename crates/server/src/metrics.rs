@@ -49,6 +49,16 @@ pub struct RouteLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerLabel {
+    pub trigger: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileLabel {
+    pub file: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
     pub status: String,
 }
@@ -59,12 +69,17 @@ pub struct Metrics {
     /// Seconds from a run's slot to its start, first attempts only (retries wait for their backoff on purpose).
     pub start_lag: Family<ExecutorLabel, Histogram>,
     pub runs_finished: Family<RunLabels, Counter>,
+    /// Runs started, by why they exist (schedule, catch_up, manual, retry, parent).
+    pub runs_started: Family<TriggerLabel, Counter>,
     pub runs_running: Gauge,
     /// Runs due and waiting for a place (`--max-running`).
     pub runs_queued: Gauge,
     pub runs_skipped_overloaded: Counter,
     pub slots_missed: Counter,
     pub notifications: Family<NotificationLabels, Counter>,
+    pub missed_alerts: Counter,
+    pub outbox_entries: Gauge,
+    pub store_bytes: Family<FileLabel, Gauge>,
     pub executions_lost: Counter,
     pub placement_failures: Counter,
     pub leadership_acquired: Counter,
@@ -93,11 +108,15 @@ impl Metrics {
             registry: Registry::default(),
             start_lag: Family::new_with_constructor(lag_buckets),
             runs_finished: Family::default(),
+            runs_started: Family::default(),
             runs_running: Gauge::default(),
             runs_queued: Gauge::default(),
             runs_skipped_overloaded: Counter::default(),
             slots_missed: Counter::default(),
             notifications: Family::default(),
+            missed_alerts: Counter::default(),
+            outbox_entries: Gauge::default(),
+            store_bytes: Family::default(),
             executions_lost: Counter::default(),
             placement_failures: Counter::default(),
             leadership_acquired: Counter::default(),
@@ -117,6 +136,11 @@ impl Metrics {
             m.start_lag.clone(),
         );
         registry.register("runs_finished", "Runs this node executed, by executor and outcome", m.runs_finished.clone());
+        registry.register(
+            "runs_started",
+            "Runs this node started, by trigger (schedule, catch_up, manual, retry, parent)",
+            m.runs_started.clone(),
+        );
         registry.register("runs_running", "Runs executing on this node now", m.runs_running.clone());
         registry.register(
             "runs_queued",
@@ -135,9 +159,21 @@ impl Metrics {
         );
         registry.register(
             "notifications",
-            "Webhooks this node, leading, sent or gave up on, by kind (webhook, pre_webhook) and outcome",
+            "Notifications this node, leading, sent or gave up on, by kind (webhook, pre_webhook, mail, job_webhook, \
+             cronitor) and outcome (sent, failed, suppressed, template_failed)",
             m.notifications.clone(),
         );
+        registry.register(
+            "missed_alerts",
+            "Missed alerts this node, leading, raised (jobs without a success within alert_if_not_succeeded_within)",
+            m.missed_alerts.clone(),
+        );
+        registry.register(
+            "outbox_entries",
+            "Notification outbox entries waiting for the leader's notifier",
+            m.outbox_entries.clone(),
+        );
+        registry.register("store_bytes", "Size of this server's store files (state, log)", m.store_bytes.clone());
         registry.register(
             "executions_lost",
             "Executions this node, leading, recorded lost (lease expired, node gone)",
@@ -194,6 +230,9 @@ impl Metrics {
 /// attempts.
 pub fn observe_start(executor: &str, env: &[(String, String)], started: kairos_model::Timestamp) {
     let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    if let Some(trigger) = get("KAIROS_TRIGGER") {
+        metrics().runs_started.get_or_create(&TriggerLabel { trigger: trigger.to_string() }).inc();
+    }
     if get("KAIROS_ATTEMPT") != Some("1") {
         return;
     }

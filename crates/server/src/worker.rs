@@ -431,6 +431,7 @@ impl Worker {
             ("KAIROS_EXECUTION_ID".into(), exec.id.clone()),
             ("KAIROS_SCHEDULED_AT".into(), exec.scheduled_at.to_string()),
             ("KAIROS_ATTEMPT".into(), exec.attempt.to_string()),
+            ("KAIROS_TRIGGER".into(), trigger_name(exec.trigger).into()),
         ];
         let expires_at = at.unwrap_or_else(Timestamp::now).max(Timestamp::now()) + START_DEADLINE;
         let keep_outputs = job.executions_retained.unwrap_or(self.retained_default).max(1);
@@ -933,6 +934,18 @@ pub async fn renew_loop(worker: Worker, reporter: Arc<dyn Reporter>, stopping: C
                 warn!("lease renewal failed: {err}");
             }
         }
+    }
+}
+
+/// A trigger as the API spells it (`catch_up`), for `KAIROS_TRIGGER`.
+fn trigger_name(trigger: kairos_model::Trigger) -> &'static str {
+    use kairos_model::Trigger;
+    match trigger {
+        Trigger::Schedule => "schedule",
+        Trigger::CatchUp => "catch_up",
+        Trigger::Manual => "manual",
+        Trigger::Retry => "retry",
+        Trigger::Parent => "parent",
     }
 }
 

@@ -95,6 +95,12 @@ impl Applier<'_> {
 }
 
 impl StateReader {
+    /// Entries waiting in the outbox.
+    pub fn outbox_len(&self) -> Result<u64, redb::Error> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(OUTBOX)?.len()?)
+    }
+
     /// Up to `max` outbox entries from sequence number `from` on, oldest first.
     pub fn outbox(&self, from: u64, max: usize) -> Result<Vec<OutboxEntry>, redb::Error> {
         let txn = self.db.begin_read()?;

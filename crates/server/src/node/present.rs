@@ -142,6 +142,16 @@ impl Node {
         if let Ok(jobs) = self.state.job_count() {
             m.jobs.set(i64::try_from(jobs).unwrap_or(i64::MAX));
         }
+        if let Ok(entries) = self.state.outbox_len() {
+            m.outbox_entries.set(i64::try_from(entries).unwrap_or(i64::MAX));
+        }
+        let raft_dir = self.config.data_dir.join("raft");
+        for (file, name) in [("state", "state.redb"), ("log", "log.redb")] {
+            if let Ok(meta) = std::fs::metadata(raft_dir.join(name)) {
+                let bytes = i64::try_from(meta.len()).unwrap_or(i64::MAX);
+                m.store_bytes.get_or_create(&crate::metrics::FileLabel { file: file.to_string() }).set(bytes);
+            }
+        }
         m.render()
     }
 }

@@ -575,6 +575,7 @@ fn check_missed(
             let key = format!("{name}//{}/missed/{}", planned.kind.as_str(), now.as_millisecond());
             spawn_delivery(tasks, notifier, in_flight, planned, key, None);
         }
+        crate::metrics::metrics().missed_alerts.inc();
         alerts.push(MissedAlert { job: name, missed_at: Some(now) });
     }
 }
