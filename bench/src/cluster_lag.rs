@@ -57,6 +57,7 @@ pub async fn run(launcher: &Launcher, args: &ClusterLagArgs, report: &mut Report
             create_concurrency: 64,
             retained: None,
             secure: false,
+            notify_slow_ms: None,
         };
         if let Err(err) = run_one(launcher, &lag, placement, report).await {
             report.note(format!("cluster fire lag, {jobs} shell jobs {} failed: {err:#}", placement.describe()));

@@ -69,6 +69,11 @@ pub struct FireLagArgs {
     /// certificates, bootstraps the ACL and talks HTTPS with the management token.
     #[arg(long)]
     pub secure: bool,
+    /// Notifications and metrics on: the server sends a webhook and a pre-webhook for every execution to a receiver
+    /// that answers each only after this many milliseconds, serves `--enable-prometheus`, and the harness scrapes
+    /// `/metrics` every second during the window. Compare with the same run without it.
+    #[arg(long)]
+    pub notify_slow_ms: Option<u64>,
 }
 
 /// The measured slots: every whole second in `[start, start + seconds)`.
@@ -118,6 +123,8 @@ struct Measured {
     read_took: Duration,
     stopped: Stopped,
     log_problems: (usize, Vec<String>),
+    /// With `--notify-slow-ms`: `kairos_outbox_entries` when the window closed.
+    outbox_at_end: Option<String>,
 }
 
 pub async fn run(launcher: &Launcher, args: &FireLagArgs, report: &mut Report) -> anyhow::Result<()> {
@@ -129,6 +136,9 @@ pub async fn run(launcher: &Launcher, args: &FireLagArgs, report: &mut Report) -
     if args.secure {
         scenario.push_str(", ACL + TLS");
     }
+    if let Some(ms) = args.notify_slow_ms {
+        scenario.push_str(&format!(", webhooks to a {ms} ms receiver + metrics scraped"));
+    }
     println!("== {scenario} window");
     let retained = retained(args)?;
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
@@ -136,7 +146,27 @@ pub async fn run(launcher: &Launcher, args: &FireLagArgs, report: &mut Report) -
     if args.secure {
         spec = spec.secure(&Secure::make(&launcher.binary, &dir.path().join("pki"))?);
     }
+    let receiver = match args.notify_slow_ms {
+        Some(ms) => {
+            let receiver = Sink::start_slow(Duration::from_millis(ms)).await?;
+            let base = format!("http://{}", receiver.addr);
+            spec.flags.extend(["--webhook-endpoint".into(), format!("{base}/post")]);
+            spec.flags.extend(["--pre-webhook-endpoint".into(), format!("{base}/pre"), "--enable-prometheus".into()]);
+            Some(receiver)
+        }
+        None => None,
+    };
     let measured = measure(&spec, args, retained).await?;
+    if let Some(receiver) = &receiver {
+        report.row(
+            &scenario,
+            "notification requests received (from the first job's creation to the server's stop)",
+            thousands(receiver.hits() as f64),
+        );
+        if let Some(outbox) = &measured.outbox_at_end {
+            report.row(&scenario, "notification outbox entries at the window's end", outbox.clone());
+        }
+    }
     report_run(report, &scenario, args, &measured);
     Ok(())
 }
@@ -169,8 +199,13 @@ async fn measure(spec: &ServerSpec, args: &FireLagArgs, retained: u32) -> anyhow
     let meter = CpuMeter::start(server.pid)?;
     let hits_before = sink.as_ref().map(Sink::hits);
     let overflows_before = listen_overflows()?;
+    let scraper = args.notify_slow_ms.map(|_| tokio::spawn(scrape_every_second(server.api.clone(), window)));
     let rss = sample_rss(server.pid, window).await?;
     let cpu = meter.finish()?;
+    let outbox_at_end = match scraper {
+        Some(scraper) => scraper.await.ok().flatten(),
+        None => None,
+    };
     let sink_hits = sink.as_ref().zip(hits_before).map(|(sink, before)| sink.hits() - before);
     let listen_overflows = listen_overflows()?.saturating_sub(overflows_before);
 
@@ -194,7 +229,25 @@ async fn measure(spec: &ServerSpec, args: &FireLagArgs, retained: u32) -> anyhow
         read_took,
         stopped,
         log_problems,
+        outbox_at_end,
     })
+}
+
+/// Scrape `/metrics` every second until the window ends, as a Prometheus server would; answers the last value of
+/// `kairos_outbox_entries`.
+async fn scrape_every_second(api: Api, window: Window) -> Option<String> {
+    let mut last = None;
+    while Timestamp::now() < window.end() {
+        if let Ok(text) = api.get_text("/metrics").await {
+            last = text
+                .lines()
+                .find(|l| l.starts_with("kairos_outbox_entries "))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .map(str::to_string);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    last
 }
 
 fn report_run(report: &mut Report, scenario: &str, args: &FireLagArgs, m: &Measured) {
