@@ -90,6 +90,8 @@ pub(crate) struct ShellConfig {
     pub cwd: Option<PathBuf>,
     /// `None` runs without a limit (no key, or Dkron's "0").
     pub timeout: Option<Duration>,
+    /// Written to the process's standard input, which is then closed (executor plugins); `None`: no input.
+    pub input: Option<Vec<u8>>,
 }
 
 impl ShellConfig {
@@ -110,7 +112,13 @@ impl ShellConfig {
         };
         refuse_nul(config, "cwd", "no path")?;
         let cwd = Some(get(config, "cwd")).filter(|c| !c.is_empty()).map(PathBuf::from);
-        Ok(ShellConfig { command, env: parse_env(get(config, "env"))?, cwd, timeout: parse_timeout(config, None)? })
+        Ok(ShellConfig {
+            command,
+            env: parse_env(get(config, "env"))?,
+            cwd,
+            timeout: parse_timeout(config, None)?,
+            input: None,
+        })
     }
 }
 
@@ -216,7 +224,7 @@ fn parse_bool(config: &BTreeMap<String, String>, key: &str) -> Result<bool, Conf
     }
 }
 
-fn parse_timeout(
+pub(crate) fn parse_timeout(
     config: &BTreeMap<String, String>,
     default: Option<Duration>,
 ) -> Result<Option<Duration>, ConfigError> {

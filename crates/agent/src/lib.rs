@@ -17,6 +17,7 @@
 //!   and `redact` (no password in outputs, errors or logs);
 //! - `output`, `capture` and `mask`: the [`OutputStore`], the capture that feeds it as output arrives, and the
 //!   masking of secret values in it (`***`);
+//! - `plugin`: executor plugins (`kairos-executor-NAME` in `--plugin-dir`) and their protocol;
 //! - `words`: splitting command lines the way Dkron does for `shell = false`.
 //!
 //! Durations (`timeout`) are read by `kairos_schedule::parse_duration`, the one duration syntax of Kairos.
@@ -30,6 +31,7 @@ mod mask;
 mod nats;
 mod oom;
 mod output;
+pub mod plugin;
 mod process_group;
 mod rabbitmq;
 mod redact;

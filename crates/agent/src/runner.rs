@@ -15,6 +15,7 @@ use crate::connections::{Idle, Shared};
 use crate::http_clients::{HttpClients, RegexCache};
 use crate::nats::NatsClients;
 use crate::output::OutputStore;
+use crate::plugin::{self, Plugins};
 use crate::rabbitmq::RabbitConnections;
 use crate::redis_exec::RedisConnections;
 use crate::spec::{Outcome, RunSpec, RunStatus};
@@ -46,10 +47,16 @@ struct Inner {
     rabbitmq: RabbitConnections,
     redis: RedisConnections,
     sql: SqlConnections,
+    plugins: Plugins,
 }
 
 impl Runner {
     pub fn new(outputs: OutputStore, kill_grace: Duration) -> Runner {
+        Runner::with_plugins(outputs, kill_grace, Plugins::default())
+    }
+
+    /// A runner that also runs the executor plugins of `plugins` (see [`crate::plugin`]).
+    pub fn with_plugins(outputs: OutputStore, kill_grace: Duration, plugins: Plugins) -> Runner {
         install_crypto_provider();
         Runner {
             inner: Arc::new(Inner {
@@ -61,6 +68,7 @@ impl Runner {
                 rabbitmq: Shared::new(),
                 redis: Shared::new(),
                 sql: Idle::new(),
+                plugins,
             }),
         }
     }
@@ -111,7 +119,15 @@ impl Runner {
                 Ok(config) => sql::run(&inner.sql, config, capture, &cancel).await,
                 Err(e) => capture.not_started(e.to_string()),
             },
-            other => capture.not_started(unknown_executor(other).to_string()),
+            other => match inner.plugins.get(other) {
+                Some(program) => {
+                    match plugin::shell_config(program, other, &spec.job_name, &spec.execution_id, &spec.config) {
+                        Ok(config) => shell::run(&spec, config, capture, &cancel, inner.kill_grace).await,
+                        Err(e) => capture.not_started(e.to_string()),
+                    }
+                }
+                None => capture.not_started(unknown_executor(other).to_string()),
+            },
         }
     }
 }

@@ -1085,3 +1085,82 @@ async fn logins_refused_or_accepted_never_show_a_password() {
     let leaking: Vec<&str> = log.lines().filter(|l| l.contains("-secret")).collect();
     assert!(leaking.is_empty(), "passwords in the server log:\n{}", leaking.join("\n"));
 }
+
+/// Executor plugins (`--plugin-dir`, the protocol in the README), with the example plugin of the repository (a
+/// Python program): it gets the job and config on stdin and its output is streamed into the execution while it
+/// runs; cancel and `timeout` stop it; a plugin that crashes fails its run naming the signal and the node runs the
+/// next job; a job naming an executor no node has is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_executor_plugin_runs_streams_its_output_is_cancelled_and_may_crash() {
+    let plugins = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plugins/kairos-executor-example");
+    std::fs::copy(&example, plugins.path().join("kairos-executor-example")).unwrap();
+    let server = Server::fresh(&["--plugin-dir", plugins.path().to_str().unwrap(), "--kill-grace", "1s"]).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let go = scratch.path().join("go");
+    let plugin_job = |name: &str, config: Value| json!({"name": name, "schedule": "@manually", "executor": "example", "executor_config": config});
+
+    // Output streams while the plugin waits for a file; then it prints the rest and succeeds.
+    let config = json!({"message": "tick", "count": "3", "wait_for": go.to_str().unwrap()});
+    server.create_job(&plugin_job("streamed", config)).await;
+    server.run("streamed").await;
+    let running =
+        server.wait_executions("streamed", "it runs", secs(20), |e| e.len() == 1 && e[0].status == "running").await;
+    let id = running[0].id.clone();
+    wait_until("the first line is in the running execution's output", secs(20), async || {
+        let exec = server.execution("streamed", &id).await;
+        (exec.status == "running" && exec.output.contains("tick (1/3, job streamed")).then_some(())
+    })
+    .await;
+    std::fs::write(&go, "").unwrap();
+    let done = server.wait_executions("streamed", "it succeeded", secs(20), |e| e[0].status == "succeeded").await;
+    let exec = server.execution("streamed", &done[0].id).await;
+    assert!(exec.output.contains(&format!("tick (3/3, job streamed, execution {id})")), "{}", exec.output);
+    assert_eq!(exec.exit_code, Some(0));
+
+    // Cancel stops it (its process too); a timeout fails it.
+    let pid_file = scratch.path().join("plugin.pid");
+    let endless =
+        json!({"message": "busy", "count": "1000", "interval": "0.2", "pid_file": pid_file.to_str().unwrap()});
+    server.create_job(&plugin_job("endless", endless)).await;
+    server.run("endless").await;
+    let pid = read_pid(&pid_file).await;
+    let running =
+        server.wait_executions("endless", "it runs", secs(20), |e| e.len() == 1 && e[0].status == "running").await;
+    server.post_empty(&format!("/v1/jobs/endless/executions/{}/cancel", running[0].id)).await.expect(202);
+    server.wait_executions("endless", "it is cancelled", secs(15), |e| e[0].status == "cancelled").await;
+    wait_until("the plugin process is gone", secs(5), async || (!process_alive(pid)).then_some(())).await;
+    server.create_job(&plugin_job("slow", json!({"count": "100", "interval": "0.2", "timeout": "1s"}))).await;
+    server.run("slow").await;
+    let slow = server.wait_executions("slow", "it timed out", secs(20), |e| e[0].is_final()).await;
+    assert_eq!(slow[0].status, "failed", "{:?}", slow[0]);
+    assert!(slow[0].error.as_deref().unwrap_or_default().contains("timed out"), "{:?}", slow[0]);
+
+    // A crash fails the run, naming the signal; a non-zero exit fails with its code; the node goes on.
+    server.create_job(&plugin_job("crashing", json!({"message": "about to crash", "crash": "true"}))).await;
+    server.run("crashing").await;
+    let crashed = server.wait_executions("crashing", "it failed", secs(20), |e| e[0].is_final()).await;
+    assert_eq!(crashed[0].status, "failed", "{:?}", crashed[0]);
+    assert!(crashed[0].error.as_deref().unwrap_or_default().contains("SIGSEGV"), "{:?}", crashed[0]);
+    server.create_job(&plugin_job("exit-3", json!({"exit_code": "3"}))).await;
+    server.run("exit-3").await;
+    let failed = server.wait_executions("exit-3", "it failed", secs(20), |e| e[0].is_final()).await;
+    assert_eq!((failed[0].status.as_str(), failed[0].exit_code), ("failed", Some(3)), "{:?}", failed[0]);
+
+    // An executor no node has is refused, naming the field and the executors known.
+    let reply = server
+        .post(
+            "/v1/jobs",
+            &plugin_job("nowhere", json!({}))
+                .as_object()
+                .map(|o| {
+                    let mut o = o.clone();
+                    o.insert("executor".into(), json!("missing"));
+                    Value::Object(o)
+                })
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert!(reply.text.contains("unknown executor 'missing'") && reply.text.contains("example"), "{}", reply.text);
+}

@@ -160,6 +160,10 @@ pub struct AgentArgs {
     /// sql); jobs of other executors are placed elsewhere.
     #[arg(long, env = "KAIROS_EXECUTORS", value_delimiter = ',')]
     pub executors: Vec<String>,
+    /// A directory of executor plugins: each executable `kairos-executor-NAME` runs jobs whose executor is NAME
+    /// (the protocol is in the README); they join the executors this node runs.
+    #[arg(long, env = "KAIROS_PLUGIN_DIR")]
+    pub plugin_dir: Option<PathBuf>,
     /// Serve Prometheus metrics at /metrics (the HTTP API on servers, the RPC listener on agent-only nodes).
     #[arg(long, env = "KAIROS_ENABLE_PROMETHEUS", num_args = 0..=1, default_missing_value = "true")]
     pub enable_prometheus: Option<bool>,
@@ -222,6 +226,7 @@ struct FileConfig {
     encrypt: Option<String>,
     enable_prometheus: Option<bool>,
     executors: Option<Vec<String>>,
+    plugin_dir: Option<PathBuf>,
     clock_offset_max: Option<String>,
     webhook_endpoint: Option<String>,
     webhook_payload: Option<String>,
@@ -289,6 +294,8 @@ pub struct Config {
     pub enable_prometheus: bool,
     /// The executors this node runs (published in gossip; placement matches it).
     pub executors: Vec<String>,
+    /// The executor plugins of `--plugin-dir`.
+    pub plugins: kairos_agent::plugin::Plugins,
     /// `--clock-offset-max` (zero: no limit).
     pub clock_offset_max: Duration,
     /// `--webhook-*` and `--pre-webhook-*`.
@@ -349,11 +356,14 @@ impl AgentArgs {
             self.client_cert_auth.or(file.client_cert_auth).unwrap_or(false),
         )?;
         let encrypt = self.encrypt.or(file.encrypt).map(|k| crate::gossip_key::GossipKey::parse(&k)).transpose()?;
-        let executors = checked_executors(if self.executors.is_empty() {
-            file.executors.unwrap_or_default()
-        } else {
-            self.executors
-        })?;
+        let plugins = match self.plugin_dir.or(file.plugin_dir) {
+            Some(dir) => kairos_agent::plugin::Plugins::scan(&dir).map_err(|e| anyhow::anyhow!(e))?,
+            None => kairos_agent::plugin::Plugins::default(),
+        };
+        let executors = checked_executors(
+            &plugins,
+            if self.executors.is_empty() { file.executors.unwrap_or_default() } else { self.executors },
+        )?;
         let acl_enabled = self.acl_enabled.or(file.acl.and_then(|acl| acl.enabled)).unwrap_or(false);
         require_node_credentials(acl_enabled, encrypt.is_some(), tls.as_ref())?;
         let webhooks = crate::notify::Webhooks {
@@ -397,6 +407,7 @@ impl AgentArgs {
             cronitor_endpoint,
             clock_offset_max: duration("--clock-offset-max", self.clock_offset_max.or(file.clock_offset_max), "10s")?,
             executors,
+            plugins,
             enable_prometheus: self.enable_prometheus.or(file.enable_prometheus).unwrap_or(false),
             encrypt,
             tls,
@@ -486,15 +497,15 @@ fn checked_log_level(log_level: String) -> anyhow::Result<String> {
     Ok(log_level)
 }
 
-/// The executors this node runs: all of them unless listed; an unknown name is an error listing the known ones.
-fn checked_executors(listed: Vec<String>) -> anyhow::Result<Vec<String>> {
-    let executors: Vec<String> = if listed.is_empty() {
-        kairos_agent::EXECUTORS.iter().map(|e| e.to_string()).collect()
-    } else {
-        listed.into_iter().map(|e| e.trim().to_string()).collect()
-    };
-    if let Some(unknown) = executors.iter().find(|e| !kairos_agent::EXECUTORS.contains(&e.as_str())) {
-        bail!("--executors: unknown executor '{unknown}'; known: {}", kairos_agent::EXECUTORS.join(", "));
+/// The executors this node runs: all of them (built in and plugins) unless listed; an unknown name is an error
+/// listing the known ones.
+fn checked_executors(plugins: &kairos_agent::plugin::Plugins, listed: Vec<String>) -> anyhow::Result<Vec<String>> {
+    let known: Vec<String> =
+        kairos_agent::EXECUTORS.iter().copied().chain(plugins.names()).map(str::to_string).collect();
+    let executors: Vec<String> =
+        if listed.is_empty() { known.clone() } else { listed.into_iter().map(|e| e.trim().to_string()).collect() };
+    if let Some(unknown) = executors.iter().find(|e| !known.contains(e)) {
+        bail!("--executors: unknown executor '{unknown}'; known: {}", known.join(", "));
     }
     Ok(executors)
 }

@@ -80,6 +80,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
         encrypt,
         enable_prometheus,
         executors,
+        plugins,
         clock_offset_max,
         webhooks,
         mail,
@@ -119,6 +120,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
     note(false, "encrypt", &r.encrypt, encrypt);
     note(false, "enable-prometheus", &r.enable_prometheus, enable_prometheus);
     note(false, "executors", &r.executors, executors);
+    note(false, "plugin-dir", &r.plugins, plugins);
     note(false, "clock-offset-max", &r.clock_offset_max, clock_offset_max);
     note(false, "webhook-* / pre-webhook-*", &r.webhooks, webhooks);
     note(false, "mail-*", &r.mail, mail);

@@ -292,7 +292,7 @@ impl Worker {
         let (timer_tx, timer) = unbounded_channel();
         let (dropped_tx, dropped) = unbounded_channel();
         let worker = Worker {
-            runner: Runner::new(outputs.clone(), config.kill_grace),
+            runner: Runner::with_plugins(outputs.clone(), config.kill_grace, config.plugins.clone()),
             outputs,
             retained_default: config.executions_retained,
             node_name: config.node_name.clone(),
