@@ -9,11 +9,13 @@
 //! its own (`config/nats.rs`, `config/rabbitmq.rs`, `config/redis.rs`, `config/sql.rs`), built from the same
 //! helpers.
 
+mod grpc;
 mod nats;
 mod rabbitmq;
 mod redis;
 mod sql;
 
+pub(crate) use grpc::{GrpcConfig, STATUS_NAMES as GRPC_STATUS_NAMES};
 pub(crate) use nats::{NatsConfig, NatsCredentials};
 pub(crate) use rabbitmq::RabbitConfig;
 pub(crate) use redis::{Payload as RedisPayload, RedisCommand, RedisConfig};
@@ -31,7 +33,7 @@ use crate::words;
 use kairos_schedule::parse_duration;
 
 /// Executors this agent can run, in the order error messages list them.
-pub const EXECUTORS: [&str; 6] = ["shell", "http", "nats", "rabbitmq", "redis", "sql"];
+pub const EXECUTORS: [&str; 7] = ["shell", "http", "nats", "rabbitmq", "redis", "sql", "grpc"];
 
 /// Dkron's http executor default request timeout.
 const HTTP_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
@@ -63,6 +65,7 @@ pub fn validate(executor: &str, config: &BTreeMap<String, String>) -> Result<(),
         "rabbitmq" => RabbitConfig::parse(config).map(drop),
         "redis" => RedisConfig::parse(config).map(drop),
         "sql" => SqlConfig::parse(config).map(drop),
+        "grpc" => GrpcConfig::parse(config).map(drop),
         other => Err(unknown_executor(other)),
     }
 }
@@ -377,7 +380,7 @@ pub(crate) mod tests {
             "docker",
             &[],
             "executor",
-            "unknown executor 'docker'; known: shell, http, nats, rabbitmq, redis, sql",
+            "unknown executor 'docker'; known: shell, http, nats, rabbitmq, redis, sql, grpc",
         );
     }
 

@@ -12,7 +12,7 @@
 //! - `shell`, `process_group` and `oom`: the shell executor, how it stops whole process groups, and how its runs
 //!   meet the kernel's out-of-memory killer (first in line; a run it killed says so);
 //! - `http` and `http_clients`: the http executor and the clients and regexes it shares;
-//! - `nats`, `rabbitmq`, `redis_exec`, `sql`: the broker and PostgreSQL executors, built on `remote` (racing
+//! - `nats`, `rabbitmq`, `redis_exec`, `sql`, `grpc`: the broker, PostgreSQL and gRPC executors, built on `remote` (racing
 //!   the remote operation against timeout and cancel), `connections` (connections kept across runs, bounded)
 //!   and `redact` (no password in outputs, errors or logs);
 //! - `output`, `capture` and `mask`: the [`OutputStore`], the capture that feeds it as output arrives, and the
@@ -25,6 +25,7 @@
 mod capture;
 mod config;
 mod connections;
+mod grpc;
 mod http;
 mod http_clients;
 mod mask;

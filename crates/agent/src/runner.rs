@@ -10,8 +10,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::Capture;
-use crate::config::{HttpConfig, NatsConfig, RabbitConfig, RedisConfig, ShellConfig, SqlConfig, unknown_executor};
+use crate::config::{
+    GrpcConfig, HttpConfig, NatsConfig, RabbitConfig, RedisConfig, ShellConfig, SqlConfig, unknown_executor,
+};
 use crate::connections::{Idle, Shared};
+use crate::grpc::GrpcClients;
 use crate::http_clients::{HttpClients, RegexCache};
 use crate::nats::NatsClients;
 use crate::output::OutputStore;
@@ -20,7 +23,7 @@ use crate::rabbitmq::RabbitConnections;
 use crate::redis_exec::RedisConnections;
 use crate::spec::{Outcome, RunSpec, RunStatus};
 use crate::sql::SqlConnections;
-use crate::{http, nats, rabbitmq, redis_exec, shell, sql};
+use crate::{grpc, http, nats, rabbitmq, redis_exec, shell, sql};
 
 /// Installs rustls' ring crypto provider for the process. Idempotent; a provider that is already
 /// installed (by us or by the embedding binary) is kept.
@@ -47,6 +50,7 @@ struct Inner {
     rabbitmq: RabbitConnections,
     redis: RedisConnections,
     sql: SqlConnections,
+    grpc: GrpcClients,
     plugins: Plugins,
 }
 
@@ -68,6 +72,7 @@ impl Runner {
                 rabbitmq: Shared::new(),
                 redis: Shared::new(),
                 sql: Idle::new(),
+                grpc: GrpcClients::new(),
                 plugins,
             }),
         }
@@ -117,6 +122,10 @@ impl Runner {
             },
             "sql" => match SqlConfig::parse(&spec.config) {
                 Ok(config) => sql::run(&inner.sql, config, capture, &cancel).await,
+                Err(e) => capture.not_started(e.to_string()),
+            },
+            "grpc" => match GrpcConfig::parse(&spec.config) {
+                Ok(config) => grpc::run(&inner.grpc, config, capture, &cancel).await,
                 Err(e) => capture.not_started(e.to_string()),
             },
             other => match inner.plugins.get(other) {

@@ -1164,3 +1164,80 @@ async fn an_executor_plugin_runs_streams_its_output_is_cancelled_and_may_crash()
     assert_eq!(reply.status, 400, "{}", reply.text);
     assert!(reply.text.contains("unknown executor 'missing'") && reply.text.contains("example"), "{}", reply.text);
 }
+
+/// The grpc executor against a real gRPC server with reflection (the test kit's `kairos.test.Greeter`): the JSON
+/// body becomes the request and the response is the output; headers travel as metadata; another status fails the
+/// run unless it is the `expectCode`; timeout and cancel abandon the call (the server sees it dropped); a server
+/// that is down or a method it lacks fails with a clear error.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_grpc_executor_calls_a_method_found_by_reflection() {
+    let greeter = kairos_testkit::grpc::greeter().await;
+    let server = Server::fresh(&[]).await;
+    let grpc_job = |name: &str, config: Value| json!({"name": name, "schedule": "@manually", "executor": "grpc", "executor_config": config});
+    let body = r#"{"name": "kairos"}"#;
+    let headers = r#"["X-Token: t0k"]"#;
+    server
+        .create_job(&grpc_job("hello", json!({"url": greeter.url("SayHello"), "body": body, "headers": headers})))
+        .await;
+    server.run("hello").await;
+    let hello = server.wait_executions("hello", "it ended", secs(20), |e| e[0].is_final()).await;
+    let exec = server.execution("hello", &hello[0].id).await;
+    assert_eq!((exec.status.as_str(), exec.exit_code), ("succeeded", Some(0)), "{exec:?}");
+    let reply: Value = serde_json::from_str(&exec.output).unwrap_or_else(|e| panic!("{e}: {}", exec.output));
+    assert_eq!(reply["message"], "hello, kairos (token t0k)", "{reply}");
+    // The channel and the descriptors are kept: a second run needs no new reflection, and works.
+    server.run("hello").await;
+    server.wait_executions("hello", "two succeeded", secs(20), |e| count(e, "succeeded") == 2).await;
+
+    server.create_job(&grpc_job("refused", json!({"url": greeter.url("Fail"), "body": body}))).await;
+    server.create_job(&grpc_job("expected", json!({"url": greeter.url("Fail"), "expectCode": "NOT_FOUND"}))).await;
+    server.run("refused").await;
+    server.run("expected").await;
+    let refused = server.wait_executions("refused", "it ended", secs(20), |e| e[0].is_final()).await;
+    assert_eq!((refused[0].status.as_str(), refused[0].exit_code), ("failed", Some(5)), "{:?}", refused[0]);
+    assert!(
+        refused[0].error.as_deref().unwrap_or_default().contains("NOT_FOUND: no greeting for kairos"),
+        "{:?}",
+        refused[0]
+    );
+    let expected = server.wait_executions("expected", "it ended", secs(20), |e| e[0].is_final()).await;
+    assert_eq!(expected[0].status, "succeeded", "{:?}", expected[0]);
+
+    // Timeout and cancel abandon the call.
+    let slow = json!({"url": greeter.url("Slow"), "body": r#"{"name": "x", "delay_ms": 60000}"#, "timeout": "1s"});
+    server.create_job(&grpc_job("slow", slow)).await;
+    server.run("slow").await;
+    let timed_out = server.wait_executions("slow", "it timed out", secs(20), |e| e[0].is_final()).await;
+    assert_eq!(timed_out[0].status, "failed", "{:?}", timed_out[0]);
+    assert!(timed_out[0].error.as_deref().unwrap_or_default().contains("timed out"), "{:?}", timed_out[0]);
+    wait_until("the server saw the call dropped", secs(10), async || {
+        (greeter.abandoned.load(std::sync::atomic::Ordering::SeqCst) >= 1).then_some(())
+    })
+    .await;
+    let endless = json!({"url": greeter.url("Slow"), "body": r#"{"name": "x", "delay_ms": 60000}"#, "timeout": "0"});
+    server.create_job(&grpc_job("endless", endless)).await;
+    server.run("endless").await;
+    let running = server.wait_executions("endless", "it runs", secs(20), |e| e[0].status == "running").await;
+    server.post_empty(&format!("/v1/jobs/endless/executions/{}/cancel", running[0].id)).await.expect(202);
+    server.wait_executions("endless", "it is cancelled", secs(15), |e| e[0].status == "cancelled").await;
+    wait_until("the server saw the cancelled call dropped", secs(10), async || {
+        (greeter.abandoned.load(std::sync::atomic::Ordering::SeqCst) >= 2).then_some(())
+    })
+    .await;
+
+    // A server that is down, and a method it does not have.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    server.create_job(&grpc_job("down", json!({"url": format!("{closed}/kairos.test.Greeter/SayHello")}))).await;
+    server.create_job(&grpc_job("nomethod", json!({"url": greeter.url("Wave")}))).await;
+    server.run("down").await;
+    server.run("nomethod").await;
+    let down = server.wait_executions("down", "it failed", secs(30), |e| e[0].is_final()).await;
+    assert!(down[0].error.as_deref().unwrap_or_default().contains("unreachable"), "{:?}", down[0]);
+    let nomethod = server.wait_executions("nomethod", "it failed", secs(20), |e| e[0].is_final()).await;
+    assert!(nomethod[0].error.as_deref().unwrap_or_default().contains("has no method Wave"), "{:?}", nomethod[0]);
+
+    // A config that cannot work is refused at the job's write, naming the key.
+    let reply = server.post("/v1/jobs", &grpc_job("bad", json!({"url": "no-port/x.Y/Z"}))).await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert!(reply.text.contains("executor_config.url"), "{}", reply.text);
+}
