@@ -42,6 +42,10 @@ const HTTP_RUNS_TARGET: f64 = 10_000.0;
 pub enum Executor {
     Shell,
     Http,
+    /// A NATS publish to a local `nats-server` (started by the harness).
+    Nats,
+    /// A Redis `PUBLISH` to a local `redis-server` (started by the harness).
+    Redis,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -131,6 +135,8 @@ pub async fn run(launcher: &Launcher, args: &FireLagArgs, report: &mut Report) -
     let executor = match args.executor {
         Executor::Shell => "shell",
         Executor::Http => "http",
+        Executor::Nats => "nats",
+        Executor::Redis => "redis",
     };
     let mut scenario = format!("fire lag, {} {executor} jobs, {} s", thousands(args.jobs as f64), args.seconds);
     if args.secure {
@@ -189,9 +195,19 @@ async fn measure(spec: &ServerSpec, args: &FireLagArgs, retained: u32) -> anyhow
     let rss_idle = rss_bytes(server.pid)?;
     let sink = match args.executor {
         Executor::Http => Some(Sink::start().await?),
-        Executor::Shell => None,
+        Executor::Shell | Executor::Nats | Executor::Redis => None,
     };
-    let body = JobBody { sink: sink.as_ref().map(|s| s.addr), retained, tags: BTreeMap::new() };
+    // The brokers run for the whole measurement and are stopped (killed with their process group) on drop.
+    let broker = match args.executor {
+        Executor::Nats => Some(kairos_testkit::services::nats(None).await),
+        Executor::Redis => Some(kairos_testkit::services::redis(None).await),
+        Executor::Shell | Executor::Http => None,
+    };
+    let publish = broker.as_ref().map(|b| match args.executor {
+        Executor::Nats => Broker::Nats(format!("nats://127.0.0.1:{}", b.port())),
+        _ => Broker::Redis(format!("redis://127.0.0.1:{}/0", b.port())),
+    });
+    let body = JobBody { sink: sink.as_ref().map(|s| s.addr), retained, tags: BTreeMap::new(), broker: publish };
     let created = create_jobs(&server.api, args, &body).await?;
 
     let window = Window::after(Timestamp::now(), args.warmup, args.seconds);
@@ -401,16 +417,33 @@ pub struct JobBody {
     pub retained: u32,
     /// The job's tags: only nodes with all of them run it (none: any node).
     pub tags: BTreeMap<String, String>,
+    /// Publish to this broker instead (nats or redis executor).
+    pub broker: Option<Broker>,
+}
+
+/// A broker the jobs publish to, by its URL.
+#[derive(Debug, Clone)]
+pub enum Broker {
+    Nats(String),
+    Redis(String),
 }
 
 impl JobBody {
     pub fn json(&self, name: &str) -> String {
-        let executor = match self.sink {
-            None => serde_json::json!({
+        let executor = match (&self.broker, self.sink) {
+            (Some(Broker::Nats(url)), _) => serde_json::json!({
+                "executor": "nats",
+                "executor_config": {"url": url, "subject": format!("bench.{name}"), "message": "tick"},
+            }),
+            (Some(Broker::Redis(url)), _) => serde_json::json!({
+                "executor": "redis",
+                "executor_config": {"url": url, "command": "PUBLISH", "channel": format!("bench.{name}"), "message": "tick"},
+            }),
+            (None, None) => serde_json::json!({
                 "executor": "shell",
                 "executor_config": {"command": "date +%s.%N"},
             }),
-            Some(addr) => serde_json::json!({
+            (None, Some(addr)) => serde_json::json!({
                 "executor": "http",
                 "executor_config": {"url": format!("http://{addr}/"), "method": "GET", "expectCode": "200"},
             }),

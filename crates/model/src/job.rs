@@ -520,7 +520,10 @@ impl Job {
             self.parsed_schedule()?;
         }
         if self.executor.is_empty() {
-            return Err(FieldError::new("executor", "required (shell, http, nats, rabbitmq, redis, sql, grpc or a plugin's name)"));
+            return Err(FieldError::new(
+                "executor",
+                "required (shell, http, nats, rabbitmq, redis, sql, grpc or a plugin's name)",
+            ));
         }
         if self.retries > RETRIES_MAX {
             return Err(FieldError::new("retries", format!("must be at most {RETRIES_MAX}")));
