@@ -77,6 +77,8 @@ pub struct Metrics {
     pub gossip_members: Family<StatusLabel, Gauge>,
     pub executions_active: Family<StatusLabel, Gauge>,
     pub jobs: Gauge,
+    /// StatsD packets (and lines too long for one) this node could not send ([`crate::statsd`]).
+    pub statsd_send_errors: Counter,
 }
 
 /// The process's metrics (created on first use).
@@ -110,6 +112,7 @@ impl Metrics {
             gossip_members: Family::default(),
             executions_active: Family::default(),
             jobs: Gauge::default(),
+            statsd_send_errors: Counter::default(),
         };
         registry.register(
             "run_start_lag_seconds",
@@ -178,6 +181,11 @@ impl Metrics {
             m.executions_active.clone(),
         );
         registry.register("jobs", "Jobs in the replicated state", m.jobs.clone());
+        registry.register(
+            "statsd_send_errors",
+            "StatsD packets this node could not send (--statsd-addr, --dog-statsd-addr)",
+            m.statsd_send_errors.clone(),
+        );
         Metrics { registry, ..m }
     }
 
