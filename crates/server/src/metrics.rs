@@ -53,6 +53,11 @@ pub struct StatusLabel {
     pub status: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabel {
+    pub store: String,
+}
+
 /// Every metric of the process.
 pub struct Metrics {
     registry: Registry,
@@ -77,6 +82,8 @@ pub struct Metrics {
     pub gossip_members: Family<StatusLabel, Gauge>,
     pub executions_active: Family<StatusLabel, Gauge>,
     pub jobs: Gauge,
+    /// Bytes on disk: `raft_log` and `state` (servers, read when scraped), `outputs` (every node, after each run).
+    pub store_bytes: Family<StoreLabel, Gauge>,
     /// StatsD packets (and lines too long for one) this node could not send ([`crate::statsd`]).
     pub statsd_send_errors: Counter,
 }
@@ -112,6 +119,7 @@ impl Metrics {
             gossip_members: Family::default(),
             executions_active: Family::default(),
             jobs: Gauge::default(),
+            store_bytes: Family::default(),
             statsd_send_errors: Counter::default(),
         };
         registry.register(
@@ -182,6 +190,11 @@ impl Metrics {
         );
         registry.register("jobs", "Jobs in the replicated state", m.jobs.clone());
         registry.register(
+            "store_bytes",
+            "Bytes this node's stores take on disk: raft_log and state (servers), outputs (runs' full output)",
+            m.store_bytes.clone(),
+        );
+        registry.register(
             "statsd_send_errors",
             "StatsD packets this node could not send (--statsd-addr, --dog-statsd-addr)",
             m.statsd_send_errors.clone(),
@@ -196,6 +209,12 @@ impl Metrics {
             .expect("writing to a String does not fail");
         text
     }
+}
+
+/// Set the `store_bytes` gauge of one store.
+pub fn set_store_bytes(store: &str, bytes: u64) {
+    let gauge = metrics().store_bytes.get_or_create(&StoreLabel { store: store.to_string() }).clone();
+    gauge.set(i64::try_from(bytes).unwrap_or(i64::MAX));
 }
 
 /// Record the start of a run from its environment (`KAIROS_SCHEDULED_AT`, `KAIROS_ATTEMPT`): its lag, for first

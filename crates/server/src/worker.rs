@@ -701,6 +701,7 @@ impl Worker {
             "run finished"
         );
         self.prune_outputs(&exec_ref.job, keep_outputs);
+        crate::metrics::set_store_bytes("outputs", self.outputs.used_bytes());
         {
             let mut recent = self.recent.lock().expect("recent lock");
             if recent.len() >= RECENT_OUTPUTS {
