@@ -66,6 +66,10 @@ pub struct AgentArgs {
     /// Log level: error, warn, info, debug or trace (default info).
     #[arg(long, env = "KAIROS_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Log format: `text` (default) or `json` (one JSON object a line, with the node's name and, where they apply,
+    /// the job, execution and Raft term).
+    #[arg(long, env = "KAIROS_LOG_FORMAT")]
+    pub log_format: Option<String>,
     #[arg(long, env = "KAIROS_DATACENTER")]
     pub datacenter: Option<String>,
     #[arg(long, env = "KAIROS_REGION")]
@@ -167,6 +171,18 @@ pub struct AgentArgs {
     /// Serve Prometheus metrics at /metrics (the HTTP API on servers, the RPC listener on agent-only nodes).
     #[arg(long, env = "KAIROS_ENABLE_PROMETHEUS", num_args = 0..=1, default_missing_value = "true")]
     pub enable_prometheus: Option<bool>,
+    /// StatsD address (`host:port`) to push metrics to every --statsd-flush-interval (labels folded into names).
+    #[arg(long, env = "KAIROS_STATSD_ADDR")]
+    pub statsd_addr: Option<String>,
+    /// DogStatsD (Datadog agent) address (`host:port`): metrics pushed with their labels as tags.
+    #[arg(long, env = "KAIROS_DOG_STATSD_ADDR")]
+    pub dog_statsd_addr: Option<String>,
+    /// Tags added to every DogStatsD metric, `key:value`; comma-separated or repeated.
+    #[arg(long, env = "KAIROS_DOG_STATSD_TAGS", value_delimiter = ',')]
+    pub dog_statsd_tags: Vec<String>,
+    /// How often metrics are pushed to StatsD and DogStatsD (default 10s).
+    #[arg(long, env = "KAIROS_STATSD_FLUSH_INTERVAL")]
+    pub statsd_flush_interval: Option<String>,
     /// Key (base64, from `kairos keygen`) that encrypts and authenticates gossip; every node needs the same one.
     #[arg(long, env = "KAIROS_ENCRYPT")]
     pub encrypt: Option<String>,
@@ -209,6 +225,7 @@ struct FileConfig {
     retry_interval: Option<String>,
     raft_multiplier: Option<u32>,
     log_level: Option<String>,
+    log_format: Option<String>,
     datacenter: Option<String>,
     region: Option<String>,
     shutdown_grace: Option<String>,
@@ -225,6 +242,10 @@ struct FileConfig {
     cors_allowed_origins: Option<Vec<String>>,
     encrypt: Option<String>,
     enable_prometheus: Option<bool>,
+    statsd_addr: Option<String>,
+    dog_statsd_addr: Option<String>,
+    dog_statsd_tags: Option<Vec<String>>,
+    statsd_flush_interval: Option<String>,
     executors: Option<Vec<String>>,
     plugin_dir: Option<PathBuf>,
     clock_offset_max: Option<String>,
@@ -273,6 +294,8 @@ pub struct Config {
     pub retry_interval: Duration,
     pub raft_multiplier: u32,
     pub log_level: String,
+    /// `--log-format`.
+    pub log_format: LogFormat,
     pub datacenter: String,
     pub region: String,
     pub shutdown_grace: Duration,
@@ -292,6 +315,8 @@ pub struct Config {
     pub cors_allowed_origins: Vec<String>,
     /// Serve `GET /metrics` (see [`crate::metrics`]).
     pub enable_prometheus: bool,
+    /// Where metrics are pushed (`--statsd-addr`, `--dog-statsd-*`; see [`crate::statsd`]).
+    pub statsd: crate::statsd::Statsd,
     /// The executors this node runs (published in gossip; placement matches it).
     pub executors: Vec<String>,
     /// The executor plugins of `--plugin-dir`.
@@ -329,6 +354,7 @@ impl AgentArgs {
         let node_name = checked_node_name(self.node_name.or(file.node_name).unwrap_or_else(default_node_name))?;
         let http_addr = self.http_addr.or(file.http_addr).unwrap_or_else(|| ":8080".into());
         let log_level = checked_log_level(self.log_level.or(file.log_level).unwrap_or_else(|| "info".into()))?;
+        let log_format = LogFormat::parse(self.log_format.or(file.log_format).as_deref().unwrap_or("text"))?;
         let advertise_addr = self.advertise_addr.or(file.advertise_addr);
         if let Some(text) = &advertise_addr
             && advertise_host(text).is_none()
@@ -401,7 +427,19 @@ impl AgentArgs {
             }
             None => None,
         };
+        let statsd = crate::statsd::Statsd::from_flags(
+            self.statsd_addr.or(file.statsd_addr),
+            self.dog_statsd_addr.or(file.dog_statsd_addr),
+            non_empty(self.dog_statsd_tags).or(file.dog_statsd_tags).unwrap_or_default(),
+            duration(
+                "--statsd-flush-interval",
+                self.statsd_flush_interval.or(file.statsd_flush_interval),
+                crate::statsd::FLUSH_INTERVAL_DEFAULT,
+            )?,
+        )?;
         Ok(Config {
+            statsd,
+            log_format,
             webhooks,
             mail,
             cronitor_endpoint,
@@ -488,6 +526,25 @@ fn checked_node_name(node_name: String) -> anyhow::Result<String> {
         bail!("--node-name: '{node_name}' contains '{c}'; use letters, digits, '.', '_' and '-'");
     }
     Ok(node_name)
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (tracing's default format).
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+impl LogFormat {
+    fn parse(text: &str) -> anyhow::Result<LogFormat> {
+        match text {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => bail!("--log-format: '{other}' is not one of text, json"),
+        }
+    }
 }
 
 fn checked_log_level(log_level: String) -> anyhow::Result<String> {
@@ -784,6 +841,13 @@ mod tests {
             AgentArgs { http_addr: Some("nope".into()), ..AgentArgs::default() },
             AgentArgs { tags: vec!["novalue".into()], ..AgentArgs::default() },
             AgentArgs { log_level: Some("loud".into()), ..AgentArgs::default() },
+            AgentArgs { log_format: Some("xml".into()), ..AgentArgs::default() },
+            AgentArgs { statsd_addr: Some("nonsense".into()), ..AgentArgs::default() },
+            AgentArgs {
+                dog_statsd_tags: vec!["a b".into()],
+                dog_statsd_addr: Some("h:1".into()),
+                ..AgentArgs::default()
+            },
             AgentArgs { shutdown_grace: Some("soon".into()), ..AgentArgs::default() },
             AgentArgs { config: Some("/nonexistent/kairos.yml".into()), ..AgentArgs::default() },
             AgentArgs { node_name: Some("web@1".into()), ..AgentArgs::default() },

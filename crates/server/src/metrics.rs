@@ -54,13 +54,13 @@ pub struct TriggerLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FileLabel {
-    pub file: String,
+pub struct StatusLabel {
+    pub status: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StatusLabel {
-    pub status: String,
+pub struct StoreLabel {
+    pub store: String,
 }
 
 /// Every metric of the process.
@@ -79,7 +79,6 @@ pub struct Metrics {
     pub notifications: Family<NotificationLabels, Counter>,
     pub missed_alerts: Counter,
     pub outbox_entries: Gauge,
-    pub store_bytes: Family<FileLabel, Gauge>,
     pub executions_lost: Counter,
     pub placement_failures: Counter,
     pub leadership_acquired: Counter,
@@ -92,6 +91,10 @@ pub struct Metrics {
     pub gossip_members: Family<StatusLabel, Gauge>,
     pub executions_active: Family<StatusLabel, Gauge>,
     pub jobs: Gauge,
+    /// Bytes on disk: `raft_log` and `state` (servers, read when scraped), `outputs` (every node, after each run).
+    pub store_bytes: Family<StoreLabel, Gauge>,
+    /// StatsD packets (and lines too long for one) this node could not send ([`crate::statsd`]).
+    pub statsd_send_errors: Counter,
 }
 
 /// The process's metrics (created on first use).
@@ -116,7 +119,6 @@ impl Metrics {
             notifications: Family::default(),
             missed_alerts: Counter::default(),
             outbox_entries: Gauge::default(),
-            store_bytes: Family::default(),
             executions_lost: Counter::default(),
             placement_failures: Counter::default(),
             leadership_acquired: Counter::default(),
@@ -129,6 +131,8 @@ impl Metrics {
             gossip_members: Family::default(),
             executions_active: Family::default(),
             jobs: Gauge::default(),
+            store_bytes: Family::default(),
+            statsd_send_errors: Counter::default(),
         };
         registry.register(
             "run_start_lag_seconds",
@@ -173,7 +177,7 @@ impl Metrics {
             "Notification outbox entries waiting for the leader's notifier",
             m.outbox_entries.clone(),
         );
-        registry.register("store_bytes", "Size of this server's store files (state, log)", m.store_bytes.clone());
+
         registry.register(
             "executions_lost",
             "Executions this node, leading, recorded lost (lease expired, node gone)",
@@ -214,6 +218,16 @@ impl Metrics {
             m.executions_active.clone(),
         );
         registry.register("jobs", "Jobs in the replicated state", m.jobs.clone());
+        registry.register(
+            "store_bytes",
+            "Bytes this node's stores take on disk: raft_log and state (servers), outputs (runs' full output)",
+            m.store_bytes.clone(),
+        );
+        registry.register(
+            "statsd_send_errors",
+            "StatsD packets this node could not send (--statsd-addr, --dog-statsd-addr)",
+            m.statsd_send_errors.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -224,6 +238,12 @@ impl Metrics {
             .expect("writing to a String does not fail");
         text
     }
+}
+
+/// Set the `store_bytes` gauge of one store.
+pub fn set_store_bytes(store: &str, bytes: u64) {
+    let gauge = metrics().store_bytes.get_or_create(&StoreLabel { store: store.to_string() }).clone();
+    gauge.set(i64::try_from(bytes).unwrap_or(i64::MAX));
 }
 
 /// Record the start of a run from its environment (`KAIROS_SCHEDULED_AT`, `KAIROS_ATTEMPT`): its lag, for first

@@ -28,7 +28,7 @@ use kairos_store::{BATCH_ITEMS_MAX, Command, ExecRef, Finish, Response, Start};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::{Config, RunLimits};
 use kairos_schedule::time_until;
@@ -441,6 +441,8 @@ impl Worker {
 
     /// Take an order: refused (false) if its term is older than one seen; launched at its instant otherwise.
     pub fn accept(&self, order: Order) -> bool {
+        // Every line about this order carries its job, execution and term (see crate::logging).
+        let _span = info_span!("order", job = %order.exec.job, execution = %order.exec.id, term = order.term).entered();
         if let Some(offset) = self.clock.offset().filter(|o| o.beyond(self.clock_offset_max)) {
             warn!(
                 "refusing {}/{}: this node's clock is {} ms off the leader's (±{} ms), more than --clock-offset-max {:?}",
@@ -631,7 +633,9 @@ impl Worker {
                 let exec = queued.order.exec.clone();
                 runs.running.insert(exec, RunningExec { token, reason: Arc::new(Mutex::new(None)) });
                 let worker = self.clone();
-                spawn_run(async move { worker.run(queued.order).await });
+                let order = &queued.order;
+                let span = info_span!("run", job = %order.exec.job, execution = %order.exec.id, term = order.term);
+                spawn_run(async move { worker.run(queued.order).await }.instrument(span));
             }
             crate::metrics::metrics().runs_queued.set(runs.queue.len() as i64);
         }
@@ -665,6 +669,7 @@ impl Worker {
         let executor = spec.executor.clone();
         crate::metrics::observe_start(&executor, &spec.extra_env, started_at);
         crate::metrics::metrics().runs_running.inc();
+        debug!(executor = %executor, "run started");
         self.report(Report::Start(Start {
             exec: exec_ref.clone(),
             node: self.node_name.clone(),
@@ -688,7 +693,16 @@ impl Worker {
             ExecutionStatus::Cancelled => cancel_reason.or(outcome.error),
             _ => outcome.error,
         };
+        let took_s = self.clock.leader_now().duration_since(started_at).as_secs_f64();
+        info!(
+            status = status.as_str(),
+            exit_code = outcome.exit_code,
+            took_s,
+            error = error.as_deref(),
+            "run finished"
+        );
         self.prune_outputs(&exec_ref.job, keep_outputs);
+        crate::metrics::set_store_bytes("outputs", self.outputs.used_bytes());
         {
             let mut recent = self.recent.lock().expect("recent lock");
             if recent.len() >= RECENT_OUTPUTS {

@@ -146,12 +146,12 @@ impl Node {
             m.outbox_entries.set(i64::try_from(entries).unwrap_or(i64::MAX));
         }
         let raft_dir = self.config.data_dir.join("raft");
-        for (file, name) in [("state", "state.redb"), ("log", "log.redb")] {
-            if let Ok(meta) = std::fs::metadata(raft_dir.join(name)) {
-                let bytes = i64::try_from(meta.len()).unwrap_or(i64::MAX);
-                m.store_bytes.get_or_create(&crate::metrics::FileLabel { file: file.to_string() }).set(bytes);
+        for (store, file) in [("raft_log", "log.redb"), ("state", "state.redb")] {
+            if let Ok(meta) = std::fs::metadata(raft_dir.join(file)) {
+                crate::metrics::set_store_bytes(store, meta.len());
             }
         }
+        crate::metrics::set_store_bytes("outputs", self.outputs.used_bytes());
         m.render()
     }
 }
