@@ -17,8 +17,10 @@ use crate::command::{ExecRef, Response};
 use crate::state::{Applier, OUTBOX, StateReader, decode, encode, exec_key};
 
 const META_OUTBOX_NEXT: &str = "outbox_next";
-/// Entries the outbox holds at most; the oldest go first.
+/// Entries the outbox holds at most (give or take [`BOUND_CHECK_EVERY`]); the oldest go first.
 pub const OUTBOX_MAX: u64 = 100_000;
+/// How often (in entries) the bound is checked.
+const BOUND_CHECK_EVERY: u64 = 256;
 
 /// What happened to an execution that may notify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,18 +52,32 @@ pub struct MissedAlert {
 }
 
 impl Applier<'_> {
-    /// Put `exec`'s event in the outbox.
+    /// Put `exec`'s event in the outbox. The next sequence number is read once per batch and written back when
+    /// the batch ends ([`Applier::finish`]); the bound is checked every [`BOUND_CHECK_EVERY`] entries.
     pub(crate) fn outbox_push(&mut self, exec: &Execution, event: OutboxEvent) -> Result<(), redb::Error> {
-        let next: u64 = match self.meta.get(META_OUTBOX_NEXT)? {
-            Some(bytes) => decode(bytes.value())?,
-            None => 1,
+        let next = match self.outbox_next {
+            Some(next) => next,
+            None => match self.meta.get(META_OUTBOX_NEXT)? {
+                Some(bytes) => decode(bytes.value())?,
+                None => 1,
+            },
         };
         let exec = ExecRef { job: exec.job_name.clone(), id: exec.id.clone() };
         let entry = OutboxEntry { seq: next, exec, event };
         self.outbox.insert(next, encode(&entry).as_slice())?;
-        self.meta.insert(META_OUTBOX_NEXT, encode(&(next + 1)).as_slice())?;
-        if self.outbox.len()? > OUTBOX_MAX {
-            self.outbox.pop_first()?;
+        self.outbox_next = Some(next + 1);
+        if next % BOUND_CHECK_EVERY == 0 {
+            while self.outbox.first()?.is_some_and(|(first, _)| next + 1 - first.value() > OUTBOX_MAX) {
+                self.outbox.pop_first()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write back the outbox's next sequence number (at the end of a batch).
+    pub(crate) fn outbox_flush(&mut self) -> Result<(), redb::Error> {
+        if let Some(next) = self.outbox_next.take() {
+            self.meta.insert(META_OUTBOX_NEXT, encode(&next).as_slice())?;
         }
         Ok(())
     }

@@ -132,6 +132,8 @@ pub struct Applier<'txn> {
     pub(crate) secrets: Table<'txn, &'static str, &'static [u8]>,
     pub(crate) audit: Table<'txn, &'static [u8], &'static [u8]>,
     pub(crate) outbox: Table<'txn, u64, &'static [u8]>,
+    /// The outbox's next sequence number, once read in this batch (written back by [`Applier::finish`]).
+    pub(crate) outbox_next: Option<u64>,
     /// Job records read or changed in this batch; `None` marks a deletion.
     cache: HashMap<String, Option<JobRecord>>,
     retained_default: u32,
@@ -149,6 +151,7 @@ impl<'txn> Applier<'txn> {
             secrets: txn.open_table(SECRETS)?,
             audit: txn.open_table(AUDIT)?,
             outbox: txn.open_table(OUTBOX)?,
+            outbox_next: None,
             cache: HashMap::new(),
             retained_default: if retained_default == 0 { EXECUTIONS_RETAINED_DEFAULT } else { retained_default },
             events: Vec::new(),
@@ -157,6 +160,7 @@ impl<'txn> Applier<'txn> {
 
     /// Write the cached job records and hand back the events of the batch.
     pub fn finish(mut self) -> Result<Vec<Event>, redb::Error> {
+        self.outbox_flush()?;
         for (name, record) in std::mem::take(&mut self.cache) {
             match record {
                 Some(record) => {

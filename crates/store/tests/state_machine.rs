@@ -171,6 +171,61 @@ fn invalid_field(response: &Response) -> &str {
 
 // ----- jobs -----
 
+/// Every start and final status is an outbox entry, in commit order with a sequence that continues across
+/// batches; `Notified` records the deliveries on their executions, raises or ends a job's missed alert, and takes
+/// the entries it covers out of the outbox. A run too short for its own start gets a start entry before its finish.
+#[test]
+fn the_outbox_holds_starts_and_finishes_until_the_notifier_records_them() {
+    use kairos_model::execution::{Delivery, DeliveryOutcome};
+    use kairos_store::outbox::{DeliveryRecord, MissedAlert, OutboxEvent};
+    let state = State::new();
+    state.put(job("j"), at(0));
+    let first = state.fire_one("j", at(1), Trigger::Schedule);
+    state.start(&first, at(1), at(31));
+    state.finish(finished(&first, ExecutionStatus::Failed, at(2)));
+    let second = state.fire_one("j", at(3), Trigger::Schedule);
+    state.finish(Finish { started_at: Some(at(3)), ..finished(&second, ExecutionStatus::Succeeded, at(4)) });
+    let entries = state.reader().outbox(0, 100).unwrap();
+    let seen: Vec<(u64, String, OutboxEvent)> = entries.iter().map(|e| (e.seq, e.exec.id.clone(), e.event)).collect();
+    assert_eq!(
+        seen,
+        [
+            (1, first.id.clone(), OutboxEvent::Started),
+            (2, first.id.clone(), OutboxEvent::Finished),
+            (3, second.id.clone(), OutboxEvent::Started),
+            (4, second.id.clone(), OutboxEvent::Finished),
+        ]
+    );
+    let delivery = Delivery {
+        kind: "webhook".into(),
+        event: "failure".into(),
+        target: "http://receiver/".into(),
+        outcome: DeliveryOutcome::Sent,
+        attempts: 1,
+        error: None,
+        at: at(2),
+    };
+    let record = DeliveryRecord { exec: exec_ref(&first), delivery: delivery.clone() };
+    let alert = MissedAlert { job: "j".into(), missed_at: Some(at(5)) };
+    state.apply(Command::Notified { upto: 2, records: vec![record], alerts: vec![alert] });
+    assert_eq!(state.execution("j", &first.id).notifications, [delivery]);
+    assert_eq!(state.record("j").missed_at, Some(at(5)));
+    let left: Vec<u64> = state.reader().outbox(0, 100).unwrap().iter().map(|e| e.seq).collect();
+    assert_eq!(left, [3, 4]);
+    assert_eq!(state.reader().outbox_len().unwrap(), 2);
+    // The sequence goes on from where it was, in a later batch.
+    let third = state.fire_one("j", at(5), Trigger::Schedule);
+    state.start(&third, at(5), at(35));
+    assert_eq!(state.reader().outbox(5, 10).unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), [5]);
+    state.apply(Command::Notified {
+        upto: 5,
+        records: vec![],
+        alerts: vec![MissedAlert { job: "j".into(), missed_at: None }],
+    });
+    assert_eq!(state.reader().outbox_len().unwrap(), 0);
+    assert_eq!(state.record("j").missed_at, None);
+}
+
 #[test]
 fn put_job_creates_a_record_whose_cursor_starts_now() {
     let state = State::new();
