@@ -822,6 +822,32 @@ mod tests {
     }
 
     #[test]
+    fn a_dkron_yml_with_notification_and_metrics_keys_is_read_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("dkron.yml");
+        let yml = "server: true\nbootstrap-expect: 1\n\
+                   webhook-endpoint: https://hooks.example.com/done\n\
+                   webhook-payload: \"{{.JobName}} {{.Success}}\"\n\
+                   webhook-headers:\n  - \"X-Token: abc\"\n\
+                   pre-webhook-endpoint: https://hooks.example.com/start\n\
+                   mail-host: smtp.example.com\nmail-port: 587\nmail-username: kairos\nmail-password: secret\n\
+                   mail-from: kairos@example.com\nmail-payload: \"{{.JobName}} ended\"\nmail-subject-prefix: \"[cron]\"\n\
+                   cronitor-endpoint: https://cronitor.link/p/KEY\n\
+                   enable-prometheus: true\nstatsd-addr: 127.0.0.1:8125\n";
+        std::fs::write(&file, yml).unwrap();
+        let config = AgentArgs { config: Some(file), ..AgentArgs::default() }.resolve().unwrap();
+        let post = config.webhooks.post.as_ref().unwrap();
+        assert_eq!(post.endpoint, "https://hooks.example.com/done");
+        assert_eq!(post.payload.as_deref(), Some("{{.JobName}} {{.Success}}"));
+        assert_eq!(post.headers, [("X-Token".to_string(), "abc".to_string())]);
+        assert_eq!(config.webhooks.pre.as_ref().unwrap().endpoint, "https://hooks.example.com/start");
+        let mail = config.mail.as_ref().unwrap();
+        assert_eq!((mail.host.as_str(), mail.port), ("smtp.example.com", 587));
+        assert_eq!(config.cronitor_endpoint.as_deref(), Some("https://cronitor.link/p/KEY"));
+        assert!(config.enable_prometheus);
+    }
+
+    #[test]
     fn toml_and_json_files_are_read() {
         let dir = tempfile::tempdir().unwrap();
         let toml = dir.path().join("kairos.toml");

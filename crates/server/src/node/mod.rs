@@ -117,7 +117,8 @@ impl Node {
         let outputs = OutputStore::open_with(config.data_dir.join("outputs"), config.output_limits)?;
         let (worker, channels) = Worker::new(&config, outputs.clone());
         let (changes_tx, changes_rx) = tokio::sync::mpsc::unbounded_channel();
-        let notifier = start_notifier(&config, &state)?;
+        let ui_base = format!("{}://{public_http}", if config.tls.is_some() { "https" } else { "http" });
+        let notifier = start_notifier(&config, &state, ui_base)?;
         let duties = Arc::new(Duties::default());
         let (audit, audit_records) = crate::audit::AuditLog::new();
         let node = Arc::new_cyclic(|weak: &std::sync::Weak<Node>| Node {
@@ -215,10 +216,11 @@ async fn start_raft(
 }
 
 /// The sender of webhooks, mail and Cronitor pings (its duty runs while the node leads).
-fn start_notifier(config: &Config, state: &StateReader) -> anyhow::Result<crate::notify::Notifier> {
+fn start_notifier(config: &Config, state: &StateReader, ui_base: String) -> anyhow::Result<crate::notify::Notifier> {
     let http = reqwest::Client::builder().user_agent(concat!("kairos/", env!("CARGO_PKG_VERSION"))).build()?;
     let (webhooks, mail, cronitor) = (config.webhooks.clone(), config.mail.clone(), config.cronitor_endpoint.clone());
-    crate::notify::Notifier::new(webhooks, mail, cronitor, state.clone(), config.node_name.clone(), http)
+    let node = crate::notify::Sender { name: config.node_name.clone(), ui_base };
+    crate::notify::Notifier::new(webhooks, mail, cronitor, state.clone(), node, http)
 }
 
 /// The Raft log and the state machine in the data directory, and the machine's applied events.

@@ -39,7 +39,8 @@ pub struct Notifier {
     /// Cronitor's ping URL (`--cronitor-endpoint`), without a trailing slash.
     cronitor: Option<String>,
     state: StateReader,
-    node_name: String,
+    /// This server (its name is Dkron's `ReportingNode`).
+    node: super::Sender,
     http: reqwest::Client,
     /// Rung by every commit that made outbox entries, so the duty reads them at once.
     wake: tokio::sync::Notify,
@@ -53,7 +54,7 @@ impl Notifier {
         mail: Option<Mail>,
         cronitor: Option<String>,
         state: StateReader,
-        node_name: String,
+        node: super::Sender,
         http: reqwest::Client,
     ) -> anyhow::Result<Notifier> {
         let mail = match mail {
@@ -62,7 +63,7 @@ impl Notifier {
         };
         let cronitor = cronitor.map(|url| url.trim_end_matches('/').to_string());
         let (wake, changed_jobs) = (tokio::sync::Notify::new(), Mutex::new(HashSet::new()));
-        Ok(Notifier { hooks, mail, cronitor, state, node_name, http, wake, changed_jobs })
+        Ok(Notifier { hooks, mail, cronitor, state, node, http, wake, changed_jobs })
     }
 
     /// After a command this node committed as leader: wake the duty if the command may have made outbox entries,
@@ -90,8 +91,13 @@ impl Notifier {
                     return plan;
                 }
                 let started = as_started(&exec);
-                let note =
-                    Note { exec: &started, event: "start", job: job.as_deref(), reporting_node: &self.node_name };
+                let note = Note {
+                    exec: &started,
+                    event: "start",
+                    job: job.as_deref(),
+                    reporting_node: &self.node.name,
+                    ui_base: &self.node.ui_base,
+                };
                 if let Some(hook) = &self.hooks.pre {
                     plan.webhook(Kind::PreWebhook, hook, &note);
                 }
@@ -122,7 +128,13 @@ impl Notifier {
                         return plan;
                     }
                 };
-                let note = Note { exec: &exec, event, job: job.as_deref(), reporting_node: &self.node_name };
+                let note = Note {
+                    exec: &exec,
+                    event,
+                    job: job.as_deref(),
+                    reporting_node: &self.node.name,
+                    ui_base: &self.node.ui_base,
+                };
                 if let Some(hook) = &self.hooks.post {
                     plan.webhook(Kind::Webhook, hook, &note);
                 }
@@ -184,7 +196,13 @@ impl Notifier {
         stand_in.status = ExecutionStatus::Failed;
         let since = since.map_or_else(|| "never succeeded".to_string(), |t| format!("last success at {t}"));
         stand_in.error = Some(format!("no success within {} ({since})", humantime(within)));
-        let note = Note { exec: &stand_in, event: "missed", job: Some(job), reporting_node: &self.node_name };
+        let note = Note {
+            exec: &stand_in,
+            event: "missed",
+            job: Some(job),
+            reporting_node: &self.node.name,
+            ui_base: &self.node.ui_base,
+        };
         if let Some(hook) = &self.hooks.post {
             plan.webhook(Kind::Webhook, hook, &note);
         }

@@ -177,6 +177,10 @@ fn report(note: &Note) -> String {
         lag.unwrap_or_else(|| "—".to_owned()),
         exec.attempt,
     ));
+    let link = super::execution_url(note);
+    if !link.is_empty() {
+        text.push_str(&format!("Link:         {link}\n"));
+    }
     if !exec.output.is_empty() {
         text.push_str(&format!("\nOutput (its end, {} bytes in all):\n{}", exec.output_bytes, exec.output));
         if !exec.output.ends_with('\n') {
@@ -219,7 +223,7 @@ mod tests {
         exec.success = false;
         exec.exit_code = Some(3);
         exec.node_name = "agent-1".into();
-        let note = Note { exec: &exec, event: "failure", job: None, reporting_node: "s1" };
+        let note = Note { exec: &exec, event: "failure", job: None, reporting_node: "s1", ui_base: "" };
         let message = mail.message(&note, "a@example.com, b@example.com").unwrap().unwrap();
         let text = String::from_utf8(message.formatted()).unwrap();
         assert!(text.contains("To: a@example.com, b@example.com"), "{text}");

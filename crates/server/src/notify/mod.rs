@@ -15,7 +15,7 @@
 //! **Payloads** are Go `text/template`s over Dkron's fields (`JobName`, `ReportingNode`, `StartTime`,
 //! `FinishedAt`, `Success`, `NodeName`, `Output`, times printed as Go prints a `time.Time`) and ours
 //! (`Event`, `ExecutionID`, `ScheduledAt`, `Status`, `ExitCode`, `Attempt`, `Trigger`, `Error`, `LagMs`,
-//! `Metadata`), so a `dkron.yml` payload renders the same. Without a template the body is a JSON document of those
+//! `Metadata`, `ExecutionURL`), so a `dkron.yml` payload renders the same. Without a template the body is a JSON document of those
 //! fields. A template that does not parse is refused at start, naming the flag (a job's, at the job's write).
 //!
 //! **Delivery never slows a run**: the notifier holds at most [`WINDOW_MAX`] outbox entries at once and sends at
@@ -55,6 +55,15 @@ pub struct Note<'a> {
     pub event: &'a str,
     pub job: Option<&'a Job>,
     pub reporting_node: &'a str,
+    /// `http(s)://host:port` of the sending server's UI, for links; empty: none.
+    pub ui_base: &'a str,
+}
+
+/// The server that sends: its name (Dkron's `ReportingNode`) and the base URL of its UI.
+#[derive(Debug, Clone, Default)]
+pub struct Sender {
+    pub name: String,
+    pub ui_base: String,
 }
 
 /// One webhook: where, what (a template, or the default JSON), with which headers.
@@ -170,8 +179,32 @@ fn fields(note: &Note) -> Vec<(&'static str, serde_json::Value)> {
         ("Error", exec.error.clone().map_or(Value::Null, Value::from)),
         ("LagMs", lag.map_or(Value::Null, Value::from)),
         ("Event", Value::from(note.event)),
+        ("ExecutionURL", Value::from(execution_url(note))),
         ("Metadata", metadata.unwrap_or_else(|| Value::Object(Default::default()))),
     ]
+}
+
+/// The execution's page in the UI (the job's page for a `missed` alert); empty without a UI base.
+fn execution_url(note: &Note) -> String {
+    if note.ui_base.is_empty() {
+        return String::new();
+    }
+    let job = percent_encode(&note.exec.job_name);
+    if note.exec.id.is_empty() {
+        return format!("{}/ui/jobs/{job}", note.ui_base);
+    }
+    format!("{}/ui/jobs/{job}/executions/{}", note.ui_base, percent_encode(&note.exec.id))
+}
+
+/// A path segment, percent-encoded where needed (job names may hold characters a URL path cannot).
+fn percent_encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'@' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 /// A JSON value as a template value (Dkron's fields are strings, booleans and numbers).
@@ -224,7 +257,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let exec = finished();
-        let note = Note { exec: &exec, event: "success", job: None, reporting_node: "s1" };
+        let note = Note { exec: &exec, event: "success", job: None, reporting_node: "s1", ui_base: "http://k:8080" };
         let body = hook.body(&note).unwrap();
         assert_eq!(
             body,
@@ -239,6 +272,8 @@ mod tests {
         job.metadata.insert("team".into(), "ops".into());
         let note = Note { job: Some(&job), event: "failure", ..note };
         assert_eq!(render("{{.Event}} {{.Metadata.team}}", &note).unwrap(), "failure ops");
+        let url = render("{{.ExecutionURL}}", &note).unwrap();
+        assert_eq!(url, format!("http://k:8080/ui/jobs/backup/executions/{}", exec.id));
     }
 
     #[test]
