@@ -156,8 +156,12 @@ impl Run<'_> {
             }
             Processor::Syslog(settings) => {
                 let hostname = syslog::hostname();
-                let sender =
-                    syslog::Sender { settings, succeeded: self.succeeded, hostname: &hostname, pid: std::process::id() };
+                let sender = syslog::Sender {
+                    settings,
+                    succeeded: self.succeeded,
+                    hostname: &hostname,
+                    pid: std::process::id(),
+                };
                 let prefix = format!("job={} execution={}: ", self.job, self.id);
                 sender.send(&syslog::texts(&prefix, output)).await?;
                 Ok(SYSLOG_NOTE.to_string())
@@ -179,7 +183,10 @@ impl Run<'_> {
             std::fs::create_dir_all(&dir)?;
             std::fs::write(&file, bytes)
         });
-        written.await.map_err(io::Error::other)?.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        written
+            .await
+            .map_err(io::Error::other)?
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         Ok(path.display().to_string())
     }
 

@@ -160,6 +160,32 @@ mod tests {
         assert!(failed.network(now, "x").starts_with("<75>1 "), "cron.err is 9*8+3");
     }
 
+    #[tokio::test]
+    async fn over_tcp_each_message_is_framed_by_its_length() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let settings =
+            SyslogSettings { address: SyslogAddress::Tcp(listener.local_addr().unwrap().to_string()), ..settings() };
+        let receiver = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut received = String::new();
+            tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut received).await.unwrap();
+            received
+        });
+        let sender = Sender { settings: &settings, succeeded: true, hostname: "h1", pid: 7 };
+        sender.send(&["a b".to_string(), "ü".to_string()]).await.unwrap();
+        let mut received = receiver.await.unwrap();
+        let mut messages = Vec::new();
+        while !received.is_empty() {
+            let (length, rest) = received.split_once(' ').expect("LENGTH SP MESSAGE");
+            let length: usize = length.parse().unwrap();
+            messages.push(rest[..length].to_string());
+            received = rest[length..].to_string();
+        }
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(messages[0].starts_with("<78>1 ") && messages[0].ends_with(" h1 kairos 7 - - a b"), "{}", messages[0]);
+        assert!(messages[1].ends_with(" - - ü"), "the length counts bytes: {}", messages[1]);
+    }
+
     #[test]
     fn output_becomes_a_message_per_line_bounded() {
         assert_eq!(texts("j: ", "one\n\ntwo\r\n"), vec!["j: one", "j: two"]);

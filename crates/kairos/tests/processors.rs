@@ -81,7 +81,11 @@ async fn log_puts_the_output_in_the_nodes_log_and_leaves_a_note_in_the_record() 
     .await;
     let from_begin = &log[log.find(&begin).unwrap()..];
     let expected = format!("{begin}\nfirst-line-for-the-log\nsecond-line-for-the-log\n\n----- END OUTPUT -----");
-    assert!(from_begin.starts_with(&expected), "the log has, from the marker on:\n{}", &from_begin[..300.min(from_begin.len())]);
+    assert!(
+        from_begin.starts_with(&expected),
+        "the log has, from the marker on:\n{}",
+        &from_begin[..300.min(from_begin.len())]
+    );
 }
 
 /// One syslog message as a receiver parses it: priority, tag (APP-NAME), process id, text.
@@ -155,7 +159,11 @@ async fn syslog_delivers_each_line_to_a_unix_socket_and_over_udp() {
     let prefix = format!("job=to-socket execution={}: ", exec.id);
     let expected = |text: &str| Message { priority: 19 * 8 + 6, tag: "kt".into(), pid: pid.clone(), text: text.into() };
     let parsed: Vec<Message> = got.iter().map(|d| parse_bsd(d)).collect();
-    assert_eq!(parsed, vec![expected(&format!("{prefix}one")), expected(&format!("{prefix}two"))], "empty lines are left out");
+    assert_eq!(
+        parsed,
+        vec![expected(&format!("{prefix}one")), expected(&format!("{prefix}two"))],
+        "empty lines are left out"
+    );
     assert_eq!(exec.output, "one\n\ntwo\n", "forwarded: the output is kept");
 
     let failed = run_once(&server, "over-udp").await;

@@ -140,7 +140,10 @@ pub fn parse_one(name: &str, settings: &Value) -> Result<Processor, FieldError> 
         }
     };
     if let Some(key) = members.keys().find(|k| !known.contains(&k.as_str())) {
-        return Err(FieldError::new(format!("{field}.{key}"), format!("unknown setting (known: {})", known.join(", "))));
+        return Err(FieldError::new(
+            format!("{field}.{key}"),
+            format!("unknown setting (known: {})", known.join(", ")),
+        ));
     }
     let settings = Settings { field: &field, members };
     let forward = settings.forward()?;
@@ -219,7 +222,8 @@ impl Settings<'_> {
             "unix" if rest.starts_with('/') && !rest.contains('\0') => Ok(SyslogAddress::Unix(rest.to_string())),
             "unix" => Err(self.error("address", format!("a unix address needs an absolute path, got {address:?}"))),
             "udp" | "tcp" => {
-                let port = rest.rsplit_once(':').filter(|(host, _)| !host.is_empty()).map(|(_, port)| port.parse::<u16>());
+                let port =
+                    rest.rsplit_once(':').filter(|(host, _)| !host.is_empty()).map(|(_, port)| port.parse::<u16>());
                 match port {
                     Some(Ok(port)) if port != 0 && !rest.contains('/') => Ok(if scheme == "udp" {
                         SyslogAddress::Udp(rest.to_string())
@@ -337,13 +341,21 @@ mod tests {
         let cases = [
             (json!({"files": {"log_dir": 3}}), "processors.files.log_dir", "expected a string, got a number 3"),
             (json!({"files": {"log_dir": "var/log"}}), "processors.files.log_dir", "must be an absolute path"),
-            (json!({"files": {"logdir": "/x"}}), "processors.files.logdir", "unknown setting (known: log_dir, forward)"),
+            (
+                json!({"files": {"logdir": "/x"}}),
+                "processors.files.logdir",
+                "unknown setting (known: log_dir, forward)",
+            ),
             (json!({"files": "/var/log"}), "processors.files", "expected an object of settings, got a string"),
             (json!({"log": {"log_dir": "/x"}}), "processors.log.log_dir", "unknown setting (known: forward)"),
             (json!({"syslog": {"address": "/dev/log"}}), "processors.syslog.address", "expected unix:///path"),
             (json!({"syslog": {"address": "udp://host"}}), "processors.syslog.address", "expected udp://host:port"),
             (json!({"syslog": {"address": "tcp://:514"}}), "processors.syslog.address", "expected tcp://host:port"),
-            (json!({"syslog": {"address": "unix://dev/log"}}), "processors.syslog.address", "a unix address needs an absolute path"),
+            (
+                json!({"syslog": {"address": "unix://dev/log"}}),
+                "processors.syslog.address",
+                "a unix address needs an absolute path",
+            ),
             (json!({"syslog": {"tag": "two words"}}), "processors.syslog.tag", "expected at most 32 printable ASCII"),
             (json!({"syslog": {"facility": "cronn"}}), "processors.syslog.facility", "\"cronn\" is not one of kern"),
         ];

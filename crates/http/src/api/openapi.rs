@@ -282,13 +282,13 @@ fn schemas() -> Value {
     let forward = json!({"oneOf": [{"type": "boolean"}, {"type": "string"}], "description": "Pass the output on unchanged (default false: replace it with a note)"});
     let settings = |properties: Value| json!({"type": "object", "nullable": true, "additionalProperties": false, "properties": properties});
     let processors = json!({"type": "object", "additionalProperties": false,
-        "description": "Where each run's output goes once it ends, applied in name order on the node that ran it (see the README, Output processors)",
-        "properties": {
-            "files": settings(json!({"log_dir": {"type": "string", "description": "Absolute; default /var/log/kairos"}, "forward": forward})),
-            "log": settings(json!({"forward": forward})),
-            "syslog": settings(json!({"address": {"type": "string", "description": "unix:///path, udp://host:port or tcp://host:port; default the local socket"},
-                "tag": {"type": "string", "description": "Default kairos"}, "facility": {"type": "string", "description": "Default cron"}, "forward": forward})),
-        }});
+    "description": "Where each run's output goes once it ends, applied in name order on the node that ran it (see the README, Output processors)",
+    "properties": {
+        "files": settings(json!({"log_dir": {"type": "string", "description": "Absolute; default /var/log/kairos"}, "forward": forward})),
+        "log": settings(json!({"forward": forward})),
+        "syslog": settings(json!({"address": {"type": "string", "description": "unix:///path, udp://host:port or tcp://host:port; default the local socket"},
+            "tag": {"type": "string", "description": "Default kairos"}, "facility": {"type": "string", "description": "Default cron"}, "forward": forward})),
+    }});
     json!({
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string", "description": "Names the field and the problem"}}},
         "Job": {"type": "object", "required": ["name", "executor"], "additionalProperties": false, "properties": {
