@@ -74,7 +74,8 @@ impl Processing {
             if let Err(e) = outputs.delete(job, id) {
                 tracing::warn!(job, execution = id, "processors: cannot delete the stored output they replaced: {e}");
             }
-            outcome.output_tail = note;
+            outcome.output_tail.clear();
+            add_to_tail(&mut outcome.output_tail, &note);
         }
         for (name, problem) in applied.failures {
             tracing::warn!(job, execution = id, "processor {name} failed, the output is kept: {problem}");
@@ -84,6 +85,7 @@ impl Processing {
                 tracing::warn!(job, execution = id, "cannot add the processor's failure to the stored output: {e}");
             }
         }
+        debug_assert!(outcome.output_tail.len() <= TAIL_BYTES, "the record's tail stays bounded");
         outcome
     }
 }

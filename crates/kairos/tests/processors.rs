@@ -100,7 +100,7 @@ struct Message {
 /// A message in the BSD form of the local socket: `<PRI>Mmm dd hh:mm:ss tag[pid]: text` (RFC 3164).
 fn parse_bsd(datagram: &str) -> Message {
     let (priority, rest) = datagram.strip_prefix('<').and_then(|r| r.split_once('>')).expect("<PRI>");
-    let stamp = rest[..15].as_bytes();
+    let stamp = &rest.as_bytes()[..15];
     let shape = |i: usize, b: &u8| match i {
         0..=2 => b.is_ascii_alphabetic(),
         3 | 6 => *b == b' ',
