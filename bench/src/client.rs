@@ -169,6 +169,11 @@ impl Api {
         Ok(start.elapsed())
     }
 
+    /// GET a text answer (within the status timeout); an error unless the server answers 200.
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        Ok(self.send("GET", path, None, Some(STATUS_TIMEOUT)).await?.text)
+    }
+
     /// GET a JSON answer within `timeout`; an error unless the server answers 200.
     pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str, timeout: Duration) -> anyhow::Result<T> {
         let reply = self.send("GET", path, None, Some(timeout)).await?;

@@ -57,6 +57,7 @@ pub async fn run(launcher: &Launcher, args: &ClusterLagArgs, report: &mut Report
             create_concurrency: 64,
             retained: None,
             secure: false,
+            notify_slow_ms: None,
         };
         if let Err(err) = run_one(launcher, &lag, placement, report).await {
             report.note(format!("cluster fire lag, {jobs} shell jobs {} failed: {err:#}", placement.describe()));
@@ -132,7 +133,7 @@ async fn run_one(
     );
     let api = cluster.leader_api(FORM_BUDGET).await?;
     let tags = BTreeMap::from([(POOL_TAG.0.to_string(), placement.tag_value())]);
-    let body = JobBody { sink: None, retained, tags };
+    let body = JobBody { sink: None, retained, tags, broker: None };
     let created = fire_lag::create_jobs(&api, args, &body).await?;
     report.row(&scenario, "jobs created on the leader (64 concurrent POST /v1/jobs)", created.describe());
     if let Some(error) = &created.first_error {

@@ -42,6 +42,10 @@ const HTTP_RUNS_TARGET: f64 = 10_000.0;
 pub enum Executor {
     Shell,
     Http,
+    /// A NATS publish to a local `nats-server` (started by the harness).
+    Nats,
+    /// A Redis `PUBLISH` to a local `redis-server` (started by the harness).
+    Redis,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -69,6 +73,11 @@ pub struct FireLagArgs {
     /// certificates, bootstraps the ACL and talks HTTPS with the management token.
     #[arg(long)]
     pub secure: bool,
+    /// Notifications and metrics on: the server sends a webhook and a pre-webhook for every execution to a receiver
+    /// that answers each only after this many milliseconds, serves `--enable-prometheus`, and the harness scrapes
+    /// `/metrics` every second during the window. Compare with the same run without it.
+    #[arg(long)]
+    pub notify_slow_ms: Option<u64>,
 }
 
 /// The measured slots: every whole second in `[start, start + seconds)`.
@@ -118,16 +127,23 @@ struct Measured {
     read_took: Duration,
     stopped: Stopped,
     log_problems: (usize, Vec<String>),
+    /// With `--notify-slow-ms`: `kairos_outbox_entries` when the window closed.
+    outbox_at_end: Option<String>,
 }
 
 pub async fn run(launcher: &Launcher, args: &FireLagArgs, report: &mut Report) -> anyhow::Result<()> {
     let executor = match args.executor {
         Executor::Shell => "shell",
         Executor::Http => "http",
+        Executor::Nats => "nats",
+        Executor::Redis => "redis",
     };
     let mut scenario = format!("fire lag, {} {executor} jobs, {} s", thousands(args.jobs as f64), args.seconds);
     if args.secure {
         scenario.push_str(", ACL + TLS");
+    }
+    if let Some(ms) = args.notify_slow_ms {
+        scenario.push_str(&format!(", webhooks to a {ms} ms receiver + metrics scraped"));
     }
     println!("== {scenario} window");
     let retained = retained(args)?;
@@ -136,7 +152,27 @@ pub async fn run(launcher: &Launcher, args: &FireLagArgs, report: &mut Report) -
     if args.secure {
         spec = spec.secure(&Secure::make(&launcher.binary, &dir.path().join("pki"))?);
     }
+    let receiver = match args.notify_slow_ms {
+        Some(ms) => {
+            let receiver = Sink::start_slow(Duration::from_millis(ms)).await?;
+            let base = format!("http://{}", receiver.addr);
+            spec.flags.extend(["--webhook-endpoint".into(), format!("{base}/post")]);
+            spec.flags.extend(["--pre-webhook-endpoint".into(), format!("{base}/pre"), "--enable-prometheus".into()]);
+            Some(receiver)
+        }
+        None => None,
+    };
     let measured = measure(&spec, args, retained).await?;
+    if let Some(receiver) = &receiver {
+        report.row(
+            &scenario,
+            "notification requests received (from the first job's creation to the server's stop)",
+            thousands(receiver.hits() as f64),
+        );
+        if let Some(outbox) = &measured.outbox_at_end {
+            report.row(&scenario, "notification outbox entries at the window's end", outbox.clone());
+        }
+    }
     report_run(report, &scenario, args, &measured);
     Ok(())
 }
@@ -159,9 +195,19 @@ async fn measure(spec: &ServerSpec, args: &FireLagArgs, retained: u32) -> anyhow
     let rss_idle = rss_bytes(server.pid)?;
     let sink = match args.executor {
         Executor::Http => Some(Sink::start().await?),
-        Executor::Shell => None,
+        Executor::Shell | Executor::Nats | Executor::Redis => None,
     };
-    let body = JobBody { sink: sink.as_ref().map(|s| s.addr), retained, tags: BTreeMap::new() };
+    // The brokers run for the whole measurement and are stopped (killed with their process group) on drop.
+    let broker = match args.executor {
+        Executor::Nats => Some(kairos_testkit::services::nats(None).await),
+        Executor::Redis => Some(kairos_testkit::services::redis(None).await),
+        Executor::Shell | Executor::Http => None,
+    };
+    let publish = broker.as_ref().map(|b| match args.executor {
+        Executor::Nats => Broker::Nats(format!("nats://127.0.0.1:{}", b.port())),
+        _ => Broker::Redis(format!("redis://127.0.0.1:{}/0", b.port())),
+    });
+    let body = JobBody { sink: sink.as_ref().map(|s| s.addr), retained, tags: BTreeMap::new(), broker: publish };
     let created = create_jobs(&server.api, args, &body).await?;
 
     let window = Window::after(Timestamp::now(), args.warmup, args.seconds);
@@ -169,8 +215,13 @@ async fn measure(spec: &ServerSpec, args: &FireLagArgs, retained: u32) -> anyhow
     let meter = CpuMeter::start(server.pid)?;
     let hits_before = sink.as_ref().map(Sink::hits);
     let overflows_before = listen_overflows()?;
+    let scraper = args.notify_slow_ms.map(|_| tokio::spawn(scrape_every_second(server.api.clone(), window)));
     let rss = sample_rss(server.pid, window).await?;
     let cpu = meter.finish()?;
+    let outbox_at_end = match scraper {
+        Some(scraper) => scraper.await.ok().flatten(),
+        None => None,
+    };
     let sink_hits = sink.as_ref().zip(hits_before).map(|(sink, before)| sink.hits() - before);
     let listen_overflows = listen_overflows()?.saturating_sub(overflows_before);
 
@@ -194,7 +245,25 @@ async fn measure(spec: &ServerSpec, args: &FireLagArgs, retained: u32) -> anyhow
         read_took,
         stopped,
         log_problems,
+        outbox_at_end,
     })
+}
+
+/// Scrape `/metrics` every second until the window ends, as a Prometheus server would; answers the last value of
+/// `kairos_outbox_entries`.
+async fn scrape_every_second(api: Api, window: Window) -> Option<String> {
+    let mut last = None;
+    while Timestamp::now() < window.end() {
+        if let Ok(text) = api.get_text("/metrics").await {
+            last = text
+                .lines()
+                .find(|l| l.starts_with("kairos_outbox_entries "))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .map(str::to_string);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    last
 }
 
 fn report_run(report: &mut Report, scenario: &str, args: &FireLagArgs, m: &Measured) {
@@ -348,16 +417,33 @@ pub struct JobBody {
     pub retained: u32,
     /// The job's tags: only nodes with all of them run it (none: any node).
     pub tags: BTreeMap<String, String>,
+    /// Publish to this broker instead (nats or redis executor).
+    pub broker: Option<Broker>,
+}
+
+/// A broker the jobs publish to, by its URL.
+#[derive(Debug, Clone)]
+pub enum Broker {
+    Nats(String),
+    Redis(String),
 }
 
 impl JobBody {
     pub fn json(&self, name: &str) -> String {
-        let executor = match self.sink {
-            None => serde_json::json!({
+        let executor = match (&self.broker, self.sink) {
+            (Some(Broker::Nats(url)), _) => serde_json::json!({
+                "executor": "nats",
+                "executor_config": {"url": url, "subject": format!("bench.{name}"), "message": "tick"},
+            }),
+            (Some(Broker::Redis(url)), _) => serde_json::json!({
+                "executor": "redis",
+                "executor_config": {"url": url, "command": "PUBLISH", "channel": format!("bench.{name}"), "message": "tick"},
+            }),
+            (None, None) => serde_json::json!({
                 "executor": "shell",
                 "executor_config": {"command": "date +%s.%N"},
             }),
-            Some(addr) => serde_json::json!({
+            (None, Some(addr)) => serde_json::json!({
                 "executor": "http",
                 "executor_config": {"url": format!("http://{addr}/"), "method": "GET", "expectCode": "200"},
             }),

@@ -217,6 +217,7 @@ async fn run_all(kairos: &Launcher, args: &AllArgs, quiet: &Quiet, report: &mut 
         create_concurrency: 64,
         retained: None,
         secure: false,
+        notify_slow_ms: None,
     };
     let mut runs =
         vec![fire_lag(100, Executor::Shell), fire_lag(1_000, Executor::Shell), fire_lag(10_000, Executor::Http)];

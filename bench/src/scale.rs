@@ -159,7 +159,7 @@ pub async fn run(launcher: &Launcher, args: &ScaleArgs, report: &mut Report) -> 
 async fn phases(cluster: &Cluster, args: &ScaleArgs, scenario: &str, report: &mut Report) -> anyhow::Result<()> {
     let retained = retained(args);
     let tags = BTreeMap::from([(POOL_TAG.0.to_string(), format!("{}:1", POOL_TAG.1))]);
-    let body = JobBody { sink: None, retained, tags };
+    let body = JobBody { sink: None, retained, tags, broker: None };
     let body = |name: &str| with_command(&body.json(name), &args.command);
     let base: Vec<String> = (0..args.base).map(job_name).collect();
     let extra: Vec<String> = (args.base..args.base * OVERLOAD_FACTOR).map(job_name).collect();
@@ -867,7 +867,8 @@ mod tests {
 
     #[test]
     fn the_job_body_runs_the_command_asked_for() {
-        let body = JobBody { sink: None, retained: 10, tags: BTreeMap::from([("pool".into(), "w:1".into())]) };
+        let body =
+            JobBody { sink: None, retained: 10, tags: BTreeMap::from([("pool".into(), "w:1".into())]), broker: None };
         let json: serde_json::Value = serde_json::from_str(&with_command(&body.json("j"), "true")).unwrap();
         assert_eq!(json["executor_config"]["command"], "true");
         assert_eq!(json["tags"]["pool"], "w:1");

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
@@ -20,8 +21,13 @@ pub struct Sink {
 
 impl Sink {
     pub async fn start() -> anyhow::Result<Sink> {
+        Sink::start_slow(Duration::ZERO).await
+    }
+
+    /// A sink that answers each request only after `delay` (a slow webhook receiver).
+    pub async fn start_slow(delay: Duration) -> anyhow::Result<Sink> {
         let hits = Arc::new(AtomicU64::new(0));
-        let app = Router::new().fallback(any(ok)).with_state(hits.clone());
+        let app = Router::new().fallback(any(ok)).with_state((hits.clone(), delay));
         // Thousands of runs may connect in the same millisecond: a short accept queue would drop SYNs and add
         // the client's 1 s retransmission to the measured lag, a fault of the harness rather than the server.
         let socket = tokio::net::TcpSocket::new_v4().context("creating the HTTP sink socket")?;
@@ -45,7 +51,10 @@ impl Drop for Sink {
     }
 }
 
-async fn ok(State(hits): State<Arc<AtomicU64>>) -> &'static str {
+async fn ok(State((hits, delay)): State<(Arc<AtomicU64>, Duration)>) -> &'static str {
     hits.fetch_add(1, Ordering::Relaxed);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     "ok"
 }

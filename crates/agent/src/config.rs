@@ -9,11 +9,13 @@
 //! its own (`config/nats.rs`, `config/rabbitmq.rs`, `config/redis.rs`, `config/sql.rs`), built from the same
 //! helpers.
 
+mod grpc;
 mod nats;
 mod rabbitmq;
 mod redis;
 mod sql;
 
+pub(crate) use grpc::{GrpcConfig, STATUS_NAMES as GRPC_STATUS_NAMES};
 pub(crate) use nats::{NatsConfig, NatsCredentials};
 pub(crate) use rabbitmq::RabbitConfig;
 pub(crate) use redis::{Payload as RedisPayload, RedisCommand, RedisConfig};
@@ -31,7 +33,7 @@ use crate::words;
 use kairos_schedule::parse_duration;
 
 /// Executors this agent can run, in the order error messages list them.
-pub const EXECUTORS: [&str; 6] = ["shell", "http", "nats", "rabbitmq", "redis", "sql"];
+pub const EXECUTORS: [&str; 7] = ["shell", "http", "nats", "rabbitmq", "redis", "sql", "grpc"];
 
 /// Dkron's http executor default request timeout.
 const HTTP_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
@@ -63,6 +65,7 @@ pub fn validate(executor: &str, config: &BTreeMap<String, String>) -> Result<(),
         "rabbitmq" => RabbitConfig::parse(config).map(drop),
         "redis" => RedisConfig::parse(config).map(drop),
         "sql" => SqlConfig::parse(config).map(drop),
+        "grpc" => GrpcConfig::parse(config).map(drop),
         other => Err(unknown_executor(other)),
     }
 }
@@ -90,6 +93,8 @@ pub(crate) struct ShellConfig {
     pub cwd: Option<PathBuf>,
     /// `None` runs without a limit (no key, or Dkron's "0").
     pub timeout: Option<Duration>,
+    /// Written to the process's standard input, which is then closed (executor plugins); `None`: no input.
+    pub input: Option<Vec<u8>>,
 }
 
 impl ShellConfig {
@@ -110,7 +115,13 @@ impl ShellConfig {
         };
         refuse_nul(config, "cwd", "no path")?;
         let cwd = Some(get(config, "cwd")).filter(|c| !c.is_empty()).map(PathBuf::from);
-        Ok(ShellConfig { command, env: parse_env(get(config, "env"))?, cwd, timeout: parse_timeout(config, None)? })
+        Ok(ShellConfig {
+            command,
+            env: parse_env(get(config, "env"))?,
+            cwd,
+            timeout: parse_timeout(config, None)?,
+            input: None,
+        })
     }
 }
 
@@ -216,7 +227,7 @@ fn parse_bool(config: &BTreeMap<String, String>, key: &str) -> Result<bool, Conf
     }
 }
 
-fn parse_timeout(
+pub(crate) fn parse_timeout(
     config: &BTreeMap<String, String>,
     default: Option<Duration>,
 ) -> Result<Option<Duration>, ConfigError> {
@@ -369,7 +380,7 @@ pub(crate) mod tests {
             "docker",
             &[],
             "executor",
-            "unknown executor 'docker'; known: shell, http, nats, rabbitmq, redis, sql",
+            "unknown executor 'docker'; known: shell, http, nats, rabbitmq, redis, sql, grpc",
         );
     }
 

@@ -12,13 +12,14 @@
 //! - `shell`, `process_group` and `oom`: the shell executor, how it stops whole process groups, and how its runs
 //!   meet the kernel's out-of-memory killer (first in line; a run it killed says so);
 //! - `http` and `http_clients`: the http executor and the clients and regexes it shares;
-//! - `nats`, `rabbitmq`, `redis_exec`, `sql`: the broker and PostgreSQL executors, built on `remote` (racing
+//! - `nats`, `rabbitmq`, `redis_exec`, `sql`, `grpc`: the broker, PostgreSQL and gRPC executors, built on `remote` (racing
 //!   the remote operation against timeout and cancel), `connections` (connections kept across runs, bounded)
 //!   and `redact` (no password in outputs, errors or logs);
 //! - `output`, `capture` and `mask`: the [`OutputStore`], the capture that feeds it as output arrives, and the
 //!   masking of secret values in it (`***`);
 //! - `processors` and `syslog`: the job's output processors (`files`, `log`, `syslog`), applied to the output
 //!   once a run ends, and the syslog protocol they speak;
+//! - `plugin`: executor plugins (`kairos-executor-NAME` in `--plugin-dir`) and their protocol;
 //! - `words`: splitting command lines the way Dkron does for `shell = false`.
 //!
 //! Durations (`timeout`) are read by `kairos_schedule::parse_duration`, the one duration syntax of Kairos.
@@ -26,12 +27,14 @@
 mod capture;
 mod config;
 mod connections;
+mod grpc;
 mod http;
 mod http_clients;
 mod mask;
 mod nats;
 mod oom;
 mod output;
+pub mod plugin;
 mod process_group;
 mod processors;
 mod rabbitmq;

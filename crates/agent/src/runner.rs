@@ -10,17 +10,21 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::Capture;
-use crate::config::{HttpConfig, NatsConfig, RabbitConfig, RedisConfig, ShellConfig, SqlConfig, unknown_executor};
+use crate::config::{
+    GrpcConfig, HttpConfig, NatsConfig, RabbitConfig, RedisConfig, ShellConfig, SqlConfig, unknown_executor,
+};
 use crate::connections::{Idle, Shared};
+use crate::grpc::GrpcClients;
 use crate::http_clients::{HttpClients, RegexCache};
 use crate::nats::NatsClients;
 use crate::output::OutputStore;
+use crate::plugin::{self, Plugins};
 use crate::processors::Processing;
 use crate::rabbitmq::RabbitConnections;
 use crate::redis_exec::RedisConnections;
 use crate::spec::{Outcome, RunSpec, RunStatus};
 use crate::sql::SqlConnections;
-use crate::{http, nats, rabbitmq, redis_exec, shell, sql};
+use crate::{grpc, http, nats, rabbitmq, redis_exec, shell, sql};
 
 /// Installs rustls' ring crypto provider for the process. Idempotent; a provider that is already
 /// installed (by us or by the embedding binary) is kept.
@@ -47,10 +51,17 @@ struct Inner {
     rabbitmq: RabbitConnections,
     redis: RedisConnections,
     sql: SqlConnections,
+    grpc: GrpcClients,
+    plugins: Plugins,
 }
 
 impl Runner {
     pub fn new(outputs: OutputStore, kill_grace: Duration) -> Runner {
+        Runner::with_plugins(outputs, kill_grace, Plugins::default())
+    }
+
+    /// A runner that also runs the executor plugins of `plugins` (see [`crate::plugin`]).
+    pub fn with_plugins(outputs: OutputStore, kill_grace: Duration, plugins: Plugins) -> Runner {
         install_crypto_provider();
         Runner {
             inner: Arc::new(Inner {
@@ -62,6 +73,8 @@ impl Runner {
                 rabbitmq: Shared::new(),
                 redis: Shared::new(),
                 sql: Idle::new(),
+                grpc: GrpcClients::new(),
+                plugins,
             }),
         }
     }
@@ -123,7 +136,19 @@ impl Runner {
                 Ok(config) => sql::run(&inner.sql, config, capture, &cancel).await,
                 Err(e) => capture.not_started(e.to_string()),
             },
-            other => capture.not_started(unknown_executor(other).to_string()),
+            "grpc" => match GrpcConfig::parse(&spec.config) {
+                Ok(config) => grpc::run(&inner.grpc, config, capture, &cancel).await,
+                Err(e) => capture.not_started(e.to_string()),
+            },
+            other => match inner.plugins.get(other) {
+                Some(program) => {
+                    match plugin::shell_config(program, other, &spec.job_name, &spec.execution_id, &spec.config) {
+                        Ok(config) => shell::run(&spec, config, capture, &cancel, inner.kill_grace).await,
+                        Err(e) => capture.not_started(e.to_string()),
+                    }
+                }
+                None => capture.not_started(unknown_executor(other).to_string()),
+            },
         }
     }
 }

@@ -58,6 +58,15 @@ pub(crate) async fn run(
         let _ = child.start_kill();
         return capture.not_started("the started process has no pid".to_owned());
     };
+    if let (Some(mut stdin), Some(input)) = (child.stdin.take(), config.input.clone()) {
+        // Written beside the output pump, so a program that prints before it reads cannot deadlock with us; a
+        // program that exits without reading it all is not an error here (its exit status says how it went).
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = stdin.write_all(&input).await;
+            let _ = stdin.shutdown().await;
+        });
+    }
     let pipes = Pipes::new(child.stdout.take(), child.stderr.take());
     let mut job = Job { child, pgid, exit: None, pipes, capture, guard: KillOnDrop::new(pgid), oom_kills };
     let deadline = config.timeout.map(|t| Instant::now() + t);
@@ -97,7 +106,7 @@ fn command(spec: &RunSpec, config: &ShellConfig) -> tokio::process::Command {
         .env("KAIROS_JOB_NAME", &spec.job_name)
         .env("ENV_JOB_NAME", &spec.job_name)
         .envs(spec.extra_env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
+        .stdin(if config.input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);

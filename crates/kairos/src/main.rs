@@ -10,7 +10,7 @@ mod cli;
 mod secret;
 
 use kairos_server::node::storage;
-use kairos_server::{agent_node, config, node, reload};
+use kairos_server::{agent_node, config, logging, node, reload};
 
 use std::process::ExitCode;
 
@@ -83,19 +83,31 @@ fn main() -> ExitCode {
     }
 }
 
-/// Log to stderr at `level` (or as `KAIROS_LOG` says); the answer changes the level later (a reload).
-fn init_logging(level: &str) -> reload::LogFilter {
-    let (filter, handle) = tracing_subscriber::reload::Layer::new(reload::log_filter(level));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let output = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
-    tracing_subscriber::registry().with(filter).with(output).init();
+/// Log to stderr at the configured level (or as `KAIROS_LOG` says), in the configured format; the answer changes
+/// the level later (a reload).
+fn init_logging(config: &config::Config) -> reload::LogFilter {
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(reload::log_filter(&config.log_level));
+    let registry = tracing_subscriber::registry().with(filter);
+    match config.log_format {
+        config::LogFormat::Text => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi)).init();
+        }
+        config::LogFormat::Json => {
+            let json = tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .fmt_fields(logging::json_fields())
+                .event_format(logging::JsonLines { node: config.node_name.clone() });
+            registry.with(json).init();
+        }
+    }
     handle
 }
 
 /// Run a node until it is told to stop. `args` are its flags and environment, read again with the config file
 /// on `SIGHUP`.
 fn run_agent(config: config::Config, args: config::AgentArgs) -> ExitCode {
-    let log = init_logging(&config.log_level);
+    let log = init_logging(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -142,7 +154,8 @@ fn run_agent(config: config::Config, args: config::AgentArgs) -> ExitCode {
         };
         // Tests and scripts read this line to learn the bound port; keep its wording.
         let scheme = if running.node.config.tls.is_some() { "https" } else { "http" };
-        eprintln!("kairos: HTTP API listening on {scheme}://{}", running.http_addr);
+        let (format, name) = (running.node.config.log_format, &running.node.config.node_name);
+        logging::announce(format, name, &format!("HTTP API listening on {scheme}://{}", running.http_addr));
         let node = &running.node;
         let mut reloader =
             reload::Reloader::new(args, running_config, log, node.membership.clone(), node.worker.clone());

@@ -1171,9 +1171,12 @@ async fn prometheus_metrics_count_what_ran_where_it_ran() {
     assert_eq!(finished as usize, succeeded, "finished runs counted on the node that ran them");
     let lags = value(&agent, "kairos_run_start_lag_seconds", &[("executor", "shell")]);
     assert_eq!(lags as usize, succeeded, "one start-lag observation per first attempt");
+    let started = value(&agent, "kairos_runs_started_total", &[("trigger", "schedule")]);
+    assert!(started as usize >= succeeded, "runs started by trigger: {started} < {succeeded}");
     let server = scrape(cluster.server(0).url("/metrics")).await;
     assert_eq!(value(&server, "kairos_raft_leader", &[]), 1.0);
     assert_eq!(value(&server, "kairos_jobs", &[]), 1.0);
+    assert!(value(&server, "kairos_store_bytes", &[("store", "state")]) > 0.0, "the state file's size");
     assert!(value(&server, "kairos_http_requests_total", &[("route", "/v1/jobs"), ("method", "POST")]) >= 1.0);
     // (prometheus-parse misreads label values with braces, such as the template /v1/jobs/{job}; curl shows them.)
     let timed = value(&server, "kairos_http_request_duration_seconds", &[("route", "/v1/jobs")]);

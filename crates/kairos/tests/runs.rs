@@ -1085,3 +1085,159 @@ async fn logins_refused_or_accepted_never_show_a_password() {
     let leaking: Vec<&str> = log.lines().filter(|l| l.contains("-secret")).collect();
     assert!(leaking.is_empty(), "passwords in the server log:\n{}", leaking.join("\n"));
 }
+
+/// Executor plugins (`--plugin-dir`, the protocol in the README), with the example plugin of the repository (a
+/// Python program): it gets the job and config on stdin and its output is streamed into the execution while it
+/// runs; cancel and `timeout` stop it; a plugin that crashes fails its run naming the signal and the node runs the
+/// next job; a job naming an executor no node has is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_executor_plugin_runs_streams_its_output_is_cancelled_and_may_crash() {
+    let plugins = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plugins/kairos-executor-example");
+    std::fs::copy(&example, plugins.path().join("kairos-executor-example")).unwrap();
+    let server = Server::fresh(&["--plugin-dir", plugins.path().to_str().unwrap(), "--kill-grace", "1s"]).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let go = scratch.path().join("go");
+    let plugin_job = |name: &str, config: Value| json!({"name": name, "schedule": "@manually", "executor": "example", "executor_config": config});
+
+    // Output streams while the plugin waits for a file; then it prints the rest and succeeds.
+    let config = json!({"message": "tick", "count": "3", "wait_for": go.to_str().unwrap()});
+    server.create_job(&plugin_job("streamed", config)).await;
+    server.run("streamed").await;
+    let running =
+        server.wait_executions("streamed", "it runs", secs(20), |e| e.len() == 1 && e[0].status == "running").await;
+    let id = running[0].id.clone();
+    wait_until("the first line is in the running execution's output", secs(20), async || {
+        let exec = server.execution("streamed", &id).await;
+        (exec.status == "running" && exec.output.contains("tick (1/3, job streamed")).then_some(())
+    })
+    .await;
+    std::fs::write(&go, "").unwrap();
+    let done = server.wait_executions("streamed", "it succeeded", secs(20), |e| e[0].status == "succeeded").await;
+    let exec = server.execution("streamed", &done[0].id).await;
+    assert!(exec.output.contains(&format!("tick (3/3, job streamed, execution {id})")), "{}", exec.output);
+    assert_eq!(exec.exit_code, Some(0));
+
+    // Cancel stops it (its process too); a timeout fails it.
+    let pid_file = scratch.path().join("plugin.pid");
+    let endless =
+        json!({"message": "busy", "count": "1000", "interval": "0.2", "pid_file": pid_file.to_str().unwrap()});
+    server.create_job(&plugin_job("endless", endless)).await;
+    server.run("endless").await;
+    let pid = read_pid(&pid_file).await;
+    let running =
+        server.wait_executions("endless", "it runs", secs(20), |e| e.len() == 1 && e[0].status == "running").await;
+    server.post_empty(&format!("/v1/jobs/endless/executions/{}/cancel", running[0].id)).await.expect(202);
+    server.wait_executions("endless", "it is cancelled", secs(15), |e| e[0].status == "cancelled").await;
+    wait_until("the plugin process is gone", secs(5), async || (!process_alive(pid)).then_some(())).await;
+    server.create_job(&plugin_job("slow", json!({"count": "100", "interval": "0.2", "timeout": "1s"}))).await;
+    server.run("slow").await;
+    let slow = server.wait_executions("slow", "it timed out", secs(20), |e| e[0].is_final()).await;
+    assert_eq!(slow[0].status, "failed", "{:?}", slow[0]);
+    assert!(slow[0].error.as_deref().unwrap_or_default().contains("timed out"), "{:?}", slow[0]);
+
+    // A crash fails the run, naming the signal; a non-zero exit fails with its code; the node goes on.
+    server.create_job(&plugin_job("crashing", json!({"message": "about to crash", "crash": "true"}))).await;
+    server.run("crashing").await;
+    let crashed = server.wait_executions("crashing", "it failed", secs(20), |e| e[0].is_final()).await;
+    assert_eq!(crashed[0].status, "failed", "{:?}", crashed[0]);
+    assert!(crashed[0].error.as_deref().unwrap_or_default().contains("SIGSEGV"), "{:?}", crashed[0]);
+    server.create_job(&plugin_job("exit-3", json!({"exit_code": "3"}))).await;
+    server.run("exit-3").await;
+    let failed = server.wait_executions("exit-3", "it failed", secs(20), |e| e[0].is_final()).await;
+    assert_eq!((failed[0].status.as_str(), failed[0].exit_code), ("failed", Some(3)), "{:?}", failed[0]);
+
+    // An executor no node has is refused, naming the field and the executors known.
+    let reply = server
+        .post(
+            "/v1/jobs",
+            &plugin_job("nowhere", json!({}))
+                .as_object()
+                .map(|o| {
+                    let mut o = o.clone();
+                    o.insert("executor".into(), json!("missing"));
+                    Value::Object(o)
+                })
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert!(reply.text.contains("unknown executor 'missing'") && reply.text.contains("example"), "{}", reply.text);
+}
+
+/// The grpc executor against a real gRPC server with reflection (the test kit's `kairos.test.Greeter`): the JSON
+/// body becomes the request and the response is the output; headers travel as metadata; another status fails the
+/// run unless it is the `expectCode`; timeout and cancel abandon the call (the server sees it dropped); a server
+/// that is down or a method it lacks fails with a clear error.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_grpc_executor_calls_a_method_found_by_reflection() {
+    let greeter = kairos_testkit::grpc::greeter().await;
+    let server = Server::fresh(&[]).await;
+    let grpc_job = |name: &str, config: Value| json!({"name": name, "schedule": "@manually", "executor": "grpc", "executor_config": config});
+    let body = r#"{"name": "kairos"}"#;
+    let headers = r#"["X-Token: t0k"]"#;
+    server
+        .create_job(&grpc_job("hello", json!({"url": greeter.url("SayHello"), "body": body, "headers": headers})))
+        .await;
+    server.run("hello").await;
+    let hello = server.wait_executions("hello", "it ended", secs(20), |e| e[0].is_final()).await;
+    let exec = server.execution("hello", &hello[0].id).await;
+    assert_eq!((exec.status.as_str(), exec.exit_code), ("succeeded", Some(0)), "{exec:?}");
+    let reply: Value = serde_json::from_str(&exec.output).unwrap_or_else(|e| panic!("{e}: {}", exec.output));
+    assert_eq!(reply["message"], "hello, kairos (token t0k)", "{reply}");
+    // The channel and the descriptors are kept: a second run needs no new reflection, and works.
+    server.run("hello").await;
+    server.wait_executions("hello", "two succeeded", secs(20), |e| count(e, "succeeded") == 2).await;
+
+    server.create_job(&grpc_job("refused", json!({"url": greeter.url("Fail"), "body": body}))).await;
+    server.create_job(&grpc_job("expected", json!({"url": greeter.url("Fail"), "expectCode": "NOT_FOUND"}))).await;
+    server.run("refused").await;
+    server.run("expected").await;
+    let refused = server.wait_executions("refused", "it ended", secs(20), |e| e[0].is_final()).await;
+    assert_eq!((refused[0].status.as_str(), refused[0].exit_code), ("failed", Some(5)), "{:?}", refused[0]);
+    assert!(
+        refused[0].error.as_deref().unwrap_or_default().contains("NOT_FOUND: no greeting for kairos"),
+        "{:?}",
+        refused[0]
+    );
+    let expected = server.wait_executions("expected", "it ended", secs(20), |e| e[0].is_final()).await;
+    assert_eq!(expected[0].status, "succeeded", "{:?}", expected[0]);
+
+    // Timeout and cancel abandon the call.
+    let slow = json!({"url": greeter.url("Slow"), "body": r#"{"name": "x", "delay_ms": 60000}"#, "timeout": "1s"});
+    server.create_job(&grpc_job("slow", slow)).await;
+    server.run("slow").await;
+    let timed_out = server.wait_executions("slow", "it timed out", secs(20), |e| e[0].is_final()).await;
+    assert_eq!(timed_out[0].status, "failed", "{:?}", timed_out[0]);
+    assert!(timed_out[0].error.as_deref().unwrap_or_default().contains("timed out"), "{:?}", timed_out[0]);
+    wait_until("the server saw the call dropped", secs(10), async || {
+        (greeter.abandoned.load(std::sync::atomic::Ordering::SeqCst) >= 1).then_some(())
+    })
+    .await;
+    let endless = json!({"url": greeter.url("Slow"), "body": r#"{"name": "x", "delay_ms": 60000}"#, "timeout": "0"});
+    server.create_job(&grpc_job("endless", endless)).await;
+    server.run("endless").await;
+    let running = server.wait_executions("endless", "it runs", secs(20), |e| e[0].status == "running").await;
+    server.post_empty(&format!("/v1/jobs/endless/executions/{}/cancel", running[0].id)).await.expect(202);
+    server.wait_executions("endless", "it is cancelled", secs(15), |e| e[0].status == "cancelled").await;
+    wait_until("the server saw the cancelled call dropped", secs(10), async || {
+        (greeter.abandoned.load(std::sync::atomic::Ordering::SeqCst) >= 2).then_some(())
+    })
+    .await;
+
+    // A server that is down, and a method it does not have.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    server.create_job(&grpc_job("down", json!({"url": format!("{closed}/kairos.test.Greeter/SayHello")}))).await;
+    server.create_job(&grpc_job("nomethod", json!({"url": greeter.url("Wave")}))).await;
+    server.run("down").await;
+    server.run("nomethod").await;
+    let down = server.wait_executions("down", "it failed", secs(30), |e| e[0].is_final()).await;
+    assert!(down[0].error.as_deref().unwrap_or_default().contains("unreachable"), "{:?}", down[0]);
+    let nomethod = server.wait_executions("nomethod", "it failed", secs(20), |e| e[0].is_final()).await;
+    assert!(nomethod[0].error.as_deref().unwrap_or_default().contains("has no method Wave"), "{:?}", nomethod[0]);
+
+    // A config that cannot work is refused at the job's write, naming the key.
+    let reply = server.post("/v1/jobs", &grpc_job("bad", json!({"url": "no-port/x.Y/Z"}))).await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert!(reply.text.contains("executor_config.url"), "{}", reply.text);
+}

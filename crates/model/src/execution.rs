@@ -104,6 +104,56 @@ pub struct Execution {
     /// For a job that runs on several nodes: the node this copy of the slot must run on (see [`Execution::copies`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// The notifications sent about it (webhooks, mail), with how each delivery ended; recorded by the leader once
+    /// a delivery is over, at most [`NOTIFICATIONS_RECORDED_MAX`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<Delivery>,
+}
+
+/// Delivery records an execution keeps at most (the first ones).
+pub const NOTIFICATIONS_RECORDED_MAX: usize = 16;
+
+/// How one notification about an execution ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// `pre_webhook`, `webhook`, `mail`, `job_webhook` (a job's own `notify.webhooks`) or `cronitor`.
+    pub kind: String,
+    /// The event it told of: `start`, `success`, `failure`, `recovery`, `lost`, `cancelled`, `skipped`.
+    pub event: String,
+    /// Where it went: the URL, or the mail recipients.
+    pub target: String,
+    pub outcome: DeliveryOutcome,
+    /// Tries made (0 for a delivery that was not attempted).
+    pub attempts: u32,
+    /// Why the last try failed, or why it was not attempted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When it ended.
+    pub at: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryOutcome {
+    /// The receiver accepted it (HTTP 2xx, SMTP accepted).
+    Sent,
+    /// Every try failed.
+    Failed,
+    /// Not sent: the job's `notify.repeat_after` keeps repeated failures quiet.
+    Suppressed,
+    /// Not sent: its payload template failed to render.
+    TemplateFailed,
+}
+
+impl DeliveryOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryOutcome::Sent => "sent",
+            DeliveryOutcome::Failed => "failed",
+            DeliveryOutcome::Suppressed => "suppressed",
+            DeliveryOutcome::TemplateFailed => "template_failed",
+        }
+    }
 }
 
 /// The deterministic id of an attempt at a scheduled slot: `<scheduled ms>-<attempt>`, zero-padded so ids sort by
@@ -164,6 +214,7 @@ impl Execution {
             output_bytes: 0,
             previous_node: None,
             target: None,
+            notifications: Vec::new(),
         }
     }
 

@@ -82,15 +82,18 @@ pub enum NotifyOn {
     Success,
     /// An execution failed (a timeout is a failure).
     Failure,
-    /// An execution succeeded after the job's previous one had failed (a success too).
+    /// An execution succeeded after the job's previous one had failed, or after a `missed` alert (a success too).
     Recovery,
     /// An execution was lost (its node went away while it ran).
     Lost,
+    /// The job has not succeeded for `notify.alert_if_not_succeeded_within` (whatever the reason: failing, no node
+    /// to run it, disabled, not firing).
+    Missed,
 }
 
 impl NotifyOn {
-    pub const ALL: [NotifyOn; 5] =
-        [NotifyOn::Start, NotifyOn::Success, NotifyOn::Failure, NotifyOn::Recovery, NotifyOn::Lost];
+    pub const ALL: [NotifyOn; 6] =
+        [NotifyOn::Start, NotifyOn::Success, NotifyOn::Failure, NotifyOn::Recovery, NotifyOn::Lost, NotifyOn::Missed];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -99,68 +102,128 @@ impl NotifyOn {
             NotifyOn::Failure => "failure",
             NotifyOn::Recovery => "recovery",
             NotifyOn::Lost => "lost",
+            NotifyOn::Missed => "missed",
         }
     }
 }
 
-/// A job's notification rules: `{"on": ["failure", "recovery"], "repeat_after": "1h"}`.
+/// A webhook of the job's own, beyond the node's `--webhook-endpoint`: a Slack, Teams or Discord incoming webhook
+/// works through its payload template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobWebhook {
+    pub url: String,
+    /// A Go `text/template` over the same fields as `--webhook-payload`; without one, the JSON document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A job's notification rules: `{"on": ["failure", "recovery"], "repeat_after": "1h", "emails": [...],
+/// "webhooks": [...], "alert_if_not_succeeded_within": "2h"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notify {
-    /// The events that notify; the others do not.
-    pub on: Vec<NotifyOn>,
+    /// The events that notify; the others do not. Absent: every start and finish (as in Dkron), and `missed` and
+    /// its recovery when `alert_if_not_succeeded_within` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<Vec<NotifyOn>>,
     /// While a job keeps failing, a failure notifies again only this long after the last one that did (a job failing
     /// every second must not send 3,600 mails an hour); a recovery notifies at once. Default 1h; `0s` notifies
     /// every failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeat_after: Option<String>,
+    /// Mail recipients beyond the job's `owner_email`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub emails: Vec<String>,
+    /// Webhooks of this job, sent for every event the rules want.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<JobWebhook>,
+    /// Raise one `missed` alert when the job has gone this long without a success (counted from its last success,
+    /// or from its creation), and a `recovery` when it succeeds again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert_if_not_succeeded_within: Option<String>,
 }
 
 /// While a job keeps failing, failures notify at most this often unless `notify.repeat_after` says otherwise.
 pub const NOTIFY_REPEAT_AFTER_DEFAULT: Duration = Duration::from_secs(3600);
+/// Extra recipients and webhooks a job may name.
+pub const NOTIFY_TARGETS_MAX: usize = 16;
+/// The shortest `alert_if_not_succeeded_within` (the leader checks every second).
+pub const ALERT_WITHIN_MIN: Duration = Duration::from_secs(1);
+
+const NOTIFY_MEMBERS: [&str; 5] = ["on", "repeat_after", "emails", "webhooks", "alert_if_not_succeeded_within"];
 
 impl Notify {
     /// Read from the job's `notify` member; every mistake names its place (`notify.on[1]`).
     pub fn from_json(members: &BTreeMap<String, serde_json::Value>) -> Result<Notify, FieldError> {
-        if let Some(key) = members.keys().find(|k| !["on", "repeat_after"].contains(&k.as_str())) {
-            return Err(FieldError::new(format!("notify.{key}"), "unknown member (known: on, repeat_after)"));
+        if let Some(key) = members.keys().find(|k| !NOTIFY_MEMBERS.contains(&k.as_str())) {
+            let known = NOTIFY_MEMBERS.join(", ");
+            return Err(FieldError::new(format!("notify.{key}"), format!("unknown member (known: {known})")));
         }
         let known = NotifyOn::ALL.map(NotifyOn::as_str).join(", ");
         let on = match members.get("on") {
-            Some(serde_json::Value::Array(items)) => items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| {
-                    let text = item.as_str().unwrap_or_default();
-                    NotifyOn::ALL.into_iter().find(|e| e.as_str() == text).ok_or_else(|| {
-                        FieldError::new(format!("notify.on[{i}]"), format!("{item} is not one of {known}"))
+            Some(serde_json::Value::Array(items)) => Some(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| {
+                        let text = item.as_str().unwrap_or_default();
+                        NotifyOn::ALL.into_iter().find(|e| e.as_str() == text).ok_or_else(|| {
+                            FieldError::new(format!("notify.on[{i}]"), format!("{item} is not one of {known}"))
+                        })
                     })
-                })
-                .collect::<Result<Vec<_>, _>>()?,
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            None | Some(serde_json::Value::Null) => None,
             Some(other) => {
                 return Err(FieldError::new("notify.on", format!("expected a list of events ({known}), got {other}")));
             }
-            None => return Err(FieldError::new("notify.on", format!("required: a list of events ({known})"))),
         };
-        let repeat_after = match members.get("repeat_after") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(text)) => {
-                kairos_schedule::parse_duration(text)
-                    .map_err(|e| FieldError::new("notify.repeat_after", e.to_string()))?;
-                Some(text.clone())
-            }
+        let repeat_after = duration_member(members, "repeat_after", Duration::ZERO)?;
+        let alert_if_not_succeeded_within =
+            duration_member(members, "alert_if_not_succeeded_within", ALERT_WITHIN_MIN)?;
+        let emails = match members.get("emails") {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| match item.as_str().map(str::trim) {
+                    Some(address) if is_mail_address(address) => Ok(address.to_string()),
+                    _ => Err(FieldError::new(format!("notify.emails[{i}]"), format!("{item} is not a mail address"))),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
             Some(other) => {
                 return Err(FieldError::new(
-                    "notify.repeat_after",
-                    format!("expected a duration such as \"1h\", got {other}"),
+                    "notify.emails",
+                    format!("expected a list of mail addresses, got {other}"),
                 ));
             }
         };
-        Ok(Notify { on, repeat_after })
+        let webhooks = match members.get("webhooks") {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| job_webhook(&format!("notify.webhooks[{i}]"), item))
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(other) => {
+                return Err(FieldError::new("notify.webhooks", format!("expected a list of webhooks, got {other}")));
+            }
+        };
+        for (field, len) in [("notify.emails", emails.len()), ("notify.webhooks", webhooks.len())] {
+            if len > NOTIFY_TARGETS_MAX {
+                return Err(FieldError::new(field, format!("at most {NOTIFY_TARGETS_MAX} entries")));
+            }
+        }
+        Ok(Notify { on, repeat_after, emails, webhooks, alert_if_not_succeeded_within })
     }
 
     /// Whether `event` notifies.
     pub fn wants(&self, event: NotifyOn) -> bool {
-        self.on.contains(&event)
+        match &self.on {
+            Some(on) => on.contains(&event),
+            None => event != NotifyOn::Missed || self.alert_if_not_succeeded_within.is_some(),
+        }
     }
 
     /// How long repeated failures stay quiet.
@@ -170,6 +233,91 @@ impl Notify {
             .and_then(|text| kairos_schedule::parse_duration(text).ok())
             .unwrap_or(NOTIFY_REPEAT_AFTER_DEFAULT)
     }
+
+    /// After how long without a success the job raises a `missed` alert, if it asks for one.
+    pub fn alert_within(&self) -> Option<Duration> {
+        self.alert_if_not_succeeded_within.as_deref().and_then(|text| kairos_schedule::parse_duration(text).ok())
+    }
+}
+
+/// A duration member of `notify` (`"1h"`), at least `min`.
+fn duration_member(
+    members: &BTreeMap<String, serde_json::Value>,
+    key: &str,
+    min: Duration,
+) -> Result<Option<String>, FieldError> {
+    let field = format!("notify.{key}");
+    match members.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(text)) => {
+            let duration = kairos_schedule::parse_duration(text).map_err(|e| FieldError::new(&field, e.to_string()))?;
+            if duration < min {
+                return Err(FieldError::new(&field, format!("must be at least {min:?}")));
+            }
+            Ok(Some(text.clone()))
+        }
+        Some(other) => Err(FieldError::new(field, format!("expected a duration such as \"1h\", got {other}"))),
+    }
+}
+
+/// `local@domain`, roughly: what a mail server would take as a recipient.
+fn is_mail_address(text: &str) -> bool {
+    let address = text.rsplit_once('<').map_or(text, |(_, rest)| rest.trim_end_matches('>'));
+    address.split_once('@').is_some_and(|(local, domain)| {
+        !local.is_empty() && !domain.is_empty() && !address.chars().any(|c| c.is_whitespace() || c == ',')
+    })
+}
+
+fn job_webhook(field: &str, item: &serde_json::Value) -> Result<JobWebhook, FieldError> {
+    let serde_json::Value::Object(members) = item else {
+        return Err(FieldError::new(field, format!("expected an object with a url, got {item}")));
+    };
+    if let Some(key) = members.keys().find(|k| !["url", "payload", "headers"].contains(&k.as_str())) {
+        return Err(FieldError::new(format!("{field}.{key}"), "unknown member (known: url, payload, headers)"));
+    }
+    let url = match members.get("url").and_then(|u| u.as_str()).map(str::trim) {
+        Some(url) if (url.starts_with("http://") || url.starts_with("https://")) && url.len() > "https://".len() => {
+            url.to_string()
+        }
+        Some(url) => return Err(FieldError::new(format!("{field}.url"), format!("'{url}' is not an http(s) URL"))),
+        None => return Err(FieldError::new(format!("{field}.url"), "required: the URL to POST to")),
+    };
+    let payload = match members.get("payload") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(text)) => {
+            gtmpl::Template::default()
+                .parse(text.as_str())
+                .map_err(|err| FieldError::new(format!("{field}.payload"), format!("not a Go template: {err}")))?;
+            Some(text.clone())
+        }
+        Some(other) => {
+            return Err(FieldError::new(format!("{field}.payload"), format!("expected a template, got {other}")));
+        }
+    };
+    let mut headers = BTreeMap::new();
+    match members.get("headers") {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::Object(map)) => {
+            for (name, value) in map {
+                let valid_name =
+                    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+                let value = value.as_str().filter(|v| !v.chars().any(char::is_control));
+                match (valid_name, value) {
+                    (true, Some(value)) => headers.insert(name.clone(), value.to_string()),
+                    _ => {
+                        return Err(FieldError::new(
+                            format!("{field}.headers.{name}"),
+                            "not a header name and text value",
+                        ));
+                    }
+                };
+            }
+        }
+        Some(other) => {
+            return Err(FieldError::new(format!("{field}.headers"), format!("expected an object, got {other}")));
+        }
+    }
+    Ok(JobWebhook { url, payload, headers })
 }
 
 /// A job as stored and as served by the API.
@@ -372,7 +520,10 @@ impl Job {
             self.parsed_schedule()?;
         }
         if self.executor.is_empty() {
-            return Err(FieldError::new("executor", "required (shell, http, nats, rabbitmq, redis or sql)"));
+            return Err(FieldError::new(
+                "executor",
+                "required (shell, http, nats, rabbitmq, redis, sql, grpc or a plugin's name)",
+            ));
         }
         if self.retries > RETRIES_MAX {
             return Err(FieldError::new("retries", format!("must be at most {RETRIES_MAX}")));

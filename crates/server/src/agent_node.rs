@@ -98,12 +98,17 @@ impl AgentNode {
             clock_source,
             stopping.clone(),
         )));
+        // An agent has no Raft, state or gossip gauges to read first: the registry is what it pushes.
+        let scrape: crate::statsd::Scrape = Box::new(|| Box::pin(async { crate::metrics::metrics().render() }));
+        let statsd =
+            crate::statsd::push_loop(config.statsd.clone(), config.node_name.clone(), scrape, stopping.clone());
+        tasks.push(tokio::spawn(statsd));
         // Nothing drops orders on an agent (no fence), but the channel must be drained.
         let mut dropped = channels.dropped;
         tasks.push(tokio::spawn(async move { while dropped.recv().await.is_some() {} }));
         await_join(&config, &membership).await?;
         info!(node = %config.node_name, rpc = %rpc_addr, gossip = %membership.gossip_addr(), "agent started");
-        eprintln!("kairos: RPC listening on {rpc_addr}");
+        crate::logging::announce(config.log_format, &config.node_name, &format!("RPC listening on {rpc_addr}"));
         Ok(AgentNode { config, worker, membership, stopping, exit, tasks })
     }
 

@@ -66,6 +66,10 @@ pub struct AgentArgs {
     /// Log level: error, warn, info, debug or trace (default info).
     #[arg(long, env = "KAIROS_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Log format: `text` (default) or `json` (one JSON object a line, with the node's name and, where they apply,
+    /// the job, execution and Raft term).
+    #[arg(long, env = "KAIROS_LOG_FORMAT")]
+    pub log_format: Option<String>,
     #[arg(long, env = "KAIROS_DATACENTER")]
     pub datacenter: Option<String>,
     #[arg(long, env = "KAIROS_REGION")]
@@ -152,13 +156,33 @@ pub struct AgentArgs {
     /// Put before every subject (default `[Kairos]`).
     #[arg(long, env = "KAIROS_MAIL_SUBJECT_PREFIX")]
     pub mail_subject_prefix: Option<String>,
+    /// Cronitor's ping URL with its key (Dkron's flag, e.g. https://cronitor.link/p/KEY): the leader pings
+    /// `<endpoint>/<job>?state=run|complete|fail` as executions start and end.
+    #[arg(long, env = "KAIROS_CRONITOR_ENDPOINT")]
+    pub cronitor_endpoint: Option<String>,
     /// The executors this node runs, comma-separated (default: all of them: shell, http, nats, rabbitmq, redis,
     /// sql); jobs of other executors are placed elsewhere.
     #[arg(long, env = "KAIROS_EXECUTORS", value_delimiter = ',')]
     pub executors: Vec<String>,
+    /// A directory of executor plugins: each executable `kairos-executor-NAME` runs jobs whose executor is NAME
+    /// (the protocol is in the README); they join the executors this node runs.
+    #[arg(long, env = "KAIROS_PLUGIN_DIR")]
+    pub plugin_dir: Option<PathBuf>,
     /// Serve Prometheus metrics at /metrics (the HTTP API on servers, the RPC listener on agent-only nodes).
     #[arg(long, env = "KAIROS_ENABLE_PROMETHEUS", num_args = 0..=1, default_missing_value = "true")]
     pub enable_prometheus: Option<bool>,
+    /// StatsD address (`host:port`) to push metrics to every --statsd-flush-interval (labels folded into names).
+    #[arg(long, env = "KAIROS_STATSD_ADDR")]
+    pub statsd_addr: Option<String>,
+    /// DogStatsD (Datadog agent) address (`host:port`): metrics pushed with their labels as tags.
+    #[arg(long, env = "KAIROS_DOG_STATSD_ADDR")]
+    pub dog_statsd_addr: Option<String>,
+    /// Tags added to every DogStatsD metric, `key:value`; comma-separated or repeated.
+    #[arg(long, env = "KAIROS_DOG_STATSD_TAGS", value_delimiter = ',')]
+    pub dog_statsd_tags: Vec<String>,
+    /// How often metrics are pushed to StatsD and DogStatsD (default 10s).
+    #[arg(long, env = "KAIROS_STATSD_FLUSH_INTERVAL")]
+    pub statsd_flush_interval: Option<String>,
     /// Key (base64, from `kairos keygen`) that encrypts and authenticates gossip; every node needs the same one.
     #[arg(long, env = "KAIROS_ENCRYPT")]
     pub encrypt: Option<String>,
@@ -201,6 +225,7 @@ struct FileConfig {
     retry_interval: Option<String>,
     raft_multiplier: Option<u32>,
     log_level: Option<String>,
+    log_format: Option<String>,
     datacenter: Option<String>,
     region: Option<String>,
     shutdown_grace: Option<String>,
@@ -217,7 +242,12 @@ struct FileConfig {
     cors_allowed_origins: Option<Vec<String>>,
     encrypt: Option<String>,
     enable_prometheus: Option<bool>,
+    statsd_addr: Option<String>,
+    dog_statsd_addr: Option<String>,
+    dog_statsd_tags: Option<Vec<String>>,
+    statsd_flush_interval: Option<String>,
     executors: Option<Vec<String>>,
+    plugin_dir: Option<PathBuf>,
     clock_offset_max: Option<String>,
     webhook_endpoint: Option<String>,
     webhook_payload: Option<String>,
@@ -232,6 +262,7 @@ struct FileConfig {
     mail_from: Option<String>,
     mail_payload: Option<String>,
     mail_subject_prefix: Option<String>,
+    cronitor_endpoint: Option<String>,
     cert_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
     trusted_ca_file: Option<PathBuf>,
@@ -263,6 +294,8 @@ pub struct Config {
     pub retry_interval: Duration,
     pub raft_multiplier: u32,
     pub log_level: String,
+    /// `--log-format`.
+    pub log_format: LogFormat,
     pub datacenter: String,
     pub region: String,
     pub shutdown_grace: Duration,
@@ -282,14 +315,20 @@ pub struct Config {
     pub cors_allowed_origins: Vec<String>,
     /// Serve `GET /metrics` (see [`crate::metrics`]).
     pub enable_prometheus: bool,
+    /// Where metrics are pushed (`--statsd-addr`, `--dog-statsd-*`; see [`crate::statsd`]).
+    pub statsd: crate::statsd::Statsd,
     /// The executors this node runs (published in gossip; placement matches it).
     pub executors: Vec<String>,
+    /// The executor plugins of `--plugin-dir`.
+    pub plugins: kairos_agent::plugin::Plugins,
     /// `--clock-offset-max` (zero: no limit).
     pub clock_offset_max: Duration,
     /// `--webhook-*` and `--pre-webhook-*`.
     pub webhooks: crate::notify::Webhooks,
     /// Mail about finished executions (`--mail-*`).
     pub mail: Option<crate::notify::Mail>,
+    /// `--cronitor-endpoint`.
+    pub cronitor_endpoint: Option<String>,
     /// The gossip key (`--encrypt`), when gossip is encrypted.
     pub encrypt: Option<crate::gossip_key::GossipKey>,
     /// TLS files (`--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`), when TLS is on.
@@ -315,6 +354,7 @@ impl AgentArgs {
         let node_name = checked_node_name(self.node_name.or(file.node_name).unwrap_or_else(default_node_name))?;
         let http_addr = self.http_addr.or(file.http_addr).unwrap_or_else(|| ":8080".into());
         let log_level = checked_log_level(self.log_level.or(file.log_level).unwrap_or_else(|| "info".into()))?;
+        let log_format = LogFormat::parse(self.log_format.or(file.log_format).as_deref().unwrap_or("text"))?;
         let advertise_addr = self.advertise_addr.or(file.advertise_addr);
         if let Some(text) = &advertise_addr
             && advertise_host(text).is_none()
@@ -342,11 +382,14 @@ impl AgentArgs {
             self.client_cert_auth.or(file.client_cert_auth).unwrap_or(false),
         )?;
         let encrypt = self.encrypt.or(file.encrypt).map(|k| crate::gossip_key::GossipKey::parse(&k)).transpose()?;
-        let executors = checked_executors(if self.executors.is_empty() {
-            file.executors.unwrap_or_default()
-        } else {
-            self.executors
-        })?;
+        let plugins = match self.plugin_dir.or(file.plugin_dir) {
+            Some(dir) => kairos_agent::plugin::Plugins::scan(&dir).map_err(|e| anyhow::anyhow!(e))?,
+            None => kairos_agent::plugin::Plugins::default(),
+        };
+        let executors = checked_executors(
+            &plugins,
+            if self.executors.is_empty() { file.executors.unwrap_or_default() } else { self.executors },
+        )?;
         let acl_enabled = self.acl_enabled.or(file.acl.and_then(|acl| acl.enabled)).unwrap_or(false);
         require_node_credentials(acl_enabled, encrypt.is_some(), tls.as_ref())?;
         let webhooks = crate::notify::Webhooks {
@@ -372,11 +415,37 @@ impl AgentArgs {
             payload: self.mail_payload.or(file.mail_payload),
             subject_prefix: self.mail_subject_prefix.or(file.mail_subject_prefix),
         })?;
+        let cronitor_endpoint = match self.cronitor_endpoint.or(file.cronitor_endpoint).filter(|e| !e.trim().is_empty())
+        {
+            Some(endpoint) => {
+                let url = reqwest::Url::parse(endpoint.trim())
+                    .map_err(|err| anyhow::anyhow!("--cronitor-endpoint: '{endpoint}': {err}"))?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    bail!("--cronitor-endpoint: '{endpoint}' is not an http or https URL");
+                }
+                Some(endpoint.trim().to_string())
+            }
+            None => None,
+        };
+        let statsd = crate::statsd::Statsd::from_flags(
+            self.statsd_addr.or(file.statsd_addr),
+            self.dog_statsd_addr.or(file.dog_statsd_addr),
+            non_empty(self.dog_statsd_tags).or(file.dog_statsd_tags).unwrap_or_default(),
+            duration(
+                "--statsd-flush-interval",
+                self.statsd_flush_interval.or(file.statsd_flush_interval),
+                crate::statsd::FLUSH_INTERVAL_DEFAULT,
+            )?,
+        )?;
         Ok(Config {
+            statsd,
+            log_format,
             webhooks,
             mail,
+            cronitor_endpoint,
             clock_offset_max: duration("--clock-offset-max", self.clock_offset_max.or(file.clock_offset_max), "10s")?,
             executors,
+            plugins,
             enable_prometheus: self.enable_prometheus.or(file.enable_prometheus).unwrap_or(false),
             encrypt,
             tls,
@@ -459,6 +528,25 @@ fn checked_node_name(node_name: String) -> anyhow::Result<String> {
     Ok(node_name)
 }
 
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (tracing's default format).
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+impl LogFormat {
+    fn parse(text: &str) -> anyhow::Result<LogFormat> {
+        match text {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => bail!("--log-format: '{other}' is not one of text, json"),
+        }
+    }
+}
+
 fn checked_log_level(log_level: String) -> anyhow::Result<String> {
     if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
         bail!("--log-level: '{log_level}' is not one of error, warn, info, debug, trace");
@@ -466,15 +554,15 @@ fn checked_log_level(log_level: String) -> anyhow::Result<String> {
     Ok(log_level)
 }
 
-/// The executors this node runs: all of them unless listed; an unknown name is an error listing the known ones.
-fn checked_executors(listed: Vec<String>) -> anyhow::Result<Vec<String>> {
-    let executors: Vec<String> = if listed.is_empty() {
-        kairos_agent::EXECUTORS.iter().map(|e| e.to_string()).collect()
-    } else {
-        listed.into_iter().map(|e| e.trim().to_string()).collect()
-    };
-    if let Some(unknown) = executors.iter().find(|e| !kairos_agent::EXECUTORS.contains(&e.as_str())) {
-        bail!("--executors: unknown executor '{unknown}'; known: {}", kairos_agent::EXECUTORS.join(", "));
+/// The executors this node runs: all of them (built in and plugins) unless listed; an unknown name is an error
+/// listing the known ones.
+fn checked_executors(plugins: &kairos_agent::plugin::Plugins, listed: Vec<String>) -> anyhow::Result<Vec<String>> {
+    let known: Vec<String> =
+        kairos_agent::EXECUTORS.iter().copied().chain(plugins.names()).map(str::to_string).collect();
+    let executors: Vec<String> =
+        if listed.is_empty() { known.clone() } else { listed.into_iter().map(|e| e.trim().to_string()).collect() };
+    if let Some(unknown) = executors.iter().find(|e| !known.contains(e)) {
+        bail!("--executors: unknown executor '{unknown}'; known: {}", known.join(", "));
     }
     Ok(executors)
 }
@@ -753,6 +841,13 @@ mod tests {
             AgentArgs { http_addr: Some("nope".into()), ..AgentArgs::default() },
             AgentArgs { tags: vec!["novalue".into()], ..AgentArgs::default() },
             AgentArgs { log_level: Some("loud".into()), ..AgentArgs::default() },
+            AgentArgs { log_format: Some("xml".into()), ..AgentArgs::default() },
+            AgentArgs { statsd_addr: Some("nonsense".into()), ..AgentArgs::default() },
+            AgentArgs {
+                dog_statsd_tags: vec!["a b".into()],
+                dog_statsd_addr: Some("h:1".into()),
+                ..AgentArgs::default()
+            },
             AgentArgs { shutdown_grace: Some("soon".into()), ..AgentArgs::default() },
             AgentArgs { config: Some("/nonexistent/kairos.yml".into()), ..AgentArgs::default() },
             AgentArgs { node_name: Some("web@1".into()), ..AgentArgs::default() },

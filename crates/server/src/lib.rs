@@ -21,11 +21,13 @@
 //! - [`worker`]: on every node, takes orders (refusing older terms and expired orders), starts runs at their
 //!   instant through `kairos_agent`, renews their leases and reports starts and finishes in batches;
 //! - [`clock`]: this node's offset from the leader's clock (`cluster::clock_sync` measures it over RPC);
-//! - [`notify`]: webhooks; [`metrics`]: Prometheus metrics;
+//! - [`notify`]: webhooks; [`metrics`]: Prometheus metrics; [`statsd`]: the same metrics pushed to StatsD or
+//!   DogStatsD;
 //! - [`agent_node`]: a node without `--server`: gossip, the worker and the agent's RPC routes only;
 //! - [`acl`]: new access-control tokens get their ids and secret on the proposer (enforcement is at the HTTP
 //!   edge, in `kairos-http`);
 //! - [`audit`]: the audit log's writer (records from the API edge, committed in batches);
+//! - [`logging`]: log lines as text or JSON (`--log-format`), with the node, job, execution and term in them;
 //! - [`tls`]: TLS on both listeners and every node-to-node call, and the certificates `kairos tls` creates.
 //!
 //! The life of one run: the scheduler's timer fires → `Fire` is committed through Raft → the dispatcher claims
@@ -45,11 +47,13 @@ pub mod error;
 pub mod gossip;
 pub mod gossip_key;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod notify;
 pub mod reload;
 pub mod scheduler;
+pub mod statsd;
 pub mod tls;
 pub mod worker;
 

@@ -49,8 +49,18 @@ pub struct RouteLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerLabel {
+    pub trigger: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
     pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabel {
+    pub store: String,
 }
 
 /// Every metric of the process.
@@ -59,12 +69,16 @@ pub struct Metrics {
     /// Seconds from a run's slot to its start, first attempts only (retries wait for their backoff on purpose).
     pub start_lag: Family<ExecutorLabel, Histogram>,
     pub runs_finished: Family<RunLabels, Counter>,
+    /// Runs started, by why they exist (schedule, catch_up, manual, retry, parent).
+    pub runs_started: Family<TriggerLabel, Counter>,
     pub runs_running: Gauge,
     /// Runs due and waiting for a place (`--max-running`).
     pub runs_queued: Gauge,
     pub runs_skipped_overloaded: Counter,
     pub slots_missed: Counter,
     pub notifications: Family<NotificationLabels, Counter>,
+    pub missed_alerts: Counter,
+    pub outbox_entries: Gauge,
     pub executions_lost: Counter,
     pub placement_failures: Counter,
     pub leadership_acquired: Counter,
@@ -77,6 +91,10 @@ pub struct Metrics {
     pub gossip_members: Family<StatusLabel, Gauge>,
     pub executions_active: Family<StatusLabel, Gauge>,
     pub jobs: Gauge,
+    /// Bytes on disk: `raft_log` and `state` (servers, read when scraped), `outputs` (every node, after each run).
+    pub store_bytes: Family<StoreLabel, Gauge>,
+    /// StatsD packets (and lines too long for one) this node could not send ([`crate::statsd`]).
+    pub statsd_send_errors: Counter,
 }
 
 /// The process's metrics (created on first use).
@@ -93,11 +111,14 @@ impl Metrics {
             registry: Registry::default(),
             start_lag: Family::new_with_constructor(lag_buckets),
             runs_finished: Family::default(),
+            runs_started: Family::default(),
             runs_running: Gauge::default(),
             runs_queued: Gauge::default(),
             runs_skipped_overloaded: Counter::default(),
             slots_missed: Counter::default(),
             notifications: Family::default(),
+            missed_alerts: Counter::default(),
+            outbox_entries: Gauge::default(),
             executions_lost: Counter::default(),
             placement_failures: Counter::default(),
             leadership_acquired: Counter::default(),
@@ -110,6 +131,8 @@ impl Metrics {
             gossip_members: Family::default(),
             executions_active: Family::default(),
             jobs: Gauge::default(),
+            store_bytes: Family::default(),
+            statsd_send_errors: Counter::default(),
         };
         registry.register(
             "run_start_lag_seconds",
@@ -117,6 +140,11 @@ impl Metrics {
             m.start_lag.clone(),
         );
         registry.register("runs_finished", "Runs this node executed, by executor and outcome", m.runs_finished.clone());
+        registry.register(
+            "runs_started",
+            "Runs this node started, by trigger (schedule, catch_up, manual, retry, parent)",
+            m.runs_started.clone(),
+        );
         registry.register("runs_running", "Runs executing on this node now", m.runs_running.clone());
         registry.register(
             "runs_queued",
@@ -135,9 +163,21 @@ impl Metrics {
         );
         registry.register(
             "notifications",
-            "Webhooks this node, leading, sent or gave up on, by kind (webhook, pre_webhook) and outcome",
+            "Notifications this node, leading, sent or gave up on, by kind (webhook, pre_webhook, mail, job_webhook, \
+             cronitor) and outcome (sent, failed, suppressed, template_failed)",
             m.notifications.clone(),
         );
+        registry.register(
+            "missed_alerts",
+            "Missed alerts this node, leading, raised (jobs without a success within alert_if_not_succeeded_within)",
+            m.missed_alerts.clone(),
+        );
+        registry.register(
+            "outbox_entries",
+            "Notification outbox entries waiting for the leader's notifier",
+            m.outbox_entries.clone(),
+        );
+
         registry.register(
             "executions_lost",
             "Executions this node, leading, recorded lost (lease expired, node gone)",
@@ -178,6 +218,16 @@ impl Metrics {
             m.executions_active.clone(),
         );
         registry.register("jobs", "Jobs in the replicated state", m.jobs.clone());
+        registry.register(
+            "store_bytes",
+            "Bytes this node's stores take on disk: raft_log and state (servers), outputs (runs' full output)",
+            m.store_bytes.clone(),
+        );
+        registry.register(
+            "statsd_send_errors",
+            "StatsD packets this node could not send (--statsd-addr, --dog-statsd-addr)",
+            m.statsd_send_errors.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -190,10 +240,19 @@ impl Metrics {
     }
 }
 
+/// Set the `store_bytes` gauge of one store.
+pub fn set_store_bytes(store: &str, bytes: u64) {
+    let gauge = metrics().store_bytes.get_or_create(&StoreLabel { store: store.to_string() }).clone();
+    gauge.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+}
+
 /// Record the start of a run from its environment (`KAIROS_SCHEDULED_AT`, `KAIROS_ATTEMPT`): its lag, for first
 /// attempts.
 pub fn observe_start(executor: &str, env: &[(String, String)], started: kairos_model::Timestamp) {
     let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    if let Some(trigger) = get("KAIROS_TRIGGER") {
+        metrics().runs_started.get_or_create(&TriggerLabel { trigger: trigger.to_string() }).inc();
+    }
     if get("KAIROS_ATTEMPT") != Some("1") {
         return;
     }

@@ -64,6 +64,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
         retry_interval,
         raft_multiplier,
         log_level,
+        log_format,
         datacenter,
         region,
         shutdown_grace,
@@ -79,10 +80,13 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
         tls,
         encrypt,
         enable_prometheus,
+        statsd,
         executors,
+        plugins,
         clock_offset_max,
         webhooks,
         mail,
+        cronitor_endpoint,
         acl_enabled,
         config_file: _,
     } = read;
@@ -117,10 +121,14 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
     note(false, "cert-file / key-file / trusted-ca-file / client-cert-auth", &r.tls, tls);
     note(false, "encrypt", &r.encrypt, encrypt);
     note(false, "enable-prometheus", &r.enable_prometheus, enable_prometheus);
+    note(false, "statsd-addr / dog-statsd-* / statsd-flush-interval", &r.statsd, statsd);
+    note(false, "log-format", &r.log_format, log_format);
     note(false, "executors", &r.executors, executors);
+    note(false, "plugin-dir", &r.plugins, plugins);
     note(false, "clock-offset-max", &r.clock_offset_max, clock_offset_max);
     note(false, "webhook-* / pre-webhook-*", &r.webhooks, webhooks);
     note(false, "mail-*", &r.mail, mail);
+    note(false, "cronitor-endpoint", &r.cronitor_endpoint, cronitor_endpoint);
     note(false, "acl.enabled", &r.acl_enabled, acl_enabled);
     changes
 }

@@ -384,7 +384,7 @@ mod tests {
         job.catch_up = catch_up;
         job.catch_up_window = "1m".into();
         let schedule = job.parsed_schedule().unwrap().unwrap();
-        (JobRecord { job, cursor: Some(ts(cursor)), active: 0, stored: 0, version: 1 }, schedule)
+        (JobRecord { job, cursor: Some(ts(cursor)), active: 0, stored: 0, version: 1, missed_at: None }, schedule)
     }
 
     fn slots(plan: &Plan) -> Vec<(String, Trigger)> {

@@ -28,7 +28,7 @@ use kairos_store::{BATCH_ITEMS_MAX, Command, ExecRef, Finish, Response, Start};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::{Config, RunLimits};
 use kairos_schedule::time_until;
@@ -292,7 +292,7 @@ impl Worker {
         let (timer_tx, timer) = unbounded_channel();
         let (dropped_tx, dropped) = unbounded_channel();
         let worker = Worker {
-            runner: Runner::new(outputs.clone(), config.kill_grace),
+            runner: Runner::with_plugins(outputs.clone(), config.kill_grace, config.plugins.clone()),
             outputs,
             retained_default: config.executions_retained,
             node_name: config.node_name.clone(),
@@ -432,6 +432,7 @@ impl Worker {
             ("KAIROS_EXECUTION_ID".into(), exec.id.clone()),
             ("KAIROS_SCHEDULED_AT".into(), exec.scheduled_at.to_string()),
             ("KAIROS_ATTEMPT".into(), exec.attempt.to_string()),
+            ("KAIROS_TRIGGER".into(), trigger_name(exec.trigger).into()),
         ];
         let expires_at = at.unwrap_or_else(Timestamp::now).max(Timestamp::now()) + START_DEADLINE;
         let keep_outputs = job.executions_retained.unwrap_or(self.retained_default).max(1);
@@ -441,6 +442,8 @@ impl Worker {
 
     /// Take an order: refused (false) if its term is older than one seen; launched at its instant otherwise.
     pub fn accept(&self, order: Order) -> bool {
+        // Every line about this order carries its job, execution and term (see crate::logging).
+        let _span = info_span!("order", job = %order.exec.job, execution = %order.exec.id, term = order.term).entered();
         if let Some(offset) = self.clock.offset().filter(|o| o.beyond(self.clock_offset_max)) {
             warn!(
                 "refusing {}/{}: this node's clock is {} ms off the leader's (±{} ms), more than --clock-offset-max {:?}",
@@ -631,7 +634,9 @@ impl Worker {
                 let exec = queued.order.exec.clone();
                 runs.running.insert(exec, RunningExec { token, reason: Arc::new(Mutex::new(None)) });
                 let worker = self.clone();
-                spawn_run(async move { worker.run(queued.order).await });
+                let order = &queued.order;
+                let span = info_span!("run", job = %order.exec.job, execution = %order.exec.id, term = order.term);
+                spawn_run(async move { worker.run(queued.order).await }.instrument(span));
             }
             crate::metrics::metrics().runs_queued.set(runs.queue.len() as i64);
         }
@@ -665,6 +670,7 @@ impl Worker {
         let executor = spec.executor.clone();
         crate::metrics::observe_start(&executor, &spec.extra_env, started_at);
         crate::metrics::metrics().runs_running.inc();
+        debug!(executor = %executor, "run started");
         self.report(Report::Start(Start {
             exec: exec_ref.clone(),
             node: self.node_name.clone(),
@@ -688,7 +694,16 @@ impl Worker {
             ExecutionStatus::Cancelled => cancel_reason.or(outcome.error),
             _ => outcome.error,
         };
+        let took_s = self.clock.leader_now().duration_since(started_at).as_secs_f64();
+        info!(
+            status = status.as_str(),
+            exit_code = outcome.exit_code,
+            took_s,
+            error = error.as_deref(),
+            "run finished"
+        );
         self.prune_outputs(&exec_ref.job, keep_outputs);
+        crate::metrics::set_store_bytes("outputs", self.outputs.used_bytes());
         {
             let mut recent = self.recent.lock().expect("recent lock");
             if recent.len() >= RECENT_OUTPUTS {
@@ -934,6 +949,18 @@ pub async fn renew_loop(worker: Worker, reporter: Arc<dyn Reporter>, stopping: C
                 warn!("lease renewal failed: {err}");
             }
         }
+    }
+}
+
+/// A trigger as the API spells it (`catch_up`), for `KAIROS_TRIGGER`.
+fn trigger_name(trigger: kairos_model::Trigger) -> &'static str {
+    use kairos_model::Trigger;
+    match trigger {
+        Trigger::Schedule => "schedule",
+        Trigger::CatchUp => "catch_up",
+        Trigger::Manual => "manual",
+        Trigger::Retry => "retry",
+        Trigger::Parent => "parent",
     }
 }
 

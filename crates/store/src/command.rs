@@ -96,6 +96,13 @@ pub enum Command {
         records: Vec<kairos_model::audit::AuditRecord>,
         keep: u64,
     },
+    /// The leader's notifier handled the outbox up to `upto`: record the deliveries on their executions, and raise
+    /// or end jobs' `missed` alerts.
+    Notified {
+        upto: u64,
+        records: Vec<crate::outbox::DeliveryRecord>,
+        alerts: Vec<crate::outbox::MissedAlert>,
+    },
 }
 
 /// A reference to one execution.

@@ -15,6 +15,7 @@ pub mod audit;
 pub mod command;
 pub mod log;
 pub mod machine;
+pub mod outbox;
 pub mod secrets;
 pub mod state;
 
@@ -47,6 +48,9 @@ impl fmt::Display for Command {
             Command::SecretPut { name, .. } => write!(f, "put secret {name}"),
             Command::SecretDelete { name } => write!(f, "delete secret {name}"),
             Command::Audit { records, .. } => write!(f, "audit {} requests", records.len()),
+            Command::Notified { upto, records, alerts } => {
+                write!(f, "notified up to {upto}: {} deliveries, {} alerts", records.len(), alerts.len())
+            }
         }
     }
 }

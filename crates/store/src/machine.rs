@@ -21,7 +21,8 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::command::Response;
 use crate::state::{
-    ACL, ACTIVE, AUDIT, Applier, Definitions, EXECUTIONS, Event, JOBS, META, SECRETS, StateReader, create_tables,
+    ACL, ACTIVE, AUDIT, Applier, Definitions, EXECUTIONS, Event, JOBS, META, OUTBOX, SECRETS, StateReader,
+    create_tables,
 };
 use crate::{TypeConfig, from_json, io_err, to_json};
 
@@ -62,6 +63,9 @@ struct Dump {
     /// Absent in snapshots taken before the audit log existed; keys are sequence numbers.
     #[serde(default)]
     audit: Vec<(u64, String)>,
+    /// Absent in snapshots taken before the notification outbox existed.
+    #[serde(default)]
+    outbox: Vec<(u64, String)>,
 }
 
 impl StateMachine {
@@ -198,6 +202,10 @@ fn dump(txn: &ReadTransaction) -> io::Result<Dump> {
         let seq = <[u8; 8]>::try_from(k.value()).map(u64::from_be_bytes).map_err(io_err)?;
         out.audit.push((seq, utf8(v.value())?));
     }
+    for item in txn.open_table(OUTBOX).map_err(io_err)?.iter().map_err(io_err)? {
+        let (k, v) = item.map_err(io_err)?;
+        out.outbox.push((k.value(), utf8(v.value())?));
+    }
     Ok(out)
 }
 
@@ -306,6 +314,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             audit.retain(|_, _| false).map_err(io_err)?;
             for (seq, v) in &dump.audit {
                 audit.insert(seq.to_be_bytes().as_slice(), v.as_bytes()).map_err(io_err)?;
+            }
+            let mut outbox = txn.open_table(OUTBOX).map_err(io_err)?;
+            outbox.retain(|_, _| false).map_err(io_err)?;
+            for (seq, v) in &dump.outbox {
+                outbox.insert(*seq, v.as_bytes()).map_err(io_err)?;
             }
             let mut raft_meta = txn.open_table(RAFT_META).map_err(io_err)?;
             raft_meta.insert("last_applied", to_json(&meta.last_log_id)?.as_slice()).map_err(io_err)?;

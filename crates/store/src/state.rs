@@ -23,6 +23,7 @@ use redb::{
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, ExecRef, Expansion, Finish, Fire, Refusal, Response, Start};
+use crate::outbox::OutboxEvent;
 
 pub const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 pub const EXECUTIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("executions");
@@ -31,6 +32,7 @@ pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub const ACL: TableDefinition<&str, &[u8]> = TableDefinition::new("acl");
 pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 pub const AUDIT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("audit");
+pub const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 
 const META_PAUSED: &str = "paused";
 /// The last job version handed out ([`JobRecord::version`]).
@@ -53,6 +55,10 @@ pub struct JobRecord {
     /// from one counter of the whole state), so a writer can ask to apply only over the version it read.
     #[serde(default)]
     pub version: u64,
+    /// When the job's `missed` alert went out (it has not succeeded within `notify.alert_if_not_succeeded_within`);
+    /// cleared by its next success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed_at: Option<Timestamp>,
 }
 
 /// Something a node may need to react to after a batch is applied.
@@ -111,6 +117,7 @@ pub fn create_tables(db: &Database) -> Result<(), redb::Error> {
     txn.open_table(ACL)?;
     txn.open_table(SECRETS)?;
     txn.open_table(AUDIT)?;
+    txn.open_table(OUTBOX)?;
     txn.commit()?;
     Ok(())
 }
@@ -118,12 +125,13 @@ pub fn create_tables(db: &Database) -> Result<(), redb::Error> {
 /// Applies commands inside one write transaction.
 pub struct Applier<'txn> {
     jobs: Table<'txn, &'static str, &'static [u8]>,
-    executions: Table<'txn, &'static [u8], &'static [u8]>,
+    pub(crate) executions: Table<'txn, &'static [u8], &'static [u8]>,
     active: Table<'txn, &'static [u8], ()>,
     pub(crate) meta: Table<'txn, &'static str, &'static [u8]>,
     pub(crate) acl: Table<'txn, &'static str, &'static [u8]>,
     pub(crate) secrets: Table<'txn, &'static str, &'static [u8]>,
     pub(crate) audit: Table<'txn, &'static [u8], &'static [u8]>,
+    pub(crate) outbox: Table<'txn, u64, &'static [u8]>,
     /// Job records read or changed in this batch; `None` marks a deletion.
     cache: HashMap<String, Option<JobRecord>>,
     retained_default: u32,
@@ -140,6 +148,7 @@ impl<'txn> Applier<'txn> {
             acl: txn.open_table(ACL)?,
             secrets: txn.open_table(SECRETS)?,
             audit: txn.open_table(AUDIT)?,
+            outbox: txn.open_table(OUTBOX)?,
             cache: HashMap::new(),
             retained_default: if retained_default == 0 { EXECUTIONS_RETAINED_DEFAULT } else { retained_default },
             events: Vec::new(),
@@ -191,10 +200,11 @@ impl<'txn> Applier<'txn> {
             Command::SecretPut { name, value, at } => self.secret_put(name, value.expose(), *at),
             Command::SecretDelete { name } => self.secret_delete(name),
             Command::Audit { records, keep } => self.audit(records, *keep),
+            Command::Notified { upto, records, alerts } => self.notified(*upto, records, alerts),
         }
     }
 
-    fn record(&mut self, name: &str) -> Result<Option<JobRecord>, redb::Error> {
+    pub(crate) fn record(&mut self, name: &str) -> Result<Option<JobRecord>, redb::Error> {
         if let Some(cached) = self.cache.get(name) {
             return Ok(cached.clone());
         }
@@ -206,7 +216,7 @@ impl<'txn> Applier<'txn> {
         Ok(record)
     }
 
-    fn store(&mut self, record: JobRecord) {
+    pub(crate) fn store(&mut self, record: JobRecord) {
         self.cache.insert(record.job.name.clone(), Some(record));
     }
 
@@ -245,13 +255,20 @@ impl<'txn> Applier<'txn> {
                 if prev.job.parent_job != job.parent_job {
                     self.unlink_child(&prev.job.parent_job, &job.name)?;
                 }
-                JobRecord { job: stored, cursor, active: prev.active, stored: prev.stored, version }
+                JobRecord {
+                    job: stored,
+                    cursor,
+                    active: prev.active,
+                    stored: prev.stored,
+                    version,
+                    missed_at: prev.missed_at,
+                }
             }
             None => {
                 stored.created_at = Some(now);
                 stored.updated_at = Some(now);
                 stored.dependent_jobs = Vec::new();
-                JobRecord { job: stored, cursor: Some(now), active: 0, stored: 0, version }
+                JobRecord { job: stored, cursor: Some(now), active: 0, stored: 0, version, missed_at: None }
             }
         };
         self.link_child(&record.job.parent_job, &record.job.name)?;
@@ -417,6 +434,9 @@ impl<'txn> Applier<'txn> {
             }
         }
         self.insert_execution(&mut record, &exec)?;
+        if exec.status == ExecutionStatus::Skipped {
+            self.outbox_push(&exec, OutboxEvent::Finished)?;
+        }
         self.store(record);
         response.executions.push(exec);
         Ok(())
@@ -469,7 +489,7 @@ impl<'txn> Applier<'txn> {
         Ok(running)
     }
 
-    fn execution(&self, key: &[u8]) -> Result<Option<Execution>, redb::Error> {
+    pub(crate) fn execution(&self, key: &[u8]) -> Result<Option<Execution>, redb::Error> {
         match self.executions.get(key)? {
             Some(bytes) => Ok(Some(decode(bytes.value())?)),
             None => Ok(None),
@@ -595,6 +615,7 @@ impl<'txn> Applier<'txn> {
             exec.node_name = start.node.clone();
             exec.lease_until = Some(start.lease_until);
             self.executions.insert(key.as_slice(), encode(&exec).as_slice())?;
+            self.outbox_push(&exec, OutboxEvent::Started)?;
             response.executions.push(exec);
         }
         Ok(response)
@@ -651,10 +672,13 @@ impl<'txn> Applier<'txn> {
         if exec.node_name.is_empty() {
             exec.node_name = result.node.clone();
         }
-        if exec.started_at.is_none() {
+        if exec.started_at.is_none() && result.started_at.is_some() {
+            // A run too short for a separate start report: its start notifies just before its finish.
             exec.started_at = result.started_at;
+            self.outbox_push(&exec, OutboxEvent::Started)?;
         }
         self.executions.insert(key.as_slice(), encode(&exec).as_slice())?;
+        self.outbox_push(&exec, OutboxEvent::Finished)?;
         self.active.remove(key.as_slice())?;
         record.active = record.active.saturating_sub(1);
         count_result(&mut record.job, &exec);

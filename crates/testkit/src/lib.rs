@@ -16,6 +16,7 @@
 
 pub mod client;
 pub mod disk;
+pub mod grpc;
 pub mod log;
 pub mod memory;
 pub mod netns;

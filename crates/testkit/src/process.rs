@@ -301,7 +301,8 @@ pub fn addr_after(line: &str, marker: &str) -> Option<String> {
     let at = line.find(marker)?;
     let rest = &line[at + marker.len()..];
     let rest = rest.strip_prefix("https://").or_else(|| rest.strip_prefix("http://")).unwrap_or(rest);
-    Some(rest.chars().take_while(|c| !c.is_whitespace() && *c != '/').collect())
+    // A JSON log line (`--log-format json`) ends the address with the message's closing quote.
+    Some(rest.chars().take_while(|c| !c.is_whitespace() && !matches!(c, '/' | '"')).collect())
 }
 
 #[cfg(test)]
@@ -324,6 +325,8 @@ mod tests {
         let rpc = "kairos: RPC listening on 127.0.0.1:6868\n";
         assert_eq!(addr_after(rpc, RPC_LISTENING).as_deref(), Some("127.0.0.1:6868"));
         assert_eq!(addr_after("kairos: starting", RPC_LISTENING), None);
+        let json = r#"{"level":"INFO","message":"RPC listening on 127.0.0.1:6868","node":"n"}"#;
+        assert_eq!(addr_after(json, RPC_LISTENING).as_deref(), Some("127.0.0.1:6868"));
     }
 
     #[tokio::test]

@@ -33,10 +33,28 @@ fn refuse_if_paused(node: &Node) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Validate a job completely (model rules and the executor's own config) before anything is proposed.
-fn check(job: &Job) -> Result<(), ApiError> {
+/// Validate a job completely (model rules and the executor's own config) before anything is proposed. An
+/// executor that is not built in must be a plugin of this node or of a live node (`--plugin-dir`); plugins check
+/// their own config when they run.
+fn check(node: &Node, job: &Job) -> Result<(), ApiError> {
     job.validate()?;
-    kairos_agent::validate(&job.executor, &job.executor_config).map_err(|e| ApiError::bad_request(e.to_string()))
+    if kairos_agent::EXECUTORS.contains(&job.executor.as_str()) {
+        return kairos_agent::validate(&job.executor, &job.executor_config)
+            .map_err(|e| ApiError::bad_request(e.to_string()));
+    }
+    let mut plugins: std::collections::BTreeSet<String> = node.config.plugins.names().map(str::to_string).collect();
+    for member in node.membership.alive() {
+        let listed = member.executors.unwrap_or_default();
+        plugins.extend(listed.into_iter().filter(|e| !kairos_agent::EXECUTORS.contains(&e.as_str())));
+    }
+    if plugins.contains(&job.executor) {
+        return Ok(());
+    }
+    let known = kairos_agent::EXECUTORS.iter().map(|e| e.to_string()).chain(plugins).collect::<Vec<_>>().join(", ");
+    Err(ApiError::bad_request(format!(
+        "executor: unknown executor '{}'; known: {known} (plugins count when a live node has them)",
+        job.executor
+    )))
 }
 
 /// How often a read-modify-write (toggle, patch) re-reads and retries when another write changed the job between
@@ -47,11 +65,11 @@ const CONFLICT_ATTEMPTS_MAX: u32 = 5;
 /// that lands right after must not turn an acknowledged write into an error). `expect_version`: see
 /// [`Command::PutJob`].
 async fn store(node: &Node, job: Job, expect_version: Option<u64>) -> Result<Job, ApiError> {
-    check(&job)?;
+    check(node, &job)?;
     let now = Timestamp::now();
     let response = node.submit(Command::PutJob { job: Box::new(job), now, expect_version }).await?;
     let job = response.job.ok_or_else(|| ApiError::internal("a put applied without answering the job"))?;
-    let record = JobRecord { job, cursor: response.cursor, active: 0, stored: 0, version: 0 };
+    let record = JobRecord { job, cursor: response.cursor, active: 0, stored: 0, version: 0, missed_at: None };
     Ok(view(record, now))
 }
 
@@ -199,7 +217,7 @@ pub async fn restore(State(node): State<AppState>, Query(params): Query<Params>,
     for (i, value) in inputs.into_iter().enumerate() {
         let input = JobInput::from_value(value).map_err(|e| ApiError::bad_request(format!("[{i}].{e}")))?;
         let job = Job::from_input(input).map_err(|e| ApiError::bad_request(format!("[{i}].{e}")))?;
-        check(&job).map_err(|e| ApiError::bad_request(format!("[{i}].{}", e.message)))?;
+        check(&node, &job).map_err(|e| ApiError::bad_request(format!("[{i}].{}", e.message)))?;
         jobs.push(job);
     }
     let jobs = parents_first(jobs, &node)?;

@@ -276,8 +276,11 @@ fn schemas() -> Value {
     // Dkron's `time.Time` fields: never null (see `api::dkron_time`).
     let zt = json!({"type": "string", "format": "date-time", "description": "0001-01-01T00:00:00Z (Go's zero time, as in Dkron) when there is none"});
     let map = strings();
-    let notify = json!({"type": "object", "nullable": true, "description": "When webhooks and mail go out (default: every start and finish). While the job keeps failing, a failure notifies again only repeat_after (default 1h) after the last one that did",
-        "properties": {"on": {"type": "array", "items": {"type": "string", "enum": ["start", "success", "failure", "recovery", "lost"]}}, "repeat_after": {"type": "string"}}});
+    let notify = json!({"type": "object", "nullable": true, "description": "When webhooks and mail go out (default: every start and finish, and missed when alert_if_not_succeeded_within is set). While the job keeps failing, a failure notifies again only repeat_after (default 1h) after the last one that did. emails are mailed beside owner_email; webhooks are the job's own (payload: a Go template over the webhook fields). alert_if_not_succeeded_within: one missed alert when the job has gone that long without a success, a recovery when it next succeeds",
+        "properties": {"on": {"type": "array", "items": {"type": "string", "enum": ["start", "success", "failure", "recovery", "lost", "missed"]}}, "repeat_after": {"type": "string"},
+            "emails": {"type": "array", "items": {"type": "string"}},
+            "webhooks": {"type": "array", "items": {"type": "object", "required": ["url"], "properties": {"url": {"type": "string"}, "payload": {"type": "string"}, "headers": {"type": "object", "additionalProperties": {"type": "string"}}}}},
+            "alert_if_not_succeeded_within": {"type": "string"}}});
     // Dkron's settings are strings; `forward` may be a boolean too.
     let forward = json!({"oneOf": [{"type": "boolean"}, {"type": "string"}], "description": "Pass the output on unchanged (default false: replace it with a note)"});
     let settings = |properties: Value| json!({"type": "object", "nullable": true, "additionalProperties": false, "properties": properties});
@@ -320,6 +323,12 @@ fn schemas() -> Value {
             "exit_code": {"type": "integer", "nullable": true},
             "trigger": {"type": "string", "enum": ["schedule", "catch_up", "manual", "retry", "parent"]},
             "error": {"type": "string", "nullable": true}, "not_before": t, "lease_until": t, "output_bytes": {"type": "integer"},
+            "notifications": {"type": "array", "description": "How each notification about it ended (recorded by the leader once its delivery is over)",
+                "items": {"type": "object", "properties": {
+                    "kind": {"type": "string", "enum": ["pre_webhook", "webhook", "mail", "job_webhook", "cronitor"]},
+                    "event": s, "target": s, "attempts": {"type": "integer"}, "error": {"type": "string"},
+                    "outcome": {"type": "string", "enum": ["sent", "failed", "suppressed", "template_failed"]},
+                    "at": {"type": "string", "format": "date-time"}}}},
         }},
         "Member": {"type": "object", "properties": {
             "id": s, "Name": s, "Addr": {"type": "string", "description": "IP of its gossip address"},

@@ -76,6 +76,27 @@ pub fn meta(job: &Job, exec: &Execution, now: Timestamp) -> Markup {
             @if let Some(lease) = exec.lease_until { div { dt { "Lease until" } dd { (format::instant(Some(lease), &zone)) } } }
         }
         @if let Some(error) = &exec.error { p.notice.error { (error) } }
+        @if !exec.notifications.is_empty() {
+            section aria-labelledby="h-notifications" {
+                h2 #h-notifications { "Notifications" }
+                table #notifications {
+                    thead { tr { th { "Kind" } th { "Event" } th { "To" } th { "Outcome" } th { "Tries" } th { "At" } th { "Error" } } }
+                    tbody {
+                        @for d in &exec.notifications {
+                            tr {
+                                td { (d.kind) }
+                                td { (d.event) }
+                                td { (d.target) }
+                                td { (d.outcome.as_str()) }
+                                td { (d.attempts) }
+                                td { (format::instant(Some(d.at), &zone)) }
+                                td { (d.error.as_deref().unwrap_or("")) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
         @if exec.status.is_active() {
             p {
                 button.danger type="button" #cancel-execution data-action="cancel" data-job=(exec.job_name) data-execution=(exec.id) {

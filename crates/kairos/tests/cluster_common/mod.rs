@@ -608,6 +608,16 @@ impl Cluster {
         self.launch(&all).await;
     }
 
+    /// Start node `i` of a [`Cluster::prepare`]d cluster that was not started yet (a node that appears later).
+    pub async fn launch_node(&mut self, i: usize) {
+        self.launch(&[i]).await;
+    }
+
+    /// Start the nodes at `indices` of a [`Cluster::prepare`]d cluster.
+    pub async fn launch_some(&mut self, indices: &[usize]) {
+        self.launch(indices).await;
+    }
+
     /// Spawn the nodes at `indices`, then wait until each has printed its listening lines.
     async fn launch(&mut self, indices: &[usize]) {
         for &i in indices {

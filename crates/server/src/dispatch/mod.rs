@@ -27,7 +27,7 @@ use kairos_model::{Execution, ExecutionStatus, Job, Targets, Timestamp};
 use kairos_store::{Command, ExecRef, Expansion, Response, StateReader};
 use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedReceiver;
-use tracing::warn;
+use tracing::{Instrument, warn};
 
 pub use claims::Claims;
 pub use sweep::duty;
@@ -243,13 +243,17 @@ pub fn stop_run(node: &Host, exec_ref: &ExecRef, reason: &str) {
     let Some(target) = target.filter(|t| *t != node.config.node_name) else { return };
     let Some(member) = node.membership.alive().into_iter().find(|m| m.name == target) else { return };
     let (addr, rpc, exec_ref, reason) = (member.rpc_addr, node.rpc.clone(), exec_ref.clone(), reason.to_string());
-    tokio::spawn(async move {
-        let sent = rpc.cancel(&addr, &exec_ref, &reason, client::CANCEL_STOP_TIMEOUT).await;
-        // Only a failure to deliver is worth a warning: any answer came from the node itself.
-        if let Err(err @ (RpcError::Unreachable { .. } | RpcError::Timeout { .. } | RpcError::Broken { .. })) = sent {
-            warn!("cannot cancel {}/{} on {target}: {err}", exec_ref.job, exec_ref.id);
+    tokio::spawn(
+        async move {
+            let sent = rpc.cancel(&addr, &exec_ref, &reason, client::CANCEL_STOP_TIMEOUT).await;
+            // Only a failure to deliver is worth a warning: any answer came from the node itself.
+            if let Err(err @ (RpcError::Unreachable { .. } | RpcError::Timeout { .. } | RpcError::Broken { .. })) = sent
+            {
+                warn!("cannot cancel {}/{} on {target}: {err}", exec_ref.job, exec_ref.id);
+            }
         }
-    });
+        .in_current_span(),
+    );
 }
 
 /// Claim, place and send runs (with their start instant, if early). Runs of a job that runs on several nodes
@@ -331,79 +335,86 @@ pub fn dispatch<'e>(node: &Host, runs: Vec<(&'e Execution, Option<Timestamp>)>) 
 /// Commit the expansion of runs into copies, then dispatch the copies.
 fn expand(node: &Host, term: u64, expansions: Vec<Expansion>) {
     let node_ptr = HostHandle::of(node);
-    tokio::spawn(async move {
-        let Some(node) = node_ptr.upgrade() else { return };
-        let refs: Vec<ExecRef> = expansions.iter().map(|e| e.exec.clone()).collect();
-        let committed = node.submit_as_leader(term, Command::Expand { expansions }).await;
-        {
-            let mut claims = node.dispatcher.claims.lock().expect("claims lock");
-            for exec in &refs {
-                claims.expanding.remove(exec);
+    tokio::spawn(
+        async move {
+            let Some(node) = node_ptr.upgrade() else { return };
+            let refs: Vec<ExecRef> = expansions.iter().map(|e| e.exec.clone()).collect();
+            let committed = node.submit_as_leader(term, Command::Expand { expansions }).await;
+            {
+                let mut claims = node.dispatcher.claims.lock().expect("claims lock");
+                for exec in &refs {
+                    claims.expanding.remove(exec);
+                }
+            }
+            match committed {
+                Ok(response) => after_commit(&node, &response),
+                // The originals are still pending: the next sweep tries again.
+                Err(err) => warn!("cannot expand {} run(s) into copies per node: {}", refs.len(), err.message),
             }
         }
-        match committed {
-            Ok(response) => after_commit(&node, &response),
-            // The originals are still pending: the next sweep tries again.
-            Err(err) => warn!("cannot expand {} run(s) into copies per node: {}", refs.len(), err.message),
-        }
-    });
+        .in_current_span(),
+    );
 }
 
 /// Send orders to a node; on failure release their claims so the sweep places them again (elsewhere).
 fn send_orders(node: &Host, name: String, rpc_addr: String, orders: Vec<Order>) {
     let rpc = node.rpc.clone();
     let node_ptr = HostHandle::of(node);
-    tokio::spawn(async move {
-        let refs: Vec<ExecRef> = orders.iter().map(|o| o.exec.clone()).collect();
-        let sent = rpc.run(&rpc_addr, &orders).await;
-        // Some(answers): delivered; None: certainly not delivered (no connection could be made, or an error
-        // status); a timeout or a broken connection leaves it unknown whether the node got the orders: their claims
-        // are kept until the orders have expired (see `sweep`), so a node that was only slow cannot run them a
-        // second time. `gone`: the connection was refused, so no process listens there any more.
-        let (accepted, uncertain, gone): (Option<Vec<bool>>, bool, bool) = match sent {
-            Ok(answers) => (Some(answers), false, false),
-            Err(err @ RpcError::BadAnswer { .. }) => {
-                warn!("orders to {name}: unreadable answer ({err})");
-                (None, true, false)
+    tokio::spawn(
+        async move {
+            let refs: Vec<ExecRef> = orders.iter().map(|o| o.exec.clone()).collect();
+            let sent = rpc.run(&rpc_addr, &orders).await;
+            // Some(answers): delivered; None: certainly not delivered (no connection could be made, or an error
+            // status); a timeout or a broken connection leaves it unknown whether the node got the orders: their claims
+            // are kept until the orders have expired (see `sweep`), so a node that was only slow cannot run them a
+            // second time. `gone`: the connection was refused, so no process listens there any more.
+            let (accepted, uncertain, gone): (Option<Vec<bool>>, bool, bool) = match sent {
+                Ok(answers) => (Some(answers), false, false),
+                Err(err @ RpcError::BadAnswer { .. }) => {
+                    warn!("orders to {name}: unreadable answer ({err})");
+                    (None, true, false)
+                }
+                Err(RpcError::Status { status, .. }) => {
+                    warn!("orders to {name} refused: HTTP {status}");
+                    (None, false, false)
+                }
+                Err(err) => {
+                    warn!("cannot send orders to {name}: {err}");
+                    let unreachable = matches!(err, RpcError::Unreachable { .. });
+                    let refused = matches!(err, RpcError::Unreachable { refused: true, .. });
+                    (None, !unreachable, refused)
+                }
+            };
+            let Some(node) = node_ptr.upgrade() else { return };
+            if gone {
+                // Its process is gone: orders it accepted earlier and has not started will never start there.
+                node.dispatcher.node_gone(&name, Instant::now());
+            } else if accepted.is_none() {
+                node.dispatcher.mark_unreachable(&name, Instant::now());
             }
-            Err(RpcError::Status { status, .. }) => {
-                warn!("orders to {name} refused: HTTP {status}");
-                (None, false, false)
+            if uncertain {
+                return;
             }
-            Err(err) => {
-                warn!("cannot send orders to {name}: {err}");
-                let unreachable = matches!(err, RpcError::Unreachable { .. });
-                let refused = matches!(err, RpcError::Unreachable { refused: true, .. });
-                (None, !unreachable, refused)
-            }
-        };
-        let Some(node) = node_ptr.upgrade() else { return };
-        if gone {
-            // Its process is gone: orders it accepted earlier and has not started will never start there.
-            node.dispatcher.node_gone(&name, Instant::now());
-        } else if accepted.is_none() {
-            node.dispatcher.mark_unreachable(&name, Instant::now());
-        }
-        if uncertain {
-            return;
-        }
-        let mut released = false;
-        {
-            let mut claims = node.dispatcher.claims.lock().expect("claims lock");
-            for (i, exec) in refs.iter().enumerate() {
-                let ok = accepted.as_ref().and_then(|a| a.get(i).copied()).unwrap_or(false);
-                if !ok {
-                    claims.release(exec);
-                    released = true;
+            let mut released = false;
+            {
+                let mut claims = node.dispatcher.claims.lock().expect("claims lock");
+                for (i, exec) in refs.iter().enumerate() {
+                    let ok = accepted.as_ref().and_then(|a| a.get(i).copied()).unwrap_or(false);
+                    if !ok {
+                        claims.release(exec);
+                        released = true;
+                    }
                 }
             }
+            // Refused orders wait for the next sweep rather than waking it: a node that refuses for good (its clock,
+            // its executors) must not be offered the run again in a tight loop.
+            if released && accepted.is_none() {
+                node.dispatcher.wake();
+            }
         }
-        // Refused orders wait for the next sweep rather than waking it: a node that refuses for good (its clock,
-        // its executors) must not be offered the run again in a tight loop.
-        if released && accepted.is_none() {
-            node.dispatcher.wake();
-        }
-    });
+        // The leader's span (its term) goes with the task (see crate::logging).
+        .in_current_span(),
+    );
 }
 
 /// A weak handle to the node for tasks that outlive a call.

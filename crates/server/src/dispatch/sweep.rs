@@ -194,7 +194,7 @@ async fn sweep(node: &Host, synced: Option<Synced>, term: u64) -> Result<Option<
     metrics.placement_failures.inc_by(results.len() as u64);
     metrics.executions_lost.inc_by((lost.len() + lost_orders.len()) as u64);
     for (exec, reason, disowned) in lost {
-        warn!("execution {}/{} {reason}", exec.job_name, exec.id);
+        warn!(job = %exec.job_name, execution = %exec.id, "execution {}/{} {reason}", exec.job_name, exec.id);
         results.push(Finish {
             exec: ExecRef { job: exec.job_name.clone(), id: exec.id.clone() },
             status: ExecutionStatus::Lost,
@@ -215,7 +215,7 @@ async fn sweep(node: &Host, synced: Option<Synced>, term: u64) -> Result<Option<
             "lost: its order went to node '{target}', which has not answered since (cut off or paused?) and may have \
              started it"
         );
-        warn!("execution {}/{} {reason}", exec.job_name, exec.id);
+        warn!(job = %exec.job_name, execution = %exec.id, "execution {}/{} {reason}", exec.job_name, exec.id);
         results.push(Finish {
             exec: exec_ref,
             status: ExecutionStatus::Lost,
@@ -355,7 +355,7 @@ fn unplaceable(node: &Host, exec: &Execution, now: Timestamp) -> Finish {
         ),
         None => format!("no live node matches the job's tags {tags:?} (waited {PLACE_GRACE:?})"),
     };
-    warn!("execution {}/{} failed: {error}", exec.job_name, exec.id);
+    warn!(job = %exec.job_name, execution = %exec.id, "execution {}/{} failed: {error}", exec.job_name, exec.id);
     Finish {
         exec: ExecRef { job: exec.job_name.clone(), id: exec.id.clone() },
         status: ExecutionStatus::Failed,

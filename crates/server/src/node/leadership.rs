@@ -32,7 +32,7 @@ use kairos_model::Timestamp;
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 use tokio::sync::mpsc::UnboundedReceiver;
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::duties::Phase;
 use crate::node::Node;
@@ -50,7 +50,8 @@ const CLOCK_ASK_WITHIN: Duration = Duration::from_millis(300);
 /// Turn leader duties on and off for as long as the node runs.
 pub async fn run(node: Arc<Node>, mut changes: UnboundedReceiver<String>) {
     while let Some(term) = wait_to_lead(&node).await {
-        lead(&node, term, &mut changes).await;
+        // Every line of the duties of this term carries it (see crate::logging).
+        lead(&node, term, &mut changes).instrument(info_span!("leader", term)).await;
         node.dispatch.dispatcher.revoke();
         node.duties.set(Phase::Follower, 0);
         if node.is_stopping() {
@@ -108,7 +109,8 @@ async fn lead(node: &Node, term: u64, changes: &mut UnboundedReceiver<String>) {
             crate::dispatch::duty(&node.dispatch, term, synced).await;
         };
         let ports = crate::scheduler::Ports { state: &node.state, writes: node, duties: &node.duties };
-        tokio::join!(crate::scheduler::duty(&ports, term, changes), dispatcher);
+        let notifier = crate::notify::duty(&node.notifier, node, term);
+        tokio::join!(crate::scheduler::duty(&ports, term, changes), dispatcher, notifier);
     };
     tokio::select! {
         _ = lost(node, term) => {}

@@ -164,7 +164,7 @@ impl Node {
         }
         crate::agent_node::await_join(&config, &node.membership).await?;
         info!(node = %config.node_name, id, rpc = %rpc_addr, gossip = %node.membership.gossip_addr(), "server started");
-        eprintln!("kairos: RPC listening on {rpc_addr}");
+        crate::logging::announce(config.log_format, &config.node_name, &format!("RPC listening on {rpc_addr}"));
         Ok(Running { node, http_addr, tasks })
     }
 
@@ -214,11 +214,11 @@ async fn start_raft(
     Ok(raft)
 }
 
-/// The sender of webhooks and mail (inert without any configured).
+/// The sender of webhooks, mail and Cronitor pings (its duty runs while the node leads).
 fn start_notifier(config: &Config, state: &StateReader) -> anyhow::Result<crate::notify::Notifier> {
     let http = reqwest::Client::builder().user_agent(concat!("kairos/", env!("CARGO_PKG_VERSION"))).build()?;
-    let (webhooks, mail) = (config.webhooks.clone(), config.mail.clone());
-    crate::notify::Notifier::start(webhooks, mail, state.clone(), config.node_name.clone(), http)
+    let (webhooks, mail, cronitor) = (config.webhooks.clone(), config.mail.clone(), config.cronitor_endpoint.clone());
+    crate::notify::Notifier::new(webhooks, mail, cronitor, state.clone(), config.node_name.clone(), http)
 }
 
 /// The Raft log and the state machine in the data directory, and the machine's applied events.
@@ -255,7 +255,7 @@ fn serve_listeners(
 }
 
 /// The node's background loops: applied events, leader duties, dropped orders, the worker's launches, reports and
-/// renewals, Raft membership, the storage watch and the clock measurement.
+/// renewals, Raft membership, the storage watch, the clock measurement and the StatsD push.
 fn spawn_loops(
     node: &Arc<Node>,
     channels: WorkerChannels,
@@ -281,7 +281,21 @@ fn spawn_loops(
             clock_source,
             node.stopping.clone(),
         )),
+        tokio::spawn(crate::statsd::push_loop(
+            node.config.statsd.clone(),
+            node.config.node_name.clone(),
+            statsd_scrape(node.clone()),
+            node.stopping.clone(),
+        )),
     ]
+}
+
+/// What StatsD pushes: the registry with the gauges read from this server, as a scrape of `/metrics` would.
+fn statsd_scrape(node: Arc<Node>) -> crate::statsd::Scrape {
+    Box::new(move || {
+        let node = node.clone();
+        Box::pin(async move { node.metrics_text().await })
+    })
 }
 
 /// Reports of this server's own worker go straight into Raft (forwarded to the leader when following).

@@ -142,6 +142,16 @@ impl Node {
         if let Ok(jobs) = self.state.job_count() {
             m.jobs.set(i64::try_from(jobs).unwrap_or(i64::MAX));
         }
+        if let Ok(entries) = self.state.outbox_len() {
+            m.outbox_entries.set(i64::try_from(entries).unwrap_or(i64::MAX));
+        }
+        let raft_dir = self.config.data_dir.join("raft");
+        for (store, file) in [("raft_log", "log.redb"), ("state", "state.redb")] {
+            if let Ok(meta) = std::fs::metadata(raft_dir.join(file)) {
+                crate::metrics::set_store_bytes(store, meta.len());
+            }
+        }
+        crate::metrics::set_store_bytes("outputs", self.outputs.used_bytes());
         m.render()
     }
 }

@@ -7,14 +7,14 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use kairos_model::{Execution, ExecutionStatus};
+use kairos_model::ExecutionStatus;
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, Mailboxes};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-use super::render;
+use super::{Note, render};
 
 /// The subject's prefix unless `--mail-subject-prefix` says otherwise.
 pub const SUBJECT_PREFIX_DEFAULT: &str = "[Kairos]";
@@ -100,18 +100,23 @@ impl Mail {
         Ok(builder.build())
     }
 
-    /// The mail about `exec` for the job's owners, or why there is none (no owner, or an address that is not one).
-    pub fn message(&self, exec: &Execution, owners: &str, reporting_node: &str) -> Result<Option<Message>, String> {
-        if owners.trim().is_empty() {
+    /// The mail about `note` to `recipients` (comma-separated), or why there is none (no recipient, or an address
+    /// that is not one). Its `Message-ID` names the execution and event, so a mail sent twice (a leader died
+    /// between sending it and recording it) can be recognised.
+    pub fn message(&self, note: &Note, recipients: &str) -> Result<Option<Message>, String> {
+        if recipients.trim().is_empty() {
             return Ok(None);
         }
-        let to: Mailboxes =
-            owners.parse().map_err(|err| format!("owner_email '{owners}' is not a list of mail addresses: {err}"))?;
+        let to: Mailboxes = recipients.parse().map_err(|err| {
+            format!("'{recipients}' is not a list of mail addresses (owner_email, notify.emails): {err}")
+        })?;
         let body = match &self.payload {
-            Some(template) => render(template, exec, reporting_node)?,
-            None => report(exec),
+            Some(template) => render(template, note)?,
+            None => report(note),
         };
-        let mut builder = Message::builder().from(self.from.clone()).subject(self.subject(exec));
+        let id =
+            format!("<{}.{}.{}@kairos>", note.event, note.exec.id, note.exec.job_name.replace(['<', '>', '@'], "_"));
+        let mut builder = Message::builder().from(self.from.clone()).subject(self.subject(note)).message_id(Some(id));
         for mailbox in to {
             builder = builder.to(mailbox);
         }
@@ -122,8 +127,13 @@ impl Mail {
             .map_err(|err| format!("cannot build the mail: {err}"))
     }
 
-    /// `[Kairos] backup failed (exit code 1) on agent-1`.
-    fn subject(&self, exec: &Execution) -> String {
+    /// `[Kairos] backup failed (exit code 1) on agent-1`; `[Kairos] backup missed: no success within 1h`.
+    fn subject(&self, note: &Note) -> String {
+        let exec = note.exec;
+        if note.event == "missed" {
+            let why = exec.error.as_deref().unwrap_or("no success within its alert window");
+            return format!("{} {} missed: {why}", self.subject_prefix, exec.job_name);
+        }
         let how = match (exec.status, exec.exit_code) {
             (ExecutionStatus::Failed, Some(code)) => format!("failed (exit code {code})"),
             (status, _) => status.as_str().to_owned(),
@@ -139,13 +149,19 @@ impl Mail {
 }
 
 /// The default body: what happened, one line per fact, then the output's tail.
-fn report(exec: &Execution) -> String {
+fn report(note: &Note) -> String {
+    let exec = note.exec;
+    if note.event == "missed" {
+        let why = exec.error.as_deref().unwrap_or("no success within its alert window");
+        return format!("Job:          {}\nEvent:        missed\nWhy:          {why}\n", exec.job_name);
+    }
     let time = |t: Option<kairos_model::Timestamp>| t.map_or_else(|| "—".to_owned(), |t| t.to_string());
     let lag = exec.started_at.map(|s| format!("{} ms", s.duration_since(exec.scheduled_at).as_millis()));
     let mut text = format!(
-        "Job:          {}\nExecution:    {}\nStatus:       {}{}\n",
+        "Job:          {}\nExecution:    {}\nEvent:        {}\nStatus:       {}{}\n",
         exec.job_name,
         exec.id,
+        note.event,
         exec.status.as_str(),
         exec.exit_code.map(|c| format!(" (exit code {c})")).unwrap_or_default()
     );
@@ -203,12 +219,14 @@ mod tests {
         exec.success = false;
         exec.exit_code = Some(3);
         exec.node_name = "agent-1".into();
-        let message = mail.message(&exec, "a@example.com, b@example.com", "s1").unwrap().unwrap();
+        let note = Note { exec: &exec, event: "failure", job: None, reporting_node: "s1" };
+        let message = mail.message(&note, "a@example.com, b@example.com").unwrap().unwrap();
         let text = String::from_utf8(message.formatted()).unwrap();
         assert!(text.contains("To: a@example.com, b@example.com"), "{text}");
         assert!(text.contains("Subject: [Kairos] backup failed (exit code 3) on agent-1"), "{text}");
         assert!(text.contains("Status:       failed (exit code 3)"), "{text}");
-        assert!(mail.message(&exec, " ", "s1").unwrap().is_none());
-        assert!(mail.message(&exec, "not an address", "s1").unwrap_err().contains("owner_email"));
+        assert!(text.contains("Message-ID: <failure."), "{text}");
+        assert!(mail.message(&note, " ").unwrap().is_none());
+        assert!(mail.message(&note, "not an address").unwrap_err().contains("owner_email"));
     }
 }

@@ -103,7 +103,13 @@ mod tests {
     use super::*;
 
     fn rules(on: &[NotifyOn], repeat_after: &str) -> Notify {
-        Notify { on: on.to_vec(), repeat_after: Some(repeat_after.into()) }
+        Notify {
+            on: Some(on.to_vec()),
+            repeat_after: Some(repeat_after.into()),
+            emails: Vec::new(),
+            webhooks: Vec::new(),
+            alert_if_not_succeeded_within: None,
+        }
     }
 
     fn finished(status: ExecutionStatus, n: i64) -> Execution {
