@@ -17,6 +17,8 @@
 //!   and `redact` (no password in outputs, errors or logs);
 //! - `output`, `capture` and `mask`: the [`OutputStore`], the capture that feeds it as output arrives, and the
 //!   masking of secret values in it (`***`);
+//! - `processors` and `syslog`: the job's output processors (`files`, `log`, `syslog`), applied to the output
+//!   once a run ends, and the syslog protocol they speak;
 //! - `plugin`: executor plugins (`kairos-executor-NAME` in `--plugin-dir`) and their protocol;
 //! - `words`: splitting command lines the way Dkron does for `shell = false`.
 //!
@@ -34,6 +36,7 @@ mod oom;
 mod output;
 pub mod plugin;
 mod process_group;
+mod processors;
 mod rabbitmq;
 mod redact;
 mod redis_exec;
@@ -42,10 +45,12 @@ mod runner;
 mod shell;
 mod spec;
 mod sql;
+mod syslog;
 mod words;
 
 pub use config::{ConfigError, EXECUTORS, validate};
 pub use oom::RUN_OOM_SCORE_ADJ;
 pub use output::{DISK_FREE_BYTES_MIN_DEFAULT, Limits as OutputLimits, OutputStore, STORE_BYTES_MAX_DEFAULT};
+pub use processors::{LOG_NOTE, PROCESSOR_TIMEOUT, SYSLOG_NOTE};
 pub use runner::{Runner, install_crypto_provider};
 pub use spec::{OUTPUT_LIMIT_BYTES_DEFAULT, Outcome, RunSpec, RunStatus, TAIL_BYTES};

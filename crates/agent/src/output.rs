@@ -198,6 +198,20 @@ impl OutputStore {
         }
     }
 
+    /// Appends `bytes` to the stored output of a finished execution, if it has one (answers whether it had), within
+    /// the store's limits like the rest of it: refused room is an error.
+    pub(crate) fn append(&self, job: &str, execution_id: &str, bytes: &[u8]) -> io::Result<bool> {
+        let path = self.file_path(job, execution_id)?;
+        let mut file = match fs::OpenOptions::new().append(true).open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        self.charge(job, execution_id, bytes.len() as u64).map_err(|refused| io::Error::other(refused.0))?;
+        io::Write::write_all(&mut file, bytes)?;
+        Ok(true)
+    }
+
     /// Deletes one execution's output; a missing one is not an error.
     pub fn delete(&self, job: &str, execution_id: &str) -> io::Result<()> {
         let path = self.file_path(job, execution_id)?;

@@ -19,6 +19,7 @@ use crate::http_clients::{HttpClients, RegexCache};
 use crate::nats::NatsClients;
 use crate::output::OutputStore;
 use crate::plugin::{self, Plugins};
+use crate::processors::Processing;
 use crate::rabbitmq::RabbitConnections;
 use crate::redis_exec::RedisConnections;
 use crate::spec::{Outcome, RunSpec, RunStatus};
@@ -86,7 +87,18 @@ impl Runner {
     /// Runs `spec` to completion. Cancelling `cancel` stops it (shell: the process group is terminated;
     /// http and the brokers: the operation is abandoned; sql: the statement is cancelled on the server) and the
     /// outcome is `Cancelled`.
-    pub async fn run(&self, mut spec: RunSpec, cancel: CancellationToken) -> Outcome {
+    ///
+    /// Then the job's output processors are applied to what it wrote (see `processors`).
+    pub async fn run(&self, spec: RunSpec, cancel: CancellationToken) -> Outcome {
+        let processing = Processing::of(&spec);
+        let outcome = self.execute(spec, cancel).await;
+        match processing {
+            Some(processing) => processing.apply(&self.inner.outputs, outcome).await,
+            None => outcome,
+        }
+    }
+
+    async fn execute(&self, mut spec: RunSpec, cancel: CancellationToken) -> Outcome {
         let inner = &*self.inner;
         let capture = Capture::open(&inner.outputs, &spec);
         if cancel.is_cancelled() {

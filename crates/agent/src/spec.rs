@@ -28,6 +28,9 @@ pub struct RunSpec {
     /// put in place just before the executor starts and masked in the output.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, kairos_model::secret::SecretValue>,
+    /// The job's output processors (Dkron's `processors`), applied on this node once the run ends.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub processors: BTreeMap<String, serde_json::Value>,
 }
 
 impl RunSpec {
@@ -46,6 +49,7 @@ impl RunSpec {
             output_limit_bytes: OUTPUT_LIMIT_BYTES_DEFAULT,
             extra_env: Vec::new(),
             secrets: BTreeMap::new(),
+            processors: BTreeMap::new(),
         }
     }
 }

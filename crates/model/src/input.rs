@@ -229,7 +229,7 @@ impl Field<'_> {
 }
 
 /// A JSON value in a few words, for `got …`: `a string "3"`, `a number 2.5`, `true`, `null`, `an array`.
-fn describe(value: &Value) -> String {
+pub(crate) fn describe(value: &Value) -> String {
     match value {
         Value::Null => "null".to_string(),
         Value::Bool(flag) => flag.to_string(),

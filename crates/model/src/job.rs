@@ -547,6 +547,7 @@ impl Job {
         if backoff_max < backoff {
             return Err(FieldError::new("retry_backoff_max", "must not be less than retry_backoff"));
         }
+        crate::processor::parse(&self.processors)?;
         for (key, value) in &self.tags {
             if key.is_empty() {
                 return Err(FieldError::new("tags", "a tag key must not be empty"));
@@ -568,6 +569,9 @@ impl Job {
             if let Some((k, _)) = map.iter().find(|(k, v)| k.len() + v.len() > TEXT_LEN_MAX) {
                 return Err(FieldError::new(format!("{field}.{k}"), format!("longer than {TEXT_LEN_MAX} bytes")));
             }
+        }
+        if serde_json::to_string(&self.processors).map_or(0, |json| json.len()) > TEXT_LEN_MAX {
+            return Err(FieldError::new("processors", format!("longer than {TEXT_LEN_MAX} bytes")));
         }
         for (field, text) in [
             ("displayname", &self.displayname),
@@ -705,6 +709,16 @@ mod tests {
         assert_eq!((err.field.as_str(), err.message.as_str()), ("tags.role", "the count after ':' must be at least 1"));
         let empty = input(r#"{"name":"j","schedule":"@every 1s","executor":"shell","tags":{"":"web"}}"#);
         assert_eq!(empty.unwrap_err().field, "tags");
+    }
+
+    #[test]
+    fn processors_are_checked_with_the_job() {
+        let unknown = input(r#"{"name":"j","schedule":"@every 1s","executor":"shell","processors":{"foo":{}}}"#);
+        assert_eq!(unknown.unwrap_err().to_string(), "processors.foo: unknown processor; known: files, log, syslog");
+        let files = r#"{"name":"j","schedule":"@every 1s","executor":"shell","processors":{"files":{"log_dir":1}}}"#;
+        assert_eq!(input(files).unwrap_err().field, "processors.files.log_dir");
+        let fine = r#"{"name":"j","schedule":"@every 1s","executor":"shell","processors":{"log":{"forward":"true"}}}"#;
+        assert_eq!(input(fine).unwrap().processors["log"], serde_json::json!({"forward": "true"}), "stored as sent");
     }
 
     fn input(json: &str) -> Result<Job, FieldError> {

@@ -7,6 +7,7 @@
 //! - [`execution`]: the [`Execution`] record and its [`ExecutionStatus`] life cycle.
 //! - [`acl`]: access-control tokens and policies, and whether a token may do something to a path.
 //! - [`audit`]: the audit log's records and filters.
+//! - [`processor`]: output processors (`files`, `log`, `syslog`) and their settings, read and checked.
 //! - [`secret`]: write-only secrets, and the `{{secret "name"}}` references jobs make to them.
 //! - [`error`]: [`FieldError`], a user-facing error that names the offending field.
 //!
@@ -18,6 +19,7 @@ pub mod error;
 pub mod execution;
 pub mod input;
 pub mod job;
+pub mod processor;
 pub mod secret;
 
 pub use error::FieldError;

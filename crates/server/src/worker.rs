@@ -427,6 +427,7 @@ impl Worker {
     pub fn prepare(&self, exec: &Execution, job: &Job, term: u64, at: Option<Timestamp>) -> Order {
         let mut spec = RunSpec::new(&exec.job_name, &exec.id, &job.executor, job.executor_config.clone());
         spec.output_limit_bytes = self.output_max_bytes.load(Ordering::Relaxed);
+        spec.processors = job.processors.clone();
         spec.extra_env = vec![
             ("KAIROS_EXECUTION_ID".into(), exec.id.clone()),
             ("KAIROS_SCHEDULED_AT".into(), exec.scheduled_at.to_string()),

@@ -281,6 +281,17 @@ fn schemas() -> Value {
             "emails": {"type": "array", "items": {"type": "string"}},
             "webhooks": {"type": "array", "items": {"type": "object", "required": ["url"], "properties": {"url": {"type": "string"}, "payload": {"type": "string"}, "headers": {"type": "object", "additionalProperties": {"type": "string"}}}}},
             "alert_if_not_succeeded_within": {"type": "string"}}});
+    // Dkron's settings are strings; `forward` may be a boolean too.
+    let forward = json!({"oneOf": [{"type": "boolean"}, {"type": "string"}], "description": "Pass the output on unchanged (default false: replace it with a note)"});
+    let settings = |properties: Value| json!({"type": "object", "nullable": true, "additionalProperties": false, "properties": properties});
+    let processors = json!({"type": "object", "additionalProperties": false,
+    "description": "Where each run's output goes once it ends, applied in name order on the node that ran it (see the README, Output processors)",
+    "properties": {
+        "files": settings(json!({"log_dir": {"type": "string", "description": "Absolute; default /var/log/kairos"}, "forward": forward})),
+        "log": settings(json!({"forward": forward})),
+        "syslog": settings(json!({"address": {"type": "string", "description": "unix:///path, udp://host:port or tcp://host:port; default the local socket"},
+            "tag": {"type": "string", "description": "Default kairos"}, "facility": {"type": "string", "description": "Default cron"}, "forward": forward})),
+    }});
     json!({
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string", "description": "Names the field and the problem"}}},
         "Job": {"type": "object", "required": ["name", "executor"], "additionalProperties": false, "properties": {
@@ -291,7 +302,7 @@ fn schemas() -> Value {
             "last_success": t, "last_error": t, "disabled": {"type": "boolean"}, "tags": map, "metadata": map,
             "retries": {"type": "integer", "minimum": 0, "maximum": 100},
             "dependent_jobs": {"type": "array", "items": s, "readOnly": true}, "parent_job": s,
-            "processors": {"type": "object"},
+            "processors": processors,
             "concurrency": {"type": "string", "enum": ["allow", "forbid", "replace"]},
             "executor": {"type": "string", "enum": kairos_agent::EXECUTORS}, "executor_config": map,
             "status": {"type": "string", "readOnly": true, "enum": ["", "success", "failed", "running"]},

@@ -264,7 +264,7 @@ fn editor(job: &Job, mode: Mode, title: &str) -> Markup {
                     legend { "Labels" }
                     (textarea("tags", "Tags", &pairs_text(&job.tags), Some("key=value, one per line."), 3))
                     (textarea("metadata", "Metadata", &pairs_text(&job.metadata), Some("key=value, one per line."), 3))
-                    (textarea("processors", "Processors (JSON object)", &if job.processors.is_empty() { String::new() } else { serde_json::to_string_pretty(&job.processors).unwrap_or_default() }, None, 2))
+                    (textarea("processors", "Processors (JSON object)", &if job.processors.is_empty() { String::new() } else { serde_json::to_string_pretty(&job.processors).unwrap_or_default() }, Some(r#"Where each run's output goes: files, log and syslog, applied in that order on the node that ran it, e.g. {"files": {"log_dir": "/var/log/kairos", "forward": "true"}}. Not forwarded, the output is replaced by a note."#), 2))
                     (textarea("notify", "Notify (JSON object)", &job.notify.as_ref().map(|n| serde_json::to_string_pretty(n).unwrap_or_default()).unwrap_or_default(), Some(r#"When webhooks and mail go out, e.g. {"on": ["failure", "recovery"]}. Empty: every start and finish."#), 2))
                 }
             }
