@@ -1177,6 +1177,7 @@ async fn prometheus_metrics_count_what_ran_where_it_ran() {
     assert_eq!(value(&server, "kairos_raft_leader", &[]), 1.0);
     assert_eq!(value(&server, "kairos_jobs", &[]), 1.0);
     assert!(value(&server, "kairos_store_bytes", &[("store", "state")]) > 0.0, "the state file's size");
+    assert!(value(&server, "kairos_raft_committed_index", &[]) >= 1.0, "the committed index");
     assert!(value(&server, "kairos_http_requests_total", &[("route", "/v1/jobs"), ("method", "POST")]) >= 1.0);
     // (prometheus-parse misreads label values with braces, such as the template /v1/jobs/{job}; curl shows them.)
     let timed = value(&server, "kairos_http_request_duration_seconds", &[("route", "/v1/jobs")]);

@@ -88,6 +88,7 @@ pub struct Metrics {
     pub raft_term: Gauge,
     pub raft_last_log_index: Gauge,
     pub raft_last_applied_index: Gauge,
+    pub raft_committed_index: Gauge,
     pub gossip_members: Family<StatusLabel, Gauge>,
     pub executions_active: Family<StatusLabel, Gauge>,
     pub jobs: Gauge,
@@ -128,6 +129,7 @@ impl Metrics {
             raft_term: Gauge::default(),
             raft_last_log_index: Gauge::default(),
             raft_last_applied_index: Gauge::default(),
+            raft_committed_index: Gauge::default(),
             gossip_members: Family::default(),
             executions_active: Family::default(),
             jobs: Gauge::default(),
@@ -210,6 +212,11 @@ impl Metrics {
             "raft_last_applied_index",
             "The last Raft index this server applied",
             m.raft_last_applied_index.clone(),
+        );
+        registry.register(
+            "raft_committed_index",
+            "The last Raft index this server knows to be committed",
+            m.raft_committed_index.clone(),
         );
         registry.register("gossip_members", "Nodes this node knows, by status", m.gossip_members.clone());
         registry.register(

@@ -125,6 +125,7 @@ impl Node {
         m.raft_term.set(i64::try_from(raft.current_term).unwrap_or(i64::MAX));
         m.raft_last_log_index.set(raft.last_log_index.map_or(0, |i| i64::try_from(i).unwrap_or(i64::MAX)));
         m.raft_last_applied_index.set(raft.last_applied.map_or(0, |l| i64::try_from(l.index).unwrap_or(i64::MAX)));
+        m.raft_committed_index.set(raft.local_committed.map_or(0, |l| i64::try_from(l.index).unwrap_or(i64::MAX)));
         let mut by_status: BTreeMap<&str, i64> = BTreeMap::from([("alive", 0), ("failed", 0), ("left", 0)]);
         for member in self.membership.all().await {
             *by_status.entry(member.status.as_str()).or_default() += 1;

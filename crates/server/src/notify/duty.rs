@@ -81,9 +81,17 @@ impl Notifier {
     /// that failed).
     fn plan(&self, entry: &OutboxEntry, rules: &rules::Rules, watch: &mut Watch) -> Plan {
         let mut plan = Plan::default();
-        let Ok(Some(exec)) = self.state.execution(&entry.exec.job, &entry.exec.id) else { return plan };
-        let job = self.state.definition(&exec.job_name).ok().flatten();
+        let job = self.state.definition(&entry.exec.job).ok().flatten();
         let notify = job.as_ref().and_then(|job| job.notify.as_ref());
+        // Nothing to send and nothing to watch (the common case without notifications): not even the execution is
+        // read.
+        let own = notify.is_some_and(|n| !n.webhooks.is_empty() || (self.mail.is_some() && !n.emails.is_empty()));
+        let owners = self.mail.is_some() && job.as_ref().is_some_and(|j| !j.owner_email.trim().is_empty());
+        let node_wide = self.hooks.pre.is_some() || self.hooks.post.is_some() || self.cronitor.is_some();
+        if !(node_wide || own || owners || watch.jobs.contains_key(&entry.exec.job)) {
+            return plan;
+        }
+        let Ok(Some(exec)) = self.state.execution(&entry.exec.job, &entry.exec.id) else { return plan };
         match entry.event {
             OutboxEvent::Started => {
                 self.ping_cronitor(&mut plan, &exec, "run");
