@@ -99,13 +99,7 @@ impl Notifier {
                     return plan;
                 }
                 let started = as_started(&exec);
-                let note = Note {
-                    exec: &started,
-                    event: "start",
-                    job: job.as_deref(),
-                    reporting_node: &self.node.name,
-                    ui_base: &self.node.ui_base,
-                };
+                let note = self.note(&started, "start", job.as_deref());
                 if let Some(hook) = &self.hooks.pre {
                     plan.webhook(Kind::PreWebhook, hook, &note);
                 }
@@ -136,17 +130,7 @@ impl Notifier {
                         return plan;
                     }
                 };
-                let note = Note {
-                    exec: &exec,
-                    event,
-                    job: job.as_deref(),
-                    reporting_node: &self.node.name,
-                    ui_base: &self.node.ui_base,
-                };
-                if let Some(hook) = &self.hooks.post {
-                    plan.webhook(Kind::Webhook, hook, &note);
-                }
-                self.plan_job_channels(&mut plan, &note);
+                self.plan_end(&mut plan, &self.note(&exec, event, job.as_deref()));
             }
         }
         plan
@@ -204,18 +188,21 @@ impl Notifier {
         stand_in.status = ExecutionStatus::Failed;
         let since = since.map_or_else(|| "never succeeded".to_string(), |t| format!("last success at {t}"));
         stand_in.error = Some(format!("no success within {} ({since})", humantime(within)));
-        let note = Note {
-            exec: &stand_in,
-            event: "missed",
-            job: Some(job),
-            reporting_node: &self.node.name,
-            ui_base: &self.node.ui_base,
-        };
-        if let Some(hook) = &self.hooks.post {
-            plan.webhook(Kind::Webhook, hook, &note);
-        }
-        self.plan_job_channels(&mut plan, &note);
+        self.plan_end(&mut plan, &self.note(&stand_in, "missed", Some(job)));
         plan
+    }
+
+    /// A note about `exec` from this server.
+    fn note<'a>(&'a self, exec: &'a Execution, event: &'a str, job: Option<&'a Job>) -> Note<'a> {
+        Note { exec, event, job, reporting_node: &self.node.name, ui_base: &self.node.ui_base }
+    }
+
+    /// What an ending (a finish, or a missed alert) sends: the node's webhook, mail, the job's own webhooks.
+    fn plan_end(&self, plan: &mut Plan, note: &Note) {
+        if let Some(hook) = &self.hooks.post {
+            plan.webhook(Kind::Webhook, hook, note);
+        }
+        self.plan_job_channels(plan, note);
     }
 }
 
@@ -429,6 +416,56 @@ struct InHand {
     remaining: usize,
     records: Vec<Delivery>,
     alert: Option<MissedAlert>,
+    /// A finish's sends held until the start of the same execution has been delivered (a receiver hears of a
+    /// start before its end), with their delivery keys.
+    held: Vec<(Planned, String)>,
+    /// The entry those sends wait for.
+    after: Option<u64>,
+}
+
+/// Where the duty sends from: what a delivery task needs.
+struct Outlet<'a> {
+    notifier: &'a Notifier,
+    in_flight: &'a Arc<Semaphore>,
+    done: &'a mpsc::UnboundedSender<(u64, Delivery)>,
+}
+
+impl Outlet<'_> {
+    fn send(&self, tasks: &mut JoinSet<()>, seq: u64, planned: Planned, key: String) {
+        spawn_delivery(tasks, self.notifier, self.in_flight, planned, key, Some((seq, self.done.clone())));
+    }
+}
+
+/// Record a delivery's outcome on its entry; when that completes a start, send the finish sends held for it.
+fn settle(
+    window: &mut VecDeque<InHand>,
+    starts: &mut HashMap<String, u64>,
+    (seq, delivery): (u64, Delivery),
+    tasks: &mut JoinSet<()>,
+    outlet: &Outlet,
+) {
+    let at = window.partition_point(|hand| hand.seq < seq);
+    let Some(hand) = window.get_mut(at).filter(|hand| hand.seq == seq) else { return };
+    hand.records.push(delivery);
+    hand.remaining = hand.remaining.saturating_sub(1);
+    if hand.remaining > 0 {
+        return;
+    }
+    let key = exec_key(&hand.exec);
+    if starts.get(&key) != Some(&seq) {
+        return;
+    }
+    starts.remove(&key);
+    for waiting in window.iter_mut().skip(at + 1).filter(|h| h.after == Some(seq)) {
+        waiting.after = None;
+        for (planned, key) in std::mem::take(&mut waiting.held) {
+            outlet.send(tasks, waiting.seq, planned, key);
+        }
+    }
+}
+
+fn exec_key(exec: &ExecRef) -> String {
+    format!("{}/{}", exec.job, exec.id)
 }
 
 /// Drain the outbox while this node leads in `term`: send what each entry calls for, record the outcomes, raise
@@ -458,8 +495,11 @@ pub async fn duty(notifier: &Notifier, writes: &dyn LeaderWrites, term: u64) {
 
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u64, Delivery)>();
+    let outlet = Outlet { notifier, in_flight: &in_flight, done: &done_tx };
     let mut tasks = JoinSet::new();
     let mut window: VecDeque<InHand> = VecDeque::new();
+    // Starts whose deliveries are still out, by execution: the entry's sequence number.
+    let mut starts: HashMap<String, u64> = HashMap::new();
     let mut next_seq = 0u64;
     let mut alerts: Vec<MissedAlert> = Vec::new();
     let mut last_record = Instant::now();
@@ -476,14 +516,23 @@ pub async fn duty(notifier: &Notifier, writes: &dyn LeaderWrites, term: u64) {
                         }
                         next_seq = entry.seq + 1;
                         let plan = notifier.plan(&entry, &rules, &mut watch);
-                        let hand = InHand {
+                        let exec = exec_key(&entry.exec);
+                        let after = match entry.event {
+                            OutboxEvent::Finished => starts.get(&exec).copied(),
+                            OutboxEvent::Started => None,
+                        };
+                        if entry.event == OutboxEvent::Started && !plan.sends.is_empty() {
+                            starts.insert(exec, entry.seq);
+                        }
+                        let mut hand = InHand {
                             seq: entry.seq,
                             exec: entry.exec.clone(),
                             remaining: plan.sends.len(),
                             records: plan.records,
                             alert: plan.alert,
+                            held: Vec::new(),
+                            after,
                         };
-                        window.push_back(hand);
                         for planned in plan.sends {
                             let key = format!(
                                 "{}/{}/{}/{}",
@@ -492,23 +541,20 @@ pub async fn duty(notifier: &Notifier, writes: &dyn LeaderWrites, term: u64) {
                                 planned.kind.as_str(),
                                 planned.event
                             );
-                            spawn_delivery(
-                                &mut tasks,
-                                notifier,
-                                &in_flight,
-                                planned,
-                                key,
-                                Some((entry.seq, done_tx.clone())),
-                            );
+                            match after {
+                                Some(_) => hand.held.push((planned, key)),
+                                None => outlet.send(&mut tasks, entry.seq, planned, key),
+                            }
                         }
+                        window.push_back(hand);
                     }
                 }
                 Err(err) => warn!("notifier: cannot read the outbox: {err}"),
             }
         }
         // Outcomes that came in.
-        while let Ok((seq, delivery)) = done_rx.try_recv() {
-            settle(&mut window, seq, delivery);
+        while let Ok(done) = done_rx.try_recv() {
+            settle(&mut window, &mut starts, done, &mut tasks, &outlet);
         }
         // Missed alerts.
         if last_missed_check.elapsed() >= MISSED_CHECK_EVERY {
@@ -532,11 +578,14 @@ pub async fn duty(notifier: &Notifier, writes: &dyn LeaderWrites, term: u64) {
             return;
         }
         let pause = if over > 0 || !alerts.is_empty() { RECORD_EVERY } else { Duration::from_millis(500) };
-        tokio::select! {
-            _ = notifier.wake.notified(), if window.len() < WINDOW_MAX => {}
-            Some((seq, delivery)) = done_rx.recv() => settle(&mut window, seq, delivery),
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            _ = tokio::time::sleep(pause) => {}
+        let done = tokio::select! {
+            _ = notifier.wake.notified(), if window.len() < WINDOW_MAX => None,
+            Some(done) = done_rx.recv() => Some(done),
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => None,
+            _ = tokio::time::sleep(pause) => None,
+        };
+        if let Some(done) = done {
+            settle(&mut window, &mut starts, done, &mut tasks, &outlet);
         }
     }
 }
@@ -555,14 +604,6 @@ fn notified(window: &VecDeque<InHand>, over: usize, alerts: &[MissedAlert]) -> (
     }
     let upto = if taken == 0 { 0 } else { window[taken - 1].seq };
     (Command::Notified { upto, records, alerts }, taken)
-}
-
-fn settle(window: &mut VecDeque<InHand>, seq: u64, delivery: Delivery) {
-    let at = window.partition_point(|hand| hand.seq < seq);
-    if let Some(hand) = window.get_mut(at).filter(|hand| hand.seq == seq) {
-        hand.records.push(delivery);
-        hand.remaining = hand.remaining.saturating_sub(1);
-    }
 }
 
 /// Raise a `missed` alert for every watched job whose window passed without a success.
