@@ -4,7 +4,9 @@
 //! the output (Dkron's executor throws it away). The run succeeds when the call ends with `expectCode` (OK by
 //! default); any other status fails it, its code and message in the output and the error.
 //!
-//! Channels (HTTP/2 connections, multiplexed) are kept per address, and the descriptors learned per address and
+//! `https://` URLs use TLS: the server is checked against `tlsRootCAsFile` (else the web's root certificates), and
+//! `tlsCertificateFile`/`tlsCertificateKeyFile` are presented when given. Channels (HTTP/2 connections, multiplexed)
+//! are kept per address and TLS settings, and the descriptors learned per address and
 //! service, so a job firing every second makes one reflection exchange, not one per run. Timeout and cancel abandon
 //! the call: dropping it resets its HTTP/2 stream, which the server sees as a cancellation.
 
@@ -15,7 +17,7 @@ use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, MethodDescriptor};
 use tokio_util::sync::CancellationToken;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::capture::Capture;
 use crate::config::{GRPC_STATUS_NAMES, GrpcConfig};
@@ -68,7 +70,7 @@ async fn call(
     config: &GrpcConfig,
     capture: &mut Capture,
 ) -> Result<Option<(i32, String)>, String> {
-    let channel = channel(clients, &config.authority).await?;
+    let channel = channel(clients, config).await?;
     let method = method(clients, &channel, config).await?;
     let mut deserializer = serde_json::Deserializer::from_str(&config.body);
     let request = DynamicMessage::deserialize(method.input(), &mut deserializer)
@@ -107,16 +109,44 @@ async fn call(
     }
 }
 
-async fn channel(clients: &GrpcClients, authority: &str) -> Result<Channel, String> {
-    if let Some(channel) = clients.channels.get(authority, |_| true) {
+/// The channel to the job's server: kept per address and TLS settings.
+async fn channel(clients: &GrpcClients, config: &GrpcConfig) -> Result<Channel, String> {
+    let authority = config.authority.as_str();
+    let key = match &config.tls {
+        None => format!("http://{authority}"),
+        Some(tls) => format!("https://{authority} {:?} {:?}", tls.root_cas_file, tls.certificate_file),
+    };
+    if let Some(channel) = clients.channels.get(&key, |_| true) {
         return Ok(channel);
     }
-    let endpoint = Endpoint::from_shared(format!("http://{authority}"))
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{authority}"))
         .map_err(|e| format!("'{authority}' is not an address: {e}"))?
         .connect_timeout(CONNECT_TIMEOUT);
+    if let Some(tls) = &config.tls {
+        endpoint = endpoint.tls_config(tls_config(authority, tls)?).map_err(|e| format!("TLS: {e}"))?;
+    }
     let channel = endpoint.connect().await.map_err(|e| format!("{authority} is unreachable: {}", error_chain(&e)))?;
-    clients.channels.put(authority, channel.clone());
+    clients.channels.put(&key, channel.clone());
     Ok(channel)
+}
+
+/// TLS as the http executor has it: the CA file, else the web's roots; a client certificate if given.
+fn tls_config(authority: &str, tls: &crate::config::TlsOptions) -> Result<ClientTlsConfig, String> {
+    let host = authority.rsplit_once(':').map_or(authority, |(host, _)| host).trim_matches(['[', ']']);
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("{key}: cannot read '{}': {e}", path.display()))
+    };
+    let mut config = ClientTlsConfig::new().domain_name(host);
+    config = match &tls.root_cas_file {
+        Some(path) => config.ca_certificate(Certificate::from_pem(read("tlsRootCAsFile", path)?)),
+        None => config.with_webpki_roots(),
+    };
+    if let (Some(cert), Some(key)) = (&tls.certificate_file, &tls.certificate_key_file) {
+        let identity = Identity::from_pem(read("tlsCertificateFile", cert)?, read("tlsCertificateKeyFile", key)?);
+        config = config.identity(identity);
+    }
+    Ok(config)
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {

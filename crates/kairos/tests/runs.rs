@@ -1241,3 +1241,48 @@ async fn the_grpc_executor_calls_a_method_found_by_reflection() {
     assert_eq!(reply.status, 400, "{}", reply.text);
     assert!(reply.text.contains("executor_config.url"), "{}", reply.text);
 }
+
+/// The grpc executor over TLS, with the http executor's TLS keys: the server's certificate is checked against
+/// `tlsRootCAsFile`, and the client certificate is presented to a server that requires one. Without the CA file
+/// (the web's roots do not know the test CA) or without the client certificate, the call fails saying why.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_grpc_executor_speaks_tls_with_a_ca_file_and_a_client_certificate() {
+    let pki = tempfile::tempdir().unwrap();
+    for args in
+        [&["tls", "ca", "create"][..], &["tls", "cert", "create", "--server"], &["tls", "cert", "create", "--client"]]
+    {
+        let out =
+            kairos_testkit::kairos_command(Path::new(KAIROS_BIN)).args(args).current_dir(pki.path()).output().unwrap();
+        assert!(out.status.success(), "kairos {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let file = |name: &str| pki.path().join(name);
+    let read = |name: &str| std::fs::read(file(name)).unwrap();
+    let ca = read("kairos-agent-ca.pem");
+    let greeter = kairos_testkit::grpc::greeter_tls(
+        &read("kairos-agent-server-0.pem"),
+        &read("kairos-agent-server-0-key.pem"),
+        Some(&ca),
+    )
+    .await;
+    let server = Server::fresh(&[]).await;
+    let url = format!("https://localhost:{}/kairos.test.Greeter/SayHello", greeter.addr.port());
+    let path = |name: &str| file(name).to_str().unwrap().to_string();
+    let job = |name: &str, config: Value| json!({"name": name, "schedule": "@manually", "executor": "grpc", "executor_config": config});
+    let full = json!({"url": url, "body": r#"{"name": "tls"}"#, "tlsRootCAsFile": path("kairos-agent-ca.pem"),
+        "tlsCertificateFile": path("kairos-agent-client-0.pem"), "tlsCertificateKeyFile": path("kairos-agent-client-0-key.pem")});
+    server.create_job(&job("mutual", full)).await;
+    server.create_job(&job("no-ca", json!({"url": url}))).await;
+    server.create_job(&job("no-client-cert", json!({"url": url, "tlsRootCAsFile": path("kairos-agent-ca.pem")}))).await;
+    for name in ["mutual", "no-ca", "no-client-cert"] {
+        server.run(name).await;
+    }
+    let mutual = server.wait_executions("mutual", "it ended", secs(30), |e| e[0].is_final()).await;
+    let exec = server.execution("mutual", &mutual[0].id).await;
+    assert_eq!(exec.status, "succeeded", "{exec:?}");
+    assert!(exec.output.contains("hello, tls"), "{}", exec.output);
+    for name in ["no-ca", "no-client-cert"] {
+        let failed = server.wait_executions(name, "it ended", secs(30), |e| e[0].is_final()).await;
+        assert_eq!(failed[0].status, "failed", "{name}: {:?}", failed[0]);
+        assert!(failed[0].error.as_deref().is_some_and(|e| !e.is_empty()), "{name}: {:?}", failed[0]);
+    }
+}

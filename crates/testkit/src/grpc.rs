@@ -112,6 +112,21 @@ fn descriptors() -> FileDescriptorSet {
 
 /// Start the server on a free loopback port; answers once it accepts connections.
 pub async fn greeter() -> GreeterServer {
+    greeter_with(None).await
+}
+
+/// The same server over TLS: its certificate and key (PEM), and the CA whose client certificates it requires, if
+/// any.
+pub async fn greeter_tls(cert: &[u8], key: &[u8], client_ca: Option<&[u8]>) -> GreeterServer {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    if let Some(ca) = client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(ca));
+    }
+    greeter_with(Some(tls)).await
+}
+
+async fn greeter_with(tls: Option<tonic::transport::ServerTlsConfig>) -> GreeterServer {
     let set = descriptors();
     let pool = DescriptorPool::from_file_descriptor_set(set.clone()).expect("the greeter's descriptors are valid");
     let encoded = set.encode_to_vec();
@@ -133,7 +148,11 @@ pub async fn greeter() -> GreeterServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the gRPC server");
     let addr = listener.local_addr().expect("its address");
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    let server = tonic::transport::Server::builder().add_service(v1).add_service(v1alpha).add_service(greeter);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).expect("the test's TLS settings");
+    }
+    let server = builder.add_service(v1).add_service(v1alpha).add_service(greeter);
     let task = tokio::spawn(async move {
         let _ = server.serve_with_incoming(incoming).await;
     });

@@ -1,11 +1,12 @@
-//! The grpc executor's config, Dkron's keys: `url` (`host:port/package.Service/Method`), `body` (the request as
-//! JSON), `headers` (metadata, as the http executor's: a JSON array of `"Name: value"`), `timeout`, `expectCode`
-//! (the gRPC status code that means success, a number or a name; default 0, OK).
+//! The grpc executor's config, Dkron's keys: `url` (`host:port/package.Service/Method`; `https://` in front for
+//! TLS), `body` (the request as JSON), `headers` (metadata, as the http executor's: a JSON array of
+//! `"Name: value"`), `timeout`, `expectCode` (the gRPC status code that means success, a number or a name; default
+//! 0, OK), and the http executor's TLS files (`tlsRootCAsFile`, `tlsCertificateFile`/`tlsCertificateKeyFile`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::{BROKER_TIMEOUT_DEFAULT, ConfigError, get, parse_timeout, required};
+use super::{BROKER_TIMEOUT_DEFAULT, ConfigError, TlsOptions, get, parse_timeout, parse_tls, required};
 
 /// gRPC's status codes by number, as their canonical names.
 pub(crate) const STATUS_NAMES: [&str; 17] = [
@@ -42,17 +43,27 @@ pub(crate) struct GrpcConfig {
     pub timeout: Option<Duration>,
     /// The status code that means success.
     pub expect_code: i32,
+    /// `Some` for TLS (`https://`): the CA file (else the web's roots) and a client certificate.
+    pub tls: Option<TlsOptions>,
 }
 
 impl GrpcConfig {
     pub fn parse(config: &BTreeMap<String, String>) -> Result<GrpcConfig, ConfigError> {
         let url = required(config, "url")?.trim();
-        let bare = url.strip_prefix("grpc://").or_else(|| url.strip_prefix("http://")).unwrap_or(url);
-        if bare.starts_with("https://") || bare.starts_with("grpcs://") {
-            return Err(ConfigError::key(
-                "url",
-                "TLS is not supported by the grpc executor yet; use a plaintext address",
-            ));
+        let (secure, bare) = match url.split_once("://") {
+            Some(("https" | "grpcs", rest)) => (true, rest),
+            Some(("http" | "grpc", rest)) => (false, rest),
+            Some((scheme, _)) => {
+                return Err(ConfigError::key("url", format!("scheme must be http or https, not '{scheme}'")));
+            }
+            None => (false, url),
+        };
+        let tls = parse_tls(config)?;
+        if tls.no_verify_peer {
+            return Err(ConfigError::key("tlsNoVerifyPeer", "not supported by the grpc executor: give tlsRootCAsFile"));
+        }
+        if !secure && tls.has_files() {
+            return Err(ConfigError::key("url", "TLS settings need an https:// url"));
         }
         let malformed = || ConfigError::key("url", format!("'{url}' is not host:port/package.Service/Method"));
         let (authority, path) = bare.split_once('/').ok_or_else(malformed)?;
@@ -97,6 +108,7 @@ impl GrpcConfig {
             headers,
             timeout: parse_timeout(config, Some(BROKER_TIMEOUT_DEFAULT))?,
             expect_code,
+            tls: secure.then_some(tls),
         })
     }
 }
@@ -131,7 +143,20 @@ mod tests {
         assert_eq!((ok.body.as_str(), ok.expect_code), ("{}", 5));
         assert_rejected("grpc", &[("url", "localhost/demo.Greeter/SayHello")], "executor_config.url", "host:port");
         assert_rejected("grpc", &[("url", "localhost:9000/Greeter")], "executor_config.url", "host:port");
-        assert_rejected("grpc", &[("url", "https://h:1/a.B/C")], "executor_config.url", "TLS");
+        assert!(GrpcConfig::parse(&map(&[("url", "https://h:1/a.B/C")])).unwrap().tls.is_some());
+        assert_rejected(
+            "grpc",
+            &[("url", "h:1/a.B/C"), ("tlsRootCAsFile", "/ca.pem")],
+            "executor_config.url",
+            "https://",
+        );
+        assert_rejected(
+            "grpc",
+            &[("url", "https://h:1/a.B/C"), ("tlsNoVerifyPeer", "true")],
+            "executor_config.tlsNoVerifyPeer",
+            "not supported",
+        );
+        assert_rejected("grpc", &[("url", "ftp://h:1/a.B/C")], "executor_config.url", "scheme");
         assert_rejected("grpc", &[("url", "h:1/a.B/C"), ("body", "[1]")], "executor_config.body", "JSON object");
         assert_rejected("grpc", &[("url", "h:1/a.B/C"), ("body", "{")], "executor_config.body", "not JSON");
         assert_rejected(
