@@ -304,7 +304,7 @@ fn schemas() -> Value {
             "dependent_jobs": {"type": "array", "items": s, "readOnly": true}, "parent_job": s,
             "processors": processors,
             "concurrency": {"type": "string", "enum": ["allow", "forbid", "replace"]},
-            "executor": {"type": "string", "enum": kairos_agent::EXECUTORS}, "executor_config": map,
+            "executor": {"type": "string", "description": format!("A built-in executor ({}) or the name of an executor plugin a live node has (--plugin-dir)", kairos_agent::EXECUTORS.join(", "))}, "executor_config": map,
             "status": {"type": "string", "readOnly": true, "enum": ["", "success", "failed", "running"]},
             "next": zt, "ephemeral": {"type": "boolean"}, "starts_at": t, "expires_at": t,
             "catch_up": {"type": "string", "enum": ["skip", "latest", "all"], "description": "Slots missed while no scheduler ran"},
