@@ -718,7 +718,14 @@ async fn sighup_applies_new_tags_from_the_config_file_and_names_what_needs_a_res
     let execs = server.wait_executions("on-new", "a run", secs(20), |e| e.iter().any(|e| e.is_final())).await;
     let done = execs.iter().find(|e| e.is_final()).unwrap();
     assert_eq!(done.status, "succeeded", "{}", summary(&execs));
-    wait_for_log(&server, "DEBUG kairos_server::scheduler: scheduler: fired").await;
+    // At debug level now (the leader's lines carry its `leader{term=…}` span between level and target).
+    wait_until("the log has the scheduler's debug line", secs(20), async || {
+        let log = server.log();
+        let fired =
+            |line: &str| line.contains(" DEBUG ") && line.contains("kairos_server::scheduler: scheduler: fired");
+        log.lines().any(fired).then_some(())
+    })
+    .await;
 }
 
 /// A config file that does not parse, or holds an invalid value, changes nothing on SIGHUP: the node keeps
