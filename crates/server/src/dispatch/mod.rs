@@ -112,7 +112,6 @@ impl Dispatcher {
     }
 }
 
-/// Dispatch what a committed command created, cancel what it replaced. Runs decided ahead of their instant
 /// The node the dispatcher runs on, as far as dispatching may see it: its name and addresses, the state it reads,
 /// its worker, the members gossip knows, the RPC client orders go through, the dispatcher's own state, and how it
 /// writes as leader ([`LeaderWrites`]). The node builds one at start; nothing here reaches back into the node.
@@ -207,6 +206,7 @@ pub fn retry_instant(state: &StateReader, job: &str, attempt: u32, now: Timestam
     Some(now + backoff.mul_f64(jitter))
 }
 
+/// Dispatch what a committed command created, cancel what it replaced. Runs decided ahead of their instant
 /// travel now and start at the instant.
 pub fn after_commit(node: &Host, response: &Response) {
     for exec_ref in &response.to_cancel {
