@@ -95,11 +95,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> Result<(), io::Error> {
-        self.put_meta("vote", vote)
+        let (store, vote) = (self.clone(), *vote);
+        crate::off_async_workers(move || store.put_meta("vote", &vote)).await
     }
 
     async fn save_committed(&mut self, committed: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
-        self.put_meta("committed", &committed)
+        let store = self.clone();
+        crate::off_async_workers(move || store.put_meta("committed", &committed)).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
@@ -111,17 +113,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = EntryOf<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let result = (|| {
-            let mut txn = self.db.begin_write().map_err(io_err)?;
+        let entries: Vec<EntryOf<TypeConfig>> = entries.into_iter().collect();
+        let db = self.db.clone();
+        let result = crate::off_async_workers(move || {
+            let mut txn = db.begin_write().map_err(io_err)?;
             txn.set_durability(Durability::Immediate).map_err(io_err)?;
             {
                 let mut table = txn.open_table(LOGS).map_err(io_err)?;
-                for entry in entries {
-                    table.insert(entry.index(), to_json(&entry)?.as_slice()).map_err(io_err)?;
+                for entry in &entries {
+                    table.insert(entry.index(), to_json(entry)?.as_slice()).map_err(io_err)?;
                 }
             }
             txn.commit().map_err(io_err)
-        })();
+        })
+        .await;
         // The commit is fsync'd: the entries are readable and durable now.
         match result {
             Ok(()) => {
@@ -137,18 +142,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
         let start = last_log_id.map(|id| id.index() + 1).unwrap_or(0);
-        let txn = self.db.begin_write().map_err(io_err)?;
-        txn.open_table(LOGS).map_err(io_err)?.retain_in(start.., |_, _| false).map_err(io_err)?;
-        txn.commit().map_err(io_err)
+        let db = self.db.clone();
+        crate::off_async_workers(move || {
+            let txn = db.begin_write().map_err(io_err)?;
+            txn.open_table(LOGS).map_err(io_err)?.retain_in(start.., |_, _| false).map_err(io_err)?;
+            txn.commit().map_err(io_err)
+        })
+        .await
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
         let bytes = to_json(&log_id)?;
-        let txn = self.db.begin_write().map_err(io_err)?;
-        {
-            txn.open_table(META).map_err(io_err)?.insert("last_purged", bytes.as_slice()).map_err(io_err)?;
-            txn.open_table(LOGS).map_err(io_err)?.retain_in(..=log_id.index(), |_, _| false).map_err(io_err)?;
-        }
-        txn.commit().map_err(io_err)
+        let db = self.db.clone();
+        crate::off_async_workers(move || {
+            let txn = db.begin_write().map_err(io_err)?;
+            {
+                txn.open_table(META).map_err(io_err)?.insert("last_purged", bytes.as_slice()).map_err(io_err)?;
+                txn.open_table(LOGS).map_err(io_err)?.retain_in(..=log_id.index(), |_, _| false).map_err(io_err)?;
+            }
+            txn.commit().map_err(io_err)
+        })
+        .await
     }
 }

@@ -251,7 +251,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if items.is_empty() {
             return Ok(());
         }
-        let events = self.apply_batch(items)?;
+        let machine = self.clone();
+        let events = crate::off_async_workers(move || machine.apply_batch(items)).await?;
         if let Some(sender) = &self.events
             && !events.is_empty()
         {
