@@ -8,6 +8,8 @@
 //!   and the edge), which never imports it back: [`router`] puts the two together.
 //!
 //! [`router`] is what `kairos_server::Node::start` serves on `--http-addr`.
+// The OpenAPI document is one `json!` literal, deeper than the macro's default recursion limit allows.
+#![recursion_limit = "256"]
 
 pub mod api;
 pub mod ui;

@@ -381,6 +381,8 @@ async fn every_bad_request_is_refused_naming_the_field_and_changes_nothing() {
         ),
         bad_job("an unknown concurrency", json!({"concurrency": "sometimes"}), "concurrency"),
         bad_job("an unknown catch_up", json!({"catch_up": "maybe"}), "catch_up"),
+        bad_job("an unknown on_overload", json!({"on_overload": "wait"}), "on_overload"),
+        bad_job("on_overload retry without retries", json!({"on_overload": "retry"}), "on_overload"),
         bad_job("a bad catch_up_window", json!({"catch_up_window": "a while"}), "catch_up_window"),
         bad_job("a bad retry_backoff", json!({"retry_backoff": "fast"}), "retry_backoff"),
         bad_job(

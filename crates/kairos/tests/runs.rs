@@ -279,6 +279,57 @@ async fn a_node_at_its_running_limit_queues_runs_and_records_those_past_its_queu
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_run_its_node_is_too_busy_for_is_skipped_or_retried_as_its_job_says() {
+    // One place and no queue: while `hog` runs, every other run finds the node full.
+    let server = Server::fresh(&["--max-running", "1", "--max-queued", "0"]).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let release = scratch.path().join("release");
+    let hog = format!("while [ ! -e {} ]; do sleep 0.05; done", release.display());
+    server.create_job(&shell_job("hog", "@manually", &hog)).await;
+    server.create_job(&shell_job("impatient", "@manually", "echo ran")).await;
+    server
+        .create_job(&with(
+            shell_job("patient", "@manually", "echo ran"),
+            json!({"on_overload": "retry", "retries": 20, "retry_backoff": "200ms", "retry_backoff_max": "400ms"}),
+        ))
+        .await;
+    server.run("hog").await;
+    server
+        .wait_executions("hog", "hog holds the one place", secs(30), |e| e.iter().any(|x| x.status == "running"))
+        .await;
+
+    server.run("impatient").await;
+    server.run("patient").await;
+    let impatient =
+        server.wait_executions("impatient", "its run is final", secs(30), |e| e.iter().all(Exec::is_final)).await;
+    server
+        .wait_executions("patient", "a retry after a skipped attempt", secs(30), |e| {
+            e.iter().any(|x| x.attempt >= 2) && e.iter().any(|x| x.status == "skipped")
+        })
+        .await;
+    std::fs::write(&release, b"").unwrap();
+    let patient =
+        server.wait_executions("patient", "an attempt succeeded", secs(60), |e| count(e, "succeeded") == 1).await;
+
+    assert_eq!(impatient.len(), 1, "on_overload: skip (the default) does not retry:\n{}", summary(&impatient));
+    let error = impatient[0].error.as_deref().unwrap_or_default();
+    assert_eq!(impatient[0].status, "skipped", "{}", summary(&impatient));
+    assert!(error.contains("is overloaded") && error.contains("--max-running 1"), "{error}");
+    let mut attempts = patient.clone();
+    attempts.sort_by_key(|e| e.attempt);
+    assert_eq!(attempts[0].trigger, "manual");
+    assert!(attempts[1..].iter().all(|e| e.trigger == "retry"), "{}", summary(&attempts));
+    let last = attempts.last().unwrap();
+    assert_eq!(last.status, "succeeded", "the attempt after the node had room ran:\n{}", summary(&attempts));
+    for skipped in &attempts[..attempts.len() - 1] {
+        let error = skipped.error.as_deref().unwrap_or_default();
+        assert_eq!(skipped.status, "skipped", "{}", summary(&attempts));
+        assert!(error.contains("is overloaded"), "{error}");
+        assert_eq!(skipped.scheduled_at, last.scheduled_at, "every attempt belongs to the same slot");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_failing_run_is_retried_with_backoff_until_the_retries_are_used_up() {
     let server = Server::fresh(&[]).await;
     server

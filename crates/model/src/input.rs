@@ -38,6 +38,7 @@ pub struct JobInput {
     pub parent_job: Option<String>,
     pub processors: Option<BTreeMap<String, Value>>,
     pub concurrency: Option<String>,
+    pub on_overload: Option<String>,
     pub executor: Option<String>,
     pub executor_config: Option<BTreeMap<String, String>>,
     pub ephemeral: Option<bool>,
@@ -121,6 +122,7 @@ impl JobInput {
             "processors" => self.processors = field.object()?,
             "notify" => self.notify = field.object()?,
             "concurrency" => self.concurrency = field.text()?,
+            "on_overload" => self.on_overload = field.text()?,
             "executor" => self.executor = field.text()?,
             "executor_config" => self.executor_config = field.text_map()?,
             "ephemeral" => self.ephemeral = field.flag()?,
@@ -326,7 +328,7 @@ mod tests {
     use super::*;
 
     /// Every field a client may write, each with a value of the wrong type and the error it must get.
-    const WRONG_TYPES: [(&str, &str, &str); 24] = [
+    const WRONG_TYPES: [(&str, &str, &str); 25] = [
         ("name", "3", "name: expected a string, got a number 3"),
         ("displayname", "[]", "displayname: expected a string, got an array"),
         ("schedule", "{}", "schedule: expected a string, got an object"),
@@ -345,6 +347,7 @@ mod tests {
         ("processors", "[]", "processors: expected an object, got an array"),
         ("notify", r#""failure""#, r#"notify: expected an object, got a string "failure""#),
         ("concurrency", "1", "concurrency: expected a string, got a number 1"),
+        ("on_overload", "2", "on_overload: expected a string, got a number 2"),
         ("executor", "true", "executor: expected a string, got true"),
         (
             "executor_config",

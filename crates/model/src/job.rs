@@ -37,6 +37,18 @@ pub enum Concurrency {
     Replace,
 }
 
+/// What happens to a run that finds its node full: `--max-running` runs running and `--max-queued` waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnOverload {
+    /// Record the run `skipped`, with the reason.
+    #[default]
+    Skip,
+    /// Record that attempt `skipped` and retry it like a failed one: after the job's backoff, within `retries`,
+    /// on another matching node when there is one.
+    Retry,
+}
+
 /// What happens to slots that fell due while no server was running the scheduler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -342,6 +354,9 @@ pub struct Job {
     pub parent_job: String,
     pub processors: BTreeMap<String, serde_json::Value>,
     pub concurrency: Concurrency,
+    /// Absent in jobs stored before it existed.
+    #[serde(default)]
+    pub on_overload: OnOverload,
     pub executor: String,
     pub executor_config: BTreeMap<String, String>,
     /// Derived: `success`, `failed`, `running`, or empty before the first run (Dkron's values).
@@ -387,6 +402,7 @@ impl Job {
             parent_job: String::new(),
             processors: BTreeMap::new(),
             concurrency: Concurrency::Allow,
+            on_overload: OnOverload::Skip,
             executor: String::new(),
             executor_config: BTreeMap::new(),
             status: String::new(),
@@ -451,6 +467,9 @@ impl Job {
         set(&mut self.processors, input.processors);
         if let Some(c) = input.concurrency {
             self.concurrency = parse_concurrency(&c)?;
+        }
+        if let Some(policy) = input.on_overload {
+            self.on_overload = parse_on_overload(&policy)?;
         }
         set(&mut self.executor, input.executor);
         set(&mut self.executor_config, input.executor_config);
@@ -527,6 +546,13 @@ impl Job {
         }
         if self.retries > RETRIES_MAX {
             return Err(FieldError::new("retries", format!("must be at most {RETRIES_MAX}")));
+        }
+        if self.on_overload == OnOverload::Retry && self.retries == 0 {
+            return Err(FieldError::new(
+                "on_overload",
+                "'retry' retries a run its node was too busy for within the job's retries, which are 0: set \
+                 retries too",
+            ));
         }
         if let Some(n) = self.executions_retained
             && !(1..=EXECUTIONS_RETAINED_MAX).contains(&n)
@@ -670,6 +696,14 @@ pub fn parse_concurrency(text: &str) -> Result<Concurrency, FieldError> {
     }
 }
 
+pub fn parse_on_overload(text: &str) -> Result<OnOverload, FieldError> {
+    match text {
+        "" | "skip" => Ok(OnOverload::Skip),
+        "retry" => Ok(OnOverload::Retry),
+        other => Err(FieldError::new("on_overload", format!("'{other}' is not one of skip, retry"))),
+    }
+}
+
 pub fn parse_catch_up(text: &str) -> Result<CatchUp, FieldError> {
     match text {
         "skip" => Ok(CatchUp::Skip),
@@ -757,6 +791,8 @@ mod tests {
             (r#"{"name":"a","schedule":"@daily"}"#, "executor"),
             (r#"{"name":"a","schedule":"@daily","executor":"shell","concurrency":"sometimes"}"#, "concurrency"),
             (r#"{"name":"a","schedule":"@daily","executor":"shell","catch_up":"maybe"}"#, "catch_up"),
+            (r#"{"name":"a","schedule":"@daily","executor":"shell","on_overload":"wait"}"#, "on_overload"),
+            (r#"{"name":"a","schedule":"@daily","executor":"shell","on_overload":"retry"}"#, "on_overload"),
             (r#"{"name":"a","schedule":"@daily","executor":"shell","catch_up_window":"soon"}"#, "catch_up_window"),
             (
                 r#"{"name":"a","schedule":"@daily","executor":"shell","retry_backoff":"10s","retry_backoff_max":"1s"}"#,

@@ -1,7 +1,7 @@
 //! The Kairos data model: jobs and executions as the API shows them (Dkron's JSON, field for field, plus our
 //! additions), and the validation that turns what a client sent into a job the store may accept.
 //!
-//! - [`job`]: the [`Job`] record, its policies ([`Concurrency`], [`CatchUp`]) and its validation.
+//! - [`job`]: the [`Job`] record, its policies ([`Concurrency`], [`CatchUp`], [`OnOverload`]) and its validation.
 //! - [`input`]: [`JobInput`], what a client may send, read from JSON field by field so that a wrong type or an
 //!   unknown field is refused naming the field.
 //! - [`execution`]: the [`Execution`] record and its [`ExecutionStatus`] life cycle.
@@ -27,5 +27,5 @@ pub use execution::{
     Execution, ExecutionStatus, TARGET_SEPARATOR, Trigger, attempt_of, execution_id, slot_prefix, target_of,
 };
 pub use input::JobInput;
-pub use job::{CatchUp, Concurrency, Job, Targets, tag_value};
+pub use job::{CatchUp, Concurrency, Job, OnOverload, Targets, tag_value};
 pub use kairos_schedule::jiff::Timestamp;

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use kairos_model::job::EXECUTIONS_RETAINED_DEFAULT;
-use kairos_model::{Execution, ExecutionStatus, Job, Targets, Timestamp, Trigger};
+use kairos_model::{Execution, ExecutionStatus, Job, OnOverload, Targets, Timestamp, Trigger};
 use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction,
 };
@@ -693,7 +693,8 @@ impl<'txn> Applier<'txn> {
         self.follow_up(record, &exec, result.retry_at, response)
     }
 
-    /// After a final status: a retry if the attempt failed and retries remain, children and ephemeral
+    /// After a final status: a retry if the attempt failed (or found its node too busy, under `on_overload:
+    /// retry`) and retries remain, children and ephemeral
     /// deletion if it succeeded.
     fn follow_up(
         &mut self,
@@ -702,7 +703,10 @@ impl<'txn> Applier<'txn> {
         retry_at: Option<Timestamp>,
         response: &mut Response,
     ) -> Result<(), redb::Error> {
-        let failed = matches!(exec.status, ExecutionStatus::Failed | ExecutionStatus::Lost);
+        // A finish reported `skipped` is always a node that was too busy to run it (slots a job's concurrency
+        // skips are decided so when they fire, never reported): retried only if the job says so.
+        let too_busy = exec.status == ExecutionStatus::Skipped && record.job.on_overload == OnOverload::Retry;
+        let failed = matches!(exec.status, ExecutionStatus::Failed | ExecutionStatus::Lost) || too_busy;
         if failed && exec.attempt <= record.job.retries {
             let mut retry = exec.retry(retry_at.unwrap_or(exec.finished_at.unwrap_or(exec.scheduled_at)));
             if matches!(record.job.targets(), Targets::Count(_)) {

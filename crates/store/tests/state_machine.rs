@@ -1093,6 +1093,41 @@ fn a_failure_without_retries_decides_nothing_more() {
 }
 
 #[test]
+fn a_run_its_node_was_too_busy_for_is_retried_only_under_on_overload_retry() {
+    let state = State::new();
+    for (name, policy) in [("skips", kairos_model::OnOverload::Skip), ("retries", kairos_model::OnOverload::Retry)] {
+        let mut job = job(name);
+        job.retries = 1;
+        job.on_overload = policy;
+        state.put(job, at(0));
+    }
+
+    for name in ["skips", "retries"] {
+        let exec = state.fire_one(name, at(1), Trigger::Schedule);
+        let mut result = finished(&exec, ExecutionStatus::Skipped, at(2));
+        result.error = Some("skipped: node 'a' is overloaded".into());
+        result.retry_at = Some(at(5));
+        state.finish(result);
+    }
+
+    let skipped = state.executions("skips");
+    assert_eq!(skipped.len(), 1, "on_overload: skip records the slot skipped and nothing more");
+    assert_eq!(skipped[0].status, ExecutionStatus::Skipped);
+    let retried = state.execution("retries", &execution_id(at(1), 2));
+    assert_eq!((retried.status, retried.attempt, retried.trigger), (ExecutionStatus::Pending, 2, Trigger::Retry));
+    assert_eq!(retried.not_before, Some(at(5)), "after the backoff the leader decided");
+    assert_eq!(state.execution("retries", &execution_id(at(1), 1)).status, ExecutionStatus::Skipped);
+
+    // Within the retries: the second attempt skipped too is the last.
+    let mut result = finished(&retried, ExecutionStatus::Skipped, at(6));
+    result.retry_at = Some(at(9));
+    let (response, _) = state.finish(result);
+    assert_eq!(response.executions.len(), 1);
+    assert_eq!(state.executions("retries").len(), 2);
+    assert_eq!(state.record("retries").active, 0);
+}
+
+#[test]
 fn a_cancelled_execution_is_not_retried() {
     let state = State::new();
     let mut flaky = job("flaky");

@@ -284,6 +284,7 @@ fn schemas() -> Value {
     // Dkron's settings are strings; `forward` may be a boolean too.
     let forward = json!({"oneOf": [{"type": "boolean"}, {"type": "string"}], "description": "Pass the output on unchanged (default false: replace it with a note)"});
     let settings = |properties: Value| json!({"type": "object", "nullable": true, "additionalProperties": false, "properties": properties});
+    let on_overload = json!({"type": "string", "enum": ["skip", "retry"], "description": "A run its node is too busy for (--max-running and --max-queued full): recorded skipped, or that attempt skipped and retried after the backoff within retries, on another matching node when there is one"});
     let processors = json!({"type": "object", "additionalProperties": false,
     "description": "Where each run's output goes once it ends, applied in name order on the node that ran it (see the README, Output processors)",
     "properties": {
@@ -304,6 +305,7 @@ fn schemas() -> Value {
             "dependent_jobs": {"type": "array", "items": s, "readOnly": true}, "parent_job": s,
             "processors": processors,
             "concurrency": {"type": "string", "enum": ["allow", "forbid", "replace"]},
+            "on_overload": on_overload,
             "executor": {"type": "string", "description": format!("A built-in executor ({}) or the name of an executor plugin a live node has (--plugin-dir)", kairos_agent::EXECUTORS.join(", "))}, "executor_config": map,
             "status": {"type": "string", "readOnly": true, "enum": ["", "success", "failed", "running"]},
             "next": zt, "ephemeral": {"type": "boolean"}, "starts_at": t, "expires_at": t,

@@ -180,6 +180,7 @@ fn editor(job: &Job, mode: Mode, title: &str) -> Markup {
     let method = if ec("method").is_empty() { "GET".to_string() } else { ec("method").to_uppercase() };
     let method_options: Vec<(&str, &str)> = HTTP_METHODS.iter().map(|m| (*m, *m)).collect();
     let concurrency = format!("{:?}", job.concurrency).to_lowercase();
+    let on_overload = format!("{:?}", job.on_overload).to_lowercase();
     let catch_up = format!("{:?}", job.catch_up).to_lowercase();
     let (mode_name, cancel_href) = match mode {
         Mode::Create => ("create", "/ui/jobs".to_string()),
@@ -256,6 +257,7 @@ fn editor(job: &Job, mode: Mode, title: &str) -> Markup {
                     (text_input("retry_backoff", "Retry backoff", &job.retry_backoff, Some("Before the first retry; doubles each time.")))
                     (text_input("retry_backoff_max", "Retry backoff max", &job.retry_backoff_max, None))
                     (select("concurrency", "Concurrency", &[("allow", "allow: run alongside"), ("forbid", "forbid: skip while one is active"), ("replace", "replace: cancel the active one")], &concurrency))
+                    (select("on_overload", "When its node is full", &[("skip", "skip: record the run skipped"), ("retry", "retry: after the backoff, within the retries, elsewhere if possible")], &on_overload))
                     (text_input("parent_job", "Parent job", &job.parent_job, Some("Run after this job succeeds.")))
                     (checkbox("ephemeral", "Ephemeral (delete after the first success)", job.ephemeral))
                     (text_input("executions_retained", "Executions kept", &job.executions_retained.map(|n| n.to_string()).unwrap_or_default(), Some("Empty: the server's default.")))

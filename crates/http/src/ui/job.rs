@@ -275,6 +275,7 @@ fn fields(job: &Job) -> Markup {
     };
     let retained = job.executions_retained.map_or("server default".to_string(), |n| n.to_string());
     let concurrency = format!("{:?}", job.concurrency).to_lowercase();
+    let on_overload = format!("{:?}", job.on_overload).to_lowercase();
     let catch_up = format!("{:?}", job.catch_up).to_lowercase();
     html! {
         dl.fields {
@@ -292,6 +293,7 @@ fn fields(job: &Job) -> Markup {
             div { dt { "retries" } dd { (job.retries) } }
             div { dt { "retry_backoff" } dd { (job.retry_backoff) " (max " (job.retry_backoff_max) ")" } }
             div { dt { "concurrency" } dd { (concurrency) } }
+            div { dt { "on_overload" } dd { (on_overload) } }
             div { dt { "catch_up" } dd { (catch_up) " within " (job.catch_up_window) } }
             div { dt { "parent_job" } dd {
                 @if job.parent_job.is_empty() { span.muted { "—" } }

@@ -199,7 +199,10 @@ impl Node {
         if let Command::Finish { results } = &mut command {
             let now = Timestamp::now();
             for finish in results.iter_mut() {
-                if finish.status == ExecutionStatus::Failed && finish.retry_at.is_none() {
+                // A `skipped` finish is a node too busy to run it: retried after the backoff if the job's
+                // `on_overload` says so (the state decides; an instant it does not use changes nothing).
+                let may_retry = matches!(finish.status, ExecutionStatus::Failed | ExecutionStatus::Skipped);
+                if may_retry && finish.retry_at.is_none() {
                     finish.retry_at =
                         retry_instant(&self.state, &finish.exec.job, kairos_model::attempt_of(&finish.exec.id), now);
                 }

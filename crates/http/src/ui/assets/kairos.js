@@ -291,6 +291,7 @@
         retry_backoff: value('retry_backoff'),
         retry_backoff_max: value('retry_backoff_max'),
         concurrency: value('concurrency'),
+        on_overload: value('on_overload'),
         parent_job: value('parent_job'),
         ephemeral: checked('ephemeral'),
         tags: pairs('tags'),
@@ -324,7 +325,7 @@
     function jobToForm(job) {
       const set = (id, v) => { if (input(id)) input(id).value = v === undefined || v === null ? '' : String(v); };
       const plain = ['name', 'displayname', 'owner', 'owner_email', 'schedule', 'timezone', 'catch_up',
-        'catch_up_window', 'retries', 'retry_backoff', 'retry_backoff_max', 'concurrency', 'parent_job',
+        'catch_up_window', 'retries', 'retry_backoff', 'retry_backoff_max', 'concurrency', 'on_overload', 'parent_job',
         'starts_at', 'expires_at', 'executions_retained'];
       for (const key of plain) {
         if (key === 'name' && input('name').readOnly) continue;
