@@ -17,6 +17,7 @@ pub mod raft_runtime;
 
 use std::future::Future;
 use std::io::Cursor;
+use std::time::Duration;
 
 use std::sync::Arc;
 
@@ -105,13 +106,14 @@ impl RaftNetworkV2<C> for Connection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
         // A follower that lags is sent a prefix of at most APPEND_BYTES_MAX; openraft goes on from its end.
-        let sent = append_prefix(&rpc.entries, APPEND_BYTES_MAX);
+        let (sent, bytes) = append_prefix(&rpc.entries, APPEND_BYTES_MAX);
+        let timeout = transfer_deadline(option.soft_ttl(), bytes);
         if sent == rpc.entries.len() {
-            return remote_raft(self.rpc.raft_append(&self.addr, &rpc, option.soft_ttl()).await);
+            return remote_raft(self.rpc.raft_append(&self.addr, &rpc, timeout).await);
         }
         rpc.entries.truncate(sent);
         let last = rpc.entries.last().map(|entry| entry.log_id);
-        match remote_raft(self.rpc.raft_append(&self.addr, &rpc, option.soft_ttl()).await)? {
+        match remote_raft(self.rpc.raft_append(&self.addr, &rpc, timeout).await)? {
             AppendEntriesResponse::Success => Ok(AppendEntriesResponse::PartialSuccess(last)),
             other => Ok(other),
         }
@@ -133,7 +135,8 @@ impl RaftNetworkV2<C> for Connection {
         option: RPCOption,
     ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
         let data = snapshot.snapshot.into_inner();
-        let sent = self.rpc.raft_snapshot(&self.addr, &vote, &snapshot.meta, &data, option.soft_ttl());
+        let timeout = transfer_deadline(option.soft_ttl(), data.len());
+        let sent = self.rpc.raft_snapshot(&self.addr, &vote, &snapshot.meta, &data, timeout);
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
             answer = sent => Ok(remote_raft(answer)?),
@@ -153,19 +156,37 @@ impl RaftNetworkV2<C> for Connection {
 /// follower far behind catches up in steps of this size instead of one request of everything it misses.
 pub const APPEND_BYTES_MAX: usize = 8 * 1024 * 1024;
 
-/// How many of `entries`, from the first, fit in `budget` bytes of JSON (at least one).
-fn append_prefix<T: serde::Serialize>(entries: &[T], budget: usize) -> usize {
-    if entries.len() <= 1 {
-        return entries.len();
-    }
+/// How many of `entries`, from the first, fit in `budget` bytes of JSON (at least one), and their bytes.
+fn append_prefix<T: serde::Serialize>(entries: &[T], budget: usize) -> (usize, usize) {
     let mut bytes = 0;
     for (i, entry) in entries.iter().enumerate() {
-        bytes += serde_json::to_vec(entry).map_or(0, |json| json.len());
-        if bytes > budget {
-            return i.max(1);
+        let size = serde_json::to_vec(entry).map_or(0, |json| json.len());
+        if i > 0 && bytes + size > budget {
+            return (i, bytes);
         }
+        bytes += size;
     }
-    entries.len()
+    (entries.len(), bytes)
+}
+
+/// The least time an append that carries entries, or a snapshot, is given.
+pub const TRANSFER_DEADLINE_MIN: Duration = Duration::from_secs(2);
+/// And on top of it, per MiB it carries: a busy follower must be able to read, decode and fsync it.
+pub const TRANSFER_DEADLINE_PER_MIB: Duration = Duration::from_secs(1);
+
+/// How long a Raft transfer of `bytes` may take. openraft gives every append its heartbeat interval (50 ms; a
+/// full snapshot 200 ms) whatever it carries. On a machine short of CPU a follower that fell behind was sent
+/// appends of megabytes it could not read, decode and fsync within that: each timed out, the leader sent the same
+/// again, nothing ever committed, and the cluster stayed wedged after the load was gone (issue 19, the second
+/// cause after the 2 MiB body limit). Heartbeats (no entries) keep openraft's deadline, so a dead follower is
+/// still noticed as fast; a transfer that carries data gets time for its size. Replication to one follower is
+/// one stream, so a long deadline delays only that follower's retries, never the others or the heartbeats.
+fn transfer_deadline(openraft_ttl: Duration, bytes: usize) -> Duration {
+    if bytes == 0 {
+        return openraft_ttl;
+    }
+    let mib = bytes as f64 / (1024.0 * 1024.0);
+    openraft_ttl.max(TRANSFER_DEADLINE_MIN + TRANSFER_DEADLINE_PER_MIB.mul_f64(mib))
 }
 
 /// The receiving side of the Raft RPCs.
@@ -401,9 +422,22 @@ mod tests {
     fn an_append_carries_a_prefix_of_entries_within_its_byte_budget_and_at_least_one() {
         let entry = |kb: usize| "x".repeat(kb * 1024);
         let entries: Vec<String> = (0..10).map(|_| entry(100)).collect();
-        assert_eq!(append_prefix(&entries, 350 * 1024), 3, "three 100 KiB entries fit in 350 KiB");
-        assert_eq!(append_prefix(&entries, 10 * 1024 * 1024), 10, "all fit");
-        assert_eq!(append_prefix(&[entry(500), entry(1)], 100 * 1024), 1, "one too large still goes alone");
-        assert_eq!(append_prefix::<String>(&[], 1), 0);
+        let json = |kb: usize| kb * 1024 + 2; // the quotes
+        assert_eq!(append_prefix(&entries, 350 * 1024), (3, 3 * json(100)), "three 100 KiB entries fit in 350 KiB");
+        assert_eq!(append_prefix(&entries, 10 * 1024 * 1024), (10, 10 * json(100)), "all fit");
+        assert_eq!(append_prefix(&[entry(500), entry(1)], 100 * 1024), (1, json(500)), "one too large goes alone");
+        assert_eq!(append_prefix::<String>(&[], 1), (0, 0));
+    }
+
+    #[test]
+    fn a_transfer_that_carries_data_gets_time_for_its_size_and_a_heartbeat_keeps_openrafts_deadline() {
+        let heartbeat = Duration::from_millis(37);
+        assert_eq!(transfer_deadline(heartbeat, 0), heartbeat, "a heartbeat: openraft's deadline");
+        let one_byte = transfer_deadline(heartbeat, 1);
+        assert!(one_byte >= TRANSFER_DEADLINE_MIN && one_byte < TRANSFER_DEADLINE_MIN + heartbeat, "{one_byte:?}");
+        let eight_mib = transfer_deadline(heartbeat, APPEND_BYTES_MAX);
+        assert_eq!(eight_mib, TRANSFER_DEADLINE_MIN + 8 * TRANSFER_DEADLINE_PER_MIB, "{eight_mib:?}");
+        let long = Duration::from_secs(60);
+        assert_eq!(transfer_deadline(long, 1024), long, "never shorter than openraft's own");
     }
 }
