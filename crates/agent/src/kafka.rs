@@ -262,6 +262,8 @@ fn unknown_topic(topic: &str) -> Failure {
     }
 }
 
+/// True when a SASL exchange failed somewhere in `error`. A failed connection attempt reaches us inside rskafka's
+/// `MultiError` (one error per broker tried), which exposes no sources, hence the look at the text as well.
 fn is_sasl(error: &KafkaError) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(cause) = source {

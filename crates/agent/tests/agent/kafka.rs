@@ -30,8 +30,8 @@ async fn each_run_produces_exactly_one_record_with_its_key_over_one_kept_connect
         let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let outcome = run(&agent, &pairs).await;
         assert_eq!(outcome.status, RunStatus::Succeeded, "run {n}: {outcome:?}");
-        let expected = format!("produced 6 bytes to topic 'ticks', partition ");
-        assert!(outcome.output_tail.starts_with(&expected), "{:?}", outcome.output_tail);
+        let expected = "produced 6 bytes to topic 'ticks', partition ";
+        assert!(outcome.output_tail.starts_with(expected), "{:?}", outcome.output_tail);
         assert!(outcome.output_tail.ends_with(&format!(", offset {n}\n")), "{:?}", outcome.output_tail);
         if n == 0 {
             accepted_after_first = proxy.accepted();
