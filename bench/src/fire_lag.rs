@@ -46,6 +46,8 @@ pub enum Executor {
     Nats,
     /// A Redis `PUBLISH` to a local `redis-server` (started by the harness).
     Redis,
+    /// A Kafka produce (acks=all) to a local Tansu broker (started by the harness through the test kit).
+    Kafka,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -137,6 +139,7 @@ pub async fn run(launcher: &Launcher, args: &FireLagArgs, report: &mut Report) -
         Executor::Http => "http",
         Executor::Nats => "nats",
         Executor::Redis => "redis",
+        Executor::Kafka => "kafka",
     };
     let mut scenario = format!("fire lag, {} {executor} jobs, {} s", thousands(args.jobs as f64), args.seconds);
     if args.secure {
@@ -195,16 +198,18 @@ async fn measure(spec: &ServerSpec, args: &FireLagArgs, retained: u32) -> anyhow
     let rss_idle = rss_bytes(server.pid)?;
     let sink = match args.executor {
         Executor::Http => Some(Sink::start().await?),
-        Executor::Shell | Executor::Nats | Executor::Redis => None,
+        Executor::Shell | Executor::Nats | Executor::Redis | Executor::Kafka => None,
     };
     // The brokers run for the whole measurement and are stopped (killed with their process group) on drop.
     let broker = match args.executor {
         Executor::Nats => Some(kairos_testkit::services::nats(None).await),
         Executor::Redis => Some(kairos_testkit::services::redis(None).await),
+        Executor::Kafka => Some(kairos_testkit::services::tansu().await),
         Executor::Shell | Executor::Http => None,
     };
     let publish = broker.as_ref().map(|b| match args.executor {
         Executor::Nats => Broker::Nats(format!("nats://127.0.0.1:{}", b.port())),
+        Executor::Kafka => Broker::Kafka(b.addr()),
         _ => Broker::Redis(format!("redis://127.0.0.1:{}/0", b.port())),
     });
     let body = JobBody { sink: sink.as_ref().map(|s| s.addr), retained, tags: BTreeMap::new(), broker: publish };
@@ -417,7 +422,7 @@ pub struct JobBody {
     pub retained: u32,
     /// The job's tags: only nodes with all of them run it (none: any node).
     pub tags: BTreeMap<String, String>,
-    /// Publish to this broker instead (nats or redis executor).
+    /// Publish to this broker instead (nats, redis or kafka executor).
     pub broker: Option<Broker>,
 }
 
@@ -426,6 +431,8 @@ pub struct JobBody {
 pub enum Broker {
     Nats(String),
     Redis(String),
+    /// `host:port` of a Kafka broker.
+    Kafka(String),
 }
 
 impl JobBody {
@@ -438,6 +445,11 @@ impl JobBody {
             (Some(Broker::Redis(url)), _) => serde_json::json!({
                 "executor": "redis",
                 "executor_config": {"url": url, "command": "PUBLISH", "channel": format!("bench.{name}"), "message": "tick"},
+            }),
+            (Some(Broker::Kafka(addr)), _) => serde_json::json!({
+                "executor": "kafka",
+                // One topic for all jobs, keyed by job (many jobs feeding one topic is the common shape).
+                "executor_config": {"brokerAddress": addr, "topic": "bench.ticks", "key": name, "message": "tick"},
             }),
             (None, None) => serde_json::json!({
                 "executor": "shell",

@@ -6,16 +6,18 @@
 //! ignored, as Dkron does.
 //!
 //! The shell and http configs live here; each broker and database executor has its config in a submodule of
-//! its own (`config/nats.rs`, `config/rabbitmq.rs`, `config/redis.rs`, `config/sql.rs`), built from the same
+//! its own (`config/nats.rs`, `config/rabbitmq.rs`, `config/redis.rs`, `config/kafka.rs`, `config/sql.rs`), built from the same
 //! helpers.
 
 mod grpc;
+mod kafka;
 mod nats;
 mod rabbitmq;
 mod redis;
 mod sql;
 
 pub(crate) use grpc::{GrpcConfig, STATUS_NAMES as GRPC_STATUS_NAMES};
+pub(crate) use kafka::{KafkaConfig, KafkaSasl, KafkaTls, SaslMechanism};
 pub(crate) use nats::{NatsConfig, NatsCredentials};
 pub(crate) use rabbitmq::RabbitConfig;
 pub(crate) use redis::{Payload as RedisPayload, RedisCommand, RedisConfig};
@@ -33,12 +35,12 @@ use crate::words;
 use kairos_schedule::parse_duration;
 
 /// Executors this agent can run, in the order error messages list them.
-pub const EXECUTORS: [&str; 7] = ["shell", "http", "nats", "rabbitmq", "redis", "sql", "grpc"];
+pub const EXECUTORS: [&str; 8] = ["shell", "http", "nats", "rabbitmq", "redis", "kafka", "sql", "grpc"];
 
 /// Dkron's http executor default request timeout.
 const HTTP_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 
-/// Default timeout of the broker executors (nats, rabbitmq, redis), the http executor's: a publish takes
+/// Default timeout of the broker executors (nats, rabbitmq, redis, kafka), the http executor's: a publish takes
 /// milliseconds, so a broker that does not answer for this long is not going to.
 const BROKER_TIMEOUT_DEFAULT: Duration = HTTP_TIMEOUT_DEFAULT;
 
@@ -64,6 +66,7 @@ pub fn validate(executor: &str, config: &BTreeMap<String, String>) -> Result<(),
         "nats" => NatsConfig::parse(config).map(drop),
         "rabbitmq" => RabbitConfig::parse(config).map(drop),
         "redis" => RedisConfig::parse(config).map(drop),
+        "kafka" => KafkaConfig::parse(config).map(drop),
         "sql" => SqlConfig::parse(config).map(drop),
         "grpc" => GrpcConfig::parse(config).map(drop),
         other => Err(unknown_executor(other)),
@@ -380,7 +383,7 @@ pub(crate) mod tests {
             "docker",
             &[],
             "executor",
-            "unknown executor 'docker'; known: shell, http, nats, rabbitmq, redis, sql, grpc",
+            "unknown executor 'docker'; known: shell, http, nats, rabbitmq, redis, kafka, sql, grpc",
         );
     }
 

@@ -12,8 +12,8 @@
 //! - `shell`, `process_group` and `oom`: the shell executor, how it stops whole process groups, and how its runs
 //!   meet the kernel's out-of-memory killer (first in line; a run it killed says so);
 //! - `http` and `http_clients`: the http executor and the clients and regexes it shares;
-//! - `nats`, `rabbitmq`, `redis_exec`, `sql`, `grpc`: the broker, PostgreSQL and gRPC executors, built on `remote` (racing
-//!   the remote operation against timeout and cancel), `connections` (connections kept across runs, bounded)
+//! - `nats`, `rabbitmq`, `redis_exec`, `kafka`, `sql`, `grpc`: the broker, PostgreSQL and gRPC executors, built on
+//!   `remote` (racing the remote operation against timeout and cancel), `connections` (connections kept across runs, bounded)
 //!   and `redact` (no password in outputs, errors or logs);
 //! - `output`, `capture` and `mask`: the [`OutputStore`], the capture that feeds it as output arrives, and the
 //!   masking of secret values in it (`***`);
@@ -30,6 +30,7 @@ mod connections;
 mod grpc;
 mod http;
 mod http_clients;
+mod kafka;
 mod mask;
 mod nats;
 mod oom;

@@ -11,11 +11,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::capture::Capture;
 use crate::config::{
-    GrpcConfig, HttpConfig, NatsConfig, RabbitConfig, RedisConfig, ShellConfig, SqlConfig, unknown_executor,
+    GrpcConfig, HttpConfig, KafkaConfig, NatsConfig, RabbitConfig, RedisConfig, ShellConfig, SqlConfig,
+    unknown_executor,
 };
 use crate::connections::{Idle, Shared};
 use crate::grpc::GrpcClients;
 use crate::http_clients::{HttpClients, RegexCache};
+use crate::kafka::KafkaSessions;
 use crate::nats::NatsClients;
 use crate::output::OutputStore;
 use crate::plugin::{self, Plugins};
@@ -24,7 +26,7 @@ use crate::rabbitmq::RabbitConnections;
 use crate::redis_exec::RedisConnections;
 use crate::spec::{Outcome, RunSpec, RunStatus};
 use crate::sql::SqlConnections;
-use crate::{grpc, http, nats, rabbitmq, redis_exec, shell, sql};
+use crate::{grpc, http, kafka, nats, rabbitmq, redis_exec, shell, sql};
 
 /// Installs rustls' ring crypto provider for the process. Idempotent; a provider that is already
 /// installed (by us or by the embedding binary) is kept.
@@ -50,6 +52,7 @@ struct Inner {
     nats: NatsClients,
     rabbitmq: RabbitConnections,
     redis: RedisConnections,
+    kafka: KafkaSessions,
     sql: SqlConnections,
     grpc: GrpcClients,
     plugins: Plugins,
@@ -72,6 +75,7 @@ impl Runner {
                 nats: Shared::new(),
                 rabbitmq: Shared::new(),
                 redis: Shared::new(),
+                kafka: Shared::new(),
                 sql: Idle::new(),
                 grpc: GrpcClients::new(),
                 plugins,
@@ -130,6 +134,10 @@ impl Runner {
             },
             "redis" => match RedisConfig::parse(&spec.config) {
                 Ok(config) => redis_exec::run(&inner.redis, config, capture, &cancel).await,
+                Err(e) => capture.not_started(e.to_string()),
+            },
+            "kafka" => match KafkaConfig::parse(&spec.config) {
+                Ok(config) => kafka::run(&inner.kafka, config, capture, &cancel).await,
                 Err(e) => capture.not_started(e.to_string()),
             },
             "sql" => match SqlConfig::parse(&spec.config) {

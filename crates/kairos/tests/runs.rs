@@ -1049,6 +1049,50 @@ async fn a_nats_job_publishes_exactly_one_message_per_slot() {
     }
 }
 
+/// A Kafka job firing every second: the topic holds exactly one record per executed slot, with the configured key
+/// and message, and each run's output names the partition and offset its record got. A kafka job without a topic
+/// is refused at the write, naming the key.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kafka_job_produces_exactly_one_record_per_slot() {
+    let broker = kairos_testkit::services::tansu().await;
+    let server = Server::fresh(&[]).await;
+    let config =
+        json!({"brokerAddress": broker.addr(), "topic": "kairos.ticks", "key": "tick", "message": "it is time"});
+    let job = json!({"name": "tick", "schedule": "* * * * * *", "executor": "kafka", "executor_config": config});
+    server.create_job(&job).await;
+    server.wait_executions("tick", "five succeeded runs", secs(30), |e| count(e, "succeeded") >= 5).await;
+    server.post_empty("/v1/jobs/tick/toggle").await.expect(200);
+    let execs = server.wait_executions("tick", "every run finished", secs(30), |e| e.iter().all(Exec::is_final)).await;
+
+    let records = kairos_testkit::kafka::records(&broker.addr(), "kairos.ticks").await;
+    for record in &records {
+        assert_eq!((record.key.as_deref(), record.value.as_str()), (Some("tick"), "it is time"), "{record:?}");
+    }
+    // A slot decided before the toggle may be withdrawn; one that started must have succeeded.
+    for exec in &execs {
+        assert!(exec.status == "succeeded" || exec.started_at.is_none(), "{exec:?}\n{}", summary(&execs));
+    }
+    let succeeded: Vec<&Exec> = execs.iter().filter(|e| e.status == "succeeded").collect();
+    assert_eq!(records.len(), succeeded.len(), "one record per executed slot:\n{}", summary(&execs));
+    let mut slots: Vec<Timestamp> = succeeded.iter().map(|e| e.scheduled_at).collect();
+    slots.dedup();
+    assert_eq!(slots.len(), succeeded.len(), "no slot ran twice:\n{}", summary(&execs));
+    let mut outputs: Vec<&str> = succeeded.iter().map(|e| e.output.as_str()).collect();
+    outputs.sort();
+    let mut expected: Vec<String> = records
+        .iter()
+        .map(|r| format!("produced 10 bytes to topic 'kairos.ticks', partition {}, offset {}\n", r.partition, r.offset))
+        .collect();
+    expected.sort();
+    assert_eq!(outputs, expected, "each run's output names its record");
+
+    let no_topic = json!({"name": "no-topic", "schedule": "@manually", "executor": "kafka",
+                          "executor_config": {"brokerAddress": broker.addr()}});
+    let reply = server.post("/v1/jobs", &no_topic).await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert!(reply.text.contains("executor_config.topic"), "{}", reply.text);
+}
+
 /// Logins to brokers and a database, refused and accepted: a refused one fails the run with the server's reason,
 /// an accepted one succeeds, and no password shows in the executions or in the server's log, even at debug level
 /// (where client libraries log their connection settings).

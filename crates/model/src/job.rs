@@ -541,7 +541,7 @@ impl Job {
         if self.executor.is_empty() {
             return Err(FieldError::new(
                 "executor",
-                "required (shell, http, nats, rabbitmq, redis, sql, grpc or a plugin's name)",
+                "required (shell, http, nats, rabbitmq, redis, kafka, sql, grpc or a plugin's name)",
             ));
         }
         if self.retries > RETRIES_MAX {

@@ -161,7 +161,7 @@ pub struct AgentArgs {
     #[arg(long, env = "KAIROS_CRONITOR_ENDPOINT")]
     pub cronitor_endpoint: Option<String>,
     /// The executors this node runs, comma-separated (default: all of them: shell, http, nats, rabbitmq, redis,
-    /// sql); jobs of other executors are placed elsewhere.
+    /// kafka, sql, grpc); jobs of other executors are placed elsewhere.
     #[arg(long, env = "KAIROS_EXECUTORS", value_delimiter = ',')]
     pub executors: Vec<String>,
     /// A directory of executor plugins: each executable `kairos-executor-NAME` runs jobs whose executor is NAME

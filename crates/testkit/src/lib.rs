@@ -11,12 +11,14 @@
 //! - [`disk`]: a small tmpfs of the test's own, to run a node out of disk space.
 //! - [`memory`]: a memory cgroup of the test's own with a limit, to run a node and its runs out of memory.
 //! - [`netns`]: a network of the test's own (namespaces on a bridge), to cut nodes off for real.
-//! - [`services`]: real `nats-server`, `redis-server`, `rabbitmq-server` and PostgreSQL instances on free
-//!   loopback ports in temporary directories, for the executors' tests; killed and removed when dropped.
+//! - [`services`]: real `nats-server`, `redis-server`, `rabbitmq-server`, PostgreSQL and Tansu (Kafka) instances on
+//!   free loopback ports in temporary directories, for the executors' tests; killed and removed when dropped.
+//! - [`kafka`]: reading a topic back, and a proxy in front of the Kafka broker (counting connections, TLS).
 
 pub mod client;
 pub mod disk;
 pub mod grpc;
+pub mod kafka;
 pub mod log;
 pub mod memory;
 pub mod netns;

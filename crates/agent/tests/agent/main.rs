@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)] // a test that unwraps fails at the line that broke, which is what a test should do
 
 mod http;
+mod kafka;
 mod nats;
 mod rabbitmq;
 mod redis;

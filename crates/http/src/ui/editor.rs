@@ -164,7 +164,7 @@ fn zone_names() -> &'static [String] {
 fn editor(job: &Job, mode: Mode, title: &str) -> Markup {
     let config = &job.executor_config;
     let ec = |key: &str| config.get(key).cloned().unwrap_or_default();
-    // Executors without inputs of their own (nats, rabbitmq, redis, sql, grpc, plugins) keep every key in the "other keys" box.
+    // Executors without inputs of their own (nats, rabbitmq, redis, kafka, sql, grpc, plugins) keep every key in the "other keys" box.
     let own_keys: &[&str] = match job.executor.as_str() {
         "http" => &HTTP_KEYS,
         "shell" | "" => &SHELL_KEYS,
