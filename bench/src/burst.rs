@@ -292,8 +292,7 @@ async fn measure_on(nodes: &Nodes, api: Api, args: &BurstArgs) -> anyhow::Result
     }
     let now = Timestamp::now();
     let first = first_instant(now)?;
-    let instants: Vec<Timestamp> =
-        (0..i64::from(args.bursts)).map(|b| first + SignedDuration::from_mins(b)).collect();
+    let instants: Vec<Timestamp> = (0..i64::from(args.bursts)).map(|b| first + SignedDuration::from_mins(b)).collect();
     let window = SignedDuration::from_secs(args.window_secs as i64);
     let end = *instants.last().expect("at least one burst") + window;
     println!("   first burst at {first}");
@@ -664,7 +663,8 @@ fn describe_burst(run: &Run, burst: &Burst, window_secs: u64) -> String {
         })
         .collect();
     let seconds = burst.seconds.len() as f64;
-    let probe_p99 = |pick: fn(&Second) -> Option<Summary>| burst.seconds.iter().filter_map(pick).map(|s| s.p99).reduce(f64::max);
+    let probe_p99 =
+        |pick: fn(&Second) -> Option<Summary>| burst.seconds.iter().filter_map(pick).map(|s| s.p99).reduce(f64::max);
     let p99 = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{} ms", ms(v)));
     let agents = if run.series.iter().any(|s| !s.server) {
         format!(", agents {:.2} cores", burst.agent_cpu_secs / seconds)
@@ -691,7 +691,8 @@ fn per_second_table(report: &mut Report, scenario: &str, run: &Run, number: usiz
     let names: Vec<&str> = run.series.iter().map(|s| s.name.as_str()).collect();
     let mut rows = Vec::new();
     for (k, s) in burst.seconds.iter().take(shown).enumerate() {
-        let (p50, p99, max) = s.lag.map_or(("–".into(), "–".into(), "–".into()), |l| (ms(l.p50), ms(l.p99), ms(l.max)));
+        let (p50, p99, max) =
+            s.lag.map_or(("–".into(), "–".into(), "–".into()), |l| (ms(l.p50), ms(l.p99), ms(l.max)));
         let rss: Vec<String> = s.rss_max.iter().map(|r| format!("{:.0}", *r as f64 / (1024.0 * 1024.0))).collect();
         let cpu: Vec<String> = s.cores.iter().map(|c| format!("{c:.2}")).collect();
         let probe = |p: Option<Summary>| p.map_or("–".to_string(), |p| ms(p.p99));
@@ -757,7 +758,12 @@ fn compare(report: &mut Report, args: &BurstArgs, (previous, a): (&String, &Run)
         let (x, y) = (Burst::measure(a, *ia, args.window_secs), Burst::measure(b, *ib, args.window_secs));
         let lines: [(&str, Option<f64>, Option<f64>, &str); 5] = [
             ("lag p99", x.slots.lag.map(|s| s.p99), y.slots.lag.map(|s| s.p99), "ms"),
-            ("instant → last run started", x.last_start_secs.map(|s| s * 1e3), y.last_start_secs.map(|s| s * 1e3), "ms"),
+            (
+                "instant → last run started",
+                x.last_start_secs.map(|s| s * 1e3),
+                y.last_start_secs.map(|s| s * 1e3),
+                "ms",
+            ),
             ("server CPU per run started", x.server_ms_per_run(), y.server_ms_per_run(), "ms"),
             ("runs started", Some(x.started() as f64), Some(y.started() as f64), ""),
             (
@@ -818,7 +824,10 @@ mod tests {
         let t = at("2026-01-01T00:01:00Z");
         let names: Vec<String> = (0..5).map(|i| format!("j{i}")).collect();
         let executions = vec![
-            vec![exec(t, "succeeded", Some(20), None), exec(t - SignedDuration::from_mins(1), "succeeded", Some(5), None)],
+            vec![
+                exec(t, "succeeded", Some(20), None),
+                exec(t - SignedDuration::from_mins(1), "succeeded", Some(5), None),
+            ],
             vec![exec(t, "skipped", None, Some("skipped: node 's' is overloaded: 2176 runs …"))],
             vec![exec(t, "lost", None, Some("lease expired"))],
             vec![exec(t, "failed", Some(1_500), None)],

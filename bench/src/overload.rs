@@ -255,7 +255,8 @@ impl Fleet {
     pub async fn resize(&mut self, count: usize) -> anyhow::Result<Writes> {
         let have = self.names.len();
         if count >= have {
-            let names: Vec<String> = (self.next..self.next + count - have).map(|i| format!("{}-{i:05}", self.template.prefix)).collect();
+            let names: Vec<String> =
+                (self.next..self.next + count - have).map(|i| format!("{}-{i:05}", self.template.prefix)).collect();
             self.next += names.len();
             let writes =
                 self.write("created", &names, |name| ("POST", "/v1/jobs".to_string(), Some(self.job(name)))).await?;
