@@ -259,7 +259,7 @@ async fn run_all(kairos: &Launcher, args: &AllArgs, quiet: &Quiet, report: &mut 
         bursts: 2,
         command: "date".to_string(),
         cluster: false,
-        window_secs: 30,
+        window_secs: 45,
         probe_rate: 5,
         sigterm_into_burst_secs: 1,
         previous: None,
