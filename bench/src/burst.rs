@@ -766,7 +766,7 @@ fn compare(report: &mut Report, args: &BurstArgs, (previous, a): (&String, &Run)
                 "ms",
             ),
             ("server CPU per run started", x.server_ms_per_run(), y.server_ms_per_run(), "ms"),
-            ("runs started", Some(x.started() as f64), Some(y.started() as f64), ""),
+            ("runs started within the window", Some(x.started() as f64), Some(y.started() as f64), ""),
             (
                 "skipped with the overload reason",
                 Some(x.slots.skipped_overloaded as f64),
