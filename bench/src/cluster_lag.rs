@@ -18,11 +18,11 @@ use crate::report::Report;
 use crate::server::{Launcher, describe_kinds};
 use crate::stats::thousands;
 
-const SERVERS: usize = 3;
-const AGENTS: usize = 2;
-const POOL_TAG: (&str, &str) = ("pool", "agents");
+pub(crate) const SERVERS: usize = 3;
+pub(crate) const AGENTS: usize = 2;
+pub(crate) const POOL_TAG: (&str, &str) = ("pool", "agents");
 /// How long a fresh cluster may take to elect a leader and see every node alive.
-const FORM_BUDGET: Duration = Duration::from_secs(60);
+pub(crate) const FORM_BUDGET: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClusterLagArgs {
@@ -72,7 +72,7 @@ pub async fn run(launcher: &Launcher, args: &ClusterLagArgs, report: &mut Report
 
 /// Where each slot of the jobs runs.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Placement {
+pub(crate) enum Placement {
     /// `pool: agents:1`: once, on one of the agents.
     OneAgent,
     /// `pool: agents`: once on every agent (the leader commits one copy per agent first).
@@ -94,7 +94,7 @@ impl Placement {
         }
     }
 
-    fn tag_value(self) -> String {
+    pub(crate) fn tag_value(self) -> String {
         match self {
             Placement::OneAgent => format!("{}:1", POOL_TAG.1),
             Placement::EveryAgent => POOL_TAG.1.to_string(),

@@ -13,9 +13,10 @@
 //! - [`sink`]: the local HTTP target of the `http` executor;
 //! - [`stats`]: percentiles and number formatting;
 //! - [`report`]: rows, verdicts against the targets, the Markdown;
-//! - the scenarios: [`fire_lag`], [`upserts`], [`million`], [`overload`], and on a cluster [`failover`],
-//!   [`cluster_lag`], [`scale`].
+//! - the scenarios: [`fire_lag`], [`upserts`], [`million`], [`overload`], [`burst`] (also on a cluster), and on a
+//!   cluster [`failover`], [`cluster_lag`], [`scale`].
 
+mod burst;
 mod client;
 mod cluster;
 mod cluster_lag;
@@ -39,6 +40,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use crate::burst::BurstArgs;
 use crate::cluster_lag::ClusterLagArgs;
 use crate::failover::{Disruption, FailoverArgs};
 use crate::fire_lag::{Executor, FireLagArgs};
@@ -87,6 +89,9 @@ enum Scenario {
     Million(MillionArgs),
     /// Past capacity: find it, run at 2x capacity, then at half of it; lag, skips, children, RSS, API latency.
     Overload(OverloadArgs),
+    /// N jobs all due at one instant (`0 * * * * *`), on one node or (`--cluster`) 3 servers + 2 agents: runs,
+    /// lag, skips, children, RSS, CPU and API latency per second after each instant; `--previous BIN` for an A/B.
+    Burst(BurstArgs),
     /// 3 servers, N jobs every second, kill -9 of the leader (or, `--scenario`, a network partition): time to a new
     /// leader and to the next run, slots lost and duplicated, leader changes after a heal.
     Failover(FailoverArgs),
@@ -167,6 +172,11 @@ async fn main() -> anyhow::Result<()> {
             let binary = kairos.binary.file_name().map_or("kairos".into(), |n| n.to_string_lossy().into_owned());
             (cli.into, Some(format!("Overload: {binary}")))
         }
+        Scenario::Burst(args) => {
+            quiet.wait(&mut report, "burst").await;
+            burst::run(&kairos, &args, &mut report).await?;
+            (cli.into, Some(burst::section_title(&args)))
+        }
         Scenario::Failover(args) => {
             quiet.wait(&mut report, "failover").await;
             failover::run(&kairos, &args, &mut report).await?;
@@ -243,6 +253,21 @@ async fn run_all(kairos: &Launcher, args: &AllArgs, quiet: &Quiet, report: &mut 
     quiet.wait(report, "stored jobs").await;
     if let Err(err) = million::run(kairos, &million, report).await {
         report.note(format!("million failed: {err:#}"));
+    }
+    let burst = BurstArgs {
+        jobs: 5_000,
+        bursts: 2,
+        command: "date".to_string(),
+        cluster: false,
+        window_secs: 45,
+        probe_rate: 5,
+        sigterm_into_burst_secs: 1,
+        previous: None,
+        server_args: Vec::new(),
+    };
+    quiet.wait(report, "burst").await;
+    if let Err(err) = burst::run(kairos, &burst, report).await {
+        report.note(format!("burst failed: {err:#}"));
     }
     let failover = FailoverArgs {
         scenarios: vec![Disruption::Kill],

@@ -31,7 +31,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::client::{Api, Execution};
 use crate::fire_lag::{millis_between, sleep_until};
-use crate::procfs::{descendants, process_cpu, rss_bytes, ticks_per_second};
+use crate::procfs::{descendants, descendants_each, process_cpu, rss_bytes, ticks_per_second};
 use crate::report::{Report, at_most};
 use crate::server::{Launcher, Server, Stopped, describe_kinds, problem_kinds};
 use crate::stats::{Summary, mib, ms, summarize, thousands};
@@ -61,14 +61,14 @@ const POLL: Duration = Duration::from_millis(500);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The throwaway job the POST probe updates, and the page the GET probe lists.
 const PROBE_JOB: &str = "overload-probe";
-const LIST_PATH: &str = "/v1/jobs?_start=0&_end=25";
+pub(crate) const LIST_PATH: &str = "/v1/jobs?_start=0&_end=25";
 /// Executions kept per job beyond the measured phases, so nothing measured is pruned before it is read.
 const RETAINED_MARGIN: u64 = 120;
 /// Seconds between the last job created for the overload and its first measured slot.
 const PHASE_WARMUP_SECS: u64 = 1;
 const COMMAND: &str = "date";
 /// What the `error` of a run skipped for want of room says.
-const OVERLOAD_REASON: &str = "overloaded";
+pub(crate) const OVERLOAD_REASON: &str = "overloaded";
 /// The sampler's period: several times a second, as runs start in bursts just after each whole second and a 1 Hz
 /// sample would always see the same moment of that cycle.
 const SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
@@ -132,7 +132,8 @@ pub async fn run(launcher: &Launcher, args: &OverloadArgs, report: &mut Report) 
     let server = Server::spawn(&spec).await?;
     server.wait_leader(Duration::from_secs(60)).await?;
     let retained = (args.overload_seconds + args.recovery_seconds + RETAINED_MARGIN).min(100_000) as u32;
-    let mut fleet = Fleet { api: server.api.clone(), names: Vec::new(), next: 0, retained };
+    let template = JobTemplate::every_second(COMMAND);
+    let mut fleet = Fleet::new(server.api.clone(), template, retained);
 
     let started = Instant::now();
     let capacity = match args.capacity {
@@ -161,18 +162,41 @@ pub async fn run(launcher: &Launcher, args: &OverloadArgs, report: &mut Report) 
     Ok(())
 }
 
-/// The jobs of the run, `ovl-00000`, `ovl-00001`, …: all enabled unless a phase disabled them. A name is never
-/// used twice (a deleted job's late runs must not count as a new job's).
-struct Fleet {
+/// What every job of a [`Fleet`] is: the prefix of its name, its schedule, its shell command and its tags.
+#[derive(Debug, Clone)]
+pub(crate) struct JobTemplate {
+    pub prefix: &'static str,
+    pub schedule: String,
+    pub command: String,
+    /// Only nodes with all of them run the jobs (none: any node).
+    pub tags: BTreeMap<String, String>,
+}
+
+impl JobTemplate {
+    /// `ovl-…` jobs on `* * * * * *` (a run every second each), untagged.
+    fn every_second(command: &str) -> JobTemplate {
+        JobTemplate {
+            prefix: "ovl",
+            schedule: "* * * * * *".to_string(),
+            command: command.to_string(),
+            tags: BTreeMap::new(),
+        }
+    }
+}
+
+/// The jobs of the run, `ovl-00000`, `ovl-00001`, … (the template's prefix): all enabled unless a phase disabled
+/// them. A name is never used twice (a deleted job's late runs must not count as a new job's).
+pub(crate) struct Fleet {
     api: Api,
-    names: Vec<String>,
+    template: JobTemplate,
+    pub names: Vec<String>,
     /// The number in the next job's name.
     next: usize,
-    retained: u32,
+    pub retained: u32,
 }
 
 /// One write to the API for one job: when it was sent, when it was answered, and how.
-struct Write {
+pub(crate) struct Write {
     name: String,
     sent: Timestamp,
     done: Timestamp,
@@ -180,18 +204,18 @@ struct Write {
 }
 
 /// A batch of writes.
-struct Writes {
+pub(crate) struct Writes {
     what: &'static str,
     items: Vec<Write>,
-    took: Duration,
+    pub took: Duration,
 }
 
 impl Writes {
-    fn errors(&self) -> usize {
+    pub fn errors(&self) -> usize {
         self.items.iter().filter(|w| w.result.is_err()).count()
     }
 
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         let latency: Vec<f64> = self.items.iter().map(|w| millis_between(w.sent, w.done)).collect();
         let latency = summarize(latency).map_or(String::new(), |s| format!("; one request {s}"));
         let first = self.items.iter().find_map(|w| w.result.as_ref().err());
@@ -209,22 +233,30 @@ impl Writes {
 }
 
 impl Fleet {
+    pub fn new(api: Api, template: JobTemplate, retained: u32) -> Fleet {
+        Fleet { api, template, names: Vec::new(), next: 0, retained }
+    }
+
     fn job(&self, name: &str) -> String {
-        serde_json::json!({
+        let mut job = serde_json::json!({
             "name": name,
-            "schedule": "* * * * * *",
+            "schedule": self.template.schedule,
             "executor": "shell",
-            "executor_config": {"command": COMMAND},
+            "executor_config": {"command": self.template.command},
             "executions_retained": self.retained,
-        })
-        .to_string()
+        });
+        if !self.template.tags.is_empty() {
+            job["tags"] = serde_json::json!(self.template.tags);
+        }
+        job.to_string()
     }
 
     /// Create or delete jobs until there are `count`.
-    async fn resize(&mut self, count: usize) -> anyhow::Result<Writes> {
+    pub async fn resize(&mut self, count: usize) -> anyhow::Result<Writes> {
         let have = self.names.len();
         if count >= have {
-            let names: Vec<String> = (self.next..self.next + count - have).map(|i| format!("ovl-{i:05}")).collect();
+            let names: Vec<String> =
+                (self.next..self.next + count - have).map(|i| format!("{}-{i:05}", self.template.prefix)).collect();
             self.next += names.len();
             let writes =
                 self.write("created", &names, |name| ("POST", "/v1/jobs".to_string(), Some(self.job(name)))).await?;
@@ -277,7 +309,7 @@ impl Fleet {
     }
 
     /// The executions of `names` (newest `limit` each); a failed read is an error.
-    async fn executions(&self, names: &[String], limit: u32) -> anyhow::Result<Vec<Vec<Execution>>> {
+    pub async fn executions(&self, names: &[String], limit: u32) -> anyhow::Result<Vec<Vec<Execution>>> {
         let reads = futures::stream::iter(names)
             .map(|name| async move { self.api.executions(name, limit).await.with_context(|| format!("job {name}")) })
             .buffered(READ_CONCURRENCY)
@@ -459,48 +491,49 @@ async fn catch_up(fleet: &Fleet, sample: &[String]) -> anyhow::Result<Option<Dur
     Ok(None)
 }
 
-/// What the sampler read at one instant.
+/// What the sampler read of one process at one instant.
 #[derive(Debug, Clone, Copy)]
-struct Sample {
-    at: Timestamp,
-    rss: u64,
-    children: usize,
-    own_ticks: u64,
-    children_ticks: u64,
+pub(crate) struct Sample {
+    pub at: Timestamp,
+    pub rss: u64,
+    pub children: usize,
+    pub own_ticks: u64,
+    pub children_ticks: u64,
 }
 
-/// A thread reading the server's `/proc` every [`SAMPLE_INTERVAL`] until stopped (a thread: the scan of `/proc` blocks).
-struct Sampler {
+/// A thread reading the `/proc` of a few processes (one server, or the nodes of a cluster) every
+/// [`SAMPLE_INTERVAL`] until stopped (a thread: the scan of `/proc` blocks).
+pub(crate) struct Sampler {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<Sample>>,
+    thread: std::thread::JoinHandle<Vec<Vec<Sample>>>,
 }
 
 impl Sampler {
-    fn start(pid: u32) -> Sampler {
+    pub fn start(pids: Vec<u32>) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::spawn(move || {
-            let mut samples = Vec::new();
+            let mut series = vec![Vec::new(); pids.len()];
             while !stopped.load(Ordering::Relaxed) {
                 let at = Timestamp::now();
-                let (Ok(rss), Ok(children), Ok(cpu)) = (rss_bytes(pid), descendants(pid), process_cpu(pid)) else {
-                    break;
-                };
-                samples.push(Sample {
-                    at,
-                    rss,
-                    children,
-                    own_ticks: cpu.own_ticks,
-                    children_ticks: cpu.children_ticks,
-                });
+                // One scan of /proc counts the descendants of every process.
+                let Ok(children) = descendants_each(&pids) else { break };
+                for ((pid, children), samples) in pids.iter().zip(children).zip(&mut series) {
+                    // A process that exited stops its series; the others go on.
+                    if let (Ok(rss), Ok(cpu)) = (rss_bytes(*pid), process_cpu(*pid)) {
+                        let (own_ticks, children_ticks) = (cpu.own_ticks, cpu.children_ticks);
+                        samples.push(Sample { at, rss, children, own_ticks, children_ticks });
+                    }
+                }
                 std::thread::sleep(SAMPLE_INTERVAL);
             }
-            samples
+            series
         });
         Sampler { stop, thread }
     }
 
-    fn finish(self) -> Vec<Sample> {
+    /// One series per process, in the order of the pids given to [`Sampler::start`].
+    pub fn finish(self) -> Vec<Vec<Sample>> {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap_or_default()
     }
@@ -508,15 +541,32 @@ impl Sampler {
 
 /// One probe request: when it was sent, how long it took, whether it succeeded.
 #[derive(Debug, Clone, Copy)]
-struct Probe {
-    at: Timestamp,
-    ms: f64,
-    ok: bool,
+pub(crate) struct Probe {
+    pub at: Timestamp,
+    pub ms: f64,
+    pub ok: bool,
+}
+
+/// The body of the `n`th `POST /v1/jobs` probe: an update of one throwaway `@manually` job, which never runs.
+pub(crate) fn probe_post(n: u64) -> (&'static str, &'static str, Option<String>) {
+    let job = serde_json::json!({
+        "name": PROBE_JOB,
+        "schedule": "@manually",
+        "executor": "shell",
+        "executor_config": {"command": "true"},
+        "metadata": {"probe": n.to_string()},
+    });
+    ("POST", "/v1/jobs", Some(job.to_string()))
+}
+
+/// The `GET /v1/jobs` probe: one page of the list.
+pub(crate) fn probe_get(_: u64) -> (&'static str, &'static str, Option<String>) {
+    ("GET", LIST_PATH, None)
 }
 
 /// Send `request()` `rate` times a second until `until`, each on its own task (open loop); the results once all
 /// have answered or timed out.
-async fn probe(
+pub(crate) async fn probe(
     api: Api,
     rate: u32,
     until: Timestamp,
@@ -571,24 +621,14 @@ struct Outcome {
 async fn phases(server: &Server, fleet: &mut Fleet, args: &OverloadArgs, capacity: usize) -> anyhow::Result<Outcome> {
     let (overload_jobs, normal_jobs) = (2 * capacity, (capacity / 2).max(1));
     println!("   overload: {overload_jobs} jobs for {} s", args.overload_seconds);
-    let sampler = Sampler::start(server.pid);
+    let sampler = Sampler::start(vec![server.pid]);
     let grown = fleet.resize(overload_jobs).await?;
     let t0 = Timestamp::from_second(Timestamp::now().as_second() + PHASE_WARMUP_SECS as i64 + 1)?;
     let t1 = t0 + SignedDuration::from_secs(args.overload_seconds as i64);
     let t2 = t1 + SignedDuration::from_secs(args.recovery_seconds as i64);
     sleep_until(t0).await;
-    let post_body = |n: u64| {
-        let job = serde_json::json!({
-            "name": PROBE_JOB,
-            "schedule": "@manually",
-            "executor": "shell",
-            "executor_config": {"command": "true"},
-            "metadata": {"probe": n.to_string()},
-        });
-        ("POST", "/v1/jobs", Some(job.to_string()))
-    };
-    let posts = tokio::spawn(probe(server.api.clone(), args.probe_rate, t2, post_body));
-    let gets = tokio::spawn(probe(server.api.clone(), args.probe_rate, t2, |_| ("GET", LIST_PATH, None)));
+    let posts = tokio::spawn(probe(server.api.clone(), args.probe_rate, t2, probe_post));
+    let gets = tokio::spawn(probe(server.api.clone(), args.probe_rate, t2, probe_get));
 
     sleep_until(t1).await;
     println!("   recovery: {normal_jobs} jobs for {} s", args.recovery_seconds);
@@ -612,7 +652,7 @@ async fn phases(server: &Server, fleet: &mut Fleet, args: &OverloadArgs, capacit
         }
         tokio::time::sleep(POLL).await;
     }
-    let samples = sampler.finish();
+    let samples = sampler.finish().into_iter().next().unwrap_or_default();
     println!("   reading executions back");
     let read_start = Instant::now();
     let executions = fleet.executions(&fleet.names, fleet.retained).await?;

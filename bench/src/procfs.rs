@@ -44,6 +44,11 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
 /// How many processes descend from `pid` (children, their children, …), from the parent pid of every process in
 /// `/proc`. Processes that end during the scan are simply not counted.
 pub fn descendants(pid: u32) -> anyhow::Result<usize> {
+    Ok(descendants_each(&[pid])?[0])
+}
+
+/// [`descendants`] of each of `pids`, from one scan of `/proc`.
+pub fn descendants_each(pids: &[u32]) -> anyhow::Result<Vec<usize>> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     for entry in std::fs::read_dir("/proc").context("reading /proc")?.flatten() {
         let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
@@ -54,15 +59,18 @@ pub fn descendants(pid: u32) -> anyhow::Result<usize> {
             children.entry(parent).or_default().push(child);
         }
     }
-    let mut count = 0;
-    let mut stack = vec![pid];
-    while let Some(parent) = stack.pop() {
-        if let Some(kids) = children.get(&parent) {
-            count += kids.len();
-            stack.extend(kids);
+    let count = |pid: u32| {
+        let mut count = 0;
+        let mut stack = vec![pid];
+        while let Some(parent) = stack.pop() {
+            if let Some(kids) = children.get(&parent) {
+                count += kids.len();
+                stack.extend(kids);
+            }
         }
-    }
-    Ok(count)
+        count
+    };
+    Ok(pids.iter().map(|&pid| count(pid)).collect())
 }
 
 /// Connections the kernel dropped because a listener's accept queue was full, machine-wide
