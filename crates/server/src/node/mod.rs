@@ -198,8 +198,8 @@ impl Node {
     }
 }
 
-/// Raft over the stores, on its own runtime (`cluster::raft_runtime`) and RPC client; a single server (`--bootstrap-expect 1`, or no one to join) that has
-/// never been initialized forms its own cluster.
+/// Raft over the stores, on its own runtime (`cluster::raft_runtime`) and RPC client; a single server
+/// (`--bootstrap-expect 1`, or no one to join) that has never been initialized forms its own cluster.
 async fn start_raft(
     config: &Config,
     (id, rpc_addr): (u64, SocketAddr),
