@@ -71,23 +71,6 @@ pub(crate) fn io_err<E: std::error::Error + Send + Sync + 'static>(err: E) -> st
     std::io::Error::other(err)
 }
 
-/// Run a write of the stores (a redb commit, fsync'd or not) on tokio's blocking pool, off the async workers: a
-/// commit waits milliseconds for the disk, and on an async worker that wait holds up every task the worker
-/// carries, Raft's heartbeats and its replication among them (issue 19). Outside a runtime it runs in place.
-/// A panic in `work` goes on in the caller, as it would have before.
-pub(crate) async fn off_async_workers<T: Send + 'static>(
-    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
-    if tokio::runtime::Handle::try_current().is_err() {
-        return work();
-    }
-    match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result,
-        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-        Err(err) => Err(std::io::Error::other(format!("a storage write was abandoned: {err}"))),
-    }
-}
-
 pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }

@@ -95,13 +95,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> Result<(), io::Error> {
-        let (store, vote) = (self.clone(), *vote);
-        crate::off_async_workers(move || store.put_meta("vote", &vote)).await
+        self.put_meta("vote", vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
-        let store = self.clone();
-        crate::off_async_workers(move || store.put_meta("committed", &committed)).await
+        self.put_meta("committed", &committed)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
@@ -113,20 +111,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = EntryOf<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<EntryOf<TypeConfig>> = entries.into_iter().collect();
-        let db = self.db.clone();
-        let result = crate::off_async_workers(move || {
-            let mut txn = db.begin_write().map_err(io_err)?;
+        let result = (|| {
+            let mut txn = self.db.begin_write().map_err(io_err)?;
             txn.set_durability(Durability::Immediate).map_err(io_err)?;
             {
                 let mut table = txn.open_table(LOGS).map_err(io_err)?;
-                for entry in &entries {
-                    table.insert(entry.index(), to_json(entry)?.as_slice()).map_err(io_err)?;
+                for entry in entries {
+                    table.insert(entry.index(), to_json(&entry)?.as_slice()).map_err(io_err)?;
                 }
             }
             txn.commit().map_err(io_err)
-        })
-        .await;
+        })();
         // The commit is fsync'd: the entries are readable and durable now.
         match result {
             Ok(()) => {
@@ -142,26 +137,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
         let start = last_log_id.map(|id| id.index() + 1).unwrap_or(0);
-        let db = self.db.clone();
-        crate::off_async_workers(move || {
-            let txn = db.begin_write().map_err(io_err)?;
-            txn.open_table(LOGS).map_err(io_err)?.retain_in(start.., |_, _| false).map_err(io_err)?;
-            txn.commit().map_err(io_err)
-        })
-        .await
+        let txn = self.db.begin_write().map_err(io_err)?;
+        txn.open_table(LOGS).map_err(io_err)?.retain_in(start.., |_, _| false).map_err(io_err)?;
+        txn.commit().map_err(io_err)
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
         let bytes = to_json(&log_id)?;
-        let db = self.db.clone();
-        crate::off_async_workers(move || {
-            let txn = db.begin_write().map_err(io_err)?;
-            {
-                txn.open_table(META).map_err(io_err)?.insert("last_purged", bytes.as_slice()).map_err(io_err)?;
-                txn.open_table(LOGS).map_err(io_err)?.retain_in(..=log_id.index(), |_, _| false).map_err(io_err)?;
-            }
-            txn.commit().map_err(io_err)
-        })
-        .await
+        let txn = self.db.begin_write().map_err(io_err)?;
+        {
+            txn.open_table(META).map_err(io_err)?.insert("last_purged", bytes.as_slice()).map_err(io_err)?;
+            txn.open_table(LOGS).map_err(io_err)?.retain_in(..=log_id.index(), |_, _| false).map_err(io_err)?;
+        }
+        txn.commit().map_err(io_err)
     }
 }

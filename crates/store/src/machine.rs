@@ -251,8 +251,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if items.is_empty() {
             return Ok(());
         }
-        let machine = self.clone();
-        let events = crate::off_async_workers(move || machine.apply_batch(items)).await?;
+        let events = self.apply_batch(items)?;
         if let Some(sender) = &self.events
             && !events.is_empty()
         {

@@ -13,7 +13,6 @@
 pub mod client;
 pub mod clock_sync;
 pub mod paths;
-pub mod raft_runtime;
 
 use std::future::Future;
 use std::io::Cursor;
@@ -21,7 +20,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response as HttpResponse};
@@ -200,67 +199,42 @@ pub fn rpc_router(raft: Raft) -> Router {
         .with_state(raft)
 }
 
-async fn append(State(raft): State<Raft>, body: Bytes) -> HttpResponse {
-    on_raft_runtime(
-        raft,
-        body,
-        |raft, request: AppendEntriesRequest<C>| async move { raft.append_entries(request).await },
-    )
-    .await
+async fn append(
+    State(raft): State<Raft>,
+    Json(request): Json<AppendEntriesRequest<C>>,
+) -> Json<Result<AppendEntriesResponse<C>, RaftError<C>>> {
+    Json(raft.append_entries(request).await)
 }
 
-async fn vote(State(raft): State<Raft>, body: Bytes) -> HttpResponse {
-    on_raft_runtime(raft, body, |raft, request: VoteRequest<C>| async move { raft.vote(request).await }).await
+async fn vote(
+    State(raft): State<Raft>,
+    Json(request): Json<VoteRequest<C>>,
+) -> Json<Result<VoteResponse<C>, RaftError<C>>> {
+    Json(raft.vote(request).await)
 }
 
 /// Pre-Vote: would this server vote for the candidate? Nothing is persisted and no term changes, so a server
 /// that cannot reach a quorum (cut off, then healed) learns it would lose without disturbing the leader.
-async fn pre_vote(State(raft): State<Raft>, body: Bytes) -> HttpResponse {
-    on_raft_runtime(raft, body, |raft, request: VoteRequest<C>| async move { raft.pre_vote(request).await }).await
+async fn pre_vote(
+    State(raft): State<Raft>,
+    Json(request): Json<VoteRequest<C>>,
+) -> Json<Result<VoteResponse<C>, RaftError<C>>> {
+    Json(raft.pre_vote(request).await)
 }
 
-async fn snapshot(State(raft): State<Raft>, body: Bytes) -> HttpResponse {
-    on_raft_runtime(raft, body, |raft, (vote, meta, data): (VoteOf<C>, SnapshotMetaOf<C>, Vec<u8>)| async move {
-        let snapshot = SnapshotOf::<C, _> { meta, snapshot: Cursor::new(data) };
-        raft.install_full_snapshot(vote, snapshot).await.map_err(RaftError::<C>::Fatal)
-    })
-    .await
+async fn snapshot(
+    State(raft): State<Raft>,
+    Json((vote, meta, data)): Json<(VoteOf<C>, SnapshotMetaOf<C>, Vec<u8>)>,
+) -> Json<Result<SnapshotResponse<C>, RaftError<C>>> {
+    let snapshot = SnapshotOf::<C, _> { meta, snapshot: Cursor::new(data) };
+    Json(raft.install_full_snapshot(vote, snapshot).await.map_err(RaftError::Fatal))
 }
 
-async fn transfer_leader(State(raft): State<Raft>, body: Bytes) -> HttpResponse {
-    on_raft_runtime(raft, body, |raft, request: TransferLeaderRequest<C>| async move {
-        raft.handle_transfer_leader(request).await.map_err(RaftError::<C>::Fatal)
-    })
-    .await
-}
-
-/// Answer one Raft RPC on Raft's runtime: the listener has read the body; decoding it (an append carries up to
-/// [`APPEND_BYTES_MAX`] of entries), the call and encoding the answer happen there, apart from job traffic. A
-/// body that is not JSON is a 400 and JSON of the wrong shape a 422, as axum's `Json` answers them.
-async fn on_raft_runtime<Req, Answer, Call, Fut>(raft: Raft, body: Bytes, call: Call) -> HttpResponse
-where
-    Req: serde::de::DeserializeOwned + Send + 'static,
-    Answer: serde::Serialize + Send + 'static,
-    Call: FnOnce(Raft, Req) -> Fut + Send + 'static,
-    Fut: Future<Output = Answer> + Send + 'static,
-{
-    let answered = raft_runtime::run(async move {
-        let request: Req = serde_json::from_slice(&body).map_err(|err| {
-            let status = match err.classify() {
-                serde_json::error::Category::Data => StatusCode::UNPROCESSABLE_ENTITY,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            (status, format!("cannot read the Raft request: {err}"))
-        })?;
-        let answer = call(raft, request).await;
-        serde_json::to_vec(&answer)
-            .map_err(|err| (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the Raft answer: {err}")))
-    })
-    .await;
-    match answered {
-        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
-        Err(refused) => refused.into_response(),
-    }
+async fn transfer_leader(
+    State(raft): State<Raft>,
+    Json(request): Json<TransferLeaderRequest<C>>,
+) -> Json<Result<TransferLeaderResponse<C>, RaftError<C>>> {
+    Json(raft.handle_transfer_leader(request).await.map_err(RaftError::Fatal))
 }
 
 /// What the agent routes need from the node they run on.

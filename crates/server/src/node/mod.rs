@@ -110,9 +110,7 @@ impl Node {
         let raft_config = raft_config(multiplier)?;
         let tls = config.tls.as_ref().map(crate::tls::Tls::load).transpose()?;
         let rpc = RpcClient::with_credentials(tls.as_ref(), config.encrypt.as_ref())?;
-        // Raft's own client: its connections are driven by Raft's runtime, apart from the traffic of runs.
-        let raft_rpc = RpcClient::with_credentials(tls.as_ref(), config.encrypt.as_ref())?;
-        let raft = start_raft(&config, (id, rpc_addr), raft_config, raft_rpc, (log, machine)).await?;
+        let raft = start_raft(&config, (id, rpc_addr), raft_config, rpc.clone(), (log, machine)).await?;
         let public_http = crate::config::public_http_addr(http_addr, config.advertise_ip());
         let membership = Arc::new(Membership::start(&config, Some(id), rpc_addr, Some(public_http)).await?);
 
@@ -198,8 +196,8 @@ impl Node {
     }
 }
 
-/// Raft over the stores, on its own runtime (`cluster::raft_runtime`) and RPC client; a single server
-/// (`--bootstrap-expect 1`, or no one to join) that has never been initialized forms its own cluster.
+/// Raft over the stores, on the RPC client; a single server (`--bootstrap-expect 1`, or no one to join) that has
+/// never been initialized forms its own cluster.
 async fn start_raft(
     config: &Config,
     (id, rpc_addr): (u64, SocketAddr),
@@ -208,8 +206,7 @@ async fn start_raft(
     (log, machine): (LogStore, StateMachine),
 ) -> anyhow::Result<Raft> {
     let network = crate::cluster::Network { rpc };
-    // Whatever openraft spawns (its core, replication, storage calls) lands on the runtime that creates it.
-    let raft = crate::cluster::raft_runtime::run(Raft::new(id, Arc::new(raft_config), network, log, machine)).await?;
+    let raft = Raft::new(id, Arc::new(raft_config), network, log, machine).await?;
     let joining = !config.join.is_empty() || !config.retry_join.is_empty();
     if !raft.is_initialized().await? && config.bootstrap_expect <= 1 && (config.bootstrap_expect == 1 || !joining) {
         let members = BTreeMap::from([(id, BasicNode::new(rpc_addr.to_string()))]);
