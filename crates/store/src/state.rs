@@ -694,8 +694,7 @@ impl<'txn> Applier<'txn> {
     }
 
     /// After a final status: a retry if the attempt failed (or found its node too busy, under `on_overload:
-    /// retry`) and retries remain, children and ephemeral
-    /// deletion if it succeeded.
+    /// retry`) and retries remain, children and ephemeral deletion if it succeeded.
     fn follow_up(
         &mut self,
         mut record: JobRecord,
