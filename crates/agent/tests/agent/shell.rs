@@ -251,7 +251,7 @@ async fn invalid_configs_and_unknown_executors_fail_with_the_field_named() {
     let outcome = agent.runner.run(spec("docker", &[]), CancellationToken::new()).await;
     assert_eq!(
         outcome.error.as_deref(),
-        Some("executor: unknown executor 'docker'; known: shell, http, nats, rabbitmq, redis, sql, grpc")
+        Some("executor: unknown executor 'docker'; known: shell, http, nats, rabbitmq, redis, kafka, sql, grpc")
     );
 }
 
