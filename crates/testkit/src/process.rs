@@ -318,6 +318,21 @@ mod tests {
         path
     }
 
+    /// Starts a script written by `script`. A child that another test thread forks while the script's write
+    /// descriptor is open holds it until that child execs, and exec'ing the script meanwhile fails with ETXTBSY
+    /// ("Text file busy"); the descriptor is closed on exec, so the spawn is tried again until it goes through.
+    fn spawn_script(binary: &Path, log: &Log) -> Process {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match Process::spawn(&mut kairos_command(binary), log) {
+                Err(error) if error.raw_os_error() == Some(libc::ETXTBSY) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                spawned => return spawned.unwrap(),
+            }
+        }
+    }
+
     #[test]
     fn listening_lines_give_host_and_port() {
         let http = "2026-01-01T00:00:00Z  INFO kairos: HTTP API listening on http://127.0.0.1:8080/ui\n";
@@ -338,7 +353,7 @@ mod tests {
              exec sleep 60",
         );
         let log = Log::memory();
-        let mut process = Process::spawn(&mut kairos_command(&binary), &log).unwrap();
+        let mut process = spawn_script(&binary, &log);
         let listening =
             process.wait_listening(&[Listener::Http, Listener::Rpc], Duration::from_secs(10)).await.unwrap();
         assert_eq!(listening.http.as_deref(), Some("127.0.0.1:7002"));
@@ -353,7 +368,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let binary = script(dir.path(), "echo 'no config' >&2; exit 3");
         let log = Log::memory();
-        let mut process = Process::spawn(&mut kairos_command(&binary), &log).unwrap();
+        let mut process = spawn_script(&binary, &log);
         let error = process.wait_listening(&[Listener::Http], Duration::from_secs(10)).await.unwrap_err();
         assert!(matches!(error, LaunchError::Exited(status) if status.code() == Some(3)), "{error}");
         assert_eq!(log.text(), "no config\n");
@@ -374,7 +389,7 @@ mod tests {
         let binary = script(dir.path(), "exec sleep 60");
         let (tx, rx) = std::sync::mpsc::channel();
         let panicked = std::thread::spawn(move || {
-            let process = Process::spawn(&mut kairos_command(&binary), &Log::memory()).unwrap();
+            let process = spawn_script(&binary, &Log::memory());
             tx.send(process.pid()).unwrap();
             panic!("a scenario fails");
         })
