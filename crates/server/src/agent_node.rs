@@ -50,6 +50,7 @@ impl AgentNode {
         let tls = config.tls.as_ref().map(crate::tls::Tls::load).transpose()?;
         let rpc = RpcClient::with_credentials(tls.as_ref(), config.encrypt.as_ref())?;
         let clock_rpc = rpc.clone();
+        worker.set_fence(crate::permit::agent_fence(membership.clone(), rpc.clone(), config.node_name.clone()));
         let reporter: Arc<dyn Reporter> =
             Arc::new(RemoteReporter { membership: membership.clone(), rpc, next: AtomicUsize::new(0) });
         let side = crate::cluster::AgentSide {
@@ -103,7 +104,7 @@ impl AgentNode {
         let statsd =
             crate::statsd::push_loop(config.statsd.clone(), config.node_name.clone(), scrape, stopping.clone());
         tasks.push(tokio::spawn(statsd));
-        // Nothing drops orders on an agent (no fence), but the channel must be drained.
+        // Orders the fence dropped need no action here: the leader learns it when it asks what this node holds.
         let mut dropped = channels.dropped;
         tasks.push(tokio::spawn(async move { while dropped.recv().await.is_some() {} }));
         await_join(&config, &membership).await?;

@@ -20,6 +20,8 @@
 //!   writes), not the node itself;
 //! - [`worker`]: on every node, takes orders (refusing older terms and expired orders), starts runs at their
 //!   instant through `kairos_agent`, renews their leases and reports starts and finishes in batches;
+//! - [`permit`]: a node other than the leader launches a run only with the leader's permit for it, which tells the
+//!   leader what a silent node cannot have started;
 //! - [`clock`]: this node's offset from the leader's clock (`cluster::clock_sync` measures it over RPC);
 //! - [`notify`]: webhooks; [`metrics`]: Prometheus metrics; [`statsd`]: the same metrics pushed to StatsD or
 //!   DogStatsD;
@@ -51,6 +53,7 @@ pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod notify;
+pub mod permit;
 pub mod reload;
 pub mod scheduler;
 pub mod statsd;

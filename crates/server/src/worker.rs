@@ -113,18 +113,33 @@ impl Order {
     }
 }
 
-/// What a fence says about launching an order now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a fence says about launching a batch of orders now.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Launch,
-    /// Not sure yet (e.g. the leader's lease needs a fresh quorum ack): ask again shortly.
+    /// Launch these orders of the batch and drop the others: the leader granted a permit for these only (it no
+    /// longer has the others placed on this node, see `crate::permit`).
+    Only(HashSet<ExecRef>),
+    /// Not sure yet (e.g. the leader's lease needs a fresh quorum ack, or the leader did not answer): ask again
+    /// shortly.
     Wait,
     /// The order's leader no longer leads: drop it; the next leader decides what to do with the execution.
     Drop,
 }
 
-/// Asked right before an order is launched.
-pub type Fence = Arc<dyn Fn(u64) -> BoxFuture<'static, Verdict> + Send + Sync>;
+impl Verdict {
+    /// Whether `exec`, one of the batch asked about, may launch.
+    fn launches(&self, exec: &ExecRef) -> bool {
+        match self {
+            Verdict::Launch => true,
+            Verdict::Only(granted) => granted.contains(exec),
+            Verdict::Wait | Verdict::Drop => false,
+        }
+    }
+}
+
+/// Asked right before a batch of orders of one term is launched, with the batch's executions.
+pub type Fence = Arc<dyn Fn(u64, Vec<ExecRef>) -> BoxFuture<'static, Verdict> + Send + Sync>;
 
 /// Where reports go: into Raft on a server, to a server over RPC on an agent.
 pub trait Reporter: Send + Sync + 'static {
@@ -581,7 +596,7 @@ impl Worker {
             }
             let Some(fence) = fence.clone() else {
                 let dropped: usize =
-                    by_term.into_iter().map(|(term, orders)| self.launch_checked(term, true, orders)).sum();
+                    by_term.into_iter().map(|(term, orders)| self.launch_checked(term, &Verdict::Launch, orders)).sum();
                 if dropped == 0 {
                     return;
                 }
@@ -592,8 +607,9 @@ impl Worker {
                 let mut dropped = 0;
                 for (term, orders) in by_term {
                     let deadline = tokio::time::Instant::now() + START_DEADLINE;
+                    let execs: Vec<ExecRef> = orders.iter().map(|o| o.exec.clone()).collect();
                     let verdict = loop {
-                        match fence(term).await {
+                        match fence(term, execs.clone()).await {
                             Verdict::Wait if tokio::time::Instant::now() < deadline => {
                                 tokio::time::sleep(FENCE_RETRY).await;
                             }
@@ -601,7 +617,7 @@ impl Worker {
                             verdict => break verdict,
                         }
                     };
-                    dropped += worker.launch_checked(term, verdict == Verdict::Launch, orders);
+                    dropped += worker.launch_checked(term, &verdict, orders);
                 }
                 if dropped > 0 {
                     worker.start_queued();
@@ -611,22 +627,23 @@ impl Worker {
         }
     }
 
-    /// After the fence answered for queued orders of `term`: start them (`launch`) unless a newer term was seen,
-    /// or drop them (their leader no longer leads). Orders withdrawn or dropped by a sync meanwhile are no longer
-    /// queued and are left alone. The check and the start happen under the runs lock, so a concurrent
-    /// [`Worker::sync`] sees either the runs or the raised term. Answers how many were dropped.
-    fn launch_checked(&self, term: u64, launch: bool, orders: Vec<Order>) -> usize {
+    /// After the fence answered for queued orders of `term`: start those its `verdict` lets launch unless a newer
+    /// term was seen, and drop the others (their leader no longer leads, or placed them elsewhere). Orders
+    /// withdrawn or dropped by a sync meanwhile are no longer queued and are left alone. The check and the start
+    /// happen under the runs lock, so a concurrent [`Worker::sync`] sees either the runs or the raised term.
+    /// Answers how many were dropped.
+    fn launch_checked(&self, term: u64, verdict: &Verdict, orders: Vec<Order>) -> usize {
         let mut dropped = Vec::new();
         {
             let mut runs = self.runs.lock().expect("runs lock");
-            let launch = launch && !runs.closed && self.max_term.load(Ordering::SeqCst) <= term;
+            let current = !runs.closed && self.max_term.load(Ordering::SeqCst) <= term;
             for order in orders {
                 let Some(key) = runs.queued(&order.exec) else { continue };
                 if !runs.queue.get(&key).is_some_and(|q| q.checking) {
                     continue; // withdrawn and ordered again meanwhile: its own turn comes
                 }
                 let Some(queued) = runs.dequeue(&key) else { continue };
-                if !launch {
+                if !(current && verdict.launches(&queued.order.exec)) {
                     dropped.push(queued.order.exec);
                     continue;
                 }
@@ -641,7 +658,10 @@ impl Worker {
             crate::metrics::metrics().runs_queued.set(runs.queue.len() as i64);
         }
         for exec in &dropped {
-            warn!("not launching {}/{}: its leader (term {term}) no longer leads", exec.job, exec.id);
+            warn!(
+                "not launching {}/{}: its leader (term {term}) no longer leads, or no longer has it placed here",
+                exec.job, exec.id
+            );
             let _ = self.dropped.send(exec.clone());
         }
         dropped.len()

@@ -301,6 +301,16 @@ impl RpcClient {
         result.map_err(rejected_with_status)
     }
 
+    /// Ask the server at `addr` for the permit to launch runs (see [`crate::permit`]).
+    pub async fn permit(
+        &self,
+        addr: &str,
+        request: &crate::permit::PermitRequest,
+        timeout: Duration,
+    ) -> Result<crate::permit::PermitAnswer, RpcError> {
+        self.post(addr, paths::PERMIT, request, timeout).await
+    }
+
     // --- Every node ---
 
     /// Orders for one node: one answer per order (false: refused, its term is older than one the node saw).

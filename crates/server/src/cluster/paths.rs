@@ -15,6 +15,8 @@ pub const SUBMIT: &str = "/cluster/submit";
 pub const REPORT: &str = "/cluster/report";
 /// A follower asks the leader for the index a linearizable read must see.
 pub const READ_INDEX: &str = "/cluster/read-index";
+/// A node asks the leader (through any server) for the permit to launch runs (`crate::permit`).
+pub const PERMIT: &str = "/cluster/permit";
 /// The Raft configuration, for `kairos raft list-peers`.
 pub const PEERS: &str = "/cluster/peers";
 /// Remove a server from the Raft configuration (`kairos raft remove-peer`, or a follower forwarding it).

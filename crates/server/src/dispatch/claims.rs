@@ -1,5 +1,9 @@
 //! Claims: every pending execution the leader hands out is claimed once, with the node it went to, so a stale
 //! read can never dispatch it twice. The claim count per node is its load ("least busy" placement).
+//!
+//! A claim also says whether its node was granted the launch permit (see `crate::permit`): a node launches a run
+//! only with a permit the leader grants while it holds the claim for that node, so a claim never granted is free
+//! to move to another node whenever its node is silent: if the order reaches the node late, its permit is refused.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -7,10 +11,17 @@ use std::time::Instant;
 use kairos_model::Execution;
 use kairos_store::ExecRef;
 
+/// One execution handed out: when, to which node, and whether that node was granted its launch permit.
+struct Claim {
+    at: Instant,
+    node: String,
+    granted: bool,
+}
+
 /// Executions this leader has handed out, with when and to which node.
 #[derive(Default)]
 pub struct Claims {
-    by_exec: HashMap<ExecRef, (Instant, String)>,
+    by_exec: HashMap<ExecRef, Claim>,
     load: HashMap<String, usize>,
     /// Executions whose expansion into copies (one per target node) is being committed.
     pub(super) expanding: HashSet<ExecRef>,
@@ -27,13 +38,33 @@ impl Claims {
             return false;
         }
         *self.load.entry(node.to_string()).or_default() += 1;
-        self.by_exec.insert(exec, (at, node.to_string()));
+        self.by_exec.insert(exec, Claim { at, node: node.to_string(), granted: false });
         self.check();
         true
     }
 
+    /// `node` asks to launch `execs` now: granted (true) for those claimed for it, which are marked granted;
+    /// refused for the others (claimed for another node, or no longer claimed at all).
+    pub fn grant(&mut self, node: &str, execs: &[ExecRef]) -> Vec<bool> {
+        execs
+            .iter()
+            .map(|exec| match self.by_exec.get_mut(exec) {
+                Some(claim) if claim.node == node => {
+                    claim.granted = true;
+                    true
+                }
+                _ => false,
+            })
+            .collect()
+    }
+
+    /// Whether the node `exec` is claimed for was granted its launch permit (it may have started it).
+    pub(super) fn granted(&self, exec: &ExecRef) -> bool {
+        self.by_exec.get(exec).is_some_and(|claim| claim.granted)
+    }
+
     pub(super) fn release(&mut self, exec: &ExecRef) {
-        if let Some((_, node)) = self.by_exec.remove(exec)
+        if let Some(Claim { node, .. }) = self.by_exec.remove(exec)
             && let Some(load) = self.load.get_mut(&node)
         {
             *load = load.saturating_sub(1);
@@ -44,7 +75,7 @@ impl Claims {
     /// Keep the claims `keep` answers true for (execution, claimed at, node), release the others.
     pub(super) fn retain(&mut self, mut keep: impl FnMut(&ExecRef, &Instant, &str) -> bool) {
         let dropped: Vec<ExecRef> =
-            self.by_exec.iter().filter(|(r, (at, node))| !keep(r, at, node)).map(|(r, _)| r.clone()).collect();
+            self.by_exec.iter().filter(|(r, claim)| !keep(r, &claim.at, &claim.node)).map(|(r, _)| r.clone()).collect();
         for exec in dropped {
             self.release(&exec);
         }
@@ -52,7 +83,7 @@ impl Claims {
 
     /// Every claim: execution, when it was claimed, node.
     pub(super) fn iter(&self) -> impl Iterator<Item = (&ExecRef, &Instant, &str)> {
-        self.by_exec.iter().map(|(exec, (at, node))| (exec, at, node.as_str()))
+        self.by_exec.iter().map(|(exec, claim)| (exec, &claim.at, claim.node.as_str()))
     }
 
     pub(super) fn clear(&mut self) {
@@ -72,12 +103,12 @@ impl Claims {
         self.by_exec
             .iter()
             .filter(|(r, _)| r.job == exec.job_name && r.id != exec.id && slot_of(&r.id) == slot)
-            .map(|(_, (_, node))| node.as_str())
+            .map(|(_, claim)| claim.node.as_str())
             .collect()
     }
 
     pub(super) fn node_of(&self, exec: &ExecRef) -> Option<&str> {
-        self.by_exec.get(exec).map(|(_, node)| node.as_str())
+        self.by_exec.get(exec).map(|claim| claim.node.as_str())
     }
 
     /// The invariant placement relies on: the load per node sums to the claims (checked in debug builds).
@@ -124,5 +155,22 @@ mod tests {
         assert_eq!(claims.node_of(&exec_ref(2)), Some("a"));
         claims.clear();
         assert_eq!(claims.load("a"), 0);
+    }
+
+    #[test]
+    fn a_permit_is_granted_only_to_the_node_a_run_is_placed_on() {
+        let now = Instant::now();
+        let mut claims = Claims::default();
+        claims.claim(exec_ref(1), "a", now);
+        claims.claim(exec_ref(2), "b", now);
+        assert!(!claims.granted(&exec_ref(1)));
+        assert_eq!(claims.grant("a", &[exec_ref(1), exec_ref(2), exec_ref(3)]), [true, false, false]);
+        assert!(claims.granted(&exec_ref(1)) && !claims.granted(&exec_ref(2)));
+        // Placed elsewhere while `b` was silent: an order that reaches `b` late gets no permit.
+        claims.release(&exec_ref(2));
+        claims.claim(exec_ref(2), "c", now);
+        assert_eq!(claims.grant("b", &[exec_ref(2)]), [false]);
+        assert_eq!(claims.grant("c", &[exec_ref(2)]), [true]);
+        assert_eq!((claims.load("a"), claims.load("b"), claims.load("c")), (1, 0, 1), "granting changes no load");
     }
 }

@@ -89,6 +89,12 @@ impl Dispatcher {
         self.reset();
     }
 
+    /// `node` asks for the permit to launch `execs` (see [`crate::permit`]): granted for those this leader has
+    /// placed on it, which are noted granted (they may start from now on).
+    pub fn grant(&self, node: &str, execs: &[ExecRef]) -> Vec<bool> {
+        self.claims.lock().expect("claims lock").grant(node, execs)
+    }
+
     /// Wake the sweep now.
     pub fn wake(&self) {
         self.wake.notify_one();
@@ -366,8 +372,9 @@ fn send_orders(node: &Host, name: String, rpc_addr: String, orders: Vec<Order>) 
             let sent = rpc.run(&rpc_addr, &orders).await;
             // Some(answers): delivered; None: certainly not delivered (no connection could be made, or an error
             // status); a timeout or a broken connection leaves it unknown whether the node got the orders: their claims
-            // are kept until the orders have expired (see `sweep`), so a node that was only slow cannot run them a
-            // second time. `gone`: the connection was refused, so no process listens there any more.
+            // are kept until the sweep asks the node (see `sweep`); a node only slow to answer still cannot run them
+            // a second time, since it needs the permit for the claim to launch (see `crate::permit`). `gone`: the
+            // connection was refused, so no process listens there any more.
             let (accepted, uncertain, gone): (Option<Vec<bool>>, bool, bool) = match sent {
                 Ok(answers) => (Some(answers), false, false),
                 Err(err @ RpcError::BadAnswer { .. }) => {

@@ -21,6 +21,9 @@ use kairos_schedule::time_until;
 
 /// How often the leader re-checks pending executions and leases even without events.
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// A run placed on another node that has neither started nor been granted its launch permit this long after
+/// its instant (and its claim) is asked about, and placed elsewhere if its node does not hold it or is silent.
+pub const UNGRANTED_STALE_AFTER: Duration = Duration::from_secs(1);
 /// How long a due run may wait for a live node that matches its job's tags before it fails (nodes that are
 /// starting or rejoining get this long to appear).
 pub const PLACE_GRACE: Duration = Duration::from_secs(10);
@@ -83,26 +86,51 @@ pub fn release_finished(claims: &mut Claims, active: &[Execution], taken: Instan
     claims.retain(|exec, at, _| refs.contains(exec) || *at > taken);
 }
 
-/// Claims of runs still pending that were sent to another node more than `stale_after` before `now`, with the
-/// node and the claim's age. Their orders have expired, so the node will not start them any more; but it may have
-/// started one in time and its report may still be on its way, so the node is asked before the run is placed again.
+/// A claim worth asking its node about: a pending run sent to another node that has not started it in time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleClaim {
+    pub exec: ExecRef,
+    pub node: String,
+    /// How long ago it was claimed.
+    pub age: Duration,
+    /// Whether its node was granted the launch permit (then it may have started it).
+    pub granted: bool,
+}
+
+/// Claims of runs still pending on other nodes that should have started by now: those never granted a launch
+/// permit once [`UNGRANTED_STALE_AFTER`] has passed since both the claim and the run's instant (a node asks for
+/// the permit at the instant), and granted ones `stale_after` after the claim (the start's report is late). A
+/// node may still hold one, waiting for a free place or for its permit, so the node is asked before the run is
+/// placed again.
 pub fn stale_claims(
     claims: &Claims,
     active: &[Execution],
-    now: Instant,
+    now: (Instant, Timestamp),
     leader: &str,
     stale_after: Duration,
-) -> Vec<(ExecRef, String, Duration)> {
-    let pending: HashSet<ExecRef> = active
+) -> Vec<StaleClaim> {
+    let (now, wall) = now;
+    let pending: HashMap<ExecRef, Timestamp> = active
         .iter()
         .filter(|e| e.status == ExecutionStatus::Pending)
-        .map(|e| ExecRef { job: e.job_name.clone(), id: e.id.clone() })
+        .map(|e| (exec_ref(e), e.not_before.unwrap_or(e.scheduled_at)))
         .collect();
     claims
         .iter()
-        .filter(|(exec, _, node)| *node != leader && pending.contains(*exec))
-        .map(|(exec, at, node)| (exec.clone(), node.to_string(), now.saturating_duration_since(*at)))
-        .filter(|(_, _, age)| *age >= stale_after)
+        .filter(|(_, _, node)| *node != leader)
+        .filter_map(|(exec, at, node)| {
+            let instant = pending.get(exec)?;
+            let age = now.saturating_duration_since(*at);
+            let granted = claims.granted(exec);
+            let due_since = wall.duration_since(*instant);
+            let stale = if granted {
+                age >= stale_after
+            } else {
+                age >= UNGRANTED_STALE_AFTER
+                    && due_since >= jiff::SignedDuration::try_from(UNGRANTED_STALE_AFTER).ok()?
+            };
+            stale.then(|| StaleClaim { exec: exec.clone(), node: node.to_string(), age, granted })
+        })
         .collect()
 }
 
@@ -117,20 +145,23 @@ pub enum Asked {
 }
 
 /// Decide stale claims from their nodes' answers: a claim its node does not hold (or whose node is gone) is
-/// released, so the run is placed again (the node refuses the expired order if it still comes); a claim its node
-/// holds stays (its report is on its way); a claim whose node is silent stays until it is `give_up` old, then the
-/// run is recorded lost (the node may have started it; the job's retries apply). Answers (released, lost).
+/// released, so the run is placed again (the node refuses the expired order if it still comes, and the leader
+/// refuses its permit); a claim its node holds stays (it waits for a place, or its report is on its way). A claim
+/// whose node is silent is released too if the node was never granted its permit (it cannot have started it);
+/// granted, it stays until it is `give_up` old, then the run is recorded lost (the node may have started it; the
+/// job's retries apply). Answers (released, lost).
 pub fn settle_stale(
-    stale: Vec<(ExecRef, String, Duration)>,
+    stale: Vec<StaleClaim>,
     answers: &HashMap<String, Asked>,
     give_up: Duration,
 ) -> (Vec<ExecRef>, Vec<(ExecRef, String)>) {
     let mut released = Vec::new();
     let mut lost = Vec::new();
-    for (exec, node, age) in stale {
+    for StaleClaim { exec, node, age, granted } in stale {
         match answers.get(&node).unwrap_or(&Asked::Silent) {
             Asked::Holds(held) if held.contains(&exec) => {}
             Asked::Holds(_) | Asked::Gone => released.push(exec),
+            Asked::Silent if !granted => released.push(exec),
             Asked::Silent if age >= give_up => lost.push((exec, node)),
             Asked::Silent => {}
         }
@@ -294,16 +325,28 @@ async fn ask(node: &Host, term: u64, names: HashSet<&str>) -> HashMap<String, As
 async fn settle_stale_claims(node: &Host, term: u64, active: &[Execution]) -> Vec<(ExecRef, String)> {
     let stale = {
         let claims = node.dispatcher.claims.lock().expect("claims lock");
-        stale_claims(&claims, active, Instant::now(), &node.config.node_name, ORDER_STALE_AFTER)
+        stale_claims(&claims, active, (Instant::now(), Timestamp::now()), &node.config.node_name, ORDER_STALE_AFTER)
     };
     if stale.is_empty() {
         return Vec::new();
     }
-    let answers = ask(node, term, stale.iter().map(|(_, name, _)| name.as_str()).collect()).await;
+    let answers = ask(node, term, stale.iter().map(|claim| claim.node.as_str()).collect()).await;
+    // A node that did not answer gets no runs for a while: the ones it was not granted are placed elsewhere now.
+    let asked_at = Instant::now();
+    for (name, answer) in &answers {
+        if matches!(answer, Asked::Silent) {
+            node.dispatcher.mark_unreachable(name, asked_at);
+        }
+    }
+    let granted_before: HashSet<ExecRef> = stale.iter().filter(|c| c.granted).map(|c| c.exec.clone()).collect();
     let (released, lost) = settle_stale(stale, &answers, ORDER_STALE_AFTER + node.worker.lease);
     if !released.is_empty() {
         let mut claims = node.dispatcher.claims.lock().expect("claims lock");
         for exec in &released {
+            // Granted while its node was being asked: it may start now, so it stays where it is.
+            if claims.granted(exec) && !granted_before.contains(exec) {
+                continue;
+            }
             claims.release(exec);
         }
     }
@@ -449,62 +492,102 @@ mod tests {
     }
 
     #[test]
-    fn claims_of_finished_runs_go_and_expired_orders_are_stale_only_on_other_nodes() {
+    fn claims_of_finished_runs_go_and_late_runs_are_stale_only_on_other_nodes() {
         let start = Instant::now();
+        let wall = ts("2026-01-01T00:00:00Z");
         let stale_after = Duration::from_secs(20);
         let mut running_one = running("run", "b", "2026-01-01T01:00:00Z");
         running_one.job_name = "j".into();
-        let active =
-            vec![pending("sent", "2026-01-01T00:00:00Z"), pending("local", "2026-01-01T00:00:00Z"), running_one];
+        let mut later = pending("later", "2026-01-01T00:00:00Z");
+        later.not_before = Some(wall + Duration::from_secs(30));
+        let active = vec![
+            pending("sent", "2026-01-01T00:00:00Z"),
+            pending("granted", "2026-01-01T00:00:00Z"),
+            pending("local", "2026-01-01T00:00:00Z"),
+            later,
+            running_one,
+        ];
         let r = |id: &str| ExecRef { job: "j".into(), id: id.into() };
         let mut claims = Claims::default();
         claims.claim(r("sent"), "b", start);
+        claims.claim(r("granted"), "b", start);
+        assert_eq!(claims.grant("b", &[r("granted")]), [true]);
         claims.claim(r("local"), "leader", start);
+        claims.claim(r("later"), "b", start);
         claims.claim(r("run"), "b", start);
         claims.claim(r("finished"), "b", start);
         let taken = start + Duration::from_millis(10);
         claims.claim(r("new"), "b", taken + Duration::from_millis(1));
 
         release_finished(&mut claims, &active, taken);
-        let held = |c: &Claims| ["sent", "local", "run", "finished", "new"].map(|id| c.contains(&r(id)));
-        assert_eq!(held(&claims), [true, true, true, false, true], "a finished run's claim goes at once");
-        assert_eq!(claims.load("b"), 3);
+        let held =
+            |c: &Claims| ["sent", "granted", "local", "later", "run", "finished", "new"].map(|id| c.contains(&r(id)));
+        assert_eq!(held(&claims), [true, true, true, true, true, false, true], "a finished run's claim goes at once");
+        assert_eq!(claims.load("b"), 5);
 
-        assert!(stale_claims(&claims, &active, start + Duration::from_secs(5), "leader", stale_after).is_empty());
-        let stale = stale_claims(&claims, &active, start + stale_after, "leader", stale_after);
-        let ids: Vec<&str> =
-            stale.iter().map(|(e, node, _)| (e.id.as_str(), node.as_str())).map(|(id, _)| id).collect();
-        assert_eq!(ids, ["sent"], "a pending run sent to another node; not the leader's own, not a running one");
+        let ids = |stale: Vec<StaleClaim>| {
+            let mut ids: Vec<(String, bool)> = stale.into_iter().map(|c| (c.exec.id, c.granted)).collect();
+            ids.sort();
+            ids
+        };
+        let at = |secs: u64| (start + Duration::from_secs(secs), wall + Duration::from_secs(secs));
+        assert!(stale_claims(&claims, &active, (start, wall), "leader", stale_after).is_empty(), "just sent");
+        assert_eq!(
+            ids(stale_claims(&claims, &active, at(1), "leader", stale_after)),
+            [("sent".to_string(), false)],
+            "a second past its instant without a permit: ask its node (not the leader's own, not a running one, not \
+             one due later, not one granted)"
+        );
+        assert_eq!(
+            ids(stale_claims(&claims, &active, at(20), "leader", stale_after)),
+            [("granted".to_string(), true), ("sent".to_string(), false)],
+            "a granted one whose start is not reported after `stale_after`"
+        );
+        assert_eq!(
+            ids(stale_claims(&claims, &active, at(31), "leader", stale_after)),
+            [("granted".to_string(), true), ("later".to_string(), false), ("sent".to_string(), false)]
+        );
     }
 
     #[test]
-    fn a_stale_claim_is_released_only_when_its_node_says_it_does_not_have_it() {
+    fn a_stale_claim_is_released_when_its_node_lacks_it_or_is_silent_and_never_had_the_permit() {
         let r = |id: &str| ExecRef { job: "j".into(), id: id.into() };
         let give_up = Duration::from_secs(9);
-        let stale = |id: &str, node: &str, age: u64| (r(id), node.to_string(), Duration::from_secs(age));
+        let stale = |id: &str, node: &str, age: u64, granted: bool| StaleClaim {
+            exec: r(id),
+            node: node.to_string(),
+            age: Duration::from_secs(age),
+            granted,
+        };
         let answers = HashMap::from([
-            ("answers".to_string(), Asked::Holds(HashSet::from([r("started")]))),
+            ("answers".to_string(), Asked::Holds(HashSet::from([r("started"), r("waits")]))),
             ("gone".to_string(), Asked::Gone),
             ("silent".to_string(), Asked::Silent),
         ]);
         let (released, lost) = settle_stale(
             vec![
-                stale("never-got-it", "answers", 6),
-                stale("started", "answers", 6),
-                stale("on-gone", "gone", 6),
-                stale("on-silent", "silent", 6),
-                stale("on-silent-long", "silent", 9),
-                stale("on-unknown", "unknown", 6),
+                stale("never-got-it", "answers", 6, false),
+                stale("started", "answers", 6, true),
+                stale("waits", "answers", 6, false),
+                stale("on-gone", "gone", 6, true),
+                stale("on-silent", "silent", 6, true),
+                stale("on-silent-long", "silent", 9, true),
+                stale("on-silent-no-permit", "silent", 1, false),
+                stale("on-unknown", "unknown", 6, true),
             ],
             &answers,
             give_up,
         );
         let ids = |refs: Vec<ExecRef>| refs.into_iter().map(|e| e.id).collect::<Vec<_>>();
-        assert_eq!(ids(released), ["never-got-it", "on-gone"], "the node does not hold them: place them again");
+        assert_eq!(
+            ids(released),
+            ["never-got-it", "on-gone", "on-silent-no-permit"],
+            "the node does not hold them, or cannot have started them: place them again"
+        );
         assert_eq!(
             lost.into_iter().map(|(e, node)| (e.id, node)).collect::<Vec<_>>(),
             [("on-silent-long".to_string(), "silent".to_string())],
-            "a silent node may have started it: after a lease it is recorded lost, never placed twice"
+            "a silent node granted the permit may have started it: after a lease it is recorded lost, never placed twice"
         );
     }
 }

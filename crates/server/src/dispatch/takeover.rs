@@ -1,14 +1,15 @@
 //! Takeover: a new leader first asks every live node what it runs, holds or has not reported yet (which also
 //! raises their term, fencing the old leader). Only then does it dispatch pending executions of the old leader;
-//! while a node does not answer (paused? cut off?), the old leader's pending runs wait for it, at most a lease
-//! (and at least until any order it may hold has expired, [`ORDER_STALE_AFTER`]): a silent node may have started
-//! one and not reported it yet. Running executions that no node owns any more turn `lost` at the first sweep; the
+//! while a node does not answer (paused? cut off?), the old leader's pending runs that were due before this
+//! takeover wait for it, at most a lease (and at least until any order it may hold has expired,
+//! [`ORDER_STALE_AFTER`]): a silent node may have started one and not reported it yet. Runs due after the takeover
+//! go at once: no node can have launched them (see [`crate::permit`]). Running executions that no node owns any more turn `lost` at the first sweep; the
 //! rest is left to leases.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use kairos_model::ExecutionStatus;
+use kairos_model::{Execution, ExecutionStatus, Timestamp};
 use kairos_store::ExecRef;
 use tracing::{info, warn};
 
@@ -93,10 +94,13 @@ async fn sync_nodes(node: &Host, members: &[Member], term: u64) -> (Synced, Vec<
             Answer::Holds(holding) => {
                 let mut refs = HashSet::new();
                 let mut claims = dispatcher.claims.lock().expect("claims lock");
+                // What it launched already counts as granted: it must never be placed elsewhere while it is silent.
+                let launched: Vec<ExecRef> = holding.running.iter().chain(&holding.unreported).cloned().collect();
                 for exec in holding.all() {
                     claims.claim(exec.clone(), &member.name, now);
                     refs.insert(exec);
                 }
+                claims.grant(&member.name, &launched);
                 held.insert(member.name.clone(), refs);
             }
             Answer::Gone => {
@@ -120,12 +124,12 @@ pub async fn take_over(node: &Host, term: u64) -> Synced {
     dispatcher.reset();
     let members = node.membership.alive();
     let (held, silent) = sync_nodes(node, &members, term).await;
+    // Only runs due before this takeover (give or take the clocks' difference) may have been launched in an
+    // earlier term: a node launches only at or after a run's instant, with a permit (or, on the previous leader,
+    // a lease) that the previous leader could give only while it led, before this election.
+    let launchable_before = Timestamp::now() + suspect_margin(node);
     let pending_now: Vec<ExecRef> = match node.state.active() {
-        Ok(active) => active
-            .iter()
-            .filter(|e| e.status == ExecutionStatus::Pending)
-            .map(|e| ExecRef { job: e.job_name.clone(), id: e.id.clone() })
-            .collect(),
+        Ok(active) => launchable(&active, launchable_before),
         Err(err) => {
             warn!("takeover: cannot read active executions: {err}");
             Vec::new()
@@ -154,6 +158,26 @@ pub async fn take_over(node: &Host, term: u64) -> Synced {
     dispatcher.arm(term);
     info!("leading in term {term}: {} node(s) synced", held.len());
     held
+}
+
+/// The pending runs that may have been launched before `before` (due before it): only these wait for silent nodes.
+fn launchable(active: &[Execution], before: Timestamp) -> Vec<ExecRef> {
+    active
+        .iter()
+        .filter(|e| e.status == ExecutionStatus::Pending)
+        .filter(|e| e.not_before.unwrap_or(e.scheduled_at) < before)
+        .map(|e| ExecRef { job: e.job_name.clone(), id: e.id.clone() })
+        .collect()
+}
+
+/// How far this node's clock may be behind the previous leader's: its measured offset from the leader and the
+/// measurement's error (servers measure against the leader, see `crate::clock`), plus a quarter second; two
+/// seconds when it has not been measured.
+fn suspect_margin(node: &Host) -> Duration {
+    match node.worker.clock.offset() {
+        Some(o) => Duration::from_millis(o.offset_ms.unsigned_abs() + o.error_ms.unsigned_abs() + 250),
+        None => Duration::from_secs(2),
+    }
 }
 
 /// Ask the nodes that were silent at the takeover again; release the previous leader's pending runs once all
@@ -219,5 +243,26 @@ mod tests {
         let mut silent = Takeover::begin(&["a".to_string()], vec![exec_ref(1)], deadline);
         assert!(!silent.settle(&names(&[]), &names(&["a"]), deadline - Duration::from_millis(1)));
         assert!(silent.settle(&names(&[]), &names(&["a"]), deadline), "its time is up at the deadline");
+    }
+
+    #[test]
+    fn only_runs_due_before_the_takeover_wait_for_silent_nodes() {
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        let exec = |id: &str, scheduled: &str, not_before: Option<&str>, status: ExecutionStatus| {
+            let mut e = Execution::decided("j", at(scheduled), kairos_model::Trigger::Schedule);
+            e.id = id.into();
+            e.not_before = not_before.map(at);
+            e.status = status;
+            e
+        };
+        let active = [
+            exec("due", "2026-01-01T00:00:09Z", None, ExecutionStatus::Pending),
+            exec("later", "2026-01-01T00:00:11Z", None, ExecutionStatus::Pending),
+            exec("retry-later", "2026-01-01T00:00:01Z", Some("2026-01-01T00:00:12Z"), ExecutionStatus::Pending),
+            exec("retry-due", "2026-01-01T00:00:01Z", Some("2026-01-01T00:00:05Z"), ExecutionStatus::Pending),
+            exec("running", "2026-01-01T00:00:01Z", None, ExecutionStatus::Running),
+        ];
+        let ids: Vec<String> = launchable(&active, at("2026-01-01T00:00:10Z")).into_iter().map(|e| e.id).collect();
+        assert_eq!(ids, ["due", "retry-due"]);
     }
 }

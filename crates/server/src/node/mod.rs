@@ -10,6 +10,7 @@
 
 pub mod applied;
 pub mod leadership;
+mod permits;
 mod present;
 mod raft_members;
 mod routes;
@@ -29,7 +30,7 @@ use futures::future::BoxFuture;
 use kairos_agent::OutputStore;
 use kairos_store::{Command, Event, LogStore, Raft, Response, StateMachine, StateReader};
 use openraft::async_runtime::WatchReceiver;
-use openraft::{BasicNode, Instant as _, ReadPolicy, ServerState};
+use openraft::{BasicNode, ServerState};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -38,7 +39,7 @@ use crate::cluster::RpcClient;
 use crate::config::Config;
 use crate::duties::Duties;
 use crate::gossip::Membership;
-use crate::worker::{Reporter, Verdict, Worker, WorkerChannels};
+use crate::worker::{Reporter, Worker, WorkerChannels};
 
 /// How often the membership duties run (publishing, bootstrapping, adding servers).
 const MEMBERSHIP_INTERVAL: Duration = Duration::from_millis(300);
@@ -150,7 +151,7 @@ impl Node {
             exit: CancellationToken::new(),
             fatal: std::sync::OnceLock::new(),
         });
-        worker.set_fence(local_fence(raft.clone(), Duration::from_millis(100 * multiplier)));
+        worker.set_fence(permits::server_fence(Arc::downgrade(&node), raft.clone(), permits::lease_fresh(multiplier)));
 
         let api = api(node.clone());
         let mut tasks = serve_listeners(&node, (rpc_listener, http_listener), api, tls.as_ref());
@@ -307,38 +308,6 @@ impl Reporter for LocalReporter {
     fn submit(&self, command: Command) -> BoxFuture<'_, Result<Response, String>> {
         Box::pin(async move { self.0.submit_report(command).await.map_err(|e| e.message) })
     }
-}
-
-/// The fence a server's worker asks before launching: orders of an older term than this server's Raft knows
-/// are dropped, and an order this node gave as leader launches only while its leader lease holds (a leader
-/// that was paused or cut off learns it was deposed before it runs anything).
-fn local_fence(raft: Raft, fresh: Duration) -> crate::worker::Fence {
-    Arc::new(move |term| {
-        let raft = raft.clone();
-        Box::pin(async move {
-            let metrics = raft.metrics().borrow_watched().clone();
-            if metrics.current_term > term {
-                return Verdict::Drop;
-            }
-            let leads = metrics.state == ServerState::Leader && metrics.current_term == term;
-            if !leads {
-                // An order of the current term from another leader: the worker's own term check covers it.
-                return Verdict::Launch;
-            }
-            // A single voter cannot be deposed by anyone; a quorum ack fresher than the shortest election
-            // timeout proves no other leader can exist yet. Otherwise ask Raft to confirm the lease.
-            if metrics.membership_config.membership().voter_ids().nth(1).is_none() {
-                return Verdict::Launch;
-            }
-            if metrics.last_quorum_acked.as_ref().is_some_and(|acked| acked.elapsed() < fresh) {
-                return Verdict::Launch;
-            }
-            match raft.ensure_linearizable(ReadPolicy::LeaseRead).await {
-                Ok(_) => Verdict::Launch,
-                Err(_) => Verdict::Wait,
-            }
-        })
-    })
 }
 
 /// openraft's settings: the timings times `--raft-multiplier`, Pre-Vote and CheckQuorum's quiet phase.

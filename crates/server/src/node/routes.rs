@@ -1,4 +1,5 @@
-//! The routes only servers answer on the RPC listener: writes forwarded by followers, reports of agents, read
+//! The routes only servers answer on the RPC listener: writes forwarded by followers, reports of agents, launch
+//! permits, read
 //! indexes, Raft peers and the clock (paths in [`crate::cluster::paths`]; the client is [`crate::cluster::RpcClient`]).
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route(paths::SUBMIT, post(submit))
         .route(paths::REPORT, post(report))
+        .route(paths::PERMIT, post(permit))
         .route(paths::READ_INDEX, post(read_index))
         .route(paths::PEERS, get(peers))
         .route(paths::REMOVE_PEER, post(remove_peer))
@@ -35,6 +37,14 @@ async fn submit(State(node): State<Arc<Node>>, Json(command): Json<Command>) -> 
 /// A report from an agent's worker: decided (retry instants) here, then written like any command.
 async fn report(State(node): State<Arc<Node>>, Json(command): Json<Command>) -> Json<Result<Response, String>> {
     Json(node.submit_report(command).await.map_err(|e| e.message))
+}
+
+/// A node asks for the permit to launch runs (see [`crate::permit`]).
+async fn permit(
+    State(node): State<Arc<Node>>,
+    Json(request): Json<crate::permit::PermitRequest>,
+) -> Json<crate::permit::PermitAnswer> {
+    Json(node.permit(request).await)
 }
 
 async fn read_index(State(node): State<Arc<Node>>) -> Json<Result<u64, (u16, String)>> {

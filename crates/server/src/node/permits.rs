@@ -1,0 +1,89 @@
+//! A server's side of launch permits (see [`crate::permit`]): as leader it grants them, as follower it forwards
+//! them to the leader, and its own worker's fence asks through the same path (or, for the orders this node gave
+//! as leader, checks its leader lease).
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use kairos_store::Raft;
+use openraft::async_runtime::WatchReceiver;
+use openraft::{Instant as _, ReadPolicy, ServerState};
+
+use super::Node;
+use crate::permit::{PermitAnswer, PermitRequest, forward};
+use crate::worker::{Fence, Verdict};
+
+/// How fresh a quorum's acknowledgement must be for a leader to act on its lease without asking Raft again: less
+/// than the shortest election timeout, so no other leader can have been elected since.
+pub fn lease_fresh(multiplier: u64) -> Duration {
+    Duration::from_millis(100 * multiplier)
+}
+
+/// Whether this leader's lease holds now: a single voter cannot be deposed by anyone; a quorum ack fresher than
+/// `fresh` proves no other leader can exist yet; otherwise Raft is asked to confirm the lease.
+async fn lease_verdict(raft: &Raft, fresh: Duration) -> Verdict {
+    let metrics = raft.metrics().borrow_watched().clone();
+    if metrics.membership_config.membership().voter_ids().nth(1).is_none() {
+        return Verdict::Launch;
+    }
+    if metrics.last_quorum_acked.as_ref().is_some_and(|acked| acked.elapsed() < fresh) {
+        return Verdict::Launch;
+    }
+    match raft.ensure_linearizable(ReadPolicy::LeaseRead).await {
+        Ok(_) => Verdict::Launch,
+        Err(_) => Verdict::Wait,
+    }
+}
+
+impl Node {
+    /// Answer a permit request: granted per run by the leader of its term while its lease holds, for the runs it
+    /// has placed on the asking node; forwarded to the leader by a follower.
+    pub async fn permit(&self, request: PermitRequest) -> PermitAnswer {
+        let metrics = self.metrics();
+        if metrics.current_term > request.term {
+            return PermitAnswer::Stale(metrics.current_term);
+        }
+        if metrics.state == ServerState::Leader && metrics.current_term == request.term {
+            if self.dispatch.dispatcher.term() != request.term {
+                return PermitAnswer::Unknown(format!("the leader of term {} is still taking over", request.term));
+            }
+            let fresh = lease_fresh(u64::from(self.config.raft_multiplier));
+            return match lease_verdict(&self.raft, fresh).await {
+                Verdict::Launch => PermitAnswer::Granted(self.dispatch.dispatcher.grant(&request.node, &request.execs)),
+                _ => PermitAnswer::Unknown(format!("the leader of term {} cannot confirm its lease", request.term)),
+            };
+        }
+        if request.forwarded {
+            return PermitAnswer::Unknown(format!("{} does not lead term {}", self.config.node_name, request.term));
+        }
+        let leader_addr = metrics
+            .current_leader
+            .filter(|l| *l != self.id)
+            .and_then(|l| metrics.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+        match leader_addr {
+            Some(addr) => forward(&self.rpc, &addr, &request).await,
+            None => PermitAnswer::Unknown("no leader is known".into()),
+        }
+    }
+}
+
+/// The fence a server's worker asks before launching: orders of an older term than this server's Raft knows are
+/// dropped; an order this node gave as leader launches only while its leader lease holds (a leader that was
+/// paused or cut off learns it was deposed before it runs anything); any other order needs the leader's permit.
+pub fn server_fence(node: Weak<Node>, raft: Raft, fresh: Duration) -> Fence {
+    Arc::new(move |term, execs| {
+        let (node, raft) = (node.clone(), raft.clone());
+        Box::pin(async move {
+            let metrics = raft.metrics().borrow_watched().clone();
+            if metrics.current_term > term {
+                return Verdict::Drop;
+            }
+            if metrics.state == ServerState::Leader && metrics.current_term == term {
+                return lease_verdict(&raft, fresh).await;
+            }
+            let Some(node) = node.upgrade() else { return Verdict::Drop };
+            let request = PermitRequest { term, node: node.config.node_name.clone(), execs, forwarded: false };
+            node.permit(request.clone()).await.verdict(&request.execs)
+        })
+    })
+}
