@@ -30,8 +30,9 @@ pub enum Cut {
     Outgoing,
     /// It sends but receives nothing.
     Incoming,
-    /// It answers but cannot call: connections (and datagram flows) it opens to the other hosts are dropped,
-    /// replies on those the others open to it pass (a node that serves RPC but whose own calls fail).
+    /// It answers but cannot call: what it sends on connections (and datagram flows) it opened to the other hosts
+    /// is dropped, whether it opens them now or had them open already (pooled); its replies on those the others
+    /// open to it pass (a node that serves RPC but whose own calls fail).
     Calls,
 }
 
@@ -71,6 +72,13 @@ impl Network {
             ip(&["-n", &sw, "link", "set", &outer, "master", "br0", "up"]);
             ip(&["-n", &ns, "addr", "add", &format!("{}/24", self.ip(i)), "dev", &inner]);
             ip(&["-n", &ns, "link", "set", &inner, "up"]);
+            // Connection tracking from the first packet on: a `Calls` cut tells the connections a host opened from
+            // those opened to it by their direction, which conntrack only gets right for flows it saw start (a flow
+            // it first meets mid-stream, e.g. a reply arriving just after the cut, is taken the wrong way round).
+            run_with_input(
+                &["ip", "netns", "exec", &ns, "nft", "-f", "-"],
+                "table inet track {\n  chain out { type filter hook output priority -10; policy accept; ct state new accept; }\n}\n",
+            );
         }
         // The observer: a veth from the machine's namespace into the switch. Its name must be unique on the
         // machine (interface names: 15 bytes at most); it disappears with the switch namespace.
@@ -129,7 +137,7 @@ impl Network {
         }
         if matches!(cut, Cut::Calls) {
             rules += &format!(
-                "  chain out {{ type filter hook output priority 0; policy accept; ip daddr != {observer} ct state new drop; }}\n"
+                "  chain out {{ type filter hook output priority 0; policy accept; ip daddr != {observer} ct direction original drop; }}\n"
             );
         }
         if matches!(cut, Cut::Both | Cut::Incoming) {

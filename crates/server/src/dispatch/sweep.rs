@@ -192,12 +192,14 @@ pub async fn duty(node: &Host, term: u64, synced: Synced) {
 
 /// One pass over the active executions; answers the earliest future retry instant, to wake for it.
 async fn sweep(node: &Host, synced: Option<Synced>, term: u64) -> Result<Option<Timestamp>, WriteError> {
-    takeover::resolve_silent(node, term).await;
     let now = Timestamp::now();
     let taken = Instant::now();
     let active = node.state.active()?;
     release_finished(&mut node.dispatcher.claims.lock().expect("claims lock"), &active, taken);
-    let lost_orders = settle_stale_claims(node, term, &active).await;
+    // Nodes silent since the takeover and nodes with stale claims are asked at the same time: a silent one takes
+    // the whole RPC timeout, and the sweep should wait for that once, not twice.
+    let ((), lost_orders) =
+        tokio::join!(takeover::resolve_silent(node, term), settle_stale_claims(node, term, &active));
     let decisions = decide(&active, synced.as_ref(), now);
     let unplaced = dispatch(node, decisions.due.into_iter().map(|e| (e, None)).collect());
     let mut results: Vec<Finish> = unplaced
