@@ -21,8 +21,8 @@ use kairos_testkit::Cut;
 /// How long a node stays cut off.
 const CUT_FOR: Duration = Duration::from_secs(8);
 /// The lag a slot due during a cut of a follower may have: a run placed on the node that was cut off and not
-/// granted its launch permit is asked about a second after its instant (`UNGRANTED_STALE_AFTER`), placed elsewhere
-/// when its node stays silent for the RPC's timeout (1 s), and started there after a sweep (0.5 s) and a spawn.
+/// granted its launch permit is asked about half a second after its instant (`UNGRANTED_STALE_AFTER`, found by a
+/// sweep every 0.5 s), placed elsewhere when its node stays silent for the RPC's timeout (1 s), and started there.
 const FOLLOWER_LAG_BOUND: Duration = Duration::from_secs(5);
 /// The lag a slot due during a cut of the leader may have: slots due between the cut and the new leader's takeover
 /// may have been launched by the cut-off leader while its lease lasted, so they wait for it to answer (the heal,

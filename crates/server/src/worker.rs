@@ -3,7 +3,8 @@
 //! An [`Order`] carries everything needed to run (the spec), the instant to start at (runs are decided ahead of
 //! their slot), and the Raft term of the leader that ordered it. The worker refuses orders of a term older than
 //! one it has seen (fencing a deposed leader), keeps early orders on its own timer and launches them at their
-//! instant, and asks a [`Fence`] right before launching (a server checks that the order's leader still leads).
+//! instant, and asks a [`Fence`] right before launching: the leader checks its lease for its own orders, any other
+//! node asks the leader for the run's launch permit (see [`crate::permit`]).
 //!
 //! A node runs at most `--max-running` executions at once. Orders that fall due while it is full wait in a queue
 //! (at most `--max-queued`), started in the order of their instants as runs end; an order that finds the queue

@@ -23,7 +23,7 @@ use kairos_schedule::time_until;
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// A run placed on another node that has neither started nor been granted its launch permit this long after
 /// its instant (and its claim) is asked about, and placed elsewhere if its node does not hold it or is silent.
-pub const UNGRANTED_STALE_AFTER: Duration = Duration::from_secs(1);
+pub const UNGRANTED_STALE_AFTER: Duration = Duration::from_millis(500);
 /// How long a due run may wait for a live node that matches its job's tags before it fails (nodes that are
 /// starting or rejoining get this long to appear).
 pub const PLACE_GRACE: Duration = Duration::from_secs(10);

@@ -17,10 +17,11 @@
 //! Where fencing happens (so a deposed leader never starts a run twice):
 //! - orders carry the leader's term, and a node refuses orders older than the newest term it has seen
 //!   ([`crate::worker`]); the takeover's sync raises every node's term before the new leader dispatches;
-//! - a server launches an order of its own term only while its leader lease holds (`local_fence` in
-//!   [`crate::node`]);
-//! - runs of the previous leader wait while a node it may have sent them to is silent ([`crate::dispatch`]'s
-//!   takeover), and an order expires unstarted `START_DEADLINE` after its instant, after which it can be placed again.
+//! - a server launches an order of its own term only while its leader lease holds, and every other node launches
+//!   a run only with the leader's permit for it, which the leader grants only under that lease and for runs it has
+//!   placed on that node (`server_fence` in `node::permits`, [`crate::permit`]);
+//! - runs of the previous leader that were due before the takeover wait while a node it may have sent them to is
+//!   silent ([`crate::dispatch`]'s takeover), and an order expires unstarted `START_DEADLINE` after its instant.
 //!
 //! The duties' state (follower, establishing, leading, with the term and since when, and the last sweep) is in
 //! `/health`, which turns unhealthy when this node leads but its duties have not run for [`crate::duties::STALLED_AFTER`].
