@@ -90,14 +90,19 @@ pub(crate) async fn run(
 
 fn command(spec: &RunSpec, config: &ShellConfig) -> tokio::process::Command {
     let mut cmd = match &config.command {
+        // The script raises its own OOM score first (see `oom::SHELL_PREFIX`), on its own line 1, so the
+        // script's line numbers and `$0` stay its own. No hook runs in the child between fork and exec, so the
+        // process is started with posix_spawn (vfork) instead of a fork of this whole process.
         Command::Shell(script) => {
             let mut cmd = tokio::process::Command::new("/bin/sh");
-            cmd.arg("-c").arg(script);
+            cmd.arg("-c").arg(format!("{}{script}", oom::SHELL_PREFIX));
             cmd
         }
+        // A program run without a shell raises its score in the forked child, before it is executed.
         Command::Direct(argv) => {
             let mut cmd = tokio::process::Command::new(&argv[0]);
             cmd.args(&argv[1..]);
+            oom::raise_score_in_child(&mut cmd);
             cmd
         }
     };
@@ -110,7 +115,6 @@ fn command(spec: &RunSpec, config: &ShellConfig) -> tokio::process::Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    oom::raise_score_in_child(&mut cmd);
     if let Some(cwd) = &config.cwd {
         cmd.current_dir(cwd);
     }

@@ -74,6 +74,39 @@ async fn a_run_is_the_out_of_memory_killers_first_choice() {
         .await;
     assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
     assert_eq!(outcome.output_tail, format!("{}\n", kairos_agent::RUN_OOM_SCORE_ADJ));
+    // What the script starts inherits it, and a program run without a shell has it too.
+    let outcome = agent
+        .runner
+        .run(
+            spec("shell", &[("command", "sh -c 'cat /proc/self/oom_score_adj' | cat"), ("shell", "true")]),
+            CancellationToken::new(),
+        )
+        .await;
+    assert_eq!(outcome.output_tail, format!("{}\n", kairos_agent::RUN_OOM_SCORE_ADJ), "{outcome:?}");
+    let outcome = agent
+        .runner
+        .run(
+            spec("shell", &[("command", "cat /proc/self/oom_score_adj"), ("shell", "false")]),
+            CancellationToken::new(),
+        )
+        .await;
+    assert_eq!(outcome.output_tail, format!("{}\n", kairos_agent::RUN_OOM_SCORE_ADJ), "{outcome:?}");
+}
+
+/// Raising the score first does not show in the script: its first line is still line 1, `$0` is the shell.
+#[tokio::test]
+async fn a_shell_script_keeps_its_line_numbers_and_name() {
+    let agent = agent();
+    let outcome = agent
+        .runner
+        .run(
+            spec("shell", &[("command", "echo \"$0\"\nno-such-command-here"), ("shell", "true")]),
+            CancellationToken::new(),
+        )
+        .await;
+    assert_eq!(outcome.status, RunStatus::Failed, "{outcome:?}");
+    assert!(outcome.output_tail.starts_with("/bin/sh\n"), "{outcome:?}");
+    assert!(outcome.output_tail.contains(": 2: no-such-command-here: not found"), "{outcome:?}");
 }
 
 #[tokio::test]
