@@ -19,35 +19,21 @@ use std::sync::OnceLock;
 /// The `oom_score_adj` every run takes (range −1000…1000; 0 is the default every process inherits).
 pub const RUN_OOM_SCORE_ADJ: i32 = 500;
 
-/// What a shell run executes before its script, on the same line: it raises the shell's own score (inherited by
-/// everything the script starts). Done by the script rather than by a hook between fork and exec
-/// ([`raise_score_in_child`]) because such a hook makes the standard library fork the whole node to start the
-/// run, while without one it uses posix_spawn (vfork). With a node of a few hundred MiB and many threads, the fork
-/// cost the node 2.8 ms of CPU per run and the child 1.9 ms in page faults, against 0.4 ms and 0.9 ms with
-/// posix_spawn (`kairos-bench fire-lag --jobs 300`, BENCHMARKS.md). A failure (no /proc) is silent and harmless.
+/// What a shell run executes before its script, on the same line (so the script keeps its line numbers): it
+/// raises the shell's own score, which everything the script starts inherits. A failure (no /proc) is silent and
+/// harmless.
+///
+/// The score is raised by the run itself, not by a hook between fork and exec (`pre_exec`), because such a hook
+/// makes the standard library fork the whole node to start each run, where without one it uses posix_spawn
+/// (vfork). A node of a few hundred MiB with many threads paid for that fork in copied page tables and in page
+/// faults of its own: at 300 `date` runs a second the node used 0.85–0.95 cores with the hook and 0.12–0.13
+/// without it (`kairos-bench fire-lag --jobs 300`, BENCHMARKS.md).
 pub const SHELL_PREFIX: &str = "echo 500 >/proc/self/oom_score_adj 2>/dev/null; ";
 
-/// What a run's child writes to `/proc/self/oom_score_adj`, NUL-terminated path and the value as text.
-const SCORE_ADJ_PATH: &[u8] = b"/proc/self/oom_score_adj\0";
-const SCORE_ADJ_VALUE: &[u8] = b"500";
-
-/// Makes the command's child raise its `oom_score_adj` before it executes the program (a program run without a
-/// shell; shell runs use [`SHELL_PREFIX`]).
-pub(crate) fn raise_score_in_child(command: &mut tokio::process::Command) {
-    // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe functions
-    // (open, write, close) on static data; it allocates nothing and touches no lock. A failure (a kernel
-    // without the file, a refused lowering) leaves the score as it was, which is harmless.
-    unsafe {
-        command.pre_exec(|| {
-            let fd = libc::open(SCORE_ADJ_PATH.as_ptr().cast(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd >= 0 {
-                libc::write(fd, SCORE_ADJ_VALUE.as_ptr().cast(), SCORE_ADJ_VALUE.len());
-                libc::close(fd);
-            }
-            Ok(())
-        });
-    }
-}
+/// How a program run without a shell is started: `/bin/sh -c EXEC_TRAMPOLINE program args…` raises the score as
+/// [`SHELL_PREFIX`] does, then `exec`s the program with its arguments as given (the same process: its pid, group
+/// and exit status are the program's). It costs the child one small shell start, and spares the node a fork.
+pub const EXEC_TRAMPOLINE: &str = "echo 500 >/proc/self/oom_score_adj 2>/dev/null; exec \"$0\" \"$@\"";
 
 /// The kernel's count of OOM kills when a run started, to compare with when it ends.
 #[derive(Debug, Clone, Copy)]
@@ -144,8 +130,8 @@ mod tests {
 
     #[test]
     fn the_score_value_matches_the_constant() {
-        assert_eq!(SCORE_ADJ_VALUE, RUN_OOM_SCORE_ADJ.to_string().as_bytes());
         assert!(SHELL_PREFIX.starts_with(&format!("echo {RUN_OOM_SCORE_ADJ} >/proc/self/oom_score_adj ")));
         assert!(!SHELL_PREFIX.contains('\n'), "the script keeps its line numbers");
+        assert!(EXEC_TRAMPOLINE.starts_with(SHELL_PREFIX));
     }
 }

@@ -8,6 +8,7 @@
 //! that bound the group is terminated too. A job whose leftovers closed our pipes (daemons that redirect
 //! their output) is left alone, as Dkron does.
 
+use std::ffi::OsString;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
@@ -47,6 +48,11 @@ pub(crate) async fn run(
         let reason =
             format!("cannot start: working directory '{}' does not exist or is not a directory", cwd.display());
         return capture.not_started(reason);
+    }
+    if let Command::Direct(argv) = &config.command
+        && let Err(e) = executable(&argv[0], path_of(&config).as_deref(), config.cwd.as_deref())
+    {
+        return capture.not_started(format!("cannot start {}: {e}", program(&config)));
     }
     let oom_kills = OomKills::now();
     let mut child = match command(spec, &config).spawn() {
@@ -98,11 +104,11 @@ fn command(spec: &RunSpec, config: &ShellConfig) -> tokio::process::Command {
             cmd.arg("-c").arg(format!("{}{script}", oom::SHELL_PREFIX));
             cmd
         }
-        // A program run without a shell raises its score in the forked child, before it is executed.
+        // A program run without a shell starts through one that raises the score, then becomes the program
+        // (`exec`: the same process, its argv as given; see `oom::EXEC_TRAMPOLINE`).
         Command::Direct(argv) => {
-            let mut cmd = tokio::process::Command::new(&argv[0]);
-            cmd.args(&argv[1..]);
-            oom::raise_score_in_child(&mut cmd);
+            let mut cmd = tokio::process::Command::new("/bin/sh");
+            cmd.arg("-c").arg(oom::EXEC_TRAMPOLINE).args(argv);
             cmd
         }
     };
@@ -119,6 +125,49 @@ fn command(spec: &RunSpec, config: &ShellConfig) -> tokio::process::Command {
         cmd.current_dir(cwd);
     }
     cmd
+}
+
+/// The PATH a run sees: the job's `env` sets it, or it inherits this node's.
+fn path_of(config: &ShellConfig) -> Option<OsString> {
+    config
+        .env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| OsString::from(v))
+        .or_else(|| std::env::var_os("PATH"))
+}
+
+/// Whether `program` can be executed as `execvp` would find it: a name with a slash names a file (relative to
+/// the run's directory), a name without one is looked up in `path`. A run without a shell is started through
+/// `/bin/sh` (see [`command`]), so a program that is missing or not executable is caught here, with the error
+/// exec itself gives, before anything starts.
+fn executable(program: &str, path: Option<&std::ffi::OsStr>, cwd: Option<&std::path::Path>) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::{Path, PathBuf};
+    let in_dir = |p: PathBuf| match cwd {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p,
+    };
+    let check = |file: &Path| -> io::Result<()> {
+        let meta = std::fs::metadata(file)?;
+        if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(libc::EACCES))
+        }
+    };
+    if program.contains('/') {
+        return check(&in_dir(PathBuf::from(program)));
+    }
+    let dirs = std::env::split_paths(path.unwrap_or_else(|| std::ffi::OsStr::new("/usr/bin:/bin")));
+    for dir in dirs {
+        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+        if check(&in_dir(dir).join(program)).is_ok() {
+            return Ok(());
+        }
+    }
+    Err(io::Error::from_raw_os_error(libc::ENOENT))
 }
 
 fn program(config: &ShellConfig) -> String {
@@ -296,5 +345,33 @@ async fn read_some<R: AsyncRead + Unpin>(pipe: &mut Option<R>, buf: &mut [u8]) -
     match pipe {
         Some(pipe) => pipe.read(buf).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    #[test]
+    fn a_program_is_found_as_exec_would_find_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let tool = dir.path().join("tool");
+        std::fs::write(&tool, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let data = dir.path().join("data");
+        std::fs::write(&data, "").unwrap();
+        let path = std::ffi::OsString::from(format!("/nonexistent:{}", dir.path().display()));
+        let kind = |r: io::Result<()>| r.map_err(|e| e.raw_os_error());
+
+        assert_eq!(kind(executable("tool", Some(&path), None)), Ok(()), "by name, in PATH");
+        assert_eq!(kind(executable("tool", Some(std::ffi::OsStr::new("/usr/bin")), None)), Err(Some(libc::ENOENT)));
+        assert_eq!(kind(executable(tool.to_str().unwrap(), None, None)), Ok(()), "by path");
+        assert_eq!(kind(executable("./tool", None, Some(dir.path()))), Ok(()), "relative to the run's directory");
+        assert_eq!(kind(executable("./tool", None, Some(Path::new("/")))), Err(Some(libc::ENOENT)));
+        assert_eq!(kind(executable(data.to_str().unwrap(), None, None)), Err(Some(libc::EACCES)), "not executable");
+        assert_eq!(kind(executable(dir.path().to_str().unwrap(), None, None)), Err(Some(libc::EACCES)), "a directory");
+        assert_eq!(kind(executable("sh", Some(std::ffi::OsStr::new("/usr/bin:/bin")), None)), Ok(()));
     }
 }
