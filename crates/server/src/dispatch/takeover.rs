@@ -3,8 +3,8 @@
 //! while a node does not answer (paused? cut off?), the old leader's pending runs that were due before this
 //! takeover wait for it, at most a lease (and at least until any order it may hold has expired,
 //! [`ORDER_STALE_AFTER`]): a silent node may have started one and not reported it yet. Runs due after the takeover
-//! go at once: no node can have launched them (see [`crate::permit`]). Running executions that no node owns any more turn `lost` at the first sweep; the
-//! rest is left to leases.
+//! go at once: no node can have launched them (see [`crate::permit`]). Running executions that no node owns any
+//! more turn `lost` at the first sweep; the rest is left to leases.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
