@@ -84,6 +84,7 @@ impl AgentNode {
         tasks.push(tokio::spawn(crate::worker::launch_loop(worker.clone(), channels.timer, stopping.clone())));
         tasks.push(tokio::spawn(crate::worker::report_loop(worker.clone(), reporter.clone(), channels.reports)));
         tasks.push(tokio::spawn(crate::worker::renew_loop(worker.clone(), reporter, stopping.clone())));
+        tasks.push(tokio::spawn(crate::memory::trim_loop(worker.clone(), stopping.clone())));
         // An agent does not know the leader: it asks any server, which adds its own offset from the leader.
         let clock_source = {
             let membership = membership.clone();

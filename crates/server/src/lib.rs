@@ -22,6 +22,7 @@
 //!   instant through `kairos_agent`, renews their leases and reports starts and finishes in batches;
 //! - [`permit`]: a node other than the leader launches a run only with the leader's permit for it, which tells the
 //!   leader what a silent node cannot have started;
+//! - [`memory`]: after a burst of runs, free memory is given back to the system;
 //! - [`clock`]: this node's offset from the leader's clock (`cluster::clock_sync` measures it over RPC);
 //! - [`notify`]: webhooks; [`metrics`]: Prometheus metrics; [`statsd`]: the same metrics pushed to StatsD or
 //!   DogStatsD;
@@ -50,6 +51,7 @@ pub mod gossip;
 pub mod gossip_key;
 pub mod listener;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod node;
 pub mod notify;

@@ -274,6 +274,8 @@ pub struct Worker {
     recent: Arc<Mutex<std::collections::VecDeque<(ExecRef, String)>>>,
     /// Reports sent but not yet committed; shutdown waits for zero.
     in_flight: Arc<AtomicUsize>,
+    /// Runs launched since the node started (see [`crate::memory`]).
+    launched: Arc<AtomicU64>,
 }
 
 /// The receiving ends the node wires to [`report_loop`] and to its dispatcher.
@@ -329,6 +331,7 @@ impl Worker {
             unreported: Arc::new(Mutex::new(HashSet::new())),
             recent: Arc::new(Mutex::new(std::collections::VecDeque::new())),
             in_flight: Arc::new(AtomicUsize::new(0)),
+            launched: Arc::new(AtomicU64::new(0)),
         };
         (worker, WorkerChannels { reports, dropped, timer })
     }
@@ -354,6 +357,11 @@ impl Worker {
 
     pub fn running_count(&self) -> usize {
         self.runs.lock().expect("runs lock").running.len()
+    }
+
+    /// Runs launched since the node started.
+    pub fn launched_count(&self) -> u64 {
+        self.launched.load(Ordering::Relaxed)
     }
 
     /// Orders due and waiting for a free place (see [`RunLimits`]).
@@ -651,6 +659,7 @@ impl Worker {
                 let token = CancellationToken::new();
                 let exec = queued.order.exec.clone();
                 runs.running.insert(exec, RunningExec { token, reason: Arc::new(Mutex::new(None)) });
+                self.launched.fetch_add(1, Ordering::Relaxed);
                 let worker = self.clone();
                 let order = &queued.order;
                 let span = info_span!("run", job = %order.exec.job, execution = %order.exec.id, term = order.term);

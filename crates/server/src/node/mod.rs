@@ -275,6 +275,7 @@ fn spawn_loops(
         tokio::spawn(crate::worker::launch_loop(worker.clone(), channels.timer, node.stopping.clone())),
         tokio::spawn(crate::worker::report_loop(worker.clone(), reporter.clone(), channels.reports)),
         tokio::spawn(crate::worker::renew_loop(worker.clone(), reporter, node.stopping.clone())),
+        tokio::spawn(crate::memory::trim_loop(worker.clone(), node.stopping.clone())),
         tokio::spawn(raft_members::membership_loop(node.clone())),
         tokio::spawn(storage::watch(node.clone())),
         tokio::spawn(crate::cluster::clock_sync::measure_loop(
