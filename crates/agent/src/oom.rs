@@ -35,6 +35,35 @@ pub const SHELL_PREFIX: &str = "echo 500 >/proc/self/oom_score_adj 2>/dev/null; 
 /// and exit status are the program's). It costs the child one small shell start, and spares the node a fork.
 pub const EXEC_TRAMPOLINE: &str = "echo 500 >/proc/self/oom_score_adj 2>/dev/null; exec \"$0\" \"$@\"";
 
+/// Whether this machine has the `/bin/sh` that [`EXEC_TRAMPOLINE`] needs (a distroless image may not: runs
+/// without a shell then raise their score in a forked child, [`raise_score_in_child`], at the fork's cost).
+pub(crate) fn have_shell() -> bool {
+    static HAVE: OnceLock<bool> = OnceLock::new();
+    *HAVE.get_or_init(|| Path::new("/bin/sh").is_file())
+}
+
+/// What a forked child writes to `/proc/self/oom_score_adj`, NUL-terminated path and the value as text.
+const SCORE_ADJ_PATH: &[u8] = b"/proc/self/oom_score_adj\0";
+const SCORE_ADJ_VALUE: &[u8] = b"500";
+
+/// Makes the command's child raise its `oom_score_adj` before it executes the program: a hook between fork and
+/// exec, so the node forks (see [`SHELL_PREFIX`] for the cost). Only for a machine without `/bin/sh`.
+pub(crate) fn raise_score_in_child(command: &mut tokio::process::Command) {
+    // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe functions
+    // (open, write, close) on static data; it allocates nothing and touches no lock. A failure (a kernel
+    // without the file, a refused lowering) leaves the score as it was, which is harmless.
+    unsafe {
+        command.pre_exec(|| {
+            let fd = libc::open(SCORE_ADJ_PATH.as_ptr().cast(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd >= 0 {
+                libc::write(fd, SCORE_ADJ_VALUE.as_ptr().cast(), SCORE_ADJ_VALUE.len());
+                libc::close(fd);
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The kernel's count of OOM kills when a run started, to compare with when it ends.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct OomKills {
@@ -130,6 +159,7 @@ mod tests {
 
     #[test]
     fn the_score_value_matches_the_constant() {
+        assert_eq!(SCORE_ADJ_VALUE, RUN_OOM_SCORE_ADJ.to_string().as_bytes());
         assert!(SHELL_PREFIX.starts_with(&format!("echo {RUN_OOM_SCORE_ADJ} >/proc/self/oom_score_adj ")));
         assert!(!SHELL_PREFIX.contains('\n'), "the script keeps its line numbers");
         assert!(EXEC_TRAMPOLINE.starts_with(SHELL_PREFIX));

@@ -104,13 +104,7 @@ fn command(spec: &RunSpec, config: &ShellConfig) -> tokio::process::Command {
             cmd.arg("-c").arg(format!("{}{script}", oom::SHELL_PREFIX));
             cmd
         }
-        // A program run without a shell starts through one that raises the score, then becomes the program
-        // (`exec`: the same process, its argv as given; see `oom::EXEC_TRAMPOLINE`).
-        Command::Direct(argv) => {
-            let mut cmd = tokio::process::Command::new("/bin/sh");
-            cmd.arg("-c").arg(oom::EXEC_TRAMPOLINE).args(argv);
-            cmd
-        }
+        Command::Direct(argv) => direct(argv, oom::have_shell()),
     };
     // Later settings win: the job's env, then our names (which a job must not fake), then the spec's.
     cmd.envs(config.env.iter().map(|(k, v)| (k, v)))
@@ -124,6 +118,21 @@ fn command(spec: &RunSpec, config: &ShellConfig) -> tokio::process::Command {
     if let Some(cwd) = &config.cwd {
         cmd.current_dir(cwd);
     }
+    cmd
+}
+
+/// A program run without a shell: started through `/bin/sh`, which raises the score and then becomes the program
+/// (`exec`: the same process, its argv as given; see `oom::EXEC_TRAMPOLINE`); on a machine without `/bin/sh`,
+/// directly, raising the score in the forked child.
+fn direct(argv: &[String], through_shell: bool) -> tokio::process::Command {
+    if through_shell {
+        let mut cmd = tokio::process::Command::new("/bin/sh");
+        cmd.arg("-c").arg(oom::EXEC_TRAMPOLINE).args(argv);
+        return cmd;
+    }
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    oom::raise_score_in_child(&mut cmd);
     cmd
 }
 
@@ -353,6 +362,19 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
     use std::path::Path;
+
+    #[tokio::test]
+    async fn a_program_run_without_a_shell_has_the_runs_score_either_way() {
+        for through_shell in [true, false] {
+            let argv = ["cat".to_string(), "/proc/self/oom_score_adj".to_string()];
+            let out = direct(&argv, through_shell).stdout(Stdio::piped()).output().await.unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                format!("{}\n", oom::RUN_OOM_SCORE_ADJ),
+                "{through_shell}"
+            );
+        }
+    }
 
     #[test]
     fn a_program_is_found_as_exec_would_find_it() {
