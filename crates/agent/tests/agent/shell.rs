@@ -68,29 +68,18 @@ async fn death_by_signal_fails_and_names_the_signal() {
 #[tokio::test]
 async fn a_run_is_the_out_of_memory_killers_first_choice() {
     let agent = agent();
-    let outcome = agent
-        .runner
-        .run(spec("shell", &[("command", "cat /proc/self/oom_score_adj"), ("shell", "true")]), CancellationToken::new())
-        .await;
-    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
-    assert_eq!(outcome.output_tail, format!("{}\n", kairos_agent::RUN_OOM_SCORE_ADJ));
-    // What the script starts inherits it, and a program run without a shell has it too.
-    let outcome = agent
-        .runner
-        .run(
-            spec("shell", &[("command", "sh -c 'cat /proc/self/oom_score_adj' | cat"), ("shell", "true")]),
-            CancellationToken::new(),
-        )
-        .await;
-    assert_eq!(outcome.output_tail, format!("{}\n", kairos_agent::RUN_OOM_SCORE_ADJ), "{outcome:?}");
-    let outcome = agent
-        .runner
-        .run(
-            spec("shell", &[("command", "cat /proc/self/oom_score_adj"), ("shell", "false")]),
-            CancellationToken::new(),
-        )
-        .await;
-    assert_eq!(outcome.output_tail, format!("{}\n", kairos_agent::RUN_OOM_SCORE_ADJ), "{outcome:?}");
+    // The script itself, what the script starts (it inherits the score), and a program run without a shell.
+    let runs = [
+        ("cat /proc/self/oom_score_adj", "true"),
+        ("sh -c 'cat /proc/self/oom_score_adj' | cat", "true"),
+        ("cat /proc/self/oom_score_adj", "false"),
+    ];
+    for (command, shell) in runs {
+        let spec = spec("shell", &[("command", command), ("shell", shell)]);
+        let outcome = agent.runner.run(spec, CancellationToken::new()).await;
+        assert_eq!(outcome.status, RunStatus::Succeeded, "{command}: {outcome:?}");
+        assert_eq!(outcome.output_tail, format!("{}\n", kairos_agent::RUN_OOM_SCORE_ADJ), "{command}: {outcome:?}");
+    }
 }
 
 /// Raising the score first does not show in the script: its first line is still line 1, `$0` is the shell.

@@ -174,6 +174,12 @@ impl Node {
         self.raft.metrics().borrow_watched().clone()
     }
 
+    /// The RPC address of the leader `metrics` name, when that is another server: where a follower forwards.
+    pub fn leader_addr(&self, metrics: &openraft::RaftMetrics<kairos_store::TypeConfig>) -> Option<String> {
+        let leader = metrics.current_leader.filter(|l| *l != self.id)?;
+        metrics.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow_watched().state == ServerState::Leader
     }

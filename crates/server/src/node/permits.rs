@@ -56,11 +56,7 @@ impl Node {
         if request.forwarded {
             return PermitAnswer::Unknown(format!("{} does not lead term {}", self.config.node_name, request.term));
         }
-        let leader_addr = metrics
-            .current_leader
-            .filter(|l| *l != self.id)
-            .and_then(|l| metrics.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
-        match leader_addr {
+        match self.leader_addr(&metrics) {
             Some(addr) => forward(&self.rpc, &addr, &request).await,
             None => PermitAnswer::Unknown("no leader is known".into()),
         }

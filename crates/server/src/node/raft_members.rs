@@ -43,10 +43,8 @@ impl Node {
             ));
         }
         if metrics.state != ServerState::Leader {
-            let addr = metrics
-                .current_leader
-                .and_then(|l| metrics.membership_config.membership().get_node(&l).map(|n| n.addr.clone()))
-                .ok_or_else(|| WriteError::unavailable("no leader is elected yet; retry"))?;
+            let addr =
+                self.leader_addr(&metrics).ok_or_else(|| WriteError::unavailable("no leader is elected yet; retry"))?;
             let forwarded =
                 self.rpc.remove_peer(&addr, peer, crate::cluster::client::REMOVE_PEER_FORWARD_TIMEOUT).await;
             return forwarded.map_err(|err| match err {

@@ -54,11 +54,7 @@ impl Node {
                     Err(err) => return Err(err),
                 }
             }
-            let leader_addr = metrics
-                .current_leader
-                .filter(|l| *l != self.id)
-                .and_then(|l| metrics.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
-            if let Some(addr) = leader_addr {
+            if let Some(addr) = self.leader_addr(&metrics) {
                 match self.forward(&addr, &command).await {
                     Ok(response) => return Ok(response),
                     Err(err) if err.is_unavailable() && !err.message.starts_with(MAYBE_APPLIED) => {
@@ -163,10 +159,8 @@ impl Node {
             self.leader_read_index().await?
         } else {
             let metrics = self.metrics();
-            let addr = metrics
-                .current_leader
-                .and_then(|l| metrics.membership_config.membership().get_node(&l).map(|n| n.addr.clone()))
-                .ok_or_else(|| unavailable("no leader is elected yet; retry".into()))?;
+            let addr =
+                self.leader_addr(&metrics).ok_or_else(|| unavailable("no leader is elected yet; retry".into()))?;
             match self.rpc.read_index(&addr).await {
                 Ok(index) => index,
                 Err(RpcError::Rejected { message, .. }) => return Err(unavailable(message)),
