@@ -64,6 +64,8 @@ pub struct Dispatcher {
     /// Wakes the sweep before its interval (a claim was released, a run was decided for later).
     wake: Notify,
     term: AtomicU64,
+    /// When each node last asked for a launch permit: it reaches this leader (see [`sweep::Asked::Busy`]).
+    heard: Mutex<HashMap<String, Instant>>,
 }
 
 impl Dispatcher {
@@ -92,7 +94,13 @@ impl Dispatcher {
     /// `node` asks for the permit to launch `execs` (see [`crate::permit`]): granted for those this leader has
     /// placed on it, which are noted granted (they may start from now on).
     pub fn grant(&self, node: &str, execs: &[ExecRef]) -> Vec<bool> {
+        self.heard.lock().expect("heard lock").insert(node.to_string(), Instant::now());
         self.claims.lock().expect("claims lock").grant(node, execs)
+    }
+
+    /// Whether `node` asked for a launch permit at or after `since`.
+    fn heard_since(&self, node: &str, since: Instant) -> bool {
+        self.heard.lock().expect("heard lock").get(node).is_some_and(|at| *at >= since)
     }
 
     /// Wake the sweep now.

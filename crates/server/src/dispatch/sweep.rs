@@ -17,6 +17,7 @@ use super::{Host, retry_instant};
 use super::{ORDER_STALE_AFTER, Synced, dispatch, takeover};
 use crate::error::WriteError;
 use crate::gossip::Member;
+use crate::worker::START_DEADLINE;
 use kairos_schedule::time_until;
 
 /// How often the leader re-checks pending executions and leases even without events.
@@ -24,6 +25,9 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// A run placed on another node that has neither started nor been granted its launch permit this long after
 /// its instant (and its claim) is asked about, and placed elsewhere if its node does not hold it or is silent.
 pub const UNGRANTED_STALE_AFTER: Duration = Duration::from_millis(500);
+/// A node silent to the sweep's question that asked for a launch permit this long before it, or since, is busy,
+/// not cut off (see [`Asked::Busy`]).
+pub const BUSY_HEARD_WITHIN: Duration = Duration::from_secs(1);
 /// How long a due run may wait for a live node that matches its job's tags before it fails (nodes that are
 /// starting or rejoining get this long to appear).
 pub const PLACE_GRACE: Duration = Duration::from_secs(10);
@@ -95,6 +99,8 @@ pub struct StaleClaim {
     pub age: Duration,
     /// Whether its node was granted the launch permit (then it may have started it).
     pub granted: bool,
+    /// How long ago the run's instant was (zero if it is not due yet).
+    pub due_since: Duration,
 }
 
 /// Claims of runs still pending on other nodes that should have started by now: those never granted a launch
@@ -129,7 +135,8 @@ pub fn stale_claims(
                 age >= UNGRANTED_STALE_AFTER
                     && due_since >= jiff::SignedDuration::try_from(UNGRANTED_STALE_AFTER).ok()?
             };
-            stale.then(|| StaleClaim { exec: exec.clone(), node: node.to_string(), age, granted })
+            let due_since = due_since.unsigned_abs().try_into().unwrap_or_default();
+            stale.then(|| StaleClaim { exec: exec.clone(), node: node.to_string(), age, granted, due_since })
         })
         .collect()
 }
@@ -142,14 +149,19 @@ pub enum Asked {
     Gone,
     /// No answer (cut off, paused, overloaded).
     Silent,
+    /// No answer, but it asked for launch permits moments ago: it is alive and reaches the leader, only slow
+    /// (swamped by runs), so its runs are not moved while their orders can still start there.
+    Busy,
 }
 
 /// Decide stale claims from their nodes' answers: a claim its node does not hold (or whose node is gone) is
 /// released, so the run is placed again (the node refuses the expired order if it still comes, and the leader
 /// refuses its permit); a claim its node holds stays (it waits for a place, or its report is on its way). A claim
 /// whose node is silent is released too if the node was never granted its permit (it cannot have started it);
-/// granted, it stays until it is `give_up` old, then the run is recorded lost (the node may have started it; the
-/// job's retries apply). Answers (released, lost).
+/// a busy node's (see [`Asked::Busy`]) only once its order expired unstarted. Moving a busy node's runs at once
+/// only piled them on the other nodes, which then fell silent in turn. Granted, a claim stays until it is
+/// `give_up` old, then the run is recorded lost (the node may have started it; the job's retries apply). Answers
+/// (released, lost).
 pub fn settle_stale(
     stale: Vec<StaleClaim>,
     answers: &HashMap<String, Asked>,
@@ -157,13 +169,15 @@ pub fn settle_stale(
 ) -> (Vec<ExecRef>, Vec<(ExecRef, String)>) {
     let mut released = Vec::new();
     let mut lost = Vec::new();
-    for StaleClaim { exec, node, age, granted } in stale {
+    for StaleClaim { exec, node, age, granted, due_since } in stale {
         match answers.get(&node).unwrap_or(&Asked::Silent) {
             Asked::Holds(held) if held.contains(&exec) => {}
             Asked::Holds(_) | Asked::Gone => released.push(exec),
             Asked::Silent if !granted => released.push(exec),
-            Asked::Silent if age >= give_up => lost.push((exec, node)),
-            Asked::Silent => {}
+            Asked::Busy if !granted && due_since > START_DEADLINE => released.push(exec),
+            Asked::Busy if !granted => {}
+            Asked::Silent | Asked::Busy if age >= give_up => lost.push((exec, node)),
+            Asked::Silent | Asked::Busy => {}
         }
     }
     (released, lost)
@@ -332,12 +346,18 @@ async fn settle_stale_claims(node: &Host, term: u64, active: &[Execution]) -> Ve
     if stale.is_empty() {
         return Vec::new();
     }
-    let answers = ask(node, term, stale.iter().map(|claim| claim.node.as_str()).collect()).await;
+    let asked_since = Instant::now();
+    let mut answers = ask(node, term, stale.iter().map(|claim| claim.node.as_str()).collect()).await;
     // A node that did not answer gets no runs for a while: the ones it was not granted are placed elsewhere now.
+    // Unless it asked for a permit while it was being asked: then it is only slow.
     let asked_at = Instant::now();
-    for (name, answer) in &answers {
+    for (name, answer) in answers.iter_mut() {
         if matches!(answer, Asked::Silent) {
-            node.dispatcher.mark_unreachable(name, asked_at);
+            if node.dispatcher.heard_since(name, asked_since.checked_sub(BUSY_HEARD_WITHIN).unwrap_or(asked_since)) {
+                *answer = Asked::Busy;
+            } else {
+                node.dispatcher.mark_unreachable(name, asked_at);
+            }
         }
     }
     let granted_before: HashSet<ExecRef> = stale.iter().filter(|c| c.granted).map(|c| c.exec.clone()).collect();
@@ -560,11 +580,13 @@ mod tests {
             node: node.to_string(),
             age: Duration::from_secs(age),
             granted,
+            due_since: Duration::from_secs(age.saturating_sub(1)),
         };
         let answers = HashMap::from([
             ("answers".to_string(), Asked::Holds(HashSet::from([r("started"), r("waits")]))),
             ("gone".to_string(), Asked::Gone),
             ("silent".to_string(), Asked::Silent),
+            ("busy".to_string(), Asked::Busy),
         ]);
         let (released, lost) = settle_stale(
             vec![
@@ -576,6 +598,10 @@ mod tests {
                 stale("on-silent-long", "silent", 9, true),
                 stale("on-silent-no-permit", "silent", 1, false),
                 stale("on-unknown", "unknown", 6, true),
+                stale("on-busy-no-permit", "busy", 1, false),
+                stale("on-busy-expired", "busy", 5, false),
+                stale("on-busy", "busy", 6, true),
+                stale("on-busy-long", "busy", 9, true),
             ],
             &answers,
             give_up,
@@ -583,12 +609,13 @@ mod tests {
         let ids = |refs: Vec<ExecRef>| refs.into_iter().map(|e| e.id).collect::<Vec<_>>();
         assert_eq!(
             ids(released),
-            ["never-got-it", "on-gone", "on-silent-no-permit"],
-            "the node does not hold them, or cannot have started them: place them again"
+            ["never-got-it", "on-gone", "on-silent-no-permit", "on-busy-expired"],
+            "the node does not hold them, or cannot have started them: place them again; a busy node's only once \
+             its order can no longer start there"
         );
         assert_eq!(
             lost.into_iter().map(|(e, node)| (e.id, node)).collect::<Vec<_>>(),
-            [("on-silent-long".to_string(), "silent".to_string())],
+            [("on-silent-long".to_string(), "silent".to_string()), ("on-busy-long".to_string(), "busy".to_string())],
             "a silent node granted the permit may have started it: after a lease it is recorded lost, never placed twice"
         );
     }

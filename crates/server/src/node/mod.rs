@@ -13,6 +13,7 @@ pub mod leadership;
 mod permits;
 mod present;
 mod raft_members;
+pub mod raft_runtime;
 mod routes;
 pub mod storage;
 mod writes;
@@ -56,6 +57,8 @@ pub struct Node {
     pub config: Config,
     pub id: u64,
     pub raft: Raft,
+    /// The threads Raft and the RPC listener run on (see [`raft_runtime`]).
+    raft_runtime: raft_runtime::RaftRuntime,
     pub state: StateReader,
     pub outputs: OutputStore,
     pub worker: Worker,
@@ -111,7 +114,10 @@ impl Node {
         let raft_config = raft_config(multiplier)?;
         let tls = config.tls.as_ref().map(crate::tls::Tls::load).transpose()?;
         let rpc = RpcClient::with_credentials(tls.as_ref(), config.encrypt.as_ref())?;
-        let raft = start_raft(&config, (id, rpc_addr), raft_config, rpc.clone(), (log, machine)).await?;
+        let raft_runtime = raft_runtime::RaftRuntime::start().context("starting the Raft runtime")?;
+        // Raft's own client: its pooled connections are driven by the Raft runtime, not the main one.
+        let raft_rpc = RpcClient::with_credentials(tls.as_ref(), config.encrypt.as_ref())?;
+        let raft = start_raft(&config, (id, rpc_addr), raft_config, raft_rpc, (log, machine), &raft_runtime).await?;
         let public_http = crate::config::public_http_addr(http_addr, config.advertise_ip());
         let membership = Arc::new(Membership::start(&config, Some(id), rpc_addr, Some(public_http)).await?);
 
@@ -137,6 +143,7 @@ impl Node {
             config: config.clone(),
             id,
             raft: raft.clone(),
+            raft_runtime,
             state,
             outputs,
             worker: worker.clone(),
@@ -154,7 +161,7 @@ impl Node {
         worker.set_fence(permits::server_fence(Arc::downgrade(&node), raft.clone(), permits::lease_fresh(multiplier)));
 
         let api = api(node.clone());
-        let mut tasks = serve_listeners(&node, (rpc_listener, http_listener), api, tls.as_ref());
+        let mut tasks = serve_listeners(&node, (rpc_listener, http_listener), api, tls.as_ref())?;
         tasks.extend(spawn_loops(&node, channels, events_rx, (changes_tx, changes_rx)));
         let audit_writer: Arc<dyn Reporter> = Arc::new(LocalReporter(node.clone()));
         let audit =
@@ -203,17 +210,19 @@ impl Node {
     }
 }
 
-/// Raft over the stores, on the RPC client; a single server (`--bootstrap-expect 1`, or no one to join) that has
-/// never been initialized forms its own cluster.
+/// Raft over the stores, on the RPC client, its tasks on `runtime`; a single server (`--bootstrap-expect 1`, or no
+/// one to join) that has never been initialized forms its own cluster.
 async fn start_raft(
     config: &Config,
     (id, rpc_addr): (u64, SocketAddr),
     raft_config: openraft::Config,
     rpc: RpcClient,
     (log, machine): (LogStore, StateMachine),
+    runtime: &raft_runtime::RaftRuntime,
 ) -> anyhow::Result<Raft> {
     let network = crate::cluster::Network { rpc };
-    let raft = Raft::new(id, Arc::new(raft_config), network, log, machine).await?;
+    // openraft spawns its core and replication tasks on the runtime it is created on.
+    let raft = runtime.run(Raft::new(id, Arc::new(raft_config), network, log, machine)).await??;
     let joining = !config.join.is_empty() || !config.retry_join.is_empty();
     if !raft.is_initialized().await? && config.bootstrap_expect <= 1 && (config.bootstrap_expect == 1 || !joining) {
         let members = BTreeMap::from([(id, BasicNode::new(rpc_addr.to_string()))]);
@@ -241,17 +250,24 @@ fn open_stores(config: &Config) -> anyhow::Result<(LogStore, StateMachine, Unbou
     Ok((log, machine, events_rx))
 }
 
-/// Serve the RPC listener (node-to-node routes) and the HTTP listener (`api`), TLS on both when configured.
+/// Serve the RPC listener (node-to-node routes, on the Raft runtime) and the HTTP listener (`api`), TLS on both
+/// when configured.
 fn serve_listeners(
     node: &Arc<Node>,
     (rpc_listener, http_listener): (tokio::net::TcpListener, tokio::net::TcpListener),
     api: axum::Router,
     tls: Option<&crate::tls::Tls>,
-) -> Vec<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let (rpc_tls, api_tls) = (tls.map(|t| t.server.clone()), tls.map(|t| t.server.clone()));
     let rpc_router = rpc_routes(node);
-    let rpc = tokio::spawn(async move {
-        if let Err(err) = crate::listener::serve(rpc_listener, rpc_router, crate::listener::RPC_LIMITS, rpc_tls).await {
+    // A listener is driven by the runtime it was registered with: register it again on the Raft runtime.
+    let rpc_listener = rpc_listener.into_std()?;
+    let rpc = node.raft_runtime.handle().spawn(async move {
+        let served = match tokio::net::TcpListener::from_std(rpc_listener) {
+            Ok(listener) => crate::listener::serve(listener, rpc_router, crate::listener::RPC_LIMITS, rpc_tls).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = served {
             warn!("rpc listener stopped: {err}");
         }
     });
@@ -260,7 +276,7 @@ fn serve_listeners(
             warn!("http listener stopped: {err}");
         }
     });
-    vec![rpc, http]
+    Ok(vec![rpc, http])
 }
 
 /// The node's background loops: applied events, leader duties, dropped orders, the worker's launches, reports and
@@ -344,22 +360,23 @@ fn raft_config(multiplier: u64) -> anyhow::Result<openraft::Config> {
 }
 
 /// Everything a server answers on its RPC listener: Raft, the servers' routes, the agent's routes, behind the node
-/// credential when the cluster has a key.
+/// credential when the cluster has a key. Raft's routes and the clock are answered on the Raft runtime (the
+/// listener's); the others are handed to the main runtime, the one this is called on.
 fn rpc_routes(node: &Arc<Node>) -> axum::Router {
-    let router = crate::cluster::rpc_router(node.raft.clone()).merge(routes::router(node.clone())).merge(
-        crate::cluster::agent_router(crate::cluster::AgentSide {
-            worker: node.worker.clone(),
-            outputs: node.outputs.clone(),
-            leave: {
+    let on_main = axum::middleware::from_fn_with_state(tokio::runtime::Handle::current(), raft_runtime::on_main);
+    let raft_side = crate::cluster::rpc_router(node.raft.clone()).merge(routes::clock_router(node.clone()));
+    let main_side = routes::router(node.clone()).merge(crate::cluster::agent_router(crate::cluster::AgentSide {
+        worker: node.worker.clone(),
+        outputs: node.outputs.clone(),
+        leave: {
+            let node = node.clone();
+            Arc::new(move || {
                 let node = node.clone();
-                Arc::new(move || {
-                    let node = node.clone();
-                    Box::pin(async move { node.leave().await })
-                })
-            },
-        }),
-    );
-    let router = crate::cluster::with_body_limit(router);
+                Box::pin(async move { node.leave().await })
+            })
+        },
+    }));
+    let router = crate::cluster::with_body_limit(raft_side.merge(main_side.layer(on_main)));
     crate::cluster::require_node_credential(router, crate::cluster::node_credential(&node.config))
 }
 
