@@ -42,7 +42,7 @@ impl AgentNode {
             .await
             .with_context(|| format!("--rpc-port: cannot listen on port {}", config.rpc_port))?;
         let rpc_addr = config.advertised(rpc_listener.local_addr()?);
-        let membership = Arc::new(Membership::start(&config, None, rpc_addr, None).await?);
+        let membership = Arc::new(Membership::start(&config, None, (rpc_addr, None), None).await?);
         let outputs = OutputStore::open_with(config.data_dir.join("outputs"), config.output_limits)?;
         let (worker, channels) = Worker::new(&config, outputs.clone());
         let stopping = CancellationToken::new();

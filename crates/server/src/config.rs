@@ -45,6 +45,10 @@ pub struct AgentArgs {
     /// Port of the node-to-node RPC listener (default 6868; 0 picks a free port).
     #[arg(long, env = "KAIROS_RPC_PORT")]
     pub rpc_port: Option<u16>,
+    /// Port of a server's Raft listener, used only by the other servers (default: the RPC port + 1, or the port
+    /// this server used before; 0 picks a free port and keeps it across restarts).
+    #[arg(long, env = "KAIROS_RAFT_PORT")]
+    pub raft_port: Option<u16>,
     /// Gossip address (host:port) of a node to join at start; repeatable. Fails if none answers.
     #[arg(long, env = "KAIROS_JOIN", value_delimiter = ',')]
     pub join: Vec<String>,
@@ -218,6 +222,7 @@ struct FileConfig {
     bind_addr: Option<String>,
     advertise_addr: Option<String>,
     rpc_port: Option<u16>,
+    raft_port: Option<u16>,
     tags: Option<BTreeMap<String, String>>,
     join: Option<Vec<String>>,
     retry_join: Option<Vec<String>>,
@@ -287,6 +292,8 @@ pub struct Config {
     pub bind_addr: String,
     pub advertise_addr: Option<String>,
     pub rpc_port: u16,
+    /// `--raft-port` as given; see [`Config::raft_bind_addr`] for the default.
+    pub raft_port: Option<u16>,
     pub tags: BTreeMap<String, String>,
     pub join: Vec<String>,
     pub retry_join: Vec<String>,
@@ -464,6 +471,7 @@ impl AgentArgs {
             bind_addr: self.bind_addr.or(file.bind_addr).unwrap_or_else(|| "0.0.0.0:8946".into()),
             advertise_addr,
             rpc_port: self.rpc_port.or(file.rpc_port).unwrap_or(6868),
+            raft_port: self.raft_port.or(file.raft_port),
             tags,
             log_level,
             datacenter: self.datacenter.or(file.datacenter).unwrap_or_else(|| "dc1".into()),
@@ -585,11 +593,21 @@ fn require_node_credentials(
 impl Config {
     /// The RPC listener's address: the `--bind-addr` host with `--rpc-port`.
     pub fn rpc_bind_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.bind_host_with(self.rpc_port)
+    }
+
+    /// A server's Raft listener: the `--bind-addr` host with `--raft-port`; without it, the port this server's
+    /// Raft listened on before (`used`, kept in the data directory), else the RPC port + 1 (0 with an RPC port of
+    /// 0: a free port).
+    pub fn raft_bind_addr(&self, used: Option<u16>) -> anyhow::Result<SocketAddr> {
+        let default = if self.rpc_port == 0 { 0 } else { self.rpc_port.checked_add(1).unwrap_or(0) };
+        self.bind_host_with(self.raft_port.or(used).unwrap_or(default))
+    }
+
+    fn bind_host_with(&self, port: u16) -> anyhow::Result<SocketAddr> {
         let host = self.bind_addr.rsplit_once(':').map_or(self.bind_addr.as_str(), |(h, _)| h);
         let host = if host.is_empty() { "0.0.0.0" } else { host };
-        format!("{host}:{}", self.rpc_port)
-            .parse()
-            .with_context(|| format!("--bind-addr: '{}' is not host:port", self.bind_addr))
+        format!("{host}:{port}").parse().with_context(|| format!("--bind-addr: '{}' is not host:port", self.bind_addr))
     }
 
     /// The address peers use for a listener on the `--bind-addr` host (RPC): the node's advertise IP

@@ -24,6 +24,8 @@ use crate::config::Config;
 const KEY_ROLE: &str = "role";
 const KEY_RAFT_ID: &str = "raft_id";
 const KEY_RPC: &str = "rpc";
+/// A server's Raft listener (servers of earlier versions have none: Raft reaches them on their RPC listener).
+const KEY_RAFT: &str = "raft";
 const KEY_HTTP: &str = "http";
 const KEY_TAGS: &str = "tags";
 const KEY_LEFT: &str = "left";
@@ -85,6 +87,8 @@ pub struct Member {
     pub server: bool,
     pub raft_id: Option<u64>,
     pub rpc_addr: String,
+    /// A server's Raft listener, if it has one of its own (see [`Member::raft_addr`]).
+    pub raft_listener: Option<String>,
     pub http_addr: String,
     pub gossip_addr: SocketAddr,
     /// Start time of this life of the node (a restart is a new generation).
@@ -102,6 +106,12 @@ pub struct Member {
 }
 
 impl Member {
+    /// Where the other servers' Raft reaches this server: its Raft listener, or its RPC listener (which answers
+    /// Raft too) when it did not publish one.
+    pub fn raft_addr(&self) -> &str {
+        self.raft_listener.as_deref().unwrap_or(&self.rpc_addr)
+    }
+
     /// Whether this node runs jobs of `executor`.
     pub fn runs(&self, executor: &str) -> bool {
         self.executors.as_ref().is_none_or(|list| list.iter().any(|e| e == executor))
@@ -123,7 +133,7 @@ impl Membership {
     pub async fn start(
         config: &Config,
         raft_id: Option<u64>,
-        rpc_addr: SocketAddr,
+        (rpc_addr, raft_addr): (SocketAddr, Option<SocketAddr>),
         http_addr: Option<SocketAddr>,
     ) -> anyhow::Result<Membership> {
         let bind = resolve_bind(&config.bind_addr)?;
@@ -166,6 +176,9 @@ impl Membership {
         }
         if let Some(http) = http_addr {
             keys.push((KEY_HTTP.to_string(), http.to_string()));
+        }
+        if let Some(raft) = raft_addr {
+            keys.push((KEY_RAFT.to_string(), raft.to_string()));
         }
         let handle = match &config.encrypt {
             Some(key) => {
@@ -298,6 +311,7 @@ fn member_of(id: &ChitchatId, state: &chitchat::NodeState, status: Status) -> Op
         server: state.get(KEY_ROLE) == Some("server"),
         raft_id: state.get(KEY_RAFT_ID).and_then(|v| v.parse().ok()),
         rpc_addr,
+        raft_listener: state.get(KEY_RAFT).map(str::to_string),
         http_addr: state.get(KEY_HTTP).unwrap_or_default().to_string(),
         gossip_addr: id.gossip_advertise_addr,
         generation: id.generation_id,

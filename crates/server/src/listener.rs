@@ -39,6 +39,11 @@ pub const API_LIMITS: Limits =
 pub const RPC_LIMITS: Limits =
     Limits { name: "rpc", connections_max: 1024, header_read_timeout: Duration::from_secs(60) };
 
+/// Raft between servers: a few pooled connections from each other server (Raft's own client), never the agents'
+/// traffic, so however many connections jobs take on the RPC listener, a heartbeat is accepted at once.
+pub const RAFT_LIMITS: Limits =
+    Limits { name: "raft", connections_max: 256, header_read_timeout: Duration::from_secs(60) };
+
 /// How long the RPC client keeps an idle pooled connection: shorter than [`RPC_LIMITS`]'s header deadline.
 pub const RPC_POOL_IDLE: Duration = Duration::from_secs(45);
 

@@ -57,6 +57,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
         bind_addr,
         advertise_addr,
         rpc_port,
+        raft_port,
         tags,
         join,
         retry_join,
@@ -104,6 +105,7 @@ pub fn compare(running: &Config, read: &Config) -> Changes {
     note(false, "bind-addr", &r.bind_addr, bind_addr);
     note(false, "advertise-addr", &r.advertise_addr, advertise_addr);
     note(false, "rpc-port", &r.rpc_port, rpc_port);
+    note(false, "raft-port", &r.raft_port, raft_port);
     note(false, "join", &r.join, join);
     note(false, "retry-join", &r.retry_join, retry_join);
     note(false, "retry-max", &r.retry_max, retry_max);

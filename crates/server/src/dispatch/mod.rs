@@ -462,6 +462,7 @@ fn eligible_members(node: &Host) -> Vec<Member> {
             server: true,
             raft_id: Some(node.id),
             rpc_addr: node.rpc_addr.to_string(),
+            raft_listener: None,
             http_addr: String::new(),
             gossip_addr: node.membership.gossip_addr(),
             generation: 0,

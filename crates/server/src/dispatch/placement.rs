@@ -95,6 +95,7 @@ pub(super) mod tests {
             server: false,
             raft_id: None,
             rpc_addr: format!("{name}:6868"),
+            raft_listener: None,
             http_addr: String::new(),
             gossip_addr: ([127, 0, 0, 1], 8946).into(),
             generation: 1,

@@ -105,6 +105,8 @@ impl Node {
             .await
             .with_context(|| format!("--rpc-port: cannot listen on port {}", config.rpc_port))?;
         let rpc_addr = config.advertised(rpc_listener.local_addr()?);
+        let raft_listener = bind_raft_listener(&config).await?;
+        let raft_addr = config.advertised(raft_listener.local_addr()?);
         let http_listener = tokio::net::TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("--http-addr: cannot listen on {}", config.http_addr))?;
@@ -117,9 +119,10 @@ impl Node {
         let raft_runtime = raft_runtime::RaftRuntime::start().context("starting the Raft runtime")?;
         // Raft's own client: its pooled connections are driven by the Raft runtime, not the main one.
         let raft_rpc = RpcClient::with_credentials(tls.as_ref(), config.encrypt.as_ref())?;
-        let raft = start_raft(&config, (id, rpc_addr), raft_config, raft_rpc, (log, machine), &raft_runtime).await?;
+        let raft = start_raft(&config, (id, raft_addr), raft_config, raft_rpc, (log, machine), &raft_runtime).await?;
         let public_http = crate::config::public_http_addr(http_addr, config.advertise_ip());
-        let membership = Arc::new(Membership::start(&config, Some(id), rpc_addr, Some(public_http)).await?);
+        let membership =
+            Arc::new(Membership::start(&config, Some(id), (rpc_addr, Some(raft_addr)), Some(public_http)).await?);
 
         let outputs = OutputStore::open_with(config.data_dir.join("outputs"), config.output_limits)?;
         let (worker, channels) = Worker::new(&config, outputs.clone());
@@ -161,7 +164,7 @@ impl Node {
         worker.set_fence(permits::server_fence(Arc::downgrade(&node), raft.clone(), permits::lease_fresh(multiplier)));
 
         let api = api(node.clone());
-        let mut tasks = serve_listeners(&node, (rpc_listener, http_listener), api, tls.as_ref())?;
+        let mut tasks = serve_listeners(&node, (rpc_listener, raft_listener, http_listener), api, tls.as_ref())?;
         tasks.extend(spawn_loops(&node, channels, events_rx, (changes_tx, changes_rx)));
         let audit_writer: Arc<dyn Reporter> = Arc::new(LocalReporter(node.clone()));
         let audit =
@@ -172,7 +175,10 @@ impl Node {
             None => info!("no configuration file found; using flags, environment and defaults"),
         }
         crate::agent_node::await_join(&config, &node.membership).await?;
-        info!(node = %config.node_name, id, rpc = %rpc_addr, gossip = %node.membership.gossip_addr(), "server started");
+        info!(
+            node = %config.node_name, id, rpc = %rpc_addr, raft = %raft_addr, gossip = %node.membership.gossip_addr(),
+            "server started"
+        );
         crate::logging::announce(config.log_format, &config.node_name, &format!("RPC listening on {rpc_addr}"));
         Ok(Running { node, http_addr, tasks })
     }
@@ -182,9 +188,13 @@ impl Node {
     }
 
     /// The RPC address of the leader `metrics` name, when that is another server: where a follower forwards.
+    /// Gossip tells it; Raft's configuration holds the leader's Raft listener, which answers only Raft, so it
+    /// serves only for a leader gossip does not list yet (an earlier version's, whose Raft address is its RPC
+    /// address).
     pub fn leader_addr(&self, metrics: &openraft::RaftMetrics<kairos_store::TypeConfig>) -> Option<String> {
         let leader = metrics.current_leader.filter(|l| *l != self.id)?;
-        metrics.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
+        let gossip = self.membership.alive().into_iter().find(|m| m.raft_id == Some(leader)).map(|m| m.rpc_addr);
+        gossip.or_else(|| metrics.membership_config.membership().get_node(&leader).map(|n| n.addr.clone()))
     }
 
     pub fn is_leader(&self) -> bool {
@@ -214,7 +224,7 @@ impl Node {
 /// one to join) that has never been initialized forms its own cluster.
 async fn start_raft(
     config: &Config,
-    (id, rpc_addr): (u64, SocketAddr),
+    (id, raft_addr): (u64, SocketAddr),
     raft_config: openraft::Config,
     rpc: RpcClient,
     (log, machine): (LogStore, StateMachine),
@@ -225,7 +235,7 @@ async fn start_raft(
     let raft = runtime.run(Raft::new(id, Arc::new(raft_config), network, log, machine)).await??;
     let joining = !config.join.is_empty() || !config.retry_join.is_empty();
     if !raft.is_initialized().await? && config.bootstrap_expect <= 1 && (config.bootstrap_expect == 1 || !joining) {
-        let members = BTreeMap::from([(id, BasicNode::new(rpc_addr.to_string()))]);
+        let members = BTreeMap::from([(id, BasicNode::new(raft_addr.to_string()))]);
         raft.initialize(members).await.context("bootstrapping the single-server cluster")?;
     }
     Ok(raft)
@@ -250,25 +260,51 @@ fn open_stores(config: &Config) -> anyhow::Result<(LogStore, StateMachine, Unbou
     Ok((log, machine, events_rx))
 }
 
-/// Serve the RPC listener (node-to-node routes, on the Raft runtime) and the HTTP listener (`api`), TLS on both
-/// when configured.
+/// The Raft listener, on `--raft-port` or its default; the port it got is kept in the data directory, so a free
+/// port picked once (`--rpc-port 0`) stays this server's Raft address across restarts.
+async fn bind_raft_listener(config: &Config) -> anyhow::Result<std::net::TcpListener> {
+    let kept = config.data_dir.join("raft-port");
+    let used = std::fs::read_to_string(&kept).ok().and_then(|text| text.trim().parse().ok());
+    let addr = config.raft_bind_addr(used)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--raft-port: cannot listen on {addr} (Raft between servers)"))?;
+    let port = listener.local_addr()?.port();
+    if used != Some(port) {
+        std::fs::write(&kept, port.to_string()).with_context(|| format!("writing '{}'", kept.display()))?;
+    }
+    // A listener is driven by the runtime it was registered with: it is registered again on the Raft runtime.
+    Ok(listener.into_std()?)
+}
+
+/// Serve the RPC listener (node-to-node routes), the Raft listener (on the Raft runtime) and the HTTP listener
+/// (`api`), TLS on all three when configured.
 fn serve_listeners(
     node: &Arc<Node>,
-    (rpc_listener, http_listener): (tokio::net::TcpListener, tokio::net::TcpListener),
+    (rpc_listener, raft_listener, http_listener): (
+        tokio::net::TcpListener,
+        std::net::TcpListener,
+        tokio::net::TcpListener,
+    ),
     api: axum::Router,
     tls: Option<&crate::tls::Tls>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let (rpc_tls, api_tls) = (tls.map(|t| t.server.clone()), tls.map(|t| t.server.clone()));
+    let raft_tls = tls.map(|t| t.server.clone());
     let rpc_router = rpc_routes(node);
-    // A listener is driven by the runtime it was registered with: register it again on the Raft runtime.
-    let rpc_listener = rpc_listener.into_std()?;
-    let rpc = node.raft_runtime.handle().spawn(async move {
-        let served = match tokio::net::TcpListener::from_std(rpc_listener) {
-            Ok(listener) => crate::listener::serve(listener, rpc_router, crate::listener::RPC_LIMITS, rpc_tls).await,
+    let rpc = tokio::spawn(async move {
+        if let Err(err) = crate::listener::serve(rpc_listener, rpc_router, crate::listener::RPC_LIMITS, rpc_tls).await {
+            warn!("rpc listener stopped: {err}");
+        }
+    });
+    let raft_router = raft_routes(node);
+    let raft = node.raft_runtime.handle().spawn(async move {
+        let served = match tokio::net::TcpListener::from_std(raft_listener) {
+            Ok(listener) => crate::listener::serve(listener, raft_router, crate::listener::RAFT_LIMITS, raft_tls).await,
             Err(err) => Err(err),
         };
         if let Err(err) = served {
-            warn!("rpc listener stopped: {err}");
+            warn!("raft listener stopped: {err}");
         }
     });
     let http = tokio::spawn(async move {
@@ -276,7 +312,7 @@ fn serve_listeners(
             warn!("http listener stopped: {err}");
         }
     });
-    Ok(vec![rpc, http])
+    Ok(vec![rpc, raft, http])
 }
 
 /// The node's background loops: applied events, leader duties, dropped orders, the worker's launches, reports and
@@ -359,11 +395,18 @@ fn raft_config(multiplier: u64) -> anyhow::Result<openraft::Config> {
     Ok(config)
 }
 
-/// Everything a server answers on its RPC listener: Raft, the servers' routes, the agent's routes, behind the node
-/// credential when the cluster has a key. Raft's routes and the clock are answered on the Raft runtime (the
-/// listener's); the others are handed to the main runtime, the one this is called on.
+/// What a server answers on its Raft listener: Raft and the clock (which followers ask at the leader's Raft
+/// address), behind the node credential when the cluster has a key.
+fn raft_routes(node: &Arc<Node>) -> axum::Router {
+    let router = crate::cluster::rpc_router(node.raft.clone()).merge(routes::clock_router(node.clone()));
+    let router = crate::cluster::with_body_limit(router);
+    crate::cluster::require_node_credential(router, crate::cluster::node_credential(&node.config))
+}
+
+/// Everything a server answers on its RPC listener: the servers' routes, the agent's routes, and Raft's too (for
+/// servers of an earlier version, which know this one by its RPC address), behind the node credential when the
+/// cluster has a key.
 fn rpc_routes(node: &Arc<Node>) -> axum::Router {
-    let on_main = axum::middleware::from_fn_with_state(tokio::runtime::Handle::current(), raft_runtime::on_main);
     let raft_side = crate::cluster::rpc_router(node.raft.clone()).merge(routes::clock_router(node.clone()));
     let main_side = routes::router(node.clone()).merge(crate::cluster::agent_router(crate::cluster::AgentSide {
         worker: node.worker.clone(),
@@ -376,7 +419,7 @@ fn rpc_routes(node: &Arc<Node>) -> axum::Router {
             })
         },
     }));
-    let router = crate::cluster::with_body_limit(raft_side.merge(main_side.layer(on_main)));
+    let router = crate::cluster::with_body_limit(raft_side.merge(main_side));
     crate::cluster::require_node_credential(router, crate::cluster::node_credential(&node.config))
 }
 

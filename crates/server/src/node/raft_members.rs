@@ -153,7 +153,7 @@ async fn try_bootstrap(node: &Node) {
         return;
     }
     let members: BTreeMap<u64, BasicNode> =
-        servers.iter().filter_map(|m| Some((m.raft_id?, BasicNode::new(m.rpc_addr.clone())))).collect();
+        servers.iter().filter_map(|m| Some((m.raft_id?, BasicNode::new(m.raft_addr())))).collect();
     info!("bootstrapping a cluster of {} servers: {:?}", members.len(), members.keys().collect::<Vec<_>>());
     if let Err(err) = node.raft.initialize(members).await {
         warn!("bootstrap: {err}");
@@ -166,13 +166,14 @@ async fn add_new_servers(node: &Node, metrics: &openraft::RaftMetrics<kairos_sto
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     for member in node.membership.alive() {
         let Some(id) = member.raft_id else { continue };
-        // A server that came back on another RPC address: tell Raft where it is now.
+        // A server that came back on another Raft address (or now has a Raft listener of its own): tell Raft
+        // where it is now.
         if let Some(known_node) = membership.get_node(&id)
             && member.server
-            && known_node.addr != member.rpc_addr
+            && known_node.addr != member.raft_addr()
         {
-            info!("server {} ({id}) moved to {}; updating its Raft address", member.name, member.rpc_addr);
-            let nodes = BTreeMap::from([(id, BasicNode::new(member.rpc_addr.clone()))]);
+            info!("server {} ({id}) moved to {}; updating its Raft address", member.name, member.raft_addr());
+            let nodes = BTreeMap::from([(id, BasicNode::new(member.raft_addr()))]);
             if let Err(err) = node.raft.change_membership(ChangeMembers::SetNodes(nodes), true).await {
                 warn!("cannot update the address of {}: {err}", member.name);
             }
@@ -185,7 +186,7 @@ async fn add_new_servers(node: &Node, metrics: &openraft::RaftMetrics<kairos_sto
         }
         if !known.contains(&id) {
             info!("adding server {} ({id}) as a learner", member.name);
-            if let Err(err) = node.raft.add_learner(id, BasicNode::new(member.rpc_addr.clone()), true).await {
+            if let Err(err) = node.raft.add_learner(id, BasicNode::new(member.raft_addr()), true).await {
                 warn!("cannot add {} as a learner: {err}", member.name);
                 continue;
             }

@@ -1,21 +1,15 @@
 //! Raft on threads of its own (issue 19): openraft's core, its replication and heartbeat tasks, the client that
-//! sends them, and the RPC listener that receives them run on a runtime no job traffic uses.
+//! sends them, and the Raft listener that receives them run on a runtime no job traffic uses.
 //!
-//! On the node's main runtime Raft's tasks queued behind whatever else was ready: forwarded writes, agents'
-//! reports and permits, the scheduler, the API. On a machine short of CPU a heartbeat's answer then came later
-//! than openraft's deadline for it (the heartbeat interval), leaders lost their quorum and elections followed one
-//! another while the load lasted. Here a heartbeat waits only for the operating system to give its thread a core,
-//! which it shares fairly with the main runtime's threads.
-//!
-//! The RPC listener is one port for everything node-to-node, as Dkron's is: its connections are served on this
-//! runtime (reading and parsing requests is little work), and every route but Raft's and the clock's is handed to
-//! the main runtime by [`on_main`], so a burst of reports or permits cannot hold a heartbeat up.
+//! On the node's main runtime and its RPC listener, Raft waited behind job traffic. Under load, agents' reports,
+//! permits and renewals held every one of the RPC listener's 1,024 connections, each waiting for a write that
+//! Raft could not commit; a heartbeat's new connection then waited in the kernel's accept queue (a request to
+//! the listener took up to 2 minutes), leaders lost their quorum, elections followed one another, and writes
+//! stalled further: a cycle the cluster did not leave by itself once the load was gone. Now a heartbeat goes
+//! through a listener only servers use and waits only for the operating system to give its thread a core.
 
 use std::future::Future;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use tokio::runtime::Handle;
 
 /// Threads of the Raft runtime: one can wait for a log write's fsync while the other answers a heartbeat.
@@ -54,14 +48,5 @@ impl Drop for RaftRuntime {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
-    }
-}
-
-/// Middleware: serve the request on the main runtime (`main`) rather than on the listener's.
-pub async fn on_main(State(main): State<Handle>, request: Request, next: Next) -> Response {
-    match main.spawn(next.run(request)).await {
-        Ok(response) => response,
-        // A handler that panicked: the connection gets a 500, as axum gives when a handler panics in place.
-        Err(err) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, format!("handler failed: {err}")).into_response(),
     }
 }
