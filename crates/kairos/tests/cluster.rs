@@ -806,21 +806,33 @@ async fn output_is_served_by_any_server_and_followed_live() {
     assert_eq!(body, "tick 1\ntick 2\ntick 3\ntick 4\ntick 5\n", "the followed output, in chunks:\n{arrivals}");
 }
 
-/// A server that comes back with its data dir on another RPC address keeps its identity: the leader updates its
+/// A server that comes back with its data dir on other addresses keeps its identity: the leader updates its Raft
 /// address in the Raft configuration, so it still votes, and the cluster survives losing the leader afterwards.
+/// Its Raft address is its Raft listener's, not its RPC listener's; a port picked free is kept in the data
+/// directory, so the server is given new ports here by removing that file too.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_back_on_a_new_address_is_found_again() {
     let mut cluster = Cluster::start(3, &[], &[]).await;
     let leader = cluster.wait_formed().await;
     let mover = (0..3).find(|&i| i != leader).expect("a follower");
     let name = cluster.node_name(mover).to_string();
-    let old_addr = cluster.rpc_addr(mover).to_string();
+    let raft_addr = |cluster: &Cluster| {
+        let kept = cluster.node(mover).data_dir().join("raft-port");
+        let port = std::fs::read_to_string(&kept).unwrap_or_else(|e| panic!("{}: {e}", kept.display()));
+        format!("127.0.0.1:{}", port.trim())
+    };
+    let old_addr = raft_addr(&cluster);
+    let peers = cluster.raft_peers(leader).await;
+    let listed = peers.iter().find(|p| p.node == name).map(|p| p.address.clone());
+    assert_eq!(listed.as_deref(), Some(old_addr.as_str()), "Raft knows {name} at its Raft listener: {peers:?}");
+    assert_ne!(old_addr, cluster.rpc_addr(mover), "the Raft listener is not the RPC listener");
     cluster.create_job(&shell_job("after-move", "@manually", "echo moved")).await;
     let status = cluster.sigterm(mover).await;
     assert!(status.success(), "{name} exits 0 on SIGTERM: {status}");
+    std::fs::remove_file(cluster.node(mover).data_dir().join("raft-port")).expect("remove the kept Raft port");
     cluster.restart_on_new_rpc_port(mover).await;
-    let new_addr = cluster.rpc_addr(mover).to_string();
-    assert_ne!(old_addr, new_addr, "the harness gave {name} a new RPC port");
+    let new_addr = raft_addr(&cluster);
+    assert_ne!(old_addr, new_addr, "{name} picked a new Raft port");
     wait_until(&format!("the Raft configuration names {name} at {new_addr}"), secs(30), async || {
         let peers = cluster.raft_peers(leader).await;
         match peers.iter().find(|p| p.node == name) {
@@ -835,6 +847,37 @@ async fn a_server_back_on_a_new_address_is_found_again() {
     cluster.note(&format!("new leader after the kill: {}", cluster.node_name(next)));
     let run = run_to_success(&cluster, mover, "after-move").await;
     assert!(run.output.contains("moved"), "{run:?}");
+}
+
+/// Raft has a listener of its own (issue 19). Under load, agents' requests held every one of a server's 1,024 RPC
+/// connections, and Raft's new connections waited in the kernel's accept queue: no election could finish. Here
+/// the followers' RPC listeners are filled with connections that send nothing; the leader is killed, and the two
+/// followers must still elect a leader and commit a write, which needs new connections between them.
+#[tokio::test(flavor = "multi_thread")]
+async fn raft_elects_and_commits_while_every_rpc_connection_is_taken() {
+    let mut cluster = Cluster::start(3, &[], &[]).await;
+    let leader = cluster.wait_formed().await;
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    // The RPC listener serves 1,024 connections at once (`listener::RPC_LIMITS`); a few more wait in the backlog.
+    let mut held = Vec::new();
+    for &i in &followers {
+        for _ in 0..1024 + 8 {
+            let addr = cluster.rpc_addr(i).to_string();
+            held.push(tokio::net::TcpStream::connect(&addr).await.expect("connect to the RPC listener"));
+        }
+    }
+    let probe = reqwest::Client::builder().no_proxy().timeout(secs(2)).build().unwrap();
+    for &i in &followers {
+        let url = format!("http://{}/cluster/peers", cluster.rpc_addr(i));
+        let answer = probe.get(&url).send().await;
+        assert!(answer.is_err(), "{url} answered with every connection taken: {:?}", answer.map(|r| r.status()));
+    }
+    cluster.kill9(leader).await;
+    // Well within the minute after which the RPC listeners close the idle connections themselves.
+    let next = wait_until("a new leader with full RPC listeners", secs(20), async || cluster.leader().await).await;
+    cluster.note(&format!("new leader with full RPC listeners: {}", cluster.node_name(next)));
+    cluster.create_job(&shell_job("while-full", "@manually", "echo ok")).await;
+    drop(held);
 }
 
 /// The leader's disk fills up: its next write that needs the disk fails, it answers `507 storage failed`, exits 75

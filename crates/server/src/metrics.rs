@@ -155,7 +155,8 @@ impl Metrics {
         );
         registry.register(
             "runs_skipped_overloaded",
-            "Runs this node recorded skipped because its places and its queue were full (--max-running, --max-queued)",
+            "Runs this node recorded skipped because its places and its queue were full (--max-running, --max-queued), \
+             or, as leader, because no node started them within a minute of their instants",
             m.runs_skipped_overloaded.clone(),
         );
         registry.register(

@@ -483,7 +483,12 @@ impl Worker {
             return false;
         }
         if order.expires_at < Timestamp::now() {
-            warn!("refusing {}/{}: the order expired at {}", order.exec.job, order.exec.id, order.expires_at);
+            // A node past its capacity may refuse thousands a second: the log must not fill the disk.
+            static EXPIRED: Limited = Limited::new("more expired orders were refused");
+            EXPIRED.warn(&format!(
+                "refusing {}/{}: the order expired at {}",
+                order.exec.job, order.exec.id, order.expires_at
+            ));
             return false;
         }
         let seen = self.max_term.fetch_max(order.term, Ordering::SeqCst);
@@ -667,11 +672,17 @@ impl Worker {
             }
             crate::metrics::metrics().runs_queued.set(runs.queue.len() as i64);
         }
+        if let Some(first) = dropped.first() {
+            static DROPPED: Limited = Limited::new("more batches of runs were not launched");
+            DROPPED.warn(&format!(
+                "not launching {} run(s), e.g. {}/{}: their leader (term {term}) no longer leads, or no longer has them \
+                 placed here",
+                dropped.len(),
+                first.job,
+                first.id
+            ));
+        }
         for exec in &dropped {
-            warn!(
-                "not launching {}/{}: its leader (term {term}) no longer leads, or no longer has it placed here",
-                exec.job, exec.id
-            );
             let _ = self.dropped.send(exec.clone());
         }
         dropped.len()
@@ -791,23 +802,38 @@ impl Worker {
 /// runs a second, and the log must not become the next thing that fills the disk.
 const SKIP_LOG_EVERY_S: i64 = 10;
 
-/// Log a skipped run, or count it toward the next line (which says how many were not logged).
-fn note_skip(line: &str) {
-    static LAST_LOGGED_S: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
-    static UNLOGGED: AtomicU64 = AtomicU64::new(0);
-    let now_s = Timestamp::now().as_second();
-    let last = LAST_LOGGED_S.load(Ordering::Relaxed);
-    if last.checked_add(SKIP_LOG_EVERY_S).is_some_and(|next| now_s < next) {
-        UNLOGGED.fetch_add(1, Ordering::Relaxed);
-        return;
+/// A kind of line logged at most once per [`SKIP_LOG_EVERY_S`]; the lines not logged are counted in the next.
+struct Limited {
+    last_logged_s: std::sync::atomic::AtomicI64,
+    unlogged: AtomicU64,
+    /// What the count of the lines not logged says, e.g. "more runs were skipped".
+    more: &'static str,
+}
+
+impl Limited {
+    const fn new(more: &'static str) -> Limited {
+        Limited { last_logged_s: std::sync::atomic::AtomicI64::new(i64::MIN), unlogged: AtomicU64::new(0), more }
     }
-    LAST_LOGGED_S.store(now_s, Ordering::Relaxed);
-    match UNLOGGED.swap(0, Ordering::Relaxed) {
-        0 => warn!("{line}"),
-        more => {
-            warn!("{line} ({more} more runs were skipped since the last such line; see kairos_runs_skipped_overloaded)")
+
+    fn warn(&self, line: &str) {
+        let now_s = Timestamp::now().as_second();
+        let last = self.last_logged_s.load(Ordering::Relaxed);
+        if last.checked_add(SKIP_LOG_EVERY_S).is_some_and(|next| now_s < next) {
+            self.unlogged.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.last_logged_s.store(now_s, Ordering::Relaxed);
+        match self.unlogged.swap(0, Ordering::Relaxed) {
+            0 => warn!("{line}"),
+            more => warn!("{line} ({more} {} since the last such line)", self.more),
         }
     }
+}
+
+/// Log a skipped run, or count it toward the next line (which says how many were not logged).
+fn note_skip(line: &str) {
+    static SKIPS: Limited = Limited::new("more runs were skipped; see kairos_runs_skipped_overloaded");
+    SKIPS.warn(line);
 }
 
 /// Runs execute on a runtime of their own: starting a process blocks the thread that does it (about 0.3 ms of

@@ -28,6 +28,13 @@ pub const UNGRANTED_STALE_AFTER: Duration = Duration::from_millis(500);
 /// A node silent to the sweep's question that asked for a launch permit this long before it, or since, is busy,
 /// not cut off (see [`Asked::Busy`]).
 pub const BUSY_HEARD_WITHIN: Duration = Duration::from_secs(1);
+/// A run that no node has started this long after its instant is recorded skipped instead of being placed again.
+/// A cluster past its capacity (its nodes' orders expiring in their queues, placed again, expiring again) would
+/// otherwise carry a backlog it can never work off once the load is back to what it can run: every run stays late
+/// for good (issue 19). Runs its nodes hold (queued, waiting for a permit) are not skipped while they hold them.
+pub const START_WINDOW: Duration = Duration::from_secs(60);
+// A run no node can take fails first, with its own reason.
+const _: () = assert!(START_WINDOW.as_secs() > PLACE_GRACE.as_secs());
 /// How long a due run may wait for a live node that matches its job's tags before it fails (nodes that are
 /// starting or rejoining get this long to appear).
 pub const PLACE_GRACE: Duration = Duration::from_secs(10);
@@ -75,6 +82,12 @@ pub fn decide<'a>(active: &'a [Execution], synced: Option<&Synced>, now: Timesta
         }
     }
     decisions
+}
+
+/// Whether a run not started yet is past its start window: [`START_WINDOW`] since it became due.
+pub fn past_start_window(exec: &Execution, now: Timestamp) -> bool {
+    let since = exec.not_before.unwrap_or(exec.scheduled_at);
+    since <= now && now.duration_since(since).unsigned_abs() >= START_WINDOW
 }
 
 /// Whether a run that no node could take has waited past [`PLACE_GRACE`] since it became due.
@@ -214,13 +227,15 @@ async fn sweep(node: &Host, synced: Option<Synced>, term: u64) -> Result<Option<
     // the whole RPC timeout, and the sweep should wait for that once, not twice.
     let ((), lost_orders) =
         tokio::join!(takeover::resolve_silent(node, term), settle_stale_claims(node, term, &active));
-    let decisions = decide(&active, synced.as_ref(), now);
-    let unplaced = dispatch(node, decisions.due.into_iter().map(|e| (e, None)).collect());
+    let mut decisions = decide(&active, synced.as_ref(), now);
+    let late = take_late(node, &mut decisions.due, now);
+    let unplaced = dispatch(node, std::mem::take(&mut decisions.due).into_iter().map(|e| (e, None)).collect());
     let mut results: Vec<Finish> = unplaced
         .into_iter()
         .filter(|exec| placement_expired(exec, now))
         .map(|exec| unplaceable(node, exec, now))
         .collect();
+    results.extend(late);
     let (held, waited) = spared(node, term, now, &decisions.lost).await;
     let lost: Vec<_> = decisions
         .lost
@@ -281,6 +296,50 @@ async fn sweep(node: &Host, synced: Option<Synced>, term: u64) -> Result<Option<
         node.submit_as_leader(term, Command::Finish { results }).await?;
     }
     Ok(decisions.next_retry)
+}
+
+/// Take the due runs past their start window that no node holds out of `due`: their skipped finishes.
+fn take_late(node: &Host, due: &mut Vec<&Execution>, now: Timestamp) -> Vec<Finish> {
+    let late: Vec<&Execution> = {
+        // The order `dispatch` takes them in.
+        let takeover = node.dispatcher.takeover.lock().expect("takeover lock");
+        let claims = node.dispatcher.claims.lock().expect("claims lock");
+        let (late, keep) = std::mem::take(due).into_iter().partition(|exec| {
+            let exec_ref = exec_ref(exec);
+            past_start_window(exec, now) && !claims.contains(&exec_ref) && !takeover.holds(&exec_ref)
+        });
+        *due = keep;
+        late
+    };
+    if late.is_empty() {
+        return Vec::new();
+    }
+    warn!(
+        "{} run(s) could not start within {START_WINDOW:?} of their instants (the nodes that can run them are busy or \
+         unreachable): recorded skipped, e.g. {}/{}",
+        late.len(),
+        late[0].job_name,
+        late[0].id
+    );
+    crate::metrics::metrics().runs_skipped_overloaded.inc_by(late.len() as u64);
+    late.into_iter()
+        .map(|exec| Finish {
+            exec: exec_ref(exec),
+            status: ExecutionStatus::Skipped,
+            exit_code: None,
+            error: Some(format!(
+                "skipped: no node started it within {START_WINDOW:?} of its instant (the nodes that can run it were \
+                 busy or unreachable)"
+            )),
+            output_tail: String::new(),
+            output_bytes: 0,
+            node: String::new(),
+            started_at: None,
+            finished_at: now,
+            retry_at: None,
+            only_if_lease_expired: false,
+        })
+        .collect()
 }
 
 fn exec_ref(exec: &Execution) -> ExecRef {
@@ -511,6 +570,18 @@ mod tests {
         retry.not_before = Some(at(60));
         assert!(!placement_expired(&retry, at(61)), "the grace counts from the retry's instant");
         assert!(!placement_expired(&retry, at(30)), "not due yet");
+    }
+
+    #[test]
+    fn a_run_not_started_within_its_window_is_late_counted_from_its_retry_instant() {
+        let exec = pending("p", "2026-01-01T00:00:00Z");
+        let at = |secs: u64| ts("2026-01-01T00:00:00Z") + Duration::from_secs(secs);
+        assert!(!past_start_window(&exec, at(START_WINDOW.as_secs() - 1)));
+        assert!(past_start_window(&exec, at(START_WINDOW.as_secs())));
+        let mut retry = exec.clone();
+        retry.not_before = Some(at(100));
+        assert!(!past_start_window(&retry, at(100 + START_WINDOW.as_secs() - 1)), "counted from the retry's instant");
+        assert!(past_start_window(&retry, at(100 + START_WINDOW.as_secs())));
     }
 
     #[test]
