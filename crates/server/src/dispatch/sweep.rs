@@ -148,7 +148,7 @@ pub fn stale_claims(
                 age >= UNGRANTED_STALE_AFTER
                     && due_since >= jiff::SignedDuration::try_from(UNGRANTED_STALE_AFTER).ok()?
             };
-            let due_since = due_since.unsigned_abs().try_into().unwrap_or_default();
+            let due_since = due_since.unsigned_abs();
             stale.then(|| StaleClaim { exec: exec.clone(), node: node.to_string(), age, granted, due_since })
         })
         .collect()
