@@ -33,6 +33,9 @@ pub const BUSY_HEARD_WITHIN: Duration = Duration::from_secs(1);
 /// otherwise carry a backlog it can never work off once the load is back to what it can run: every run stays late
 /// for good (issue 19). Runs its nodes hold (queued, waiting for a permit) are not skipped while they hold them.
 pub const START_WINDOW: Duration = Duration::from_secs(60);
+/// At most this many late runs are skipped per sweep: one write of a bounded size, and a sweep that stays short
+/// (a backlog of 30,000 in one write did not commit in time, and the same runs were tried again and again).
+const LATE_PER_SWEEP: usize = 2_000;
 // A run no node can take fails first, with its own reason.
 const _: () = assert!(START_WINDOW.as_secs() > PLACE_GRACE.as_secs());
 /// How long a due run may wait for a live node that matches its job's tags before it fails (nodes that are
@@ -292,21 +295,29 @@ async fn sweep(node: &Host, synced: Option<Synced>, term: u64) -> Result<Option<
             only_if_lease_expired: false,
         });
     }
-    if !results.is_empty() {
-        node.submit_as_leader(term, Command::Finish { results }).await?;
+    for chunk in results.chunks(kairos_store::BATCH_ITEMS_MAX) {
+        node.submit_as_leader(term, Command::Finish { results: chunk.to_vec() }).await?;
     }
     Ok(decisions.next_retry)
 }
 
-/// Take the due runs past their start window that no node holds out of `due`: their skipped finishes.
+/// Take the due runs past their start window that no node holds out of `due` (at most [`LATE_PER_SWEEP`]): their
+/// skipped finishes.
 fn take_late(node: &Host, due: &mut Vec<&Execution>, now: Timestamp) -> Vec<Finish> {
     let late: Vec<&Execution> = {
         // The order `dispatch` takes them in.
         let takeover = node.dispatcher.takeover.lock().expect("takeover lock");
         let claims = node.dispatcher.claims.lock().expect("claims lock");
+        let mut taken = 0;
         let (late, keep) = std::mem::take(due).into_iter().partition(|exec| {
+            if taken == LATE_PER_SWEEP {
+                return false;
+            }
             let exec_ref = exec_ref(exec);
-            past_start_window(exec, now) && !claims.contains(&exec_ref) && !takeover.holds(&exec_ref)
+            let held = claims.contains(&exec_ref) || claims.expanding.contains(&exec_ref) || takeover.holds(&exec_ref);
+            let late = past_start_window(exec, now) && !held;
+            taken += usize::from(late);
+            late
         });
         *due = keep;
         late

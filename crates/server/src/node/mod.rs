@@ -121,8 +121,13 @@ impl Node {
         let raft_rpc = RpcClient::with_credentials(tls.as_ref(), config.encrypt.as_ref())?;
         let raft = start_raft(&config, (id, raft_addr), raft_config, raft_rpc, (log, machine), &raft_runtime).await?;
         let public_http = crate::config::public_http_addr(http_addr, config.advertise_ip());
-        let membership =
-            Arc::new(Membership::start(&config, Some(id), (rpc_addr, Some(raft_addr)), Some(public_http)).await?);
+        // Gossip runs on the Raft runtime too: on a leader whose main runtime was busy dispatching, the failure
+        // detector went without the other nodes' heartbeats for seconds and took every agent for dead at once.
+        let gossip_config = config.clone();
+        let gossip = async move {
+            Membership::start(&gossip_config, Some(id), (rpc_addr, Some(raft_addr)), Some(public_http)).await
+        };
+        let membership = Arc::new(raft_runtime.run(gossip).await??);
 
         let outputs = OutputStore::open_with(config.data_dir.join("outputs"), config.output_limits)?;
         let (worker, channels) = Worker::new(&config, outputs.clone());
