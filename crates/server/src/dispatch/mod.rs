@@ -41,6 +41,9 @@ use crate::gossip::Member;
 use crate::gossip::Membership;
 use crate::worker::{Cancelled, Order, START_DEADLINE, Worker};
 
+/// How long a node that asked for a launch permit counts as alive for placement, whatever gossip says.
+const HEARD_ALIVE_FOR: Duration = Duration::from_secs(10);
+
 /// The scheduler decides slots this far ahead at most (see [`crate::scheduler::DECIDE_AHEAD`]); runs decided
 /// further ahead than this are left to the sweep.
 const DECIDE_AHEAD_MAX: Duration = Duration::from_secs(2);
@@ -66,6 +69,8 @@ pub struct Dispatcher {
     term: AtomicU64,
     /// When each node last asked for a launch permit: it reaches this leader (see [`sweep::Asked::Busy`]).
     heard: Mutex<HashMap<String, Instant>>,
+    /// Each member as gossip last listed it alive (see [`eligible_members`]).
+    last_alive: Mutex<HashMap<String, Member>>,
 }
 
 impl Dispatcher {
@@ -96,6 +101,28 @@ impl Dispatcher {
     pub fn grant(&self, node: &str, execs: &[ExecRef]) -> Vec<bool> {
         self.heard.lock().expect("heard lock").insert(node.to_string(), Instant::now());
         self.claims.lock().expect("claims lock").grant(node, execs)
+    }
+
+    /// Add to `alive` (gossip's live members) the members gossip stopped listing that asked for a launch permit
+    /// within [`HEARD_ALIVE_FOR`] before `now`, and remember the live ones. On a machine short of CPU, gossip's
+    /// failure detector took all 50 agents for dead at once while they kept asking for permits and running what
+    /// they were sent; runs then failed `no live node matches` by the thousand (issue 19). A node that asks for
+    /// permits reaches this leader: it is alive. One that is really gone stops asking and drops out.
+    fn alive_or_heard(&self, alive: &mut Vec<Member>, now: Instant) {
+        let mut last_alive = self.last_alive.lock().expect("last alive lock");
+        for member in alive.iter() {
+            last_alive.insert(member.name.clone(), member.clone());
+        }
+        let heard = self.heard.lock().expect("heard lock");
+        let listed: HashSet<String> = alive.iter().map(|m| m.name.clone()).collect();
+        for (name, at) in heard.iter() {
+            if listed.contains(name) || now.saturating_duration_since(*at) > HEARD_ALIVE_FOR {
+                continue;
+            }
+            if let Some(member) = last_alive.get(name) {
+                alive.push(member.clone());
+            }
+        }
     }
 
     /// Whether `node` asked for a launch permit at or after `since`.
@@ -455,6 +482,7 @@ pub async fn dropped_loop(node: Arc<Host>, mut dropped: UnboundedReceiver<ExecRe
 /// Live nodes that take runs (servers and agents, not left) and that orders could reach lately, in name order.
 fn eligible_members(node: &Host) -> Vec<Member> {
     let mut members = node.membership.alive();
+    node.dispatcher.alive_or_heard(&mut members, Instant::now());
     if !members.iter().any(|m| m.name == node.config.node_name) {
         // Gossip has not listed this node yet (it just started): it can still run jobs.
         members.push(Member {
@@ -479,4 +507,34 @@ fn eligible_members(node: &Host) -> Vec<Member> {
     members.retain(|m| m.clock.is_none_or(|c| !c.beyond(max)));
     let unreachable = node.dispatcher.unreachable.lock().expect("unreachable lock");
     placement::reachable(members, &unreachable, Instant::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(members: &[Member]) -> Vec<&str> {
+        let mut names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_node_gossip_stopped_listing_stays_eligible_while_it_asks_for_permits() {
+        let dispatcher = Dispatcher::default();
+        let member = placement::tests::member;
+        let start = Instant::now();
+        let mut alive = vec![member("a", &[]), member("b", &[]), member("c", &[])];
+        dispatcher.alive_or_heard(&mut alive, start);
+        assert_eq!(names(&alive), ["a", "b", "c"]);
+        dispatcher.grant("b", &[]);
+        dispatcher.grant("unknown", &[]);
+        // Gossip now lists only "a": "b" asked for a permit moments ago, "c" did not, "unknown" was never listed.
+        let mut alive = vec![member("a", &[])];
+        dispatcher.alive_or_heard(&mut alive, Instant::now());
+        assert_eq!(names(&alive), ["a", "b"]);
+        let mut alive = vec![member("a", &[])];
+        dispatcher.alive_or_heard(&mut alive, Instant::now() + HEARD_ALIVE_FOR + Duration::from_secs(1));
+        assert_eq!(names(&alive), ["a"], "silent for longer: gossip's word stands");
+    }
 }
