@@ -13,7 +13,7 @@ pub mod leadership;
 mod permits;
 mod present;
 mod raft_members;
-pub mod raft_runtime;
+mod raft_runtime;
 mod routes;
 pub mod storage;
 mod writes;
@@ -57,7 +57,7 @@ pub struct Node {
     pub config: Config,
     pub id: u64,
     pub raft: Raft,
-    /// The threads Raft and the RPC listener run on (see [`raft_runtime`]).
+    /// The threads Raft, its listener and gossip run on (see [`raft_runtime`]).
     raft_runtime: raft_runtime::RaftRuntime,
     pub state: StateReader,
     pub outputs: OutputStore,

@@ -1,5 +1,7 @@
 //! Raft on threads of its own (issue 19): openraft's core, its replication and heartbeat tasks, the client that
-//! sends them, and the Raft listener that receives them run on a runtime no job traffic uses.
+//! sends them, and the Raft listener that receives them run on a runtime no job traffic uses; so does gossip,
+//! whose failure detector otherwise took every agent for dead when a busy leader's main runtime read their
+//! heartbeats late.
 //!
 //! On the node's main runtime and its RPC listener, Raft waited behind job traffic. Under load, agents' reports,
 //! permits and renewals held every one of the RPC listener's 1,024 connections, each waiting for a write that
