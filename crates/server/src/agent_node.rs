@@ -2,7 +2,6 @@
 //! orders, keeps the full output of its runs, and reports to the servers over RPC. It stores no cluster state.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::cluster::{RpcClient, RpcError};
 use crate::config::Config;
-use crate::gossip::Membership;
+use crate::gossip::{Membership, ServerChoice};
 use crate::worker::{Reporter, Worker};
 
 pub struct AgentNode {
@@ -52,7 +51,7 @@ impl AgentNode {
         let clock_rpc = rpc.clone();
         worker.set_fence(crate::permit::agent_fence(membership.clone(), rpc.clone(), config.node_name.clone()));
         let reporter: Arc<dyn Reporter> =
-            Arc::new(RemoteReporter { membership: membership.clone(), rpc, next: AtomicUsize::new(0) });
+            Arc::new(RemoteReporter { membership: membership.clone(), rpc, choice: ServerChoice::default() });
         let side = crate::cluster::AgentSide {
             worker: worker.clone(),
             outputs,
@@ -151,28 +150,25 @@ pub async fn await_join(config: &Config, membership: &Membership) -> anyhow::Res
 struct RemoteReporter {
     membership: Arc<Membership>,
     rpc: RpcClient,
-    next: AtomicUsize,
+    choice: ServerChoice,
 }
 
 impl Reporter for RemoteReporter {
     fn submit(&self, command: Command) -> BoxFuture<'_, Result<Response, String>> {
         Box::pin(async move {
-            let servers: Vec<String> =
-                self.membership.alive().into_iter().filter(|m| m.server).map(|m| m.rpc_addr).collect();
+            let servers = self.choice.order(&self.membership);
             if servers.is_empty() {
                 return Err("no live server is known".into());
             }
-            let start = self.next.load(Ordering::Relaxed);
             let mut last_error = String::new();
-            for i in 0..servers.len() {
-                let addr = &servers[(start + i) % servers.len()];
+            for addr in &servers {
                 match self.rpc.report(addr, &command).await {
                     Ok(response) => return Ok(response),
                     // The server handled it and refused: another server would refuse it too.
                     Err(RpcError::Rejected { message, .. }) => return Err(message),
                     Err(err) => last_error = format!("{addr}: {err}"),
                 }
-                self.next.store(start + i + 1, Ordering::Relaxed);
+                self.choice.failed();
             }
             Err(last_error)
         })

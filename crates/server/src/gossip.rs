@@ -36,6 +36,9 @@ const KEY_EXECUTORS: &str = "executors";
 const KEY_CLOCK: &str = "clock";
 /// How many executions the node runs at once (`--max-running`); placement weighs its load by it.
 const KEY_PLACES: &str = "places";
+/// The Raft term a server leads in ("0" when it does not lead): agents send their permit requests and reports
+/// to the leader directly rather than through a follower that forwards them.
+const KEY_LEADING: &str = "leading";
 
 /// How often a node gossips with a few peers.
 const GOSSIP_INTERVAL: Duration = Duration::from_millis(200);
@@ -103,6 +106,8 @@ pub struct Member {
     pub clock: Option<crate::clock::Offset>,
     /// How many executions it runs at once (`--max-running`); `None`: it did not say (an earlier version).
     pub places: Option<usize>,
+    /// The Raft term this server says it leads in (see [`KEY_LEADING`]).
+    pub leading: Option<u64>,
 }
 
 impl Member {
@@ -279,6 +284,22 @@ impl Membership {
         }
     }
 
+    /// Publish the term this server leads in, or 0.
+    pub async fn set_leading(&self, term: u64) {
+        let text = term.to_string();
+        let chitchat = self.handle.chitchat();
+        let mut chitchat = chitchat.lock().await;
+        if chitchat.self_node_state().get(KEY_LEADING).unwrap_or("0") != text {
+            chitchat.self_node_state().set(KEY_LEADING, text);
+        }
+    }
+
+    /// The live servers' RPC addresses, the one that says it leads in the highest term first (with the term),
+    /// the others in name order.
+    pub fn servers_leader_first(&self) -> (Vec<String>, Option<u64>) {
+        leader_first(self.alive())
+    }
+
     /// Publish this node's clock offset from the leader.
     pub async fn set_clock(&self, offset: crate::clock::Offset) {
         let text = format!("{},{}", offset.offset_ms, offset.error_ms);
@@ -303,6 +324,52 @@ impl Membership {
     }
 }
 
+/// Which server a node sends its permit requests or reports to: the leader (as gossip hints it) first, so no
+/// follower has to forward them; after a failure the next server, kept until gossip names a leader of a newer term.
+#[derive(Default)]
+pub struct ServerChoice {
+    term: std::sync::atomic::AtomicU64,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl ServerChoice {
+    /// The live servers' RPC addresses in the order to try them, the current choice first.
+    pub fn order(&self, membership: &Membership) -> Vec<String> {
+        let (servers, term) = membership.servers_leader_first();
+        self.order_of(servers, term)
+    }
+
+    fn order_of(&self, servers: Vec<String>, term: Option<u64>) -> Vec<String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(term) = term
+            && self.term.swap(term, Relaxed) != term
+        {
+            self.next.store(0, Relaxed);
+        }
+        if servers.is_empty() {
+            return servers;
+        }
+        let start = self.next.load(Relaxed) % servers.len();
+        servers[start..].iter().chain(&servers[..start]).cloned().collect()
+    }
+
+    /// The first server of the last `order` failed: start with the next one from now on.
+    pub fn failed(&self) {
+        self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// See [`Membership::servers_leader_first`].
+fn leader_first(members: Vec<Member>) -> (Vec<String>, Option<u64>) {
+    let mut servers: Vec<Member> = members.into_iter().filter(|m| m.server).collect();
+    let leader = servers.iter().enumerate().filter_map(|(i, m)| Some((m.leading?, i))).max();
+    if let Some((_, i)) = leader {
+        let first = servers.remove(i);
+        servers.insert(0, first);
+    }
+    (servers.into_iter().map(|m| m.rpc_addr).collect(), leader.map(|(term, _)| term))
+}
+
 fn member_of(id: &ChitchatId, state: &chitchat::NodeState, status: Status) -> Option<Member> {
     let rpc_addr = state.get(KEY_RPC)?.to_string();
     let status = if state.get(KEY_LEFT).is_some() { Status::Left } else { status };
@@ -323,6 +390,7 @@ fn member_of(id: &ChitchatId, state: &chitchat::NodeState, status: Status) -> Op
             Some(crate::clock::Offset { offset_ms: offset.parse().ok()?, error_ms: error.parse().ok()? })
         }),
         places: state.get(KEY_PLACES).and_then(|n| n.parse().ok()).filter(|n| *n > 0),
+        leading: state.get(KEY_LEADING).and_then(|t| t.parse().ok()).filter(|t| *t > 0),
         executors: state
             .get(KEY_EXECUTORS)
             .map(|list| list.split(',').filter(|e| !e.is_empty()).map(str::to_string).collect()),
@@ -400,6 +468,47 @@ pub fn tags_match(job_tags: &BTreeMap<String, String>, node_tags: &BTreeMap<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn server(name: &str, leading: Option<u64>) -> Member {
+        Member {
+            name: name.into(),
+            server: true,
+            raft_id: Some(1),
+            rpc_addr: format!("{name}:6868"),
+            raft_listener: None,
+            http_addr: String::new(),
+            gossip_addr: ([127, 0, 0, 1], 8946).into(),
+            generation: 1,
+            tags: BTreeMap::new(),
+            status: Status::Alive,
+            raft_initialized: true,
+            executors: None,
+            clock: None,
+            places: None,
+            leading,
+        }
+    }
+
+    #[test]
+    fn the_server_leading_the_newest_term_comes_first_and_a_failure_moves_on_until_a_new_term() {
+        let agent = Member { server: false, ..server("a", Some(9)) };
+        let (order, term) = leader_first(vec![server("s1", None), server("s2", Some(3)), server("s3", Some(4)), agent]);
+        assert_eq!(order, ["s3:6868", "s1:6868", "s2:6868"], "s2 still says it leads term 3, s3 leads term 4");
+        assert_eq!(term, Some(4));
+        assert_eq!(
+            leader_first(vec![server("s1", None), server("s2", None)]),
+            (vec!["s1:6868".into(), "s2:6868".into()], None)
+        );
+
+        let choice = ServerChoice::default();
+        let servers = || vec!["leader".to_string(), "f1".to_string(), "f2".to_string()];
+        assert_eq!(choice.order_of(servers(), Some(4)), ["leader", "f1", "f2"]);
+        choice.failed();
+        assert_eq!(choice.order_of(servers(), Some(4)), ["f1", "f2", "leader"], "the leader failed: the next one");
+        assert_eq!(choice.order_of(servers(), Some(4)), ["f1", "f2", "leader"], "and it stays");
+        assert_eq!(choice.order_of(servers(), Some(5)), ["leader", "f1", "f2"], "a new term: the leader again");
+        assert!(choice.order_of(Vec::new(), None).is_empty());
+    }
 
     fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

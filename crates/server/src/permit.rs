@@ -10,12 +10,12 @@
 //!   that no run of the previous term due after its election was launched anywhere, even on a node it cannot reach
 //!   (see `dispatch::takeover`).
 //!
-//! An agent asks any server (followers forward to the leader); a follower server asks the leader. A request that
+//! An agent asks the server gossip says leads (any other after a failure; followers forward to the leader); a
+//! follower server asks the leader. A request that
 //! gets no answer is asked again until the order's start deadline, then the order is dropped.
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use kairos_store::ExecRef;
@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tracing::debug;
 
 use crate::cluster::RpcClient;
-use crate::gossip::Membership;
+use crate::gossip::{Membership, ServerChoice};
 use crate::worker::{Fence, Verdict};
 
 /// How long a node waits for the answer to a permit request (the server it asks may forward it once).
@@ -72,24 +72,20 @@ impl PermitAnswer {
     }
 }
 
-/// An agent's fence: ask a live server for the permit, the next server after one that failed.
+/// An agent's fence: ask the leader for the permit (gossip hints which server leads), the next server after one
+/// that failed (see [`ServerChoice`]).
 pub fn agent_fence(membership: Arc<Membership>, rpc: RpcClient, node_name: String) -> Fence {
-    let next = Arc::new(AtomicUsize::new(0));
+    let choice = Arc::new(ServerChoice::default());
     Arc::new(move |term, execs| {
-        let (membership, rpc, node, next) = (membership.clone(), rpc.clone(), node_name.clone(), next.clone());
+        let (membership, rpc, node, choice) = (membership.clone(), rpc.clone(), node_name.clone(), choice.clone());
         Box::pin(async move {
-            let servers: Vec<String> =
-                membership.alive().into_iter().filter(|m| m.server).map(|m| m.rpc_addr).collect();
-            if servers.is_empty() {
-                return Verdict::Wait;
-            }
-            let addr = &servers[next.load(Ordering::Relaxed) % servers.len()];
+            let Some(addr) = choice.order(&membership).into_iter().next() else { return Verdict::Wait };
             let request = PermitRequest { term, node, execs, forwarded: false };
-            match rpc.permit(addr, &request, PERMIT_TIMEOUT).await {
+            match rpc.permit(&addr, &request, PERMIT_TIMEOUT).await {
                 Ok(answer) => answer.verdict(&request.execs),
                 Err(err) => {
                     debug!("launch permit: {addr}: {err}");
-                    next.fetch_add(1, Ordering::Relaxed);
+                    choice.failed();
                     Verdict::Wait
                 }
             }

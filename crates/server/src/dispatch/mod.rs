@@ -500,6 +500,7 @@ fn eligible_members(node: &Host) -> Vec<Member> {
             executors: Some(node.config.executors.clone()),
             clock: node.worker.clock.offset(),
             places: Some(node.config.run_limits.max_running),
+            leading: None,
         });
     }
     // A node whose clock is certainly further off than --clock-offset-max gets no runs (see crate::clock).

@@ -105,6 +105,7 @@ pub(super) mod tests {
             executors: None,
             clock: None,
             places: None,
+            leading: None,
         }
     }
 

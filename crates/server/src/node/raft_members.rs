@@ -120,6 +120,8 @@ pub(super) async fn membership_loop(node: Arc<Node>) {
             _ = tokio::time::sleep(MEMBERSHIP_INTERVAL) => {}
         }
         let metrics = node.metrics();
+        let leading = if metrics.state == ServerState::Leader { metrics.current_term } else { 0 };
+        node.membership.set_leading(leading).await;
         let initialized = metrics.membership_config.membership().voter_ids().next().is_some();
         if initialized && !published {
             node.membership.set_initialized().await;
