@@ -49,7 +49,7 @@ impl Node {
             }
             let fresh = lease_fresh(u64::from(self.config.raft_multiplier));
             return match lease_verdict(&self.raft, fresh).await {
-                Verdict::Launch => PermitAnswer::Granted(self.dispatch.dispatcher.grant(&request.node, &request.execs)),
+                Verdict::Launch => PermitAnswer::Granted(self.grant_pending(&request)),
                 _ => PermitAnswer::Unknown(format!("the leader of term {} cannot confirm its lease", request.term)),
             };
         }
@@ -60,6 +60,27 @@ impl Node {
             Some(addr) => forward(&self.rpc, &addr, &request).await,
             None => PermitAnswer::Unknown("no leader is known".into()),
         }
+    }
+}
+
+impl Node {
+    /// Grant the runs of `request` still pending in the state and placed on the asking node. A run that already
+    /// ran keeps its claim until the next sweep; an order for it that reached its node again (sent twice, the
+    /// first answer lost) must not run it a second time once the node has reported it (seen in a partition test:
+    /// the same run twice on one node, 200 ms apart).
+    fn grant_pending(&self, request: &PermitRequest) -> Vec<bool> {
+        let pending: Vec<bool> = request
+            .execs
+            .iter()
+            .map(|exec| {
+                let stored = self.state.execution(&exec.job, &exec.id).ok().flatten();
+                stored.is_some_and(|e| e.status == kairos_model::ExecutionStatus::Pending)
+            })
+            .collect();
+        let asked: Vec<_> =
+            request.execs.iter().zip(&pending).filter(|(_, pending)| **pending).map(|(exec, _)| exec.clone()).collect();
+        let mut granted = self.dispatch.dispatcher.grant(&request.node, &asked).into_iter();
+        pending.into_iter().map(|pending| pending && granted.next().unwrap_or(false)).collect()
     }
 }
 
