@@ -485,10 +485,9 @@ impl Worker {
         if order.expires_at < Timestamp::now() {
             // A node past its capacity may refuse thousands a second: the log must not fill the disk.
             static EXPIRED: Limited = Limited::new("more expired orders were refused");
-            EXPIRED.warn(&format!(
-                "refusing {}/{}: the order expired at {}",
-                order.exec.job, order.exec.id, order.expires_at
-            ));
+            EXPIRED.warn(|| {
+                format!("refusing {}/{}: the order expired at {}", order.exec.job, order.exec.id, order.expires_at)
+            });
             return false;
         }
         let seen = self.max_term.fetch_max(order.term, Ordering::SeqCst);
@@ -564,7 +563,7 @@ impl Worker {
              (--max-running {max_running}, --max-queued {max_queued})",
             self.node_name
         );
-        note_skip(&format!("execution {}/{} {error}", order.exec.job, order.exec.id));
+        note_skip(|| format!("execution {}/{} {error}", order.exec.job, order.exec.id));
         crate::metrics::metrics().runs_skipped_overloaded.inc();
         self.report(Report::Finish(Finish {
             exec: order.exec,
@@ -674,7 +673,7 @@ impl Worker {
         }
         if let Some(first) = dropped.first() {
             static DROPPED: Limited = Limited::new("more batches of runs were not launched");
-            DROPPED.warn(&format!(
+            DROPPED.warn(|| format!(
                 "not launching {} run(s), e.g. {}/{}: their leader (term {term}) no longer leads, or no longer has them \
                  placed here",
                 dropped.len(),
@@ -815,7 +814,8 @@ impl Limited {
         Limited { last_logged_s: std::sync::atomic::AtomicI64::new(i64::MIN), unlogged: AtomicU64::new(0), more }
     }
 
-    fn warn(&self, line: &str) {
+    /// `line` is built only when it is logged: under overload most are only counted.
+    fn warn(&self, line: impl FnOnce() -> String) {
         let now_s = Timestamp::now().as_second();
         let last = self.last_logged_s.load(Ordering::Relaxed);
         if last.checked_add(SKIP_LOG_EVERY_S).is_some_and(|next| now_s < next) {
@@ -824,14 +824,14 @@ impl Limited {
         }
         self.last_logged_s.store(now_s, Ordering::Relaxed);
         match self.unlogged.swap(0, Ordering::Relaxed) {
-            0 => warn!("{line}"),
-            more => warn!("{line} ({more} {} since the last such line)", self.more),
+            0 => warn!("{}", line()),
+            more => warn!("{} ({more} {} since the last such line)", line(), self.more),
         }
     }
 }
 
 /// Log a skipped run, or count it toward the next line (which says how many were not logged).
-fn note_skip(line: &str) {
+fn note_skip(line: impl FnOnce() -> String) {
     static SKIPS: Limited = Limited::new("more runs were skipped; see kairos_runs_skipped_overloaded");
     SKIPS.warn(line);
 }
