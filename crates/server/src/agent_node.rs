@@ -20,6 +20,8 @@ pub struct AgentNode {
     pub config: Config,
     pub worker: Worker,
     pub membership: Arc<Membership>,
+    /// The threads gossip runs on.
+    _gossip_runtime: crate::node::raft_runtime::RaftRuntime,
     stopping: CancellationToken,
     /// Cancelled when the process should exit by itself (after `kairos leave`).
     pub exit: CancellationToken,
@@ -41,7 +43,13 @@ impl AgentNode {
             .await
             .with_context(|| format!("--rpc-port: cannot listen on port {}", config.rpc_port))?;
         let rpc_addr = config.advertised(rpc_listener.local_addr()?);
-        let membership = Arc::new(Membership::start(&config, None, (rpc_addr, None), None).await?);
+        // Gossip on threads of its own (see crate::node::raft_runtime): an agent whose runs keep its cores busy
+        // still sends its heartbeats, and is not taken for dead.
+        let gossip_runtime =
+            crate::node::raft_runtime::RaftRuntime::for_gossip().context("starting gossip's runtime")?;
+        let gossip_config = config.clone();
+        let gossip = async move { Membership::start(&gossip_config, None, (rpc_addr, None), None).await };
+        let membership = Arc::new(gossip_runtime.run(gossip).await??);
         let outputs = OutputStore::open_with(config.data_dir.join("outputs"), config.output_limits)?;
         let (worker, channels) = Worker::new(&config, outputs.clone());
         let stopping = CancellationToken::new();
@@ -110,7 +118,7 @@ impl AgentNode {
         await_join(&config, &membership).await?;
         info!(node = %config.node_name, rpc = %rpc_addr, gossip = %membership.gossip_addr(), "agent started");
         crate::logging::announce(config.log_format, &config.node_name, &format!("RPC listening on {rpc_addr}"));
-        Ok(AgentNode { config, worker, membership, stopping, exit, tasks })
+        Ok(AgentNode { config, worker, membership, _gossip_runtime: gossip_runtime, stopping, exit, tasks })
     }
 
     /// Let running executions finish (bounded), report them, leave gossip.

@@ -75,6 +75,9 @@ pub struct Metrics {
     /// Runs due and waiting for a place (`--max-running`).
     pub runs_queued: Gauge,
     pub runs_skipped_overloaded: Counter,
+    /// On the leader: due runs its last sweep left waiting for a node with room (every matching node past its
+    /// capacity).
+    pub runs_waiting_for_room: Gauge,
     pub slots_missed: Counter,
     pub notifications: Family<NotificationLabels, Counter>,
     pub missed_alerts: Counter,
@@ -116,6 +119,7 @@ impl Metrics {
             runs_running: Gauge::default(),
             runs_queued: Gauge::default(),
             runs_skipped_overloaded: Counter::default(),
+            runs_waiting_for_room: Gauge::default(),
             slots_missed: Counter::default(),
             notifications: Family::default(),
             missed_alerts: Counter::default(),
@@ -158,6 +162,12 @@ impl Metrics {
             "Runs this node recorded skipped because its places and its queue were full (--max-running, --max-queued), \
              or, as leader, because no node started them within a minute of their instants",
             m.runs_skipped_overloaded.clone(),
+        );
+        registry.register(
+            "runs_waiting_for_room",
+            "On the leader: due runs its last sweep left pending because every node that can run them has as many due \
+             runs it has not started as it takes (past its capacity)",
+            m.runs_waiting_for_room.clone(),
         );
         registry.register(
             "slots_missed",

@@ -802,7 +802,7 @@ impl Worker {
 const SKIP_LOG_EVERY_S: i64 = 10;
 
 /// A kind of line logged at most once per [`SKIP_LOG_EVERY_S`]; the lines not logged are counted in the next.
-struct Limited {
+pub(crate) struct Limited {
     last_logged_s: std::sync::atomic::AtomicI64,
     unlogged: AtomicU64,
     /// What the count of the lines not logged says, e.g. "more runs were skipped".
@@ -810,12 +810,12 @@ struct Limited {
 }
 
 impl Limited {
-    const fn new(more: &'static str) -> Limited {
+    pub(crate) const fn new(more: &'static str) -> Limited {
         Limited { last_logged_s: std::sync::atomic::AtomicI64::new(i64::MIN), unlogged: AtomicU64::new(0), more }
     }
 
     /// `line` is built only when it is logged: under overload most are only counted.
-    fn warn(&self, line: impl FnOnce() -> String) {
+    pub(crate) fn warn(&self, line: impl FnOnce() -> String) {
         let now_s = Timestamp::now().as_second();
         let last = self.last_logged_s.load(Ordering::Relaxed);
         if last.checked_add(SKIP_LOG_EVERY_S).is_some_and(|next| now_s < next) {

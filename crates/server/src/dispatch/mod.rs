@@ -39,7 +39,7 @@ use crate::duties::{Duties, LeaderWrites};
 use crate::error::WriteError;
 use crate::gossip::Member;
 use crate::gossip::Membership;
-use crate::worker::{Cancelled, Order, START_DEADLINE, Worker};
+use crate::worker::{Cancelled, Limited, Order, START_DEADLINE, Worker};
 
 /// How long a node that asked for a launch permit counts as alive for placement, whatever gossip says.
 const HEARD_ALIVE_FOR: Duration = Duration::from_secs(10);
@@ -71,6 +71,9 @@ pub struct Dispatcher {
     heard: Mutex<HashMap<String, Instant>>,
     /// Each member as gossip last listed it alive (see [`eligible_members`]).
     last_alive: Mutex<HashMap<String, Member>>,
+    /// Runs were left waiting for a node with room (see [`placement::Room`]) since the last permit granted: a
+    /// grant makes room, so it wakes the sweep.
+    full_since_grant: std::sync::atomic::AtomicBool,
 }
 
 impl Dispatcher {
@@ -100,7 +103,11 @@ impl Dispatcher {
     /// placed on it, which are noted granted (they may start from now on).
     pub fn grant(&self, node: &str, execs: &[ExecRef]) -> Vec<bool> {
         self.heard.lock().expect("heard lock").insert(node.to_string(), Instant::now());
-        self.claims.lock().expect("claims lock").grant(node, execs)
+        let granted = self.claims.lock().expect("claims lock").grant(node, execs);
+        if granted.iter().any(|g| *g) && self.full_since_grant.swap(false, Ordering::SeqCst) {
+            self.wake();
+        }
+        granted
     }
 
     /// Add to `alive` (gossip's live members) the members gossip stopped listing that asked for a launch permit
@@ -297,27 +304,38 @@ pub fn stop_run(node: &Host, exec_ref: &ExecRef, reason: &str) {
     );
 }
 
+/// What one dispatch left pending: runs no live node matches (the sweep fails them after
+/// [`sweep::PLACE_GRACE`]), and how many waited for a node with room (see [`placement::Room`]).
+#[derive(Default)]
+pub struct Left<'e> {
+    pub unplaced: Vec<&'e Execution>,
+    pub waiting: usize,
+}
+
 /// Claim, place and send runs (with their start instant, if early). Runs of a job that runs on several nodes
 /// are first expanded into one copy per target node (a commit; the copies are dispatched when it applies).
-/// Runs that cannot be placed now (no live node matches the job's tags, or a copy's node is not alive) stay
-/// pending and unclaimed and are answered; the sweep tries again, and fails them after [`sweep::PLACE_GRACE`].
-pub fn dispatch<'e>(node: &Host, runs: Vec<(&'e Execution, Option<Timestamp>)>) -> Vec<&'e Execution> {
+/// Runs that cannot be placed now (no live node matches the job's tags, or a copy's node is not alive; or every
+/// node that matches is past its capacity) stay pending and unclaimed and are answered; the sweep tries again.
+pub fn dispatch<'e>(node: &Host, runs: Vec<(&'e Execution, Option<Timestamp>)>) -> Left<'e> {
     let mut unplaced = Vec::new();
     if runs.is_empty() || node.is_stopping() {
-        return unplaced;
+        return Left::default();
     }
     let term = node.dispatcher.term();
     if term == 0 {
-        return unplaced; // leadership not settled yet: the takeover's first sweep dispatches
+        return Left::default(); // leadership not settled yet: the takeover's first sweep dispatches
     }
     let members = eligible_members(node);
     let mut local = Vec::new();
     let mut remote: BTreeMap<String, (String, Vec<Order>)> = BTreeMap::new();
     let mut definitions: HashMap<String, Option<Arc<Job>>> = HashMap::new();
     let mut expansions = Vec::new();
+    let mut full = 0usize;
+    let now = Timestamp::now();
     {
         let takeover = node.dispatcher.takeover.lock().expect("takeover lock");
         let mut claims = node.dispatcher.claims.lock().expect("claims lock");
+        let mut room = placement::Room::new(claims.due_unstarted(now), &node.config.node_name);
         for (exec, at) in runs {
             let exec_ref = ExecRef { job: exec.job_name.clone(), id: exec.id.clone() };
             if claims.contains(&exec_ref) || takeover.holds(&exec_ref) {
@@ -340,11 +358,22 @@ pub fn dispatch<'e>(node: &Host, runs: Vec<(&'e Execution, Option<Timestamp>)>) 
                     continue;
                 }
             }
-            let Some(target) = placement::place(&members, job, exec, &claims, &node.config.node_name) else {
-                unplaced.push(exec);
-                continue;
+            let target = match placement::place_with_room(&members, job, exec, &claims, &node.config.node_name, &room) {
+                placement::Placed::On(target) => target,
+                placement::Placed::Full => {
+                    full += 1;
+                    continue;
+                }
+                placement::Placed::NoMatch => {
+                    unplaced.push(exec);
+                    continue;
+                }
             };
-            claims.claim(exec_ref, &target.name, Instant::now());
+            let start = at.unwrap_or_else(|| exec.not_before.unwrap_or(exec.scheduled_at));
+            if start <= now {
+                room.took(&target.name);
+            }
+            claims.claim_starting(exec_ref, &target.name, Instant::now(), Some(start));
             let mut order = node.worker.prepare(exec, job, term, at);
             order.spec.secrets = secrets_of(node, job);
             if target.name == node.config.node_name {
@@ -358,6 +387,16 @@ pub fn dispatch<'e>(node: &Host, runs: Vec<(&'e Execution, Option<Timestamp>)>) 
             }
         }
     }
+    if full > 0 {
+        node.dispatcher.full_since_grant.store(true, Ordering::SeqCst);
+        static FULL: Limited = Limited::new("more runs waited for a node with room");
+        FULL.warn(|| {
+            format!(
+                "{full} due run(s) wait: every node that can run them has as many due runs it has not started yet as \
+                 it takes (past its capacity); they are placed as the nodes catch up, newest first"
+            )
+        });
+    }
     for order in local {
         let exec = order.exec.clone();
         if !node.worker.accept(order) {
@@ -370,7 +409,7 @@ pub fn dispatch<'e>(node: &Host, runs: Vec<(&'e Execution, Option<Timestamp>)>) 
     if !expansions.is_empty() {
         expand(node, term, expansions);
     }
-    unplaced
+    Left { unplaced, waiting: full }
 }
 
 /// Commit the expansion of runs into copies, then dispatch the copies.

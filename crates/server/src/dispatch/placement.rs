@@ -20,6 +20,51 @@ fn busyness(member: &Member, claims: &Claims) -> usize {
     claims.load(&member.name).saturating_mul(1000) / member.places.unwrap_or(PLACES_UNSAID).max(1)
 }
 
+/// A node's room for runs that are due now: at most this share of its places (`--max-running`)
+/// ([`ROOM_PER_PLACES`]), and at least [`ROOM_MIN`], may be due there and not yet asked to launch.
+const ROOM_PER_PLACES: usize = 16;
+const ROOM_MIN: usize = 8;
+
+/// How many of a node's runs may be due and not yet asked for (its orders on their way, or waiting in its queue)
+/// before it gets no more: a node that keeps up asks to launch each run at its instant, so it never reaches this;
+/// one past its capacity would otherwise be sent runs faster than it starts them, and every one of them would
+/// expire in its queue, be placed again and expire again (issue 19: a cluster that never caught up).
+pub fn room_of(member: &Member) -> usize {
+    (member.places.unwrap_or(PLACES_UNSAID) / ROOM_PER_PLACES).max(ROOM_MIN)
+}
+
+/// Which nodes have room for more runs during one dispatch: each node's due runs it has not asked to launch (see
+/// `Claims::due_unstarted`), counting the runs placed in this dispatch that are due already. The leader itself
+/// never asks for permits (its own worker bounds what it takes), so it always has room.
+pub struct Room {
+    due_unstarted: HashMap<String, usize>,
+    leader: String,
+}
+
+impl Room {
+    pub fn new(due_unstarted: HashMap<String, usize>, leader: &str) -> Room {
+        Room { due_unstarted, leader: leader.to_string() }
+    }
+
+    fn has_room(&self, member: &Member) -> bool {
+        member.name == self.leader || self.due_unstarted.get(&member.name).copied().unwrap_or(0) < room_of(member)
+    }
+
+    /// A run due now was placed on `node`.
+    pub fn took(&mut self, node: &str) {
+        *self.due_unstarted.entry(node.to_string()).or_default() += 1;
+    }
+}
+
+/// Where a run goes.
+pub enum Placed<'m> {
+    On(&'m Member),
+    /// Nodes match, but none has room now (see [`Room`]): the run stays pending for a later sweep.
+    Full,
+    /// No live node matches the job's tags and executor (or the copy's node).
+    NoMatch,
+}
+
 /// How long a node an order could not reach is avoided.
 pub const UNREACHABLE_FOR: Duration = Duration::from_secs(10);
 
@@ -53,21 +98,35 @@ pub fn choose_targets(members: &[Member], job: &Job, claims: &Claims, leader: &s
     Some(chosen)
 }
 
-/// The least busy eligible node for a run, avoiding its previous attempt's node where there is another, and the
-/// leader itself (`leader`) where there is another: a run the leader starts itself is the one a leader crash can
-/// leave unreported, and the leader has scheduling to do.
-pub fn place<'m>(
+/// The least busy eligible node with room for a run (see [`Room`]), avoiding its previous attempt's node where
+/// there is another, and the leader itself (`leader`) where another node matches, full or not: a run the leader
+/// starts itself is the one a leader crash can leave unreported, and the leader has scheduling to do.
+pub fn place_with_room<'m>(
     members: &'m [Member],
     job: &Job,
     exec: &Execution,
     claims: &Claims,
     leader: &str,
-) -> Option<&'m Member> {
-    let eligible: Vec<&Member> = members
+    room: &Room,
+) -> Placed<'m> {
+    let matching: Vec<&Member> = members
         .iter()
         .filter(|m| tags_match(&job.tags, &m.tags) && m.runs(&job.executor))
         .filter(|m| exec.target.as_ref().is_none_or(|target| m.name == *target))
         .collect();
+    if matching.is_empty() {
+        return Placed::NoMatch;
+    }
+    // The leader takes runs only where no other node matches, never because the others are full: it would then
+    // get the whole backlog of a cluster past its capacity.
+    let alone = matching.iter().all(|m| m.name == leader);
+    let with_room: Vec<&Member> =
+        matching.into_iter().filter(|m| room.has_room(m) && (alone || m.name != leader)).collect();
+    pick(with_room, exec, claims, leader).map_or(Placed::Full, Placed::On)
+}
+
+/// Of `eligible`, the node for a run: see [`place_with_room`].
+fn pick<'m>(eligible: Vec<&'m Member>, exec: &Execution, claims: &Claims, leader: &str) -> Option<&'m Member> {
     // A retry avoids the node that failed it, and a copy the nodes that run the slot's other copies.
     let mut avoid: Vec<&str> = exec.previous_node.as_deref().into_iter().collect();
     if exec.is_copy() && exec.target.is_none() {
@@ -106,6 +165,20 @@ pub(super) mod tests {
             clock: None,
             places: None,
             leading: None,
+        }
+    }
+
+    /// Placement when every node has room.
+    fn place<'m>(
+        members: &'m [Member],
+        job: &Job,
+        exec: &Execution,
+        claims: &Claims,
+        leader: &str,
+    ) -> Option<&'m Member> {
+        match place_with_room(members, job, exec, claims, leader, &Room::new(HashMap::new(), leader)) {
+            Placed::On(member) => Some(member),
+            Placed::Full | Placed::NoMatch => None,
         }
     }
 
@@ -259,5 +332,47 @@ pub(super) mod tests {
         assert_eq!(names(reachable(members.clone(), &marked, later)), ["a", "b"], "a gets another chance");
         let all = HashMap::from([("a".to_string(), start), ("b".to_string(), start)]);
         assert_eq!(names(reachable(members, &all, start)), ["a", "b"], "none answered: try them all");
+    }
+
+    fn placed<'m>(placed: Placed<'m>) -> Result<&'m str, &'static str> {
+        match placed {
+            Placed::On(member) => Ok(member.name.as_str()),
+            Placed::Full => Err("full"),
+            Placed::NoMatch => Err("no match"),
+        }
+    }
+
+    #[test]
+    fn a_node_with_as_many_due_runs_as_its_room_not_asked_for_gets_no_more() {
+        let members = vec![member("leader", &[]), member("a", &[]), member("b", &[("pool", "x")])];
+        let claims = Claims::default();
+        let (any, pool) = (job(&[]), job(&[("pool", "x")]));
+        let mut room = Room::new(HashMap::new(), "leader");
+        for _ in 0..ROOM_MIN {
+            room.took("b");
+        }
+        for _ in 0..20 {
+            assert_eq!(placed(place_with_room(&members, &any, &exec(), &claims, "leader", &room)), Ok("a"));
+        }
+        assert_eq!(placed(place_with_room(&members, &pool, &exec(), &claims, "leader", &room)), Err("full"));
+        assert_eq!(
+            placed(place_with_room(&members, &job(&[("pool", "y")]), &exec(), &claims, "leader", &room)),
+            Err("no match")
+        );
+        // With a and b full, the leader does not take the backlog; alone, it takes everything.
+        for _ in 0..ROOM_MIN {
+            room.took("a");
+        }
+        assert_eq!(placed(place_with_room(&members, &any, &exec(), &claims, "leader", &room)), Err("full"));
+        assert_eq!(placed(place_with_room(&members[..1], &any, &exec(), &claims, "leader", &room)), Ok("leader"));
+        // A node with more places has more room.
+        let mut big = member("big", &[]);
+        big.places = Some(ROOM_PER_PLACES * ROOM_MIN * 2);
+        assert_eq!(room_of(&big), ROOM_MIN * 2);
+        let members = vec![member("leader", &[]), big];
+        for _ in 0..ROOM_MIN {
+            room.took("big");
+        }
+        assert_eq!(placed(place_with_room(&members, &any, &exec(), &claims, "leader", &room)), Ok("big"));
     }
 }

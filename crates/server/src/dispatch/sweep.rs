@@ -235,8 +235,14 @@ async fn sweep(node: &Host, synced: Option<Synced>, term: u64) -> Result<Option<
         tokio::join!(takeover::resolve_silent(node, term), settle_stale_claims(node, term, &active));
     let mut decisions = decide(&active, synced.as_ref(), now);
     let late = take_late(node, &mut decisions.due, now);
-    let unplaced = dispatch(node, std::mem::take(&mut decisions.due).into_iter().map(|e| (e, None)).collect());
-    let mut results: Vec<Finish> = unplaced
+    // Newest first: when the nodes are past their capacity, the runs that can still start on time get the room,
+    // and what is already late waits for what is left (and is skipped past its start window), so a cluster
+    // back under its capacity is on time at once instead of working through its backlog first.
+    decisions.due.sort_by_key(|exec| std::cmp::Reverse(exec.not_before.unwrap_or(exec.scheduled_at)));
+    let left = dispatch(node, std::mem::take(&mut decisions.due).into_iter().map(|e| (e, None)).collect());
+    crate::metrics::metrics().runs_waiting_for_room.set(left.waiting as i64);
+    let mut results: Vec<Finish> = left
+        .unplaced
         .into_iter()
         .filter(|exec| placement_expired(exec, now))
         .enumerate()
@@ -347,7 +353,7 @@ fn take_late(node: &Host, due: &mut Vec<&Execution>, now: Timestamp) -> Vec<Fini
             exit_code: None,
             error: Some(format!(
                 "skipped: no node started it within {START_WINDOW:?} of its instant (the nodes that can run it were \
-                 busy or unreachable)"
+                 overloaded or unreachable)"
             )),
             output_tail: String::new(),
             output_bytes: 0,

@@ -13,7 +13,7 @@ pub mod leadership;
 mod permits;
 mod present;
 mod raft_members;
-mod raft_runtime;
+pub(crate) mod raft_runtime;
 mod routes;
 pub mod storage;
 mod writes;
