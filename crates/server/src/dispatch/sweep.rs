@@ -207,6 +207,7 @@ pub async fn duty(node: &Host, term: u64, synced: Synced) {
     let mut first = Some(synced);
     loop {
         let mut wait = SWEEP_INTERVAL;
+        let began = Instant::now();
         match sweep(node, first.take(), term).await {
             Ok(Some(retry_at)) => wait = wait.min(time_until(retry_at)),
             Ok(None) => {}
@@ -216,10 +217,15 @@ pub async fn duty(node: &Host, term: u64, synced: Synced) {
             }
         }
         node.duties.swept();
+        let (ended, spent) = (Instant::now(), began.elapsed());
         tokio::select! {
             _ = node.dispatcher.wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
+        // A sweep reads every active execution, and a cluster past its capacity has tens of thousands pending:
+        // woken again and again (each permit granted makes room), sweeps would take the leader's cores. The next
+        // one waits at least as long as this one took, so sweeping takes at most half of a core.
+        tokio::time::sleep_until((ended + spent).into()).await;
     }
 }
 
