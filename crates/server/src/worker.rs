@@ -815,18 +815,26 @@ impl Limited {
     }
 
     /// `line` is built only when it is logged: under overload most are only counted.
-    pub(crate) fn warn(&self, line: impl FnOnce() -> String) {
+    fn warn(&self, line: impl FnOnce() -> String) {
+        if let Some(line) = self.take(line) {
+            warn!("{line}");
+        }
+    }
+
+    /// The line to log now (with the count of those not logged since the last), or `None`: it is only counted.
+    /// For callers that log it themselves (under their own module's name).
+    pub(crate) fn take(&self, line: impl FnOnce() -> String) -> Option<String> {
         let now_s = Timestamp::now().as_second();
         let last = self.last_logged_s.load(Ordering::Relaxed);
         if last.checked_add(SKIP_LOG_EVERY_S).is_some_and(|next| now_s < next) {
             self.unlogged.fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         }
         self.last_logged_s.store(now_s, Ordering::Relaxed);
-        match self.unlogged.swap(0, Ordering::Relaxed) {
-            0 => warn!("{}", line()),
-            more => warn!("{} ({more} {} since the last such line)", line(), self.more),
-        }
+        Some(match self.unlogged.swap(0, Ordering::Relaxed) {
+            0 => line(),
+            more => format!("{} ({more} {} since the last such line)", line(), self.more),
+        })
     }
 }
 

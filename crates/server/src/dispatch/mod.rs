@@ -358,7 +358,10 @@ pub fn dispatch<'e>(node: &Host, runs: Vec<(&'e Execution, Option<Timestamp>)>) 
                     continue;
                 }
             }
-            let target = match placement::place_with_room(&members, job, exec, &claims, &node.config.node_name, &room) {
+            let start = at.unwrap_or_else(|| exec.not_before.unwrap_or(exec.scheduled_at));
+            let late = now.duration_since(start).unsigned_abs() > placement::LATE_AFTER && start < now;
+            let leader = &node.config.node_name;
+            let target = match placement::place_with_room(&members, job, exec, &claims, leader, (&room, late)) {
                 placement::Placed::On(target) => target,
                 placement::Placed::Full => {
                     full += 1;
@@ -369,7 +372,6 @@ pub fn dispatch<'e>(node: &Host, runs: Vec<(&'e Execution, Option<Timestamp>)>) 
                     continue;
                 }
             };
-            let start = at.unwrap_or_else(|| exec.not_before.unwrap_or(exec.scheduled_at));
             if start <= now {
                 room.took(&target.name);
             }
@@ -390,12 +392,15 @@ pub fn dispatch<'e>(node: &Host, runs: Vec<(&'e Execution, Option<Timestamp>)>) 
     if full > 0 {
         node.dispatcher.full_since_grant.store(true, Ordering::SeqCst);
         static FULL: Limited = Limited::new("more runs waited for a node with room");
-        FULL.warn(|| {
+        let line = FULL.take(|| {
             format!(
                 "{full} due run(s) wait: every node that can run them has as many due runs it has not started yet as \
                  it takes (past its capacity); they are placed as the nodes catch up, newest first"
             )
         });
+        if let Some(line) = line {
+            warn!("{line}");
+        }
     }
     for order in local {
         let exec = order.exec.clone();

@@ -20,6 +20,9 @@ fn busyness(member: &Member, claims: &Claims) -> usize {
     claims.load(&member.name).saturating_mul(1000) / member.places.unwrap_or(PLACES_UNSAID).max(1)
 }
 
+/// A run whose instant is further in the past than this is late: it gets only half a node's room (see [`Room`]).
+pub const LATE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A node's room for runs that are due now: at most this share of its places (`--max-running`)
 /// ([`ROOM_PER_PLACES`]), and at least [`ROOM_MIN`], may be due there and not yet asked to launch.
 const ROOM_PER_PLACES: usize = 16;
@@ -36,6 +39,10 @@ pub fn room_of(member: &Member) -> usize {
 /// Which nodes have room for more runs during one dispatch: each node's due runs it has not asked to launch (see
 /// `Claims::due_unstarted`), counting the runs placed in this dispatch that are due already. The leader itself
 /// never asks for permits (its own worker bounds what it takes), so it always has room.
+///
+/// Runs already late (see [`LATE_AFTER`]) get only half a node's room: the other half stays for runs that can
+/// still start on time, which the scheduler sends ahead of their instants. Without it, the backlog the sweep
+/// places filled every node's room, and each new run waited for a sweep after its instant.
 pub struct Room {
     due_unstarted: HashMap<String, usize>,
     leader: String,
@@ -46,8 +53,9 @@ impl Room {
         Room { due_unstarted, leader: leader.to_string() }
     }
 
-    fn has_room(&self, member: &Member) -> bool {
-        member.name == self.leader || self.due_unstarted.get(&member.name).copied().unwrap_or(0) < room_of(member)
+    fn has_room(&self, member: &Member, late: bool) -> bool {
+        let room = if late { room_of(member) / 2 } else { room_of(member) };
+        member.name == self.leader || self.due_unstarted.get(&member.name).copied().unwrap_or(0) < room
     }
 
     /// A run due now was placed on `node`.
@@ -98,16 +106,17 @@ pub fn choose_targets(members: &[Member], job: &Job, claims: &Claims, leader: &s
     Some(chosen)
 }
 
-/// The least busy eligible node with room for a run (see [`Room`]), avoiding its previous attempt's node where
-/// there is another, and the leader itself (`leader`) where another node matches, full or not: a run the leader
-/// starts itself is the one a leader crash can leave unreported, and the leader has scheduling to do.
+/// The least busy eligible node with room for a run (see [`Room`]; `late`: the run is late), avoiding its previous
+/// attempt's node where there is another, and the leader itself (`leader`) where another node matches, full or
+/// not: a run the leader starts itself is the one a leader crash can leave unreported, and the leader has
+/// scheduling to do.
 pub fn place_with_room<'m>(
     members: &'m [Member],
     job: &Job,
     exec: &Execution,
     claims: &Claims,
     leader: &str,
-    room: &Room,
+    (room, late): (&Room, bool),
 ) -> Placed<'m> {
     let matching: Vec<&Member> = members
         .iter()
@@ -121,7 +130,7 @@ pub fn place_with_room<'m>(
     // get the whole backlog of a cluster past its capacity.
     let alone = matching.iter().all(|m| m.name == leader);
     let with_room: Vec<&Member> =
-        matching.into_iter().filter(|m| room.has_room(m) && (alone || m.name != leader)).collect();
+        matching.into_iter().filter(|m| room.has_room(m, late) && (alone || m.name != leader)).collect();
     pick(with_room, exec, claims, leader).map_or(Placed::Full, Placed::On)
 }
 
@@ -176,7 +185,7 @@ pub(super) mod tests {
         claims: &Claims,
         leader: &str,
     ) -> Option<&'m Member> {
-        match place_with_room(members, job, exec, claims, leader, &Room::new(HashMap::new(), leader)) {
+        match place_with_room(members, job, exec, claims, leader, (&Room::new(HashMap::new(), leader), false)) {
             Placed::On(member) => Some(member),
             Placed::Full | Placed::NoMatch => None,
         }
@@ -352,19 +361,22 @@ pub(super) mod tests {
             room.took("b");
         }
         for _ in 0..20 {
-            assert_eq!(placed(place_with_room(&members, &any, &exec(), &claims, "leader", &room)), Ok("a"));
+            assert_eq!(placed(place_with_room(&members, &any, &exec(), &claims, "leader", (&room, false))), Ok("a"));
         }
-        assert_eq!(placed(place_with_room(&members, &pool, &exec(), &claims, "leader", &room)), Err("full"));
+        assert_eq!(placed(place_with_room(&members, &pool, &exec(), &claims, "leader", (&room, false))), Err("full"));
         assert_eq!(
-            placed(place_with_room(&members, &job(&[("pool", "y")]), &exec(), &claims, "leader", &room)),
+            placed(place_with_room(&members, &job(&[("pool", "y")]), &exec(), &claims, "leader", (&room, false))),
             Err("no match")
         );
         // With a and b full, the leader does not take the backlog; alone, it takes everything.
         for _ in 0..ROOM_MIN {
             room.took("a");
         }
-        assert_eq!(placed(place_with_room(&members, &any, &exec(), &claims, "leader", &room)), Err("full"));
-        assert_eq!(placed(place_with_room(&members[..1], &any, &exec(), &claims, "leader", &room)), Ok("leader"));
+        assert_eq!(placed(place_with_room(&members, &any, &exec(), &claims, "leader", (&room, false))), Err("full"));
+        assert_eq!(
+            placed(place_with_room(&members[..1], &any, &exec(), &claims, "leader", (&room, false))),
+            Ok("leader")
+        );
         // A node with more places has more room.
         let mut big = member("big", &[]);
         big.places = Some(ROOM_PER_PLACES * ROOM_MIN * 2);
@@ -373,6 +385,16 @@ pub(super) mod tests {
         for _ in 0..ROOM_MIN {
             room.took("big");
         }
-        assert_eq!(placed(place_with_room(&members, &any, &exec(), &claims, "leader", &room)), Ok("big"));
+        assert_eq!(placed(place_with_room(&members, &any, &exec(), &claims, "leader", (&room, false))), Ok("big"));
+        // A late run gets half of it: the rest stays for runs that can still start on time.
+        assert_eq!(placed(place_with_room(&members, &any, &exec(), &claims, "leader", (&room, true))), Err("full"));
+        let members = vec![member("leader", &[]), member("a", &[]), member("fresh", &[])];
+        let mut room = Room::new(HashMap::new(), "leader");
+        for _ in 0..ROOM_MIN / 2 {
+            room.took("fresh");
+        }
+        for _ in 0..20 {
+            assert_eq!(placed(place_with_room(&members, &any, &exec(), &claims, "leader", (&room, true))), Ok("a"));
+        }
     }
 }
