@@ -707,6 +707,8 @@ struct Tally {
     never_decided: u64,
     duplicates: u64,
     lag_ms: Vec<f64>,
+    /// Runs started per node (the spread over the agents).
+    by_node: BTreeMap<String, u64>,
     read_errors: u64,
 }
 
@@ -735,6 +737,7 @@ impl Tally {
                 if let Some(started) = first.started_at {
                     tally.started += 1;
                     tally.lag_ms.push(millis_between(first.scheduled_at, started));
+                    *tally.by_node.entry(first.node_name.clone()).or_default() += 1;
                 }
             }
         }
@@ -768,10 +771,28 @@ impl Tally {
         );
         let lag = summarize(self.lag_ms.clone()).map_or("no run started".to_string(), |s| s.to_string());
         report.row(scenario, &format!("{phase}: lag started_at − scheduled_at"), lag);
+        if let Some(spread) = spread(&self.by_node) {
+            report.row(scenario, &format!("{phase}: runs per node (spread)"), spread);
+        }
         if self.read_errors > 0 {
             report.note(format!("{scenario}: {phase}: reading executions failed for {} jobs", self.read_errors));
         }
     }
+}
+
+/// How evenly the runs went over the nodes: how many nodes ran any, and the fewest, median and most per node.
+fn spread(by_node: &BTreeMap<String, u64>) -> Option<String> {
+    let mut counts: Vec<u64> = by_node.values().copied().collect();
+    counts.sort_unstable();
+    let (fewest, most) = (*counts.first()?, *counts.last()?);
+    let median = counts[counts.len() / 2];
+    Some(format!(
+        "{} nodes ran them · fewest {} · median {} · most {}",
+        counts.len(),
+        thousands(fewest as f64),
+        thousands(median as f64),
+        thousands(most as f64)
+    ))
 }
 
 /// The watched log lines per node, the servers' silence, and every warning by kind.
@@ -852,7 +873,15 @@ mod tests {
         assert_eq!(tally.by_status.get("lost"), Some(&1));
         assert_eq!(tally.by_status.get("pending"), Some(&1));
         assert_eq!(tally.lag_ms, vec![10.0]);
+        assert_eq!(tally.by_node, BTreeMap::from([("a0".to_string(), 1)]));
         assert_eq!(tally.read_errors, 1);
+    }
+
+    #[test]
+    fn the_spread_names_the_fewest_median_and_most_runs_per_node() {
+        let by_node = BTreeMap::from([("a0".to_string(), 3), ("a1".to_string(), 10), ("a2".to_string(), 5)]);
+        assert_eq!(spread(&by_node).unwrap(), "3 nodes ran them · fewest 3 · median 5 · most 10");
+        assert_eq!(spread(&BTreeMap::new()), None);
     }
 
     #[test]
