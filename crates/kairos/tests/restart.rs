@@ -307,3 +307,23 @@ async fn outputs_stay_within_their_budget_and_a_full_disk_stops_the_server_clean
     assert!(lost.is_empty(), "finished executions lost across the disk-full episode: {lost:?}");
     server.get("/health").await.expect(200);
 }
+
+/// A server whose Raft port is chosen freely keeps the port it got in its data directory; if another process took
+/// it while the server was down (seen in CI: an ephemeral port handed out again within seconds), the server starts
+/// on another free port instead of refusing to start, and leads and runs jobs as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_whose_kept_raft_port_was_taken_meanwhile_starts_on_another() {
+    let mut server = Server::fresh(&[]).await;
+    let kept = server.data_dir().join("raft-port");
+    let port: u16 = std::fs::read_to_string(&kept).unwrap().trim().parse().unwrap();
+    server.kill9().await;
+    let taker =
+        std::net::TcpListener::bind(("127.0.0.1", port)).expect("the kept port is free while the server is down");
+    server.restart().await;
+    let now: u16 = std::fs::read_to_string(&kept).unwrap().trim().parse().unwrap();
+    assert_ne!(now, port, "the server must have moved to another port");
+    assert!(server.log().contains("is taken by another process: taking a free one"), "{}", server.log());
+    server.create_job(&shell_job("after-move", "@every 1s", "echo ran")).await;
+    server.wait_executions("after-move", "a finished run", secs(20), |e| count(e, "succeeded") >= 1).await;
+    drop(taker);
+}

@@ -596,12 +596,17 @@ impl Config {
         self.bind_host_with(self.rpc_port)
     }
 
-    /// A server's Raft listener: the `--bind-addr` host with `--raft-port`; without it, the port this server's
-    /// Raft listened on before (`used`, kept in the data directory), else the RPC port + 1 (0 with an RPC port of
-    /// 0: a free port).
+    /// A server's Raft listener: the `--bind-addr` host with `--raft-port`; without it (or with 0: a free port),
+    /// the port this server's Raft listened on before (`used`, kept in the data directory), else the RPC port + 1
+    /// (0 with an RPC port of 0: a free port).
     pub fn raft_bind_addr(&self, used: Option<u16>) -> anyhow::Result<SocketAddr> {
         let default = if self.rpc_port == 0 { 0 } else { self.rpc_port.checked_add(1).unwrap_or(0) };
-        self.bind_host_with(self.raft_port.or(used).unwrap_or(default))
+        let port = match self.raft_port {
+            Some(0) => used.unwrap_or(0),
+            Some(port) => port,
+            None => used.unwrap_or(default),
+        };
+        self.bind_host_with(port)
     }
 
     fn bind_host_with(&self, port: u16) -> anyhow::Result<SocketAddr> {
@@ -820,6 +825,22 @@ mod tests {
         assert_eq!(config.tags.get("zone").map(String::as_str), Some("a"));
         assert_eq!(config.rpc_port, 6868);
         assert_eq!(config.data_dir, PathBuf::from("kairos.data"));
+    }
+
+    #[test]
+    fn the_raft_port_is_the_flag_else_the_kept_one_else_the_rpc_port_plus_one() {
+        let port = |rpc_port: u16, raft_port: Option<u16>, used: Option<u16>| {
+            let mut config = AgentArgs::default().resolve().unwrap();
+            (config.rpc_port, config.raft_port) = (rpc_port, raft_port);
+            config.raft_bind_addr(used).unwrap().port()
+        };
+        assert_eq!(port(6868, None, None), 6869);
+        assert_eq!(port(6868, None, Some(7000)), 7000, "the port of the last start");
+        assert_eq!(port(6868, Some(7100), Some(7000)), 7100, "the flag wins");
+        assert_eq!(port(0, None, None), 0, "RPC port 0: a free port");
+        assert_eq!(port(0, None, Some(7000)), 7000, "chosen freely once, then kept");
+        assert_eq!(port(6868, Some(0), None), 0, "--raft-port 0: a free port");
+        assert_eq!(port(6868, Some(0), Some(7000)), 7000, "chosen freely once, then kept");
     }
 
     #[test]

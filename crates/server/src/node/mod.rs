@@ -271,9 +271,22 @@ async fn bind_raft_listener(config: &Config) -> anyhow::Result<std::net::TcpList
     let kept = config.data_dir.join("raft-port");
     let used = std::fs::read_to_string(&kept).ok().and_then(|text| text.trim().parse().ok());
     let addr = config.raft_bind_addr(used)?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("--raft-port: cannot listen on {addr} (Raft between servers)"))?;
+    let fresh = config.raft_bind_addr(None)?;
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        // A port kept from an earlier start of a server whose Raft port is chosen freely (`--raft-port 0`, or the
+        // RPC port 0) that another process took meanwhile: take another free one. The leader follows a server to
+        // its new Raft address by itself (see `raft_members`); a lone server is its own leader.
+        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse && used.is_some() && fresh.port() == 0 => {
+            warn!("the Raft port kept from the last start ({addr}) is taken by another process: taking a free one");
+            tokio::net::TcpListener::bind(fresh)
+                .await
+                .with_context(|| format!("--raft-port: cannot listen on {fresh} (Raft between servers)"))?
+        }
+        Err(err) => {
+            return Err(err).with_context(|| format!("--raft-port: cannot listen on {addr} (Raft between servers)"));
+        }
+    };
     let port = listener.local_addr()?.port();
     if used != Some(port) {
         std::fs::write(&kept, port.to_string()).with_context(|| format!("writing '{}'", kept.display()))?;
