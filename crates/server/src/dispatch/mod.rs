@@ -359,7 +359,7 @@ pub fn dispatch<'e>(node: &Host, runs: Vec<(&'e Execution, Option<Timestamp>)>) 
                 }
             }
             let start = at.unwrap_or_else(|| exec.not_before.unwrap_or(exec.scheduled_at));
-            let late = now.duration_since(start).unsigned_abs() > placement::LATE_AFTER && start < now;
+            let late = start + placement::LATE_AFTER < now;
             let leader = &node.config.node_name;
             let target = match placement::place_with_room(&members, job, exec, &claims, leader, (&room, late)) {
                 placement::Placed::On(target) => target,
