@@ -1027,8 +1027,14 @@ async fn agents_with_fast_or_slow_clocks_start_runs_at_the_leaders_instants() {
     })
     .await;
     for clock in ["fast", "slow"] {
-        let execs = cluster.executions(&format!("on-{clock}")).await;
-        for (slot, true_ns) in lines(clock).into_iter().filter(|(slot, _)| slot.as_second() > measured) {
+        let started: Vec<_> = lines(clock).into_iter().filter(|(slot, _)| slot.as_second() > measured).collect();
+        // A run writes its line as it starts; its record gets `started_at` from the agent's report a moment later.
+        let execs = cluster
+            .wait_executions(&format!("on-{clock}"), "the sampled runs record their start", secs(30), |execs| {
+                started.iter().all(|(slot, _)| execs.iter().any(|e| e.scheduled_at == *slot && e.started_at.is_some()))
+            })
+            .await;
+        for (slot, true_ns) in started {
             let exec = execs.iter().find(|e| e.scheduled_at == slot).unwrap_or_else(|| panic!("no run of {slot}"));
             let recorded_ns = exec.started_at.expect("started_at").as_nanosecond();
             let ahead_ms = (true_ns - recorded_ns) / 1_000_000;
