@@ -3,8 +3,8 @@
 //! An [`Order`] carries everything needed to run (the spec), the instant to start at (runs are decided ahead of
 //! their slot), and the Raft term of the leader that ordered it. The worker refuses orders of a term older than
 //! one it has seen (fencing a deposed leader), keeps early orders on its own timer and launches them at their
-//! instant, and asks a [`Fence`] right before launching: the leader checks its lease for its own orders, any other
-//! node asks the leader for the run's launch permit (see [`crate::permit`]).
+//! instant, and asks a [`Fence`] right before launching: the leader checks its lease and commits the runs' start
+//! for its own orders, any other node asks the leader for the run's launch permit (see [`crate::permit`]).
 //!
 //! A node runs at most `--max-running` executions at once. Orders that fall due while it is full wait in a queue
 //! (at most `--max-queued`), started in the order of their instants as runs end; an order that finds the queue
@@ -121,6 +121,14 @@ pub enum Verdict {
     /// Launch these orders of the batch and drop the others: the leader granted a permit for these only (it no
     /// longer has the others placed on this node, see `crate::permit`).
     Only(HashSet<ExecRef>),
+    /// Launch these orders of the batch and drop the others: their start is committed already, as running here
+    /// since `at` (a leader's own orders, see `node::permits`). They launch even if a newer term was seen since:
+    /// every later leader reads them as running here. Not once half their lease has passed (this node was paused):
+    /// a leader may record them lost before a renewal reaches it.
+    Started {
+        at: Timestamp,
+        execs: HashSet<ExecRef>,
+    },
     /// Not sure yet (e.g. the leader's lease needs a fresh quorum ack, or the leader did not answer): ask again
     /// shortly.
     Wait,
@@ -134,7 +142,16 @@ impl Verdict {
         match self {
             Verdict::Launch => true,
             Verdict::Only(granted) => granted.contains(exec),
+            Verdict::Started { execs, .. } => execs.contains(exec),
             Verdict::Wait | Verdict::Drop => false,
+        }
+    }
+
+    /// When the run's start was committed, for a [`Verdict::Started`].
+    fn committed_start(&self) -> Option<Timestamp> {
+        match self {
+            Verdict::Started { at, .. } => Some(*at),
+            _ => None,
         }
     }
 }
@@ -647,16 +664,21 @@ impl Worker {
     /// Answers how many were dropped.
     fn launch_checked(&self, term: u64, verdict: &Verdict, orders: Vec<Order>) -> usize {
         let mut dropped = Vec::new();
+        let committed = verdict.committed_start();
+        // A start committed so long ago (this node was paused?) that its lease may run out before the renewals
+        // (every third of a lease) reach the leader: the leader may record the run lost and retry it elsewhere, so
+        // it does not start now (it turns lost, having run nowhere).
+        let expired = committed.is_some_and(|at| self.clock.leader_now() >= at + self.lease / 2);
         {
             let mut runs = self.runs.lock().expect("runs lock");
-            let current = !runs.closed && self.max_term.load(Ordering::SeqCst) <= term;
+            let current = !runs.closed && (committed.is_some() || self.max_term.load(Ordering::SeqCst) <= term);
             for order in orders {
                 let Some(key) = runs.queued(&order.exec) else { continue };
                 if !runs.queue.get(&key).is_some_and(|q| q.checking) {
                     continue; // withdrawn and ordered again meanwhile: its own turn comes
                 }
                 let Some(queued) = runs.dequeue(&key) else { continue };
-                if !(current && verdict.launches(&queued.order.exec)) {
+                if !(current && !expired && verdict.launches(&queued.order.exec)) {
                     dropped.push(queued.order.exec);
                     continue;
                 }
@@ -667,7 +689,7 @@ impl Worker {
                 let worker = self.clone();
                 let order = &queued.order;
                 let span = info_span!("run", job = %order.exec.job, execution = %order.exec.id, term = order.term);
-                spawn_run(async move { worker.run(queued.order).await }.instrument(span));
+                spawn_run(async move { worker.run(queued.order, committed).await }.instrument(span));
             }
             crate::metrics::metrics().runs_queued.set(runs.queue.len() as i64);
         }
@@ -698,7 +720,8 @@ impl Worker {
         self.waiting.lock().expect("waiting lock").clear();
     }
 
-    async fn run(&self, order: Order) {
+    /// Run an order; `committed`: its start is committed already, at that instant (not reported again).
+    async fn run(&self, order: Order, committed: Option<Timestamp>) {
         let Order { exec: exec_ref, mut spec, keep_outputs, .. } = order;
         spec.extra_env.push(("KAIROS_NODE_NAME".into(), self.node_name.clone()));
         let (token, reason) = {
@@ -706,17 +729,19 @@ impl Worker {
             let run = runs.running.get(&exec_ref).expect("registered by launch_checked");
             (run.token.clone(), run.reason.clone())
         };
-        let started_at = self.clock.leader_now();
+        let started_at = committed.unwrap_or_else(|| self.clock.leader_now());
         let executor = spec.executor.clone();
         crate::metrics::observe_start(&executor, &spec.extra_env, started_at);
         crate::metrics::metrics().runs_running.inc();
         debug!(executor = %executor, "run started");
-        self.report(Report::Start(Start {
-            exec: exec_ref.clone(),
-            node: self.node_name.clone(),
-            started_at,
-            lease_until: started_at + self.lease,
-        }));
+        if committed.is_none() {
+            self.report(Report::Start(Start {
+                exec: exec_ref.clone(),
+                node: self.node_name.clone(),
+                started_at,
+                lease_until: started_at + self.lease,
+            }));
+        }
         let outcome = self.runner.run(spec, token).await;
         let status = match outcome.status {
             RunStatus::Succeeded => ExecutionStatus::Succeeded,
@@ -1203,6 +1228,52 @@ mod tests {
         wait_for("all stopped", || worker.running_count() == 0).await;
         assert_eq!(worker.queued_count(), 0);
         assert!(!worker.is_running(&exec("f")), "a queued run never starts after the node closed");
+    }
+
+    /// A fence that answers `Started` for the first execution of each batch, after a newer term was seen.
+    fn committing_fence(worker: &Worker, at: Timestamp) -> Fence {
+        let worker = worker.clone();
+        Arc::new(move |term, execs: Vec<ExecRef>| {
+            worker.observe_term(term + 1); // a new leader's sync came meanwhile
+            let execs = execs.into_iter().filter(|e| e.id == "committed").collect();
+            Box::pin(async move { Verdict::Started { at, execs } })
+        })
+    }
+
+    fn quick(worker: &Worker, id: &str, term: u64) -> Order {
+        let mut job = Job::empty("j");
+        job.executor = "shell".into();
+        job.executor_config.insert("command".into(), "true".into());
+        let mut exec = Execution::decided("j", Timestamp::now(), Trigger::Schedule);
+        exec.id = id.into();
+        worker.prepare(&exec, &job, term, None)
+    }
+
+    #[tokio::test]
+    async fn a_run_whose_start_is_committed_launches_whatever_term_came_since_and_is_not_reported_started_again() {
+        let (worker, mut channels, _dir) = worker();
+        let at = Timestamp::now() - Duration::from_millis(200);
+        worker.set_fence(committing_fence(&worker, at));
+        assert!(worker.accept(quick(&worker, "committed", 3)));
+        assert!(worker.accept(quick(&worker, "other", 3)));
+        let finish = match channels.reports.recv().await.expect("reports") {
+            Report::Start(start) => panic!("the committed start was reported again: {start:?}"),
+            Report::Finish(finish) => finish,
+        };
+        assert_eq!(finish.exec.id, "committed", "launched although term 4 was seen after the fence was asked");
+        assert_eq!(finish.status, ExecutionStatus::Succeeded);
+        assert_eq!(finish.started_at, Some(at), "its start is the committed one");
+        assert_eq!(channels.dropped.recv().await.expect("dropped").id, "other", "the rest of the batch is dropped");
+    }
+
+    #[tokio::test]
+    async fn a_committed_start_half_a_lease_old_does_not_launch() {
+        let (worker, mut channels, _dir) = worker();
+        // The node was paused between the commit and the launch: the leader may record the run lost meanwhile.
+        worker.set_fence(committing_fence(&worker, Timestamp::now() - worker.lease / 2));
+        assert!(worker.accept(quick(&worker, "committed", 3)));
+        assert_eq!(channels.dropped.recv().await.expect("dropped").id, "committed");
+        assert_eq!(worker.launched_count(), 0);
     }
 
     #[tokio::test]

@@ -31,7 +31,7 @@ use tracing::{Instrument, warn};
 
 pub use claims::Claims;
 pub use sweep::duty;
-pub use takeover::{Takeover, take_over};
+pub use takeover::{PreviousLeader, Takeover, take_over};
 
 use crate::cluster::{RpcClient, RpcError, client};
 use crate::config::Config;

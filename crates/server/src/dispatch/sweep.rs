@@ -208,7 +208,8 @@ pub async fn duty(node: &Host, term: u64, synced: Synced) {
     loop {
         let mut wait = SWEEP_INTERVAL;
         let began = Instant::now();
-        match sweep(node, first.take(), term).await {
+        let asking = AskTime::default();
+        match sweep(node, first.take(), term, &asking).await {
             Ok(Some(retry_at)) => wait = wait.min(time_until(retry_at)),
             Ok(None) => {}
             Err(err) => {
@@ -217,28 +218,51 @@ pub async fn duty(node: &Host, term: u64, synced: Synced) {
             }
         }
         node.duties.swept();
-        let (ended, spent) = (Instant::now(), began.elapsed());
+        // Waiting for nodes' answers takes no core: it does not count (a sweep that waited a second for a node
+        // cut off made every next sweep wait a second more, and the runs with it).
+        let (ended, spent) = (Instant::now(), began.elapsed().saturating_sub(asking.get()));
         tokio::select! {
             _ = node.dispatcher.wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
         // A sweep reads every active execution, and a cluster past its capacity has tens of thousands pending:
         // woken again and again (each permit granted makes room), sweeps would take the leader's cores. The next
-        // one waits at least as long as this one took, so sweeping takes at most half of a core.
+        // one waits at least as long as this one worked, so sweeping takes at most half of a core.
         tokio::time::sleep_until((ended + spent).into()).await;
     }
 }
 
+/// How long a sweep waited for nodes' answers.
+#[derive(Default)]
+struct AskTime(std::sync::Mutex<Duration>);
+
+impl AskTime {
+    fn add(&self, waited: Duration) {
+        *self.0.lock().expect("ask time lock") += waited;
+    }
+
+    fn get(&self) -> Duration {
+        *self.0.lock().expect("ask time lock")
+    }
+}
+
 /// One pass over the active executions; answers the earliest future retry instant, to wake for it.
-async fn sweep(node: &Host, synced: Option<Synced>, term: u64) -> Result<Option<Timestamp>, WriteError> {
+async fn sweep(
+    node: &Host,
+    synced: Option<Synced>,
+    term: u64,
+    asking: &AskTime,
+) -> Result<Option<Timestamp>, WriteError> {
     let now = Timestamp::now();
     let taken = Instant::now();
     let active = node.state.active()?;
     release_finished(&mut node.dispatcher.claims.lock().expect("claims lock"), &active, taken);
     // Nodes silent since the takeover and nodes with stale claims are asked at the same time: a silent one takes
     // the whole RPC timeout, and the sweep should wait for that once, not twice.
+    let asked_at = Instant::now();
     let ((), lost_orders) =
         tokio::join!(takeover::resolve_silent(node, term), settle_stale_claims(node, term, &active));
+    asking.add(asked_at.elapsed());
     let mut decisions = decide(&active, synced.as_ref(), now);
     let late = take_late(node, &mut decisions.due, now);
     // Newest first: when the nodes are past their capacity, the runs that can still start on time get the room,

@@ -5,6 +5,12 @@
 //! [`ORDER_STALE_AFTER`]): a silent node may have started one and not reported it yet. Runs due after the takeover
 //! go at once: no node can have launched them (see [`crate::permit`]). Running executions that no node owns any
 //! more turn `lost` at the first sweep; the rest is left to leases.
+//!
+//! When the only silent node is the previous leader, only runs due before it led wait: as leader it launched its
+//! own runs only once their start was committed (so this leader reads them as running), and it asks no permit of
+//! itself, so a run it launched unreported is one it launched as a follower, with a permit of an earlier term,
+//! before it led (see [`crate::node::leaders`]). A leader cut off from the others, or paused, no longer holds up
+//! the runs due while it was being replaced (issue 15).
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -19,6 +25,13 @@ use crate::cluster::RpcError;
 use crate::gossip::Member;
 use crate::worker::Holding;
 
+/// The leader before this one, and when this server first saw it lead (never before it was elected).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousLeader {
+    pub name: String,
+    pub since: Timestamp,
+}
+
 /// What a new leader learned from its sync, while some nodes have not answered yet.
 #[derive(Default)]
 pub struct Takeover {
@@ -32,8 +45,8 @@ impl Takeover {
     /// After the first sync: `silent` nodes did not answer; until they do (or `deadline`), the previous leader's
     /// `pending` runs are held back, since a silent node may have been sent them already.
     pub fn begin(silent: &[String], pending: Vec<ExecRef>, deadline: Instant) -> Takeover {
-        if silent.is_empty() {
-            return Takeover::default();
+        if silent.is_empty() || pending.is_empty() {
+            return Takeover::default(); // nothing to hold, nobody to wait for
         }
         Takeover {
             unknown: silent.iter().map(|n| (n.clone(), deadline)).collect(),
@@ -82,7 +95,9 @@ pub(super) async fn sync_member(node: &Host, member: &Member, term: u64) -> Answ
     }
 }
 
-/// Ask nodes what they hold; claim it. Answers what the nodes that answered run, and the names of the silent ones.
+/// Ask nodes what they hold; claim it. A node that does not answer gets no runs until it does (see
+/// [`placement::reachable`](super::placement::reachable)). Answers what the nodes that answered run, and the names of
+/// the silent ones.
 async fn sync_nodes(node: &Host, members: &[Member], term: u64) -> (Synced, Vec<String>) {
     let answers = futures::future::join_all(members.iter().map(|m| sync_member(node, m, term))).await;
     let mut held = HashMap::new();
@@ -102,6 +117,8 @@ async fn sync_nodes(node: &Host, members: &[Member], term: u64) -> (Synced, Vec<
                 }
                 claims.grant(&member.name, &launched);
                 held.insert(member.name.clone(), refs);
+                drop(claims);
+                dispatcher.unreachable.lock().expect("unreachable lock").remove(&member.name);
             }
             Answer::Gone => {
                 // Its process is gone, though gossip may call it alive for a few seconds more: place nothing there,
@@ -109,7 +126,12 @@ async fn sync_nodes(node: &Host, members: &[Member], term: u64) -> (Synced, Vec<
                 dispatcher.node_gone(&member.name, now);
                 held.insert(member.name.clone(), HashSet::new());
             }
-            Answer::Silent => silent.push(member.name.clone()),
+            Answer::Silent => {
+                // Whatever gossip says, it gets no runs until it answers (or for a while): orders to a node cut
+                // off take their whole timeout to fail, and the runs wait for that meanwhile (issue 15).
+                dispatcher.mark_unreachable(&member.name, now);
+                silent.push(member.name.clone());
+            }
         }
     }
     (held, silent)
@@ -118,16 +140,14 @@ async fn sync_nodes(node: &Host, members: &[Member], term: u64) -> (Synced, Vec<
 /// Take over as the leader of `term`: sync every live node, hold the previous leader's pending runs while a
 /// node is silent, then arm the dispatcher with the term. Answers what each node that answered runs, for the
 /// first sweep (a running execution no node owns any more is lost).
-pub async fn take_over(node: &Host, term: u64) -> Synced {
+pub async fn take_over(node: &Host, term: u64, previous: Option<PreviousLeader>) -> Synced {
     let dispatcher = &node.dispatcher;
     node.worker.observe_term(term);
     dispatcher.reset();
     let members = node.membership.alive();
     let (held, silent) = sync_nodes(node, &members, term).await;
-    // Only runs due before this takeover (give or take the clocks' difference) may have been launched in an
-    // earlier term: a node launches only at or after a run's instant, with a permit (or, on the previous leader,
-    // a lease) that the previous leader could give only while it led, before this election.
-    let launchable_before = Timestamp::now() + suspect_margin(node);
+    let launchable_before =
+        launchable_unreported_before(&silent, previous.as_ref(), Timestamp::now()) + suspect_margin(node);
     let pending_now: Vec<ExecRef> = match node.state.active() {
         Ok(active) => launchable(&active, launchable_before),
         Err(err) => {
@@ -143,10 +163,19 @@ pub async fn take_over(node: &Host, term: u64) -> Synced {
         };
         let hold = node.worker.lease.max(ORDER_STALE_AFTER);
         let takeover = Takeover::begin(&silent, pending, Instant::now() + hold);
-        if !silent.is_empty() {
+        if !silent.is_empty() && takeover.suspects.is_empty() {
+            info!(
+                "took over in term {term}; {} node(s) did not answer ({}), none of which may have launched a pending \
+                 run: nothing held, and they get no runs until they answer",
+                silent.len(),
+                silent.join(", ")
+            );
+        } else if !silent.is_empty() {
+            let previous =
+                previous.map_or_else(|| "unknown".into(), |p| format!("{}, seen leading since {}", p.name, p.since));
             warn!(
-                "took over in term {term}; {} node(s) did not answer ({}): holding {} pending run(s) of the \
-                 previous leader until they do, at most {:?}",
+                "took over in term {term}; {} node(s) did not answer ({}): holding {} pending run(s) due before \
+                 {launchable_before} until they do, at most {:?} (previous leader: {previous})",
                 silent.len(),
                 silent.join(", "),
                 takeover.suspects.len(),
@@ -158,6 +187,18 @@ pub async fn take_over(node: &Host, term: u64) -> Synced {
     dispatcher.arm(term);
     info!("leading in term {term}: {} node(s) synced", held.len());
     held
+}
+
+/// Until when (give or take the clocks' difference) a run may have been launched unreported by one of the `silent`
+/// nodes, at `now`. A node launches only at or after a run's instant: with a permit that a leader gives only while
+/// it leads, so before this election; or, on the previous leader, once the run's start is committed, so it is
+/// not pending here. When the previous leader is the only silent node, its unreported runs are those it launched
+/// with a permit before it led.
+fn launchable_unreported_before(silent: &[String], previous: Option<&PreviousLeader>, now: Timestamp) -> Timestamp {
+    match previous {
+        Some(previous) if silent.iter().all(|name| *name == previous.name) => previous.since.min(now),
+        _ => now,
+    }
 }
 
 /// The pending runs that may have been launched before `before` (due before it): only these wait for silent nodes.
@@ -174,9 +215,19 @@ fn launchable(active: &[Execution], before: Timestamp) -> Vec<ExecRef> {
 /// measurement's error (servers measure against the leader, see `crate::clock`), plus a quarter second; two
 /// seconds when it has not been measured.
 fn suspect_margin(node: &Host) -> Duration {
-    match node.worker.clock.offset() {
-        Some(o) => Duration::from_millis(o.offset_ms.unsigned_abs() + o.error_ms.unsigned_abs() + 250),
-        None => Duration::from_secs(2),
+    margin_for(node.worker.clock.offset())
+}
+
+/// The clock margin for a measurement, if any: a measurement whose error is larger than the margin assumed without
+/// one (against a server that had not measured its own clock yet, which answers with an error of 24 days) counts
+/// as none.
+fn margin_for(offset: Option<crate::clock::Offset>) -> Duration {
+    const UNMEASURED: Duration = Duration::from_secs(2);
+    match offset {
+        Some(o) if u128::from(o.error_ms.unsigned_abs()) < UNMEASURED.as_millis() => {
+            Duration::from_millis(o.offset_ms.unsigned_abs() + o.error_ms.unsigned_abs() + 250)
+        }
+        _ => UNMEASURED,
     }
 }
 
@@ -219,6 +270,12 @@ mod tests {
     }
 
     #[test]
+    fn silent_nodes_are_not_waited_for_when_nothing_is_held() {
+        let takeover = Takeover::begin(&["a".to_string()], vec![], Instant::now() + Duration::from_secs(10));
+        assert!(takeover.silent().is_empty(), "no sweep asks them again for nothing");
+    }
+
+    #[test]
     fn the_previous_leaders_runs_wait_until_every_silent_node_answered() {
         let start = Instant::now();
         let silent = ["a".to_string(), "b".to_string()];
@@ -243,6 +300,33 @@ mod tests {
         let mut silent = Takeover::begin(&["a".to_string()], vec![exec_ref(1)], deadline);
         assert!(!silent.settle(&names(&[]), &names(&["a"]), deadline - Duration::from_millis(1)));
         assert!(silent.settle(&names(&[]), &names(&["a"]), deadline), "its time is up at the deadline");
+    }
+
+    #[test]
+    fn the_clock_margin_is_the_measured_offset_and_error_or_two_seconds() {
+        use crate::clock::Offset;
+        assert_eq!(margin_for(Some(Offset { offset_ms: -40, error_ms: 3 })), Duration::from_millis(293));
+        assert_eq!(margin_for(None), Duration::from_secs(2));
+        let unmeasured = Offset { offset_ms: 0, error_ms: i64::from(i32::MAX) };
+        assert_eq!(margin_for(Some(unmeasured)), Duration::from_secs(2), "not 24 days");
+    }
+
+    #[test]
+    fn a_silent_previous_leader_holds_back_only_runs_due_before_it_led() {
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        let now = at("2026-01-01T00:01:00Z");
+        let previous = PreviousLeader { name: "s1".into(), since: at("2026-01-01T00:00:00Z") };
+        let silent = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(launchable_unreported_before(&silent(&["s1"]), Some(&previous), now), previous.since);
+        assert_eq!(
+            launchable_unreported_before(&silent(&["s1", "a1"]), Some(&previous), now),
+            now,
+            "another silent node may have been granted permits until this election"
+        );
+        assert_eq!(launchable_unreported_before(&silent(&["a1"]), Some(&previous), now), now);
+        assert_eq!(launchable_unreported_before(&silent(&["s1"]), None, now), now, "previous leader unknown");
+        let recent = PreviousLeader { name: "s1".into(), since: at("2026-01-01T00:02:00Z") };
+        assert_eq!(launchable_unreported_before(&silent(&["s1"]), Some(&recent), now), now, "never after now");
     }
 
     #[test]

@@ -17,11 +17,14 @@
 //! Where fencing happens (so a deposed leader never starts a run twice):
 //! - orders carry the leader's term, and a node refuses orders older than the newest term it has seen
 //!   ([`crate::worker`]); the takeover's sync raises every node's term before the new leader dispatches;
-//! - a server launches an order of its own term only while its leader lease holds, and every other node launches
-//!   a run only with the leader's permit for it, which the leader grants only under that lease and for runs it has
-//!   placed on that node (`server_fence` in `node::permits`, [`crate::permit`]);
+//! - a server launches an order of its own term only while its leader lease holds and once the run's start is
+//!   committed, and every other node launches a run only with the leader's permit for it, which the leader grants
+//!   only under that lease and for runs it has placed on that node (`server_fence` in `node::permits`,
+//!   [`crate::permit`]);
 //! - runs of the previous leader that were due before the takeover wait while a node it may have sent them to is
-//!   silent ([`crate::dispatch`]'s takeover), and an order expires unstarted `START_DEADLINE` after its instant.
+//!   silent; when that node is the previous leader itself, only runs due before it led wait
+//!   ([`crate::dispatch`]'s takeover, [`crate::node::leaders`]); an order expires unstarted `START_DEADLINE` after
+//!   its instant.
 //!
 //! The duties' state (follower, establishing, leading, with the term and since when, and the last sweep) is in
 //! `/health`, which turns unhealthy when this node leads but its duties have not run for [`crate::duties::STALLED_AFTER`].
@@ -104,7 +107,8 @@ async fn lead(node: &Node, term: u64, changes: &mut UnboundedReceiver<String>) {
         establish(node, term).await;
         hand_over_if_clock_off(node, term).await;
         let dispatcher = async {
-            let synced = crate::dispatch::take_over(&node.dispatch, term).await;
+            let previous = previous_leader(node, term).await;
+            let synced = crate::dispatch::take_over(&node.dispatch, term, previous).await;
             node.duties.set(Phase::Leading, term);
             info!("leader duties of term {term} running: scheduler and dispatcher");
             crate::dispatch::duty(&node.dispatch, term, synced).await;
@@ -118,6 +122,24 @@ async fn lead(node: &Node, term: u64, changes: &mut UnboundedReceiver<String>) {
         _ = node.stopping() => {}
         _ = duties => error!("leader duties of term {term} ended by themselves; establishing them again"),
     }
+}
+
+/// The leader before this one in this server's log, with when this server first saw it lead (see
+/// [`crate::node::leaders`]); `None` when either is unknown.
+async fn previous_leader(node: &Node, term: u64) -> Option<crate::dispatch::PreviousLeader> {
+    let Some((previous_term, id)) = crate::node::leaders::previous_in_log(&node.raft, (term, node.id)).await else {
+        info!("leading in term {term}: no entry of an earlier leader in this server's log");
+        return None;
+    };
+    let Some(since) = node.leaders.since((previous_term, id)) else {
+        info!("leading in term {term}: this server did not see server {id} lead term {previous_term}");
+        return None;
+    };
+    let Some(member) = node.membership.all().await.into_iter().find(|m| m.raft_id == Some(id)) else {
+        info!("leading in term {term}: the previous leader, server {id}, is not a member");
+        return None;
+    };
+    Some(crate::dispatch::PreviousLeader { name: member.name, since })
 }
 
 /// Wait until writes are accepted and everything committed is applied here.

@@ -9,6 +9,7 @@
 //! Writes reaching a follower are forwarded to the leader over RPC ([`Node::submit`]).
 
 pub mod applied;
+pub mod leaders;
 pub mod leadership;
 mod permits;
 mod present;
@@ -77,6 +78,8 @@ pub struct Node {
     /// Servers this leader removed from Raft, with the gossip generation they had: not added back unless they
     /// restart (a leaving server may still look alive for a moment).
     removed: Mutex<HashMap<u64, u64>>,
+    /// The leaders this server has seen, and since when (see [`leaders`]).
+    pub leaders: leaders::LeaderLog,
     stopping: CancellationToken,
     /// Cancelled when the process should exit by itself (after `kairos leave`, or when storage failed).
     pub exit: CancellationToken,
@@ -162,6 +165,7 @@ impl Node {
             audit,
             notifier,
             removed: Mutex::new(HashMap::new()),
+            leaders: leaders::LeaderLog::default(),
             stopping: CancellationToken::new(),
             exit: CancellationToken::new(),
             fatal: std::sync::OnceLock::new(),
@@ -347,6 +351,7 @@ fn spawn_loops(
     vec![
         tokio::spawn(applied::events_loop(node.clone(), events, changes_tx)),
         tokio::spawn(leadership::run(node.clone(), changes_rx)),
+        tokio::spawn(leaders::watch(node.clone())),
         tokio::spawn(crate::dispatch::dropped_loop(node.dispatch.clone(), channels.dropped)),
         tokio::spawn(crate::worker::launch_loop(worker.clone(), channels.timer, node.stopping.clone())),
         tokio::spawn(crate::worker::report_loop(worker.clone(), reporter.clone(), channels.reports)),

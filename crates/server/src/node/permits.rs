@@ -1,13 +1,16 @@
 //! A server's side of launch permits (see [`crate::permit`]): as leader it grants them, as follower it forwards
 //! them to the leader, and its own worker's fence asks through the same path (or, for the orders this node gave
-//! as leader, checks its leader lease).
+//! as leader, checks its leader lease and commits the runs' start before they launch).
 
+use std::collections::HashSet;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use kairos_store::Raft;
+use kairos_model::ExecutionStatus;
+use kairos_store::{Command, ExecRef, Raft, Start};
 use openraft::async_runtime::WatchReceiver;
 use openraft::{Instant as _, ReadPolicy, ServerState};
+use tracing::debug;
 
 use super::Node;
 use crate::permit::{PermitAnswer, PermitRequest, forward};
@@ -85,8 +88,8 @@ impl Node {
 }
 
 /// The fence a server's worker asks before launching: orders of an older term than this server's Raft knows are
-/// dropped; an order this node gave as leader launches only while its leader lease holds (a leader that was
-/// paused or cut off learns it was deposed before it runs anything); any other order needs the leader's permit.
+/// dropped; an order this node gave as leader launches only while its leader lease holds and once its start is
+/// committed (see [`Node::start_own`]); any other order needs the leader's permit.
 pub fn server_fence(node: Weak<Node>, raft: Raft, fresh: Duration) -> Fence {
     Arc::new(move |term, execs| {
         let (node, raft) = (node.clone(), raft.clone());
@@ -95,12 +98,70 @@ pub fn server_fence(node: Weak<Node>, raft: Raft, fresh: Duration) -> Fence {
             if metrics.current_term > term {
                 return Verdict::Drop;
             }
-            if metrics.state == ServerState::Leader && metrics.current_term == term {
-                return lease_verdict(&raft, fresh).await;
-            }
             let Some(node) = node.upgrade() else { return Verdict::Drop };
+            if metrics.state == ServerState::Leader && metrics.current_term == term {
+                return match lease_verdict(&raft, fresh).await {
+                    Verdict::Launch => node.start_own(term, execs).await,
+                    other => other,
+                };
+            }
             let request = PermitRequest { term, node: node.config.node_name.clone(), execs, forwarded: false };
             node.permit(request.clone()).await.verdict(&request.execs)
         })
     })
+}
+
+/// How long a leader waits for the start of its own runs to commit before it asks again (the fence asks until the
+/// orders' start deadline).
+const OWN_START_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Node {
+    /// A leader launches its own runs only once their start is committed (as running on this node). So whatever
+    /// happens to this leader next (cut off, paused, killed), the next leader reads every run it may have launched
+    /// as running here, and waits for this node or the run's lease; the runs it finds pending were launched nowhere
+    /// and go to another node at once (see `dispatch::takeover`). Before, a leader cut off from the others might
+    /// have launched any of its pending runs under its lease, and the next leader held them all until it answered.
+    ///
+    /// Answers the runs whose start committed (the others were cancelled or started elsewhere meanwhile); `Wait`
+    /// when the write failed or did not commit in time (it is asked again, and a start that committed meanwhile is
+    /// accepted again as the same start), `Drop` once this node no longer leads in `term`.
+    pub async fn start_own(&self, term: u64, execs: Vec<ExecRef>) -> Verdict {
+        let at = self.worker.clock.leader_now();
+        let lease_until = at + self.worker.lease;
+        let me = &self.config.node_name;
+        let mut started = HashSet::new();
+        for chunk in execs.chunks(kairos_store::BATCH_ITEMS_MAX) {
+            let starts = chunk
+                .iter()
+                .map(|exec| Start { exec: exec.clone(), node: me.clone(), started_at: at, lease_until })
+                .collect();
+            let written =
+                tokio::time::timeout(OWN_START_TIMEOUT, self.submit_as_leader(term, Command::Start { starts }));
+            match written.await {
+                Ok(Ok(response)) => started.extend(
+                    response
+                        .executions
+                        .into_iter()
+                        .filter(|e| e.status == ExecutionStatus::Running && e.node_name == *me)
+                        .map(|e| ExecRef { job: e.job_name, id: e.id }),
+                ),
+                Ok(Err(err)) => {
+                    let still_leads = self.is_leader() && self.metrics().current_term == term;
+                    debug!("the start of {} run(s) of this leader did not commit: {}", chunk.len(), err.message);
+                    if !still_leads {
+                        return Verdict::Drop;
+                    }
+                    return Verdict::Wait;
+                }
+                Err(_) => {
+                    debug!(
+                        "the start of {} run(s) of this leader did not commit within {OWN_START_TIMEOUT:?}",
+                        chunk.len()
+                    );
+                    return Verdict::Wait;
+                }
+            }
+        }
+        Verdict::Started { at, execs: started }
+    }
 }
