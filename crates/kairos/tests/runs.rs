@@ -95,6 +95,40 @@ async fn an_every_second_job_fires_each_whole_second_once_and_records_its_output
     assert_eq!(job["error_count"], 0);
 }
 
+/// A leader launches its own runs only once their start is committed (issue 15: whoever leads next must read every
+/// run it may have launched as running): runs that ask the API about themselves as they start find themselves
+/// running, on this node, since the start recorded. Twenty jobs start together each second, so a start reported
+/// after the launch would lose the race to some of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_on_the_leader_is_recorded_running_before_it_starts() {
+    let server = Server::fresh(&[]).await;
+    let seen = server.data_dir().join("seen");
+    std::fs::create_dir_all(&seen).unwrap();
+    let names: Vec<String> = (0..20).map(|i| format!("self-{i:02}")).collect();
+    for name in &names {
+        let url = server.url(&format!("/v1/jobs/{name}/executions/"));
+        let command =
+            format!("curl -s \"{url}$KAIROS_EXECUTION_ID\" > '{}'/{name}-$KAIROS_EXECUTION_ID.json", seen.display());
+        server
+            .create_job(&json!({"name": name, "schedule": "* * * * * *", "executor": "shell",
+                                "executor_config": {"command": command, "shell": "true"}}))
+            .await;
+    }
+    for name in &names {
+        let execs = server
+            .wait_executions(name, "three finished runs", secs(30), |e| e.iter().filter(|x| x.is_final()).count() >= 3)
+            .await;
+        for exec in execs.iter().filter(|e| e.is_final()) {
+            let text = std::fs::read_to_string(seen.join(format!("{name}-{}.json", exec.id))).unwrap();
+            let record: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            assert_eq!(record["status"], "running", "{name} run {} saw itself as: {text}", exec.id);
+            assert_eq!(record["node_name"], server.node_name.as_str(), "{text}");
+            let started: Option<Timestamp> = record["started_at"].as_str().and_then(|t| t.parse().ok());
+            assert_eq!(started, exec.started_at, "the start it saw is the one recorded: {text}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_full_output_is_served_by_id_while_lists_keep_a_tail() {
     let server = Server::fresh(&[]).await;
