@@ -97,7 +97,7 @@ async fn an_every_second_job_fires_each_whole_second_once_and_records_its_output
 
 /// A leader launches its own runs only once their start is committed (issue 15: whoever leads next must read every
 /// run it may have launched as running): runs that ask the API about themselves as they start find themselves
-/// running, on this node, since the start recorded. Twenty jobs start together each second, so a start reported
+/// running, on this node. Twenty jobs start together each second, so a start reported
 /// after the launch would lose the race to some of them.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_on_the_leader_is_recorded_running_before_it_starts() {
@@ -123,8 +123,9 @@ async fn a_run_on_the_leader_is_recorded_running_before_it_starts() {
             let record: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
             assert_eq!(record["status"], "running", "{name} run {} saw itself as: {text}", exec.id);
             assert_eq!(record["node_name"], server.node_name.as_str(), "{text}");
+            // Recorded as it was committed, then moved to the true launch by the run's finish.
             let started: Option<Timestamp> = record["started_at"].as_str().and_then(|t| t.parse().ok());
-            assert_eq!(started, exec.started_at, "the start it saw is the one recorded: {text}");
+            assert!(started.is_some() && started <= exec.started_at, "saw {text}, then {:?}", exec.started_at);
         }
     }
 }

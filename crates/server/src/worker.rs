@@ -689,7 +689,8 @@ impl Worker {
                 let worker = self.clone();
                 let order = &queued.order;
                 let span = info_span!("run", job = %order.exec.job, execution = %order.exec.id, term = order.term);
-                spawn_run(async move { worker.run(queued.order, committed).await }.instrument(span));
+                let start_committed = committed.is_some();
+                spawn_run(async move { worker.run(queued.order, start_committed).await }.instrument(span));
             }
             crate::metrics::metrics().runs_queued.set(runs.queue.len() as i64);
         }
@@ -720,8 +721,8 @@ impl Worker {
         self.waiting.lock().expect("waiting lock").clear();
     }
 
-    /// Run an order; `committed`: its start is committed already, at that instant (not reported again).
-    async fn run(&self, order: Order, committed: Option<Timestamp>) {
+    /// Run an order; `start_committed`: its start is committed already (not reported again).
+    async fn run(&self, order: Order, start_committed: bool) {
         let Order { exec: exec_ref, mut spec, keep_outputs, .. } = order;
         spec.extra_env.push(("KAIROS_NODE_NAME".into(), self.node_name.clone()));
         let (token, reason) = {
@@ -729,12 +730,13 @@ impl Worker {
             let run = runs.running.get(&exec_ref).expect("registered by launch_checked");
             (run.token.clone(), run.reason.clone())
         };
-        let started_at = committed.unwrap_or_else(|| self.clock.leader_now());
+        // A committed start was recorded before the launch; the finish carries when the run truly started.
+        let started_at = self.clock.leader_now();
         let executor = spec.executor.clone();
         crate::metrics::observe_start(&executor, &spec.extra_env, started_at);
         crate::metrics::metrics().runs_running.inc();
         debug!(executor = %executor, "run started");
-        if committed.is_none() {
+        if !start_committed {
             self.report(Report::Start(Start {
                 exec: exec_ref.clone(),
                 node: self.node_name.clone(),
@@ -1262,7 +1264,7 @@ mod tests {
         };
         assert_eq!(finish.exec.id, "committed", "launched although term 4 was seen after the fence was asked");
         assert_eq!(finish.status, ExecutionStatus::Succeeded);
-        assert_eq!(finish.started_at, Some(at), "its start is the committed one");
+        assert!(finish.started_at > Some(at), "its finish carries when it truly started, after the commit");
         assert_eq!(channels.dropped.recv().await.expect("dropped").id, "other", "the rest of the batch is dropped");
     }
 

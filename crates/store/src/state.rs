@@ -680,6 +680,10 @@ impl<'txn> Applier<'txn> {
             // A run too short for a separate start report: its start notifies just before its finish.
             exec.started_at = result.started_at;
             self.outbox_push(&exec, OutboxEvent::Started)?;
+        } else if result.started_at > exec.started_at && result.node == exec.node_name {
+            // Its node launched it after the start recorded: a leader records the start of its own runs before it
+            // launches them; the record keeps when the run truly started.
+            exec.started_at = result.started_at;
         }
         self.executions.insert(key.as_slice(), encode(&exec).as_slice())?;
         self.outbox_push(&exec, OutboxEvent::Finished)?;

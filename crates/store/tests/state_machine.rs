@@ -776,6 +776,29 @@ fn start_moves_a_pending_execution_to_running_with_a_lease() {
 }
 
 #[test]
+fn a_finish_moves_the_start_to_when_its_node_truly_launched_the_run() {
+    let state = State::new();
+    state.put(job("backup"), at(0));
+    // A leader commits the start of its own run (at 2 s), then launches it (at 2.3 s).
+    let exec = state.fire_one("backup", at(1), Trigger::Schedule);
+    state.start(&exec, at(2), at(62));
+    state.finish(Finish { started_at: Some(at_ms(2_300)), ..finished(&exec, ExecutionStatus::Succeeded, at(4)) });
+    assert_eq!(state.execution("backup", &exec.id).started_at, Some(at_ms(2_300)));
+
+    // Never earlier than recorded, and never from another node's report.
+    let earlier = state.fire_one("backup", at(5), Trigger::Schedule);
+    state.start(&earlier, at(6), at(66));
+    state.finish(Finish { started_at: Some(at_ms(5_500)), ..finished(&earlier, ExecutionStatus::Succeeded, at(7)) });
+    assert_eq!(state.execution("backup", &earlier.id).started_at, Some(at(6)));
+    let other = state.fire_one("backup", at(8), Trigger::Schedule);
+    state.start(&other, at(9), at(69));
+    let elsewhere =
+        Finish { node: "node-2".into(), started_at: Some(at(10)), ..finished(&other, ExecutionStatus::Lost, at(11)) };
+    state.finish(elsewhere);
+    assert_eq!(state.execution("backup", &other.id).started_at, Some(at(9)));
+}
+
+#[test]
 fn start_of_an_execution_that_is_not_pending_is_ignored() {
     let state = State::new();
     state.put(job("backup"), at(0));
@@ -867,7 +890,8 @@ fn a_finish_without_a_reported_start_records_when_it_started() {
     let mut result = finished(&long, ExecutionStatus::Succeeded, at(9));
     result.started_at = Some(at(8));
     state.finish(result);
-    assert_eq!(state.execution("backup", &long.id).started_at, Some(at(4)), "the reported start wins");
+    let started = state.execution("backup", &long.id).started_at;
+    assert_eq!(started, Some(at(8)), "its node launched it later than the start recorded (see the next test)");
 }
 
 #[test]
