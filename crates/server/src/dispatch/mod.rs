@@ -147,6 +147,11 @@ impl Dispatcher {
         self.unreachable.lock().expect("unreachable lock").insert(name.to_string(), at);
     }
 
+    /// `name` answered: it may get runs again.
+    fn mark_reachable(&self, name: &str) {
+        self.unreachable.lock().expect("unreachable lock").remove(name);
+    }
+
     /// `name`'s process is gone: avoid it, and what it was sent but never started is free to go elsewhere.
     fn node_gone(&self, name: &str, at: Instant) {
         self.mark_unreachable(name, at);

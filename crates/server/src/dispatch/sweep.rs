@@ -208,8 +208,8 @@ pub async fn duty(node: &Host, term: u64, synced: Synced) {
     loop {
         let mut wait = SWEEP_INTERVAL;
         let began = Instant::now();
-        let asking = AskTime::default();
-        match sweep(node, first.take(), term, &asking).await {
+        let mut asking = Duration::ZERO;
+        match sweep(node, first.take(), term, &mut asking).await {
             Ok(Some(retry_at)) => wait = wait.min(time_until(retry_at)),
             Ok(None) => {}
             Err(err) => {
@@ -220,7 +220,7 @@ pub async fn duty(node: &Host, term: u64, synced: Synced) {
         node.duties.swept();
         // Waiting for nodes' answers takes no core: it does not count (a sweep that waited a second for a node
         // cut off made every next sweep wait a second more, and the runs with it).
-        let (ended, spent) = (Instant::now(), began.elapsed().saturating_sub(asking.get()));
+        let (ended, spent) = (Instant::now(), began.elapsed().saturating_sub(asking));
         tokio::select! {
             _ = node.dispatcher.wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
@@ -232,26 +232,13 @@ pub async fn duty(node: &Host, term: u64, synced: Synced) {
     }
 }
 
-/// How long a sweep waited for nodes' answers.
-#[derive(Default)]
-struct AskTime(std::sync::Mutex<Duration>);
-
-impl AskTime {
-    fn add(&self, waited: Duration) {
-        *self.0.lock().expect("ask time lock") += waited;
-    }
-
-    fn get(&self) -> Duration {
-        *self.0.lock().expect("ask time lock")
-    }
-}
-
-/// One pass over the active executions; answers the earliest future retry instant, to wake for it.
+/// One pass over the active executions; answers the earliest future retry instant, to wake for it. `asking`:
+/// how long it waited for nodes' answers.
 async fn sweep(
     node: &Host,
     synced: Option<Synced>,
     term: u64,
-    asking: &AskTime,
+    asking: &mut Duration,
 ) -> Result<Option<Timestamp>, WriteError> {
     let now = Timestamp::now();
     let taken = Instant::now();
@@ -262,7 +249,7 @@ async fn sweep(
     let asked_at = Instant::now();
     let ((), lost_orders) =
         tokio::join!(takeover::resolve_silent(node, term), settle_stale_claims(node, term, &active));
-    asking.add(asked_at.elapsed());
+    *asking = asked_at.elapsed();
     let mut decisions = decide(&active, synced.as_ref(), now);
     let late = take_late(node, &mut decisions.due, now);
     // Newest first: when the nodes are past their capacity, the runs that can still start on time get the room,

@@ -118,7 +118,7 @@ async fn sync_nodes(node: &Host, members: &[Member], term: u64) -> (Synced, Vec<
                 claims.grant(&member.name, &launched);
                 held.insert(member.name.clone(), refs);
                 drop(claims);
-                dispatcher.unreachable.lock().expect("unreachable lock").remove(&member.name);
+                dispatcher.mark_reachable(&member.name);
             }
             Answer::Gone => {
                 // Its process is gone, though gossip may call it alive for a few seconds more: place nothing there,

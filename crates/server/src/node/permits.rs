@@ -146,12 +146,9 @@ impl Node {
                         .map(|e| ExecRef { job: e.job_name, id: e.id }),
                 ),
                 Ok(Err(err)) => {
-                    let still_leads = self.is_leader() && self.metrics().current_term == term;
                     debug!("the start of {} run(s) of this leader did not commit: {}", chunk.len(), err.message);
-                    if !still_leads {
-                        return Verdict::Drop;
-                    }
-                    return Verdict::Wait;
+                    let still_leads = self.is_leader() && self.metrics().current_term == term;
+                    return if still_leads { Verdict::Wait } else { Verdict::Drop };
                 }
                 Err(_) => {
                     debug!(
